@@ -1,0 +1,69 @@
+//! `History`: the per-epoch (and per-batch) record that `fit` returns.
+
+use std::collections::BTreeMap;
+
+use super::{Callback, CallbackContext, Params};
+use crate::Result;
+use crate::logs::Logs;
+
+/// What `fit` returns: every epoch log value (Keras's `history.history`), the epoch indices, the
+/// loop parameters, and, beyond Keras, the value of every metric for every training batch alone.
+///
+/// ```
+/// use ferrokeras::callbacks::History;
+/// let h = History::new();
+/// assert!(h.history.is_empty() && h.epoch.is_empty());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    /// `name -> one value per epoch` (`val_` keys may be shorter with `validation_freq > 1`).
+    pub history: BTreeMap<String, Vec<f64>>,
+    /// The 0-based index of every recorded epoch.
+    pub epoch: Vec<usize>,
+    /// The loop parameters.
+    pub params: Params,
+    /// `name -> one value per training batch`, each the value of that batch alone.
+    pub batch_history: BTreeMap<String, Vec<f64>>,
+}
+
+impl History {
+    /// An empty history.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The values of one log key (an empty slice if absent).
+    pub fn get(&self, key: &str) -> &[f64] {
+        self.history.get(key).map_or(&[], Vec::as_slice)
+    }
+}
+
+impl Callback for History {
+    fn on_train_begin(&mut self, ctx: &mut CallbackContext<'_>, _logs: &Logs) -> Result<()> {
+        self.epoch.clear();
+        self.params = ctx.params.clone();
+        Ok(())
+    }
+    fn on_train_batch_end(
+        &mut self,
+        ctx: &mut CallbackContext<'_>,
+        _batch: usize,
+        _logs: &Logs,
+    ) -> Result<()> {
+        for (k, v) in ctx.batch_values.iter() {
+            self.batch_history.entry(k.to_string()).or_default().push(v);
+        }
+        Ok(())
+    }
+    fn on_epoch_end(
+        &mut self,
+        _ctx: &mut CallbackContext<'_>,
+        epoch: usize,
+        logs: &Logs,
+    ) -> Result<()> {
+        self.epoch.push(epoch);
+        for (k, v) in logs.iter() {
+            self.history.entry(k.to_string()).or_default().push(v);
+        }
+        Ok(())
+    }
+}

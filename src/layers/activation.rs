@@ -1,0 +1,206 @@
+//! Activation functions and the layers that apply them.
+
+use candle_core::Tensor;
+
+use super::{Layer, unique_name};
+use crate::{Error, Result};
+
+/// An activation function, by Keras name.
+///
+/// ```
+/// use ferrokeras::layers::Activation;
+/// let a: Activation = "relu".parse().unwrap();
+/// assert_eq!(a, Activation::Relu);
+/// assert!("swishy".parse::<Activation>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub enum Activation {
+    /// Identity (`"linear"`, Keras's default).
+    #[default]
+    Linear,
+    /// `max(x, 0)`.
+    Relu,
+    /// `1 / (1 + exp(-x))`.
+    Sigmoid,
+    /// `tanh(x)`.
+    Tanh,
+    /// `exp(x) / sum(exp(x))` over the last axis.
+    Softmax,
+    /// `x` if `x > 0` else `negative_slope * x` (Keras's function default 0.2).
+    LeakyRelu(f32),
+    /// Exact GELU `0.5 x (1 + erf(x / sqrt 2))` (Keras's default, `approximate=False`).
+    Gelu,
+}
+
+impl std::str::FromStr for Activation {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "linear" | "" => Activation::Linear,
+            "relu" => Activation::Relu,
+            "sigmoid" => Activation::Sigmoid,
+            "tanh" => Activation::Tanh,
+            "softmax" => Activation::Softmax,
+            "leaky_relu" => Activation::LeakyRelu(0.2),
+            "gelu" => Activation::Gelu,
+            other => {
+                return Err(Error::value(format!(
+                    "Could not interpret activation function identifier: {other:?}. Expected one of \"linear\", \"relu\", \"sigmoid\", \"tanh\", \"softmax\", \"leaky_relu\", \"gelu\"."
+                )));
+            }
+        })
+    }
+}
+
+impl Activation {
+    /// Applies the function.
+    ///
+    /// # Errors
+    /// A failing tensor operation.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Linear => x.clone(),
+            Activation::Relu => x.relu()?,
+            Activation::Sigmoid => crate::ops::sigmoid(x)?,
+            Activation::Tanh => x.tanh()?,
+            Activation::Softmax => crate::ops::softmax_last(x)?,
+            Activation::LeakyRelu(slope) => crate::ops::leaky_relu(x, *slope)?,
+            Activation::Gelu => x.gelu_erf()?,
+        })
+    }
+
+    /// The Keras name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Activation::Linear => "linear",
+            Activation::Relu => "relu",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+            Activation::Softmax => "softmax",
+            Activation::LeakyRelu(_) => "leaky_relu",
+            Activation::Gelu => "gelu",
+        }
+    }
+}
+
+/// Applies an [`Activation`] as a layer (Keras's `layers.Activation("relu")`).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::layers::{ActivationLayer, Layer};
+/// let mut l = ActivationLayer::new("relu").unwrap();
+/// let y = l.call(&Tensor::new(&[[-1f32, 2.0]], &Device::Cpu).unwrap(), false).unwrap();
+/// assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![0.0, 2.0]]);
+/// ```
+pub struct ActivationLayer {
+    name: String,
+    activation: Activation,
+    class: &'static str,
+}
+
+impl ActivationLayer {
+    /// A layer applying the named activation.
+    ///
+    /// # Errors
+    /// An unknown activation name.
+    pub fn new(activation: &str) -> Result<Self> {
+        Ok(Self::from_activation(activation.parse()?))
+    }
+    /// A layer applying `activation`.
+    pub fn from_activation(activation: Activation) -> Self {
+        Self {
+            name: unique_name("activation"),
+            activation,
+            class: "Activation",
+        }
+    }
+}
+
+impl Layer for ActivationLayer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn class_name(&self) -> &str {
+        self.class
+    }
+    fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
+        self.activation.apply(x)
+    }
+    fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        Ok(input_shape.to_vec())
+    }
+}
+
+/// `layers.ReLU()`.
+///
+/// ```
+/// use ferrokeras::layers::{Layer, ReLU};
+/// assert_eq!(ReLU::new().class_name(), "ReLU");
+/// ```
+pub struct ReLU(ActivationLayer);
+
+impl ReLU {
+    /// A ReLU layer.
+    pub fn new() -> Self {
+        ReLU(ActivationLayer {
+            name: unique_name("re_lu"),
+            activation: Activation::Relu,
+            class: "ReLU",
+        })
+    }
+}
+
+impl Default for ReLU {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `layers.LeakyReLU(negative_slope)`; Keras's default slope is 0.3 (the guide passes `alpha=0.2`).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::layers::{Layer, LeakyReLU};
+/// let mut l = LeakyReLU::new(0.2);
+/// let y = l.call(&Tensor::new(&[-1f32, 2.0], &Device::Cpu).unwrap(), false).unwrap();
+/// assert_eq!(y.to_vec1::<f32>().unwrap(), vec![-0.2, 2.0]);
+/// ```
+pub struct LeakyReLU(ActivationLayer);
+
+impl LeakyReLU {
+    /// A leaky ReLU with the given negative slope (`alpha` in older Keras).
+    pub fn new(negative_slope: f32) -> Self {
+        LeakyReLU(ActivationLayer {
+            name: unique_name("leaky_re_lu"),
+            activation: Activation::LeakyRelu(negative_slope),
+            class: "LeakyReLU",
+        })
+    }
+}
+
+impl Default for LeakyReLU {
+    fn default() -> Self {
+        Self::new(0.3)
+    }
+}
+
+macro_rules! delegate_layer {
+    ($t:ty) => {
+        impl Layer for $t {
+            fn name(&self) -> &str {
+                self.0.name()
+            }
+            fn class_name(&self) -> &str {
+                self.0.class_name()
+            }
+            fn call(&mut self, x: &Tensor, training: bool) -> Result<Tensor> {
+                self.0.call(x, training)
+            }
+            fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+                self.0.compute_output_shape(input_shape)
+            }
+        }
+    };
+}
+delegate_layer!(ReLU);
+delegate_layer!(LeakyReLU);

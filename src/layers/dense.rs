@@ -1,0 +1,240 @@
+//! `Dense`: `activation(x @ kernel + bias)`.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::{Activation, Layer, unique_name};
+use crate::tape::Variable;
+use crate::{Error, Result};
+
+/// A weight penalty added to the model's losses (Keras's `regularizers.L1/L2/L1L2`).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::layers::Regularizer;
+/// let w = Tensor::new(&[1f32, -2.0], &Device::Cpu).unwrap();
+/// let l2 = Regularizer::L2(0.01).penalty(&w).unwrap();
+/// assert!((l2.to_scalar::<f32>().unwrap() - 0.05).abs() < 1e-7);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Regularizer {
+    /// `l1 * sum(|w|)`.
+    L1(f32),
+    /// `l2 * sum(w^2)`.
+    L2(f32),
+    /// Both.
+    L1L2 {
+        /// L1 factor.
+        l1: f32,
+        /// L2 factor.
+        l2: f32,
+    },
+}
+
+impl Regularizer {
+    /// The penalty for `w`, a scalar tensor that gradients flow through.
+    ///
+    /// # Errors
+    /// A failing tensor operation.
+    pub fn penalty(&self, w: &Tensor) -> Result<Tensor> {
+        let (l1, l2) = match *self {
+            Regularizer::L1(a) => (a, 0.0),
+            Regularizer::L2(b) => (0.0, b),
+            Regularizer::L1L2 { l1, l2 } => (l1, l2),
+        };
+        let mut total = Tensor::zeros((), w.dtype(), w.device())?;
+        if l1 != 0.0 {
+            total = (total + (w.abs()?.sum_all()? * l1 as f64)?)?;
+        }
+        if l2 != 0.0 {
+            total = (total + (w.sqr()?.sum_all()? * l2 as f64)?)?;
+        }
+        Ok(total)
+    }
+}
+
+/// A densely connected layer, Keras's `layers.Dense`: `glorot_uniform` kernel, zero bias.
+///
+/// # Shapes
+/// Input `(batch, ..., in)`, output `(batch, ..., units)`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::layers::{Dense, Layer, Regularizer};
+/// let mut d = Dense::new(2).activation("relu").unwrap().kernel_regularizer(Regularizer::L2(0.01));
+/// let y = d.call(&Tensor::ones((5, 3), candle_core::DType::F32, &Device::Cpu).unwrap(), true).unwrap();
+/// assert_eq!(y.dims(), &[5, 2]);
+/// assert_eq!(d.losses().unwrap().len(), 1);
+/// ```
+pub struct Dense {
+    name: String,
+    units: usize,
+    activation: Activation,
+    use_bias: bool,
+    kernel_regularizer: Option<Regularizer>,
+    bias_regularizer: Option<Regularizer>,
+    kernel: Option<Variable>,
+    bias: Option<Variable>,
+    device: Device,
+}
+
+impl Dense {
+    /// A dense layer with `units` outputs and no activation.
+    pub fn new(units: usize) -> Self {
+        Self {
+            name: unique_name("dense"),
+            units,
+            activation: Activation::Linear,
+            use_bias: true,
+            kernel_regularizer: None,
+            bias_regularizer: None,
+            kernel: None,
+            bias: None,
+            device: Device::Cpu,
+        }
+    }
+    /// Sets the activation by Keras name (`"relu"`, `"softmax"`, ...).
+    ///
+    /// # Errors
+    /// An unknown name.
+    pub fn activation(mut self, name: &str) -> Result<Self> {
+        self.activation = name.parse()?;
+        Ok(self)
+    }
+    /// Sets the activation.
+    pub fn with_activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
+    }
+    /// Whether to add a bias (default true).
+    pub fn use_bias(mut self, use_bias: bool) -> Self {
+        self.use_bias = use_bias;
+        self
+    }
+    /// Penalty on the kernel, added to the model's losses.
+    pub fn kernel_regularizer(mut self, r: Regularizer) -> Self {
+        self.kernel_regularizer = Some(r);
+        self
+    }
+    /// Penalty on the bias, added to the model's losses.
+    pub fn bias_regularizer(mut self, r: Regularizer) -> Self {
+        self.bias_regularizer = Some(r);
+        self
+    }
+    /// Overrides the generated name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+    /// The device variables are created on (CPU by default).
+    pub fn device(mut self, device: &Device) -> Self {
+        self.device = device.clone();
+        self
+    }
+    /// Number of output units.
+    pub fn units(&self) -> usize {
+        self.units
+    }
+    /// The kernel, once built.
+    pub fn kernel(&self) -> Option<&Variable> {
+        self.kernel.as_ref()
+    }
+    /// The bias, once built (and if `use_bias`).
+    pub fn bias(&self) -> Option<&Variable> {
+        self.bias.as_ref()
+    }
+}
+
+impl Layer for Dense {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn class_name(&self) -> &str {
+        "Dense"
+    }
+    fn build(&mut self, input_shape: &[usize]) -> Result<()> {
+        if self.kernel.is_some() {
+            return Ok(());
+        }
+        let fan_in = *input_shape.last().ok_or_else(|| {
+            Error::value(format!(
+                "layer \"{}\" (Dense) needs inputs with at least one feature axis; received input shape (None,)",
+                self.name
+            ))
+        })?;
+        if self.units == 0 || fan_in == 0 {
+            return Err(Error::value(format!(
+                "layer \"{}\" (Dense) needs units >= 1 and a non-empty feature axis; received units={}, input features={fan_in}",
+                self.name, self.units
+            )));
+        }
+        let limit = (6.0 / (fan_in + self.units) as f32).sqrt();
+        let k = crate::random::uniform(&[fan_in, self.units], -limit, limit, &self.device)?;
+        self.kernel = Some(Variable::new(format!("{}/kernel", self.name), &k, true)?);
+        if self.use_bias {
+            let b = Tensor::zeros(self.units, DType::F32, &self.device)?;
+            self.bias = Some(Variable::new(format!("{}/bias", self.name), &b, true)?);
+        }
+        Ok(())
+    }
+    fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
+        if x.rank() < 2 {
+            return Err(Error::value(format!(
+                "Input 0 of layer \"{}\" is incompatible with the layer: expected min_ndim=2, found ndim={}. Full shape received: {:?}",
+                self.name,
+                x.rank(),
+                x.dims()
+            )));
+        }
+        self.build(&x.dims()[1..])?;
+        let kernel = self.kernel.as_ref().ok_or_else(|| Error::state("Dense not built"))?;
+        let in_features = kernel.shape().dims()[0];
+        let last = x.dims()[x.rank() - 1];
+        if last != in_features {
+            return Err(Error::value(format!(
+                "Input 0 of layer \"{}\" is incompatible with the layer: expected axis -1 of input shape to have value {in_features}, but received input with shape {:?}",
+                self.name,
+                x.dims()
+            )));
+        }
+        let x = if x.dtype() != DType::F32 {
+            x.to_dtype(DType::F32)?
+        } else {
+            x.clone()
+        };
+        let lead: Vec<usize> = x.dims()[..x.rank() - 1].to_vec();
+        let rows: usize = lead.iter().product();
+        let x2 = x.reshape((rows, in_features))?;
+        let mut y = x2.matmul(kernel.as_tensor())?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b.as_tensor())?;
+        }
+        let y = self.activation.apply(&y)?;
+        let mut out_shape = lead;
+        out_shape.push(self.units);
+        Ok(y.reshape(out_shape)?)
+    }
+    fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        if input_shape.is_empty() {
+            return Err(Error::value(format!(
+                "layer \"{}\" (Dense) needs inputs with a feature axis",
+                self.name
+            )));
+        }
+        let mut s = input_shape.to_vec();
+        *s.last_mut().unwrap_or(&mut 0) = self.units;
+        Ok(s)
+    }
+    fn variables(&self) -> Vec<Variable> {
+        self.kernel.iter().chain(self.bias.iter()).cloned().collect()
+    }
+    fn losses(&self) -> Result<Vec<Tensor>> {
+        let mut out = Vec::new();
+        if let (Some(r), Some(k)) = (&self.kernel_regularizer, &self.kernel) {
+            out.push(r.penalty(k.as_tensor())?);
+        }
+        if let (Some(r), Some(b)) = (&self.bias_regularizer, &self.bias) {
+            out.push(r.penalty(b.as_tensor())?);
+        }
+        Ok(out)
+    }
+}

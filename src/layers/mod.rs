@@ -1,0 +1,218 @@
+//! Layers: the [`Layer`] trait and the building blocks of the guide's models.
+//!
+//! A layer builds its variables on first use, from the shape of its input (without the batch axis),
+//! as Keras layers do. Shapes in this module never include the batch axis.
+
+mod activation;
+mod core;
+mod dense;
+mod dropout;
+mod reshape;
+
+pub use activation::{Activation, ActivationLayer, LeakyReLU, ReLU};
+pub use core::{Concatenate, Add};
+pub use dense::{Dense, Regularizer};
+pub use dropout::Dropout;
+pub use reshape::{Flatten, Reshape};
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use candle_core::Tensor;
+
+use crate::tape::Variable;
+use crate::{Error, Result};
+
+/// A layer: a function from tensors to a tensor, with variables built on first use.
+///
+/// Required: [`Layer::name`], [`Layer::call`] and [`Layer::compute_output_shape`]. Layers with
+/// variables also implement [`Layer::variables`]; layers with several inputs (`Concatenate`)
+/// implement [`Layer::call_many`].
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::layers::{Dense, Layer};
+/// let mut dense = Dense::new(4);
+/// let y = dense.call(&Tensor::ones((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap(), false).unwrap();
+/// assert_eq!(y.dims(), &[2, 4]);
+/// assert_eq!(dense.count_params(), 3 * 4 + 4);
+/// ```
+pub trait Layer: Send {
+    /// The unique name (`"dense"`, `"dense_1"`, ...).
+    fn name(&self) -> &str;
+    /// The class name shown by `summary()` (`"Dense"`).
+    fn class_name(&self) -> &str;
+    /// Creates the variables for inputs of `input_shape` (batch axis excluded). Called by `call`
+    /// on first use; calling it again is a no-op.
+    ///
+    /// # Errors
+    /// An input shape the layer cannot take.
+    fn build(&mut self, input_shape: &[usize]) -> Result<()> {
+        let _ = input_shape;
+        Ok(())
+    }
+    /// The forward pass on a batch. `training` switches dropout and similar behaviour.
+    ///
+    /// # Errors
+    /// An input of the wrong shape, with the expected and received shapes.
+    fn call(&mut self, x: &Tensor, training: bool) -> Result<Tensor>;
+    /// The forward pass of a layer with several inputs; by default, requires exactly one.
+    ///
+    /// # Errors
+    /// A number of inputs the layer does not take.
+    fn call_many(&mut self, xs: &[Tensor], training: bool) -> Result<Tensor> {
+        match xs {
+            [x] => self.call(x, training),
+            _ => Err(Error::value(format!(
+                "layer `{}` takes one input, received {}",
+                self.name(),
+                xs.len()
+            ))),
+        }
+    }
+    /// The output shape for an input shape (batch axis excluded).
+    ///
+    /// # Errors
+    /// An input shape the layer cannot take.
+    fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>>;
+    /// The output shape for several input shapes; by default, requires exactly one.
+    ///
+    /// # Errors
+    /// A number or shape of inputs the layer does not take.
+    fn compute_output_shape_many(&self, shapes: &[Vec<usize>]) -> Result<Vec<usize>> {
+        match shapes {
+            [s] => self.compute_output_shape(s),
+            _ => Err(Error::value(format!(
+                "layer `{}` takes one input, received {}",
+                self.name(),
+                shapes.len()
+            ))),
+        }
+    }
+    /// Every variable, trainable first, in creation order (Keras's `weights`).
+    fn variables(&self) -> Vec<Variable> {
+        Vec::new()
+    }
+    /// The variables an optimizer updates.
+    fn trainable_variables(&self) -> Vec<Variable> {
+        self.variables()
+            .into_iter()
+            .filter(Variable::trainable)
+            .collect()
+    }
+    /// The variables that are not trained by gradients (moving statistics).
+    fn non_trainable_variables(&self) -> Vec<Variable> {
+        self.variables()
+            .into_iter()
+            .filter(|v| !v.trainable())
+            .collect()
+    }
+    /// Regularization losses for the current weights (Keras's `layer.losses`).
+    ///
+    /// # Errors
+    /// A failing tensor operation.
+    fn losses(&self) -> Result<Vec<Tensor>> {
+        Ok(Vec::new())
+    }
+    /// Total number of scalars in the variables.
+    fn count_params(&self) -> usize {
+        self.variables().iter().map(Variable::elem_count).sum()
+    }
+    /// The layers inside this one, for `summary()` of nested models (empty for plain layers).
+    fn sublayer_summaries(&self) -> Vec<LayerSummary> {
+        Vec::new()
+    }
+}
+
+/// One row of `summary()`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerSummary {
+    /// `"dense (Dense)"`.
+    pub name: String,
+    /// Output shape without the batch axis.
+    pub output_shape: Vec<usize>,
+    /// Parameter count.
+    pub params: usize,
+}
+
+impl<L: Layer + ?Sized> Layer for Box<L> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn class_name(&self) -> &str {
+        (**self).class_name()
+    }
+    fn build(&mut self, input_shape: &[usize]) -> Result<()> {
+        (**self).build(input_shape)
+    }
+    fn call(&mut self, x: &Tensor, training: bool) -> Result<Tensor> {
+        (**self).call(x, training)
+    }
+    fn call_many(&mut self, xs: &[Tensor], training: bool) -> Result<Tensor> {
+        (**self).call_many(xs, training)
+    }
+    fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        (**self).compute_output_shape(input_shape)
+    }
+    fn compute_output_shape_many(&self, shapes: &[Vec<usize>]) -> Result<Vec<usize>> {
+        (**self).compute_output_shape_many(shapes)
+    }
+    fn variables(&self) -> Vec<Variable> {
+        (**self).variables()
+    }
+    fn trainable_variables(&self) -> Vec<Variable> {
+        (**self).trainable_variables()
+    }
+    fn non_trainable_variables(&self) -> Vec<Variable> {
+        (**self).non_trainable_variables()
+    }
+    fn losses(&self) -> Result<Vec<Tensor>> {
+        (**self).losses()
+    }
+    fn count_params(&self) -> usize {
+        (**self).count_params()
+    }
+    fn sublayer_summaries(&self) -> Vec<LayerSummary> {
+        (**self).sublayer_summaries()
+    }
+}
+
+/// A unique name from a prefix, as Keras names layers: `dense`, `dense_1`, `dense_2`, ...
+///
+/// ```
+/// let a = ferrokeras::layers::unique_name("my_block");
+/// let b = ferrokeras::layers::unique_name("my_block");
+/// assert_eq!(a, "my_block");
+/// assert_eq!(b, "my_block_1");
+/// ```
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTS: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
+    let mut counts = COUNTS
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let n = counts.entry(prefix.to_string()).or_insert(0);
+    let name = if *n == 0 {
+        prefix.to_string()
+    } else {
+        format!("{prefix}_{n}")
+    };
+    *n += 1;
+    name
+}
+
+/// Checks that a batch has the rank and trailing dimensions a layer expects.
+pub(crate) fn check_input(layer: &str, x: &Tensor, expected: &[usize]) -> Result<()> {
+    let dims = x.dims();
+    if dims.len() != expected.len() + 1 || &dims[1..] != expected {
+        let exp: Vec<String> = std::iter::once("None".to_string())
+            .chain(expected.iter().map(|d| d.to_string()))
+            .collect();
+        return Err(Error::value(format!(
+            "Input 0 of layer \"{layer}\" is incompatible with the layer: expected shape=({}), found shape={:?}. Check the feature size of your data against the model's input.",
+            exp.join(", "),
+            dims
+        )));
+    }
+    Ok(())
+}

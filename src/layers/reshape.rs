@@ -1,0 +1,127 @@
+//! `Flatten` and `Reshape`.
+
+use candle_core::Tensor;
+
+use super::{Layer, unique_name};
+use crate::{Error, Result};
+
+/// Flattens every axis but the batch axis.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::layers::{Flatten, Layer};
+/// let x = Tensor::zeros((2, 3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+/// assert_eq!(Flatten::new().call(&x, false).unwrap().dims(), &[2, 12]);
+/// ```
+pub struct Flatten {
+    name: String,
+}
+
+impl Flatten {
+    /// A flatten layer.
+    pub fn new() -> Self {
+        Self {
+            name: unique_name("flatten"),
+        }
+    }
+}
+
+impl Default for Flatten {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Layer for Flatten {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn class_name(&self) -> &str {
+        "Flatten"
+    }
+    fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
+        if x.rank() == 0 {
+            return Err(Error::value("Flatten needs a batch axis; received a scalar"));
+        }
+        let n = x.dims()[0];
+        let rest: usize = x.dims()[1..].iter().product();
+        Ok(x.reshape((n, rest))?)
+    }
+    fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        Ok(vec![input_shape.iter().product()])
+    }
+}
+
+/// Reshapes every sample to `target_shape` (batch axis excluded); one entry may be `-1`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::layers::{Layer, Reshape};
+/// let x = Tensor::zeros((2, 12), candle_core::DType::F32, &Device::Cpu).unwrap();
+/// assert_eq!(Reshape::new(&[3, -1]).call(&x, false).unwrap().dims(), &[2, 3, 4]);
+/// ```
+pub struct Reshape {
+    name: String,
+    target: Vec<i64>,
+}
+
+impl Reshape {
+    /// A reshape layer.
+    pub fn new(target_shape: &[i64]) -> Self {
+        Self {
+            name: unique_name("reshape"),
+            target: target_shape.to_vec(),
+        }
+    }
+
+    fn resolve(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        let total: usize = input_shape.iter().product();
+        let unknown = self.target.iter().filter(|d| **d == -1).count();
+        let known: i64 = self.target.iter().filter(|d| **d != -1).product();
+        let bad = || {
+            Error::value(format!(
+                "The total size of the tensor must be unchanged. Received: input_shape={input_shape:?}, target_shape={:?}",
+                self.target
+            ))
+        };
+        if unknown > 1 || self.target.iter().any(|d| *d < -1 || *d == 0) {
+            return Err(bad());
+        }
+        if unknown == 1 {
+            if known <= 0 || total % known as usize != 0 {
+                return Err(bad());
+            }
+            let fill = total / known as usize;
+            Ok(self
+                .target
+                .iter()
+                .map(|d| if *d == -1 { fill } else { *d as usize })
+                .collect())
+        } else {
+            if known as usize != total {
+                return Err(bad());
+            }
+            Ok(self.target.iter().map(|d| *d as usize).collect())
+        }
+    }
+}
+
+impl Layer for Reshape {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn class_name(&self) -> &str {
+        "Reshape"
+    }
+    fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
+        if x.rank() == 0 {
+            return Err(Error::value("Reshape needs a batch axis; received a scalar"));
+        }
+        let mut shape = vec![x.dims()[0]];
+        shape.extend(self.resolve(&x.dims()[1..])?);
+        Ok(x.reshape(shape)?)
+    }
+    fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        self.resolve(input_shape)
+    }
+}

@@ -1,0 +1,443 @@
+//! Losses with Keras 3 semantics: per-sample math in [`Loss::call`], reduction
+//! `sum_over_batch_size` and sample weights in the provided [`Loss::compute`].
+//!
+//! `sum_over_batch_size` divides the weighted sum by the number of loss values (not by the sum of
+//! the weights), exactly as Keras does.
+
+mod compiled;
+
+pub use compiled::CompiledLoss;
+
+use candle_core::{D, DType, Tensor};
+
+use crate::ops::{log_softmax_last, sigmoid_stable_bce};
+use crate::{Error, Result};
+
+/// Clipping constant for probabilities (Keras's `backend.epsilon()`).
+pub const EPSILON: f64 = 1e-7;
+
+/// A loss function.
+///
+/// Implement [`Loss::call`] (the per-sample values, one per sample or per element before the batch
+/// reduction); [`Loss::compute`] applies sample weights and the reduction.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::losses::{Loss, MeanSquaredError};
+/// let y = Tensor::new(&[[0f32], [1.0]], &Device::Cpu).unwrap();
+/// let p = Tensor::new(&[[1f32], [1.0]], &Device::Cpu).unwrap();
+/// let l = MeanSquaredError::new().compute(&y, &p, None).unwrap();
+/// assert_eq!(l.to_scalar::<f32>().unwrap(), 0.5);
+/// ```
+pub trait Loss: Send {
+    /// The name used in logs (`"mean_squared_error"`).
+    fn name(&self) -> &str;
+    /// Unreduced loss values, shape `(batch, ...)` with the last axis reduced where Keras does.
+    ///
+    /// # Errors
+    /// Incompatible shapes of `y_true` and `y_pred`.
+    fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor>;
+    /// The scalar loss: `sum(values * sample_weight) / values.elem_count()`.
+    ///
+    /// # Errors
+    /// Incompatible shapes, including a `sample_weight` that does not match the batch.
+    fn compute(
+        &self,
+        y_true: &Tensor,
+        y_pred: &Tensor,
+        sample_weight: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let values = self.call(y_true, y_pred)?;
+        reduce_weighted(&values, sample_weight)
+    }
+}
+
+/// `sum(values * sample_weight) / number of values` (Keras's `reduce_weighted_values` with
+/// `sum_over_batch_size`).
+///
+/// # Errors
+/// A `sample_weight` whose shape cannot broadcast to the values.
+pub fn reduce_weighted(values: &Tensor, sample_weight: Option<&Tensor>) -> Result<Tensor> {
+    let n = values.elem_count().max(1) as f64;
+    let weighted = match sample_weight {
+        Some(sw) => {
+            let sw = sw.to_dtype(values.dtype())?;
+            let (v, w) = squeeze_or_expand_to_same_rank(values, &sw)?;
+            v.broadcast_mul(&w).map_err(|_| {
+                Error::value(format!(
+                    "sample_weight of shape {:?} does not match loss values of shape {:?}; pass one weight per sample (shape ({},)) or one per value",
+                    sw.dims(),
+                    values.dims(),
+                    values.dims().first().copied().unwrap_or(0)
+                ))
+            })?
+        }
+        None => values.clone(),
+    };
+    Ok((weighted.sum_all()? / n)?)
+}
+
+/// Keras's `squeeze_or_expand_to_same_rank`: when ranks differ by one and the longer one ends in a
+/// size-1 axis, squeeze it (or expand a rank-1 partner).
+///
+/// # Errors
+/// A failing reshape.
+pub fn squeeze_or_expand_to_same_rank(a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (ra, rb) = (a.rank(), b.rank());
+    if ra == rb + 1 && a.dims()[ra - 1] == 1 {
+        if rb == 1 {
+            return Ok((a.clone(), b.unsqueeze(1)?));
+        }
+        return Ok((a.squeeze(ra - 1)?, b.clone()));
+    }
+    if rb == ra + 1 && b.dims()[rb - 1] == 1 {
+        if ra == 1 {
+            return Ok((a.unsqueeze(1)?, b.clone()));
+        }
+        return Ok((a.clone(), b.squeeze(rb - 1)?));
+    }
+    Ok((a.clone(), b.clone()))
+}
+
+fn prepare(name: &str, y_true: &Tensor, y_pred: &Tensor) -> Result<(Tensor, Tensor)> {
+    let y_true = y_true.to_dtype(DType::F32)?;
+    let (t, p) = squeeze_or_expand_to_same_rank(&y_true, y_pred)?;
+    if t.dims() != p.dims() {
+        return Err(Error::value(format!(
+            "{name}: `y_true` and `y_pred` must have the same shape. Received: y_true.shape={:?}, y_pred.shape={:?}",
+            y_true.dims(),
+            y_pred.dims()
+        )));
+    }
+    Ok((t, p))
+}
+
+fn mean_last(t: &Tensor) -> Result<Tensor> {
+    if t.rank() == 0 {
+        return Ok(t.clone());
+    }
+    Ok(t.mean(D::Minus1)?)
+}
+
+macro_rules! simple_loss {
+    ($(#[$doc:meta])* $ty:ident, $name:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, Default)]
+        pub struct $ty;
+        impl $ty {
+            /// The loss.
+            pub fn new() -> Self {
+                Self
+            }
+        }
+    };
+}
+
+simple_loss!(
+    /// `mean((y_pred - y_true)^2, axis=-1)`.
+    ///
+    /// ```
+    /// use ferrokeras::losses::{Loss, MeanSquaredError};
+    /// assert_eq!(MeanSquaredError::new().name(), "mean_squared_error");
+    /// ```
+    MeanSquaredError,
+    "mean_squared_error"
+);
+simple_loss!(
+    /// `mean(|y_pred - y_true|, axis=-1)`.
+    ///
+    /// ```
+    /// use ferrokeras::losses::{Loss, MeanAbsoluteError};
+    /// assert_eq!(MeanAbsoluteError::new().name(), "mean_absolute_error");
+    /// ```
+    MeanAbsoluteError,
+    "mean_absolute_error"
+);
+
+impl Loss for MeanSquaredError {
+    fn name(&self) -> &str {
+        "mean_squared_error"
+    }
+    fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
+        let (t, p) = prepare(self.name(), y_true, y_pred)?;
+        mean_last(&(p - t)?.sqr()?)
+    }
+}
+
+impl Loss for MeanAbsoluteError {
+    fn name(&self) -> &str {
+        "mean_absolute_error"
+    }
+    fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
+        let (t, p) = prepare(self.name(), y_true, y_pred)?;
+        mean_last(&(p - t)?.abs()?)
+    }
+}
+
+/// Huber loss: `0.5 x^2` where `|x| <= delta`, else `delta |x| - 0.5 delta^2`; mean over the last axis.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::losses::{Huber, Loss};
+/// let y = Tensor::new(&[[0f32, 0.0]], &Device::Cpu).unwrap();
+/// let p = Tensor::new(&[[0.5f32, 3.0]], &Device::Cpu).unwrap();
+/// let l = Huber::new(1.0).compute(&y, &p, None).unwrap().to_scalar::<f32>().unwrap();
+/// assert!((l - (0.125 + 2.5) / 2.0).abs() < 1e-6);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Huber {
+    delta: f64,
+}
+
+impl Huber {
+    /// Huber loss with threshold `delta` (Keras default 1.0).
+    pub fn new(delta: f64) -> Self {
+        Self { delta }
+    }
+}
+
+impl Default for Huber {
+    fn default() -> Self {
+        Self::new(1.0)
+    }
+}
+
+impl Loss for Huber {
+    fn name(&self) -> &str {
+        "huber_loss"
+    }
+    fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
+        let (t, p) = prepare(self.name(), y_true, y_pred)?;
+        let err = (p - t)?;
+        let abs = err.abs()?;
+        let d = self.delta;
+        let quad = (err.sqr()? * 0.5)?;
+        let lin = ((&abs * d)? - 0.5 * d * d)?;
+        let small = abs.le(d)?;
+        mean_last(&small.where_cond(&quad, &lin)?)
+    }
+}
+
+/// Binary cross-entropy between targets in `[0, 1]` and probabilities (or logits with
+/// `from_logits`); mean over the last axis. The logits form is the stable
+/// `max(x, 0) - x z + log(1 + exp(-|x|))`, finite at any logit.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::losses::{BinaryCrossentropy, Loss};
+/// let y = Tensor::new(&[[1f32], [0.0]], &Device::Cpu).unwrap();
+/// let logits = Tensor::new(&[[40f32], [-40.0]], &Device::Cpu).unwrap();
+/// let l = BinaryCrossentropy::new().from_logits(true).compute(&y, &logits, None).unwrap();
+/// assert!(l.to_scalar::<f32>().unwrap() < 1e-6);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct BinaryCrossentropy {
+    from_logits: bool,
+    label_smoothing: f64,
+}
+
+impl BinaryCrossentropy {
+    /// On probabilities, no label smoothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Whether `y_pred` are logits.
+    pub fn from_logits(mut self, from_logits: bool) -> Self {
+        self.from_logits = from_logits;
+        self
+    }
+    /// Targets become `y (1 - s) + 0.5 s`.
+    pub fn label_smoothing(mut self, s: f64) -> Self {
+        self.label_smoothing = s;
+        self
+    }
+}
+
+impl Loss for BinaryCrossentropy {
+    fn name(&self) -> &str {
+        "binary_crossentropy"
+    }
+    fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
+        let (mut t, p) = prepare(self.name(), y_true, y_pred)?;
+        if self.label_smoothing > 0.0 {
+            t = ((t * (1.0 - self.label_smoothing))? + 0.5 * self.label_smoothing)?;
+        }
+        let per_elem = if self.from_logits {
+            sigmoid_stable_bce(&p, &t)?
+        } else {
+            let p = p.clamp(EPSILON as f32, (1.0 - EPSILON) as f32)?;
+            let pos = (&t * p.log()?)?;
+            let neg = (t.affine(-1.0, 1.0)? * p.affine(-1.0, 1.0)?.log()?)?;
+            (pos + neg)?.neg()?
+        };
+        mean_last(&per_elem)
+    }
+}
+
+/// Categorical cross-entropy between one-hot (or soft) targets and probabilities (or logits).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::losses::{CategoricalCrossentropy, Loss};
+/// let y = Tensor::new(&[[0f32, 1.0]], &Device::Cpu).unwrap();
+/// let p = Tensor::new(&[[0.5f32, 0.5]], &Device::Cpu).unwrap();
+/// let l = CategoricalCrossentropy::new().compute(&y, &p, None).unwrap();
+/// assert!((l.to_scalar::<f32>().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct CategoricalCrossentropy {
+    from_logits: bool,
+    label_smoothing: f64,
+}
+
+impl CategoricalCrossentropy {
+    /// On probabilities, no label smoothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Whether `y_pred` are logits.
+    pub fn from_logits(mut self, from_logits: bool) -> Self {
+        self.from_logits = from_logits;
+        self
+    }
+    /// Targets become `y (1 - s) + s / num_classes`.
+    pub fn label_smoothing(mut self, s: f64) -> Self {
+        self.label_smoothing = s;
+        self
+    }
+}
+
+/// `-sum(target * log p)` over the last axis from probabilities or logits.
+fn categorical_ce(target: &Tensor, output: &Tensor, from_logits: bool) -> Result<Tensor> {
+    let log_p = if from_logits {
+        log_softmax_last(output)?
+    } else {
+        let norm = output.broadcast_div(&output.sum_keepdim(D::Minus1)?)?;
+        norm.clamp(EPSILON as f32, (1.0 - EPSILON) as f32)?.log()?
+    };
+    Ok((target * log_p)?.sum(D::Minus1)?.neg()?)
+}
+
+impl Loss for CategoricalCrossentropy {
+    fn name(&self) -> &str {
+        "categorical_crossentropy"
+    }
+    fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
+        let (mut t, p) = prepare(self.name(), y_true, y_pred)?;
+        if t.rank() == 0 {
+            return Err(Error::value(
+                "categorical_crossentropy needs a class axis; received scalars",
+            ));
+        }
+        if self.label_smoothing > 0.0 {
+            let k = t.dims()[t.rank() - 1] as f64;
+            t = ((t * (1.0 - self.label_smoothing))? + self.label_smoothing / k)?;
+        }
+        categorical_ce(&t, &p, self.from_logits)
+    }
+}
+
+/// Cross-entropy between integer labels and probabilities (or logits) over classes.
+///
+/// # Shapes
+/// `y_true` `(batch,)` or `(batch, 1)` of class indices; `y_pred` `(batch, classes)`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::losses::{Loss, SparseCategoricalCrossentropy};
+/// let y = Tensor::new(&[1f32], &Device::Cpu).unwrap();
+/// let p = Tensor::new(&[[0.5f32, 0.5]], &Device::Cpu).unwrap();
+/// let l = SparseCategoricalCrossentropy::new().compute(&y, &p, None).unwrap();
+/// assert!((l.to_scalar::<f32>().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct SparseCategoricalCrossentropy {
+    from_logits: bool,
+}
+
+impl SparseCategoricalCrossentropy {
+    /// On probabilities.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Whether `y_pred` are logits.
+    pub fn from_logits(mut self, from_logits: bool) -> Self {
+        self.from_logits = from_logits;
+        self
+    }
+}
+
+/// One-hot encodes integer labels (any numeric dtype) into `num_classes` float32 columns.
+///
+/// # Errors
+/// Labels outside `0..num_classes`, with the offending value.
+pub(crate) fn one_hot(labels: &Tensor, num_classes: usize) -> Result<Tensor> {
+    let l = labels.to_dtype(DType::F32)?;
+    let (min, max) = (
+        l.min_all()?.to_scalar::<f32>()?,
+        l.max_all()?.to_scalar::<f32>()?,
+    );
+    if l.elem_count() > 0 && (min < 0.0 || max >= num_classes as f32) {
+        let bad = if min < 0.0 { min } else { max };
+        return Err(Error::value(format!(
+            "Received a label value of {bad} which is outside the valid range of [0, {num_classes}). Labels must be class indices 0..{}",
+            num_classes - 1
+        )));
+    }
+    let classes = Tensor::arange(0u32, num_classes as u32, l.device())?.to_dtype(DType::F32)?;
+    Ok(l.unsqueeze(l.rank())?
+        .broadcast_eq(&classes)?
+        .to_dtype(DType::F32)?)
+}
+
+impl Loss for SparseCategoricalCrossentropy {
+    fn name(&self) -> &str {
+        "sparse_categorical_crossentropy"
+    }
+    fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
+        let mut t = y_true.clone();
+        if t.rank() == y_pred.rank() && t.rank() > 0 && t.dims()[t.rank() - 1] == 1 {
+            t = t.squeeze(t.rank() - 1)?;
+        }
+        if y_pred.rank() == 0 || t.rank() + 1 != y_pred.rank() || t.dims() != &y_pred.dims()[..t.rank()] {
+            return Err(Error::value(format!(
+                "sparse_categorical_crossentropy expects integer labels of shape (batch,) or (batch, 1) and predictions of shape (batch, classes). Received: y_true.shape={:?}, y_pred.shape={:?}",
+                y_true.dims(),
+                y_pred.dims()
+            )));
+        }
+        let k = y_pred.dims()[y_pred.rank() - 1];
+        let oh = one_hot(&t, k)?;
+        categorical_ce(&oh, y_pred, self.from_logits)
+    }
+}
+
+/// Resolves a Keras loss shorthand (`"mse"`, `"binary_crossentropy"`, ...).
+///
+/// ```
+/// let l = ferrokeras::losses::get("mse").unwrap();
+/// assert_eq!(l.name(), "mean_squared_error");
+/// assert!(ferrokeras::losses::get("msee").unwrap_err().to_string().contains("msee"));
+/// ```
+///
+/// # Errors
+/// An unknown name, listing the known ones.
+pub fn get(name: &str) -> Result<Box<dyn Loss>> {
+    Ok(match name {
+        "mse" | "mean_squared_error" | "MeanSquaredError" => Box::new(MeanSquaredError),
+        "mae" | "mean_absolute_error" | "MeanAbsoluteError" => Box::new(MeanAbsoluteError),
+        "huber" | "huber_loss" | "Huber" => Box::new(Huber::default()),
+        "binary_crossentropy" | "BinaryCrossentropy" => Box::new(BinaryCrossentropy::new()),
+        "categorical_crossentropy" | "CategoricalCrossentropy" => {
+            Box::new(CategoricalCrossentropy::new())
+        }
+        "sparse_categorical_crossentropy" | "SparseCategoricalCrossentropy" => {
+            Box::new(SparseCategoricalCrossentropy::new())
+        }
+        other => {
+            return Err(Error::value(format!(
+                "Could not interpret loss identifier: {other:?}. Expected one of \"mse\", \"mae\", \"huber\", \"binary_crossentropy\", \"categorical_crossentropy\", \"sparse_categorical_crossentropy\", or a `Loss` object."
+            )));
+        }
+    })
+}

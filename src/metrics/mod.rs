@@ -1,0 +1,461 @@
+//! Metrics with Keras 3 semantics: stateful `update_state` / `result` / `reset_state`.
+//!
+//! Every metric here is a weighted mean (or sum) of per-sample values, like Keras's `Mean` and
+//! `MeanMetricWrapper`: with `sample_weight`, values are weighted and the count is the sum of weights.
+//! State is kept in float64 on the host. Besides the running value, each metric remembers the value
+//! of its last update alone ([`Metric::batch_result`]) so that callbacks can see per-batch values.
+
+mod compiled;
+mod functions;
+
+pub use compiled::{CompiledMetrics, MetricSpec};
+
+use candle_core::{DType, Tensor};
+
+use crate::losses::squeeze_or_expand_to_same_rank;
+use crate::{Error, Result};
+
+/// A stateful metric.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::metrics::{MeanAbsoluteError, Metric};
+/// let mut mae = MeanAbsoluteError::new();
+/// let y = Tensor::new(&[[1f32], [2.0]], &Device::Cpu).unwrap();
+/// let p = Tensor::new(&[[2f32], [2.0]], &Device::Cpu).unwrap();
+/// mae.update_state(&y, &p, None).unwrap();
+/// assert_eq!(mae.result(), 0.5);
+/// mae.reset_state();
+/// assert_eq!(mae.result(), 0.0);
+/// ```
+pub trait Metric: Send {
+    /// The name shown in logs.
+    fn name(&self) -> &str;
+    /// Accumulates a batch of targets and predictions.
+    ///
+    /// # Errors
+    /// Incompatible shapes; for [`Mean`] and [`Sum`], which track plain values, a pointer to
+    /// [`Metric::update_values`].
+    fn update_state(
+        &mut self,
+        y_true: &Tensor,
+        y_pred: &Tensor,
+        sample_weight: Option<&Tensor>,
+    ) -> Result<()>;
+    /// Accumulates plain values (a loss), for metrics that track values ([`Mean`], [`Sum`]).
+    ///
+    /// # Errors
+    /// By default: this metric compares targets with predictions and takes `update_state`.
+    fn update_values(&mut self, values: &Tensor, sample_weight: Option<&Tensor>) -> Result<()> {
+        let _ = (values, sample_weight);
+        Err(Error::value(format!(
+            "metric `{}` compares targets with predictions: call update_state(y_true, y_pred, sample_weight) instead of update_values",
+            self.name()
+        )))
+    }
+    /// The current value (0 before any update).
+    fn result(&self) -> f64;
+    /// Clears the state (Keras's `reset_state`).
+    fn reset_state(&mut self);
+    /// The value of the last update alone, if any.
+    fn batch_result(&self) -> Option<f64> {
+        None
+    }
+}
+
+/// Weighted-mean (or sum) accumulator shared by every metric here.
+#[derive(Clone, Debug, Default)]
+struct Accumulator {
+    total: f64,
+    count: f64,
+    last: Option<(f64, f64)>,
+    sum_only: bool,
+}
+
+impl Accumulator {
+    /// Keras's `reduce_to_samplewise_values` followed by `Mean.update_state` (or `Sum`).
+    fn update(&mut self, values: &Tensor, sample_weight: Option<&Tensor>) -> Result<()> {
+        let mut values = values.to_dtype(DType::F32)?;
+        let reduce = |t: &Tensor, from: usize, sum_only: bool| -> Result<Tensor> {
+            let mut t = t.clone();
+            while t.rank() > from {
+                let last = t.rank() - 1;
+                t = if sum_only { t.sum(last)? } else { t.mean(last)? };
+            }
+            Ok(t)
+        };
+        let mut weight_sum = None;
+        if let Some(sw) = sample_weight {
+            let sw = sw.to_dtype(DType::F32)?;
+            let (v, mut w) = squeeze_or_expand_to_same_rank(&values, &sw)?;
+            let wr = w.rank();
+            let mut v = if v.rank() > wr {
+                reduce(&v, wr, self.sum_only)?
+            } else {
+                v
+            };
+            w = w.broadcast_as(v.shape()).map_err(|_| {
+                Error::value(format!(
+                    "sample_weight of shape {:?} cannot be broadcast to values of shape {:?}; pass one weight per sample",
+                    sw.dims(),
+                    values.dims()
+                ))
+            })?;
+            v = (v * &w)?;
+            if wr > 1 {
+                w = reduce(&w, 1, self.sum_only)?;
+            }
+            weight_sum = Some(w.sum_all()?.to_scalar::<f32>()? as f64);
+            values = v;
+        }
+        let values = if values.rank() > 1 {
+            reduce(&values, 1, self.sum_only)?
+        } else {
+            values
+        };
+        let total = values.sum_all()?.to_scalar::<f32>()? as f64;
+        let count = match weight_sum {
+            Some(w) => w,
+            None if values.rank() >= 1 => values.dims()[0] as f64,
+            None => 1.0,
+        };
+        self.total += total;
+        self.count += count;
+        self.last = Some((total, count));
+        Ok(())
+    }
+    fn mean(&self) -> f64 {
+        if self.count == 0.0 {
+            0.0
+        } else {
+            self.total / self.count
+        }
+    }
+    fn last_mean(&self) -> Option<f64> {
+        self.last
+            .map(|(t, c)| if c == 0.0 { 0.0 } else { t / c })
+    }
+    fn reset(&mut self) {
+        self.total = 0.0;
+        self.count = 0.0;
+        self.last = None;
+    }
+}
+
+/// The weighted mean of values: Keras's `metrics.Mean` (the loss tracker is one).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::metrics::{Mean, Metric};
+/// let mut m = Mean::new("loss");
+/// m.update_state(&Tensor::new(&[1f32, 3.0], &Device::Cpu).unwrap(), None).unwrap();
+/// m.update_state(&Tensor::new(5f32, &Device::Cpu).unwrap(), None).unwrap();
+/// assert_eq!(m.result(), 3.0);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Mean {
+    name: String,
+    acc: Accumulator,
+}
+
+impl Mean {
+    /// A mean named `name` (Keras default `"mean"`).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            acc: Accumulator::default(),
+        }
+    }
+    /// Accumulates values (Keras's `Mean.update_state(values, sample_weight)`).
+    ///
+    /// # Errors
+    /// A `sample_weight` that does not broadcast to the values.
+    pub fn update_state(&mut self, values: &Tensor, sample_weight: Option<&Tensor>) -> Result<()> {
+        self.acc.update(values, sample_weight)
+    }
+    /// Accumulates a value already on the host with a weight (what the fit loop uses for the loss
+    /// tracker, weighted by batch size).
+    pub fn update_scalar(&mut self, value: f64, weight: f64) {
+        self.acc.total += value * weight;
+        self.acc.count += weight;
+        self.acc.last = Some((value * weight, weight));
+    }
+}
+
+impl Metric for Mean {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn update_state(
+        &mut self,
+        y_true: &Tensor,
+        y_pred: &Tensor,
+        sample_weight: Option<&Tensor>,
+    ) -> Result<()> {
+        let _ = (y_true, y_pred, sample_weight);
+        Err(Error::value(format!(
+            "metric `{}` is a Mean of values: call update_values(values, sample_weight) (or Mean::update_state(values, sample_weight)) instead of update_state(y_true, y_pred, ...)",
+            self.name
+        )))
+    }
+    fn update_values(&mut self, values: &Tensor, sample_weight: Option<&Tensor>) -> Result<()> {
+        self.acc.update(values, sample_weight)
+    }
+    fn result(&self) -> f64 {
+        self.acc.mean()
+    }
+    fn reset_state(&mut self) {
+        self.acc.reset()
+    }
+    fn batch_result(&self) -> Option<f64> {
+        self.acc.last_mean()
+    }
+}
+
+/// The weighted sum of values: Keras's `metrics.Sum`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::metrics::{Metric, Sum};
+/// let mut s = Sum::new("total");
+/// s.update_state(&Tensor::new(&[1f32, 3.0], &Device::Cpu).unwrap(), None).unwrap();
+/// assert_eq!(s.result(), 4.0);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Sum {
+    name: String,
+    acc: Accumulator,
+}
+
+impl Sum {
+    /// A sum named `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            acc: Accumulator {
+                sum_only: true,
+                ..Accumulator::default()
+            },
+        }
+    }
+    /// Accumulates values.
+    ///
+    /// # Errors
+    /// A `sample_weight` that does not broadcast to the values.
+    pub fn update_state(&mut self, values: &Tensor, sample_weight: Option<&Tensor>) -> Result<()> {
+        self.acc.update(values, sample_weight)
+    }
+}
+
+impl Metric for Sum {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn update_state(
+        &mut self,
+        y_true: &Tensor,
+        y_pred: &Tensor,
+        sample_weight: Option<&Tensor>,
+    ) -> Result<()> {
+        let _ = (y_true, y_pred, sample_weight);
+        Err(Error::value(format!(
+            "metric `{}` is a Sum of values: call update_values(values, sample_weight)",
+            self.name
+        )))
+    }
+    fn update_values(&mut self, values: &Tensor, sample_weight: Option<&Tensor>) -> Result<()> {
+        self.acc.update(values, sample_weight)
+    }
+    fn result(&self) -> f64 {
+        self.acc.total
+    }
+    fn reset_state(&mut self) {
+        self.acc.reset()
+    }
+    fn batch_result(&self) -> Option<f64> {
+        self.acc.last.map(|(t, _)| t)
+    }
+}
+
+/// Which per-sample function a [`MeanMetricWrapper`]-style metric averages.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Mae,
+    Mse,
+    Rmse,
+    Accuracy,
+    Binary(f32),
+    Categorical,
+    SparseCategorical,
+    TopK(usize),
+}
+
+macro_rules! wrapper_metric {
+    ($(#[$doc:meta])* $ty:ident, $default_name:expr, $kind:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug)]
+        pub struct $ty {
+            name: String,
+            kind: Kind,
+            acc: Accumulator,
+        }
+        impl $ty {
+            /// The metric with its Keras default name.
+            pub fn new() -> Self {
+                Self { name: $default_name.to_string(), kind: $kind, acc: Accumulator::default() }
+            }
+            /// The same metric under another name (as in `MeanAbsoluteError(name="mae")`).
+            pub fn named(mut self, name: impl Into<String>) -> Self {
+                self.name = name.into();
+                self
+            }
+        }
+        impl Default for $ty {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+        impl Metric for $ty {
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn update_state(&mut self, y_true: &Tensor, y_pred: &Tensor, sample_weight: Option<&Tensor>) -> Result<()> {
+                let values = functions::per_sample(self.kind, y_true, y_pred).map_err(|e| match e {
+                    Error::Tensor(t) => Error::value(format!(
+                        "metric `{}` could not compare y_true of shape {:?} with y_pred of shape {:?}: {t}",
+                        self.name, y_true.dims(), y_pred.dims()
+                    )),
+                    other => other,
+                })?;
+                self.acc.update(&values, sample_weight)
+            }
+            fn result(&self) -> f64 {
+                let m = self.acc.mean();
+                if self.kind == Kind::Rmse { m.sqrt() } else { m }
+            }
+            fn reset_state(&mut self) {
+                self.acc.reset()
+            }
+            fn batch_result(&self) -> Option<f64> {
+                let m = self.acc.last_mean()?;
+                Some(if self.kind == Kind::Rmse { m.sqrt() } else { m })
+            }
+        }
+    };
+}
+
+wrapper_metric!(
+    /// Mean of `|y_pred - y_true|` (Keras name `mean_absolute_error`).
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{MeanAbsoluteError, Metric};
+    /// assert_eq!(MeanAbsoluteError::new().named("mae").name(), "mae");
+    /// ```
+    MeanAbsoluteError, "mean_absolute_error", Kind::Mae
+);
+wrapper_metric!(
+    /// Mean of `(y_pred - y_true)^2`.
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{MeanSquaredError, Metric};
+    /// assert_eq!(MeanSquaredError::new().name(), "mean_squared_error");
+    /// ```
+    MeanSquaredError, "mean_squared_error", Kind::Mse
+);
+wrapper_metric!(
+    /// Square root of the mean squared error over everything seen.
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{Metric, RootMeanSquaredError};
+    /// assert_eq!(RootMeanSquaredError::new().name(), "root_mean_squared_error");
+    /// ```
+    RootMeanSquaredError, "root_mean_squared_error", Kind::Rmse
+);
+wrapper_metric!(
+    /// Fraction of predictions exactly equal to targets.
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{Accuracy, Metric};
+    /// assert_eq!(Accuracy::new().name(), "accuracy");
+    /// ```
+    Accuracy, "accuracy", Kind::Accuracy
+);
+wrapper_metric!(
+    /// Fraction of targets matched by `y_pred > 0.5`.
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{BinaryAccuracy, Metric};
+    /// assert_eq!(BinaryAccuracy::new().name(), "binary_accuracy");
+    /// ```
+    BinaryAccuracy, "binary_accuracy", Kind::Binary(0.5)
+);
+wrapper_metric!(
+    /// Fraction of samples whose predicted class (argmax) is the one-hot target's.
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{CategoricalAccuracy, Metric};
+    /// assert_eq!(CategoricalAccuracy::new().name(), "categorical_accuracy");
+    /// ```
+    CategoricalAccuracy, "categorical_accuracy", Kind::Categorical
+);
+wrapper_metric!(
+    /// Fraction of samples whose predicted class (argmax) equals the integer label.
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{Metric, SparseCategoricalAccuracy};
+    /// assert_eq!(SparseCategoricalAccuracy::new().name(), "sparse_categorical_accuracy");
+    /// ```
+    SparseCategoricalAccuracy, "sparse_categorical_accuracy", Kind::SparseCategorical
+);
+wrapper_metric!(
+    /// Fraction of samples whose one-hot target is among the `k` highest scores (default 5).
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{Metric, TopKCategoricalAccuracy};
+    /// assert_eq!(TopKCategoricalAccuracy::new().k(2).name(), "top_k_categorical_accuracy");
+    /// ```
+    TopKCategoricalAccuracy, "top_k_categorical_accuracy", Kind::TopK(5)
+);
+
+impl BinaryAccuracy {
+    /// The probability above which a prediction counts as 1 (default 0.5).
+    pub fn threshold(mut self, threshold: f32) -> Self {
+        self.kind = Kind::Binary(threshold);
+        self
+    }
+}
+
+impl TopKCategoricalAccuracy {
+    /// How many top scores count (default 5).
+    pub fn k(mut self, k: usize) -> Self {
+        self.kind = Kind::TopK(k);
+        self
+    }
+}
+
+/// Resolves a metric shorthand that does not depend on shapes (`"mae"`, `"mse"`, `"rmse"`, ...),
+/// named as given. `"accuracy"` is resolved by [`CompiledMetrics`] from the shapes.
+///
+/// ```
+/// let m = ferrokeras::metrics::get("mae").unwrap();
+/// assert_eq!(m.name(), "mae");
+/// ```
+///
+/// # Errors
+/// An unknown name.
+pub fn get(name: &str) -> Result<Box<dyn Metric>> {
+    Ok(match name {
+        "mae" | "mean_absolute_error" => Box::new(MeanAbsoluteError::new().named(name)),
+        "mse" | "mean_squared_error" => Box::new(MeanSquaredError::new().named(name)),
+        "rmse" | "root_mean_squared_error" => Box::new(RootMeanSquaredError::new().named(name)),
+        "binary_accuracy" => Box::new(BinaryAccuracy::new()),
+        "categorical_accuracy" => Box::new(CategoricalAccuracy::new()),
+        "sparse_categorical_accuracy" => Box::new(SparseCategoricalAccuracy::new()),
+        "top_k_categorical_accuracy" => Box::new(TopKCategoricalAccuracy::new()),
+        other => {
+            return Err(Error::value(format!(
+                "Could not interpret metric identifier: {other:?}. Expected one of \"accuracy\", \"acc\", \"mae\", \"mse\", \"rmse\", \"binary_accuracy\", \"categorical_accuracy\", \"sparse_categorical_accuracy\", \"top_k_categorical_accuracy\", or a `Metric` object."
+            )));
+        }
+    })
+}

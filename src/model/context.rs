@@ -1,0 +1,97 @@
+//! [`StepContext`]: what `compile` configured, handed to every step.
+
+use crate::losses::CompiledLoss;
+use crate::metrics::{CompiledMetrics, Mean, Metric};
+use crate::optimizers::Optimizer;
+use crate::{Error, Result};
+
+/// What a step may use besides the model: the optimizer, the compiled loss and metrics, and the
+/// loss tracker (Keras's `self.optimizer`, `self.compiled_loss`, `self.compiled_metrics`,
+/// `self._loss_tracker`). It never holds the model, so `&mut self` and `&mut ctx` borrow apart.
+///
+/// ```
+/// use ferrokeras::model::StepContext;
+/// let mut ctx = StepContext::new();
+/// assert!(ctx.optimizer().is_err()); // nothing compiled
+/// ```
+pub struct StepContext {
+    pub(crate) optimizer: Option<Box<dyn Optimizer>>,
+    pub(crate) loss: Option<CompiledLoss>,
+    pub(crate) metrics: CompiledMetrics,
+    pub(crate) loss_tracker: Mean,
+    pub(crate) epoch: usize,
+    pub(crate) step: usize,
+}
+
+impl Default for StepContext {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StepContext {
+    /// A context with nothing compiled.
+    pub fn new() -> Self {
+        Self {
+            optimizer: None,
+            loss: None,
+            metrics: CompiledMetrics::empty(),
+            loss_tracker: Mean::new("loss"),
+            epoch: 0,
+            step: 0,
+        }
+    }
+
+    /// The compiled optimizer.
+    ///
+    /// # Errors
+    /// No optimizer was given to `compile`.
+    pub fn optimizer(&mut self) -> Result<&mut (dyn Optimizer + 'static)> {
+        self.optimizer.as_deref_mut().ok_or_else(|| {
+            Error::state(
+                "This model has no optimizer: call `compile` with an optimizer (e.g. Compile::new().optimizer(\"adam\")) before `fit`, or use your own optimizer in `train_step`.",
+            )
+        })
+    }
+
+    /// Whether an optimizer was compiled.
+    pub fn has_optimizer(&self) -> bool {
+        self.optimizer.is_some()
+    }
+
+    /// The compiled loss, if any.
+    pub fn compiled_loss(&self) -> Option<&CompiledLoss> {
+        self.loss.as_ref()
+    }
+
+    /// The compiled metrics (built on their first update).
+    pub fn compiled_metrics(&mut self) -> &mut CompiledMetrics {
+        &mut self.metrics
+    }
+
+    /// The `Mean(name="loss")` that default steps update.
+    pub fn loss_tracker(&mut self) -> &mut Mean {
+        &mut self.loss_tracker
+    }
+
+    /// The default metrics list: the loss tracker (when a loss is compiled) and the compiled
+    /// metrics, in Keras's order.
+    pub fn default_metrics(&mut self) -> Vec<&mut dyn Metric> {
+        let mut out: Vec<&mut dyn Metric> = Vec::new();
+        if self.loss.is_some() {
+            out.push(&mut self.loss_tracker);
+        }
+        out.extend(self.metrics.metrics_mut());
+        out
+    }
+
+    /// The current epoch (0-based) inside `fit`.
+    pub fn epoch(&self) -> usize {
+        self.epoch
+    }
+
+    /// The current step (0-based) within the epoch.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+}

@@ -1,0 +1,376 @@
+//! Models: the [`Model`] trait with its overridable steps, [`Sequential`] and [`Functional`].
+//!
+//! A step receives a [`StepContext`] (what `compile` configured: optimizer, compiled loss, compiled
+//! metrics, loss tracker) and the batch as [`Data`]. Every default step is also a public function
+//! ([`default_train_step`], ...) so that an override can call "super".
+
+mod context;
+mod functional;
+mod sequential;
+mod summary;
+
+pub use context::StepContext;
+pub use functional::{Functional, Input, KerasTensor, LayerExt, SharedLayer};
+pub use sequential::Sequential;
+pub use summary::format_summary;
+
+use candle_core::Tensor;
+
+use crate::data::Data;
+use crate::layers::LayerSummary;
+use crate::logs::Logs;
+use crate::metrics::Metric;
+use crate::tape::{GradientTape, Variable};
+use crate::{Error, Result};
+
+/// A trainable model: a forward pass, its variables, and the steps that `fit`, `evaluate` and
+/// `predict` run for every batch.
+///
+/// Required: [`Model::call`] and [`Model::variables`]. Override [`Model::train_step`],
+/// [`Model::test_step`] or [`Model::predict_step`] to change what happens in `fit()`, `evaluate()`
+/// or `predict()`; override [`Model::metrics`] to report and reset your own metric objects.
+///
+/// ```
+/// use ferrokeras::prelude::*;
+///
+/// struct CustomModel { inner: Functional }
+///
+/// impl Model for CustomModel {
+///     fn call(&mut self, x: &Data, training: bool) -> Result<Data> { self.inner.call(x, training) }
+///     fn variables(&self) -> Vec<Variable> { self.inner.variables() }
+///     fn train_step(&mut self, ctx: &mut StepContext, data: &Data) -> Result<Logs> {
+///         let (x, y, sw) = data.unpack_xy()?;
+///         let y_pred = self.call(x, true)?;
+///         let loss = self.compute_loss(ctx, x, Some(y), &y_pred, sw)?;
+///         let vars = self.trainable_variables();
+///         let grads = GradientTape::gradient(&loss, &vars)?;
+///         ctx.optimizer()?.apply(&grads, &vars)?;
+///         for m in self.metrics(ctx) {
+///             if m.name() == "loss" { m.update_values(&loss, None)? }
+///             else { m.update_state(y.tensor()?, y_pred.tensor()?, sw)? }
+///         }
+///         Ok(self.get_metrics_result(ctx))
+///     }
+/// }
+/// # fn main() -> ferrokeras::Result<()> {
+/// let inputs = Input::new(&[32]);
+/// let outputs = Dense::new(1).apply(&inputs)?;
+/// let model = CustomModel { inner: Functional::new(&[inputs], &[outputs])? };
+/// let mut model = Trainer::new(model).compile(Compile::new().optimizer("adam").loss("mse").metrics(["mae"]))?;
+/// let x = ferrokeras::random::uniform(&[64, 32], 0.0, 1.0, &candle_core::Device::Cpu)?;
+/// let y = ferrokeras::random::uniform(&[64, 1], 0.0, 1.0, &candle_core::Device::Cpu)?;
+/// let history = model.fit((x, y), FitOptions::new().epochs(2).verbose(0))?;
+/// assert_eq!(history.history["loss"].len(), 2);
+/// # Ok(()) }
+/// ```
+pub trait Model: Send {
+    /// The forward pass (`self(x, training=...)` in Keras).
+    ///
+    /// # Errors
+    /// Inputs of the wrong structure or shape.
+    fn call(&mut self, x: &Data, training: bool) -> Result<Data>;
+
+    /// Every variable of the model.
+    fn variables(&self) -> Vec<Variable>;
+
+    /// The model's name (shown by `summary`).
+    fn name(&self) -> &str {
+        "model"
+    }
+
+    /// The variables that gradients update.
+    fn trainable_variables(&self) -> Vec<Variable> {
+        self.variables()
+            .into_iter()
+            .filter(Variable::trainable)
+            .collect()
+    }
+
+    /// The variables not updated by gradients.
+    fn non_trainable_variables(&self) -> Vec<Variable> {
+        self.variables()
+            .into_iter()
+            .filter(|v| !v.trainable())
+            .collect()
+    }
+
+    /// Regularization losses of the current weights (Keras's `model.losses`).
+    ///
+    /// # Errors
+    /// A failing tensor operation.
+    fn losses(&self) -> Result<Vec<Tensor>> {
+        Ok(Vec::new())
+    }
+
+    /// One training step on one batch; returns the logs shown by the progress bar and callbacks.
+    ///
+    /// # Errors
+    /// Whatever the step fails on; `fit` stops and returns it.
+    fn train_step(&mut self, ctx: &mut StepContext, data: &Data) -> Result<Logs> {
+        default_train_step(self, ctx, data)
+    }
+
+    /// One evaluation step on one batch.
+    ///
+    /// # Errors
+    /// Whatever the step fails on.
+    fn test_step(&mut self, ctx: &mut StepContext, data: &Data) -> Result<Logs> {
+        default_test_step(self, ctx, data)
+    }
+
+    /// One prediction step on one batch; `predict` concatenates the results along the batch axis.
+    ///
+    /// # Errors
+    /// Whatever the step fails on.
+    fn predict_step(&mut self, ctx: &mut StepContext, data: &Data) -> Result<Data> {
+        default_predict_step(self, ctx, data)
+    }
+
+    /// The compiled loss plus the regularization losses (Keras's `compute_loss`), with sample weights.
+    ///
+    /// # Errors
+    /// No loss at all (nothing compiled and no regularization), or targets missing for a compiled
+    /// loss.
+    fn compute_loss(
+        &mut self,
+        ctx: &mut StepContext,
+        x: &Data,
+        y: Option<&Data>,
+        y_pred: &Data,
+        sample_weight: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        default_compute_loss(self, ctx, x, y, y_pred, sample_weight)
+    }
+
+    /// Updates the compiled metrics and returns the current value of every metric in
+    /// [`Model::metrics`] (Keras's `compute_metrics`).
+    ///
+    /// # Errors
+    /// A metric rejecting its inputs.
+    fn compute_metrics(
+        &mut self,
+        ctx: &mut StepContext,
+        x: &Data,
+        y: Option<&Data>,
+        y_pred: &Data,
+        sample_weight: Option<&Tensor>,
+    ) -> Result<Logs> {
+        let _ = x;
+        if let Some(y) = y {
+            ctx.compiled_metrics().update_state(y, y_pred, sample_weight)?;
+        }
+        Ok(self.get_metrics_result(ctx))
+    }
+
+    /// The metrics that are reported and reset at the start of every epoch and of `evaluate`:
+    /// by default the loss tracker and the compiled metrics. Return your own to replace them
+    /// (the guide's "going lower-level" section).
+    fn metrics<'a>(&'a mut self, ctx: &'a mut StepContext) -> Vec<&'a mut dyn Metric> {
+        ctx.default_metrics()
+    }
+
+    /// `{m.name(): m.result()}` over [`Model::metrics`].
+    fn get_metrics_result(&mut self, ctx: &mut StepContext) -> Logs {
+        self.metrics(ctx)
+            .into_iter()
+            .map(|m| (m.name().to_string(), m.result()))
+            .collect()
+    }
+
+    /// Resets every metric in [`Model::metrics`].
+    fn reset_metrics(&mut self, ctx: &mut StepContext) {
+        for m in self.metrics(ctx) {
+            m.reset_state();
+        }
+    }
+
+    /// Rows for `summary()` (empty for a model that does not describe its layers).
+    fn summary_rows(&self) -> Vec<LayerSummary> {
+        Vec::new()
+    }
+
+    /// The Keras-style summary table.
+    fn summary(&self) -> String {
+        format_summary(
+            self.name(),
+            &self.summary_rows(),
+            &self.trainable_variables(),
+            &self.non_trainable_variables(),
+        )
+    }
+
+    /// The current values of every variable, in [`Model::variables`] order (Keras's `get_weights`).
+    fn get_weights(&self) -> Vec<Tensor> {
+        self.variables().iter().map(Variable::value).collect()
+    }
+
+    /// Replaces every variable's value, in [`Model::variables`] order (Keras's `set_weights`).
+    ///
+    /// # Errors
+    /// A different number of tensors, or a shape mismatch naming the variable.
+    fn set_weights(&mut self, weights: &[Tensor]) -> Result<()> {
+        let vars = self.variables();
+        if vars.len() != weights.len() {
+            return Err(Error::value(format!(
+                "set_weights expected {} tensors (one per variable: {}), received {}",
+                vars.len(),
+                vars.iter()
+                    .map(|v| v.name().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                weights.len()
+            )));
+        }
+        for (v, w) in vars.iter().zip(weights) {
+            v.assign(w)?;
+        }
+        Ok(())
+    }
+}
+
+impl<M: Model + ?Sized> Model for Box<M> {
+    fn call(&mut self, x: &Data, training: bool) -> Result<Data> {
+        (**self).call(x, training)
+    }
+    fn variables(&self) -> Vec<Variable> {
+        (**self).variables()
+    }
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn losses(&self) -> Result<Vec<Tensor>> {
+        (**self).losses()
+    }
+    fn train_step(&mut self, ctx: &mut StepContext, data: &Data) -> Result<Logs> {
+        (**self).train_step(ctx, data)
+    }
+    fn test_step(&mut self, ctx: &mut StepContext, data: &Data) -> Result<Logs> {
+        (**self).test_step(ctx, data)
+    }
+    fn predict_step(&mut self, ctx: &mut StepContext, data: &Data) -> Result<Data> {
+        (**self).predict_step(ctx, data)
+    }
+    fn compute_loss(
+        &mut self,
+        ctx: &mut StepContext,
+        x: &Data,
+        y: Option<&Data>,
+        y_pred: &Data,
+        sw: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        (**self).compute_loss(ctx, x, y, y_pred, sw)
+    }
+    fn compute_metrics(
+        &mut self,
+        ctx: &mut StepContext,
+        x: &Data,
+        y: Option<&Data>,
+        y_pred: &Data,
+        sw: Option<&Tensor>,
+    ) -> Result<Logs> {
+        (**self).compute_metrics(ctx, x, y, y_pred, sw)
+    }
+    fn metrics<'a>(&'a mut self, ctx: &'a mut StepContext) -> Vec<&'a mut dyn Metric> {
+        (**self).metrics(ctx)
+    }
+    fn summary_rows(&self) -> Vec<LayerSummary> {
+        (**self).summary_rows()
+    }
+}
+
+/// Keras's default `compute_loss`: compiled loss (if any) plus the sum of [`Model::losses`].
+///
+/// # Errors
+/// See [`Model::compute_loss`].
+pub fn default_compute_loss<M: Model + ?Sized>(
+    model: &mut M,
+    ctx: &mut StepContext,
+    _x: &Data,
+    y: Option<&Data>,
+    y_pred: &Data,
+    sample_weight: Option<&Tensor>,
+) -> Result<Tensor> {
+    let mut total: Option<Tensor> = None;
+    if let Some(loss) = ctx.compiled_loss() {
+        let y = y.ok_or_else(|| {
+            Error::value(
+                "the compiled loss needs targets, but the data has no `y`: pass `(x, y)` to fit/evaluate, or compile without a loss",
+            )
+        })?;
+        total = Some(loss.compute(y, y_pred, sample_weight)?);
+    }
+    for reg in model.losses()? {
+        total = Some(match total {
+            Some(t) => (t + reg)?,
+            None => reg,
+        });
+    }
+    total.ok_or_else(|| {
+        Error::state(
+            "No loss to compute. Provide a `loss` argument in `compile()`, or compute the loss yourself in `train_step`.",
+        )
+    })
+}
+
+fn scalar_of(loss: &Tensor) -> Result<f64> {
+    if loss.elem_count() != 1 {
+        return Err(Error::value(format!(
+            "a loss must be a scalar; received a tensor of shape {:?}",
+            loss.dims()
+        )));
+    }
+    Ok(loss.flatten_all()?.to_vec1::<f32>()?[0] as f64)
+}
+
+/// Keras's default `train_step`: forward, `compute_loss`, loss tracker, gradients of the trainable
+/// variables, optimizer update, `compute_metrics`.
+///
+/// # Errors
+/// Anything the forward pass, loss, or optimizer fails on (including no optimizer compiled).
+pub fn default_train_step<M: Model + ?Sized>(
+    model: &mut M,
+    ctx: &mut StepContext,
+    data: &Data,
+) -> Result<Logs> {
+    let (x, y, sw) = data.unpack()?;
+    let y_pred = model.call(x, true)?;
+    let loss = model.compute_loss(ctx, x, y, &y_pred, sw)?;
+    ctx.loss_tracker()
+        .update_scalar(scalar_of(&loss)?, x.batch_size() as f64);
+    let vars = model.trainable_variables();
+    let grads = GradientTape::gradient(&loss, &vars)?;
+    ctx.optimizer()?.apply(&grads, &vars)?;
+    model.compute_metrics(ctx, x, y, &y_pred, sw)
+}
+
+/// Keras's default `test_step`: forward in inference mode, loss tracker, metrics.
+///
+/// # Errors
+/// Anything the forward pass or loss fails on.
+pub fn default_test_step<M: Model + ?Sized>(
+    model: &mut M,
+    ctx: &mut StepContext,
+    data: &Data,
+) -> Result<Logs> {
+    let (x, y, sw) = data.unpack()?;
+    let y_pred = model.call(x, false)?.map(&mut |t| Ok(t.detach()))?;
+    if ctx.compiled_loss().is_some() || !model.losses()?.is_empty() {
+        let loss = model.compute_loss(ctx, x, y, &y_pred, sw)?;
+        ctx.loss_tracker()
+            .update_scalar(scalar_of(&loss)?, x.batch_size() as f64);
+    }
+    model.compute_metrics(ctx, x, y, &y_pred, sw)
+}
+
+/// Keras's default `predict_step`: the forward pass on `x` in inference mode.
+///
+/// # Errors
+/// Anything the forward pass fails on.
+pub fn default_predict_step<M: Model + ?Sized>(
+    model: &mut M,
+    _ctx: &mut StepContext,
+    data: &Data,
+) -> Result<Data> {
+    let (x, _, _) = data.unpack()?;
+    model.call(x, false)?.map(&mut |t| Ok(t.detach()))
+}

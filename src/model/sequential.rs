@@ -1,0 +1,240 @@
+//! `Sequential`: a plain stack of layers.
+
+use candle_core::Tensor;
+
+use super::Model;
+use crate::data::Data;
+use crate::layers::{Layer, LayerSummary, check_input, unique_name};
+use crate::tape::Variable;
+use crate::{Error, Result};
+
+/// A linear stack of layers, Keras's `keras.Sequential`.
+///
+/// With an input shape (Keras's `keras.Input(shape=...)` as first element) the layers are built
+/// as they are added; without one, on the first call.
+///
+/// ```
+/// use ferrokeras::prelude::*;
+/// # fn main() -> ferrokeras::Result<()> {
+/// let mut model = Sequential::new()
+///     .input(&[784])
+///     .add(Dense::new(64).activation("relu")?)
+///     .add(Dense::new(10));
+/// model.build()?;
+/// assert_eq!(model.count_params(), 784 * 64 + 64 + 64 * 10 + 10);
+/// println!("{}", model.summary());
+/// # Ok(()) }
+/// ```
+pub struct Sequential {
+    name: String,
+    layers: Vec<Box<dyn Layer>>,
+    input_shape: Option<Vec<usize>>,
+    shapes: Vec<Vec<usize>>,
+    error: Option<String>,
+}
+
+impl Default for Sequential {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sequential {
+    /// An empty model named `sequential`, `sequential_1`, ...
+    pub fn new() -> Self {
+        Self {
+            name: unique_name("sequential"),
+            layers: Vec::new(),
+            input_shape: None,
+            shapes: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Sets the name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Declares the input shape (batch axis excluded), as `keras.Input(shape=...)`.
+    pub fn input(mut self, shape: &[usize]) -> Self {
+        self.input_shape = Some(shape.to_vec());
+        self.shapes.clear();
+        self.try_build_pending();
+        self
+    }
+
+    /// Appends a layer.
+    pub fn add(mut self, layer: impl Layer + 'static) -> Self {
+        self.push(Box::new(layer));
+        self
+    }
+
+    /// Appends a boxed layer.
+    pub fn push(&mut self, layer: Box<dyn Layer>) {
+        self.layers.push(layer);
+        self.try_build_pending();
+    }
+
+    /// The layers.
+    pub fn layers(&self) -> &[Box<dyn Layer>] {
+        &self.layers
+    }
+
+    /// The layers, mutable.
+    pub fn layers_mut(&mut self) -> &mut [Box<dyn Layer>] {
+        &mut self.layers
+    }
+
+    /// Builds the layers not built yet from the known input shape; the first error is kept and
+    /// reported by `build` or the first call.
+    fn try_build_pending(&mut self) {
+        let Some(input) = self.input_shape.clone() else {
+            return;
+        };
+        if self.error.is_some() {
+            return;
+        }
+        while self.shapes.len() < self.layers.len() {
+            let i = self.shapes.len();
+            let in_shape = if i == 0 {
+                input.clone()
+            } else {
+                self.shapes[i - 1].clone()
+            };
+            let layer = &mut self.layers[i];
+            let r = layer
+                .build(&in_shape)
+                .and_then(|_| layer.compute_output_shape(&in_shape));
+            match r {
+                Ok(s) => self.shapes.push(s),
+                Err(e) => {
+                    self.error = Some(format!(
+                        "Sequential model \"{}\": layer \"{}\" cannot take input shape {}: {e}",
+                        self.name,
+                        layer.name(),
+                        super::summary::shape_str(&in_shape)
+                    ));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Builds every layer from the declared input shape.
+    ///
+    /// # Errors
+    /// No input shape declared, or a layer that cannot take its input.
+    pub fn build(&mut self) -> Result<()> {
+        if self.input_shape.is_none() {
+            return Err(Error::value(format!(
+                "Sequential model \"{}\" has no input shape: call `.input(&[...])` or call the model on data first",
+                self.name
+            )));
+        }
+        self.try_build_pending();
+        match &self.error {
+            Some(e) => Err(Error::value(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// The forward pass on a tensor.
+    ///
+    /// # Errors
+    /// Input of the wrong shape, or a layer failing.
+    pub fn forward(&mut self, x: &Tensor, training: bool) -> Result<Tensor> {
+        Layer::call(self, x, training)
+    }
+
+    /// The summary table.
+    pub fn summary(&self) -> String {
+        Model::summary(self)
+    }
+}
+
+impl Layer for Sequential {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn class_name(&self) -> &str {
+        "Sequential"
+    }
+    fn build(&mut self, input_shape: &[usize]) -> Result<()> {
+        if self.input_shape.is_none() {
+            self.input_shape = Some(input_shape.to_vec());
+        }
+        Sequential::build(self)
+    }
+    fn call(&mut self, x: &Tensor, training: bool) -> Result<Tensor> {
+        if let Some(e) = &self.error {
+            return Err(Error::value(e.clone()));
+        }
+        match &self.input_shape {
+            Some(s) => check_input(&self.name, x, s)?,
+            None => {
+                if x.rank() == 0 {
+                    return Err(Error::value("Sequential input needs a batch axis"));
+                }
+                self.input_shape = Some(x.dims()[1..].to_vec());
+                Sequential::build(self)?;
+            }
+        }
+        let mut h = x.clone();
+        for layer in self.layers.iter_mut() {
+            h = layer.call(&h, training)?;
+        }
+        Ok(h)
+    }
+    fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        let mut s = input_shape.to_vec();
+        for l in &self.layers {
+            s = l.compute_output_shape(&s)?;
+        }
+        Ok(s)
+    }
+    fn variables(&self) -> Vec<Variable> {
+        let all: Vec<Variable> = self.layers.iter().flat_map(|l| l.variables()).collect();
+        let (mut t, n): (Vec<_>, Vec<_>) = all.into_iter().partition(Variable::trainable);
+        t.extend(n);
+        t
+    }
+    fn losses(&self) -> Result<Vec<Tensor>> {
+        let mut out = Vec::new();
+        for l in &self.layers {
+            out.extend(l.losses()?);
+        }
+        Ok(out)
+    }
+    fn sublayer_summaries(&self) -> Vec<LayerSummary> {
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| LayerSummary {
+                name: format!("{} ({})", l.name(), l.class_name()),
+                output_shape: self.shapes.get(i).cloned().unwrap_or_default(),
+                params: l.count_params(),
+            })
+            .collect()
+    }
+}
+
+impl Model for Sequential {
+    fn call(&mut self, x: &Data, training: bool) -> Result<Data> {
+        Ok(Data::Tensor(Layer::call(self, x.tensor()?, training)?))
+    }
+    fn variables(&self) -> Vec<Variable> {
+        Layer::variables(self)
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn losses(&self) -> Result<Vec<Tensor>> {
+        Layer::losses(self)
+    }
+    fn summary_rows(&self) -> Vec<LayerSummary> {
+        self.sublayer_summaries()
+    }
+}
+

@@ -1,0 +1,37 @@
+//! Numeric building blocks shared by activations and losses.
+
+use candle_core::{D, Tensor};
+
+use crate::Result;
+
+/// `1 / (1 + exp(-x))`.
+pub(crate) fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    Ok((x.neg()?.exp()? + 1.0)?.recip()?)
+}
+
+/// Softmax over the last axis, shifted by the (constant) maximum for stability.
+pub(crate) fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// Log-softmax over the last axis.
+pub(crate) fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}
+
+/// `x` if `x > 0` else `slope * x`.
+pub(crate) fn leaky_relu(x: &Tensor, slope: f32) -> Result<Tensor> {
+    Ok((x.relu()? - (x.neg()?.relu()? * slope as f64)?)?)
+}
+
+/// Elementwise binary cross-entropy from logits `x` and targets `z`, in the stable form
+/// `max(x, 0) - x z + log(1 + exp(-|x|))`.
+pub(crate) fn sigmoid_stable_bce(x: &Tensor, z: &Tensor) -> Result<Tensor> {
+    let softplus = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    Ok(((x.relu()? - (x * z)?)? + softplus)?)
+}

@@ -1,0 +1,418 @@
+//! `compile`, and the one `fit` / `evaluate` / `predict` loop.
+//!
+//! Separation of concerns: the loop (this module) turns inputs into batches with
+//! [`crate::data::ArrayAdapter`], calls the model's step for each batch, and calls the callbacks
+//! around it. It never looks inside a batch or a step: what a step does is the model's business
+//! ([`crate::model::Model::train_step`]), what a batch holds is the data module's. Metrics are reset
+//! at the start of every epoch and of every evaluation, as Keras does; at the end of an epoch the
+//! logs are re-read from the metric objects when the step reported exactly those metrics, and taken
+//! from the step otherwise (custom keys survive).
+
+mod options;
+
+pub use options::{Compile, EvaluateOptions, FitOptions, Inputs, LossSpec, OptimizerSpec, PredictOptions};
+
+use std::ops::{Deref, DerefMut};
+
+use crate::callbacks::{Callback, CallbackContext, CallbackList, History, Params, ProgbarLogger};
+use crate::data::{ArrayAdapter, Data};
+use crate::logs::Logs;
+use crate::losses::CompiledLoss;
+use crate::metrics::CompiledMetrics;
+use crate::model::{Model, StepContext};
+use crate::{Error, Result};
+
+/// A model with its compiled state: what Keras's `Model` is after `compile()`.
+///
+/// `Trainer` dereferences to the model, so its methods stay at hand.
+///
+/// ```
+/// use ferrokeras::prelude::*;
+/// # fn main() -> ferrokeras::Result<()> {
+/// let model = Sequential::new().input(&[3]).add(Dense::new(1));
+/// let mut model = model.compile(Compile::new().optimizer("sgd").loss("mse"))?;
+/// let x = ferrokeras::random::uniform(&[16, 3], 0.0, 1.0, &candle_core::Device::Cpu)?;
+/// let y = ferrokeras::random::uniform(&[16, 1], 0.0, 1.0, &candle_core::Device::Cpu)?;
+/// let h = model.fit((x.clone(), y.clone()), FitOptions::new().epochs(2).verbose(0))?;
+/// assert_eq!(h.epoch, vec![0, 1]);
+/// let logs = model.evaluate((x.clone(), y), EvaluateOptions::new().verbose(0))?;
+/// assert!(logs.get("loss").is_some());
+/// let pred = model.predict(x, PredictOptions::new().verbose(0))?;
+/// assert_eq!(pred.tensor()?.dims(), &[16, 1]);
+/// # Ok(()) }
+/// ```
+pub struct Trainer<M: Model> {
+    model: M,
+    ctx: StepContext,
+}
+
+/// `model.compile(...)` on any model.
+pub trait ModelExt: Model + Sized {
+    /// Compiles the model: returns it with its optimizer, loss and metrics.
+    ///
+    /// # Errors
+    /// An unknown shorthand, or inconsistent loss weights.
+    fn compile(self, c: Compile) -> Result<Trainer<Self>> {
+        Trainer::new(self).compile(c)
+    }
+}
+
+impl<M: Model> ModelExt for M {}
+
+impl<M: Model> Deref for Trainer<M> {
+    type Target = M;
+    fn deref(&self) -> &M {
+        &self.model
+    }
+}
+
+impl<M: Model> DerefMut for Trainer<M> {
+    fn deref_mut(&mut self) -> &mut M {
+        &mut self.model
+    }
+}
+
+impl<M: Model> Trainer<M> {
+    /// A model with nothing compiled (enough for a step that brings its own optimizers).
+    pub fn new(model: M) -> Self {
+        Self {
+            model,
+            ctx: StepContext::new(),
+        }
+    }
+
+    /// Configures optimizer, loss and metrics (each optional), replacing any previous compile.
+    ///
+    /// # Errors
+    /// An unknown shorthand, or inconsistent loss weights.
+    pub fn compile(mut self, c: Compile) -> Result<Self> {
+        let mut ctx = StepContext::new();
+        ctx.optimizer = match c.optimizer {
+            Some(OptimizerSpec::Name(n)) => Some(crate::optimizers::get(&n)?),
+            Some(OptimizerSpec::Object(o)) => Some(o),
+            None => None,
+        };
+        if !c.losses.is_empty() {
+            let losses = c
+                .losses
+                .into_iter()
+                .map(|l| match l {
+                    LossSpec::Name(n) => crate::losses::get(&n),
+                    LossSpec::Object(o) => Ok(o),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            ctx.loss = Some(CompiledLoss::new(losses, c.loss_weights)?);
+        }
+        ctx.metrics = CompiledMetrics::with_weighted(c.metrics, c.weighted_metrics)?;
+        self.ctx = ctx;
+        Ok(self)
+    }
+
+    /// The model.
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// The model, mutable.
+    pub fn model_mut(&mut self) -> &mut M {
+        &mut self.model
+    }
+
+    /// The compiled state.
+    pub fn context(&mut self) -> &mut StepContext {
+        &mut self.ctx
+    }
+
+    /// Gives the model back.
+    pub fn into_inner(self) -> M {
+        self.model
+    }
+
+    /// Trains for `epochs` epochs (Keras's `fit`); returns the [`History`].
+    ///
+    /// # Errors
+    /// Bad options or data (with what was expected and received), or any error of a step or
+    /// callback.
+    pub fn fit(&mut self, data: impl Into<Inputs>, options: FitOptions) -> Result<History> {
+        let data = data.into();
+        let FitOptions {
+            epochs,
+            batch_size,
+            verbose,
+            callbacks,
+            validation_split,
+            validation_data,
+            validation_freq,
+            validation_batch_size,
+            shuffle,
+            class_weight,
+            sample_weight,
+            initial_epoch,
+            steps_per_epoch,
+        } = options;
+        let verbose = verbose.unwrap_or(1);
+        if verbose > 2 {
+            return Err(Error::value(format!(
+                "`verbose` must be 0, 1 or 2 (or unset for \"auto\"). Received: verbose={verbose}"
+            )));
+        }
+        if !(0.0..1.0).contains(&validation_split) || validation_split.is_nan() {
+            return Err(Error::value(format!(
+                "`validation_split` must be in the interval [0, 1). Received: validation_split={validation_split}"
+            )));
+        }
+        let mut train = ArrayAdapter::new(data.x, data.y, sample_weight, batch_size)?;
+        if let Some(cw) = class_weight {
+            train = train.with_class_weight(cw)?;
+        }
+        let val_batch = validation_batch_size.unwrap_or(batch_size);
+        let mut val = None;
+        if let Some((vd, vsw)) = validation_data {
+            val = Some(ArrayAdapter::new(vd.x, vd.y, vsw, val_batch)?);
+        } else if validation_split > 0.0 {
+            let (t, v) = train.split(validation_split)?;
+            train = t;
+            val = Some(v.with_batch_size(val_batch));
+        }
+        if steps_per_epoch == Some(0) {
+            return Err(Error::value(
+                "`steps_per_epoch` must be >= 1. Received: steps_per_epoch=0",
+            ));
+        }
+        let steps = steps_per_epoch.unwrap_or(train.steps());
+        let params = Params {
+            epochs,
+            steps: Some(steps),
+            verbose,
+        };
+        let mut list = CallbackList::from(callbacks);
+        let mut history = History::new();
+        let mut progbar = (verbose > 0).then(|| ProgbarLogger::new(verbose));
+        let mut stop = false;
+        let no_logs = Logs::new();
+
+        // Dispatches one hook to the user callbacks, then History, then the progress bar (Keras's order).
+        macro_rules! hook {
+            ($batch_values:expr, $in_fit:expr, $name:ident($($arg:expr),*)) => {{
+                let mut cbx = CallbackContext {
+                    model: &mut self.model,
+                    compiled: &mut self.ctx,
+                    params: &params,
+                    batch_values: $batch_values,
+                    stop_training: &mut stop,
+                    in_fit: $in_fit,
+                };
+                list.$name(&mut cbx, $($arg),*)?;
+                history.$name(&mut cbx, $($arg),*)?;
+                if let Some(p) = progbar.as_mut() {
+                    p.$name(&mut cbx, $($arg),*)?;
+                }
+            }};
+        }
+
+        hook!(&no_logs, true, on_train_begin(&no_logs));
+        let mut order: Option<Vec<usize>> = None;
+        let mut cursor = train.steps();
+        let mut epoch_logs = Logs::new();
+        for epoch in initial_epoch..epochs {
+            self.model.reset_metrics(&mut self.ctx);
+            self.ctx.epoch = epoch;
+            hook!(&no_logs, true, on_epoch_begin(epoch, &no_logs));
+            if steps_per_epoch.is_none() {
+                cursor = train.steps();
+            }
+            let mut logs = Logs::new();
+            for step in 0..steps {
+                if cursor >= train.steps() {
+                    order = shuffle.then(|| crate::random::permutation(train.num_samples()));
+                    cursor = 0;
+                }
+                let batch = train.batch(cursor, order.as_deref())?;
+                cursor += 1;
+                self.ctx.step = step;
+                hook!(&no_logs, true, on_train_batch_begin(step, &no_logs));
+                logs = self.model.train_step(&mut self.ctx, &batch)?;
+                let batch_values = self.batch_values(&logs);
+                hook!(&batch_values, true, on_train_batch_end(step, &logs));
+                if stop {
+                    break;
+                }
+            }
+            epoch_logs = self.metrics_or_logs(logs);
+            let due = (epoch + 1) % validation_freq.max(1) == 0;
+            if let (Some(v), true) = (&val, due) {
+                let val_logs = self.run_test(v, None, &mut list, &mut history, &mut progbar, &params, true)?;
+                epoch_logs.extend_prefixed(&val_logs, "val_");
+            }
+            hook!(&no_logs, true, on_epoch_end(epoch, &epoch_logs));
+            if stop {
+                break;
+            }
+        }
+        hook!(&no_logs, true, on_train_end(&epoch_logs));
+        Ok(history)
+    }
+
+    /// Evaluates the model (Keras's `evaluate(..., return_dict=True)`): the value of every metric.
+    ///
+    /// # Errors
+    /// Bad data, or any error of a step or callback.
+    pub fn evaluate(&mut self, data: impl Into<Inputs>, options: EvaluateOptions) -> Result<Logs> {
+        let data = data.into();
+        let adapter = ArrayAdapter::new(data.x, data.y, options.sample_weight, options.batch_size)?;
+        let verbose = options.verbose.unwrap_or(1);
+        let steps = options.steps.unwrap_or(adapter.steps()).min(adapter.steps());
+        let params = Params {
+            epochs: 1,
+            steps: Some(steps),
+            verbose,
+        };
+        let mut list = CallbackList::from(options.callbacks);
+        let mut history = History::new();
+        let mut progbar = (verbose > 0).then(|| ProgbarLogger::new(verbose));
+        self.run_test(&adapter, Some(steps), &mut list, &mut history, &mut progbar, &params, false)
+    }
+
+    /// [`Trainer::evaluate`] as a list: the model's metrics in `metrics` order, then any other
+    /// keys in alphabetical order (Keras's `evaluate()` without `return_dict`).
+    ///
+    /// # Errors
+    /// As [`Trainer::evaluate`].
+    pub fn evaluate_values(&mut self, data: impl Into<Inputs>, options: EvaluateOptions) -> Result<Vec<f64>> {
+        let logs = self.evaluate(data, options)?;
+        let names: Vec<String> = self
+            .model
+            .metrics(&mut self.ctx)
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect();
+        let mut out: Vec<f64> = names.iter().filter_map(|n| logs.get(n)).collect();
+        out.extend(logs.iter().filter(|(k, _)| !names.iter().any(|n| n == k)).map(|(_, v)| v));
+        Ok(out)
+    }
+
+    /// Runs `predict_step` over the inputs and concatenates the outputs along the batch axis.
+    ///
+    /// # Errors
+    /// Bad data, or any error of a step or callback.
+    pub fn predict(&mut self, x: impl Into<Inputs>, options: PredictOptions) -> Result<Data> {
+        let data = x.into();
+        let adapter = ArrayAdapter::new(data.x, None, None, options.batch_size)?;
+        let verbose = options.verbose.unwrap_or(1);
+        let steps = options.steps.unwrap_or(adapter.steps()).min(adapter.steps());
+        let params = Params {
+            epochs: 1,
+            steps: Some(steps),
+            verbose,
+        };
+        let mut list = CallbackList::from(options.callbacks);
+        let mut progbar = (verbose > 0).then(|| ProgbarLogger::new(verbose));
+        let mut stop = false;
+        let no_logs = Logs::new();
+        macro_rules! hook {
+            ($name:ident($($arg:expr),*)) => {{
+                let mut cbx = CallbackContext {
+                    model: &mut self.model,
+                    compiled: &mut self.ctx,
+                    params: &params,
+                    batch_values: &no_logs,
+                    stop_training: &mut stop,
+                    in_fit: false,
+                };
+                list.$name(&mut cbx, $($arg),*)?;
+                if let Some(p) = progbar.as_mut() {
+                    p.$name(&mut cbx, $($arg),*)?;
+                }
+            }};
+        }
+        hook!(on_predict_begin(&no_logs));
+        let mut outputs = Vec::with_capacity(steps);
+        for step in 0..steps {
+            hook!(on_predict_batch_begin(step, &no_logs));
+            let batch = adapter.batch(step, None)?;
+            outputs.push(self.model.predict_step(&mut self.ctx, &batch)?);
+            hook!(on_predict_batch_end(step, &no_logs));
+        }
+        hook!(on_predict_end(&no_logs));
+        Data::concat(&outputs)
+    }
+
+    /// Runs one step on one batch outside `fit` (Keras's `train_on_batch`); returns its logs.
+    ///
+    /// # Errors
+    /// Any error of the step.
+    pub fn train_on_batch(&mut self, batch: impl Into<Data>) -> Result<Logs> {
+        let batch = batch.into();
+        self.model.train_step(&mut self.ctx, &batch)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_test(
+        &mut self,
+        adapter: &ArrayAdapter,
+        steps: Option<usize>,
+        list: &mut CallbackList,
+        history: &mut History,
+        progbar: &mut Option<ProgbarLogger>,
+        params: &Params,
+        in_fit: bool,
+    ) -> Result<Logs> {
+        let steps = steps.unwrap_or(adapter.steps());
+        let test_params = Params {
+            epochs: params.epochs,
+            steps: Some(steps),
+            verbose: params.verbose,
+        };
+        let mut stop = false;
+        let no_logs = Logs::new();
+        macro_rules! hook {
+            ($name:ident($($arg:expr),*)) => {{
+                let mut cbx = CallbackContext {
+                    model: &mut self.model,
+                    compiled: &mut self.ctx,
+                    params: &test_params,
+                    batch_values: &no_logs,
+                    stop_training: &mut stop,
+                    in_fit,
+                };
+                list.$name(&mut cbx, $($arg),*)?;
+                history.$name(&mut cbx, $($arg),*)?;
+                if let Some(p) = progbar.as_mut() {
+                    p.$name(&mut cbx, $($arg),*)?;
+                }
+            }};
+        }
+        self.model.reset_metrics(&mut self.ctx);
+        hook!(on_test_begin(&no_logs));
+        let mut logs = Logs::new();
+        for step in 0..steps {
+            hook!(on_test_batch_begin(step, &no_logs));
+            let batch = adapter.batch(step, None)?;
+            logs = self.model.test_step(&mut self.ctx, &batch)?;
+            hook!(on_test_batch_end(step, &logs));
+        }
+        let logs = self.metrics_or_logs(logs);
+        hook!(on_test_end(&logs));
+        Ok(logs)
+    }
+
+    /// Keras's `_get_metrics_result_or_logs`.
+    fn metrics_or_logs(&mut self, logs: Logs) -> Logs {
+        let result = self.model.get_metrics_result(&mut self.ctx);
+        if !result.is_empty() && result.keys().eq(logs.keys()) {
+            result
+        } else {
+            logs
+        }
+    }
+
+    /// The per-batch value of every metric that reports one and appears in the step's logs.
+    fn batch_values(&mut self, logs: &Logs) -> Logs {
+        self.model
+            .metrics(&mut self.ctx)
+            .into_iter()
+            .filter(|m| logs.contains(m.name()))
+            .filter_map(|m| m.batch_result().map(|v| (m.name().to_string(), v)))
+            .collect()
+    }
+}
