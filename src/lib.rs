@@ -71,9 +71,13 @@ pub mod prelude {
         Accuracy, BinaryAccuracy, CategoricalAccuracy, Mean, MeanAbsoluteError, MeanSquaredError,
         Metric, RootMeanSquaredError, SparseCategoricalAccuracy, Sum, TopKCategoricalAccuracy,
     };
-    pub use crate::model::{Functional, Input, KerasTensor, LayerExt, Model, Sequential, SharedLayer, StepContext};
+    pub use crate::model::{
+        Functional, Input, KerasTensor, LayerExt, Model, Sequential, SharedLayer, StepContext,
+    };
     pub use crate::optimizers::{Adam, AdamW, Optimizer, RmsProp, Sgd};
     pub use crate::tape::{GradientTape, Variable, stop_gradient};
-    pub use crate::trainer::{Compile, EvaluateOptions, FitOptions, Inputs, ModelExt, PredictOptions, Trainer};
+    pub use crate::trainer::{
+        Compile, EvaluateOptions, FitOptions, Inputs, ModelExt, PredictOptions, Trainer,
+    };
     pub use crate::{Error, Logs, Result};
 }

@@ -49,7 +49,9 @@ pub fn fork() -> StdRng {
 pub fn uniform(shape: &[usize], low: f32, high: f32, device: &Device) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let mut g = rng();
-    let data: Vec<f32> = (0..n).map(|_| g.gen_range(0.0f32..1.0) * (high - low) + low).collect();
+    let data: Vec<f32> = (0..n)
+        .map(|_| g.gen_range(0.0f32..1.0) * (high - low) + low)
+        .collect();
     Ok(Tensor::from_vec(data, shape, device)?)
 }
 

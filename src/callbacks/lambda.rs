@@ -36,22 +36,34 @@ impl LambdaCallback {
         Self::default()
     }
     /// Called with `(epoch, logs)` at the start of each epoch.
-    pub fn on_epoch_begin(mut self, f: impl FnMut(usize, &Logs) -> Result<()> + Send + 'static) -> Self {
+    pub fn on_epoch_begin(
+        mut self,
+        f: impl FnMut(usize, &Logs) -> Result<()> + Send + 'static,
+    ) -> Self {
         self.epoch_begin = Some(Box::new(f));
         self
     }
     /// Called with `(epoch, logs)` at the end of each epoch.
-    pub fn on_epoch_end(mut self, f: impl FnMut(usize, &Logs) -> Result<()> + Send + 'static) -> Self {
+    pub fn on_epoch_end(
+        mut self,
+        f: impl FnMut(usize, &Logs) -> Result<()> + Send + 'static,
+    ) -> Self {
         self.epoch_end = Some(Box::new(f));
         self
     }
     /// Called with `(batch, logs)` before each training batch.
-    pub fn on_batch_begin(mut self, f: impl FnMut(usize, &Logs) -> Result<()> + Send + 'static) -> Self {
+    pub fn on_batch_begin(
+        mut self,
+        f: impl FnMut(usize, &Logs) -> Result<()> + Send + 'static,
+    ) -> Self {
         self.batch_begin = Some(Box::new(f));
         self
     }
     /// Called with `(batch, logs)` after each training batch.
-    pub fn on_batch_end(mut self, f: impl FnMut(usize, &Logs) -> Result<()> + Send + 'static) -> Self {
+    pub fn on_batch_end(
+        mut self,
+        f: impl FnMut(usize, &Logs) -> Result<()> + Send + 'static,
+    ) -> Self {
         self.batch_end = Some(Box::new(f));
         self
     }
@@ -68,16 +80,36 @@ impl LambdaCallback {
 }
 
 impl Callback for LambdaCallback {
-    fn on_epoch_begin(&mut self, _: &mut CallbackContext<'_>, epoch: usize, logs: &Logs) -> Result<()> {
+    fn on_epoch_begin(
+        &mut self,
+        _: &mut CallbackContext<'_>,
+        epoch: usize,
+        logs: &Logs,
+    ) -> Result<()> {
         self.epoch_begin.as_mut().map_or(Ok(()), |f| f(epoch, logs))
     }
-    fn on_epoch_end(&mut self, _: &mut CallbackContext<'_>, epoch: usize, logs: &Logs) -> Result<()> {
+    fn on_epoch_end(
+        &mut self,
+        _: &mut CallbackContext<'_>,
+        epoch: usize,
+        logs: &Logs,
+    ) -> Result<()> {
         self.epoch_end.as_mut().map_or(Ok(()), |f| f(epoch, logs))
     }
-    fn on_train_batch_begin(&mut self, _: &mut CallbackContext<'_>, batch: usize, logs: &Logs) -> Result<()> {
+    fn on_train_batch_begin(
+        &mut self,
+        _: &mut CallbackContext<'_>,
+        batch: usize,
+        logs: &Logs,
+    ) -> Result<()> {
         self.batch_begin.as_mut().map_or(Ok(()), |f| f(batch, logs))
     }
-    fn on_train_batch_end(&mut self, _: &mut CallbackContext<'_>, batch: usize, logs: &Logs) -> Result<()> {
+    fn on_train_batch_end(
+        &mut self,
+        _: &mut CallbackContext<'_>,
+        batch: usize,
+        logs: &Logs,
+    ) -> Result<()> {
         self.batch_end.as_mut().map_or(Ok(()), |f| f(batch, logs))
     }
     fn on_train_begin(&mut self, _: &mut CallbackContext<'_>, logs: &Logs) -> Result<()> {

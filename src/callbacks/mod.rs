@@ -41,7 +41,38 @@ pub struct CallbackContext<'a> {
     pub(crate) in_fit: bool,
 }
 
-impl CallbackContext<'_> {
+impl<'a> CallbackContext<'a> {
+    /// A context for driving callbacks by hand from your own loop.
+    ///
+    /// ```
+    /// use ferrokeras::callbacks::{Callback, CallbackContext, History, Params};
+    /// use ferrokeras::prelude::*;
+    /// let mut model = Sequential::new().input(&[2]).add(Dense::new(1));
+    /// let mut compiled = StepContext::new();
+    /// let params = Params { epochs: 1, steps: Some(1), verbose: 0 };
+    /// let (mut stop, logs) = (false, Logs::new());
+    /// let mut ctx = CallbackContext::new(&mut model, &mut compiled, &params, &logs, &mut stop);
+    /// let mut history = History::new();
+    /// history.on_train_begin(&mut ctx, &logs).unwrap();
+    /// history.on_epoch_end(&mut ctx, 0, &logs).unwrap();
+    /// assert_eq!(history.epoch, vec![0]);
+    /// ```
+    pub fn new(
+        model: &'a mut dyn Model,
+        compiled: &'a mut StepContext,
+        params: &'a Params,
+        batch_values: &'a Logs,
+        stop_training: &'a mut bool,
+    ) -> Self {
+        Self {
+            model,
+            compiled,
+            params,
+            batch_values,
+            stop_training,
+            in_fit: false,
+        }
+    }
     /// Asks `fit` to stop after the current batch (Keras's `model.stop_training = True`).
     pub fn stop_training(&mut self) {
         *self.stop_training = true;

@@ -299,18 +299,40 @@ impl ProgbarLogger {
             if !finalize {
                 return;
             }
-            format_verbose2(current, bar.target.unwrap_or(current), elapsed, per_step, &bar.values) + "\n"
+            format_verbose2(
+                current,
+                bar.target.unwrap_or(current),
+                elapsed,
+                per_step,
+                &bar.values,
+            ) + "\n"
         } else {
             let seconds = if finalize {
                 elapsed
             } else {
                 per_step * bar.target.map_or(0.0, |t| t.saturating_sub(current) as f64)
             };
-            let text = format_bar(current, bar.target, seconds, per_step, finalize, &bar.values, dynamic);
+            let text = format_bar(
+                current,
+                bar.target,
+                seconds,
+                per_step,
+                finalize,
+                &bar.values,
+                dynamic,
+            );
             if dynamic {
-                let width = format_bar(current, bar.target, seconds, per_step, finalize, &bar.values, false)
-                    .chars()
-                    .count();
+                let width = format_bar(
+                    current,
+                    bar.target,
+                    seconds,
+                    per_step,
+                    finalize,
+                    &bar.values,
+                    false,
+                )
+                .chars()
+                .count();
                 let pad = " ".repeat(bar.prev_width.saturating_sub(width));
                 bar.prev_width = width;
                 format!("\r{text}{pad}{}", if finalize { "\n" } else { "" })
@@ -327,19 +349,34 @@ impl Callback for ProgbarLogger {
         self.epochs = ctx.params.epochs;
         Ok(())
     }
-    fn on_epoch_begin(&mut self, ctx: &mut CallbackContext<'_>, epoch: usize, _logs: &Logs) -> Result<()> {
+    fn on_epoch_begin(
+        &mut self,
+        ctx: &mut CallbackContext<'_>,
+        epoch: usize,
+        _logs: &Logs,
+    ) -> Result<()> {
         if self.epochs > 1 {
             self.write(&format!("Epoch {}/{}\n", epoch + 1, self.epochs));
         }
         self.start(ctx.params.steps, true);
         Ok(())
     }
-    fn on_train_batch_end(&mut self, _ctx: &mut CallbackContext<'_>, batch: usize, logs: &Logs) -> Result<()> {
+    fn on_train_batch_end(
+        &mut self,
+        _ctx: &mut CallbackContext<'_>,
+        batch: usize,
+        logs: &Logs,
+    ) -> Result<()> {
         self.step = batch + 1;
         self.update(batch + 1, logs, false);
         Ok(())
     }
-    fn on_epoch_end(&mut self, _ctx: &mut CallbackContext<'_>, _epoch: usize, logs: &Logs) -> Result<()> {
+    fn on_epoch_end(
+        &mut self,
+        _ctx: &mut CallbackContext<'_>,
+        _epoch: usize,
+        logs: &Logs,
+    ) -> Result<()> {
         let step = self.step;
         self.update(step, logs, true);
         self.bar = None;
@@ -351,7 +388,12 @@ impl Callback for ProgbarLogger {
         }
         Ok(())
     }
-    fn on_test_batch_end(&mut self, ctx: &mut CallbackContext<'_>, batch: usize, logs: &Logs) -> Result<()> {
+    fn on_test_batch_end(
+        &mut self,
+        ctx: &mut CallbackContext<'_>,
+        batch: usize,
+        logs: &Logs,
+    ) -> Result<()> {
         if !ctx.in_fit {
             self.step = batch + 1;
             self.update(batch + 1, logs, false);
@@ -370,7 +412,12 @@ impl Callback for ProgbarLogger {
         self.start(ctx.params.steps, false);
         Ok(())
     }
-    fn on_predict_batch_end(&mut self, _ctx: &mut CallbackContext<'_>, batch: usize, logs: &Logs) -> Result<()> {
+    fn on_predict_batch_end(
+        &mut self,
+        _ctx: &mut CallbackContext<'_>,
+        batch: usize,
+        logs: &Logs,
+    ) -> Result<()> {
         self.step = batch + 1;
         self.update(batch + 1, logs, false);
         Ok(())

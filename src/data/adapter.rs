@@ -220,7 +220,9 @@ impl ArrayAdapter {
         } else {
             None
         };
-        (0..self.steps()).map(|i| self.batch(i, order.as_deref())).collect()
+        (0..self.steps())
+            .map(|i| self.batch(i, order.as_deref()))
+            .collect()
     }
 
     /// Batch `i` of an epoch whose sample order is `order` (identity when `None`).
@@ -274,9 +276,15 @@ impl ArrayAdapter {
 /// The class index of every sample: argmax of one-hot rows, else the (rounded) label.
 fn class_indices(y: &Tensor) -> Result<Vec<usize>> {
     let n = y.dims().first().copied().unwrap_or(0);
-    let last = if y.rank() >= 2 { y.dims()[y.rank() - 1] } else { 1 };
+    let last = if y.rank() >= 2 {
+        y.dims()[y.rank() - 1]
+    } else {
+        1
+    };
     let idx = if y.rank() >= 2 && last > 1 {
-        y.argmax(y.rank() - 1)?.flatten_all()?.to_dtype(DType::F32)?
+        y.argmax(y.rank() - 1)?
+            .flatten_all()?
+            .to_dtype(DType::F32)?
     } else {
         y.flatten_all()?.to_dtype(DType::F32)?
     };

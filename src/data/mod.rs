@@ -88,11 +88,9 @@ impl Data {
                 x => x,
             },
             (Some(y), None) => Data::Tuple(vec![x, y]),
-            (y, Some(sw)) => Data::Tuple(vec![
-                x,
-                y.unwrap_or(Data::Tuple(vec![])),
-                Data::Tensor(sw),
-            ]),
+            (y, Some(sw)) => {
+                Data::Tuple(vec![x, y.unwrap_or(Data::Tuple(vec![])), Data::Tensor(sw)])
+            }
         }
     }
 
@@ -170,7 +168,11 @@ impl Data {
             Data::Tensor(t) => format!("Tensor(shape={:?}, dtype={:?})", t.dims(), t.dtype()),
             Data::Tuple(items) => format!(
                 "({})",
-                items.iter().map(Data::describe).collect::<Vec<_>>().join(", ")
+                items
+                    .iter()
+                    .map(Data::describe)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Data::Dict(items) => format!(
                 "{{{}}}",
@@ -277,21 +279,35 @@ mod tests {
 
     #[test]
     fn unpack_follows_keras() {
-        let (x, y, sw) = Data::from(t(&[2, 3])).unpack().unwrap();
+        let d = Data::from(t(&[2, 3]));
+        let (x, y, sw) = d.unpack().unwrap();
         assert_eq!(x.tensor().unwrap().dims(), &[2, 3]);
         assert!(y.is_none() && sw.is_none());
         let d = Data::from((t(&[2, 3]), t(&[2, 1]), t(&[2])));
         let (_, y, sw) = d.unpack().unwrap();
         assert_eq!(y.unwrap().tensor().unwrap().dims(), &[2, 1]);
         assert_eq!(sw.unwrap().dims(), &[2]);
-        let four = Data::Tuple(vec![t(&[1]).into(), t(&[1]).into(), t(&[1]).into(), t(&[1]).into()]);
+        let four = Data::Tuple(vec![
+            t(&[1]).into(),
+            t(&[1]).into(),
+            t(&[1]).into(),
+            t(&[1]).into(),
+        ]);
         let err = four.unpack().unwrap_err().to_string();
-        assert!(err.contains("(x, y, sample_weight)") && err.contains("4 elements"), "{err}");
+        assert!(
+            err.contains("(x, y, sample_weight)") && err.contains("4 elements"),
+            "{err}"
+        );
     }
 
     #[test]
     fn pack_returns_bare_x_without_y() {
-        assert!(matches!(Data::pack(t(&[1]).into(), None, None), Data::Tensor(_)));
-        assert!(matches!(Data::pack(t(&[1]).into(), Some(t(&[1]).into()), None), Data::Tuple(v) if v.len() == 2));
+        assert!(matches!(
+            Data::pack(t(&[1]).into(), None, None),
+            Data::Tensor(_)
+        ));
+        assert!(
+            matches!(Data::pack(t(&[1]).into(), Some(t(&[1]).into()), None), Data::Tuple(v) if v.len() == 2)
+        );
     }
 }

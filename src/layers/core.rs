@@ -82,7 +82,10 @@ impl Layer for Concatenate {
         let mut out = first.clone();
         for s in &shapes[1..] {
             let same_rest = s.len() == first.len()
-                && s.iter().zip(first).enumerate().all(|(i, (a, b))| i == axis || a == b);
+                && s.iter()
+                    .zip(first)
+                    .enumerate()
+                    .all(|(i, (a, b))| i == axis || a == b);
             if !same_rest {
                 return Err(Error::value(format!(
                     "A `Concatenate` layer requires inputs with matching shapes except for the concatenation axis. Received: input_shape={shapes:?}"

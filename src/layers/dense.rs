@@ -186,7 +186,10 @@ impl Layer for Dense {
             )));
         }
         self.build(&x.dims()[1..])?;
-        let kernel = self.kernel.as_ref().ok_or_else(|| Error::state("Dense not built"))?;
+        let kernel = self
+            .kernel
+            .as_ref()
+            .ok_or_else(|| Error::state("Dense not built"))?;
         let in_features = kernel.shape().dims()[0];
         let last = x.dims()[x.rank() - 1];
         if last != in_features {
@@ -225,7 +228,11 @@ impl Layer for Dense {
         Ok(s)
     }
     fn variables(&self) -> Vec<Variable> {
-        self.kernel.iter().chain(self.bias.iter()).cloned().collect()
+        self.kernel
+            .iter()
+            .chain(self.bias.iter())
+            .cloned()
+            .collect()
     }
     fn losses(&self) -> Result<Vec<Tensor>> {
         let mut out = Vec::new();

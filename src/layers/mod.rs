@@ -10,7 +10,7 @@ mod dropout;
 mod reshape;
 
 pub use activation::{Activation, ActivationLayer, LeakyReLU, ReLU};
-pub use core::{Concatenate, Add};
+pub use core::{Add, Concatenate};
 pub use dense::{Dense, Regularizer};
 pub use dropout::Dropout;
 pub use reshape::{Flatten, Reshape};

@@ -41,7 +41,9 @@ impl Layer for Flatten {
     }
     fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
         if x.rank() == 0 {
-            return Err(Error::value("Flatten needs a batch axis; received a scalar"));
+            return Err(Error::value(
+                "Flatten needs a batch axis; received a scalar",
+            ));
         }
         let n = x.dims()[0];
         let rest: usize = x.dims()[1..].iter().product();
@@ -88,7 +90,7 @@ impl Reshape {
             return Err(bad());
         }
         if unknown == 1 {
-            if known <= 0 || total % known as usize != 0 {
+            if known <= 0 || !total.is_multiple_of(known as usize) {
                 return Err(bad());
             }
             let fill = total / known as usize;
@@ -115,7 +117,9 @@ impl Layer for Reshape {
     }
     fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
         if x.rank() == 0 {
-            return Err(Error::value("Reshape needs a batch axis; received a scalar"));
+            return Err(Error::value(
+                "Reshape needs a batch axis; received a scalar",
+            ));
         }
         let mut shape = vec![x.dims()[0]];
         shape.extend(self.resolve(&x.dims()[1..])?);

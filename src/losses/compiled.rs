@@ -33,14 +33,14 @@ impl CompiledLoss {
         if losses.is_empty() {
             return Err(Error::value("CompiledLoss needs at least one loss"));
         }
-        if let Some(w) = &loss_weights {
-            if w.len() != losses.len() {
-                return Err(Error::value(format!(
-                    "`loss_weights` must have one weight per loss: received {} weights for {} losses",
-                    w.len(),
-                    losses.len()
-                )));
-            }
+        if let Some(w) = &loss_weights
+            && w.len() != losses.len()
+        {
+            return Err(Error::value(format!(
+                "`loss_weights` must have one weight per loss: received {} weights for {} losses",
+                w.len(),
+                losses.len()
+            )));
         }
         Ok(Self {
             losses,

@@ -399,7 +399,10 @@ impl Loss for SparseCategoricalCrossentropy {
         if t.rank() == y_pred.rank() && t.rank() > 0 && t.dims()[t.rank() - 1] == 1 {
             t = t.squeeze(t.rank() - 1)?;
         }
-        if y_pred.rank() == 0 || t.rank() + 1 != y_pred.rank() || t.dims() != &y_pred.dims()[..t.rank()] {
+        if y_pred.rank() == 0
+            || t.rank() + 1 != y_pred.rank()
+            || t.dims() != &y_pred.dims()[..t.rank()]
+        {
             return Err(Error::value(format!(
                 "sparse_categorical_crossentropy expects integer labels of shape (batch,) or (batch, 1) and predictions of shape (batch, classes). Received: y_true.shape={:?}, y_pred.shape={:?}",
                 y_true.dims(),

@@ -83,10 +83,10 @@ impl CompiledMetrics {
             .chain(weighted.into_iter().map(|s| (s, true)))
             .collect();
         for (s, _) in &specs {
-            if let MetricSpec::Name(n) = s {
-                if !matches!(n.as_str(), "accuracy" | "acc") {
-                    super::get(n)?;
-                }
+            if let MetricSpec::Name(n) = s
+                && !matches!(n.as_str(), "accuracy" | "acc")
+            {
+                super::get(n)?;
             }
         }
         Ok(Self {
@@ -110,7 +110,21 @@ impl CompiledMetrics {
         self.specs.is_empty() && self.built.is_empty()
     }
 
-    fn build(&mut self, y: &Data, y_pred: &Data) -> Result<()> {
+    /// Whether the shorthands were resolved (after [`CompiledMetrics::build`] or a first update).
+    pub fn is_built(&self) -> bool {
+        self.is_built
+    }
+
+    /// Resolves the shorthands from the structure and shapes of targets and predictions. `fit` and
+    /// `evaluate` call it before the first step (Keras's symbolic build), so that a custom step sees
+    /// every compiled metric in `metrics()` from the start. Calling it again is a no-op.
+    ///
+    /// # Errors
+    /// An unknown shorthand, or a metric object given for a multi-output model.
+    pub fn build(&mut self, y: &Data, y_pred: &Data) -> Result<()> {
+        if self.is_built {
+            return Ok(());
+        }
         let ys = y.flatten();
         let ps = y_pred.flatten();
         let outputs = ps.len();

@@ -18,7 +18,11 @@ fn same_shape(t: &Tensor, p: &Tensor) -> Result<()> {
 }
 
 fn last_mean(t: &Tensor) -> Result<Tensor> {
-    Ok(if t.rank() == 0 { t.clone() } else { t.mean(D::Minus1)? })
+    Ok(if t.rank() == 0 {
+        t.clone()
+    } else {
+        t.mean(D::Minus1)?
+    })
 }
 
 pub(super) fn per_sample(kind: Kind, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
@@ -29,7 +33,11 @@ pub(super) fn per_sample(kind: Kind, y_true: &Tensor, y_pred: &Tensor) -> Result
             let (t, p) = squeeze_or_expand_to_same_rank(&y_true, &y_pred)?;
             same_shape(&t, &p)?;
             let d = (p - t)?;
-            last_mean(&if kind == Kind::Mae { d.abs()? } else { d.sqr()? })
+            last_mean(&if kind == Kind::Mae {
+                d.abs()?
+            } else {
+                d.sqr()?
+            })
         }
         Kind::Rmse => {
             let (t, p) = squeeze_or_expand_to_same_rank(&y_true, &y_pred)?;

@@ -80,7 +80,11 @@ impl Accumulator {
             let mut t = t.clone();
             while t.rank() > from {
                 let last = t.rank() - 1;
-                t = if sum_only { t.sum(last)? } else { t.mean(last)? };
+                t = if sum_only {
+                    t.sum(last)?
+                } else {
+                    t.mean(last)?
+                };
             }
             Ok(t)
         };
@@ -132,8 +136,7 @@ impl Accumulator {
         }
     }
     fn last_mean(&self) -> Option<f64> {
-        self.last
-            .map(|(t, c)| if c == 0.0 { 0.0 } else { t / c })
+        self.last.map(|(t, c)| if c == 0.0 { 0.0 } else { t / c })
     }
     fn reset(&mut self) {
         self.total = 0.0;

@@ -102,7 +102,9 @@ pub trait LayerExt: Layer + Sized + 'static {
 impl<L: Layer + Sized + 'static> LayerExt for L {}
 
 enum Node {
-    Input { name: String },
+    Input {
+        name: String,
+    },
     Layer {
         layer: SharedLayer,
         inputs: Vec<KerasTensor>,
@@ -218,10 +220,10 @@ impl Functional {
         }
         let mut layers: Vec<SharedLayer> = Vec::new();
         for t in &order {
-            if let Node::Layer { layer, .. } = &*t.node {
-                if !layers.iter().any(|l| l.ptr() == layer.ptr()) {
-                    layers.push(layer.clone());
-                }
+            if let Node::Layer { layer, .. } = &*t.node
+                && !layers.iter().any(|l| l.ptr() == layer.ptr())
+            {
+                layers.push(layer.clone());
             }
         }
         Ok(Self {
@@ -234,7 +236,7 @@ impl Functional {
     }
 
     /// Sets the name.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
+    pub fn named(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
     }
@@ -242,6 +244,30 @@ impl Functional {
     /// The layers, in the order they first run.
     pub fn layers(&self) -> &[SharedLayer] {
         &self.layers
+    }
+
+    /// The forward pass (same as [`Model::call`]; here so that it resolves with both the `Layer`
+    /// and `Model` traits in scope).
+    ///
+    /// # Errors
+    /// Inputs of the wrong structure or shape.
+    pub fn call(&mut self, x: &Data, training: bool) -> Result<Data> {
+        Model::call(self, x, training)
+    }
+
+    /// Every variable, trainable first (same as [`Model::variables`]).
+    pub fn variables(&self) -> Vec<Variable> {
+        Model::variables(self)
+    }
+
+    /// The variables that gradients update.
+    pub fn trainable_variables(&self) -> Vec<Variable> {
+        Model::trainable_variables(self)
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The forward pass on tensors (one per input); returns one tensor per output.
@@ -263,9 +289,8 @@ impl Functional {
                 Node::Input { name } => name.as_str(),
                 Node::Layer { .. } => "input",
             };
-            check_input(name, x, &k.shape).map_err(|e| {
-                Error::value(format!("model \"{}\": {e}", self.name))
-            })?;
+            check_input(name, x, &k.shape)
+                .map_err(|e| Error::value(format!("model \"{}\": {e}", self.name)))?;
             values.insert(k.id(), x.clone());
         }
         for t in &self.order {
@@ -337,7 +362,11 @@ impl Model for Functional {
         })
     }
     fn variables(&self) -> Vec<Variable> {
-        let all: Vec<Variable> = self.layers.iter().flat_map(|l| l.lock().variables()).collect();
+        let all: Vec<Variable> = self
+            .layers
+            .iter()
+            .flat_map(|l| l.lock().variables())
+            .collect();
         let (mut t, n): (Vec<_>, Vec<_>) = all.into_iter().partition(Variable::trainable);
         t.extend(n);
         t

@@ -157,7 +157,8 @@ pub trait Model: Send {
     ) -> Result<Logs> {
         let _ = x;
         if let Some(y) = y {
-            ctx.compiled_metrics().update_state(y, y_pred, sample_weight)?;
+            ctx.compiled_metrics()
+                .update_state(y, y_pred, sample_weight)?;
         }
         Ok(self.get_metrics_result(ctx))
     }

@@ -52,7 +52,7 @@ impl Sequential {
     }
 
     /// Sets the name.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
+    pub fn named(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
     }
@@ -66,6 +66,7 @@ impl Sequential {
     }
 
     /// Appends a layer.
+    #[allow(clippy::should_implement_trait)]
     pub fn add(mut self, layer: impl Layer + 'static) -> Self {
         self.push(Box::new(layer));
         self
@@ -138,6 +139,30 @@ impl Sequential {
             Some(e) => Err(Error::value(e.clone())),
             None => Ok(()),
         }
+    }
+
+    /// The forward pass (same as [`Model::call`]; here so that it resolves with both the `Layer`
+    /// and `Model` traits in scope).
+    ///
+    /// # Errors
+    /// Inputs of the wrong structure or shape.
+    pub fn call(&mut self, x: &Data, training: bool) -> Result<Data> {
+        Model::call(self, x, training)
+    }
+
+    /// Every variable, trainable first (same as [`Model::variables`]).
+    pub fn variables(&self) -> Vec<Variable> {
+        Model::variables(self)
+    }
+
+    /// The variables that gradients update.
+    pub fn trainable_variables(&self) -> Vec<Variable> {
+        Model::trainable_variables(self)
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The forward pass on a tensor.
@@ -237,4 +262,3 @@ impl Model for Sequential {
         self.sublayer_summaries()
     }
 }
-

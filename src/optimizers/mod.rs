@@ -391,25 +391,26 @@ impl Optimizer for RmsProp {
     fn apply(&mut self, grads: &[Tensor], vars: &[Variable]) -> Result<()> {
         let (rho, mom, eps, centered) = (self.rho, self.momentum, self.epsilon, self.centered);
         // slots: velocity, momentum, average gradient
-        self.base.apply("rmsprop", 3, grads, vars, |g, w, s, lr, _| {
-            let vel = ((&s[0] * rho)? + (g.sqr()? * (1.0 - rho))?)?;
-            s[0] = vel.clone();
-            let denom = if centered {
-                let avg = ((&s[2] * rho)? + (g * (1.0 - rho))?)?;
-                s[2] = avg.clone();
-                ((vel - avg.sqr()?)? + eps)?
-            } else {
-                (vel + eps)?
-            };
-            let increment = ((g * lr)? / denom.sqrt()?)?;
-            if mom > 0.0 {
-                let m = ((&s[1] * mom)? + increment)?;
-                s[1] = m.clone();
-                Ok((w - m)?)
-            } else {
-                Ok((w - increment)?)
-            }
-        })
+        self.base
+            .apply("rmsprop", 3, grads, vars, |g, w, s, lr, _| {
+                let vel = ((&s[0] * rho)? + (g.sqr()? * (1.0 - rho))?)?;
+                s[0] = vel.clone();
+                let denom = if centered {
+                    let avg = ((&s[2] * rho)? + (g * (1.0 - rho))?)?;
+                    s[2] = avg.clone();
+                    ((vel - avg.sqr()?)? + eps)?
+                } else {
+                    (vel + eps)?
+                };
+                let increment = ((g * lr)? / denom.sqrt()?)?;
+                if mom > 0.0 {
+                    let m = ((&s[1] * mom)? + increment)?;
+                    s[1] = m.clone();
+                    Ok((w - m)?)
+                } else {
+                    Ok((w - increment)?)
+                }
+            })
     }
     optimizer_common!();
 }

@@ -130,20 +130,16 @@ impl Variable {
 pub struct GradientTape;
 
 impl GradientTape {
-    /// `d target / d v` for every `v` in `sources`, in order. A variable that `target` does not depend
-    /// on gets a zero gradient (Keras returns `None`; zeros keep `apply_gradients` simple and equal).
+    /// `d target / d v` for every `v` in `sources`, in order. A non-scalar `target` is summed
+    /// first, as `tf.GradientTape.gradient` does (so a per-sample loss vector works). A variable that
+    /// `target` does not depend on gets a zero gradient (Keras returns `None`; zeros keep
+    /// `apply` simple and give the same update for SGD without momentum).
     ///
     /// # Errors
-    /// `target` must be a scalar (or a single-element tensor).
+    /// A failing backward operation.
     pub fn gradient(target: &Tensor, sources: &[Variable]) -> Result<Vec<Tensor>> {
-        if target.elem_count() != 1 {
-            return Err(Error::value(format!(
-                "GradientTape::gradient expects a scalar target (e.g. a loss). Received a tensor of shape {:?}; reduce it first (mean or sum).",
-                target.dims()
-            )));
-        }
         let target = if target.rank() > 0 {
-            target.flatten_all()?.sum_all()?
+            target.sum_all()?
         } else {
             target.clone()
         };

@@ -10,7 +10,9 @@
 
 mod options;
 
-pub use options::{Compile, EvaluateOptions, FitOptions, Inputs, LossSpec, OptimizerSpec, PredictOptions};
+pub use options::{
+    Compile, EvaluateOptions, FitOptions, Inputs, LossSpec, OptimizerSpec, PredictOptions,
+};
 
 use std::ops::{Deref, DerefMut};
 
@@ -210,6 +212,7 @@ impl<M: Model> Trainer<M> {
             }};
         }
 
+        self.build_metrics(&train.batch(0, None)?)?;
         hook!(&no_logs, true, on_train_begin(&no_logs));
         let mut order: Option<Vec<usize>> = None;
         let mut cursor = train.steps();
@@ -241,7 +244,15 @@ impl<M: Model> Trainer<M> {
             epoch_logs = self.metrics_or_logs(logs);
             let due = (epoch + 1) % validation_freq.max(1) == 0;
             if let (Some(v), true) = (&val, due) {
-                let val_logs = self.run_test(v, None, &mut list, &mut history, &mut progbar, &params, true)?;
+                let val_logs = self.run_test(
+                    v,
+                    None,
+                    &mut list,
+                    &mut history,
+                    &mut progbar,
+                    &params,
+                    true,
+                )?;
                 epoch_logs.extend_prefixed(&val_logs, "val_");
             }
             hook!(&no_logs, true, on_epoch_end(epoch, &epoch_logs));
@@ -261,7 +272,10 @@ impl<M: Model> Trainer<M> {
         let data = data.into();
         let adapter = ArrayAdapter::new(data.x, data.y, options.sample_weight, options.batch_size)?;
         let verbose = options.verbose.unwrap_or(1);
-        let steps = options.steps.unwrap_or(adapter.steps()).min(adapter.steps());
+        let steps = options
+            .steps
+            .unwrap_or(adapter.steps())
+            .min(adapter.steps());
         let params = Params {
             epochs: 1,
             steps: Some(steps),
@@ -270,7 +284,15 @@ impl<M: Model> Trainer<M> {
         let mut list = CallbackList::from(options.callbacks);
         let mut history = History::new();
         let mut progbar = (verbose > 0).then(|| ProgbarLogger::new(verbose));
-        self.run_test(&adapter, Some(steps), &mut list, &mut history, &mut progbar, &params, false)
+        self.run_test(
+            &adapter,
+            Some(steps),
+            &mut list,
+            &mut history,
+            &mut progbar,
+            &params,
+            false,
+        )
     }
 
     /// [`Trainer::evaluate`] as a list: the model's metrics in `metrics` order, then any other
@@ -278,7 +300,11 @@ impl<M: Model> Trainer<M> {
     ///
     /// # Errors
     /// As [`Trainer::evaluate`].
-    pub fn evaluate_values(&mut self, data: impl Into<Inputs>, options: EvaluateOptions) -> Result<Vec<f64>> {
+    pub fn evaluate_values(
+        &mut self,
+        data: impl Into<Inputs>,
+        options: EvaluateOptions,
+    ) -> Result<Vec<f64>> {
         let logs = self.evaluate(data, options)?;
         let names: Vec<String> = self
             .model
@@ -287,7 +313,11 @@ impl<M: Model> Trainer<M> {
             .map(|m| m.name().to_string())
             .collect();
         let mut out: Vec<f64> = names.iter().filter_map(|n| logs.get(n)).collect();
-        out.extend(logs.iter().filter(|(k, _)| !names.iter().any(|n| n == k)).map(|(_, v)| v));
+        out.extend(
+            logs.iter()
+                .filter(|(k, _)| !names.iter().any(|n| n == k))
+                .map(|(_, v)| v),
+        );
         Ok(out)
     }
 
@@ -299,7 +329,10 @@ impl<M: Model> Trainer<M> {
         let data = x.into();
         let adapter = ArrayAdapter::new(data.x, None, None, options.batch_size)?;
         let verbose = options.verbose.unwrap_or(1);
-        let steps = options.steps.unwrap_or(adapter.steps()).min(adapter.steps());
+        let steps = options
+            .steps
+            .unwrap_or(adapter.steps())
+            .min(adapter.steps());
         let params = Params {
             epochs: 1,
             steps: Some(steps),
@@ -382,6 +415,7 @@ impl<M: Model> Trainer<M> {
                 }
             }};
         }
+        self.build_metrics(&adapter.batch(0, None)?)?;
         self.model.reset_metrics(&mut self.ctx);
         hook!(on_test_begin(&no_logs));
         let mut logs = Logs::new();
@@ -394,6 +428,20 @@ impl<M: Model> Trainer<M> {
         let logs = self.metrics_or_logs(logs);
         hook!(on_test_end(&logs));
         Ok(logs)
+    }
+
+    /// Keras's symbolic build: resolves the compiled metrics from the first batch's targets and a
+    /// forward pass in inference mode, so that every compiled metric exists before the first step.
+    fn build_metrics(&mut self, batch: &Data) -> Result<()> {
+        if self.ctx.metrics.is_built() {
+            return Ok(());
+        }
+        let (x, y, _) = batch.unpack()?;
+        if let Some(y) = y {
+            let y_pred = self.model.call(x, false)?.map(&mut |t| Ok(t.detach()))?;
+            self.ctx.metrics.build(y, &y_pred)?;
+        }
+        Ok(())
     }
 
     /// Keras's `_get_metrics_result_or_logs`.

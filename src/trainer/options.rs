@@ -268,7 +268,11 @@ impl FitOptions {
         self
     }
     /// Validation data with sample weights.
-    pub fn validation_data_weighted(mut self, data: impl Into<Inputs>, sample_weight: Tensor) -> Self {
+    pub fn validation_data_weighted(
+        mut self,
+        data: impl Into<Inputs>,
+        sample_weight: Tensor,
+    ) -> Self {
         self.validation_data = Some((data.into(), Some(sample_weight)));
         self
     }
