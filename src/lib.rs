@@ -36,7 +36,9 @@
 
 pub mod callbacks;
 pub mod data;
+pub mod datasets;
 mod error;
+pub mod io;
 pub mod layers;
 mod logs;
 pub mod losses;
@@ -45,6 +47,7 @@ pub mod model;
 mod ops;
 pub mod optimizers;
 pub mod random;
+pub mod runtime;
 pub mod tape;
 pub mod trainer;
 

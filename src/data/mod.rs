@@ -8,9 +8,11 @@
 
 mod adapter;
 mod convert;
+mod dataset;
 
 pub use adapter::{ArrayAdapter, ClassWeight};
 pub use convert::{NdElement, from_ndarray, read_npy, to_f32_tensor};
+pub use dataset::{Cardinality, Dataset};
 
 use candle_core::Tensor;
 

@@ -53,11 +53,13 @@ impl std::str::FromStr for Activation {
 }
 
 impl Activation {
-    /// Applies the function.
+    /// Applies the function. Integer inputs are cast to float32 first, as Keras casts layer
+    /// inputs to the float compute dtype.
     ///
     /// # Errors
     /// A failing tensor operation.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let x = &crate::ops::to_float(x)?;
         Ok(match self {
             Activation::Linear => x.clone(),
             Activation::Relu => x.relu()?,

@@ -41,6 +41,7 @@ impl Regularizer {
             Regularizer::L2(b) => (0.0, b),
             Regularizer::L1L2 { l1, l2 } => (l1, l2),
         };
+        let w = &crate::ops::to_float(w)?;
         let mut total = Tensor::zeros((), w.dtype(), w.device())?;
         if l1 != 0.0 {
             total = (total + (w.abs()?.sum_all()? * l1 as f64)?)?;

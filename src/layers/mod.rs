@@ -4,15 +4,24 @@
 //! as Keras layers do. Shapes in this module never include the batch axis.
 
 mod activation;
+mod conv;
 mod core;
 mod dense;
 mod dropout;
+mod im2col;
+mod norm;
+mod pooling;
 mod reshape;
 
 pub use activation::{Activation, ActivationLayer, LeakyReLU, ReLU};
+pub use conv::{Conv2D, Conv2DTranspose, DataFormat, Padding};
 pub use core::{Add, Concatenate};
 pub use dense::{Dense, Regularizer};
 pub use dropout::Dropout;
+pub use norm::BatchNormalization;
+pub use pooling::{
+    AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D, UpSampling2D,
+};
 pub use reshape::{Flatten, Reshape};
 
 use std::collections::HashMap;
@@ -186,6 +195,7 @@ impl<L: Layer + ?Sized> Layer for Box<L> {
 /// assert_eq!(b, "my_block_1");
 /// ```
 pub fn unique_name(prefix: &str) -> String {
+    crate::runtime::init();
     static COUNTS: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
     let mut counts = COUNTS
         .get_or_init(|| Mutex::new(HashMap::new()))

@@ -50,7 +50,15 @@ impl Layer for Flatten {
         Ok(x.reshape((n, rest))?)
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
-        Ok(vec![input_shape.iter().product()])
+        let n = input_shape
+            .iter()
+            .try_fold(1usize, |acc, d| acc.checked_mul(*d))
+            .ok_or_else(|| {
+                Error::value(format!(
+                    "Flatten: the number of features of input shape {input_shape:?} overflows usize"
+                ))
+            })?;
+        Ok(vec![n])
     }
 }
 
@@ -77,9 +85,7 @@ impl Reshape {
     }
 
     fn resolve(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
-        let total: usize = input_shape.iter().product();
         let unknown = self.target.iter().filter(|d| **d == -1).count();
-        let known: i64 = self.target.iter().filter(|d| **d != -1).product();
         let bad = || {
             Error::value(format!(
                 "The total size of the tensor must be unchanged. Received: input_shape={input_shape:?}, target_shape={:?}",
@@ -89,18 +95,29 @@ impl Reshape {
         if unknown > 1 || self.target.iter().any(|d| *d < -1 || *d == 0) {
             return Err(bad());
         }
+        // Checked products: an absurd shape is an error, not an overflow panic.
+        let total = input_shape
+            .iter()
+            .try_fold(1usize, |acc, d| acc.checked_mul(*d))
+            .ok_or_else(bad)?;
+        let known = self
+            .target
+            .iter()
+            .filter(|d| **d != -1)
+            .try_fold(1usize, |acc, d| acc.checked_mul(*d as usize))
+            .ok_or_else(bad)?;
         if unknown == 1 {
-            if known <= 0 || !total.is_multiple_of(known as usize) {
+            if !total.is_multiple_of(known) {
                 return Err(bad());
             }
-            let fill = total / known as usize;
+            let fill = total / known;
             Ok(self
                 .target
                 .iter()
                 .map(|d| if *d == -1 { fill } else { *d as usize })
                 .collect())
         } else {
-            if known as usize != total {
+            if known != total {
                 return Err(bad());
             }
             Ok(self.target.iter().map(|d| *d as usize).collect())

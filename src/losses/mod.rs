@@ -420,7 +420,7 @@ impl Loss for SparseCategoricalCrossentropy {
 /// ```
 /// let l = ferrokeras::losses::get("mse").unwrap();
 /// assert_eq!(l.name(), "mean_squared_error");
-/// assert!(ferrokeras::losses::get("msee").unwrap_err().to_string().contains("msee"));
+/// assert!(ferrokeras::losses::get("msee").err().unwrap().to_string().contains("msee"));
 /// ```
 ///
 /// # Errors

@@ -200,12 +200,23 @@ pub trait Model: Send {
         )
     }
 
-    /// The current values of every variable, in [`Model::variables`] order (Keras's `get_weights`).
+    /// Copies of the current values of every variable, in [`Model::variables`] order (Keras's
+    /// `get_weights`, which returns NumPy copies): later training does not change them, so
+    /// `set_weights(&w)` restores them.
     fn get_weights(&self) -> Vec<Tensor> {
-        self.variables().iter().map(Variable::value).collect()
+        self.variables()
+            .iter()
+            .map(|v| {
+                let value = v.value();
+                // A copy can only fail when the device is out of memory; the live value is then
+                // the best that can be returned without changing the signature.
+                value.copy().unwrap_or(value)
+            })
+            .collect()
     }
 
     /// Replaces every variable's value, in [`Model::variables`] order (Keras's `set_weights`).
+    /// Every shape is checked before anything is assigned, so a failed call changes nothing.
     ///
     /// # Errors
     /// A different number of tensors, or a shape mismatch naming the variable.
@@ -221,6 +232,16 @@ pub trait Model: Send {
                     .join(", "),
                 weights.len()
             )));
+        }
+        for (v, w) in vars.iter().zip(weights) {
+            if w.dims() != v.shape().dims() {
+                return Err(Error::value(format!(
+                    "cannot assign to variable `{}`: expected a value of shape {:?}, received shape {:?}",
+                    v.name(),
+                    v.shape().dims(),
+                    w.dims()
+                )));
+            }
         }
         for (v, w) in vars.iter().zip(weights) {
             v.assign(w)?;

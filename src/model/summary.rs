@@ -14,6 +14,19 @@ fn human_bytes(bytes: usize) -> String {
     format!("{v:.2} {}", units[i])
 }
 
+/// A count with thousands separators, as Python's `f"{n:,}"` (Keras prints `50,890`).
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Formats a shape with the batch axis as `None`: `(None, 32)`.
 pub(crate) fn shape_str(shape: &[usize]) -> String {
     let mut parts = vec!["None".to_string()];
@@ -21,13 +34,18 @@ pub(crate) fn shape_str(shape: &[usize]) -> String {
     format!("({})", parts.join(", "))
 }
 
-/// The Keras 3 summary table for a model's rows and variables.
+/// The Keras 3 summary table for a model's rows and variables. Parameter counts carry thousands
+/// separators and sizes are float32 bytes in Keras's units, as `model.summary()` prints them.
 ///
 /// ```
 /// use ferrokeras::layers::LayerSummary;
-/// let rows = vec![LayerSummary { name: "dense (Dense)".into(), output_shape: vec![1], params: 33 }];
+/// let rows = vec![
+///     LayerSummary { name: "dense (Dense)".into(), output_shape: vec![64], params: 50240 },
+///     LayerSummary { name: "dense_1 (Dense)".into(), output_shape: vec![1], params: 33 },
+/// ];
 /// let s = ferrokeras::model::format_summary("functional", &rows, &[], &[]);
-/// assert!(s.contains("│ dense (Dense)                   │ (None, 1)              │            33 │"));
+/// assert!(s.contains("│ dense (Dense)                   │ (None, 64)             │        50,240 │"));
+/// assert!(s.contains("│ dense_1 (Dense)                 │ (None, 1)              │            33 │"));
 /// ```
 pub fn format_summary(
     name: &str,
@@ -54,7 +72,7 @@ pub fn format_summary(
             "│ {:<a$} │ {:<b$} │ {:>c$} │\n",
             r.name,
             shape_str(&r.output_shape),
-            r.params,
+            thousands(r.params),
             a = w1 - 2,
             b = w2 - 2,
             c = w3 - 2
@@ -66,8 +84,41 @@ pub fn format_summary(
     s += &format!("└{}┴{}┴{}┘\n", bar('─', w1), bar('─', w2), bar('─', w3));
     let count = |vs: &[Variable]| vs.iter().map(Variable::elem_count).sum::<usize>();
     let (t, n) = (count(trainable), count(non_trainable));
-    s += &format!(" Total params: {} ({})\n", t + n, human_bytes((t + n) * 4));
-    s += &format!(" Trainable params: {t} ({})\n", human_bytes(t * 4));
-    s += &format!(" Non-trainable params: {n} ({})\n", human_bytes(n * 4));
+    s += &format!(
+        " Total params: {} ({})\n",
+        thousands(t + n),
+        human_bytes((t + n) * 4)
+    );
+    s += &format!(
+        " Trainable params: {} ({})\n",
+        thousands(t),
+        human_bytes(t * 4)
+    );
+    s += &format!(
+        " Non-trainable params: {} ({})\n",
+        thousands(n),
+        human_bytes(n * 4)
+    );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators_as_python() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(50890), "50,890");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn human_bytes_as_keras() {
+        assert_eq!(human_bytes(132), "132.00 B");
+        assert_eq!(human_bytes(50890 * 4), "198.79 KB");
+        assert_eq!(human_bytes(0), "0.00 B");
+    }
 }

@@ -67,9 +67,17 @@ impl Variable {
     pub fn as_tensor(&self) -> &Tensor {
         self.var.as_tensor()
     }
-    /// The current value, detached from gradient recording.
+    /// The value, detached from gradient recording. It shares storage with the variable: a later
+    /// `assign` (an optimizer update) is seen through it. Use [`Variable::snapshot`] for a copy.
     pub fn value(&self) -> Tensor {
         self.var.as_detached_tensor()
+    }
+    /// A copy of the current value that later updates do not change.
+    ///
+    /// # Errors
+    /// Only if the copy cannot be allocated.
+    pub fn snapshot(&self) -> Result<Tensor> {
+        Ok(self.var.as_detached_tensor().copy()?)
     }
     /// The shape.
     pub fn shape(&self) -> &Shape {

@@ -8,6 +8,7 @@
 //! logs are re-read from the metric objects when the step reported exactly those metrics, and taken
 //! from the step otherwise (custom keys survive).
 
+mod batches;
 mod options;
 
 pub use options::{
@@ -15,6 +16,9 @@ pub use options::{
 };
 
 use std::ops::{Deref, DerefMut};
+
+use batches::Batches;
+use options::InputKind;
 
 use crate::callbacks::{Callback, CallbackContext, CallbackList, History, Params, ProgbarLogger};
 use crate::data::{ArrayAdapter, Data};
@@ -77,6 +81,7 @@ impl<M: Model> DerefMut for Trainer<M> {
 impl<M: Model> Trainer<M> {
     /// A model with nothing compiled (enough for a step that brings its own optimizers).
     pub fn new(model: M) -> Self {
+        crate::runtime::init();
         Self {
             model,
             ctx: StepContext::new(),
@@ -152,39 +157,61 @@ impl<M: Model> Trainer<M> {
             initial_epoch,
             steps_per_epoch,
         } = options;
-        let verbose = verbose.unwrap_or(1);
-        if verbose > 2 {
-            return Err(Error::value(format!(
-                "`verbose` must be 0, 1 or 2 (or unset for \"auto\"). Received: verbose={verbose}"
-            )));
-        }
+        let verbose = check_verbose(verbose)?;
         if !(0.0..1.0).contains(&validation_split) || validation_split.is_nan() {
             return Err(Error::value(format!(
                 "`validation_split` must be in the interval [0, 1). Received: validation_split={validation_split}"
             )));
-        }
-        let mut train = ArrayAdapter::new(data.x, data.y, sample_weight, batch_size)?;
-        if let Some(cw) = class_weight {
-            train = train.with_class_weight(cw)?;
-        }
-        let val_batch = validation_batch_size.unwrap_or(batch_size);
-        let mut val = None;
-        if let Some((vd, vsw)) = validation_data {
-            val = Some(ArrayAdapter::new(vd.x, vd.y, vsw, val_batch)?);
-        } else if validation_split > 0.0 {
-            let (t, v) = train.split(validation_split)?;
-            train = t;
-            val = Some(v.with_batch_size(val_batch));
         }
         if steps_per_epoch == Some(0) {
             return Err(Error::value(
                 "`steps_per_epoch` must be >= 1. Received: steps_per_epoch=0",
             ));
         }
-        let steps = steps_per_epoch.unwrap_or(train.steps());
+        let val_batch = validation_batch_size.unwrap_or(batch_size);
+        let (mut train, split_val) = match data.kind {
+            InputKind::Arrays { x, y } => {
+                let mut adapter = ArrayAdapter::new(x, y, sample_weight, batch_size)?;
+                if let Some(cw) = class_weight {
+                    adapter = adapter.with_class_weight(cw)?;
+                }
+                if validation_split > 0.0 && validation_data.is_none() {
+                    let (t, v) = adapter.split(validation_split)?;
+                    (
+                        Batches::arrays(t, shuffle),
+                        Some(v.with_batch_size(val_batch)),
+                    )
+                } else {
+                    (Batches::arrays(adapter, shuffle), None)
+                }
+            }
+            InputKind::Dataset(ds) => {
+                let unsupported = [
+                    (sample_weight.is_some(), "sample_weight"),
+                    (class_weight.is_some(), "class_weight"),
+                    (validation_split > 0.0, "validation_split"),
+                ];
+                if let Some((_, name)) = unsupported.iter().find(|(set, _)| *set) {
+                    return Err(Error::value(format!(
+                        "`{name}` is only supported for array inputs; with a dataset, make it yield `(x, y, sample_weight)` and pass validation data as `validation_data`"
+                    )));
+                }
+                (Batches::dataset(ds)?, None)
+            }
+        };
+        let mut val = match validation_data {
+            Some((vd, vsw)) => Some(match vd.kind {
+                InputKind::Arrays { x, y } => {
+                    Batches::arrays(ArrayAdapter::new(x, y, vsw, val_batch)?, false)
+                }
+                InputKind::Dataset(ds) => Batches::dataset(ds)?,
+            }),
+            None => split_val.map(|v| Batches::arrays(v, false)),
+        };
+        let steps = steps_per_epoch.or(train.steps());
         let params = Params {
             epochs,
-            steps: Some(steps),
+            steps,
             verbose,
         };
         let mut list = CallbackList::from(callbacks);
@@ -195,14 +222,14 @@ impl<M: Model> Trainer<M> {
 
         // Dispatches one hook to the user callbacks, then History, then the progress bar (Keras's order).
         macro_rules! hook {
-            ($batch_values:expr, $in_fit:expr, $name:ident($($arg:expr),*)) => {{
+            ($batch_values:expr, $name:ident($($arg:expr),*)) => {{
                 let mut cbx = CallbackContext {
                     model: &mut self.model,
                     compiled: &mut self.ctx,
                     params: &params,
                     batch_values: $batch_values,
                     stop_training: &mut stop,
-                    in_fit: $in_fit,
+                    in_fit: true,
                 };
                 list.$name(&mut cbx, $($arg),*)?;
                 history.$name(&mut cbx, $($arg),*)?;
@@ -212,38 +239,43 @@ impl<M: Model> Trainer<M> {
             }};
         }
 
-        self.build_metrics(&train.batch(0, None)?)?;
-        hook!(&no_logs, true, on_train_begin(&no_logs));
-        let mut order: Option<Vec<usize>> = None;
-        let mut cursor = train.steps();
+        if let Some(first) = train.peek_first()? {
+            self.build_metrics(&first)?;
+        }
+        hook!(&no_logs, on_train_begin(&no_logs));
         let mut epoch_logs = Logs::new();
         for epoch in initial_epoch..epochs {
             self.model.reset_metrics(&mut self.ctx);
             self.ctx.epoch = epoch;
-            hook!(&no_logs, true, on_epoch_begin(epoch, &no_logs));
+            hook!(&no_logs, on_epoch_begin(epoch, &no_logs));
             if steps_per_epoch.is_none() {
-                cursor = train.steps();
+                train.restart();
             }
             let mut logs = Logs::new();
-            for step in 0..steps {
-                if cursor >= train.steps() {
-                    order = shuffle.then(|| crate::random::permutation(train.num_samples()));
-                    cursor = 0;
-                }
-                let batch = train.batch(cursor, order.as_deref())?;
-                cursor += 1;
+            let mut step = 0;
+            while steps_per_epoch.is_none_or(|n| step < n) {
+                let Some(batch) = train.next_batch(steps_per_epoch.is_some()) else {
+                    break;
+                };
+                let batch = batch?;
                 self.ctx.step = step;
-                hook!(&no_logs, true, on_train_batch_begin(step, &no_logs));
+                hook!(&no_logs, on_train_batch_begin(step, &no_logs));
                 logs = self.model.train_step(&mut self.ctx, &batch)?;
                 let batch_values = self.batch_values(&logs);
-                hook!(&batch_values, true, on_train_batch_end(step, &logs));
+                hook!(&batch_values, on_train_batch_end(step, &logs));
+                step += 1;
                 if stop {
                     break;
                 }
             }
+            if step == 0 {
+                return Err(Error::value(
+                    "the training data produced no batch in this epoch; check that the dataset is not empty",
+                ));
+            }
             epoch_logs = self.metrics_or_logs(logs);
             let due = (epoch + 1) % validation_freq.max(1) == 0;
-            if let (Some(v), true) = (&val, due) {
+            if let (Some(v), true) = (val.as_mut(), due) {
                 let val_logs = self.run_test(
                     v,
                     None,
@@ -251,16 +283,16 @@ impl<M: Model> Trainer<M> {
                     &mut history,
                     &mut progbar,
                     &params,
-                    true,
+                    Some(&mut stop),
                 )?;
                 epoch_logs.extend_prefixed(&val_logs, "val_");
             }
-            hook!(&no_logs, true, on_epoch_end(epoch, &epoch_logs));
+            hook!(&no_logs, on_epoch_end(epoch, &epoch_logs));
             if stop {
                 break;
             }
         }
-        hook!(&no_logs, true, on_train_end(&epoch_logs));
+        hook!(&no_logs, on_train_end(&epoch_logs));
         Ok(history)
     }
 
@@ -269,29 +301,41 @@ impl<M: Model> Trainer<M> {
     /// # Errors
     /// Bad data, or any error of a step or callback.
     pub fn evaluate(&mut self, data: impl Into<Inputs>, options: EvaluateOptions) -> Result<Logs> {
-        let data = data.into();
-        let adapter = ArrayAdapter::new(data.x, data.y, options.sample_weight, options.batch_size)?;
-        let verbose = options.verbose.unwrap_or(1);
-        let steps = options
-            .steps
-            .unwrap_or(adapter.steps())
-            .min(adapter.steps());
+        let mut batches = match data.into().kind {
+            InputKind::Arrays { x, y } => Batches::arrays(
+                ArrayAdapter::new(x, y, options.sample_weight, options.batch_size)?,
+                false,
+            ),
+            InputKind::Dataset(ds) => {
+                if options.sample_weight.is_some() {
+                    return Err(Error::value(
+                        "`sample_weight` is only supported for array inputs; make the dataset yield `(x, y, sample_weight)`",
+                    ));
+                }
+                Batches::dataset(ds)?
+            }
+        };
+        let verbose = check_verbose(options.verbose)?;
+        let steps = match (options.steps, batches.steps()) {
+            (Some(s), Some(n)) => Some(s.min(n)),
+            (s, n) => s.or(n),
+        };
         let params = Params {
             epochs: 1,
-            steps: Some(steps),
+            steps,
             verbose,
         };
         let mut list = CallbackList::from(options.callbacks);
         let mut history = History::new();
         let mut progbar = (verbose > 0).then(|| ProgbarLogger::new(verbose));
         self.run_test(
-            &adapter,
-            Some(steps),
+            &mut batches,
+            steps,
             &mut list,
             &mut history,
             &mut progbar,
             &params,
-            false,
+            None,
         )
     }
 
@@ -326,16 +370,20 @@ impl<M: Model> Trainer<M> {
     /// # Errors
     /// Bad data, or any error of a step or callback.
     pub fn predict(&mut self, x: impl Into<Inputs>, options: PredictOptions) -> Result<Data> {
-        let data = x.into();
-        let adapter = ArrayAdapter::new(data.x, None, None, options.batch_size)?;
-        let verbose = options.verbose.unwrap_or(1);
-        let steps = options
-            .steps
-            .unwrap_or(adapter.steps())
-            .min(adapter.steps());
+        let mut batches = match x.into().kind {
+            InputKind::Arrays { x, .. } => {
+                Batches::arrays(ArrayAdapter::new(x, None, None, options.batch_size)?, false)
+            }
+            InputKind::Dataset(ds) => Batches::dataset(ds)?,
+        };
+        let verbose = check_verbose(options.verbose)?;
+        let steps = match (options.steps, batches.steps()) {
+            (Some(s), Some(n)) => Some(s.min(n)),
+            (s, n) => s.or(n),
+        };
         let params = Params {
             epochs: 1,
-            steps: Some(steps),
+            steps,
             verbose,
         };
         let mut list = CallbackList::from(options.callbacks);
@@ -359,12 +407,17 @@ impl<M: Model> Trainer<M> {
             }};
         }
         hook!(on_predict_begin(&no_logs));
-        let mut outputs = Vec::with_capacity(steps);
-        for step in 0..steps {
+        let mut outputs = Vec::new();
+        let mut step = 0;
+        while steps.is_none_or(|n| step < n) {
+            let Some(batch) = batches.next_batch(false) else {
+                break;
+            };
+            let batch = batch?;
             hook!(on_predict_batch_begin(step, &no_logs));
-            let batch = adapter.batch(step, None)?;
             outputs.push(self.model.predict_step(&mut self.ctx, &batch)?);
             hook!(on_predict_batch_end(step, &no_logs));
+            step += 1;
         }
         hook!(on_predict_end(&no_logs));
         Data::concat(&outputs)
@@ -382,21 +435,25 @@ impl<M: Model> Trainer<M> {
     #[allow(clippy::too_many_arguments)]
     fn run_test(
         &mut self,
-        adapter: &ArrayAdapter,
+        batches: &mut Batches,
         steps: Option<usize>,
         list: &mut CallbackList,
         history: &mut History,
         progbar: &mut Option<ProgbarLogger>,
         params: &Params,
-        in_fit: bool,
+        fit_stop: Option<&mut bool>,
     ) -> Result<Logs> {
-        let steps = steps.unwrap_or(adapter.steps());
+        let steps = steps.or(batches.steps());
         let test_params = Params {
             epochs: params.epochs,
-            steps: Some(steps),
+            steps,
             verbose: params.verbose,
         };
-        let mut stop = false;
+        // Inside `fit`, a callback asking to stop during validation stops `fit` after the epoch
+        // (Keras's `model.stop_training`); `evaluate` has its own flag.
+        let in_fit = fit_stop.is_some();
+        let mut own_stop = false;
+        let stop = fit_stop.unwrap_or(&mut own_stop);
         let no_logs = Logs::new();
         macro_rules! hook {
             ($name:ident($($arg:expr),*)) => {{
@@ -405,7 +462,7 @@ impl<M: Model> Trainer<M> {
                     compiled: &mut self.ctx,
                     params: &test_params,
                     batch_values: &no_logs,
-                    stop_training: &mut stop,
+                    stop_training: &mut *stop,
                     in_fit,
                 };
                 list.$name(&mut cbx, $($arg),*)?;
@@ -415,15 +472,23 @@ impl<M: Model> Trainer<M> {
                 }
             }};
         }
-        self.build_metrics(&adapter.batch(0, None)?)?;
+        if let Some(first) = batches.peek_first()? {
+            self.build_metrics(&first)?;
+        }
+        batches.restart();
         self.model.reset_metrics(&mut self.ctx);
         hook!(on_test_begin(&no_logs));
         let mut logs = Logs::new();
-        for step in 0..steps {
+        let mut step = 0;
+        while steps.is_none_or(|n| step < n) {
+            let Some(batch) = batches.next_batch(false) else {
+                break;
+            };
+            let batch = batch?;
             hook!(on_test_batch_begin(step, &no_logs));
-            let batch = adapter.batch(step, None)?;
             logs = self.model.test_step(&mut self.ctx, &batch)?;
             hook!(on_test_batch_end(step, &logs));
+            step += 1;
         }
         let logs = self.metrics_or_logs(logs);
         hook!(on_test_end(&logs));
@@ -462,5 +527,15 @@ impl<M: Model> Trainer<M> {
             .filter(|m| logs.contains(m.name()))
             .filter_map(|m| m.batch_result().map(|v| (m.name().to_string(), v)))
             .collect()
+    }
+}
+
+/// `verbose` must be 0, 1 or 2; unset means "auto" (1).
+fn check_verbose(verbose: Option<u8>) -> Result<u8> {
+    match verbose.unwrap_or(1) {
+        v @ 0..=2 => Ok(v),
+        v => Err(Error::value(format!(
+            "`verbose` must be 0, 1 or 2 (or unset for \"auto\"). Received: verbose={v}"
+        ))),
     }
 }

@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 
 use crate::callbacks::Callback;
-use crate::data::{ClassWeight, Data};
+use crate::data::{ClassWeight, Data, Dataset};
 use crate::losses::Loss;
 use crate::metrics::MetricSpec;
 use crate::optimizers::Optimizer;
@@ -111,7 +111,8 @@ impl Compile {
     }
 }
 
-/// Input data of `fit`/`evaluate`/`predict`: arrays `x` with optional targets `y`.
+/// Input data of `fit`/`evaluate`/`predict`: arrays `x` with optional targets `y`, or a
+/// [`Dataset`] of batches.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -123,23 +124,38 @@ impl Compile {
 /// # let _ = (both, only_x);
 /// ```
 pub struct Inputs {
-    pub(crate) x: Data,
-    pub(crate) y: Option<Data>,
+    pub(crate) kind: InputKind,
+}
+
+/// Arrays held in memory, or a dataset that yields whole batches.
+pub(crate) enum InputKind {
+    Arrays { x: Data, y: Option<Data> },
+    Dataset(Dataset),
 }
 
 impl Inputs {
     /// `x` and `y`.
     pub fn xy(x: impl Into<Data>, y: impl Into<Data>) -> Self {
         Self {
-            x: x.into(),
-            y: Some(y.into()),
+            kind: InputKind::Arrays {
+                x: x.into(),
+                y: Some(y.into()),
+            },
         }
     }
     /// `x` alone.
     pub fn x(x: impl Into<Data>) -> Self {
         Self {
-            x: x.into(),
-            y: None,
+            kind: InputKind::Arrays {
+                x: x.into(),
+                y: None,
+            },
+        }
+    }
+    /// A dataset of batches: each element reaches the step unchanged.
+    pub fn dataset(ds: Dataset) -> Self {
+        Self {
+            kind: InputKind::Dataset(ds),
         }
     }
     /// `x` and `y` from `.npy` files written by numpy.
@@ -150,13 +166,17 @@ impl Inputs {
         x: impl AsRef<std::path::Path>,
         y: Option<&std::path::Path>,
     ) -> crate::Result<Self> {
-        Ok(Self {
-            x: crate::data::read_npy(x)?.into(),
-            y: match y {
-                Some(p) => Some(crate::data::read_npy(p)?.into()),
-                None => None,
-            },
+        let x: Data = crate::data::read_npy(x)?.into();
+        Ok(match y {
+            Some(p) => Inputs::xy(x, crate::data::read_npy(p)?),
+            None => Inputs::x(x),
         })
+    }
+}
+
+impl From<Dataset> for Inputs {
+    fn from(ds: Dataset) -> Self {
+        Inputs::dataset(ds)
     }
 }
 

@@ -1,0 +1,330 @@
+//! [`Dataset`]: a `tf.data`-style input pipeline (`from_tensor_slices`, `shuffle`, `batch`,
+//! `take`, `skip`, `map`, `repeat`, `prefetch`).
+//!
+//! A dataset is a recipe: every iteration starts it again (a new shuffle order each time, as
+//! `tf.data` does with `reshuffle_each_iteration=True`). Elements are [`Data`] values and reach
+//! `train_step` unchanged.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use candle_core::Tensor;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use super::Data;
+use crate::{Error, Result};
+
+/// The number of elements of a dataset, when it can be known without iterating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cardinality {
+    /// Exactly this many elements.
+    Finite(usize),
+    /// Never ends (`repeat()` without a count).
+    Infinite,
+    /// Not known (after a filter-like operation).
+    Unknown,
+}
+
+type ElementIter = Box<dyn Iterator<Item = Result<Data>> + Send>;
+type Source = Arc<dyn Fn() -> ElementIter + Send + Sync>;
+
+/// An input pipeline of [`Data`] elements.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::data::{Cardinality, Dataset};
+/// let x = Tensor::arange(0f32, 10.0, &Device::Cpu).unwrap().reshape((10, 1)).unwrap();
+/// let ds = Dataset::from_tensor_slices(x).unwrap().shuffle(4, Some(1)).batch(4, false).take(2);
+/// assert_eq!(ds.cardinality(), Cardinality::Finite(2));
+/// let batches: Vec<_> = ds.iter().collect::<ferrokeras::Result<_>>().unwrap();
+/// assert_eq!(batches[0].tensor().unwrap().dims(), &[4, 1]);
+/// ```
+#[derive(Clone)]
+pub struct Dataset {
+    source: Source,
+    cardinality: Cardinality,
+}
+
+impl std::fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Dataset(cardinality={:?})", self.cardinality)
+    }
+}
+
+impl Dataset {
+    /// A dataset from a recipe that yields elements (for your own sources).
+    pub fn from_fn(
+        cardinality: Cardinality,
+        f: impl Fn() -> Box<dyn Iterator<Item = Result<Data>> + Send> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            source: Arc::new(f),
+            cardinality,
+        }
+    }
+
+    /// One element per index along the first axis of every tensor (Keras's
+    /// `tf.data.Dataset.from_tensor_slices`): `x`, `(x, y)` or `(x, y, sample_weight)`.
+    ///
+    /// # Errors
+    /// Tensors with different first dimensions, or a scalar.
+    pub fn from_tensor_slices(data: impl Into<Data>) -> Result<Self> {
+        let data = data.into();
+        let tensors = data.flatten();
+        let n = tensors
+            .first()
+            .and_then(|t| t.dims().first().copied())
+            .ok_or_else(|| {
+                Error::value("from_tensor_slices needs tensors with a first axis to slice")
+            })?;
+        if let Some(bad) = tensors.iter().find(|t| t.dims().first() != Some(&n)) {
+            return Err(Error::value(format!(
+                "from_tensor_slices: all tensors must have the same first dimension; received {n} and {:?} in {}",
+                bad.dims(),
+                data.describe()
+            )));
+        }
+        let data = Arc::new(data);
+        Ok(Self::from_fn(Cardinality::Finite(n), move || {
+            let data = data.clone();
+            Box::new((0..n).map(move |i| data.map(&mut |t| Ok(t.narrow(0, i, 1)?.squeeze(0)?))))
+        }))
+    }
+
+    /// The number of elements, when known.
+    pub fn cardinality(&self) -> Cardinality {
+        self.cardinality
+    }
+
+    /// A new iteration over the elements.
+    pub fn iter(&self) -> impl Iterator<Item = Result<Data>> + Send + use<> {
+        (self.source)()
+    }
+
+    /// Shuffles with a buffer of `buffer_size` elements, as `tf.data`: each element is drawn at
+    /// random from the buffer, which is refilled from the input. Every iteration uses a new order;
+    /// with a `seed` the sequence of orders repeats across runs (without one it follows the global
+    /// seed of [`crate::random::set_random_seed`]).
+    pub fn shuffle(self, buffer_size: usize, seed: Option<u64>) -> Self {
+        let buffer_size = buffer_size.max(1);
+        let base = seed.unwrap_or_else(|| crate::random::fork().r#gen());
+        let counter = Arc::new(AtomicU64::new(0));
+        let src = self.source.clone();
+        Self::from_fn(self.cardinality, move || {
+            let k = counter.fetch_add(1, Ordering::Relaxed);
+            let mut rng =
+                StdRng::seed_from_u64(base.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+            let mut input = src();
+            let mut buffer: Vec<Result<Data>> = Vec::with_capacity(buffer_size);
+            Box::new(std::iter::from_fn(move || {
+                while buffer.len() < buffer_size {
+                    match input.next() {
+                        Some(e) => buffer.push(e),
+                        None => break,
+                    }
+                }
+                if buffer.is_empty() {
+                    return None;
+                }
+                let i = rng.gen_range(0..buffer.len());
+                Some(buffer.swap_remove(i))
+            }))
+        })
+    }
+
+    /// Stacks consecutive elements into batches of `batch_size` (the last one smaller unless
+    /// `drop_remainder`).
+    pub fn batch(self, batch_size: usize, drop_remainder: bool) -> Self {
+        let batch_size = batch_size.max(1);
+        let card = match self.cardinality {
+            Cardinality::Finite(n) if drop_remainder => Cardinality::Finite(n / batch_size),
+            Cardinality::Finite(n) => Cardinality::Finite(n.div_ceil(batch_size)),
+            c => c,
+        };
+        let src = self.source.clone();
+        Self::from_fn(card, move || {
+            let mut input = src();
+            Box::new(std::iter::from_fn(move || {
+                let mut items = Vec::with_capacity(batch_size);
+                for _ in 0..batch_size {
+                    match input.next() {
+                        Some(Ok(e)) => items.push(e),
+                        Some(Err(e)) => return Some(Err(e)),
+                        None => break,
+                    }
+                }
+                if items.is_empty() || (drop_remainder && items.len() < batch_size) {
+                    return None;
+                }
+                Some(stack(&items))
+            }))
+        })
+    }
+
+    /// The first `n` elements.
+    pub fn take(self, n: usize) -> Self {
+        let card = match self.cardinality {
+            Cardinality::Finite(m) => Cardinality::Finite(m.min(n)),
+            _ => Cardinality::Finite(n),
+        };
+        let src = self.source.clone();
+        Self::from_fn(card, move || Box::new(src().take(n)))
+    }
+
+    /// Everything after the first `n` elements.
+    pub fn skip(self, n: usize) -> Self {
+        let card = match self.cardinality {
+            Cardinality::Finite(m) => Cardinality::Finite(m.saturating_sub(n)),
+            c => c,
+        };
+        let src = self.source.clone();
+        Self::from_fn(card, move || Box::new(src().skip(n)))
+    }
+
+    /// Applies `f` to every element.
+    pub fn map(self, f: impl Fn(Data) -> Result<Data> + Send + Sync + 'static) -> Self {
+        let f = Arc::new(f);
+        let src = self.source.clone();
+        Self::from_fn(self.cardinality, move || {
+            let f = f.clone();
+            Box::new(src().map(move |e| e.and_then(|d| f(d))))
+        })
+    }
+
+    /// Repeats the dataset `count` times, or forever with `None`.
+    pub fn repeat(self, count: Option<usize>) -> Self {
+        let card = match (self.cardinality, count) {
+            (Cardinality::Finite(0), _) => Cardinality::Finite(0),
+            (Cardinality::Finite(n), Some(c)) => Cardinality::Finite(n * c),
+            (_, None) => Cardinality::Infinite,
+            (c, Some(_)) => c,
+        };
+        let src = self.source.clone();
+        Self::from_fn(card, move || {
+            let src = src.clone();
+            let rounds: Box<dyn Iterator<Item = usize> + Send> = match count {
+                Some(c) => Box::new(0..c),
+                None => Box::new(0..),
+            };
+            Box::new(rounds.flat_map(move |_| src()))
+        })
+    }
+
+    /// Prepares up to `buffer_size` elements ahead on another thread while the consumer works.
+    pub fn prefetch(self, buffer_size: usize) -> Self {
+        let buffer_size = buffer_size.max(1);
+        let src = self.source.clone();
+        Self::from_fn(self.cardinality, move || {
+            let (tx, rx) = mpsc::sync_channel::<Result<Data>>(buffer_size);
+            let src = src.clone();
+            std::thread::spawn(move || {
+                for e in src() {
+                    if tx.send(e).is_err() {
+                        break; // the consumer stopped early
+                    }
+                }
+            });
+            Box::new(rx.into_iter())
+        })
+    }
+}
+
+/// Stacks same-structured elements along a new first axis.
+fn stack(items: &[Data]) -> Result<Data> {
+    let unsqueezed: Vec<Data> = items
+        .iter()
+        .map(|d| d.map(&mut |t: &Tensor| Ok(t.unsqueeze(0)?)))
+        .collect::<Result<_>>()?;
+    Data::concat(&unsqueezed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn range(n: usize) -> Tensor {
+        Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap()
+    }
+
+    fn values(ds: &Dataset) -> Vec<f32> {
+        ds.iter()
+            .flat_map(|d| {
+                d.unwrap()
+                    .tensor()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shuffle_is_a_permutation_that_changes_each_iteration() {
+        let ds = Dataset::from_tensor_slices(range(100))
+            .unwrap()
+            .shuffle(10, Some(3));
+        let a = values(&ds);
+        let b = values(&ds);
+        let mut sorted = a.clone();
+        sorted.sort_by(f32::total_cmp);
+        assert_eq!(
+            sorted,
+            values(&Dataset::from_tensor_slices(range(100)).unwrap())
+        );
+        assert_ne!(a, b);
+        let again = Dataset::from_tensor_slices(range(100))
+            .unwrap()
+            .shuffle(10, Some(3));
+        assert_eq!(values(&again), a);
+    }
+
+    #[test]
+    fn batch_take_skip_repeat_cardinalities() {
+        let ds = Dataset::from_tensor_slices(range(10)).unwrap();
+        assert_eq!(
+            ds.clone().batch(4, false).cardinality(),
+            Cardinality::Finite(3)
+        );
+        assert_eq!(
+            ds.clone().batch(4, true).cardinality(),
+            Cardinality::Finite(2)
+        );
+        assert_eq!(values(&ds.clone().skip(7)), vec![7.0, 8.0, 9.0]);
+        assert_eq!(ds.clone().repeat(Some(2)).iter().count(), 20);
+        assert_eq!(ds.clone().repeat(None).cardinality(), Cardinality::Infinite);
+        assert_eq!(ds.clone().repeat(None).take(25).iter().count(), 25);
+        let last = ds.batch(4, false).iter().last().unwrap().unwrap();
+        assert_eq!(last.tensor().unwrap().dims(), &[2]);
+    }
+
+    #[test]
+    fn map_and_prefetch_keep_order() {
+        let ds = Dataset::from_tensor_slices(range(6))
+            .unwrap()
+            .map(|d| d.map(&mut |t| Ok((t * 2.0)?)))
+            .prefetch(2);
+        assert_eq!(values(&ds), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+    }
+
+    #[test]
+    fn tuples_are_sliced_together() {
+        let x = range(4).reshape((4, 1)).unwrap();
+        let y = range(4);
+        let ds = Dataset::from_tensor_slices((x, y)).unwrap().batch(2, false);
+        let first = ds.iter().next().unwrap().unwrap();
+        let (x, y, _) = first.unpack().unwrap();
+        assert_eq!(x.tensor().unwrap().dims(), &[2, 1]);
+        assert_eq!(
+            y.unwrap().tensor().unwrap().to_vec1::<f32>().unwrap(),
+            vec![0.0, 1.0]
+        );
+        let bad = Dataset::from_tensor_slices((range(3), range(4)))
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("same first dimension"), "{bad}");
+    }
+}

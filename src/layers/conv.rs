@@ -1,0 +1,602 @@
+//! `Conv2D` and `Conv2DTranspose`, channels-last as Keras (with a `data_format` option).
+//!
+//! Variables keep Keras's layouts (`(kh, kw, in, out)` for `Conv2D`, `(kh, kw, out, in)` for
+//! `Conv2DTranspose`), so weights move between Keras and ferrokeras unchanged. "same" padding is
+//! applied explicitly, asymmetrically where Keras does (stride 2 on even sizes pads `(0, 1)`).
+
+use candle_core::{DType, Device, Tensor};
+
+use super::im2col::{Conv, ConvData, Geometry};
+use super::{Activation, Layer, unique_name};
+use crate::tape::Variable;
+use crate::{Error, Result};
+
+/// Where the channel axis is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DataFormat {
+    /// `(batch, height, width, channels)`, Keras's default.
+    #[default]
+    ChannelsLast,
+    /// `(batch, channels, height, width)`.
+    ChannelsFirst,
+}
+
+/// Convolution padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Padding {
+    /// No padding.
+    #[default]
+    Valid,
+    /// Pad so that `output = ceil(input / stride)`.
+    Same,
+}
+
+impl std::str::FromStr for Padding {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "valid" => Ok(Padding::Valid),
+            "same" => Ok(Padding::Same),
+            other => Err(Error::value(format!(
+                "The `padding` argument must be one of \"valid\", \"same\". Received: padding={other:?}"
+            ))),
+        }
+    }
+}
+
+/// `(before, after)` padding of one spatial axis for a forward convolution.
+pub(crate) fn same_padding(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+) -> (usize, usize) {
+    let k = (kernel - 1) * dilation + 1;
+    let out = input.div_ceil(stride);
+    let total = ((out - 1) * stride + k).saturating_sub(input);
+    (total / 2, total - total / 2)
+}
+
+fn conv_out(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    padding: Padding,
+) -> Option<usize> {
+    let k = (kernel - 1) * dilation + 1;
+    match padding {
+        Padding::Same => Some(input.div_ceil(stride)),
+        Padding::Valid => (input >= k).then(|| (input - k) / stride + 1),
+    }
+}
+
+fn transpose_out(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    padding: Padding,
+    output_padding: Option<usize>,
+) -> usize {
+    let k = kernel + (kernel - 1) * (dilation - 1);
+    match output_padding {
+        None => match padding {
+            Padding::Valid => input * stride + k.saturating_sub(stride),
+            Padding::Same => input * stride,
+        },
+        Some(op) => {
+            let pad = if padding == Padding::Same { k / 2 } else { 0 };
+            ((input - 1) * stride + k + op).saturating_sub(2 * pad)
+        }
+    }
+}
+
+fn to_nhwc(x: &Tensor, f: DataFormat) -> Result<Tensor> {
+    Ok(match f {
+        DataFormat::ChannelsLast => x.clone(),
+        DataFormat::ChannelsFirst => x.permute((0, 2, 3, 1))?,
+    })
+}
+
+fn from_nhwc(x: &Tensor, f: DataFormat) -> Result<Tensor> {
+    Ok(match f {
+        DataFormat::ChannelsLast => x.clone(),
+        DataFormat::ChannelsFirst => x.permute((0, 3, 1, 2))?,
+    })
+}
+
+/// `(height, width, channels)` of an input shape (batch axis excluded).
+fn hwc(shape: &[usize], f: DataFormat, layer: &str) -> Result<(usize, usize, usize)> {
+    if shape.len() != 3 {
+        return Err(Error::value(format!(
+            "Input 0 of layer \"{layer}\" is incompatible with the layer: expected ndim=4 (batch, height, width, channels), found ndim={} (shape (None, {}))",
+            shape.len() + 1,
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(match f {
+        DataFormat::ChannelsLast => (shape[0], shape[1], shape[2]),
+        DataFormat::ChannelsFirst => (shape[1], shape[2], shape[0]),
+    })
+}
+
+fn shape_of(h: usize, w: usize, c: usize, f: DataFormat) -> Vec<usize> {
+    match f {
+        DataFormat::ChannelsLast => vec![h, w, c],
+        DataFormat::ChannelsFirst => vec![c, h, w],
+    }
+}
+
+/// Options shared by both convolution layers.
+#[derive(Clone, Debug)]
+struct ConvConfig {
+    filters: usize,
+    kernel: (usize, usize),
+    strides: usize,
+    padding: Padding,
+    dilation: usize,
+    activation: Activation,
+    use_bias: bool,
+    data_format: DataFormat,
+    device: Device,
+}
+
+impl ConvConfig {
+    fn new(filters: usize, kernel: (usize, usize)) -> Self {
+        Self {
+            filters,
+            kernel,
+            strides: 1,
+            padding: Padding::Valid,
+            dilation: 1,
+            activation: Activation::Linear,
+            use_bias: true,
+            data_format: DataFormat::ChannelsLast,
+            device: Device::Cpu,
+        }
+    }
+    fn check(&self, layer: &str) -> Result<()> {
+        if self.filters == 0
+            || self.kernel.0 == 0
+            || self.kernel.1 == 0
+            || self.strides == 0
+            || self.dilation == 0
+        {
+            return Err(Error::value(format!(
+                "layer \"{layer}\": filters, kernel_size, strides and dilation_rate must be >= 1. Received: filters={}, kernel_size={:?}, strides={}, dilation_rate={}",
+                self.filters, self.kernel, self.strides, self.dilation
+            )));
+        }
+        Ok(())
+    }
+}
+
+macro_rules! conv_builders {
+    () => {
+        /// Square strides (Keras's `strides=(s, s)`).
+        pub fn strides(mut self, s: usize) -> Self {
+            self.cfg.strides = s;
+            self
+        }
+        /// `"valid"` or `"same"`.
+        ///
+        /// # Errors
+        /// Another string.
+        pub fn padding(mut self, p: &str) -> Result<Self> {
+            self.cfg.padding = p.parse()?;
+            Ok(self)
+        }
+        /// Dilation rate of the kernel.
+        pub fn dilation_rate(mut self, d: usize) -> Self {
+            self.cfg.dilation = d;
+            self
+        }
+        /// Activation by Keras name.
+        ///
+        /// # Errors
+        /// An unknown name.
+        pub fn activation(mut self, a: &str) -> Result<Self> {
+            self.cfg.activation = a.parse()?;
+            Ok(self)
+        }
+        /// Whether to add a bias (default true).
+        pub fn use_bias(mut self, b: bool) -> Self {
+            self.cfg.use_bias = b;
+            self
+        }
+        /// Channels-last (default) or channels-first inputs.
+        pub fn data_format(mut self, f: DataFormat) -> Self {
+            self.cfg.data_format = f;
+            self
+        }
+        /// The device variables are created on.
+        pub fn device(mut self, d: &Device) -> Self {
+            self.cfg.device = d.clone();
+            self
+        }
+        /// Overrides the generated name.
+        pub fn named(mut self, name: impl Into<String>) -> Self {
+            self.name = name.into();
+            self
+        }
+        /// The kernel, once built.
+        pub fn kernel(&self) -> Option<&Variable> {
+            self.kernel.as_ref()
+        }
+        /// The bias, once built.
+        pub fn bias(&self) -> Option<&Variable> {
+            self.bias.as_ref()
+        }
+    };
+}
+
+/// 2D convolution, Keras's `layers.Conv2D` (`glorot_uniform` kernel, zero bias).
+///
+/// # Shapes
+/// `(batch, h, w, in)` → `(batch, h', w', filters)` (channels-last).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::layers::{Conv2D, Layer};
+/// let mut conv = Conv2D::new(64, (3, 3)).strides(2).padding("same").unwrap();
+/// let x = Tensor::zeros((2, 28, 28, 1), candle_core::DType::F32, &Device::Cpu).unwrap();
+/// assert_eq!(conv.call(&x, false).unwrap().dims(), &[2, 14, 14, 64]);
+/// assert_eq!(conv.count_params(), 3 * 3 * 1 * 64 + 64);
+/// ```
+pub struct Conv2D {
+    name: String,
+    cfg: ConvConfig,
+    kernel: Option<Variable>,
+    bias: Option<Variable>,
+}
+
+impl Conv2D {
+    /// `filters` output channels, a `(kh, kw)` kernel, stride 1, "valid" padding.
+    pub fn new(filters: usize, kernel_size: (usize, usize)) -> Self {
+        Self {
+            name: unique_name("conv2d"),
+            cfg: ConvConfig::new(filters, kernel_size),
+            kernel: None,
+            bias: None,
+        }
+    }
+    conv_builders!();
+}
+
+impl Layer for Conv2D {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn class_name(&self) -> &str {
+        "Conv2D"
+    }
+    fn build(&mut self, input_shape: &[usize]) -> Result<()> {
+        if self.kernel.is_some() {
+            return Ok(());
+        }
+        self.cfg.check(&self.name)?;
+        let (_, _, c) = hwc(input_shape, self.cfg.data_format, &self.name)?;
+        let (kh, kw) = self.cfg.kernel;
+        let fan_in = kh * kw * c;
+        let fan_out = kh * kw * self.cfg.filters;
+        let limit = (6.0 / (fan_in + fan_out) as f32).sqrt();
+        let k = crate::random::uniform(
+            &[kh, kw, c, self.cfg.filters],
+            -limit,
+            limit,
+            &self.cfg.device,
+        )?;
+        self.kernel = Some(Variable::new(format!("{}/kernel", self.name), &k, true)?);
+        if self.cfg.use_bias {
+            let b = Tensor::zeros(self.cfg.filters, DType::F32, &self.cfg.device)?;
+            self.bias = Some(Variable::new(format!("{}/bias", self.name), &b, true)?);
+        }
+        Ok(())
+    }
+    fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
+        if x.rank() != 4 {
+            return Err(Error::value(format!(
+                "Input 0 of layer \"{}\" is incompatible with the layer: expected ndim=4, found ndim={}. Full shape received: {:?}",
+                self.name,
+                x.rank(),
+                x.dims()
+            )));
+        }
+        self.build(&x.dims()[1..])?;
+        let kernel = self
+            .kernel
+            .as_ref()
+            .ok_or_else(|| Error::state("Conv2D not built"))?;
+        let (h, w, c) = hwc(&x.dims()[1..], self.cfg.data_format, &self.name)?;
+        let kc = kernel.shape().dims()[2];
+        if c != kc {
+            return Err(Error::value(format!(
+                "Input 0 of layer \"{}\" is incompatible with the layer: expected axis -1 of input shape to have value {kc}, but received input with shape {:?}",
+                self.name,
+                x.dims()
+            )));
+        }
+        let (kh, kw) = self.cfg.kernel;
+        let (s, d) = (self.cfg.strides, self.cfg.dilation);
+        if conv_out(h, kh, s, d, self.cfg.padding).is_none()
+            || conv_out(w, kw, s, d, self.cfg.padding).is_none()
+        {
+            return Err(Error::value(format!(
+                "layer \"{}\": the input ({h}x{w}) is smaller than the kernel ({kh}x{kw}, dilation {d}) with \"valid\" padding",
+                self.name
+            )));
+        }
+        let mut xp = to_nhwc(&x.to_dtype(DType::F32)?, self.cfg.data_format)?;
+        if self.cfg.padding == Padding::Same {
+            let (ht, hb) = same_padding(h, kh, s, d);
+            let (wl, wr) = same_padding(w, kw, s, d);
+            xp = xp.pad_with_zeros(1, ht, hb)?.pad_with_zeros(2, wl, wr)?;
+        }
+        let f = self.cfg.filters;
+        let y = if xp.device().is_cpu() {
+            // Patches, then one matrix product with the (kh*kw*in, out) kernel.
+            let xp = xp.contiguous()?;
+            let (n, hp, wp, c) = xp.dims4()?;
+            let (oh, ow) = (
+                (hp - (kh - 1) * d - 1) / s + 1,
+                (wp - (kw - 1) * d - 1) / s + 1,
+            );
+            let g = Geometry {
+                n,
+                h: hp,
+                w: wp,
+                c,
+                kh,
+                kw,
+                stride: s,
+                dilation: d,
+                oh,
+                ow,
+            };
+            let w = kernel.as_tensor().reshape((kh * kw * c, f))?;
+            let mut y = xp.apply_op2(&w, Conv { g, f })?;
+            if let Some(b) = &self.bias {
+                y = y.broadcast_add(b.as_tensor())?;
+            }
+            y.reshape((n, oh, ow, f))?
+        } else {
+            let xn = xp.permute((0, 3, 1, 2))?.contiguous()?;
+            let k = kernel.as_tensor().permute((3, 2, 0, 1))?.contiguous()?;
+            let mut y = xn.conv2d(&k, 0, s, d, 1)?;
+            if let Some(b) = &self.bias {
+                y = y.broadcast_add(&b.as_tensor().reshape((1, f, 1, 1))?)?;
+            }
+            y.permute((0, 2, 3, 1))?
+        };
+        let y = from_nhwc(&y, self.cfg.data_format)?;
+        self.cfg.activation.apply(&y)
+    }
+    fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        let (h, w, _) = hwc(input_shape, self.cfg.data_format, &self.name)?;
+        let (kh, kw) = self.cfg.kernel;
+        let (s, d) = (self.cfg.strides, self.cfg.dilation);
+        match (
+            conv_out(h, kh, s, d, self.cfg.padding),
+            conv_out(w, kw, s, d, self.cfg.padding),
+        ) {
+            (Some(oh), Some(ow)) => Ok(shape_of(oh, ow, self.cfg.filters, self.cfg.data_format)),
+            _ => Err(Error::value(format!(
+                "layer \"{}\": the input ({h}x{w}) is smaller than the kernel ({kh}x{kw}) with \"valid\" padding",
+                self.name
+            ))),
+        }
+    }
+    fn variables(&self) -> Vec<Variable> {
+        self.kernel
+            .iter()
+            .chain(self.bias.iter())
+            .cloned()
+            .collect()
+    }
+}
+
+/// Transposed 2D convolution, Keras's `layers.Conv2DTranspose`.
+///
+/// # Shapes
+/// `(batch, h, w, in)` → `(batch, h * s, w * s, filters)` with "same" padding.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::layers::{Conv2DTranspose, Layer};
+/// let mut up = Conv2DTranspose::new(128, (4, 4)).strides(2).padding("same").unwrap();
+/// let x = Tensor::zeros((1, 7, 7, 128), candle_core::DType::F32, &Device::Cpu).unwrap();
+/// assert_eq!(up.call(&x, false).unwrap().dims(), &[1, 14, 14, 128]);
+/// ```
+pub struct Conv2DTranspose {
+    name: String,
+    cfg: ConvConfig,
+    output_padding: Option<usize>,
+    kernel: Option<Variable>,
+    bias: Option<Variable>,
+}
+
+impl Conv2DTranspose {
+    /// `filters` output channels, a `(kh, kw)` kernel, stride 1, "valid" padding.
+    pub fn new(filters: usize, kernel_size: (usize, usize)) -> Self {
+        Self {
+            name: unique_name("conv2d_transpose"),
+            cfg: ConvConfig::new(filters, kernel_size),
+            output_padding: None,
+            kernel: None,
+            bias: None,
+        }
+    }
+    /// Extra rows/columns on the output's far side (must be smaller than the stride).
+    pub fn output_padding(mut self, p: usize) -> Self {
+        self.output_padding = Some(p);
+        self
+    }
+    conv_builders!();
+
+    /// Keeps `out` positions of the full transposed output along `axis`.
+    fn crop(
+        &self,
+        t: Tensor,
+        axis: usize,
+        input: usize,
+        kernel: usize,
+        out: usize,
+    ) -> Result<Tensor> {
+        let (s, d) = (self.cfg.strides, self.cfg.dilation);
+        let keff = (kernel - 1) * d + 1;
+        let before = match (self.cfg.padding, self.output_padding) {
+            (Padding::Same, Some(_)) => keff / 2,
+            (Padding::Same, None) => ((input - 1) * s + keff).saturating_sub(out) / 2,
+            (Padding::Valid, _) => 0,
+        };
+        let avail = t.dims()[axis];
+        let t = if before + out > avail {
+            t.pad_with_zeros(axis, 0, before + out - avail)?
+        } else {
+            t
+        };
+        Ok(t.narrow(axis, before, out)?)
+    }
+
+    fn out_hw(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        if let Some(op) = self.output_padding
+            && op >= self.cfg.strides
+        {
+            return Err(Error::value(format!(
+                "layer \"{}\": `output_padding` must be smaller than `strides`. Received: output_padding={op}, strides={}",
+                self.name, self.cfg.strides
+            )));
+        }
+        let (kh, kw) = self.cfg.kernel;
+        let (s, d) = (self.cfg.strides, self.cfg.dilation);
+        Ok((
+            transpose_out(h, kh, s, d, self.cfg.padding, self.output_padding),
+            transpose_out(w, kw, s, d, self.cfg.padding, self.output_padding),
+        ))
+    }
+}
+
+impl Layer for Conv2DTranspose {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn class_name(&self) -> &str {
+        "Conv2DTranspose"
+    }
+    fn build(&mut self, input_shape: &[usize]) -> Result<()> {
+        if self.kernel.is_some() {
+            return Ok(());
+        }
+        self.cfg.check(&self.name)?;
+        let (_, _, c) = hwc(input_shape, self.cfg.data_format, &self.name)?;
+        let (kh, kw) = self.cfg.kernel;
+        // Keras computes glorot fans from the kernel shape (kh, kw, filters, in).
+        let fan_in = kh * kw * self.cfg.filters;
+        let fan_out = kh * kw * c;
+        let limit = (6.0 / (fan_in + fan_out) as f32).sqrt();
+        let k = crate::random::uniform(
+            &[kh, kw, self.cfg.filters, c],
+            -limit,
+            limit,
+            &self.cfg.device,
+        )?;
+        self.kernel = Some(Variable::new(format!("{}/kernel", self.name), &k, true)?);
+        if self.cfg.use_bias {
+            let b = Tensor::zeros(self.cfg.filters, DType::F32, &self.cfg.device)?;
+            self.bias = Some(Variable::new(format!("{}/bias", self.name), &b, true)?);
+        }
+        Ok(())
+    }
+    fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
+        if x.rank() != 4 {
+            return Err(Error::value(format!(
+                "Input 0 of layer \"{}\" is incompatible with the layer: expected ndim=4, found ndim={}. Full shape received: {:?}",
+                self.name,
+                x.rank(),
+                x.dims()
+            )));
+        }
+        self.build(&x.dims()[1..])?;
+        let kernel = self
+            .kernel
+            .as_ref()
+            .ok_or_else(|| Error::state("Conv2DTranspose not built"))?;
+        let (h, w, c) = hwc(&x.dims()[1..], self.cfg.data_format, &self.name)?;
+        let kc = kernel.shape().dims()[3];
+        if c != kc {
+            return Err(Error::value(format!(
+                "Input 0 of layer \"{}\" is incompatible with the layer: expected axis -1 of input shape to have value {kc}, but received input with shape {:?}",
+                self.name,
+                x.dims()
+            )));
+        }
+        let (oh, ow) = self.out_hw(h, w)?;
+        let (kh, kw) = self.cfg.kernel;
+        let (s, d) = (self.cfg.strides, self.cfg.dilation);
+        let xt = to_nhwc(&x.to_dtype(DType::F32)?, self.cfg.data_format)?.contiguous()?;
+        let f = self.cfg.filters;
+        let n = xt.dims()[0];
+        // The full transposed convolution (every input pixel spreads its kernel-sized patch)...
+        let full = if xt.device().is_cpu() {
+            let kmat = kernel.as_tensor().reshape((kh * kw * f, c))?;
+            let x2d = xt.reshape((n * h * w, c))?;
+            let g = Geometry {
+                n,
+                h: (h - 1) * s + (kh - 1) * d + 1,
+                w: (w - 1) * s + (kw - 1) * d + 1,
+                c: f,
+                kh,
+                kw,
+                stride: s,
+                dilation: d,
+                oh: h,
+                ow: w,
+            };
+            x2d.apply_op2(&kmat, ConvData { g, f: c })?
+        } else {
+            let xn = xt.permute((0, 3, 1, 2))?.contiguous()?;
+            let k = kernel.as_tensor().permute((3, 2, 0, 1))?.contiguous()?;
+            xn.conv_transpose2d(&k, 0, 0, s, d)?.permute((0, 2, 3, 1))?
+        };
+        // ...then the window Keras keeps: the padding of the forward convolution this layer is
+        // the gradient of.
+        let y = self.crop(full, 1, h, kh, oh)?;
+        let mut y = self.crop(y, 2, w, kw, ow)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b.as_tensor())?;
+        }
+        let y = from_nhwc(&y, self.cfg.data_format)?;
+        self.cfg.activation.apply(&y)
+    }
+    fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        let (h, w, _) = hwc(input_shape, self.cfg.data_format, &self.name)?;
+        let (oh, ow) = self.out_hw(h, w)?;
+        Ok(shape_of(oh, ow, self.cfg.filters, self.cfg.data_format))
+    }
+    fn variables(&self) -> Vec<Variable> {
+        self.kernel
+            .iter()
+            .chain(self.bias.iter())
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_padding_is_asymmetric_like_keras() {
+        assert_eq!(same_padding(28, 3, 2, 1), (0, 1));
+        assert_eq!(same_padding(28, 3, 1, 1), (1, 1));
+        assert_eq!(same_padding(7, 7, 1, 1), (3, 3));
+        assert_eq!(transpose_out(7, 4, 2, 1, Padding::Same, None), 14);
+        assert_eq!(transpose_out(7, 4, 2, 1, Padding::Valid, None), 16);
+    }
+}

@@ -1,0 +1,411 @@
+//! Pooling and upsampling layers (channels-last, with a `data_format` option).
+//!
+//! Pooling is written with reshapes and reductions whose gradients candle computes correctly (its
+//! own `max_pool2d` backward scales gradients and misplaces them on odd sizes). Windows that reach
+//! past the input with "same" padding are padded with `-inf` for max and excluded from the count
+//! for average, as Keras does.
+
+use candle_core::{D, DType, Tensor};
+
+use super::conv::{DataFormat, Padding};
+use super::{Layer, unique_name};
+use crate::{Error, Result};
+
+fn to_nhwc(x: &Tensor, f: DataFormat) -> Result<Tensor> {
+    Ok(match f {
+        DataFormat::ChannelsLast => x.clone(),
+        DataFormat::ChannelsFirst => x.permute((0, 2, 3, 1))?,
+    })
+}
+
+fn from_nhwc(x: &Tensor, f: DataFormat) -> Result<Tensor> {
+    Ok(match f {
+        DataFormat::ChannelsLast => x.clone(),
+        DataFormat::ChannelsFirst => x.permute((0, 3, 1, 2))?,
+    })
+}
+
+fn check_rank4(layer: &str, x: &Tensor) -> Result<()> {
+    if x.rank() != 4 {
+        return Err(Error::value(format!(
+            "Input 0 of layer \"{layer}\" is incompatible with the layer: expected ndim=4 (batch, height, width, channels), found ndim={}. Full shape received: {:?}",
+            x.rank(),
+            x.dims()
+        )));
+    }
+    Ok(())
+}
+
+fn hw_of(shape: &[usize], f: DataFormat, layer: &str) -> Result<(usize, usize, usize)> {
+    if shape.len() != 3 {
+        return Err(Error::value(format!(
+            "layer \"{layer}\" expects inputs of rank 4 (batch, height, width, channels); received rank {}",
+            shape.len() + 1
+        )));
+    }
+    Ok(match f {
+        DataFormat::ChannelsLast => (shape[0], shape[1], shape[2]),
+        DataFormat::ChannelsFirst => (shape[1], shape[2], shape[0]),
+    })
+}
+
+fn out_len(input: usize, pool: usize, stride: usize, padding: Padding) -> usize {
+    match padding {
+        Padding::Valid => {
+            if input < pool {
+                0
+            } else {
+                (input - pool) / stride + 1
+            }
+        }
+        Padding::Same => input.div_ceil(stride),
+    }
+}
+
+/// Max or average over non-overlapping or overlapping windows of an NHWC tensor.
+fn pool_nhwc(
+    x: &Tensor,
+    pool: (usize, usize),
+    strides: (usize, usize),
+    padding: Padding,
+    max: bool,
+) -> Result<Tensor> {
+    let (n, h, w, c) = x.dims4()?;
+    let (oh, ow) = (
+        out_len(h, pool.0, strides.0, padding),
+        out_len(w, pool.1, strides.1, padding),
+    );
+    if oh == 0 || ow == 0 {
+        return Err(Error::value(format!(
+            "pooling window {pool:?} is larger than the input ({h}x{w}) with \"valid\" padding"
+        )));
+    }
+    // Padding so that every window lies inside the (padded) input.
+    let need_h = (oh - 1) * strides.0 + pool.0;
+    let need_w = (ow - 1) * strides.1 + pool.1;
+    let (pt, pl) = match padding {
+        Padding::Same => (need_h.saturating_sub(h) / 2, need_w.saturating_sub(w) / 2),
+        Padding::Valid => (0, 0),
+    };
+    let pb = need_h.saturating_sub(h + pt);
+    let pr = need_w.saturating_sub(w + pl);
+    let pad = |t: &Tensor, axis: usize, before: usize, after: usize, fill: f64| -> Result<Tensor> {
+        if before == 0 && after == 0 {
+            return Ok(t.clone());
+        }
+        let mut parts = Vec::new();
+        let mut shape = t.dims().to_vec();
+        if before > 0 {
+            shape[axis] = before;
+            parts.push(Tensor::full(fill as f32, shape.clone(), t.device())?);
+        }
+        parts.push(t.clone());
+        if after > 0 {
+            shape[axis] = after;
+            parts.push(Tensor::full(fill as f32, shape.clone(), t.device())?);
+        }
+        Ok(Tensor::cat(&parts, axis)?)
+    };
+    let fill = if max { f64::NEG_INFINITY } else { 0.0 };
+    let xp = pad(&pad(x, 1, pt, pb, fill)?, 2, pl, pr, fill)?;
+    let xp = xp.narrow(1, 0, need_h)?.narrow(2, 0, need_w)?;
+    let reduce = |t: Tensor| -> Result<Tensor> {
+        Ok(if max {
+            t.max_keepdim(D::Minus1)?
+        } else {
+            t.sum_keepdim(D::Minus1)?
+        })
+    };
+    let pooled = if strides == pool {
+        // Non-overlapping windows: one reshape, two reductions.
+        let t = xp.reshape((n, oh, pool.0, ow, pool.1, c))?;
+        let t = if max {
+            t.max_keepdim(4)?.max_keepdim(2)?
+        } else {
+            t.sum_keepdim(4)?.sum_keepdim(2)?
+        };
+        t.reshape((n, oh, ow, c))?
+    } else {
+        // Overlapping windows: gather each window offset as a strided view and reduce.
+        let mut acc: Option<Tensor> = None;
+        for i in 0..pool.0 {
+            for j in 0..pool.1 {
+                let rows: Vec<u32> = (0..oh).map(|r| (r * strides.0 + i) as u32).collect();
+                let cols: Vec<u32> = (0..ow).map(|q| (q * strides.1 + j) as u32).collect();
+                let rows = Tensor::new(rows.as_slice(), x.device())?;
+                let cols = Tensor::new(cols.as_slice(), x.device())?;
+                let v = xp
+                    .index_select(&rows, 1)?
+                    .index_select(&cols, 2)?
+                    .unsqueeze(4)?;
+                acc = Some(match acc {
+                    None => v,
+                    Some(a) => reduce(Tensor::cat(&[a, v], 4)?)?,
+                });
+            }
+        }
+        acc.ok_or_else(|| Error::value("empty pooling window"))?
+            .squeeze(4)?
+    };
+    if max {
+        return Ok(pooled);
+    }
+    // Average: divide by the number of real (unpadded) elements in each window.
+    let ones = Tensor::ones((1, h, w, 1), DType::F32, x.device())?;
+    let counts = pool_counts(&ones, pool, strides, padding, (pt, pb, pl, pr), (oh, ow))?;
+    Ok(pooled.broadcast_div(&counts)?)
+}
+
+fn pool_counts(
+    ones: &Tensor,
+    pool: (usize, usize),
+    strides: (usize, usize),
+    _padding: Padding,
+    pads: (usize, usize, usize, usize),
+    out: (usize, usize),
+) -> Result<Tensor> {
+    let (pt, pb, pl, pr) = pads;
+    let t = ones.pad_with_zeros(1, pt, pb)?.pad_with_zeros(2, pl, pr)?;
+    let (oh, ow) = out;
+    let v = t.flatten_all()?.to_vec1::<f32>()?;
+    let (hp, wp) = (t.dims()[1], t.dims()[2]);
+    let mut counts = vec![0f32; oh * ow];
+    for r in 0..oh {
+        for q in 0..ow {
+            let mut s = 0.0;
+            for i in 0..pool.0 {
+                for j in 0..pool.1 {
+                    let (y, x) = (r * strides.0 + i, q * strides.1 + j);
+                    if y < hp && x < wp {
+                        s += v[y * wp + x];
+                    }
+                }
+            }
+            counts[r * ow + q] = s.max(1.0);
+        }
+    }
+    Ok(Tensor::from_vec(counts, (1, oh, ow, 1), ones.device())?)
+}
+
+macro_rules! pool_layer {
+    ($(#[$doc:meta])* $ty:ident, $prefix:expr, $class:expr, $max:expr) => {
+        $(#[$doc])*
+        pub struct $ty {
+            name: String,
+            pool: (usize, usize),
+            strides: Option<(usize, usize)>,
+            padding: Padding,
+            data_format: DataFormat,
+        }
+        impl $ty {
+            /// A pooling layer over `pool_size` windows; strides default to the pool size.
+            pub fn new(pool_size: (usize, usize)) -> Self {
+                Self { name: unique_name($prefix), pool: pool_size, strides: None, padding: Padding::Valid, data_format: DataFormat::ChannelsLast }
+            }
+            /// Window strides.
+            pub fn strides(mut self, s: (usize, usize)) -> Self {
+                self.strides = Some(s);
+                self
+            }
+            /// `"valid"` or `"same"`.
+            ///
+            /// # Errors
+            /// Another string.
+            pub fn padding(mut self, p: &str) -> Result<Self> {
+                self.padding = p.parse()?;
+                Ok(self)
+            }
+            /// Channels-last (default) or channels-first.
+            pub fn data_format(mut self, f: DataFormat) -> Self {
+                self.data_format = f;
+                self
+            }
+            fn strides_or_pool(&self) -> (usize, usize) {
+                self.strides.unwrap_or(self.pool)
+            }
+        }
+        impl Layer for $ty {
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn class_name(&self) -> &str {
+                $class
+            }
+            fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
+                check_rank4(&self.name, x)?;
+                let s = self.strides_or_pool();
+                if self.pool.0 == 0 || self.pool.1 == 0 || s.0 == 0 || s.1 == 0 {
+                    return Err(Error::value(format!("layer \"{}\": pool_size and strides must be >= 1; received pool_size={:?}, strides={s:?}", self.name, self.pool)));
+                }
+                let xt = to_nhwc(&x.to_dtype(DType::F32)?, self.data_format)?;
+                let y = pool_nhwc(&xt, self.pool, s, self.padding, $max)?;
+                from_nhwc(&y, self.data_format)
+            }
+            fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+                let (h, w, c) = hw_of(input_shape, self.data_format, &self.name)?;
+                let s = self.strides_or_pool();
+                let (oh, ow) = (out_len(h, self.pool.0, s.0, self.padding), out_len(w, self.pool.1, s.1, self.padding));
+                if oh == 0 || ow == 0 {
+                    return Err(Error::value(format!("layer \"{}\": pool size {:?} is larger than the input ({h}x{w})", self.name, self.pool)));
+                }
+                Ok(match self.data_format {
+                    DataFormat::ChannelsLast => vec![oh, ow, c],
+                    DataFormat::ChannelsFirst => vec![c, oh, ow],
+                })
+            }
+        }
+    };
+}
+
+pool_layer!(
+    /// Keras's `layers.MaxPooling2D`.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::layers::{Layer, MaxPooling2D};
+    /// let x = Tensor::arange(0f32, 16.0, &Device::Cpu).unwrap().reshape((1, 4, 4, 1)).unwrap();
+    /// let y = MaxPooling2D::new((2, 2)).call(&x, false).unwrap();
+    /// assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![5.0, 7.0, 13.0, 15.0]);
+    /// ```
+    MaxPooling2D, "max_pooling2d", "MaxPooling2D", true
+);
+pool_layer!(
+    /// Keras's `layers.AveragePooling2D`.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::layers::{AveragePooling2D, Layer};
+    /// let x = Tensor::arange(0f32, 16.0, &Device::Cpu).unwrap().reshape((1, 4, 4, 1)).unwrap();
+    /// let y = AveragePooling2D::new((2, 2)).call(&x, false).unwrap();
+    /// assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![2.5, 4.5, 10.5, 12.5]);
+    /// ```
+    AveragePooling2D, "average_pooling2d", "AveragePooling2D", false
+);
+
+macro_rules! global_pool {
+    ($(#[$doc:meta])* $ty:ident, $prefix:expr, $class:expr, $max:expr) => {
+        $(#[$doc])*
+        pub struct $ty {
+            name: String,
+            data_format: DataFormat,
+        }
+        impl $ty {
+            /// A global pooling layer.
+            pub fn new() -> Self {
+                Self { name: unique_name($prefix), data_format: DataFormat::ChannelsLast }
+            }
+            /// Channels-last (default) or channels-first.
+            pub fn data_format(mut self, f: DataFormat) -> Self {
+                self.data_format = f;
+                self
+            }
+        }
+        impl Default for $ty {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+        impl Layer for $ty {
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn class_name(&self) -> &str {
+                $class
+            }
+            fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
+                check_rank4(&self.name, x)?;
+                let xt = to_nhwc(x, self.data_format)?;
+                let (n, h, w, c) = xt.dims4()?;
+                let flat = xt.reshape((n, h * w, c))?;
+                Ok(if $max { flat.max(1)? } else { flat.mean(1)? })
+            }
+            fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+                let (_, _, c) = hw_of(input_shape, self.data_format, &self.name)?;
+                Ok(vec![c])
+            }
+        }
+    };
+}
+
+global_pool!(
+    /// Keras's `layers.GlobalMaxPooling2D`: the maximum over height and width.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::layers::{GlobalMaxPooling2D, Layer};
+    /// let x = Tensor::arange(0f32, 8.0, &Device::Cpu).unwrap().reshape((1, 2, 2, 2)).unwrap();
+    /// let y = GlobalMaxPooling2D::new().call(&x, false).unwrap();
+    /// assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![6.0, 7.0]]);
+    /// ```
+    GlobalMaxPooling2D, "global_max_pooling2d", "GlobalMaxPooling2D", true
+);
+global_pool!(
+    /// Keras's `layers.GlobalAveragePooling2D`: the mean over height and width.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::layers::{GlobalAveragePooling2D, Layer};
+    /// let x = Tensor::arange(0f32, 8.0, &Device::Cpu).unwrap().reshape((1, 2, 2, 2)).unwrap();
+    /// let y = GlobalAveragePooling2D::new().call(&x, false).unwrap();
+    /// assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![3.0, 4.0]]);
+    /// ```
+    GlobalAveragePooling2D, "global_average_pooling2d", "GlobalAveragePooling2D", false
+);
+
+/// Keras's `layers.UpSampling2D` (nearest neighbour): repeats rows and columns.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::layers::{Layer, UpSampling2D};
+/// let x = Tensor::ones((1, 2, 3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+/// assert_eq!(UpSampling2D::new((2, 2)).call(&x, false).unwrap().dims(), &[1, 4, 6, 4]);
+/// ```
+pub struct UpSampling2D {
+    name: String,
+    size: (usize, usize),
+    data_format: DataFormat,
+}
+
+impl UpSampling2D {
+    /// Upsampling by `size` (rows, columns).
+    pub fn new(size: (usize, usize)) -> Self {
+        Self {
+            name: unique_name("up_sampling2d"),
+            size,
+            data_format: DataFormat::ChannelsLast,
+        }
+    }
+    /// Channels-last (default) or channels-first.
+    pub fn data_format(mut self, f: DataFormat) -> Self {
+        self.data_format = f;
+        self
+    }
+}
+
+impl Layer for UpSampling2D {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn class_name(&self) -> &str {
+        "UpSampling2D"
+    }
+    fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
+        check_rank4(&self.name, x)?;
+        let xt = to_nhwc(x, self.data_format)?;
+        let (n, h, w, c) = xt.dims4()?;
+        let (sh, sw) = self.size;
+        let y = xt
+            .reshape((n, h, 1, w, 1, c))?
+            .broadcast_as((n, h, sh, w, sw, c))?
+            .contiguous()?
+            .reshape((n, h * sh, w * sw, c))?;
+        from_nhwc(&y, self.data_format)
+    }
+    fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        let (h, w, c) = hw_of(input_shape, self.data_format, &self.name)?;
+        Ok(match self.data_format {
+            DataFormat::ChannelsLast => vec![h * self.size.0, w * self.size.1, c],
+            DataFormat::ChannelsFirst => vec![c, h * self.size.0, w * self.size.1],
+        })
+    }
+}
