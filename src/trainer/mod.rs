@@ -420,6 +420,11 @@ impl<M: Model> Trainer<M> {
             step += 1;
         }
         hook!(on_predict_end(&no_logs));
+        if outputs.is_empty() {
+            return Err(Error::value(
+                "predict ran no batch: `steps` is 0 or the data is empty; pass at least one sample and steps >= 1",
+            ));
+        }
         Data::concat(&outputs)
     }
 
