@@ -450,7 +450,9 @@ impl Conv2DTranspose {
         let (s, d) = (self.cfg.strides, self.cfg.dilation);
         let keff = (kernel - 1) * d + 1;
         let before = match (self.cfg.padding, self.output_padding) {
-            (Padding::Same, Some(_)) => keff / 2,
+            // Keras: the forward convolution's "same" padding `2 * (keff / 2) - op`, split with
+            // the smaller half first (so output padding also moves the window, not only its end).
+            (Padding::Same, Some(op)) => (2 * (keff / 2)).saturating_sub(op) / 2,
             (Padding::Same, None) => ((input - 1) * s + keff).saturating_sub(out) / 2,
             (Padding::Valid, _) => 0,
         };

@@ -1,0 +1,245 @@
+//! Throughput of the four reference workloads, through `fit` and as plain loops, and the
+//! machine's float32 GEMM rate. Run: `cargo bench --bench workloads` (add `-- w2 w4` to pick).
+//!
+//! W1 the guide's first model (Dense 32→1, mse, Adam, metric mae), 1000 samples, batch 32, via
+//!    `fit`: steps/s.
+//! W2 MLP 784→256→128→10 (relu), sparse softmax cross-entropy, Adam, batch 128: samples/s.
+//! W3 Keras's MNIST convnet, batch 128: samples/s.
+//! W4 the guide's GAN `train_step`, batch 64: steps/s.
+//! Only steps after a warm-up are timed; the data is synthetic, of the real shapes. W2 and W4 run
+//! `fit` and the plain loop alternately three times and report medians.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use ferrokeras::data::Dataset;
+use ferrokeras::layers::{Conv2D, MaxPooling2D};
+use ferrokeras::prelude::*;
+
+#[path = "../examples/shared/gan.rs"]
+#[allow(dead_code)]
+mod gan;
+
+fn uniform(shape: &[usize]) -> Result<Tensor> {
+    ferrokeras::random::uniform(shape, 0.0, 1.0, &Device::Cpu)
+}
+
+fn labels(n: usize) -> Result<Tensor> {
+    Ok((uniform(&[n])? * 10.0)?.floor()?.clamp(0f32, 9f32)?)
+}
+
+fn w1() -> Result<f64> {
+    let inputs = Input::new(&[32]);
+    let outputs = Dense::new(1).apply(&inputs)?;
+    let mut model = Functional::new(&[inputs], &[outputs])?.compile(
+        Compile::new()
+            .optimizer("adam")
+            .loss("mse")
+            .metrics(["mae"]),
+    )?;
+    let (x, y) = (uniform(&[1000, 32])?, uniform(&[1000, 1])?);
+    model.fit(
+        (x.clone(), y.clone()),
+        FitOptions::new().epochs(2).verbose(0),
+    )?;
+    let epochs = 30;
+    let t = Instant::now();
+    model.fit((x, y), FitOptions::new().epochs(epochs).verbose(0))?;
+    Ok((epochs * 32) as f64 / t.elapsed().as_secs_f64())
+}
+
+fn mlp() -> Result<Sequential> {
+    Ok(Sequential::new()
+        .input(&[784])
+        .add(Dense::new(256).activation("relu")?)
+        .add(Dense::new(128).activation("relu")?)
+        .add(Dense::new(10)))
+}
+
+fn w2_fit() -> Result<f64> {
+    let mut model = mlp()?.compile(
+        Compile::new()
+            .optimizer("adam")
+            .loss(SparseCategoricalCrossentropy::new().from_logits(true))
+            .metrics(["accuracy"]),
+    )?;
+    let n = 60000;
+    let (x, y) = (uniform(&[n, 784])?, labels(n)?);
+    let warm = 128 * 10 + 96;
+    model.fit(
+        (x.narrow(0, 0, warm)?, y.narrow(0, 0, warm)?),
+        FitOptions::new().batch_size(128).verbose(0),
+    )?;
+    let t = Instant::now();
+    model.fit((x, y), FitOptions::new().batch_size(128).verbose(0))?;
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+fn w2_plain() -> Result<f64> {
+    let mut model = mlp()?;
+    let mut opt = Adam::new(0.001);
+    let loss_fn = SparseCategoricalCrossentropy::new().from_logits(true);
+    let n = 60000;
+    let (x, y) = (uniform(&[n, 784])?, labels(n)?);
+    let mut run = |count: usize| -> Result<f64> {
+        let t = Instant::now();
+        for i in 0..count.div_ceil(128) {
+            let len = 128.min(count - i * 128);
+            let xb = x.narrow(0, i * 128, len)?;
+            let yb = y.narrow(0, i * 128, len)?;
+            let logits = model.forward(&xb, true)?;
+            let loss = loss_fn.compute(&yb, &logits, None)?;
+            let vars = model.trainable_variables();
+            let grads = GradientTape::gradient(&loss, &vars)?;
+            opt.apply(&grads, &vars)?;
+            let _ = loss.to_scalar::<f32>()?;
+        }
+        Ok(count as f64 / t.elapsed().as_secs_f64())
+    };
+    run(128 * 10 + 96)?;
+    run(n)
+}
+
+fn w3() -> Result<f64> {
+    let model = Sequential::new()
+        .input(&[28, 28, 1])
+        .add(Conv2D::new(32, (3, 3)).activation("relu")?)
+        .add(MaxPooling2D::new((2, 2)))
+        .add(Conv2D::new(64, (3, 3)).activation("relu")?)
+        .add(MaxPooling2D::new((2, 2)))
+        .add(Flatten::new())
+        .add(Dropout::new(0.5)?)
+        .add(Dense::new(10).activation("softmax")?);
+    let mut model = model.compile(
+        Compile::new()
+            .loss("sparse_categorical_crossentropy")
+            .optimizer("adam")
+            .metrics(["accuracy"]),
+    )?;
+    let steps = 30;
+    let n = 128 * steps;
+    let (x, y) = (uniform(&[n, 28, 28, 1])?, labels(n)?);
+    model.fit(
+        (x.narrow(0, 0, 128 * 3)?, y.narrow(0, 0, 128 * 3)?),
+        FitOptions::new().batch_size(128).verbose(0),
+    )?;
+    let t = Instant::now();
+    model.fit((x, y), FitOptions::new().batch_size(128).verbose(0))?;
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+fn gan_model() -> Result<Trainer<gan::Gan>> {
+    let g = gan::Gan::new(gan::discriminator()?, gan::generator(128)?, 128);
+    Ok(g.compile(
+        Adam::new(3e-4),
+        Adam::new(3e-4),
+        BinaryCrossentropy::new().from_logits(true),
+    ))
+}
+
+fn w4_fit(steps: usize) -> Result<f64> {
+    let mut model = gan_model()?;
+    let images = uniform(&[64 * (steps + 2), 28, 28, 1])?;
+    let ds = Dataset::from_tensor_slices(images)?.batch(64, true);
+    model.fit(ds.clone().take(2), FitOptions::new().verbose(0))?;
+    let t = Instant::now();
+    model.fit(ds.skip(2), FitOptions::new().verbose(0))?;
+    Ok(steps as f64 / t.elapsed().as_secs_f64())
+}
+
+fn w4_plain(steps: usize) -> Result<f64> {
+    let mut model = gan_model()?;
+    let mut ctx = StepContext::new();
+    let images = uniform(&[64 * (steps + 2), 28, 28, 1])?;
+    for i in 0..2 {
+        model.train_step(&mut ctx, &Data::from(images.narrow(0, i * 64, 64)?))?;
+    }
+    let t = Instant::now();
+    for i in 2..steps + 2 {
+        model.train_step(&mut ctx, &Data::from(images.narrow(0, i * 64, 64)?))?;
+    }
+    Ok(steps as f64 / t.elapsed().as_secs_f64())
+}
+
+/// float32 GEMM rate of candle's matmul on this machine (GFLOP/s).
+fn gemm_peak() -> Result<f64> {
+    let n = 1024;
+    let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    let _ = a.matmul(&b)?;
+    let reps = 10;
+    let t = Instant::now();
+    for _ in 0..reps {
+        let c = a.matmul(&b)?;
+        let _ = c.dtype() == DType::F32;
+    }
+    Ok(2.0 * (n * n * n * reps) as f64 / t.elapsed().as_secs_f64() / 1e9)
+}
+
+/// Medians of `reps` alternating runs of `a` and `b` (this machine is noisy; alternating keeps
+/// the comparison fair).
+fn interleaved(
+    reps: usize,
+    mut a: impl FnMut() -> Result<f64>,
+    mut b: impl FnMut() -> Result<f64>,
+) -> Result<(f64, f64)> {
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for i in 0..reps {
+        if i % 2 == 0 {
+            xs.push(a()?);
+            ys.push(b()?);
+        } else {
+            ys.push(b()?);
+            xs.push(a()?);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(&mut xs), median(&mut ys)))
+}
+
+fn main() -> Result<()> {
+    ferrokeras::random::set_random_seed(0);
+    let picked: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let want = |w: &str| picked.is_empty() || picked.iter().any(|p| p == w);
+    println!("| workload | ferrokeras via fit | plain loop (no fit) | unit |");
+    println!("|---|---|---|---|");
+    if want("w1") {
+        println!(
+            "| W1 guide Dense 32→1, batch 32 | {:.0} | – | steps/s |",
+            w1()?
+        );
+    }
+    if want("w2") {
+        let (f, p) = interleaved(3, w2_fit, w2_plain)?;
+        println!(
+            "| W2 MLP 784-256-128-10, batch 128 | {f:.0} | {p:.0} (fit costs {:+.1}%) | samples/s |",
+            (p / f - 1.0) * 100.0
+        );
+    }
+    if want("w3") {
+        println!(
+            "| W3 MNIST convnet, batch 128 | {:.0} | – | samples/s |",
+            w3()?
+        );
+    }
+    if want("w4") {
+        let (f, p) = interleaved(3, || w4_fit(6), || w4_plain(6))?;
+        println!(
+            "| W4 guide GAN step, batch 64 | {f:.2} | {p:.2} (fit costs {:+.1}%) | steps/s |",
+            (p / f - 1.0) * 100.0
+        );
+    }
+    if want("gemm") {
+        println!(
+            "| float32 GEMM 1024³ (candle matmul) | {:.1} | – | GFLOP/s |",
+            gemm_peak()?
+        );
+    }
+    Ok(())
+}

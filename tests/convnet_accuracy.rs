@@ -1,0 +1,80 @@
+//! Keras's MNIST convnet reaches at least 98.5% test accuracy within 3 epochs.
+//!
+//! A few minutes of training: `.ci/run` runs it in release mode with
+//! `cargo test --release --test convnet_accuracy -- --ignored`.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Tensor};
+use ferrokeras::layers::{Conv2D, MaxPooling2D};
+use ferrokeras::prelude::*;
+
+fn prepare(x: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
+    let n = x.dims()[0];
+    let x = (x.to_dtype(DType::F32).unwrap() / 255.0)
+        .unwrap()
+        .reshape((n, 28, 28, 1))
+        .unwrap();
+    let classes = Tensor::arange(0u32, 10, x.device())
+        .unwrap()
+        .reshape((1, 10))
+        .unwrap();
+    let y = y
+        .to_dtype(DType::U32)
+        .unwrap()
+        .reshape((n, 1))
+        .unwrap()
+        .broadcast_eq(&classes)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    (x, y)
+}
+
+#[test]
+#[ignore = "trains for minutes; run in release mode by .ci/run with --ignored"]
+fn mnist_convnet_reaches_98_5_percent_in_3_epochs() {
+    ferrokeras::random::set_random_seed(1);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist");
+    let ((x, y), (xt, yt)) = if dir.exists() {
+        ferrokeras::datasets::mnist::load_data_from(&dir).unwrap()
+    } else {
+        ferrokeras::datasets::mnist::load_data().unwrap()
+    };
+    let (x, y) = prepare(&x, &y);
+    let (xt, yt) = prepare(&xt, &yt);
+    let model = Sequential::new()
+        .input(&[28, 28, 1])
+        .add(Conv2D::new(32, (3, 3)).activation("relu").unwrap())
+        .add(MaxPooling2D::new((2, 2)))
+        .add(Conv2D::new(64, (3, 3)).activation("relu").unwrap())
+        .add(MaxPooling2D::new((2, 2)))
+        .add(Flatten::new())
+        .add(Dropout::new(0.5).unwrap())
+        .add(Dense::new(10).activation("softmax").unwrap());
+    let mut model = model
+        .compile(
+            Compile::new()
+                .loss("categorical_crossentropy")
+                .optimizer("adam")
+                .metrics(["accuracy"]),
+        )
+        .unwrap();
+    let history = model
+        .fit(
+            (x, y),
+            FitOptions::new()
+                .batch_size(128)
+                .epochs(3)
+                .validation_split(0.1)
+                .verbose(2),
+        )
+        .unwrap();
+    assert_eq!(history.get("val_accuracy").len(), 3);
+    let score = model
+        .evaluate((xt, yt), EvaluateOptions::new().verbose(0))
+        .unwrap();
+    let acc = score.get("accuracy").unwrap();
+    println!("test accuracy after 3 epochs: {acc:.4}");
+    assert!(acc >= 0.985, "test accuracy {acc:.4} < 0.985");
+}
