@@ -5,7 +5,7 @@
 //! past the input with "same" padding are padded with `-inf` for max and excluded from the count
 //! for average, as Keras does.
 
-use candle_core::{D, DType, Tensor};
+use candle_core::{DType, Tensor};
 
 use super::conv::{DataFormat, Padding};
 use super::{Layer, unique_name};
@@ -109,40 +109,52 @@ fn pool_nhwc(
     let fill = if max { f64::NEG_INFINITY } else { 0.0 };
     let xp = pad(&pad(x, 1, pt, pb, fill)?, 2, pl, pr, fill)?;
     let xp = xp.narrow(1, 0, need_h)?.narrow(2, 0, need_w)?;
-    let reduce = |t: Tensor| -> Result<Tensor> {
-        Ok(if max {
-            t.max_keepdim(D::Minus1)?
-        } else {
-            t.sum_keepdim(D::Minus1)?
-        })
-    };
-    let pooled = if strides == pool {
-        // Non-overlapping windows: one reshape, two reductions.
-        let t = xp.reshape((n, oh, pool.0, ow, pool.1, c))?;
-        let t = if max {
-            t.max_keepdim(4)?.max_keepdim(2)?
-        } else {
-            t.sum_keepdim(4)?.sum_keepdim(2)?
-        };
-        t.reshape((n, oh, ow, c))?
-    } else {
-        // Overlapping windows: gather each window offset as a strided view and reduce.
-        let mut acc: Option<Tensor> = None;
+    // Overlapping windows: each window offset as a strided selection `(n, oh, ow, c, 1)`, in
+    // row-major order within the window.
+    let offsets = || -> Result<Vec<Tensor>> {
+        let mut views = Vec::with_capacity(pool.0 * pool.1);
         for i in 0..pool.0 {
             for j in 0..pool.1 {
                 let rows: Vec<u32> = (0..oh).map(|r| (r * strides.0 + i) as u32).collect();
                 let cols: Vec<u32> = (0..ow).map(|q| (q * strides.1 + j) as u32).collect();
                 let rows = Tensor::new(rows.as_slice(), x.device())?;
                 let cols = Tensor::new(cols.as_slice(), x.device())?;
-                let v = xp
-                    .index_select(&rows, 1)?
-                    .index_select(&cols, 2)?
-                    .unsqueeze(4)?;
-                acc = Some(match acc {
-                    None => v,
-                    Some(a) => reduce(Tensor::cat(&[a, v], 4)?)?,
-                });
+                views.push(
+                    xp.index_select(&rows, 1)?
+                        .index_select(&cols, 2)?
+                        .unsqueeze(4)?,
+                );
             }
+        }
+        Ok(views)
+    };
+    let pooled = if max {
+        // Every window along a last axis, then its first largest element: `gather` sends the
+        // gradient to that one element, as Keras does when a window has tied maxima (the gradient
+        // of a `max` reduction would go in full to each of them).
+        let windows = if strides == pool {
+            xp.reshape((n, oh, pool.0, ow, pool.1, c))?
+                .permute((0, 1, 3, 5, 2, 4))?
+                .reshape((n, oh, ow, c, pool.0 * pool.1))?
+        } else {
+            Tensor::cat(&offsets()?, 4)?
+        };
+        let first_max = windows.argmax_keepdim(4)?;
+        windows.gather(&first_max, 4)?.squeeze(4)?
+    } else if strides == pool {
+        // Non-overlapping windows: one reshape, two reductions.
+        xp.reshape((n, oh, pool.0, ow, pool.1, c))?
+            .sum_keepdim(4)?
+            .sum_keepdim(2)?
+            .reshape((n, oh, ow, c))?
+    } else {
+        // Overlapping windows: the sum of the window offsets.
+        let mut acc: Option<Tensor> = None;
+        for v in offsets()? {
+            acc = Some(match acc {
+                None => v,
+                Some(a) => (a + v)?,
+            });
         }
         acc.ok_or_else(|| Error::value("empty pooling window"))?
             .squeeze(4)?
@@ -282,6 +294,23 @@ pool_layer!(
     AveragePooling2D, "average_pooling2d", "AveragePooling2D", false
 );
 
+/// The maximum over axis 1 of `(n, h*w, c)`, with Keras's gradient: split evenly between tied
+/// maxima (the gradient of candle's `max` goes in full to each of them).
+fn global_max(flat: &Tensor) -> Result<Tensor> {
+    let m = flat.max_keepdim(1)?.detach();
+    let tied = flat.broadcast_eq(&m)?;
+    let count = tied.to_dtype(flat.dtype())?.sum_keepdim(1)?;
+    // Zero in value, `1 / count` in gradient at each tied element.
+    let diff = (flat - flat.detach())?;
+    let share = tied
+        .where_cond(&diff, &flat.zeros_like()?)?
+        .sum_keepdim(1)?
+        .broadcast_div(&count)?;
+    // An infinite maximum keeps its value (`inf - inf` would be NaN).
+    let finite = m.abs()?.lt(f64::INFINITY)?;
+    Ok(finite.where_cond(&(&m + &share)?, &m)?.squeeze(1)?)
+}
+
 macro_rules! global_pool {
     ($(#[$doc:meta])* $ty:ident, $prefix:expr, $class:expr, $max:expr) => {
         $(#[$doc])*
@@ -317,7 +346,7 @@ macro_rules! global_pool {
                 let xt = to_nhwc(x, self.data_format)?;
                 let (n, h, w, c) = xt.dims4()?;
                 let flat = xt.reshape((n, h * w, c))?;
-                Ok(if $max { flat.max(1)? } else { flat.mean(1)? })
+                if $max { global_max(&flat) } else { Ok(flat.mean(1)?) }
             }
             fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
                 let (_, _, c) = hw_of(input_shape, self.data_format, &self.name)?;

@@ -152,6 +152,36 @@ impl Inputs {
             },
         }
     }
+    /// `x` and optional `y` from ndarray arrays (floats become float32, integers stay integers).
+    ///
+    /// ```
+    /// use ferrokeras::trainer::Inputs;
+    /// let x = ndarray::Array2::<f64>::zeros((8, 3));
+    /// let y = ndarray::Array1::<i64>::zeros(8);
+    /// let inputs = Inputs::from_ndarray(&x, Some(&y)).unwrap();
+    /// # let _ = inputs;
+    /// ```
+    ///
+    /// # Errors
+    /// Only if a tensor cannot be allocated.
+    pub fn from_ndarray<A, SA, DA, B, SB, DB>(
+        x: &ndarray::ArrayBase<SA, DA>,
+        y: Option<&ndarray::ArrayBase<SB, DB>>,
+    ) -> crate::Result<Self>
+    where
+        A: crate::data::NdElement,
+        SA: ndarray::Data<Elem = A>,
+        DA: ndarray::Dimension,
+        B: crate::data::NdElement,
+        SB: ndarray::Data<Elem = B>,
+        DB: ndarray::Dimension,
+    {
+        let x = crate::data::from_ndarray(x)?;
+        Ok(match y {
+            Some(y) => Inputs::xy(x, crate::data::from_ndarray(y)?),
+            None => Inputs::x(x),
+        })
+    }
     /// A dataset of batches: each element reaches the step unchanged.
     pub fn dataset(ds: Dataset) -> Self {
         Self {
