@@ -46,6 +46,7 @@ pub mod metrics;
 pub mod model;
 mod ops;
 pub mod optimizers;
+pub mod plot;
 pub mod random;
 pub mod runtime;
 pub mod tape;
@@ -60,7 +61,10 @@ pub use trainer::{Compile, EvaluateOptions, FitOptions, ModelExt, PredictOptions
 
 /// Everything a training script usually needs, in one import.
 pub mod prelude {
-    pub use crate::callbacks::{Callback, CallbackContext, History, LambdaCallback};
+    pub use crate::callbacks::{
+        CSVLogger, Callback, CallbackContext, EarlyStopping, History, LambdaCallback,
+        LearningRateScheduler, ReduceLROnPlateau, TerminateOnNaN,
+    };
     pub use crate::data::Data;
     pub use crate::layers::{
         Activation, ActivationLayer, Add, Concatenate, Dense, Dropout, Flatten, Layer, LeakyReLU,

@@ -410,7 +410,7 @@ fn fd_check(
         });
         w.assign(&original).expect("restore");
         g.close(
-            &format!("{label} d/d{}", w.name()),
+            &format!("{label} d/d{}", w.name().rsplit('/').next().unwrap_or("w")),
             &to_vec(grad),
             &numeric,
             FD_RTOL,

@@ -3,13 +3,25 @@
 //! Every hook receives a [`CallbackContext`] (the model, the compiled state, the loop's parameters,
 //! a way to stop training, and the per-batch values of the metrics) and the logs Keras would pass.
 
+mod checkpoint;
+mod csv_logger;
+mod early_stopping;
 mod history;
 mod lambda;
+mod lr;
 pub mod progbar;
+pub mod tensorboard;
+mod terminate_on_nan;
 
+pub use checkpoint::{ModelCheckpoint, SaveFreq, format_template};
+pub use csv_logger::{CSVLogger, float_repr};
+pub use early_stopping::EarlyStopping;
 pub use history::History;
 pub use lambda::LambdaCallback;
+pub use lr::{LearningRateScheduler, ReduceLROnPlateau};
 pub use progbar::ProgbarLogger;
+pub use tensorboard::{TensorBoard, UpdateFreq};
+pub use terminate_on_nan::TerminateOnNaN;
 
 use crate::Result;
 use crate::logs::Logs;

@@ -27,7 +27,10 @@ pub enum Cardinality {
 }
 
 type ElementIter = Box<dyn Iterator<Item = Result<Data>> + Send>;
-type Source = Arc<dyn Fn() -> ElementIter + Send + Sync>;
+/// A recipe: the iteration index in, the elements of that iteration out. Passing the index down
+/// (rather than counting inside each shuffle) makes any iteration reproducible on its own, which
+/// exact resume needs.
+type Source = Arc<dyn Fn(u64) -> ElementIter + Send + Sync>;
 
 /// An input pipeline of [`Data`] elements.
 ///
@@ -44,6 +47,7 @@ type Source = Arc<dyn Fn() -> ElementIter + Send + Sync>;
 pub struct Dataset {
     source: Source,
     cardinality: Cardinality,
+    iterations: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Dataset {
@@ -58,9 +62,17 @@ impl Dataset {
         cardinality: Cardinality,
         f: impl Fn() -> Box<dyn Iterator<Item = Result<Data>> + Send> + Send + Sync + 'static,
     ) -> Self {
+        Self::indexed(cardinality, move |_| f())
+    }
+
+    fn indexed(
+        cardinality: Cardinality,
+        f: impl Fn(u64) -> ElementIter + Send + Sync + 'static,
+    ) -> Self {
         Self {
             source: Arc::new(f),
             cardinality,
+            iterations: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -86,7 +98,7 @@ impl Dataset {
             )));
         }
         let data = Arc::new(data);
-        Ok(Self::from_fn(Cardinality::Finite(n), move || {
+        Ok(Self::indexed(Cardinality::Finite(n), move |_| {
             let data = data.clone();
             Box::new((0..n).map(move |i| data.map(&mut |t| Ok(t.narrow(0, i, 1)?.squeeze(0)?))))
         }))
@@ -97,9 +109,27 @@ impl Dataset {
         self.cardinality
     }
 
-    /// A new iteration over the elements.
+    /// A new iteration over the elements (the next in this dataset's sequence of iterations:
+    /// a new shuffle order each time).
     pub fn iter(&self) -> impl Iterator<Item = Result<Data>> + Send + use<> {
-        (self.source)()
+        let k = self.iterations.fetch_add(1, Ordering::Relaxed);
+        (self.source)(k)
+    }
+
+    /// Iteration number `k` of this dataset (0-based), the same every time it is asked for.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::data::Dataset;
+    /// let ds = Dataset::from_tensor_slices(Tensor::arange(0f32, 8.0, &Device::Cpu).unwrap())
+    ///     .unwrap()
+    ///     .shuffle(8, Some(1));
+    /// let first: Vec<_> = ds.iter_epoch(3).map(|d| d.unwrap().tensor().unwrap().to_scalar::<f32>().unwrap()).collect();
+    /// let again: Vec<_> = ds.iter_epoch(3).map(|d| d.unwrap().tensor().unwrap().to_scalar::<f32>().unwrap()).collect();
+    /// assert_eq!(first, again);
+    /// ```
+    pub fn iter_epoch(&self, k: u64) -> impl Iterator<Item = Result<Data>> + Send + use<> {
+        (self.source)(k)
     }
 
     /// Shuffles with a buffer of `buffer_size` elements, as `tf.data`: each element is drawn at
@@ -109,13 +139,11 @@ impl Dataset {
     pub fn shuffle(self, buffer_size: usize, seed: Option<u64>) -> Self {
         let buffer_size = buffer_size.max(1);
         let base = seed.unwrap_or_else(|| crate::random::fork().r#gen());
-        let counter = Arc::new(AtomicU64::new(0));
         let src = self.source.clone();
-        Self::from_fn(self.cardinality, move || {
-            let k = counter.fetch_add(1, Ordering::Relaxed);
+        Self::indexed(self.cardinality, move |k| {
             let mut rng =
                 StdRng::seed_from_u64(base.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-            let mut input = src();
+            let mut input = src(k);
             let mut buffer: Vec<Result<Data>> = Vec::with_capacity(buffer_size);
             Box::new(std::iter::from_fn(move || {
                 while buffer.len() < buffer_size {
@@ -143,8 +171,8 @@ impl Dataset {
             c => c,
         };
         let src = self.source.clone();
-        Self::from_fn(card, move || {
-            let mut input = src();
+        Self::indexed(card, move |k| {
+            let mut input = src(k);
             Box::new(std::iter::from_fn(move || {
                 let mut items = Vec::with_capacity(batch_size);
                 for _ in 0..batch_size {
@@ -169,7 +197,7 @@ impl Dataset {
             _ => Cardinality::Finite(n),
         };
         let src = self.source.clone();
-        Self::from_fn(card, move || Box::new(src().take(n)))
+        Self::indexed(card, move |k| Box::new(src(k).take(n)))
     }
 
     /// Everything after the first `n` elements.
@@ -179,16 +207,16 @@ impl Dataset {
             c => c,
         };
         let src = self.source.clone();
-        Self::from_fn(card, move || Box::new(src().skip(n)))
+        Self::indexed(card, move |k| Box::new(src(k).skip(n)))
     }
 
     /// Applies `f` to every element.
     pub fn map(self, f: impl Fn(Data) -> Result<Data> + Send + Sync + 'static) -> Self {
         let f = Arc::new(f);
         let src = self.source.clone();
-        Self::from_fn(self.cardinality, move || {
+        Self::indexed(self.cardinality, move |k| {
             let f = f.clone();
-            Box::new(src().map(move |e| e.and_then(|d| f(d))))
+            Box::new(src(k).map(move |e| e.and_then(|d| f(d))))
         })
     }
 
@@ -201,13 +229,14 @@ impl Dataset {
             (c, Some(_)) => c,
         };
         let src = self.source.clone();
-        Self::from_fn(card, move || {
+        Self::indexed(card, move |k| {
             let src = src.clone();
-            let rounds: Box<dyn Iterator<Item = usize> + Send> = match count {
-                Some(c) => Box::new(0..c),
-                None => Box::new(0..),
+            // Round r of iteration k is the inner dataset's iteration k * rounds + r.
+            let (rounds, span): (Box<dyn Iterator<Item = u64> + Send>, u64) = match count {
+                Some(c) => (Box::new(0..c as u64), c as u64),
+                None => (Box::new(0..), 1 << 32),
             };
-            Box::new(rounds.flat_map(move |_| src()))
+            Box::new(rounds.flat_map(move |r| src(k.wrapping_mul(span).wrapping_add(r))))
         })
     }
 
@@ -215,11 +244,11 @@ impl Dataset {
     pub fn prefetch(self, buffer_size: usize) -> Self {
         let buffer_size = buffer_size.max(1);
         let src = self.source.clone();
-        Self::from_fn(self.cardinality, move || {
+        Self::indexed(self.cardinality, move |k| {
             let (tx, rx) = mpsc::sync_channel::<Result<Data>>(buffer_size);
             let src = src.clone();
             std::thread::spawn(move || {
-                for e in src() {
+                for e in src(k) {
                     if tx.send(e).is_err() {
                         break; // the consumer stopped early
                     }

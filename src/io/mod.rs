@@ -1,5 +1,12 @@
 //! Files on disk: written atomically (temporary file, fsync, rename), never left half-written.
 
+mod checkpoint;
+
+pub use checkpoint::{
+    TensorFile, checkpoint_file, load_checkpoint, load_weights, read_tensors,
+    restore_checkpoint_file, save_checkpoint, save_weights, write_tensors,
+};
+
 use std::fs;
 use std::io::Write;
 use std::path::Path;

@@ -297,18 +297,18 @@ pool_layer!(
 /// The maximum over axis 1 of `(n, h*w, c)`, with Keras's gradient: split evenly between tied
 /// maxima (the gradient of candle's `max` goes in full to each of them).
 fn global_max(flat: &Tensor) -> Result<Tensor> {
-    let m = flat.max_keepdim(1)?.detach();
-    let tied = flat.broadcast_eq(&m)?;
-    let count = tied.to_dtype(flat.dtype())?.sum_keepdim(1)?;
-    // Zero in value, `1 / count` in gradient at each tied element.
-    let diff = (flat - flat.detach())?;
-    let share = tied
-        .where_cond(&diff, &flat.zeros_like()?)?
-        .sum_keepdim(1)?
-        .broadcast_div(&count)?;
-    // An infinite maximum keeps its value (`inf - inf` would be NaN).
+    let max = flat.max_keepdim(1)?;
+    let m = max.detach();
+    let count = flat
+        .detach()
+        .broadcast_eq(&m)?
+        .to_dtype(flat.dtype())?
+        .sum_keepdim(1)?;
+    // The same value, with `max`'s gradient divided by the number of tied maxima.
+    let split = (&m + ((&max - &m)? / &count)?)?;
+    // An infinite maximum keeps its value and `max`'s gradient (`inf - inf` would be NaN).
     let finite = m.abs()?.lt(f64::INFINITY)?;
-    Ok(finite.where_cond(&(&m + &share)?, &m)?.squeeze(1)?)
+    Ok(finite.where_cond(&split, &max)?.squeeze(1)?)
 }
 
 macro_rules! global_pool {

@@ -272,4 +272,10 @@ impl Metric for Renamed {
     fn batch_result(&self) -> Option<f64> {
         self.inner.batch_result()
     }
+    fn state(&self) -> Vec<f64> {
+        self.inner.state()
+    }
+    fn set_state(&mut self, state: &[f64]) -> Result<()> {
+        self.inner.set_state(state)
+    }
 }

@@ -61,6 +61,25 @@ pub trait Metric: Send {
     fn batch_result(&self) -> Option<f64> {
         None
     }
+    /// The accumulated state, for checkpoints (empty for a metric that keeps none).
+    fn state(&self) -> Vec<f64> {
+        Vec::new()
+    }
+    /// Restores a [`Metric::state`].
+    ///
+    /// # Errors
+    /// A state of the wrong length.
+    fn set_state(&mut self, state: &[f64]) -> Result<()> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::value(format!(
+                "metric `{}` keeps no state, but a state of {} values was given",
+                self.name(),
+                state.len()
+            )))
+        }
+    }
 }
 
 /// Weighted-mean (or sum) accumulator shared by every metric here.
@@ -143,6 +162,37 @@ impl Accumulator {
         self.count = 0.0;
         self.last = None;
     }
+    fn state(&self) -> Vec<f64> {
+        let (lt, lc, has) = match self.last {
+            Some((t, c)) => (t, c, 1.0),
+            None => (0.0, 0.0, 0.0),
+        };
+        vec![self.total, self.count, lt, lc, has]
+    }
+    fn set_state(&mut self, name: &str, s: &[f64]) -> Result<()> {
+        if s.len() != 5 {
+            return Err(Error::value(format!(
+                "metric `{name}` expects a state of 5 values, received {}",
+                s.len()
+            )));
+        }
+        self.total = s[0];
+        self.count = s[1];
+        self.last = (s[4] != 0.0).then_some((s[2], s[3]));
+        Ok(())
+    }
+}
+
+macro_rules! accumulator_state {
+    () => {
+        fn state(&self) -> Vec<f64> {
+            self.acc.state()
+        }
+        fn set_state(&mut self, state: &[f64]) -> Result<()> {
+            let name = self.name.clone();
+            self.acc.set_state(&name, state)
+        }
+    };
 }
 
 /// The weighted mean of values: Keras's `metrics.Mean` (the loss tracker is one).
@@ -213,6 +263,7 @@ impl Metric for Mean {
     fn batch_result(&self) -> Option<f64> {
         self.acc.last_mean()
     }
+    accumulator_state!();
 }
 
 /// The weighted sum of values: Keras's `metrics.Sum`.
@@ -278,6 +329,7 @@ impl Metric for Sum {
     fn batch_result(&self) -> Option<f64> {
         self.acc.last.map(|(t, _)| t)
     }
+    accumulator_state!();
 }
 
 /// Which per-sample function a [`MeanMetricWrapper`]-style metric averages.
@@ -343,6 +395,7 @@ macro_rules! wrapper_metric {
                 let m = self.acc.last_mean()?;
                 Some(if self.kind == Kind::Rmse { m.sqrt() } else { m })
             }
+            accumulator_state!();
         }
     };
 }

@@ -349,6 +349,12 @@ fn visit(
 }
 
 impl Model for Functional {
+    fn named_variables(&self) -> Vec<(String, Variable)> {
+        super::structural_names(self.layers.iter().map(|l| {
+            let l = l.lock();
+            (l.name().to_string(), l.variables())
+        }))
+    }
     fn call(&mut self, x: &Data, training: bool) -> Result<Data> {
         let xs: Vec<Tensor> = match x {
             Data::Tensor(t) => vec![t.clone()],

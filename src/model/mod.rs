@@ -200,6 +200,41 @@ pub trait Model: Send {
         )
     }
 
+    /// Every variable with its structural name, used by saving and loading: a name that depends on
+    /// the model's structure only (`dense_1/kernel` is the second `Dense` of this model), not on how
+    /// many layers the process created before. By default, the variables' own names.
+    fn named_variables(&self) -> Vec<(String, Variable)> {
+        self.variables()
+            .into_iter()
+            .map(|v| (v.name().to_string(), v))
+            .collect()
+    }
+
+    /// State besides the variables that a checkpoint must keep (e.g. the optimizers a GAN holds in
+    /// its own fields): named tensors. Empty by default.
+    ///
+    /// # Errors
+    /// A state that cannot be read.
+    fn extra_state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+
+    /// Restores what [`Model::extra_state`] returned.
+    ///
+    /// # Errors
+    /// A state that does not fit the model.
+    fn load_extra_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::value(format!(
+                "the checkpoint holds {} extra state entries (e.g. `{}`), but this model does not implement `load_extra_state`",
+                state.len(),
+                state[0].0
+            )))
+        }
+    }
+
     /// Copies of the current values of every variable, in [`Model::variables`] order (Keras's
     /// `get_weights`, which returns NumPy copies): later training does not change them, so
     /// `set_weights(&w)` restores them.
@@ -298,6 +333,41 @@ impl<M: Model + ?Sized> Model for Box<M> {
     fn summary_rows(&self) -> Vec<LayerSummary> {
         (**self).summary_rows()
     }
+    fn extra_state(&self) -> Result<Vec<(String, Tensor)>> {
+        (**self).extra_state()
+    }
+    fn named_variables(&self) -> Vec<(String, Variable)> {
+        (**self).named_variables()
+    }
+    fn load_extra_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
+        (**self).load_extra_state(state)
+    }
+}
+
+/// Structural names for the variables of `layers` (in order): each layer gets a name unique within
+/// this list, from its own name without the process-wide counter suffix (`dense_7` → `dense`, then
+/// `dense_1`, ...), and each variable keeps its last path component (`kernel`).
+pub fn structural_names(
+    layers: impl IntoIterator<Item = (String, Vec<Variable>)>,
+) -> Vec<(String, Variable)> {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for (layer_name, vars) in layers {
+        let base = match layer_name.rsplit_once('_') {
+            Some((head, tail)) if !head.is_empty() && tail.chars().all(|c| c.is_ascii_digit()) => {
+                head.to_string()
+            }
+            _ => layer_name.clone(),
+        };
+        let n = seen.entry(base.clone()).or_insert(0);
+        let local = if *n == 0 { base } else { format!("{base}_{n}") };
+        *n += 1;
+        for v in vars {
+            let leaf = v.name().rsplit('/').next().unwrap_or("var").to_string();
+            out.push((format!("{local}/{leaf}"), v));
+        }
+    }
+    out
 }
 
 /// Keras's default `compute_loss`: compiled loss (if any) plus the sum of [`Model::losses`].

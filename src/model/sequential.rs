@@ -249,6 +249,13 @@ impl Model for Sequential {
     fn call(&mut self, x: &Data, training: bool) -> Result<Data> {
         Ok(Data::Tensor(Layer::call(self, x.tensor()?, training)?))
     }
+    fn named_variables(&self) -> Vec<(String, Variable)> {
+        super::structural_names(
+            self.layers
+                .iter()
+                .map(|l| (l.name().to_string(), l.variables())),
+        )
+    }
     fn variables(&self) -> Vec<Variable> {
         Layer::variables(self)
     }

@@ -3,20 +3,48 @@
 //! An optimizer keeps its slots (momentums, velocities) per variable, created on the first update of
 //! that variable, and counts `iterations`. A learning rate is fixed or a [`LearningRateSchedule`]
 //! evaluated at the current iteration, as Keras does.
+//!
+//! Every optimizer also takes Keras's `BaseOptimizer` options as builder methods, implemented once
+//! for all of them: gradient clipping (`clipnorm`, `clipvalue`, `global_clipnorm`), gradient
+//! accumulation (`gradient_accumulation_steps`) and an exponential moving average of the variables
+//! (`use_ema`, `ema_momentum`, `ema_overwrite_frequency`, [`Optimizer::finalize_variable_values`]).
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use ferrokeras::Variable;
+//! use ferrokeras::optimizers::{Adam, CosineDecay, Optimizer};
+//! let schedule = CosineDecay::new(0.0, 100).warmup_target(1e-3).warmup_steps(10);
+//! let mut opt = Adam::new(schedule).global_clipnorm(1.0).use_ema(true);
+//! let w = Variable::new("w", &Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap(), true).unwrap();
+//! opt.apply(&[Tensor::new(&[0.5f32, -0.5], &Device::Cpu).unwrap()], &[w.clone()]).unwrap();
+//! opt.finalize_variable_values(&[w]).unwrap();
+//! ```
 
+mod base;
 mod schedules;
 
-pub use schedules::{ExponentialDecay, LearningRateSchedule};
+pub use schedules::{
+    CosineDecay, ExponentialDecay, InverseTimeDecay, LearningRateSchedule, PiecewiseConstantDecay,
+    PolynomialDecay,
+};
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::{Tensor, TensorId};
+use candle_core::Tensor;
 
 use crate::tape::Variable;
 use crate::{Error, Result};
+use base::Base;
 
-/// A learning rate: a constant or a schedule of the iteration count.
+/// A learning rate: a constant or a schedule of the iteration count. Optimizers take either
+/// (`Adam::new(1e-3)`, `Adam::new(ExponentialDecay::new(1e-3, 1000, 0.9))`).
+///
+/// ```
+/// use ferrokeras::optimizers::{InverseTimeDecay, LearningRate};
+/// assert_eq!(LearningRate::from(0.01).at(7), 0.01);
+/// let lr = LearningRate::from(InverseTimeDecay::new(0.1, 1, 1.0));
+/// assert!((lr.at(1) - 0.05).abs() < 1e-12);
+/// ```
 #[derive(Clone)]
 pub enum LearningRate {
     /// A fixed value.
@@ -79,68 +107,58 @@ pub trait Optimizer: Send {
     fn learning_rate(&self) -> f64;
     /// Replaces the learning rate with a constant.
     fn set_learning_rate(&mut self, lr: f64);
-    /// Number of updates applied so far.
+    /// Number of updates applied so far (Keras's `optimizer.iterations`). With
+    /// `gradient_accumulation_steps(n)` this is the number of `apply` calls divided by `n`.
     fn iterations(&self) -> u64;
-}
-
-/// Per-variable state shared by every optimizer.
-struct Base {
-    lr: LearningRate,
-    iterations: u64,
-    slots: HashMap<TensorId, Vec<Tensor>>,
-}
-
-impl Base {
-    fn new(lr: LearningRate) -> Self {
-        Self {
-            lr,
-            iterations: 0,
-            slots: HashMap::new(),
+    /// The optimizer's state for checkpoints, sorted by name: `("iterations", scalar)` (the raw
+    /// number of `apply` calls, Keras's `optimizer._iterations`) and one
+    /// `("{variable name}/{slot name}", tensor)` per slot (e.g. `"dense/kernel/m"`), including
+    /// `"{variable}/accumulator"` with gradient accumulation and `"{variable}/ema"` with `use_ema`.
+    ///
+    /// # Errors
+    /// Only if a scalar cannot be allocated.
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+    /// Restores a [`Optimizer::state`] for `vars` (matched by variable name). Nothing changes when
+    /// it fails.
+    ///
+    /// # Errors
+    /// An entry for a variable not in `vars`, of the wrong shape, an unknown slot, or an
+    /// accumulator / moving average for an optimizer that does not keep one.
+    fn load_state(&mut self, state: &[(String, Tensor)], vars: &[Variable]) -> Result<()> {
+        let _ = vars;
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::value(format!(
+                "optimizer `{}` keeps no state, but a state with {} entries was given",
+                self.name(),
+                state.len()
+            )))
         }
     }
-
-    /// Runs `update(grad, value, slots, lr, step)` for every pair, then counts one iteration.
-    fn apply(
-        &mut self,
-        name: &str,
-        n_slots: usize,
-        grads: &[Tensor],
-        vars: &[Variable],
-        mut update: impl FnMut(&Tensor, &Tensor, &mut [Tensor], f64, u64) -> Result<Tensor>,
-    ) -> Result<()> {
-        if grads.len() != vars.len() {
-            return Err(Error::value(format!(
-                "{name}: received {} gradients for {} variables; pass one gradient per variable, in the same order",
-                grads.len(),
-                vars.len()
-            )));
-        }
-        let lr = self.lr.at(self.iterations);
-        let step = self.iterations + 1;
-        for (g, v) in grads.iter().zip(vars) {
-            if g.dims() != v.shape().dims() {
-                return Err(Error::value(format!(
-                    "{name}: the gradient for variable `{}` has shape {:?}, but the variable has shape {:?}",
-                    v.name(),
-                    g.dims(),
-                    v.shape().dims()
-                )));
-            }
-            let value = v.value();
-            let g = g.detach().to_dtype(value.dtype())?;
-            let slots = match self.slots.get_mut(&v.id()) {
-                Some(s) => s,
-                None => {
-                    let init = (0..n_slots)
-                        .map(|_| value.zeros_like())
-                        .collect::<candle_core::Result<Vec<_>>>()?;
-                    self.slots.entry(v.id()).or_insert(init)
-                }
-            };
-            let new_value = update(&g, &value, slots, lr, step)?;
-            v.assign(&new_value)?;
-        }
-        self.iterations += 1;
+    /// Keras's `finalize_variable_values`: the last step of training. With `use_ema(true)` each of
+    /// `vars` takes its moving average (Keras's `fit` calls this after the last epoch); otherwise
+    /// nothing happens.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::{Variable, optimizers::{Optimizer, Sgd}};
+    /// let w = Variable::new("w", &Tensor::new(&[0f32], &Device::Cpu).unwrap(), true).unwrap();
+    /// let mut sgd = Sgd::new(1.0).use_ema(true).ema_momentum(0.5);
+    /// for _ in 0..2 {
+    ///     sgd.apply(&[Tensor::new(&[-1f32], &Device::Cpu).unwrap()], &[w.clone()]).unwrap();
+    /// }
+    /// // w went 0 -> 1 -> 2; the average is 1 (first value), then 0.5 * 1 + 0.5 * 2
+    /// sgd.finalize_variable_values(&[w.clone()]).unwrap();
+    /// assert_eq!(w.value().to_vec1::<f32>().unwrap(), vec![1.5]);
+    /// ```
+    ///
+    /// # Errors
+    /// Only if a value cannot be assigned.
+    fn finalize_variable_values(&mut self, vars: &[Variable]) -> Result<()> {
+        let _ = vars;
         Ok(())
     }
 }
@@ -148,13 +166,168 @@ impl Base {
 macro_rules! optimizer_common {
     () => {
         fn learning_rate(&self) -> f64 {
-            self.base.lr.at(self.base.iterations)
+            self.base.learning_rate()
         }
         fn set_learning_rate(&mut self, lr: f64) {
             self.base.lr = LearningRate::Constant(lr);
         }
         fn iterations(&self) -> u64 {
-            self.base.iterations
+            self.base.updates()
+        }
+        fn state(&self) -> Result<Vec<(String, Tensor)>> {
+            self.base.state()
+        }
+        fn load_state(&mut self, state: &[(String, Tensor)], vars: &[Variable]) -> Result<()> {
+            let name = self.name().to_string();
+            self.base.load_state(&name, state, vars)
+        }
+        fn finalize_variable_values(&mut self, vars: &[Variable]) -> Result<()> {
+            self.base.finalize_variable_values(vars)
+        }
+    };
+}
+
+/// Keras's `BaseOptimizer` options as builder methods of an optimizer type (stored in its `base`).
+macro_rules! base_options {
+    ($t:ident) => {
+        impl $t {
+            #[doc = concat!(
+                "Clips each gradient to this L2 norm (`g * clipnorm / max(||g||, clipnorm)`) before \
+                 the update; `None` or a value <= 0 turns it off. Only one of `clipnorm`, `clipvalue` \
+                 and `global_clipnorm` may be set (else `apply` fails).\n\n",
+                "```\n",
+                "use candle_core::{Device, Tensor};\n",
+                "use ferrokeras::{Variable, optimizers::{", stringify!($t), ", Optimizer}};\n",
+                "let t = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();\n",
+                "let (a, b) = (Variable::new(\"w\", &t(&[1., 1.]), true).unwrap(), Variable::new(\"w\", &t(&[1., 1.]), true).unwrap());\n",
+                "// a gradient of norm 5, clipped to norm 1, updates as the gradient [0.6, 0.8]\n",
+                stringify!($t), "::new(0.1).clipnorm(1.0).apply(&[t(&[3., 4.])], &[a.clone()]).unwrap();\n",
+                stringify!($t), "::new(0.1).apply(&[t(&[0.6, 0.8])], &[b.clone()]).unwrap();\n",
+                "let (a, b) = (a.value().to_vec1::<f32>().unwrap(), b.value().to_vec1::<f32>().unwrap());\n",
+                "assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6));\n",
+                "```"
+            )]
+            pub fn clipnorm(mut self, clipnorm: impl Into<Option<f64>>) -> Self {
+                self.base.opts.clipnorm = clipnorm.into();
+                self
+            }
+            #[doc = concat!(
+                "Clips each gradient element to `[-clipvalue, clipvalue]` before the update; `None` \
+                 or a value <= 0 turns it off.\n\n",
+                "```\n",
+                "use candle_core::{Device, Tensor};\n",
+                "use ferrokeras::{Variable, optimizers::{", stringify!($t), ", Optimizer}};\n",
+                "let t = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();\n",
+                "let (a, b) = (Variable::new(\"w\", &t(&[1., 1.]), true).unwrap(), Variable::new(\"w\", &t(&[1., 1.]), true).unwrap());\n",
+                stringify!($t), "::new(0.1).clipvalue(0.5).apply(&[t(&[3., -0.25])], &[a.clone()]).unwrap();\n",
+                stringify!($t), "::new(0.1).apply(&[t(&[0.5, -0.25])], &[b.clone()]).unwrap();\n",
+                "assert_eq!(a.value().to_vec1::<f32>().unwrap(), b.value().to_vec1::<f32>().unwrap());\n",
+                "```"
+            )]
+            pub fn clipvalue(mut self, clipvalue: impl Into<Option<f64>>) -> Self {
+                self.base.opts.clipvalue = clipvalue.into();
+                self
+            }
+            #[doc = concat!(
+                "Scales all the gradients of one `apply` by `min(1, global_clipnorm / global_norm)`, \
+                 where `global_norm` is the L2 norm of all of them together; `None` or a value <= 0 \
+                 turns it off.\n\n",
+                "```\n",
+                "use candle_core::{Device, Tensor};\n",
+                "use ferrokeras::{Variable, optimizers::{", stringify!($t), ", Optimizer}};\n",
+                "let t = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();\n",
+                "let v = |x: f32| Variable::new(\"w\", &t(&[x]), true).unwrap();\n",
+                "let (a1, a2, b1, b2) = (v(1.), v(1.), v(1.), v(1.));\n",
+                "// the global norm of [3] and [4] is 5: both are scaled by 1/5\n",
+                stringify!($t), "::new(0.1).global_clipnorm(1.0).apply(&[t(&[3.]), t(&[4.])], &[a1.clone(), a2.clone()]).unwrap();\n",
+                stringify!($t), "::new(0.1).apply(&[t(&[0.6]), t(&[0.8])], &[b1.clone(), b2.clone()]).unwrap();\n",
+                "for (a, b) in [(a1, b1), (a2, b2)] {\n",
+                "    let (a, b) = (a.value().to_vec1::<f32>().unwrap()[0], b.value().to_vec1::<f32>().unwrap()[0]);\n",
+                "    assert!((a - b).abs() < 1e-6);\n",
+                "}\n",
+                "```"
+            )]
+            pub fn global_clipnorm(mut self, global_clipnorm: impl Into<Option<f64>>) -> Self {
+                self.base.opts.global_clipnorm = global_clipnorm.into();
+                self
+            }
+            #[doc = concat!(
+                "Gradient accumulation (Keras semantics): the variables are updated on every `n`-th \
+                 `apply` only, with the average of the gradients of those `n` calls (clipping \
+                 applies to the average); the other calls only add to a per-variable accumulator \
+                 (state `\"{variable}/accumulator\"`). [`Optimizer::iterations`] counts updates \
+                 (calls / `n`), and a learning-rate schedule sees the raw number of calls, as in \
+                 Keras. `n` must be at least 2 (else `apply` fails); `None` or 0 turns it off.\n\n",
+                "```\n",
+                "use candle_core::{Device, Tensor};\n",
+                "use ferrokeras::{Variable, optimizers::{", stringify!($t), ", Optimizer}};\n",
+                "let t = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();\n",
+                "let w = Variable::new(\"w\", &t(&[1.]), true).unwrap();\n",
+                "let mut opt = ", stringify!($t), "::new(0.1).gradient_accumulation_steps(2);\n",
+                "opt.apply(&[t(&[1.])], &[w.clone()]).unwrap();\n",
+                "assert_eq!((w.value().to_vec1::<f32>().unwrap()[0], opt.iterations()), (1.0, 0));\n",
+                "opt.apply(&[t(&[3.])], &[w.clone()]).unwrap(); // updates with the mean gradient 2\n",
+                "assert!(w.value().to_vec1::<f32>().unwrap()[0] < 1.0);\n",
+                "assert_eq!(opt.iterations(), 1);\n",
+                "```"
+            )]
+            pub fn gradient_accumulation_steps(mut self, n: impl Into<Option<u64>>) -> Self {
+                self.base.opts.gradient_accumulation_steps = n.into().filter(|n| *n > 0);
+                self
+            }
+            #[doc = concat!(
+                "Keeps an exponential moving average of every variable it updates (state \
+                 `\"{variable}/ema\"`): after each `apply`, `ema = m * ema + (1 - m) * value` with \
+                 `m = ema_momentum`, starting from the value after the first update. Swap it into the \
+                 variables with [`Optimizer::finalize_variable_values`], or every \
+                 `ema_overwrite_frequency` updates.\n\n",
+                "```\n",
+                "use candle_core::{Device, Tensor};\n",
+                "use ferrokeras::{Variable, optimizers::{", stringify!($t), ", Optimizer}};\n",
+                "let t = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();\n",
+                "let w = Variable::new(\"w\", &t(&[1.]), true).unwrap();\n",
+                "let mut opt = ", stringify!($t), "::new(0.1).use_ema(true);\n",
+                "opt.apply(&[t(&[1.])], &[w.clone()]).unwrap();\n",
+                "assert!(opt.state().unwrap().iter().any(|(k, _)| k == \"w/ema\"));\n",
+                "```"
+            )]
+            pub fn use_ema(mut self, use_ema: bool) -> Self {
+                self.base.opts.use_ema = use_ema;
+                self
+            }
+            #[doc = concat!(
+                "The momentum of the moving average of [`", stringify!($t), "::use_ema`], in `[0, 1]` \
+                 (Keras default 0.99; outside the range `apply` fails).\n\n",
+                "```\n",
+                "use ferrokeras::optimizers::", stringify!($t), ";\n",
+                "let opt = ", stringify!($t), "::new(0.1).use_ema(true).ema_momentum(0.9);\n",
+                "```"
+            )]
+            pub fn ema_momentum(mut self, ema_momentum: f64) -> Self {
+                self.base.opts.ema_momentum = ema_momentum;
+                self
+            }
+            #[doc = concat!(
+                "With [`", stringify!($t), "::use_ema`], overwrites the variables with their moving \
+                 averages every `n` updates (Keras's `ema_overwrite_frequency`); `None` or 0 \
+                 (the default) never does, leaving it to [`Optimizer::finalize_variable_values`].\n\n",
+                "```\n",
+                "use candle_core::{Device, Tensor};\n",
+                "use ferrokeras::{Variable, optimizers::{", stringify!($t), ", Optimizer}};\n",
+                "let t = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();\n",
+                "let w = Variable::new(\"w\", &t(&[1.]), true).unwrap();\n",
+                "let mut opt = ", stringify!($t), "::new(0.1).use_ema(true).ema_momentum(0.9).ema_overwrite_frequency(1);\n",
+                "for _ in 0..3 {\n",
+                "    opt.apply(&[t(&[1.])], &[w.clone()]).unwrap();\n",
+                "    let ema = opt.state().unwrap().into_iter().find(|(k, _)| k == \"w/ema\").unwrap().1;\n",
+                "    assert_eq!(w.value().to_vec1::<f32>().unwrap(), ema.to_vec1::<f32>().unwrap());\n",
+                "}\n",
+                "```"
+            )]
+            pub fn ema_overwrite_frequency(mut self, n: impl Into<Option<u64>>) -> Self {
+                self.base.opts.ema_overwrite_frequency = n.into().filter(|n| *n > 0);
+                self
+            }
         }
     };
 }
@@ -179,7 +352,7 @@ impl Sgd {
     /// SGD with a learning rate (Keras default 0.01) or a schedule.
     pub fn new(learning_rate: impl Into<LearningRate>) -> Self {
         Self {
-            base: Base::new(learning_rate.into()),
+            base: Base::new(learning_rate.into(), &["momentum"]),
             momentum: 0.0,
             nesterov: false,
         }
@@ -195,6 +368,8 @@ impl Sgd {
         self
     }
 }
+
+base_options!(Sgd);
 
 impl Optimizer for Sgd {
     fn name(&self) -> &str {
@@ -242,7 +417,7 @@ impl Adam {
     /// Adam with Keras defaults (`beta_1` 0.9, `beta_2` 0.999, `epsilon` 1e-7).
     pub fn new(learning_rate: impl Into<LearningRate>) -> Self {
         Self {
-            base: Base::new(learning_rate.into()),
+            base: Base::new(learning_rate.into(), &["m", "v", "vhat"]),
             beta_1: 0.9,
             beta_2: 0.999,
             epsilon: 1e-7,
@@ -296,6 +471,8 @@ impl AdamW {
         Adam::adamw(learning_rate, weight_decay)
     }
 }
+
+base_options!(Adam);
 
 impl Optimizer for Adam {
     fn name(&self) -> &str {
@@ -355,7 +532,10 @@ impl RmsProp {
     /// RMSprop with Keras defaults.
     pub fn new(learning_rate: impl Into<LearningRate>) -> Self {
         Self {
-            base: Base::new(learning_rate.into()),
+            base: Base::new(
+                learning_rate.into(),
+                &["velocity", "momentum", "average_gradient"],
+            ),
             rho: 0.9,
             momentum: 0.0,
             epsilon: 1e-7,
@@ -383,6 +563,8 @@ impl RmsProp {
         self
     }
 }
+
+base_options!(RmsProp);
 
 impl Optimizer for RmsProp {
     fn name(&self) -> &str {

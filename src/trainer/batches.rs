@@ -5,6 +5,19 @@ use crate::{Error, Result};
 
 type DataIter = Box<dyn Iterator<Item = Result<Data>> + Send>;
 
+/// Where a pass over the data stands (saved in backups for exact resume).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Position {
+    /// The sample order of the current pass over arrays (`None`: unshuffled).
+    pub order: Option<Vec<usize>>,
+    /// The dataset iteration of the current pass.
+    pub pass: u64,
+    /// Batches of the current pass already used.
+    pub consumed: usize,
+    /// Whether the next batch starts a new pass.
+    pub fresh: bool,
+}
+
 /// Where batches come from.
 pub(crate) enum Batches {
     Arrays {
@@ -17,6 +30,11 @@ pub(crate) enum Batches {
     Dataset {
         ds: Dataset,
         iter: Option<DataIter>,
+        /// The dataset iteration the current pass reads, and the next one to start.
+        current: u64,
+        next: u64,
+        /// Batches taken from the current pass.
+        taken: usize,
     },
 }
 
@@ -37,7 +55,13 @@ impl Batches {
                 "the dataset is empty (cardinality 0): there is nothing to train or evaluate on",
             ));
         }
-        Ok(Batches::Dataset { ds, iter: None })
+        Ok(Batches::Dataset {
+            ds,
+            iter: None,
+            current: 0,
+            next: 0,
+            taken: 0,
+        })
     }
 
     /// Batches in one pass over the data, when known.
@@ -81,25 +105,122 @@ impl Batches {
                 *cursor += 1;
                 Some(b)
             }
-            Batches::Dataset { ds, iter } => {
-                let it = iter.get_or_insert_with(|| Box::new(ds.iter()));
-                match it.next() {
+            Batches::Dataset {
+                ds,
+                iter,
+                current,
+                next,
+                taken,
+            } => {
+                let mut start = |iter: &mut Option<DataIter>, taken: &mut usize| {
+                    *current = *next;
+                    *next += 1;
+                    *taken = 0;
+                    *iter = Some(Box::new(ds.iter_epoch(*current)));
+                };
+                if iter.is_none() {
+                    start(iter, taken);
+                }
+                let item = match iter.as_mut().and_then(|i| i.next()) {
                     Some(b) => Some(b),
                     None if wrap => {
-                        *iter = Some(Box::new(ds.iter()));
+                        start(iter, taken);
                         iter.as_mut().and_then(|i| i.next())
                     }
                     None => None,
+                };
+                if item.is_some() {
+                    *taken += 1;
                 }
+                item
             }
         }
+    }
+
+    /// Where the current pass is: the sample order of arrays (when shuffled), the dataset
+    /// iteration, and how many batches of it were consumed.
+    pub(crate) fn position(&self) -> Position {
+        match self {
+            Batches::Arrays {
+                order,
+                cursor,
+                fresh,
+                ..
+            } => Position {
+                order: order.clone(),
+                pass: 0,
+                consumed: if *fresh { 0 } else { *cursor },
+                fresh: *fresh,
+            },
+            Batches::Dataset {
+                current,
+                iter,
+                taken,
+                ..
+            } => Position {
+                order: None,
+                pass: *current,
+                consumed: *taken,
+                fresh: iter.is_none(),
+            },
+        }
+    }
+
+    /// Continues a pass from a saved [`Position`]: `consumed` batches of the pass were used.
+    pub(crate) fn resume(&mut self, pos: &Position, consumed: usize) -> Result<()> {
+        match self {
+            Batches::Arrays {
+                order,
+                cursor,
+                fresh,
+                adapter,
+                ..
+            } => {
+                if let Some(o) = &pos.order
+                    && o.len() != adapter.num_samples()
+                {
+                    return Err(Error::value(format!(
+                        "the backup was made with {} training samples, but the data has {}; resume with the same data",
+                        o.len(),
+                        adapter.num_samples()
+                    )));
+                }
+                *order = pos.order.clone();
+                *cursor = consumed;
+                *fresh = pos.fresh;
+            }
+            Batches::Dataset {
+                ds,
+                iter,
+                current,
+                next,
+                taken,
+            } => {
+                if pos.fresh {
+                    *next = pos.pass + 1;
+                    *iter = None;
+                    return Ok(());
+                }
+                *current = pos.pass;
+                *next = pos.pass + 1;
+                let mut it: DataIter = Box::new(ds.iter_epoch(pos.pass));
+                for _ in 0..consumed {
+                    if let Some(Err(e)) = it.next() {
+                        return Err(e);
+                    }
+                }
+                *taken = consumed;
+                *iter = Some(it);
+            }
+        }
+        Ok(())
     }
 
     /// The first batch of a fresh pass, without disturbing the iteration (for building metrics).
     pub(crate) fn peek_first(&self) -> Result<Option<Data>> {
         match self {
             Batches::Arrays { adapter, .. } => Ok(Some(adapter.batch(0, None)?)),
-            Batches::Dataset { ds, .. } => ds.iter().next().transpose(),
+            Batches::Dataset { ds, .. } => ds.iter_epoch(u64::MAX).next().transpose(),
         }
     }
 }

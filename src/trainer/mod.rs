@@ -8,8 +8,11 @@
 //! logs are re-read from the metric objects when the step reported exactly those metrics, and taken
 //! from the step otherwise (custom keys survive).
 
+mod backup;
 mod batches;
 mod options;
+
+pub use backup::BackupAndRestore;
 
 pub use options::{
     Compile, EvaluateOptions, FitOptions, Inputs, LossSpec, OptimizerSpec, PredictOptions,
@@ -156,6 +159,7 @@ impl<M: Model> Trainer<M> {
             sample_weight,
             initial_epoch,
             steps_per_epoch,
+            backup,
         } = options;
         let verbose = check_verbose(verbose)?;
         if !(0.0..1.0).contains(&validation_split) || validation_split.is_nan() {
@@ -243,16 +247,30 @@ impl<M: Model> Trainer<M> {
             self.build_metrics(&first)?;
         }
         hook!(&no_logs, on_train_begin(&no_logs));
+        // A backup, if there is one, puts every piece of state where the interrupted run was.
+        let resume = match &backup {
+            Some(b) => b.restore(&mut self.model, &mut self.ctx, &mut history)?,
+            None => None,
+        };
+        let mut global_step = resume.as_ref().map_or(0, |r| r.global_step);
+        let start_epoch = resume.as_ref().map_or(initial_epoch, |r| r.epoch);
+        if let Some(r) = &resume {
+            train.resume(&r.position, r.position.consumed)?;
+        }
         let mut epoch_logs = Logs::new();
-        for epoch in initial_epoch..epochs {
-            self.model.reset_metrics(&mut self.ctx);
+        for epoch in start_epoch..epochs {
+            // Mid-epoch resume: metrics and data position were restored, not started afresh.
+            let mid = resume.as_ref().filter(|r| r.epoch == epoch && r.step > 0);
+            if mid.is_none() {
+                self.model.reset_metrics(&mut self.ctx);
+            }
             self.ctx.epoch = epoch;
             hook!(&no_logs, on_epoch_begin(epoch, &no_logs));
-            if steps_per_epoch.is_none() {
+            if steps_per_epoch.is_none() && mid.is_none() {
                 train.restart();
             }
-            let mut logs = Logs::new();
-            let mut step = 0;
+            let mut logs = mid.map_or_else(Logs::new, |r| r.last_logs.clone());
+            let mut step = mid.map_or(0, |r| r.step);
             while steps_per_epoch.is_none_or(|n| step < n) {
                 let Some(batch) = train.next_batch(steps_per_epoch.is_some()) else {
                     break;
@@ -264,6 +282,22 @@ impl<M: Model> Trainer<M> {
                 let batch_values = self.batch_values(&logs);
                 hook!(&batch_values, on_train_batch_end(step, &logs));
                 step += 1;
+                global_step += 1;
+                if let Some(b) = &backup
+                    && b.every_batches()
+                        .is_some_and(|n| global_step.is_multiple_of(n))
+                {
+                    b.save(
+                        &mut self.model,
+                        &mut self.ctx,
+                        &history,
+                        epoch,
+                        step,
+                        global_step,
+                        &train.position(),
+                        &logs,
+                    )?;
+                }
                 if stop {
                     break;
                 }
@@ -288,11 +322,32 @@ impl<M: Model> Trainer<M> {
                 epoch_logs.extend_prefixed(&val_logs, "val_");
             }
             hook!(&no_logs, on_epoch_end(epoch, &epoch_logs));
+            if let Some(b) = &backup {
+                b.save(
+                    &mut self.model,
+                    &mut self.ctx,
+                    &history,
+                    epoch + 1,
+                    0,
+                    global_step,
+                    &train.position(),
+                    &epoch_logs,
+                )?;
+            }
             if stop {
                 break;
             }
         }
+        // Keras swaps an optimizer's moving average of the weights in at the end of training.
+        if epochs > start_epoch
+            && let Some(opt) = self.ctx.optimizer.as_deref_mut()
+        {
+            opt.finalize_variable_values(&self.model.trainable_variables())?;
+        }
         hook!(&no_logs, on_train_end(&epoch_logs));
+        if let Some(b) = &backup {
+            b.finish()?;
+        }
         Ok(history)
     }
 
@@ -426,6 +481,41 @@ impl<M: Model> Trainer<M> {
             ));
         }
         Data::concat(&outputs)
+    }
+
+    /// Saves every variable to a safetensors file (see [`crate::io::save_weights`]).
+    ///
+    /// # Errors
+    /// An unwritable path.
+    pub fn save_weights(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        crate::io::save_weights(&self.model, path)
+    }
+
+    /// Loads weights saved by [`Trainer::save_weights`].
+    ///
+    /// # Errors
+    /// A missing, corrupt or mismatching file (the first mismatch is named).
+    pub fn load_weights(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        crate::io::load_weights(&mut self.model, path)
+    }
+
+    /// Saves weights, optimizer state and the model's extra state in one file.
+    ///
+    /// # Errors
+    /// An unwritable path.
+    pub fn save_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        crate::io::save_checkpoint(&self.model, &self.ctx, path, &Default::default())
+    }
+
+    /// Restores a checkpoint written by [`Trainer::save_checkpoint`]; returns its metadata.
+    ///
+    /// # Errors
+    /// A missing, corrupt or mismatching file.
+    pub fn load_checkpoint(
+        &mut self,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        crate::io::load_checkpoint(&mut self.model, &mut self.ctx, path)
     }
 
     /// Runs one step on one batch outside `fit` (Keras's `train_on_batch`); returns its logs.

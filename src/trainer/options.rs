@@ -255,6 +255,7 @@ pub struct FitOptions {
     pub(crate) sample_weight: Option<Tensor>,
     pub(crate) initial_epoch: usize,
     pub(crate) steps_per_epoch: Option<usize>,
+    pub(crate) backup: Option<super::BackupAndRestore>,
 }
 
 impl Default for FitOptions {
@@ -273,6 +274,7 @@ impl Default for FitOptions {
             sample_weight: None,
             initial_epoch: 0,
             steps_per_epoch: None,
+            backup: None,
         }
     }
 }
@@ -354,6 +356,12 @@ impl FitOptions {
     /// Epoch to start at (resuming a previous run).
     pub fn initial_epoch(mut self, e: usize) -> Self {
         self.initial_epoch = e;
+        self
+    }
+    /// Backs up the training state and resumes from the backup if one exists (exact resume, even
+    /// mid-epoch); see [`super::BackupAndRestore`].
+    pub fn backup_and_restore(mut self, b: super::BackupAndRestore) -> Self {
+        self.backup = Some(b);
         self
     }
     /// Steps per epoch (default: one pass over the data). The data stream continues across epochs.

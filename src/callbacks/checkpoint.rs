@@ -1,0 +1,323 @@
+//! `ModelCheckpoint`: saves the model (or its weights) during training.
+
+use std::path::PathBuf;
+
+use super::{Callback, CallbackContext};
+use crate::logs::Logs;
+use crate::{Error, Result};
+
+/// When to save.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaveFreq {
+    /// At the end of every epoch (Keras's `save_freq="epoch"`).
+    Epoch,
+    /// Every N training batches (counted across epochs).
+    Batches(usize),
+}
+
+/// Formats a Keras path template: `{epoch:02d}`, `{val_loss:.2f}`, `{batch}`, ...
+///
+/// Supported specs: `[0][width]d`, `.Nf`, `.Ne` and none (a float prints as Python's `str`).
+///
+/// ```
+/// use ferrokeras::{Logs, callbacks::format_template};
+/// let mut logs = Logs::new();
+/// logs.insert("val_loss", 0.12345);
+/// let s = format_template("ckpt-{epoch:02d}-{val_loss:.2f}.safetensors", 3, None, &logs).unwrap();
+/// assert_eq!(s, "ckpt-03-0.12.safetensors");
+/// ```
+///
+/// # Errors
+/// A key that is neither `epoch`, `batch` nor in the logs, or an unsupported spec.
+pub fn format_template(
+    template: &str,
+    epoch: usize,
+    batch: Option<usize>,
+    logs: &Logs,
+) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..].find('}').map(|c| open + c).ok_or_else(|| {
+            Error::value(format!(
+                "unclosed `{{` in the checkpoint path template {template:?}"
+            ))
+        })?;
+        let field = &rest[open + 1..close];
+        let (key, spec) = field.split_once(':').unwrap_or((field, ""));
+        let value: f64 = match key {
+            "epoch" => epoch as f64,
+            "batch" => batch.map(|b| b as f64).ok_or_else(|| {
+                Error::value("`{batch}` in a checkpoint path needs save_freq in batches")
+            })?,
+            k => logs.get(k).ok_or_else(|| {
+                Error::value(format!(
+                    "checkpoint path template {template:?} uses `{k}`, which is not in the logs (available: epoch, {})",
+                    logs.keys().collect::<Vec<_>>().join(", ")
+                ))
+            })?,
+        };
+        out.push_str(&format_spec(value, spec, template)?);
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn format_spec(v: f64, spec: &str, template: &str) -> Result<String> {
+    let bad = || {
+        Error::value(format!(
+            "unsupported format spec `{spec}` in {template:?}; use d, 0Nd, .Nf or .Ne"
+        ))
+    };
+    if spec.is_empty() {
+        return Ok(if v.fract() == 0.0 && v.abs() < 1e15 {
+            format!("{}", v as i64)
+        } else {
+            format!("{v}")
+        });
+    }
+    if let Some(w) = spec.strip_suffix('d') {
+        let zero = w.starts_with('0');
+        let width: usize = if w.is_empty() {
+            0
+        } else {
+            w.trim_start_matches('0').parse().unwrap_or(0)
+        };
+        let n = v.round() as i64;
+        return Ok(if zero {
+            format!("{n:0width$}")
+        } else {
+            format!("{n:width$}")
+        });
+    }
+    if let Some(p) = spec.strip_prefix('.') {
+        let (digits, kind) = p.split_at(p.len().saturating_sub(1));
+        let digits: usize = digits.parse().map_err(|_| bad())?;
+        return match kind {
+            "f" => Ok(format!("{v:.digits$}")),
+            "e" => {
+                let s = format!("{v:.digits$e}");
+                let (m, e) = s.split_once('e').ok_or_else(bad)?;
+                let e: i32 = e.parse().map_err(|_| bad())?;
+                Ok(format!(
+                    "{m}e{}{:02}",
+                    if e < 0 { '-' } else { '+' },
+                    e.abs()
+                ))
+            }
+            _ => Err(bad()),
+        };
+    }
+    Err(bad())
+}
+
+/// Keras's `ModelCheckpoint`: saves at the end of every epoch (or every N batches), optionally only
+/// when the monitored value improves. With `save_weights_only` the file holds the weights
+/// ([`crate::io::save_weights`]); otherwise a checkpoint with the optimizer's and the model's extra
+/// state as well ([`crate::io::save_checkpoint`]). Files are written atomically.
+///
+/// ```no_run
+/// use ferrokeras::callbacks::ModelCheckpoint;
+/// let cb = ModelCheckpoint::new("ckpt-{epoch:02d}-{val_loss:.2f}.safetensors")
+///     .monitor("val_loss")
+///     .save_best_only(true);
+/// # let _ = cb;
+/// ```
+pub struct ModelCheckpoint {
+    filepath: String,
+    monitor: String,
+    mode_max: Option<bool>,
+    save_best_only: bool,
+    save_weights_only: bool,
+    save_freq: SaveFreq,
+    verbose: bool,
+    best: Option<f64>,
+    batches_seen: usize,
+    epoch: usize,
+    saved: Vec<PathBuf>,
+}
+
+impl ModelCheckpoint {
+    /// Saves to `filepath` (a template, see [`format_template`]) every epoch.
+    pub fn new(filepath: impl Into<String>) -> Self {
+        Self {
+            filepath: filepath.into(),
+            monitor: "val_loss".into(),
+            mode_max: None,
+            save_best_only: false,
+            save_weights_only: false,
+            save_freq: SaveFreq::Epoch,
+            verbose: false,
+            best: None,
+            batches_seen: 0,
+            epoch: 0,
+            saved: Vec::new(),
+        }
+    }
+    /// The log value that decides "best" (default `val_loss`).
+    pub fn monitor(mut self, m: impl Into<String>) -> Self {
+        self.monitor = m.into();
+        self
+    }
+    /// `"min"`, `"max"` or `"auto"` (max for accuracy-like names).
+    ///
+    /// # Errors
+    /// Another string.
+    pub fn mode(mut self, mode: &str) -> Result<Self> {
+        self.mode_max = match mode {
+            "min" => Some(false),
+            "max" => Some(true),
+            "auto" => None,
+            other => {
+                return Err(Error::value(format!(
+                    "ModelCheckpoint mode must be \"auto\", \"min\" or \"max\". Received: mode={other:?}"
+                )));
+            }
+        };
+        Ok(self)
+    }
+    /// Save only when the monitored value improves.
+    pub fn save_best_only(mut self, b: bool) -> Self {
+        self.save_best_only = b;
+        self
+    }
+    /// Save the weights only (no optimizer state).
+    pub fn save_weights_only(mut self, b: bool) -> Self {
+        self.save_weights_only = b;
+        self
+    }
+    /// Save every epoch (default) or every N batches.
+    pub fn save_freq(mut self, f: SaveFreq) -> Self {
+        self.save_freq = f;
+        self
+    }
+    /// Only values better than this are saved first (Keras's `initial_value_threshold`).
+    pub fn initial_value_threshold(mut self, v: f64) -> Self {
+        self.best = Some(v);
+        self
+    }
+    /// Print a line for every save.
+    pub fn verbose(mut self, v: bool) -> Self {
+        self.verbose = v;
+        self
+    }
+    /// Every file written, in order.
+    pub fn saved(&self) -> &[PathBuf] {
+        &self.saved
+    }
+
+    fn is_max(&self) -> bool {
+        self.mode_max
+            .unwrap_or_else(|| self.monitor.contains("acc") || self.monitor.starts_with("fmeasure"))
+    }
+
+    fn save(
+        &mut self,
+        ctx: &mut CallbackContext<'_>,
+        batch: Option<usize>,
+        logs: &Logs,
+    ) -> Result<()> {
+        if self.save_best_only {
+            let Some(current) = logs.get(&self.monitor) else {
+                eprintln!(
+                    "Can save best model only with {} available, skipping.",
+                    self.monitor
+                );
+                return Ok(());
+            };
+            let better = match self.best {
+                None => !current.is_nan(),
+                Some(best) => {
+                    if self.is_max() {
+                        current > best
+                    } else {
+                        current < best
+                    }
+                }
+            };
+            if !better {
+                if self.verbose {
+                    println!(
+                        "\nEpoch {}: {} did not improve from {:.5}",
+                        self.epoch + 1,
+                        self.monitor,
+                        self.best.unwrap_or(f64::NAN)
+                    );
+                }
+                return Ok(());
+            }
+            if self.verbose {
+                println!(
+                    "\nEpoch {}: {} improved from {:.5} to {current:.5}, saving model",
+                    self.epoch + 1,
+                    self.monitor,
+                    self.best.unwrap_or(f64::INFINITY)
+                );
+            }
+            self.best = Some(current);
+        }
+        let path = PathBuf::from(format_template(
+            &self.filepath,
+            self.epoch + 1,
+            batch,
+            logs,
+        )?);
+        if self.save_weights_only {
+            crate::io::save_weights(ctx.model, &path)?;
+        } else {
+            let mut meta = std::collections::BTreeMap::new();
+            meta.insert("epoch".to_string(), (self.epoch + 1).to_string());
+            crate::io::save_checkpoint(ctx.model, ctx.compiled, &path, &meta)?;
+        }
+        if self.verbose && !self.save_best_only {
+            println!(
+                "\nEpoch {}: saving model to {}",
+                self.epoch + 1,
+                path.display()
+            );
+        }
+        self.saved.push(path);
+        Ok(())
+    }
+}
+
+impl Callback for ModelCheckpoint {
+    fn on_epoch_begin(
+        &mut self,
+        _ctx: &mut CallbackContext<'_>,
+        epoch: usize,
+        _logs: &Logs,
+    ) -> Result<()> {
+        self.epoch = epoch;
+        Ok(())
+    }
+    fn on_train_batch_end(
+        &mut self,
+        ctx: &mut CallbackContext<'_>,
+        batch: usize,
+        logs: &Logs,
+    ) -> Result<()> {
+        self.batches_seen += 1;
+        if let SaveFreq::Batches(n) = self.save_freq
+            && n > 0
+            && self.batches_seen.is_multiple_of(n)
+        {
+            self.save(ctx, Some(batch + 1), logs)?;
+        }
+        Ok(())
+    }
+    fn on_epoch_end(
+        &mut self,
+        ctx: &mut CallbackContext<'_>,
+        epoch: usize,
+        logs: &Logs,
+    ) -> Result<()> {
+        self.epoch = epoch;
+        if self.save_freq == SaveFreq::Epoch {
+            self.save(ctx, None, logs)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,302 @@
+//! Weights and checkpoints in the safetensors format.
+//!
+//! Tensors are named by their structural path (`dense_1/kernel`), so the files read in Python's
+//! `safetensors` package as they are. A checkpoint adds the optimizer's state (`optimizer/...`), the
+//! model's own extra state (`model_state/...`, e.g. a GAN's two optimizers) and metadata. Every file
+//! carries a SHA-256 of its tensor data in its metadata, checked on load: a corrupt or truncated file
+//! is reported, never silently used. Files are written atomically (temporary file, fsync, rename).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use safetensors::SafeTensors;
+use sha2::{Digest, Sha256};
+
+use crate::model::{Model, StepContext};
+use crate::{Error, Result};
+
+const CHECKSUM_KEY: &str = "ferrokeras.sha256";
+
+/// A checkpoint's content: named tensors and string metadata.
+#[derive(Clone, Debug, Default)]
+pub struct TensorFile {
+    /// Tensors by name, sorted.
+    pub tensors: BTreeMap<String, Tensor>,
+    /// Metadata (without the checksum entry).
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn data_checksum(st: &SafeTensors<'_>) -> String {
+    let mut names: Vec<String> = st.names().into_iter().map(|n| n.to_string()).collect();
+    names.sort();
+    let mut h = Sha256::new();
+    for n in names {
+        if let Ok(view) = st.tensor(&n) {
+            h.update(n.as_bytes());
+            h.update(view.data());
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes tensors and metadata as one safetensors file, atomically, with a data checksum.
+///
+/// # Errors
+/// A tensor that cannot be serialized, or an unwritable path.
+pub fn write_tensors(path: &Path, file: &TensorFile) -> Result<()> {
+    let tensors: Vec<(String, Tensor)> = file
+        .tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<Result<_>>()?;
+    let serialize = |meta: HashMap<String, String>| -> Result<Vec<u8>> {
+        safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))
+            .map_err(|e| Error::value(format!("could not serialize `{}`: {e}", path.display())))
+    };
+    let mut meta: HashMap<String, String> = file.metadata.clone().into_iter().collect();
+    let unsigned = serialize(meta.clone())?;
+    let st = SafeTensors::deserialize(&unsigned).map_err(|e| {
+        Error::value(format!(
+            "internal: re-reading serialized tensors failed: {e}"
+        ))
+    })?;
+    meta.insert(CHECKSUM_KEY.to_string(), data_checksum(&st));
+    crate::io::write_atomic(path, &serialize(meta)?)
+}
+
+/// Reads a file written by [`write_tensors`] (or any safetensors file), onto the CPU.
+///
+/// # Errors
+/// A missing file, a file that is not safetensors (truncated or corrupt), or a checksum mismatch.
+pub fn read_tensors(path: &Path) -> Result<TensorFile> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let corrupt = |why: String| {
+        Error::value(format!(
+            "`{}` is not a valid checkpoint ({why}); the file is truncated or corrupt. Delete it or restore it from a backup.",
+            path.display()
+        ))
+    };
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let mut metadata: BTreeMap<String, String> = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    if let Some(expected) = metadata.remove(CHECKSUM_KEY) {
+        let got = data_checksum(&st);
+        if got != expected {
+            return Err(corrupt(format!(
+                "its data checksum is {got}, but it was written with {expected}"
+            )));
+        }
+    }
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| corrupt(e.to_string()))?
+        .into_iter()
+        .collect();
+    Ok(TensorFile { tensors, metadata })
+}
+
+/// Assigns `tensors` to `vars` by name, after checking every name and shape (nothing is assigned
+/// when anything does not match).
+fn assign_by_name(
+    vars: &[(String, crate::Variable)],
+    tensors: &BTreeMap<String, Tensor>,
+    path: &Path,
+) -> Result<()> {
+    for (name, v) in vars {
+        match tensors.get(name) {
+            None => {
+                return Err(Error::value(format!(
+                    "`{}` does not match the model: it has no tensor `{}` (shape {:?}). The file holds: {}",
+                    path.display(),
+                    name,
+                    v.shape().dims(),
+                    tensors
+                        .keys()
+                        .take(8)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            Some(t) if t.dims() != v.shape().dims() => {
+                return Err(Error::value(format!(
+                    "`{}` does not match the model: tensor `{}` has shape {:?} in the file but {:?} in the model",
+                    path.display(),
+                    name,
+                    t.dims(),
+                    v.shape().dims()
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, v) in vars {
+        if let Some(t) = tensors.get(name) {
+            v.assign(&t.to_device(v.as_tensor().device())?)?;
+        }
+    }
+    Ok(())
+}
+
+/// `"{variable name}/{slot}"` with the variable's structural name in place of its own.
+fn to_structural(key: &str, named: &[(String, crate::Variable)]) -> String {
+    named
+        .iter()
+        .find_map(|(s, v)| {
+            key.strip_prefix(v.name())
+                .filter(|rest| rest.starts_with('/'))
+                .map(|rest| format!("{s}{rest}"))
+        })
+        .unwrap_or_else(|| key.to_string())
+}
+
+/// The inverse of [`to_structural`].
+fn from_structural(key: &str, named: &[(String, crate::Variable)]) -> String {
+    named
+        .iter()
+        .find_map(|(s, v)| {
+            key.strip_prefix(s.as_str())
+                .filter(|rest| rest.starts_with('/') && rest[1..].find('/').is_none())
+                .map(|rest| format!("{}{rest}", v.name()))
+        })
+        .unwrap_or_else(|| key.to_string())
+}
+
+/// Saves every variable of `model` to a safetensors file (`"dense_1/kernel"` → tensor).
+///
+/// ```
+/// use ferrokeras::prelude::*;
+/// let model = Sequential::new().input(&[3]).add(Dense::new(2));
+/// let path = std::env::temp_dir().join("ferrokeras-doc.weights.safetensors");
+/// ferrokeras::io::save_weights(&model, &path).unwrap();
+/// let mut again = model; // a model of the same structure
+/// ferrokeras::io::load_weights(&mut again, &path).unwrap();
+/// ```
+///
+/// # Errors
+/// An unwritable path.
+pub fn save_weights(model: &dyn Model, path: impl AsRef<Path>) -> Result<()> {
+    let mut file = TensorFile::default();
+    for (name, v) in model.named_variables() {
+        file.tensors.insert(name, v.value());
+    }
+    file.metadata
+        .insert("format".into(), "ferrokeras.weights".into());
+    write_tensors(path.as_ref(), &file)
+}
+
+/// Loads weights saved by [`save_weights`] (or any safetensors file with the model's variable
+/// names).
+///
+/// # Errors
+/// A missing or corrupt file, or a file that does not match the model (the first missing name or
+/// differing shape is named; nothing is assigned then).
+pub fn load_weights(model: &mut dyn Model, path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    let file = read_tensors(path)?;
+    let vars = model.named_variables();
+    if let Some(extra) = file.tensors.keys().find(|k| {
+        !k.starts_with("optimizer/")
+            && !k.starts_with("model_state/")
+            && !vars.iter().any(|(n, _)| n == k.as_str())
+    }) {
+        return Err(Error::value(format!(
+            "`{}` does not match the model: it has a tensor `{extra}` that the model does not have (the model's variables: {})",
+            path.display(),
+            vars.iter()
+                .take(8)
+                .map(|(n, _)| n.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    assign_by_name(&vars, &file.tensors, path)
+}
+
+/// The tensors of a checkpoint: weights by structural name, `optimizer/...` and `model_state/...`.
+///
+/// # Errors
+/// A state that cannot be read.
+pub fn checkpoint_file(model: &dyn Model, compiled: &StepContext) -> Result<TensorFile> {
+    let mut file = TensorFile::default();
+    let named = model.named_variables();
+    for (name, v) in &named {
+        file.tensors.insert(name.clone(), v.value());
+    }
+    if let Some(opt) = compiled.optimizer.as_deref() {
+        for (k, t) in opt.state()? {
+            file.tensors
+                .insert(format!("optimizer/{}", to_structural(&k, &named)), t);
+        }
+    }
+    for (k, t) in model.extra_state()? {
+        file.tensors.insert(format!("model_state/{k}"), t);
+    }
+    file.metadata
+        .insert("format".into(), "ferrokeras.checkpoint".into());
+    Ok(file)
+}
+
+/// Restores what [`checkpoint_file`] built (entries under other prefixes are left to the caller).
+///
+/// # Errors
+/// A file that does not match the model or its optimizer (named in the message).
+pub fn restore_checkpoint_file(
+    model: &mut dyn Model,
+    compiled: &mut StepContext,
+    file: &TensorFile,
+    path: &Path,
+) -> Result<()> {
+    let named = model.named_variables();
+    assign_by_name(&named, &file.tensors, path)?;
+    let strip = |prefix: &str| -> Vec<(String, Tensor)> {
+        file.tensors
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix(prefix).map(|s| (s.to_string(), t.clone())))
+            .collect()
+    };
+    let opt_state: Vec<(String, Tensor)> = strip("optimizer/")
+        .into_iter()
+        .map(|(k, t)| (from_structural(&k, &named), t))
+        .collect();
+    if let Some(opt) = compiled.optimizer.as_deref_mut() {
+        opt.load_state(&opt_state, &model.trainable_variables())?;
+    }
+    model.load_extra_state(&strip("model_state/"))
+}
+
+/// Saves weights, the compiled optimizer's state, the model's extra state
+/// ([`Model::extra_state`]) and `metadata` in one file.
+///
+/// # Errors
+/// An unwritable path or a state that cannot be read.
+pub fn save_checkpoint(
+    model: &dyn Model,
+    compiled: &StepContext,
+    path: impl AsRef<Path>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let mut file = checkpoint_file(model, compiled)?;
+    file.metadata.extend(metadata.clone());
+    write_tensors(path.as_ref(), &file)
+}
+
+/// Restores a [`save_checkpoint`] file; returns its metadata.
+///
+/// # Errors
+/// A missing or corrupt file, or one that does not match the model or its optimizer.
+pub fn load_checkpoint(
+    model: &mut dyn Model,
+    compiled: &mut StepContext,
+    path: impl AsRef<Path>,
+) -> Result<BTreeMap<String, String>> {
+    let path = path.as_ref();
+    let file = read_tensors(path)?;
+    restore_checkpoint_file(model, compiled, &file, path)?;
+    Ok(file.metadata)
+}

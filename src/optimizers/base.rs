@@ -1,0 +1,434 @@
+//! What every optimizer shares (Keras's `BaseOptimizer`): the iteration counter, the learning rate,
+//! per-variable slots, gradient clipping, gradient accumulation, the exponential moving average of
+//! the variables, and the checkpoint state of all of these.
+//!
+//! One update ([`Base::apply`]) runs in Keras's order:
+//! 1. with `gradient_accumulation_steps = n`, the gradient is added to the variable's accumulator;
+//!    only on every n-th call is the average `(acc + g) / n` used (and the accumulator reset),
+//!    otherwise the call stops here (step 5 still runs);
+//! 2. gradients are clipped (`clipnorm`, `global_clipnorm` or `clipvalue`);
+//! 3. the optimizer's own rule updates each variable with the learning rate at the raw call count;
+//! 4. (the optimizer-specific rule may apply weight decay itself);
+//! 5. with `use_ema`, the moving average of every variable is updated, and every
+//!    `ema_overwrite_frequency` updates the variables are overwritten with it;
+//! 6. the raw call count goes up by one.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor, TensorId};
+
+use super::LearningRate;
+use crate::tape::Variable;
+use crate::{Error, Result};
+
+/// The state key suffix of a variable's gradient accumulator.
+pub(super) const ACCUMULATOR: &str = "accumulator";
+/// The state key suffix of a variable's moving average.
+pub(super) const EMA: &str = "ema";
+
+/// Keras's `BaseOptimizer` arguments shared by every optimizer (set through each optimizer's
+/// builder methods).
+#[derive(Clone, Debug)]
+pub(super) struct Options {
+    pub(super) clipnorm: Option<f64>,
+    pub(super) clipvalue: Option<f64>,
+    pub(super) global_clipnorm: Option<f64>,
+    pub(super) gradient_accumulation_steps: Option<u64>,
+    pub(super) use_ema: bool,
+    pub(super) ema_momentum: f64,
+    pub(super) ema_overwrite_frequency: Option<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            clipnorm: None,
+            clipvalue: None,
+            global_clipnorm: None,
+            gradient_accumulation_steps: None,
+            use_ema: false,
+            ema_momentum: 0.99,
+            ema_overwrite_frequency: None,
+        }
+    }
+}
+
+/// `Some(v)` only for a value that enables its feature (Keras: `if self.clipnorm and self.clipnorm > 0`).
+fn positive(v: Option<f64>) -> Option<f64> {
+    v.filter(|v| *v > 0.0)
+}
+
+impl Options {
+    /// Keras's constructor checks, with its messages.
+    fn validate(&self, opt: &str) -> Result<()> {
+        let set = [self.clipnorm, self.clipvalue, self.global_clipnorm]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if set > 1 {
+            let show = |v: Option<f64>| v.map_or("None".to_string(), |v| v.to_string());
+            return Err(Error::value(format!(
+                "{opt}: Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. \
+                 Received: clipnorm={}, clipvalue={}, global_clipnorm={}",
+                show(self.clipnorm),
+                show(self.clipvalue),
+                show(self.global_clipnorm)
+            )));
+        }
+        if let Some(n) = self.gradient_accumulation_steps
+            && n < 2
+        {
+            return Err(Error::value(format!(
+                "{opt}: `gradient_accumulation_steps` must be an integer >= 2. \
+                 Received: gradient_accumulation_steps={n}"
+            )));
+        }
+        if self.use_ema && !(0.0..=1.0).contains(&self.ema_momentum) {
+            return Err(Error::value(format!(
+                "{opt}: `ema_momentum` must be in the range [0, 1]. Received: ema_momentum={}",
+                self.ema_momentum
+            )));
+        }
+        Ok(())
+    }
+
+    /// The number of calls per update (1 without accumulation).
+    fn steps_per_update(&self) -> u64 {
+        self.gradient_accumulation_steps.unwrap_or(1).max(1)
+    }
+}
+
+/// Per-variable state shared by every optimizer.
+pub(super) struct Base {
+    pub(super) lr: LearningRate,
+    /// Raw number of `apply` calls (Keras's `optimizer._iterations`); with gradient accumulation
+    /// the number of updates is `iterations / n`.
+    pub(super) iterations: u64,
+    pub(super) opts: Options,
+    slots: HashMap<TensorId, Vec<Tensor>>,
+    accumulators: HashMap<TensorId, Tensor>,
+    emas: HashMap<TensorId, Tensor>,
+    /// The name of every variable with state, for [`Base::state`].
+    names: HashMap<TensorId, String>,
+    slot_names: &'static [&'static str],
+}
+
+impl Base {
+    pub(super) fn new(lr: LearningRate, slot_names: &'static [&'static str]) -> Self {
+        Self {
+            lr,
+            iterations: 0,
+            opts: Options::default(),
+            slots: HashMap::new(),
+            accumulators: HashMap::new(),
+            emas: HashMap::new(),
+            names: HashMap::new(),
+            slot_names,
+        }
+    }
+
+    /// Keras's `optimizer.iterations`: the number of updates applied (calls / accumulation steps).
+    pub(super) fn updates(&self) -> u64 {
+        self.iterations / self.opts.steps_per_update()
+    }
+
+    /// The learning rate the next call uses (schedules see the raw call count, as in Keras).
+    pub(super) fn learning_rate(&self) -> f64 {
+        self.lr.at(self.iterations)
+    }
+
+    pub(super) fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        let dev = candle_core::Device::Cpu;
+        let mut out = vec![(
+            "iterations".to_string(),
+            Tensor::new(self.iterations as i64, &dev)?,
+        )];
+        let name = |id: &TensorId| self.names.get(id).cloned().unwrap_or_default();
+        for (id, slots) in &self.slots {
+            for (i, t) in slots.iter().enumerate() {
+                let slot = self.slot_names.get(i).copied().unwrap_or("slot");
+                out.push((format!("{}/{slot}", name(id)), t.clone()));
+            }
+        }
+        for (id, t) in &self.accumulators {
+            out.push((format!("{}/{ACCUMULATOR}", name(id)), t.clone()));
+        }
+        for (id, t) in &self.emas {
+            out.push((format!("{}/{EMA}", name(id)), t.clone()));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Restores a [`Base::state`]; checks everything before changing anything.
+    pub(super) fn load_state(
+        &mut self,
+        opt: &str,
+        state: &[(String, Tensor)],
+        vars: &[Variable],
+    ) -> Result<()> {
+        let mut slots: HashMap<TensorId, Vec<Option<Tensor>>> = HashMap::new();
+        let mut accumulators = Vec::new();
+        let mut emas = Vec::new();
+        let mut names = Vec::new();
+        let mut iterations = None;
+        for (key, t) in state {
+            if key == "iterations" {
+                if t.elem_count() != 1 {
+                    return Err(Error::value(format!(
+                        "{opt}: the optimizer state entry `iterations` must be a scalar, found shape {:?}",
+                        t.dims()
+                    )));
+                }
+                let it = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?[0];
+                if !(it >= 0.0 && it.fract() == 0.0) {
+                    return Err(Error::value(format!(
+                        "{opt}: the optimizer state entry `iterations` must be a non-negative integer, found {it}"
+                    )));
+                }
+                iterations = Some(it as u64);
+                continue;
+            }
+            let (var_name, slot) = key.rsplit_once('/').ok_or_else(|| {
+                Error::value(format!(
+                    "{opt}: unexpected optimizer state entry `{key}` (expected `iterations` or `{{variable}}/{{slot}}`)"
+                ))
+            })?;
+            let v = vars.iter().find(|v| v.name() == var_name).ok_or_else(|| {
+                Error::value(format!(
+                    "{opt}: the optimizer state has an entry `{key}` for variable `{var_name}`, which the model does not have"
+                ))
+            })?;
+            if t.dims() != v.shape().dims() {
+                return Err(Error::value(format!(
+                    "{opt}: optimizer state entry `{key}` has shape {:?}, but variable `{var_name}` has shape {:?}",
+                    t.dims(),
+                    v.shape().dims()
+                )));
+            }
+            let value = t.to_device(v.as_tensor().device())?.to_dtype(v.dtype())?;
+            names.push((v.id(), v.name().to_string()));
+            if slot == ACCUMULATOR {
+                if self.opts.gradient_accumulation_steps.is_none() {
+                    return Err(Error::value(format!(
+                        "{opt}: the optimizer state has a gradient accumulator `{key}`, but this \
+                         optimizer does not accumulate gradients; set `gradient_accumulation_steps` \
+                         as when the state was saved"
+                    )));
+                }
+                accumulators.push((v.id(), value));
+            } else if slot == EMA {
+                if !self.opts.use_ema {
+                    return Err(Error::value(format!(
+                        "{opt}: the optimizer state has a moving average `{key}`, but this optimizer \
+                         does not keep one; set `use_ema(true)` as when the state was saved"
+                    )));
+                }
+                emas.push((v.id(), value));
+            } else {
+                let i = self.slot_names.iter().position(|s| *s == slot).ok_or_else(|| {
+                    Error::value(format!(
+                        "{opt}: unknown slot `{slot}` in optimizer state entry `{key}`; this optimizer has slots {:?} (and `{ACCUMULATOR}`, `{EMA}` when enabled)",
+                        self.slot_names
+                    ))
+                })?;
+                let entry = slots
+                    .entry(v.id())
+                    .or_insert_with(|| vec![None; self.slot_names.len()]);
+                entry[i] = Some(value);
+            }
+        }
+        let mut complete = Vec::with_capacity(slots.len());
+        for (id, list) in slots {
+            // Slots are used in order (Adam keeps `vhat` only with AMSGrad): a prefix must be present.
+            let present = list.iter().take_while(|t| t.is_some()).count();
+            if list[present..].iter().any(Option::is_some) {
+                let var = names
+                    .iter()
+                    .find(|(i, _)| *i == id)
+                    .map_or("?", |(_, n)| n.as_str());
+                return Err(Error::value(format!(
+                    "{opt}: the optimizer state misses slot `{var}/{}`",
+                    self.slot_names[present]
+                )));
+            }
+            complete.push((id, list.into_iter().flatten().collect::<Vec<_>>()));
+        }
+        // Everything is valid: commit.
+        self.names.extend(names);
+        self.slots.extend(complete);
+        self.accumulators.extend(accumulators);
+        self.emas.extend(emas);
+        if let Some(it) = iterations {
+            self.iterations = it;
+        }
+        Ok(())
+    }
+
+    /// One Keras `apply` (see the module documentation for the order of the steps). `update` is the
+    /// optimizer's rule for one variable: `(gradient, value, slots, learning rate, step)` to the new
+    /// value, where `step` counts updates from 1.
+    pub(super) fn apply(
+        &mut self,
+        name: &str,
+        n_slots: usize,
+        grads: &[Tensor],
+        vars: &[Variable],
+        mut update: impl FnMut(&Tensor, &Tensor, &mut [Tensor], f64, u64) -> Result<Tensor>,
+    ) -> Result<()> {
+        self.opts.validate(name)?;
+        if grads.len() != vars.len() {
+            return Err(Error::value(format!(
+                "{name}: received {} gradients for {} variables; pass one gradient per variable, in the same order",
+                grads.len(),
+                vars.len()
+            )));
+        }
+        for (g, v) in grads.iter().zip(vars) {
+            if g.dims() != v.shape().dims() {
+                return Err(Error::value(format!(
+                    "{name}: the gradient for variable `{}` has shape {:?}, but the variable has shape {:?}",
+                    v.name(),
+                    g.dims(),
+                    v.shape().dims()
+                )));
+            }
+        }
+        let mut grads = grads
+            .iter()
+            .zip(vars)
+            .map(|(g, v)| g.detach().to_dtype(v.dtype()))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        for v in vars {
+            self.names
+                .entry(v.id())
+                .or_insert_with(|| v.name().to_string());
+        }
+
+        let raw = self.iterations;
+        let n = self.opts.steps_per_update();
+        let is_update_step = (raw + 1).is_multiple_of(n);
+        if n > 1 {
+            for (g, v) in grads.iter_mut().zip(vars) {
+                let acc = match self.accumulators.get(&v.id()) {
+                    Some(a) => a.clone(),
+                    None => g.zeros_like()?,
+                };
+                if is_update_step {
+                    *g = ((&*g + &acc)? / n as f64)?;
+                    self.accumulators.insert(v.id(), acc.zeros_like()?);
+                } else {
+                    self.accumulators.insert(v.id(), (&*g + &acc)?);
+                }
+            }
+        }
+
+        if is_update_step {
+            let grads = self.clip(grads)?;
+            let lr = self.lr.at(raw);
+            let step = raw / n + 1;
+            for (g, v) in grads.iter().zip(vars) {
+                let value = v.value();
+                let slots = match self.slots.get_mut(&v.id()) {
+                    Some(s) => s,
+                    None => {
+                        let init = (0..n_slots)
+                            .map(|_| value.zeros_like())
+                            .collect::<candle_core::Result<Vec<_>>>()?;
+                        self.slots.entry(v.id()).or_insert(init)
+                    }
+                };
+                let new_value = update(g, &value, slots, lr, step)?;
+                v.assign(&new_value)?;
+            }
+        }
+
+        if self.opts.use_ema {
+            self.update_ema(vars, raw / n)?;
+        }
+        self.iterations += 1;
+        Ok(())
+    }
+
+    /// Keras's `_clip_gradients`: `clipnorm` per gradient, else `global_clipnorm`, else `clipvalue`.
+    fn clip(&self, grads: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        if let Some(c) = positive(self.opts.clipnorm) {
+            // g * c / max(||g||, c)
+            grads
+                .iter()
+                .map(|g| {
+                    let norm = g.sqr()?.sum_all()?.sqrt()?;
+                    Ok((g * c)?.broadcast_div(&norm.maximum(c)?)?)
+                })
+                .collect()
+        } else if let Some(c) = positive(self.opts.global_clipnorm) {
+            let Some(first) = grads.first() else {
+                return Ok(grads);
+            };
+            let dev = first.device().clone();
+            let squares = grads
+                .iter()
+                .map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_device(&dev))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let norm = Tensor::stack(&squares, 0)?.sum_all()?.sqrt()?;
+            // c * min(1 / norm, 1 / c), made NaN by a non-finite norm (Keras's `clip_by_global_norm`
+            // adds `norm - norm`; `norm * 0` is the same: 0, or NaN for an infinite or NaN norm).
+            let scale = ((norm.recip()?.minimum(1.0 / c)? * c)? + (&norm * 0.0)?)?;
+            grads
+                .iter()
+                .map(|g| {
+                    let s = scale.to_dtype(g.dtype())?.to_device(g.device())?;
+                    Ok(g.broadcast_mul(&s)?)
+                })
+                .collect()
+        } else if let Some(c) = positive(self.opts.clipvalue) {
+            grads.iter().map(|g| Ok(g.clamp(-c, c)?)).collect()
+        } else {
+            Ok(grads)
+        }
+    }
+
+    /// Keras's `_update_model_variables_moving_average` (with `updates` = Keras's `iterations`
+    /// before this call is counted), then the periodic overwrite.
+    fn update_ema(&mut self, vars: &[Variable], updates: u64) -> Result<()> {
+        // Keras starts the average at the first value: momentum 0 while `iterations == 0`.
+        let m = if updates == 0 {
+            0.0
+        } else {
+            self.opts.ema_momentum
+        };
+        for v in vars {
+            let value = v.value();
+            let avg = match self.emas.get(&v.id()) {
+                Some(avg) if m > 0.0 => ((avg * m)? + (&value * (1.0 - m))?)?,
+                // A copy: `value` shares storage with the variable.
+                _ => value.copy()?,
+            };
+            self.emas.insert(v.id(), avg);
+        }
+        if let Some(f) = self.opts.ema_overwrite_frequency.filter(|f| *f > 0)
+            && (updates + 1).is_multiple_of(f)
+        {
+            self.overwrite_with_ema(vars)?;
+        }
+        Ok(())
+    }
+
+    /// Assigns each variable's moving average to it (variables without one are left alone).
+    pub(super) fn overwrite_with_ema(&self, vars: &[Variable]) -> Result<()> {
+        for v in vars {
+            if let Some(avg) = self.emas.get(&v.id()) {
+                v.assign(avg)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keras's `finalize_variable_values`: with `use_ema`, the variables take their moving averages.
+    pub(super) fn finalize_variable_values(&self, vars: &[Variable]) -> Result<()> {
+        if self.opts.use_ema {
+            self.overwrite_with_ema(vars)?;
+        }
+        Ok(())
+    }
+}
