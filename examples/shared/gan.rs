@@ -101,6 +101,52 @@ impl Model for Gan {
         "gan"
     }
 
+    // Checkpoints name the two networks' variables by structure, and keep both optimizers.
+    fn named_variables(&self) -> Vec<(String, Variable)> {
+        let prefixed = |p: &str, m: &Sequential| -> Vec<(String, Variable)> {
+            m.named_variables()
+                .into_iter()
+                .map(|(n, v)| (format!("{p}/{n}"), v))
+                .collect()
+        };
+        let mut out = prefixed("discriminator", &self.discriminator);
+        out.extend(prefixed("generator", &self.generator));
+        out
+    }
+
+    fn extra_state(&self) -> Result<Vec<(String, Tensor)>> {
+        let named = self.named_variables();
+        let mut out = Vec::new();
+        for (prefix, opt) in [
+            ("d_optimizer", &self.d_optimizer),
+            ("g_optimizer", &self.g_optimizer),
+        ] {
+            if let Some(o) = opt {
+                for (k, t) in ferrokeras::io::optimizer_state(o, &named)? {
+                    out.push((format!("{prefix}/{k}"), t));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn load_extra_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
+        let named = self.named_variables();
+        for (prefix, opt) in [
+            ("d_optimizer/", &mut self.d_optimizer),
+            ("g_optimizer/", &mut self.g_optimizer),
+        ] {
+            let part: Vec<(String, Tensor)> = state
+                .iter()
+                .filter_map(|(k, t)| k.strip_prefix(prefix).map(|s| (s.to_string(), t.clone())))
+                .collect();
+            if let Some(o) = opt {
+                ferrokeras::io::load_optimizer_state(o, &part, &named)?;
+            }
+        }
+        Ok(())
+    }
+
     fn train_step(&mut self, _ctx: &mut StepContext, data: &Data) -> Result<Logs> {
         let not_compiled =
             || Error::state("call Gan::compile(d_optimizer, g_optimizer, loss_fn) before fit");

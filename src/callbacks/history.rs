@@ -24,6 +24,10 @@ pub struct History {
     pub params: Params,
     /// `name -> one value per training batch`, each the value of that batch alone.
     pub batch_history: BTreeMap<String, Vec<f64>>,
+    /// Validation run every N steps (`FitOptions::validation_every_steps`):
+    /// `val_ name -> (global step, value)`.
+    pub step_validation: BTreeMap<String, Vec<(usize, f64)>>,
+    global_step: usize,
 }
 
 impl History {
@@ -47,10 +51,17 @@ impl Callback for History {
         &mut self,
         ctx: &mut CallbackContext<'_>,
         _batch: usize,
-        _logs: &Logs,
+        logs: &Logs,
     ) -> Result<()> {
+        self.global_step += 1;
         for (k, v) in ctx.batch_values.iter() {
             self.batch_history.entry(k.to_string()).or_default().push(v);
+        }
+        for (k, v) in logs.iter().filter(|(k, _)| k.starts_with("val_")) {
+            self.step_validation
+                .entry(k.to_string())
+                .or_default()
+                .push((self.global_step, v));
         }
         Ok(())
     }

@@ -167,6 +167,40 @@ fn from_structural(key: &str, named: &[(String, crate::Variable)]) -> String {
         .unwrap_or_else(|| key.to_string())
 }
 
+/// An optimizer's [`crate::optimizers::Optimizer::state`] with variables named structurally
+/// (`named` as from [`Model::named_variables`]), for a model that keeps its own optimizers (a GAN's
+/// [`Model::extra_state`]).
+///
+/// # Errors
+/// A state that cannot be read.
+pub fn optimizer_state(
+    opt: &dyn crate::optimizers::Optimizer,
+    named: &[(String, crate::Variable)],
+) -> Result<Vec<(String, Tensor)>> {
+    Ok(opt
+        .state()?
+        .into_iter()
+        .map(|(k, t)| (to_structural(&k, named), t))
+        .collect())
+}
+
+/// Restores an [`optimizer_state`].
+///
+/// # Errors
+/// A state that does not fit the variables.
+pub fn load_optimizer_state(
+    opt: &mut dyn crate::optimizers::Optimizer,
+    state: &[(String, Tensor)],
+    named: &[(String, crate::Variable)],
+) -> Result<()> {
+    let state: Vec<(String, Tensor)> = state
+        .iter()
+        .map(|(k, t)| (from_structural(k, named), t.clone()))
+        .collect();
+    let vars: Vec<crate::Variable> = named.iter().map(|(_, v)| v.clone()).collect();
+    opt.load_state(&state, &vars)
+}
+
 /// Saves every variable of `model` to a safetensors file (`"dense_1/kernel"` → tensor).
 ///
 /// ```

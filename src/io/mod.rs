@@ -3,8 +3,9 @@
 mod checkpoint;
 
 pub use checkpoint::{
-    TensorFile, checkpoint_file, load_checkpoint, load_weights, read_tensors,
-    restore_checkpoint_file, save_checkpoint, save_weights, write_tensors,
+    TensorFile, checkpoint_file, load_checkpoint, load_optimizer_state, load_weights,
+    optimizer_state, read_tensors, restore_checkpoint_file, save_checkpoint, save_weights,
+    write_tensors,
 };
 
 use std::fs;

@@ -160,6 +160,7 @@ impl<M: Model> Trainer<M> {
             initial_epoch,
             steps_per_epoch,
             backup,
+            validation_every_steps,
         } = options;
         let verbose = check_verbose(verbose)?;
         if !(0.0..1.0).contains(&validation_split) || validation_split.is_nan() {
@@ -280,7 +281,25 @@ impl<M: Model> Trainer<M> {
                 hook!(&no_logs, on_train_batch_begin(step, &no_logs));
                 logs = self.model.train_step(&mut self.ctx, &batch)?;
                 let batch_values = self.batch_values(&logs);
-                hook!(&batch_values, on_train_batch_end(step, &logs));
+                let mut batch_logs = logs.clone();
+                if let (Some(n), Some(v)) = (validation_every_steps, val.as_mut())
+                    && (global_step + 1).is_multiple_of(n)
+                {
+                    // Validation resets the metrics; the training ones are put back afterwards.
+                    let saved = self.metric_states();
+                    let val_logs = self.run_test(
+                        v,
+                        None,
+                        &mut list,
+                        &mut history,
+                        &mut progbar,
+                        &params,
+                        Some(&mut stop),
+                    )?;
+                    self.set_metric_states(&saved)?;
+                    batch_logs.extend_prefixed(&val_logs, "val_");
+                }
+                hook!(&batch_values, on_train_batch_end(step, &batch_logs));
                 step += 1;
                 global_step += 1;
                 if let Some(b) = &backup
@@ -600,6 +619,25 @@ impl<M: Model> Trainer<M> {
         if let Some(y) = y {
             let y_pred = self.model.call(x, false)?.map(&mut |t| Ok(t.detach()))?;
             self.ctx.metrics.build(y, &y_pred)?;
+        }
+        Ok(())
+    }
+
+    /// The state of every metric in the model's list, by name.
+    fn metric_states(&mut self) -> Vec<(String, Vec<f64>)> {
+        self.model
+            .metrics(&mut self.ctx)
+            .iter()
+            .map(|m| (m.name().to_string(), m.state()))
+            .collect()
+    }
+
+    /// Restores [`Trainer::metric_states`].
+    fn set_metric_states(&mut self, states: &[(String, Vec<f64>)]) -> Result<()> {
+        for m in self.model.metrics(&mut self.ctx) {
+            if let Some((_, s)) = states.iter().find(|(n, _)| n == m.name()) {
+                m.set_state(s)?;
+            }
         }
         Ok(())
     }

@@ -256,6 +256,7 @@ pub struct FitOptions {
     pub(crate) initial_epoch: usize,
     pub(crate) steps_per_epoch: Option<usize>,
     pub(crate) backup: Option<super::BackupAndRestore>,
+    pub(crate) validation_every_steps: Option<usize>,
 }
 
 impl Default for FitOptions {
@@ -275,6 +276,7 @@ impl Default for FitOptions {
             initial_epoch: 0,
             steps_per_epoch: None,
             backup: None,
+            validation_every_steps: None,
         }
     }
 }
@@ -331,6 +333,14 @@ impl FitOptions {
     /// Validate every N epochs (Keras's `validation_freq`).
     pub fn validation_freq(mut self, n: usize) -> Self {
         self.validation_freq = n.max(1);
+        self
+    }
+    /// Also validate every `n` training steps (counted across epochs), beyond Keras's epoch-only
+    /// `validation_freq`. The `val_` values reach the callbacks in that batch's
+    /// `on_train_batch_end` logs and are kept in [`crate::callbacks::History::step_validation`];
+    /// the training metrics' running means are not disturbed.
+    pub fn validation_every_steps(mut self, n: usize) -> Self {
+        self.validation_every_steps = (n > 0).then_some(n);
         self
     }
     /// Batch size of validation (default: `batch_size`).
