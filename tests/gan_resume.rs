@@ -16,6 +16,9 @@ use ferrokeras::trainer::BackupAndRestore;
 #[allow(dead_code)]
 mod gan;
 
+/// Final weights by structural name.
+type Weights = Vec<(String, Vec<f32>)>;
+
 /// Fails the run at one global batch, as a crash would.
 struct CrashAt(usize, usize);
 
@@ -34,10 +37,7 @@ impl Callback for CrashAt {
     }
 }
 
-fn run(
-    dir: &Path,
-    crash_at: Option<usize>,
-) -> ferrokeras::Result<(History, Vec<(String, Vec<f32>)>)> {
+fn run(dir: &Path, crash_at: Option<usize>) -> ferrokeras::Result<(History, Weights)> {
     ferrokeras::random::set_random_seed(21);
     let images = ferrokeras::random::uniform(&[6 * 8, 28, 28, 1], 0.0, 1.0, &Device::Cpu)?;
     let ds = Dataset::from_tensor_slices(images)?
