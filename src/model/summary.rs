@@ -53,7 +53,23 @@ pub fn format_summary(
     trainable: &[Variable],
     non_trainable: &[Variable],
 ) -> String {
-    let (w1, w2, w3) = (33usize, 24usize, 15usize);
+    // Keras's widths, widened when a name or shape would not fit (the box stays aligned).
+    let fit = |min: usize, longest: usize| min.max(longest + 2);
+    let w1 = fit(
+        33,
+        rows.iter()
+            .map(|r| r.name.chars().count())
+            .max()
+            .unwrap_or(0),
+    );
+    let w2 = fit(
+        24,
+        rows.iter()
+            .map(|r| shape_str(&r.output_shape).chars().count())
+            .max()
+            .unwrap_or(0),
+    );
+    let w3 = 15usize;
     let bar = |c: char, n: usize| c.to_string().repeat(n);
     let mut s = format!("Model: \"{name}\"\n");
     s += &format!("┏{}┳{}┳{}┓\n", bar('━', w1), bar('━', w2), bar('━', w3));
@@ -120,5 +136,28 @@ mod tests {
         assert_eq!(human_bytes(132), "132.00 B");
         assert_eq!(human_bytes(50890 * 4), "198.79 KB");
         assert_eq!(human_bytes(0), "0.00 B");
+    }
+
+    #[test]
+    fn long_names_widen_the_table_and_keep_it_aligned() {
+        let rows = vec![LayerSummary {
+            name: "global_max_pooling2d (GlobalMaxPooling2D)".into(),
+            output_shape: vec![128],
+            params: 0,
+        }];
+        let s = format_summary("m", &rows, &[], &[]);
+        let widths: Vec<usize> = s
+            .lines()
+            .filter(|l| l.starts_with(['┏', '┃', '┡', '│', '└']))
+            .map(|l| l.chars().count())
+            .collect();
+        assert!(
+            widths.len() == 5 && widths.iter().all(|w| *w == widths[0]),
+            "{s}"
+        );
+        assert!(
+            s.contains("│ global_max_pooling2d (GlobalMaxPooling2D) │"),
+            "{s}"
+        );
     }
 }
