@@ -1,11 +1,16 @@
 //! Files on disk: written atomically (temporary file, fsync, rename), never left half-written.
 
 mod checkpoint;
+mod model_file;
 
 pub use checkpoint::{
     TensorFile, checkpoint_file, load_checkpoint, load_optimizer_state, load_weights,
     optimizer_state, read_tensors, restore_checkpoint_file, save_checkpoint, save_weights,
     write_tensors,
+};
+pub use model_file::{
+    LoadedModel, MODEL_CONFIG_KEY, MODEL_FORMAT, MODEL_FORMAT_VERSION, SavableModel, load_model,
+    model_from_json, save_model,
 };
 
 use std::fs;

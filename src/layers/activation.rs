@@ -116,6 +116,11 @@ impl ActivationLayer {
             class: "Activation",
         }
     }
+    /// Overrides the generated name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
 }
 
 impl Layer for ActivationLayer {
@@ -130,6 +135,19 @@ impl Layer for ActivationLayer {
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         Ok(input_shape.to_vec())
+    }
+    fn config(&self) -> Option<serde_json::Value> {
+        Some(match (self.class, self.activation) {
+            ("ReLU", _) => serde_json::json!({"name": self.name}),
+            ("LeakyReLU", Activation::LeakyRelu(s)) => serde_json::json!({
+                "name": self.name,
+                "negative_slope": super::config::f32_json(s),
+            }),
+            _ => serde_json::json!({
+                "name": self.name,
+                "activation": super::config::activation_json(self.activation),
+            }),
+        })
     }
 }
 
@@ -149,6 +167,10 @@ impl ReLU {
             activation: Activation::Relu,
             class: "ReLU",
         })
+    }
+    /// Overrides the generated name.
+    pub fn named(self, name: impl Into<String>) -> Self {
+        ReLU(self.0.named(name))
     }
 }
 
@@ -178,6 +200,10 @@ impl LeakyReLU {
             class: "LeakyReLU",
         })
     }
+    /// Overrides the generated name.
+    pub fn named(self, name: impl Into<String>) -> Self {
+        LeakyReLU(self.0.named(name))
+    }
 }
 
 impl Default for LeakyReLU {
@@ -200,6 +226,9 @@ macro_rules! delegate_layer {
             }
             fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
                 self.0.compute_output_shape(input_shape)
+            }
+            fn config(&self) -> Option<serde_json::Value> {
+                self.0.config()
             }
         }
     };

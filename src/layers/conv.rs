@@ -160,6 +160,23 @@ impl ConvConfig {
             device: Device::Cpu,
         }
     }
+    /// The configuration shared by both layers, with Keras's keys.
+    fn json(&self, name: &str) -> serde_json::Map<String, serde_json::Value> {
+        let serde_json::Value::Object(map) = serde_json::json!({
+            "name": name,
+            "filters": self.filters,
+            "kernel_size": [self.kernel.0, self.kernel.1],
+            "strides": [self.strides, self.strides],
+            "padding": super::config::padding_json(self.padding),
+            "data_format": super::config::data_format_json(self.data_format),
+            "dilation_rate": [self.dilation, self.dilation],
+            "activation": super::config::activation_json(self.activation),
+            "use_bias": self.use_bias,
+        }) else {
+            unreachable!("json! of an object literal is an object")
+        };
+        map
+    }
     fn check(&self, layer: &str) -> Result<()> {
         if self.filters == 0
             || self.kernel.0 == 0
@@ -203,6 +220,11 @@ macro_rules! conv_builders {
         pub fn activation(mut self, a: &str) -> Result<Self> {
             self.cfg.activation = a.parse()?;
             Ok(self)
+        }
+        /// Sets the activation.
+        pub fn with_activation(mut self, a: Activation) -> Self {
+            self.cfg.activation = a;
+            self
         }
         /// Whether to add a bias (default true).
         pub fn use_bias(mut self, b: bool) -> Self {
@@ -398,6 +420,9 @@ impl Layer for Conv2D {
             .cloned()
             .collect()
     }
+    fn config(&self) -> Option<serde_json::Value> {
+        Some(serde_json::Value::Object(self.cfg.json(&self.name)))
+    }
 }
 
 /// Transposed 2D convolution, Keras's `layers.Conv2DTranspose`.
@@ -586,6 +611,17 @@ impl Layer for Conv2DTranspose {
             .chain(self.bias.iter())
             .cloned()
             .collect()
+    }
+    fn config(&self) -> Option<serde_json::Value> {
+        let mut map = self.cfg.json(&self.name);
+        map.insert(
+            "output_padding".into(),
+            match self.output_padding {
+                Some(p) => serde_json::json!([p, p]),
+                None => serde_json::Value::Null,
+            },
+        );
+        Some(serde_json::Value::Object(map))
     }
 }
 

@@ -32,6 +32,11 @@ impl Concatenate {
         self.axis = axis;
         self
     }
+    /// Overrides the generated name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
     fn resolve_axis(&self, rank: usize) -> Result<usize> {
         let a = if self.axis < 0 {
             rank as isize + self.axis
@@ -95,6 +100,9 @@ impl Layer for Concatenate {
         }
         Ok(out)
     }
+    fn config(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({"name": self.name, "axis": self.axis}))
+    }
 }
 
 /// Adds its inputs elementwise, Keras's `layers.Add`.
@@ -116,6 +124,11 @@ impl Add {
         Self {
             name: unique_name("add"),
         }
+    }
+    /// Overrides the generated name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
     }
 }
 
@@ -158,5 +171,8 @@ impl Layer for Add {
             )));
         }
         Ok(first.clone())
+    }
+    fn config(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({"name": self.name}))
     }
 }

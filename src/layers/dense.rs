@@ -126,6 +126,11 @@ impl Dense {
         self.name = name.into();
         self
     }
+    /// Overrides the generated name (the same as [`Dense::name`], under the name the other layers
+    /// use).
+    pub fn named(self, name: impl Into<String>) -> Self {
+        self.name(name)
+    }
     /// The device variables are created on (CPU by default).
     pub fn device(mut self, device: &Device) -> Self {
         self.device = device.clone();
@@ -244,5 +249,15 @@ impl Layer for Dense {
             out.push(r.penalty(b.as_tensor())?);
         }
         Ok(out)
+    }
+    fn config(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "name": self.name,
+            "units": self.units,
+            "activation": super::config::activation_json(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_regularizer": super::config::regularizer_json(self.kernel_regularizer),
+            "bias_regularizer": super::config::regularizer_json(self.bias_regularizer),
+        }))
     }
 }

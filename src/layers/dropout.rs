@@ -37,6 +37,11 @@ impl Dropout {
             rate,
         })
     }
+    /// Overrides the generated name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
 }
 
 impl Layer for Dropout {
@@ -57,5 +62,11 @@ impl Layer for Dropout {
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         Ok(input_shape.to_vec())
+    }
+    fn config(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "name": self.name,
+            "rate": super::config::f32_json(self.rate),
+        }))
     }
 }

@@ -2,8 +2,13 @@
 //!
 //! A layer builds its variables on first use, from the shape of its input (without the batch axis),
 //! as Keras layers do. Shapes in this module never include the batch axis.
+//!
+//! Every built-in layer describes itself as JSON with [`Layer::config`], and [`from_config`]
+//! rebuilds it from its class name and that config (the registry model saving uses; layers of
+//! your own join it with [`register_layer`]).
 
 mod activation;
+pub(crate) mod config;
 mod conv;
 mod core;
 mod dense;
@@ -14,6 +19,9 @@ mod pooling;
 mod reshape;
 
 pub use activation::{Activation, ActivationLayer, LeakyReLU, ReLU};
+pub use config::{
+    BUILTIN_LAYERS, LayerConstructor, deserialize, from_config, register_layer, serialize,
+};
 pub use conv::{Conv2D, Conv2DTranspose, DataFormat, Padding};
 pub use core::{Add, Concatenate};
 pub use dense::{Dense, Regularizer};
@@ -23,9 +31,6 @@ pub use pooling::{
     AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D, UpSampling2D,
 };
 pub use reshape::{Flatten, Reshape};
-
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
 
 use candle_core::Tensor;
 
@@ -131,6 +136,26 @@ pub trait Layer: Send {
     fn sublayer_summaries(&self) -> Vec<LayerSummary> {
         Vec::new()
     }
+    /// The layer's configuration as a JSON object of its constructor arguments, with Keras's key
+    /// names (Keras's `get_config`): enough for [`from_config`] to rebuild the same layer (without
+    /// its weights). Model saving ([`crate::io::save_model`]) stores it.
+    ///
+    /// `None`, the default, means the layer cannot be saved: saving a model that holds it fails
+    /// with an error naming the layer's class. Every built-in layer returns `Some`; a layer of
+    /// your own implements this and registers its class with [`register_layer`].
+    ///
+    /// ```
+    /// use ferrokeras::layers::{Conv2D, Layer};
+    /// let conv = Conv2D::new(8, (3, 3)).strides(2).padding("same").unwrap();
+    /// let c = conv.config().unwrap();
+    /// assert_eq!(c["filters"], 8);
+    /// assert_eq!(c["kernel_size"], serde_json::json!([3, 3]));
+    /// assert_eq!(c["strides"], serde_json::json!([2, 2]));
+    /// assert_eq!(c["padding"], "same");
+    /// ```
+    fn config(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// One row of `summary()`.
@@ -184,6 +209,9 @@ impl<L: Layer + ?Sized> Layer for Box<L> {
     fn sublayer_summaries(&self) -> Vec<LayerSummary> {
         (**self).sublayer_summaries()
     }
+    fn config(&self) -> Option<serde_json::Value> {
+        (**self).config()
+    }
 }
 
 /// A unique name from a prefix, as Keras names layers: `dense`, `dense_1`, `dense_2`, ...
@@ -196,9 +224,7 @@ impl<L: Layer + ?Sized> Layer for Box<L> {
 /// ```
 pub fn unique_name(prefix: &str) -> String {
     crate::runtime::init();
-    static COUNTS: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
-    let mut counts = COUNTS
-        .get_or_init(|| Mutex::new(HashMap::new()))
+    let mut counts = config::name_counts()
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let n = counts.entry(prefix.to_string()).or_insert(0);
@@ -209,6 +235,36 @@ pub fn unique_name(prefix: &str) -> String {
     };
     *n += 1;
     name
+}
+
+/// Marks `name` as taken, so that [`unique_name`] never returns it later: after reserving
+/// `dense_3`, automatic names continue at `dense_4` or later (`dense_3` alone also reserves the
+/// prefix `dense_3`). Loading a model ([`from_config`], [`crate::io::load_model`]) reserves every
+/// restored name; a restored name can still equal the name of a layer that already exists in the
+/// process (the original model's, say), as in Keras.
+///
+/// ```
+/// use ferrokeras::layers::{reserve_name, unique_name};
+/// reserve_name("my_unit_7");
+/// assert_eq!(unique_name("my_unit"), "my_unit_8");
+/// reserve_name("other_unit");
+/// assert_eq!(unique_name("other_unit"), "other_unit_1");
+/// ```
+pub fn reserve_name(name: &str) {
+    let mut counts = config::name_counts()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let n = counts.entry(name.to_string()).or_insert(0);
+    *n = (*n).max(1);
+    if let Some((head, tail)) = name.rsplit_once('_')
+        && !head.is_empty()
+        && !tail.is_empty()
+        && tail.chars().all(|c| c.is_ascii_digit())
+        && let Some(k) = tail.parse::<usize>().ok().and_then(|k| k.checked_add(1))
+    {
+        let n = counts.entry(head.to_string()).or_insert(0);
+        *n = (*n).max(k);
+    }
 }
 
 /// Checks that a batch has the rank and trailing dimensions a layer expects.

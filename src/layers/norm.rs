@@ -67,6 +67,11 @@ impl BatchNormalization {
         self.device = d.clone();
         self
     }
+    /// Overrides the generated name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
 }
 
 impl Layer for BatchNormalization {
@@ -154,5 +159,13 @@ impl Layer for BatchNormalization {
             .flatten()
             .cloned()
             .collect()
+    }
+    fn config(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "name": self.name,
+            "axis": -1,
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+        }))
     }
 }

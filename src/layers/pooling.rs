@@ -232,6 +232,11 @@ macro_rules! pool_layer {
                 self.data_format = f;
                 self
             }
+            /// Overrides the generated name.
+            pub fn named(mut self, name: impl Into<String>) -> Self {
+                self.name = name.into();
+                self
+            }
             fn strides_or_pool(&self) -> (usize, usize) {
                 self.strides.unwrap_or(self.pool)
             }
@@ -264,6 +269,15 @@ macro_rules! pool_layer {
                     DataFormat::ChannelsLast => vec![oh, ow, c],
                     DataFormat::ChannelsFirst => vec![c, oh, ow],
                 })
+            }
+            fn config(&self) -> Option<serde_json::Value> {
+                Some(serde_json::json!({
+                    "name": self.name,
+                    "pool_size": [self.pool.0, self.pool.1],
+                    "strides": self.strides.map(|s| [s.0, s.1]),
+                    "padding": super::config::padding_json(self.padding),
+                    "data_format": super::config::data_format_json(self.data_format),
+                }))
             }
         }
     };
@@ -328,6 +342,11 @@ macro_rules! global_pool {
                 self.data_format = f;
                 self
             }
+            /// Overrides the generated name.
+            pub fn named(mut self, name: impl Into<String>) -> Self {
+                self.name = name.into();
+                self
+            }
         }
         impl Default for $ty {
             fn default() -> Self {
@@ -351,6 +370,12 @@ macro_rules! global_pool {
             fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
                 let (_, _, c) = hw_of(input_shape, self.data_format, &self.name)?;
                 Ok(vec![c])
+            }
+            fn config(&self) -> Option<serde_json::Value> {
+                Some(serde_json::json!({
+                    "name": self.name,
+                    "data_format": super::config::data_format_json(self.data_format),
+                }))
             }
         }
     };
@@ -409,6 +434,11 @@ impl UpSampling2D {
         self.data_format = f;
         self
     }
+    /// Overrides the generated name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
 }
 
 impl Layer for UpSampling2D {
@@ -436,5 +466,13 @@ impl Layer for UpSampling2D {
             DataFormat::ChannelsLast => vec![h * self.size.0, w * self.size.1, c],
             DataFormat::ChannelsFirst => vec![c, h * self.size.0, w * self.size.1],
         })
+    }
+    fn config(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "name": self.name,
+            "size": [self.size.0, self.size.1],
+            "data_format": super::config::data_format_json(self.data_format),
+            "interpolation": "nearest",
+        }))
     }
 }

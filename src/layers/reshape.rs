@@ -24,6 +24,11 @@ impl Flatten {
             name: unique_name("flatten"),
         }
     }
+    /// Overrides the generated name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
 }
 
 impl Default for Flatten {
@@ -60,6 +65,9 @@ impl Layer for Flatten {
             })?;
         Ok(vec![n])
     }
+    fn config(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({"name": self.name}))
+    }
 }
 
 /// Reshapes every sample to `target_shape` (batch axis excluded); one entry may be `-1`.
@@ -82,6 +90,11 @@ impl Reshape {
             name: unique_name("reshape"),
             target: target_shape.to_vec(),
         }
+    }
+    /// Overrides the generated name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
     }
 
     fn resolve(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
@@ -144,5 +157,8 @@ impl Layer for Reshape {
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         self.resolve(input_shape)
+    }
+    fn config(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({"name": self.name, "target_shape": self.target}))
     }
 }

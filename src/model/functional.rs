@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use candle_core::Tensor;
+use serde_json::{Value, json};
 
 use super::Model;
 use crate::data::Data;
+use crate::layers::config::{ConfigReader, short};
 use crate::layers::{Layer, LayerSummary, check_input, unique_name};
 use crate::tape::Variable;
 use crate::{Error, Result};
@@ -33,6 +35,18 @@ impl SharedLayer {
     /// Wraps a layer for use in a functional graph.
     pub fn new(layer: impl Layer + 'static) -> Self {
         SharedLayer(Arc::new(Mutex::new(Box::new(layer))))
+    }
+
+    /// Wraps a boxed layer (e.g. from [`crate::layers::from_config`]) without boxing it again.
+    ///
+    /// ```
+    /// use ferrokeras::prelude::*;
+    /// let layer: Box<dyn Layer> = Box::new(Dense::new(2));
+    /// let y = SharedLayer::from_box(layer).apply(&Input::new(&[3])).unwrap();
+    /// assert_eq!(y.shape(), &[2]);
+    /// ```
+    pub fn from_box(layer: Box<dyn Layer>) -> Self {
+        SharedLayer(Arc::new(Mutex::new(layer)))
     }
 
     /// Locks the layer.
@@ -445,5 +459,429 @@ impl Layer for Functional {
     }
     fn losses(&self) -> Result<Vec<Tensor>> {
         Model::losses(self)
+    }
+}
+
+/// `[null, d1, d2, ...]`: a shape with the batch axis as `null`, as Keras writes `batch_shape`.
+pub(crate) fn batch_shape_json(shape: &[usize]) -> Value {
+    let mut v = vec![Value::Null];
+    v.extend(shape.iter().map(|d| json!(d)));
+    Value::Array(v)
+}
+
+/// The name (if any) and shape (batch axis excluded) in the config of an `InputLayer` entry:
+/// `{"batch_shape": [null, 4], "name": "input_layer"}` (the batch entry may also be an integer,
+/// which is ignored).
+pub(crate) fn input_layer_config(
+    what: &str,
+    config: &Value,
+) -> Result<(Option<String>, Vec<usize>)> {
+    let mut r = ConfigReader::new(what, config)?;
+    let name = r.opt_string("name")?;
+    let v = r.get("batch_shape").ok_or_else(|| {
+        Error::value(format!(
+            "invalid config of {what}: the required key `batch_shape` (e.g. [null, 784]) is missing; received {}",
+            short(config)
+        ))
+    })?;
+    let bad = || {
+        r.invalid(
+            "batch_shape",
+            "a list: null (the batch axis), then non-negative integers, e.g. [null, 28, 28, 1]",
+            v,
+        )
+    };
+    let dims = v.as_array().ok_or_else(bad)?;
+    let (batch, rest) = dims.split_first().ok_or_else(bad)?;
+    if !(batch.is_null() || batch.as_u64().is_some()) {
+        return Err(bad());
+    }
+    let shape = rest
+        .iter()
+        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(bad)?;
+    r.finish()?;
+    Ok((name, shape))
+}
+
+/// The `class_name` of a `{"class_name": ..., "config": ...}` object (a model's or a layer's).
+pub(crate) fn class_name_of<'a>(what: &str, value: &'a Value) -> Result<&'a str> {
+    value
+        .get("class_name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            Error::value(format!(
+                "{what} needs a string `class_name`; received {}",
+                short(value)
+            ))
+        })
+}
+
+/// Parses a model's JSON `{"class_name": <expected>, "config": {...}}` and returns its config.
+pub(crate) fn model_json_config(json_text: &str, expected: &str) -> Result<Value> {
+    let value: Value = serde_json::from_str(json_text).map_err(|e| {
+        Error::value(format!(
+            "malformed model JSON ({e}): expected an object {{\"class_name\": \"{expected}\", \"config\": {{...}}}}"
+        ))
+    })?;
+    let class = class_name_of("a model's JSON", &value)?;
+    if class != expected {
+        return Err(Error::value(format!(
+            "expected the JSON of a model of class `{expected}`, received class_name `{class}`{}",
+            if matches!(class, "Sequential" | "Functional") {
+                format!(
+                    " (use `{class}::from_json`, or `ferrokeras::io::model_from_json` for either)"
+                )
+            } else {
+                String::new()
+            }
+        )));
+    }
+    let mut value = value;
+    match value.get_mut("config").map(Value::take) {
+        Some(config) => Ok(config),
+        None => Err(Error::value(format!(
+            "the JSON of a `{expected}` model has no `config` object; received {}",
+            short(&value)
+        ))),
+    }
+}
+
+/// One node of a layer: the tensors it takes, as `[layer_name, node_index, tensor_index]`.
+type NodeRefs = Vec<(String, usize)>;
+
+fn tensor_ref(v: &Value, what: &str) -> Result<(String, usize)> {
+    let bad = || {
+        Error::value(format!(
+            "invalid {what}: a tensor reference must be [layer_name, node_index, 0]; received {}",
+            short(v)
+        ))
+    };
+    match v.as_array().map(Vec::as_slice) {
+        Some([Value::String(name), node, tensor]) => {
+            let node = node
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(bad)?;
+            if tensor.as_u64() != Some(0) {
+                return Err(bad());
+            }
+            Ok((name.clone(), node))
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn ref_json((name, node): &(String, usize)) -> Value {
+    json!([name, node, 0])
+}
+
+impl Functional {
+    /// The architecture as Keras's `get_config()`: the model's name, its layers (inputs first as
+    /// `InputLayer` entries, then every layer once, in the order they first run) with the nodes
+    /// each is applied at, and the input and output tensors. See
+    /// [`crate::io::save_model`] for the format.
+    ///
+    /// ```
+    /// use ferrokeras::prelude::*;
+    /// # fn main() -> ferrokeras::Result<()> {
+    /// let x = Input::named(&[3], "features");
+    /// let shared = SharedLayer::new(Dense::new(3).named("shared"));
+    /// let y = shared.apply(&shared.apply(&x)?)?;
+    /// let model = Functional::new(&[x], &[y])?.named("twice");
+    /// let c = model.get_config()?;
+    /// assert_eq!(c["name"], "twice");
+    /// assert_eq!(c["layers"][1]["inbound_nodes"], serde_json::json!([
+    ///     [["features", 0, 0]],
+    ///     [["shared", 0, 0]],
+    /// ]));
+    /// assert_eq!(c["output_layers"], serde_json::json!([["shared", 1, 0]]));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// A layer that cannot describe itself ([`Layer::config`] is `None`; named in the message),
+    /// or two layers or inputs with the same name.
+    pub fn get_config(&self) -> Result<Value> {
+        let mut refs: HashMap<usize, (String, usize)> = HashMap::new();
+        let mut names: HashMap<String, ()> = HashMap::new();
+        let mut unique = |name: &str| -> Result<()> {
+            if names.insert(name.to_string(), ()).is_some() {
+                return Err(Error::value(format!(
+                    "cannot describe model \"{}\": two of its layers or inputs are named `{name}`; names must be unique within a model to save it (rename one with `.named(...)`)",
+                    self.name
+                )));
+            }
+            Ok(())
+        };
+        let mut entries = Vec::new();
+        for i in &self.inputs {
+            let Node::Input { name } = &*i.node else {
+                return Err(Error::state("internal: a functional input is not an Input"));
+            };
+            unique(name)?;
+            refs.insert(i.id(), (name.clone(), 0));
+            entries.push(json!({
+                "class_name": "InputLayer",
+                "name": name,
+                "config": {"name": name, "batch_shape": batch_shape_json(&i.shape)},
+                "inbound_nodes": [],
+            }));
+        }
+        let mut nodes: HashMap<usize, Vec<Value>> = HashMap::new();
+        for t in &self.order {
+            if let Node::Layer { layer, inputs } = &*t.node {
+                let args = inputs
+                    .iter()
+                    .map(|x| {
+                        refs.get(&x.id()).map(ref_json).ok_or_else(|| {
+                            Error::state("internal: functional graph listed out of order")
+                        })
+                    })
+                    .collect::<Result<Vec<Value>>>()?;
+                let list = nodes.entry(layer.ptr()).or_default();
+                let index = list.len();
+                list.push(Value::Array(args));
+                refs.insert(t.id(), (layer.lock().name().to_string(), index));
+            }
+        }
+        for layer in &self.layers {
+            let l = layer.lock();
+            unique(l.name())?;
+            let mut entry = crate::layers::serialize(&**l)?;
+            entry["name"] = json!(l.name());
+            entry["inbound_nodes"] = Value::Array(nodes.remove(&layer.ptr()).unwrap_or_default());
+            entries.push(entry);
+        }
+        let tensor_refs = |ts: &[KerasTensor]| -> Result<Vec<Value>> {
+            ts.iter()
+                .map(|t| {
+                    refs.get(&t.id())
+                        .map(ref_json)
+                        .ok_or_else(|| Error::state("internal: functional tensor not listed"))
+                })
+                .collect()
+        };
+        Ok(json!({
+            "name": self.name,
+            "layers": entries,
+            "input_layers": tensor_refs(&self.inputs)?,
+            "output_layers": tensor_refs(&self.outputs)?,
+        }))
+    }
+
+    /// The architecture as JSON, `{"class_name": "Functional", "config": <get_config>}` (Keras's
+    /// `model.to_json()`). Weights are not included: see [`crate::io::save_model`].
+    ///
+    /// ```
+    /// use ferrokeras::prelude::*;
+    /// # fn main() -> ferrokeras::Result<()> {
+    /// let a = Input::new(&[4]);
+    /// let b = Input::new(&[4]);
+    /// let shared = SharedLayer::new(Dense::new(2));
+    /// let sum = Add::new().apply_many(&[shared.apply(&a)?, shared.apply(&b)?])?;
+    /// let model = Functional::new(&[a, b], &[sum])?;
+    /// let copy = Functional::from_json(&model.to_json()?)?;
+    /// assert_eq!(copy.to_json()?, model.to_json()?);
+    /// assert_eq!(copy.variables().len(), 2); // the Dense layer is still shared
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// See [`Functional::get_config`].
+    pub fn to_json(&self) -> Result<String> {
+        Ok(json!({"class_name": "Functional", "config": self.get_config()?}).to_string())
+    }
+
+    /// Rebuilds a model from [`Functional::to_json`]'s output: the same layers (names included),
+    /// shared layers still shared, with newly initialized weights.
+    ///
+    /// # Errors
+    /// Malformed JSON, another `class_name`, or what [`Functional::from_config`] rejects.
+    pub fn from_json(json_text: &str) -> Result<Self> {
+        Self::from_config(&model_json_config(json_text, "Functional")?)
+    }
+
+    /// Rebuilds a model from [`Functional::get_config`]'s output (Keras's `from_config`): layers
+    /// from the layer registry ([`crate::layers::from_config`]), applied node by node once the
+    /// tensors they take exist. Restored names are reserved
+    /// ([`crate::layers::reserve_name`]).
+    ///
+    /// # Errors
+    /// A config that is not an object with `layers`, `input_layers` and `output_layers`, an
+    /// unknown layer class, a bad layer config, a node that takes a tensor no layer produces, or a
+    /// duplicate name: the message names the layer.
+    pub fn from_config(config: &Value) -> Result<Self> {
+        let what = "model class `Functional`";
+        let mut r = ConfigReader::new(what, config)?;
+        let name = r.opt_string("name")?;
+        let mut list = |key: &str| -> Result<&Vec<Value>> {
+            let v = r.get(key).ok_or_else(|| {
+                Error::value(format!(
+                    "invalid config of {what}: the required key `{key}` is missing; received {}",
+                    short(config)
+                ))
+            })?;
+            v.as_array().ok_or_else(|| r.invalid(key, "a list", v))
+        };
+        let layers = list("layers")?;
+        let input_refs = list("input_layers")?;
+        let output_refs = list("output_layers")?;
+        r.finish()?;
+        let model_name = name.clone().unwrap_or_else(|| "functional".into());
+
+        struct Pending {
+            layer: SharedLayer,
+            name: String,
+            index: usize,
+            args: NodeRefs,
+        }
+        let mut tensors: HashMap<(String, usize), KerasTensor> = HashMap::new();
+        let mut names: HashMap<String, ()> = HashMap::new();
+        let mut pending: Vec<Pending> = Vec::new();
+        for (i, entry) in layers.iter().enumerate() {
+            let at = format!("layer entry {i} of functional model \"{model_name}\"");
+            let mut e = ConfigReader::new(&at, entry)?;
+            let class = e.opt_string("class_name")?.ok_or_else(|| {
+                Error::value(format!(
+                    "{at} needs a string `class_name`; received {}",
+                    short(entry)
+                ))
+            })?;
+            let entry_name = e.opt_string("name")?;
+            let layer_config = e.get("config").ok_or_else(|| {
+                Error::value(format!(
+                    "{at} (class `{class}`) needs a `config` object; received {}",
+                    short(entry)
+                ))
+            })?;
+            let inbound = match e.get("inbound_nodes") {
+                None => &[][..],
+                Some(v) => v.as_array().map(Vec::as_slice).ok_or_else(|| {
+                    e.invalid(
+                        "inbound_nodes",
+                        "a list of nodes, each a list of [layer_name, node_index, 0]",
+                        v,
+                    )
+                })?,
+            };
+            e.finish()?;
+            let layer_name = if class == "InputLayer" {
+                let (cfg_name, shape) =
+                    input_layer_config(&format!("the `InputLayer` config of {at}"), layer_config)?;
+                let name = entry_name
+                    .or(cfg_name)
+                    .ok_or_else(|| Error::value(format!("{at}: an `InputLayer` needs a `name`")))?;
+                if !inbound.is_empty() {
+                    return Err(Error::value(format!(
+                        "{at}: the InputLayer `{name}` cannot have inbound nodes; received {}",
+                        inbound.len()
+                    )));
+                }
+                crate::layers::reserve_name(&name);
+                tensors.insert((name.clone(), 0), Input::named(&shape, name.clone()));
+                name
+            } else {
+                let layer = crate::layers::from_config(&class, layer_config)
+                    .map_err(|err| Error::value(format!("{at}: {err}")))?;
+                let name = layer.name().to_string();
+                if let Some(n) = entry_name.filter(|n| *n != name) {
+                    return Err(Error::value(format!(
+                        "{at}: the entry is named `{n}`, but its layer config names the layer `{name}`"
+                    )));
+                }
+                let shared = SharedLayer::from_box(layer);
+                for (index, node) in inbound.iter().enumerate() {
+                    let node_what = format!("node {index} of layer `{name}`");
+                    let args = node
+                        .as_array()
+                        .ok_or_else(|| {
+                            Error::value(format!(
+                                "invalid {node_what}: expected a list of tensor references [layer_name, node_index, 0]; received {}",
+                                short(node)
+                            ))
+                        })?
+                        .iter()
+                        .map(|a| tensor_ref(a, &node_what))
+                        .collect::<Result<NodeRefs>>()?;
+                    if args.is_empty() {
+                        return Err(Error::value(format!(
+                            "invalid {node_what}: a node takes at least one tensor"
+                        )));
+                    }
+                    pending.push(Pending {
+                        layer: shared.clone(),
+                        name: name.clone(),
+                        index,
+                        args,
+                    });
+                }
+                name
+            };
+            if names.insert(layer_name.clone(), ()).is_some() {
+                return Err(Error::value(format!(
+                    "{at}: two layers of functional model \"{model_name}\" are named `{layer_name}`; layer names must be unique within a model"
+                )));
+            }
+        }
+        // Apply the nodes once their inputs exist (a shared layer's later node may take the output
+        // of a layer listed after it).
+        while !pending.is_empty() {
+            let before = pending.len();
+            let mut waiting = Vec::new();
+            for p in pending {
+                let args: Option<Vec<KerasTensor>> =
+                    p.args.iter().map(|a| tensors.get(a).cloned()).collect();
+                match args {
+                    Some(args) => {
+                        let out = p.layer.apply_many(&args).map_err(|e| {
+                            Error::value(format!(
+                                "functional model \"{model_name}\": applying node {} of layer `{}` failed: {e}",
+                                p.index, p.name
+                            ))
+                        })?;
+                        tensors.insert((p.name, p.index), out);
+                    }
+                    None => waiting.push(p),
+                }
+            }
+            if waiting.len() == before {
+                let p = &waiting[0];
+                let missing = p
+                    .args
+                    .iter()
+                    .find(|a| !tensors.contains_key(*a))
+                    .map(ref_json)
+                    .unwrap_or(Value::Null);
+                return Err(Error::value(format!(
+                    "functional model \"{model_name}\": node {} of layer `{}` takes the tensor {missing}, which no input or layer node of the model produces (or the nodes form a cycle)",
+                    p.index, p.name
+                )));
+            }
+            pending = waiting;
+        }
+        let resolve = |key: &str, list: &[Value]| -> Result<Vec<KerasTensor>> {
+            list.iter()
+                .map(|v| {
+                    let what = format!("`{key}` entry of functional model \"{model_name}\"");
+                    let r = tensor_ref(v, &what)?;
+                    tensors.get(&r).cloned().ok_or_else(|| {
+                        Error::value(format!(
+                            "invalid {what}: no input or layer node produces the tensor {}",
+                            ref_json(&r)
+                        ))
+                    })
+                })
+                .collect()
+        };
+        let inputs = resolve("input_layers", input_refs)?;
+        let outputs = resolve("output_layers", output_refs)?;
+        let mut model = Functional::new(&inputs, &outputs)?;
+        if let Some(n) = name {
+            crate::layers::reserve_name(&n);
+            model = model.named(n);
+        }
+        Ok(model)
     }
 }

@@ -1,9 +1,12 @@
 //! `Sequential`: a plain stack of layers.
 
 use candle_core::Tensor;
+use serde_json::{Value, json};
 
 use super::Model;
+use super::functional::{batch_shape_json, class_name_of, input_layer_config, model_json_config};
 use crate::data::Data;
+use crate::layers::config::{ConfigReader, short};
 use crate::layers::{Layer, LayerSummary, check_input, unique_name};
 use crate::tape::Variable;
 use crate::{Error, Result};
@@ -176,6 +179,133 @@ impl Sequential {
     /// The summary table.
     pub fn summary(&self) -> String {
         Model::summary(self)
+    }
+
+    /// The architecture as Keras's `get_config()`: `{"name": ..., "layers": [...]}`, where the
+    /// layers start with `{"class_name": "InputLayer", "config": {"batch_shape": [null, ...]}}`
+    /// when the input shape is known, followed by one `{"class_name": ..., "config": ...}` per
+    /// layer ([`Layer::config`]).
+    ///
+    /// ```
+    /// use ferrokeras::prelude::*;
+    /// # fn main() -> ferrokeras::Result<()> {
+    /// let model = Sequential::new().named("mlp").input(&[3]).add(Dense::new(2).named("out"));
+    /// let c = model.get_config()?;
+    /// assert_eq!(c["layers"][0]["config"]["batch_shape"], serde_json::json!([null, 3]));
+    /// assert_eq!(c["layers"][1]["class_name"], "Dense");
+    /// assert_eq!(c["layers"][1]["config"]["name"], "out");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// A layer that cannot describe itself ([`Layer::config`] is `None`); the message names it and
+    /// its class.
+    pub fn get_config(&self) -> Result<Value> {
+        let mut layers = Vec::new();
+        if let Some(shape) = &self.input_shape {
+            layers.push(json!({
+                "class_name": "InputLayer",
+                "config": {"batch_shape": batch_shape_json(shape)},
+            }));
+        }
+        for l in &self.layers {
+            layers.push(crate::layers::serialize(l.as_ref())?);
+        }
+        Ok(json!({"name": self.name, "layers": layers}))
+    }
+
+    /// The architecture as JSON, `{"class_name": "Sequential", "config": <get_config>}` (Keras's
+    /// `model.to_json()`). Weights are not included: see [`crate::io::save_model`].
+    ///
+    /// ```
+    /// use ferrokeras::prelude::*;
+    /// # fn main() -> ferrokeras::Result<()> {
+    /// let model = Sequential::new()
+    ///     .input(&[8])
+    ///     .add(Dense::new(4).activation("relu")?.kernel_regularizer(Regularizer::L2(1e-4)))
+    ///     .add(Dropout::new(0.5)?)
+    ///     .add(Dense::new(1));
+    /// let json = model.to_json()?;
+    /// let copy = Sequential::from_json(&json)?; // same architecture, fresh weights
+    /// assert_eq!(copy.to_json()?, json);
+    /// assert_eq!(copy.count_params(), model.count_params());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// See [`Sequential::get_config`].
+    pub fn to_json(&self) -> Result<String> {
+        Ok(json!({"class_name": "Sequential", "config": self.get_config()?}).to_string())
+    }
+
+    /// Rebuilds a model from [`Sequential::to_json`]'s output, with newly initialized weights
+    /// (built when the JSON has an input shape).
+    ///
+    /// # Errors
+    /// Malformed JSON, another `class_name`, or what [`Sequential::from_config`] rejects.
+    pub fn from_json(json_text: &str) -> Result<Self> {
+        Self::from_config(&model_json_config(json_text, "Sequential")?)
+    }
+
+    /// Rebuilds a model from [`Sequential::get_config`]'s output (Keras's `from_config`): each
+    /// layer from the layer registry ([`crate::layers::from_config`]). Restored names are
+    /// reserved ([`crate::layers::reserve_name`]).
+    ///
+    /// # Errors
+    /// A config that is not an object, an `InputLayer` anywhere but first, an unknown layer class
+    /// or a bad layer config (the message gives the layer's position), or layers that cannot take
+    /// the declared input shape.
+    pub fn from_config(config: &Value) -> Result<Self> {
+        let mut r = ConfigReader::new("model class `Sequential`", config)?;
+        let name = r.opt_string("name")?;
+        let layers = match r.get("layers") {
+            None => &[][..],
+            Some(v) => v
+                .as_array()
+                .map(Vec::as_slice)
+                .ok_or_else(|| r.invalid("layers", "a list of layer entries", v))?,
+        };
+        r.finish()?;
+        let mut model = match name {
+            Some(n) => {
+                crate::layers::reserve_name(&n);
+                Self {
+                    name: n,
+                    layers: Vec::new(),
+                    input_shape: None,
+                    shapes: Vec::new(),
+                    error: None,
+                }
+            }
+            None => Self::new(),
+        };
+        for (i, entry) in layers.iter().enumerate() {
+            let at = format!("layer entry {i} of Sequential model \"{}\"", model.name);
+            let class = class_name_of(&at, entry)?;
+            if class == "InputLayer" {
+                if i != 0 {
+                    return Err(Error::value(format!(
+                        "{at}: an `InputLayer` can only be the first entry of a Sequential model's layers"
+                    )));
+                }
+                let config = entry.get("config").ok_or_else(|| {
+                    Error::value(format!(
+                        "{at} needs a `config` object; received {}",
+                        short(entry)
+                    ))
+                })?;
+                let (_, shape) = input_layer_config(&format!("the `InputLayer` of {at}"), config)?;
+                model = model.input(&shape);
+                continue;
+            }
+            let layer = crate::layers::deserialize(entry)
+                .map_err(|e| Error::value(format!("{at}: {e}")))?;
+            model.push(layer);
+        }
+        if model.input_shape.is_some() {
+            model.build()?;
+        }
+        Ok(model)
     }
 }
 

@@ -1,0 +1,407 @@
+//! Whole-model files: the architecture as JSON and the weights, in one safetensors file.
+//!
+//! The format is described at [`save_model`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::Tensor;
+use serde_json::Value;
+
+use super::checkpoint::{TensorFile, read_tensors, write_tensors};
+use crate::data::Data;
+use crate::layers::LayerSummary;
+use crate::model::{Functional, Model, Sequential};
+use crate::tape::Variable;
+use crate::{Error, Result};
+
+/// The metadata key that holds the architecture.
+pub const MODEL_CONFIG_KEY: &str = "model_config";
+/// The `format` metadata of a model file.
+pub const MODEL_FORMAT: &str = "ferrokeras.model";
+/// The version of the model file format that this crate writes and reads.
+pub const MODEL_FORMAT_VERSION: u32 = 1;
+
+/// A model whose architecture can be described as JSON and rebuilt: [`Sequential`],
+/// [`Functional`] and [`LoadedModel`].
+pub trait SavableModel: Model {
+    /// The architecture, `{"class_name": ..., "config": {...}}` (what `to_json` writes).
+    ///
+    /// # Errors
+    /// A layer that cannot describe itself; the message names it and its class.
+    fn model_config(&self) -> Result<Value>;
+}
+
+impl SavableModel for Sequential {
+    fn model_config(&self) -> Result<Value> {
+        Ok(serde_json::json!({"class_name": "Sequential", "config": self.get_config()?}))
+    }
+}
+
+impl SavableModel for Functional {
+    fn model_config(&self) -> Result<Value> {
+        Ok(serde_json::json!({"class_name": "Functional", "config": self.get_config()?}))
+    }
+}
+
+impl SavableModel for LoadedModel {
+    fn model_config(&self) -> Result<Value> {
+        match self {
+            LoadedModel::Sequential(m) => m.model_config(),
+            LoadedModel::Functional(m) => m.model_config(),
+        }
+    }
+}
+
+/// A model rebuilt by [`load_model`] or [`model_from_json`]: whichever class the file holds.
+///
+/// It implements [`Model`] (so it compiles, fits, evaluates and predicts as the original did)
+/// and [`SavableModel`]; match on it, or use [`LoadedModel::into_sequential`] /
+/// [`LoadedModel::into_functional`], to get the concrete model back.
+///
+/// ```
+/// use ferrokeras::io::{LoadedModel, model_from_json};
+/// use ferrokeras::prelude::*;
+/// # fn main() -> ferrokeras::Result<()> {
+/// let json = Sequential::new().input(&[2]).add(Dense::new(1)).to_json()?;
+/// match model_from_json(&json)? {
+///     LoadedModel::Sequential(m) => assert_eq!(m.layers().len(), 1),
+///     LoadedModel::Functional(_) => unreachable!(),
+/// }
+/// # Ok(()) }
+/// ```
+pub enum LoadedModel {
+    /// A `"Sequential"` model.
+    Sequential(Sequential),
+    /// A `"Functional"` model.
+    Functional(Functional),
+}
+
+impl LoadedModel {
+    /// `"Sequential"` or `"Functional"`.
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            LoadedModel::Sequential(_) => "Sequential",
+            LoadedModel::Functional(_) => "Functional",
+        }
+    }
+
+    /// Rebuilds a model from `{"class_name": "Sequential" | "Functional", "config": {...}}`, with
+    /// newly initialized weights.
+    ///
+    /// # Errors
+    /// Another `class_name`, or a config that the class's `from_config` rejects.
+    pub fn from_config(value: &Value) -> Result<Self> {
+        let class = value
+            .get("class_name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                Error::value(format!(
+                    "a model's architecture needs a string `class_name` (\"Sequential\" or \"Functional\"); received {}",
+                    crate::layers::config::short(value)
+                ))
+            })?;
+        let config = value.get("config").ok_or_else(|| {
+            Error::value(format!(
+                "the architecture of a `{class}` model needs a `config` object"
+            ))
+        })?;
+        match class {
+            "Sequential" => Sequential::from_config(config).map(LoadedModel::Sequential),
+            "Functional" => Functional::from_config(config).map(LoadedModel::Functional),
+            other => Err(Error::value(format!(
+                "Unknown model class `{other}`: expected \"Sequential\" or \"Functional\""
+            ))),
+        }
+    }
+
+    /// The Sequential model, or `Err(self)` for another class.
+    ///
+    /// # Errors
+    /// `self` back when it is not Sequential.
+    pub fn into_sequential(self) -> std::result::Result<Sequential, Self> {
+        match self {
+            LoadedModel::Sequential(m) => Ok(m),
+            other => Err(other),
+        }
+    }
+
+    /// The functional model, or `Err(self)` for another class.
+    ///
+    /// # Errors
+    /// `self` back when it is not Functional.
+    pub fn into_functional(self) -> std::result::Result<Functional, Self> {
+        match self {
+            LoadedModel::Functional(m) => Ok(m),
+            other => Err(other),
+        }
+    }
+
+    fn inner(&self) -> &dyn Model {
+        match self {
+            LoadedModel::Sequential(m) => m,
+            LoadedModel::Functional(m) => m,
+        }
+    }
+
+    fn inner_mut(&mut self) -> &mut dyn Model {
+        match self {
+            LoadedModel::Sequential(m) => m,
+            LoadedModel::Functional(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LoadedModel::{}(\"{}\")", self.class_name(), self.name())
+    }
+}
+
+impl Model for LoadedModel {
+    fn call(&mut self, x: &Data, training: bool) -> Result<Data> {
+        self.inner_mut().call(x, training)
+    }
+    fn variables(&self) -> Vec<Variable> {
+        self.inner().variables()
+    }
+    fn name(&self) -> &str {
+        match self {
+            LoadedModel::Sequential(m) => m.name(),
+            LoadedModel::Functional(m) => m.name(),
+        }
+    }
+    fn losses(&self) -> Result<Vec<Tensor>> {
+        self.inner().losses()
+    }
+    fn summary_rows(&self) -> Vec<LayerSummary> {
+        self.inner().summary_rows()
+    }
+    fn named_variables(&self) -> Vec<(String, Variable)> {
+        self.inner().named_variables()
+    }
+}
+
+/// Rebuilds a model from its JSON architecture (Keras's `keras.models.model_from_json`), with
+/// newly initialized weights: `Sequential::to_json` or `Functional::to_json` output.
+///
+/// ```
+/// use ferrokeras::prelude::*;
+/// # fn main() -> ferrokeras::Result<()> {
+/// let x = Input::new(&[4]);
+/// let model = Functional::new(&[x.clone()], &[Dense::new(2).apply(&x)?])?;
+/// let copy = ferrokeras::io::model_from_json(&model.to_json()?)?;
+/// assert_eq!(copy.class_name(), "Functional");
+/// assert!(ferrokeras::io::model_from_json("{not json").is_err());
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// Malformed JSON, an unknown model or layer class, or a bad config (see
+/// [`Sequential::from_config`] and [`Functional::from_config`]).
+pub fn model_from_json(json_text: &str) -> Result<LoadedModel> {
+    let value: Value = serde_json::from_str(json_text).map_err(|e| {
+        Error::value(format!(
+            "malformed model JSON ({e}): expected an object {{\"class_name\": \"Sequential\" or \"Functional\", \"config\": {{...}}}}"
+        ))
+    })?;
+    LoadedModel::from_config(&value)
+}
+
+/// Saves a whole model, architecture and weights, in one safetensors file (format below).
+/// [`load_model`] rebuilds it without the code that built it.
+///
+/// A compiled model ([`Trainer`](crate::Trainer)) is saved through its model:
+/// `save_model(trainer.model(), path)`. The optimizer state and the compile options are not saved
+/// (use [`save_checkpoint`](super::save_checkpoint) to resume training).
+///
+/// # File format
+/// A `save_model` file is a safetensors file (readable by Python's `safetensors` package as it
+/// is) with
+/// - one tensor per variable, named by its structural name (`dense/kernel`, `dense_1/bias`,
+///   `batch_normalization/moving_mean`, ...), exactly as [`save_weights`](super::save_weights)
+///   writes them, so the file also loads with [`load_weights`](super::load_weights) into a model
+///   built in code;
+/// - string metadata: `format` = `ferrokeras.model`, `format_version` = `1`, `model_config` =
+///   the architecture as compact JSON, and the data checksum every ferrokeras file carries.
+///
+/// `model_config` is Keras-like, `{"class_name": "Sequential" | "Functional", "config": {...}}`:
+/// - Sequential: `{"name": "sequential", "layers": [{"class_name": "InputLayer", "config":
+///   {"batch_shape": [null, 784]}}, {"class_name": "Dense", "config": {"name": "dense", "units":
+///   64, "activation": "relu", "use_bias": true, "kernel_regularizer": null, "bias_regularizer":
+///   null}}, ...]}` (the `InputLayer` entry is present when the input shape is known).
+/// - Functional: `{"name": ..., "layers": [...], "input_layers": [...], "output_layers": [...]}`.
+///   Each layer entry is `{"class_name", "name", "config", "inbound_nodes"}`: inputs first
+///   (`InputLayer`, config `{"name", "batch_shape"}`, no nodes), then every layer once, in the
+///   order it first runs. `inbound_nodes` lists each application of the layer (a shared layer
+///   has several), in order; a node is the list of tensors it takes, each a reference
+///   `[layer_name, node_index, 0]` to the output of node `node_index` of layer `layer_name` (an
+///   input is node 0 of its `InputLayer`). `input_layers` and `output_layers` are such references.
+///
+/// Layer configs are what [`Layer::config`](crate::layers::Layer::config) returns: the
+/// constructor arguments under Keras's names, with regularizers as `{"class_name": "L2",
+/// "config": {"l2": 0.01}}`.
+///
+/// ```
+/// use ferrokeras::prelude::*;
+/// # fn main() -> ferrokeras::Result<()> {
+/// let mut model = Sequential::new()
+///     .input(&[3])
+///     .add(Dense::new(8).activation("relu")?)
+///     .add(Dense::new(1));
+/// let path = std::env::temp_dir().join("ferrokeras-doc-model.safetensors");
+/// ferrokeras::io::save_model(&model, &path)?;
+///
+/// let mut loaded = ferrokeras::io::load_model(&path)?;
+/// let x = Data::from(candle_core::Tensor::ones((2, 3), candle_core::DType::F32, &candle_core::Device::Cpu)?);
+/// let a = model.call(&x, false)?.tensor()?.to_vec2::<f32>()?;
+/// let b = loaded.call(&x, false)?.tensor()?.to_vec2::<f32>()?;
+/// assert_eq!(a, b);
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// A layer that cannot describe itself (its class is named: nested models and layers without
+/// [`Layer::config`](crate::layers::Layer::config)), two variables with the same structural
+/// name, or an unwritable path.
+pub fn save_model(model: &dyn SavableModel, path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    let config = model.model_config()?;
+    let mut file = TensorFile::default();
+    for (name, v) in model.named_variables() {
+        if file.tensors.insert(name.clone(), v.value()).is_some() {
+            return Err(Error::value(format!(
+                "cannot save model \"{}\": two of its variables have the structural name `{name}`",
+                model.name()
+            )));
+        }
+    }
+    file.metadata.insert("format".into(), MODEL_FORMAT.into());
+    file.metadata
+        .insert("format_version".into(), MODEL_FORMAT_VERSION.to_string());
+    file.metadata
+        .insert(MODEL_CONFIG_KEY.into(), config.to_string());
+    write_tensors(path, &file)
+}
+
+/// Loads a model saved by [`save_model`]: rebuilds the architecture from the file's JSON (layers
+/// from the registry [`crate::layers::from_config`], names restored), builds it, and assigns the
+/// saved weights. Predictions equal the saved model's exactly.
+///
+/// Returns a [`LoadedModel`]: an enum of the two savable classes, which implements [`Model`]
+/// itself. The model lives on the CPU. Building draws initial values from the global random
+/// generator, as building the model in code does, before the saved weights replace them. The
+/// restored layer and model names are reserved
+/// ([`crate::layers::reserve_name`]): automatic names made later in the process do not repeat
+/// them.
+///
+/// # Errors
+/// A missing, corrupt or truncated file; a file without an architecture (a weights file from
+/// `save_weights` or a checkpoint: use `load_weights` / `load_checkpoint` on a model built in
+/// code); a newer format version; malformed JSON, an unknown model or layer class, or a bad
+/// config; weights that do not match the architecture (the first missing, extra or
+/// differently shaped tensor is named).
+pub fn load_model(path: impl AsRef<Path>) -> Result<LoadedModel> {
+    let path = path.as_ref();
+    let file = read_tensors(path)?;
+    let json = architecture_of(&file, path)?;
+    let value: Value = serde_json::from_str(json).map_err(|e| {
+        Error::value(format!(
+            "`{}` holds a malformed architecture ({e}): expected the JSON object {{\"class_name\": \"Sequential\" or \"Functional\", \"config\": {{...}}}} written by `save_model`",
+            path.display()
+        ))
+    })?;
+    let model = LoadedModel::from_config(&value).map_err(|e| {
+        Error::value(format!(
+            "cannot rebuild the model saved in `{}`: {e}",
+            path.display()
+        ))
+    })?;
+    assign_exact(&model, &file.tensors, path)?;
+    Ok(model)
+}
+
+/// The architecture JSON of a file, with an error that says what the file is when it has none.
+fn architecture_of<'a>(file: &'a TensorFile, path: &Path) -> Result<&'a str> {
+    let format = file.metadata.get("format").map(String::as_str);
+    if let Some(v) = file.metadata.get("format_version")
+        && format == Some(MODEL_FORMAT)
+    {
+        match v.parse::<u32>() {
+            Ok(n) if n <= MODEL_FORMAT_VERSION => {}
+            _ => {
+                return Err(Error::value(format!(
+                    "`{}` is a model file of format version {v}, but this version of ferrokeras reads versions up to {MODEL_FORMAT_VERSION}; upgrade ferrokeras",
+                    path.display()
+                )));
+            }
+        }
+    }
+    file.metadata
+        .get(MODEL_CONFIG_KEY)
+        .map(String::as_str)
+        .ok_or_else(|| {
+            let what = match format {
+                Some("ferrokeras.weights") => {
+                    "a weights-only file (format `ferrokeras.weights`, written by `save_weights`): build the model in code and use `ferrokeras::io::load_weights`".to_string()
+                }
+                Some("ferrokeras.checkpoint") => {
+                    "a training checkpoint (format `ferrokeras.checkpoint`): build the model in code and use `load_checkpoint`".to_string()
+                }
+                Some(other) => format!("a file of format `{other}`"),
+                None => format!(
+                    "a safetensors file without a `format` entry (metadata keys: {})",
+                    if file.metadata.is_empty() {
+                        "none".to_string()
+                    } else {
+                        file.metadata.keys().cloned().collect::<Vec<_>>().join(", ")
+                    }
+                ),
+            };
+            Error::value(format!(
+                "`{}` holds no model architecture: expected a file written by `ferrokeras::io::save_model` (format `{MODEL_FORMAT}`, with the metadata entry `{MODEL_CONFIG_KEY}`), but it is {what}",
+                path.display()
+            ))
+        })
+}
+
+/// Assigns every tensor to the variable of the same structural name, after checking that the
+/// names are exactly the model's and every shape matches (nothing is assigned otherwise).
+fn assign_exact(model: &dyn Model, tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+    let vars = model.named_variables();
+    let mismatch = |why: String| {
+        Error::value(format!(
+            "the weights in `{}` do not match its architecture: {why}",
+            path.display()
+        ))
+    };
+    for (name, v) in &vars {
+        match tensors.get(name) {
+            None => {
+                return Err(mismatch(format!(
+                    "the model has a variable `{name}` (shape {:?}) that the file has no tensor for",
+                    v.shape().dims()
+                )));
+            }
+            Some(t) if t.dims() != v.shape().dims() => {
+                return Err(mismatch(format!(
+                    "tensor `{name}` has shape {:?} in the file but {:?} in the model",
+                    t.dims(),
+                    v.shape().dims()
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(extra) = tensors.keys().find(|k| !vars.iter().any(|(n, _)| n == *k)) {
+        return Err(mismatch(format!(
+            "the file has a tensor `{extra}` that the model does not have"
+        )));
+    }
+    for (name, v) in &vars {
+        if let Some(t) = tensors.get(name) {
+            v.assign(&t.to_device(v.as_tensor().device())?)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,729 @@
+//! Layer configurations: the JSON a layer describes itself with ([`Layer::config`]) and the
+//! registry that rebuilds a layer from it ([`from_config`]).
+//!
+//! A configuration is a JSON object of the layer's constructor arguments, named as Keras names
+//! them (`{"name": "dense", "units": 4, "activation": "relu", "use_bias": true, ...}`). Missing
+//! optional keys take the constructor's default; a missing `name` gets a fresh automatic name.
+//! Unknown keys are an error (rather than silently ignored options).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, OnceLock};
+
+use serde_json::{Map, Value, json};
+
+use super::{
+    Activation, ActivationLayer, Add, AveragePooling2D, BatchNormalization, Concatenate, Conv2D,
+    Conv2DTranspose, DataFormat, Dense, Dropout, Flatten, GlobalAveragePooling2D,
+    GlobalMaxPooling2D, Layer, LeakyReLU, MaxPooling2D, Padding, ReLU, Regularizer, Reshape,
+    UpSampling2D, reserve_name,
+};
+use crate::{Error, Result};
+
+/// The class names [`from_config`] knows without registration.
+pub const BUILTIN_LAYERS: &[&str] = &[
+    "Activation",
+    "Add",
+    "AveragePooling2D",
+    "BatchNormalization",
+    "Concatenate",
+    "Conv2D",
+    "Conv2DTranspose",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D",
+    "LeakyReLU",
+    "MaxPooling2D",
+    "ReLU",
+    "Reshape",
+    "UpSampling2D",
+];
+
+/// A constructor for a registered layer class: builds the layer from its configuration.
+pub type LayerConstructor = fn(&Value) -> Result<Box<dyn Layer>>;
+
+fn registry() -> &'static Mutex<BTreeMap<String, LayerConstructor>> {
+    static REGISTRY: OnceLock<Mutex<BTreeMap<String, LayerConstructor>>> = OnceLock::new();
+    REGISTRY.get_or_init(|| Mutex::new(BTreeMap::new()))
+}
+
+/// Registers a layer class of your own, so that [`from_config`] (and so
+/// [`load_model`](crate::io::load_model)) can rebuild it (Keras's `register_keras_serializable`).
+/// The layer must also implement [`Layer::config`]. Registering a class again replaces the
+/// constructor.
+///
+/// ```
+/// use candle_core::Tensor;
+/// use ferrokeras::layers::{Layer, from_config, register_layer};
+/// use ferrokeras::Result;
+///
+/// struct Scale { name: String, factor: f64 }
+/// impl Layer for Scale {
+///     fn name(&self) -> &str { &self.name }
+///     fn class_name(&self) -> &str { "Scale" }
+///     fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> { Ok((x * self.factor)?) }
+///     fn compute_output_shape(&self, s: &[usize]) -> Result<Vec<usize>> { Ok(s.to_vec()) }
+///     fn config(&self) -> Option<serde_json::Value> {
+///         Some(serde_json::json!({"name": self.name, "factor": self.factor}))
+///     }
+/// }
+/// fn scale_from_config(c: &serde_json::Value) -> Result<Box<dyn Layer>> {
+///     let bad = || ferrokeras::Error::value(format!("bad Scale config: {c}"));
+///     Ok(Box::new(Scale {
+///         name: c["name"].as_str().ok_or_else(bad)?.to_string(),
+///         factor: c["factor"].as_f64().ok_or_else(bad)?,
+///     }))
+/// }
+/// register_layer("Scale", scale_from_config).unwrap();
+/// let layer = Scale { name: "scale".into(), factor: 2.0 };
+/// let again = from_config("Scale", &layer.config().unwrap()).unwrap();
+/// assert_eq!(again.name(), "scale");
+/// ```
+///
+/// # Errors
+/// A built-in class name ([`BUILTIN_LAYERS`]), which cannot be replaced.
+pub fn register_layer(class_name: &str, constructor: LayerConstructor) -> Result<()> {
+    if BUILTIN_LAYERS.contains(&class_name) {
+        return Err(Error::value(format!(
+            "cannot register layer class `{class_name}`: it is a built-in layer class; choose another class name"
+        )));
+    }
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(class_name.to_string(), constructor);
+    Ok(())
+}
+
+/// Rebuilds a layer from its class name and configuration (what [`Layer::class_name`] and
+/// [`Layer::config`] return). The layer is not built: its variables are created on first use.
+/// The saved name is restored and reserved (see [`reserve_name`]).
+///
+/// ```
+/// use ferrokeras::layers::{Dense, Layer, Regularizer, from_config};
+/// let dense = Dense::new(4).activation("relu").unwrap().kernel_regularizer(Regularizer::L2(0.01));
+/// let copy = from_config("Dense", &dense.config().unwrap()).unwrap();
+/// assert_eq!(copy.name(), Layer::name(&dense)); // `Dense::name` is also a builder
+/// assert_eq!(copy.config(), dense.config());
+/// assert!(from_config("Dense", &serde_json::json!({"units": "four"})).is_err());
+/// assert!(from_config("Densse", &serde_json::json!({})).is_err());
+/// ```
+///
+/// # Errors
+/// An unknown class name (neither built in nor registered with [`register_layer`]), or a
+/// configuration that is not an object, lacks a required key, has a key of the wrong type or an
+/// unknown key: the message names the class, the key, what was expected and what was received.
+pub fn from_config(class_name: &str, config: &Value) -> Result<Box<dyn Layer>> {
+    let layer = builtin(class_name, config)?;
+    let layer = match layer {
+        Some(l) => l,
+        None => {
+            let ctor = registry()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(class_name)
+                .copied();
+            match ctor {
+                Some(ctor) => ctor(config)?,
+                None => {
+                    let registered: Vec<String> = registry()
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .keys()
+                        .cloned()
+                        .collect();
+                    return Err(Error::value(format!(
+                        "Unknown layer class `{class_name}`. Expected one of the built-in layers ({}){}; register your own layer classes with `ferrokeras::layers::register_layer`",
+                        BUILTIN_LAYERS.join(", "),
+                        if registered.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" or a registered class ({})", registered.join(", "))
+                        }
+                    )));
+                }
+            }
+        }
+    };
+    reserve_name(layer.name());
+    Ok(layer)
+}
+
+/// A layer's `{"class_name": ..., "config": {...}}` (Keras's `keras.layers.serialize`).
+///
+/// ```
+/// use ferrokeras::layers::{Dropout, serialize, deserialize};
+/// let v = serialize(&Dropout::new(0.25).unwrap()).unwrap();
+/// assert_eq!(v["class_name"], "Dropout");
+/// assert_eq!(v["config"]["rate"], 0.25);
+/// assert_eq!(deserialize(&v).unwrap().config().unwrap(), v["config"]);
+/// ```
+///
+/// # Errors
+/// A layer whose [`Layer::config`] is `None`; the message names its class.
+pub fn serialize(layer: &dyn Layer) -> Result<Value> {
+    match layer.config() {
+        Some(config) => Ok(json!({"class_name": layer.class_name(), "config": config})),
+        None if matches!(layer.class_name(), "Sequential" | "Functional") => {
+            Err(Error::value(format!(
+                "cannot save layer `{}` of class `{}`: nested models are not supported by model saving; save the inner model on its own, or rebuild the outer model in code and use `save_weights`",
+                layer.name(),
+                layer.class_name()
+            )))
+        }
+        None => Err(Error::value(format!(
+            "cannot save layer `{}` of class `{}`: it does not describe itself (`Layer::config` returns None). Implement `config` for it and register the class with `ferrokeras::layers::register_layer`",
+            layer.name(),
+            layer.class_name()
+        ))),
+    }
+}
+
+/// Rebuilds a layer from `{"class_name": ..., "config": {...}}` (Keras's
+/// `keras.layers.deserialize`); see [`serialize`].
+///
+/// # Errors
+/// A value without a string `class_name` or an object `config`, or what [`from_config`] rejects.
+pub fn deserialize(value: &Value) -> Result<Box<dyn Layer>> {
+    let class = value
+        .get("class_name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            Error::value(format!(
+                "a layer entry needs a string `class_name`; received {}",
+                short(value)
+            ))
+        })?;
+    let config = value.get("config").ok_or_else(|| {
+        Error::value(format!(
+            "the entry of layer class `{class}` needs a `config` object; received {}",
+            short(value)
+        ))
+    })?;
+    from_config(class, config)
+}
+
+fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
+    let mut c = ConfigReader::new(&format!("layer class `{class}`"), config)?;
+    let name = c.opt_string("name")?;
+    let layer: Box<dyn Layer> = match class {
+        "Dense" => {
+            let mut d = Dense::new(c.req_usize("units")?)
+                .with_activation(c.activation("activation")?)
+                .use_bias(c.bool_or("use_bias", true)?);
+            if let Some(r) = c.regularizer("kernel_regularizer")? {
+                d = d.kernel_regularizer(r);
+            }
+            if let Some(r) = c.regularizer("bias_regularizer")? {
+                d = d.bias_regularizer(r);
+            }
+            Box::new(named(d, name, Dense::named))
+        }
+        "Activation" => {
+            let a = c.activation("activation")?;
+            Box::new(named(
+                ActivationLayer::from_activation(a),
+                name,
+                ActivationLayer::named,
+            ))
+        }
+        "ReLU" => Box::new(named(ReLU::new(), name, ReLU::named)),
+        "LeakyReLU" => {
+            let slope = c.f32_or("negative_slope", 0.3)?;
+            Box::new(named(LeakyReLU::new(slope), name, LeakyReLU::named))
+        }
+        "Dropout" => {
+            let rate = c.req_f32("rate")?;
+            Box::new(named(Dropout::new(rate)?, name, Dropout::named))
+        }
+        "Flatten" => Box::new(named(Flatten::new(), name, Flatten::named)),
+        "Reshape" => {
+            let target = c.req_i64_list("target_shape")?;
+            Box::new(named(Reshape::new(&target), name, Reshape::named))
+        }
+        "Concatenate" => {
+            let axis = c.isize_or("axis", -1)?;
+            Box::new(named(
+                Concatenate::new().axis(axis),
+                name,
+                Concatenate::named,
+            ))
+        }
+        "Add" => Box::new(named(Add::new(), name, Add::named)),
+        "Conv2D" | "Conv2DTranspose" => {
+            let filters = c.req_usize("filters")?;
+            let kernel = c.req_pair("kernel_size")?;
+            let strides = c.square_or("strides", 1)?;
+            let padding = c.padding("padding")?;
+            let dilation = c.square_or("dilation_rate", 1)?;
+            let activation = c.activation("activation")?;
+            let use_bias = c.bool_or("use_bias", true)?;
+            let data_format = c.data_format("data_format")?;
+            if class == "Conv2D" {
+                let mut l = Conv2D::new(filters, kernel)
+                    .strides(strides)
+                    .dilation_rate(dilation)
+                    .use_bias(use_bias)
+                    .data_format(data_format)
+                    .with_activation(activation)
+                    .padding(padding_str(padding))?;
+                if let Some(n) = name {
+                    l = l.named(n);
+                }
+                Box::new(l)
+            } else {
+                let output_padding = c.opt_square("output_padding")?;
+                let mut l = Conv2DTranspose::new(filters, kernel)
+                    .strides(strides)
+                    .dilation_rate(dilation)
+                    .use_bias(use_bias)
+                    .data_format(data_format)
+                    .with_activation(activation)
+                    .padding(padding_str(padding))?;
+                if let Some(p) = output_padding {
+                    l = l.output_padding(p);
+                }
+                if let Some(n) = name {
+                    l = l.named(n);
+                }
+                Box::new(l)
+            }
+        }
+        "MaxPooling2D" | "AveragePooling2D" => {
+            let pool = c.pair_or("pool_size", (2, 2))?;
+            let strides = c.opt_pair("strides")?;
+            let padding = c.padding("padding")?;
+            let data_format = c.data_format("data_format")?;
+            if class == "MaxPooling2D" {
+                let mut l = MaxPooling2D::new(pool)
+                    .data_format(data_format)
+                    .padding(padding_str(padding))?;
+                if let Some(s) = strides {
+                    l = l.strides(s);
+                }
+                Box::new(named(l, name, MaxPooling2D::named))
+            } else {
+                let mut l = AveragePooling2D::new(pool)
+                    .data_format(data_format)
+                    .padding(padding_str(padding))?;
+                if let Some(s) = strides {
+                    l = l.strides(s);
+                }
+                Box::new(named(l, name, AveragePooling2D::named))
+            }
+        }
+        "GlobalMaxPooling2D" => {
+            let f = c.data_format("data_format")?;
+            Box::new(named(
+                GlobalMaxPooling2D::new().data_format(f),
+                name,
+                GlobalMaxPooling2D::named,
+            ))
+        }
+        "GlobalAveragePooling2D" => {
+            let f = c.data_format("data_format")?;
+            Box::new(named(
+                GlobalAveragePooling2D::new().data_format(f),
+                name,
+                GlobalAveragePooling2D::named,
+            ))
+        }
+        "UpSampling2D" => {
+            let size = c.pair_or("size", (2, 2))?;
+            let f = c.data_format("data_format")?;
+            let interpolation = c.opt_string("interpolation")?;
+            if let Some(i) = interpolation.filter(|i| i != "nearest") {
+                return Err(c.invalid(
+                    "interpolation",
+                    "\"nearest\" (the only interpolation supported)",
+                    &json!(i),
+                ));
+            }
+            Box::new(named(
+                UpSampling2D::new(size).data_format(f),
+                name,
+                UpSampling2D::named,
+            ))
+        }
+        "BatchNormalization" => {
+            let axis = c.isize_or("axis", -1)?;
+            if axis != -1 {
+                return Err(c.invalid(
+                    "axis",
+                    "-1 (only the last axis is supported)",
+                    &json!(axis),
+                ));
+            }
+            let momentum = c.f64_or("momentum", 0.99)?;
+            let epsilon = c.f64_or("epsilon", 1e-3)?;
+            Box::new(named(
+                BatchNormalization::new()
+                    .momentum(momentum)
+                    .epsilon(epsilon),
+                name,
+                BatchNormalization::named,
+            ))
+        }
+        _ => return Ok(None),
+    };
+    c.finish()?;
+    Ok(Some(layer))
+}
+
+fn named<L>(layer: L, name: Option<String>, set: fn(L, String) -> L) -> L {
+    match name {
+        Some(n) => set(layer, n),
+        None => layer,
+    }
+}
+
+/// A JSON value, shortened for an error message.
+pub(crate) fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 120 {
+        format!("{}...", s.chars().take(117).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// An `f32` as a JSON number with its shortest decimal form (`0.01`, not `0.009999999776482582`),
+/// which reads back as the same `f32`. Non-finite values become `null`.
+pub(crate) fn f32_json(x: f32) -> Value {
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
+/// An activation as JSON: its Keras name, or `{"name": "leaky_relu", "negative_slope": s}` for a
+/// leaky ReLU whose slope differs from the `"leaky_relu"` default (0.2).
+pub(crate) fn activation_json(a: Activation) -> Value {
+    match a {
+        Activation::LeakyRelu(s) if s != 0.2 => {
+            json!({"name": "leaky_relu", "negative_slope": f32_json(s)})
+        }
+        other => json!(other.name()),
+    }
+}
+
+/// A regularizer as Keras 3 writes one: `{"class_name": "L2", "config": {"l2": 0.01}}`.
+pub(crate) fn regularizer_json(r: Option<Regularizer>) -> Value {
+    match r {
+        None => Value::Null,
+        Some(Regularizer::L1(l1)) => json!({"class_name": "L1", "config": {"l1": f32_json(l1)}}),
+        Some(Regularizer::L2(l2)) => json!({"class_name": "L2", "config": {"l2": f32_json(l2)}}),
+        Some(Regularizer::L1L2 { l1, l2 }) => {
+            json!({"class_name": "L1L2", "config": {"l1": f32_json(l1), "l2": f32_json(l2)}})
+        }
+    }
+}
+
+fn padding_str(p: Padding) -> &'static str {
+    match p {
+        Padding::Valid => "valid",
+        Padding::Same => "same",
+    }
+}
+
+pub(crate) fn padding_json(p: Padding) -> Value {
+    json!(padding_str(p))
+}
+
+pub(crate) fn data_format_json(f: DataFormat) -> Value {
+    json!(match f {
+        DataFormat::ChannelsLast => "channels_last",
+        DataFormat::ChannelsFirst => "channels_first",
+    })
+}
+
+/// Reads the keys of one configuration object, with errors that name the object, the key, what
+/// was expected and what was received; [`ConfigReader::finish`] rejects keys never read.
+pub(crate) struct ConfigReader<'a> {
+    what: String,
+    map: &'a Map<String, Value>,
+    read: Vec<String>,
+}
+
+impl<'a> ConfigReader<'a> {
+    /// `what` names the object in messages (`"layer class `Dense`"`).
+    pub(crate) fn new(what: &str, config: &'a Value) -> Result<Self> {
+        let map = config.as_object().ok_or_else(|| {
+            Error::value(format!(
+                "the config of {what} must be a JSON object; received {}",
+                short(config)
+            ))
+        })?;
+        Ok(Self {
+            what: what.to_string(),
+            map,
+            read: Vec::new(),
+        })
+    }
+
+    pub(crate) fn invalid(&self, key: &str, expected: &str, got: &Value) -> Error {
+        Error::value(format!(
+            "invalid config of {}: `{key}` must be {expected}; received {}",
+            self.what,
+            short(got)
+        ))
+    }
+
+    /// The value of `key`; `None` when absent or `null`.
+    pub(crate) fn get(&mut self, key: &str) -> Option<&'a Value> {
+        self.read.push(key.to_string());
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn required(&mut self, key: &str) -> Result<&'a Value> {
+        self.get(key).ok_or_else(|| {
+            Error::value(format!(
+                "invalid config of {}: the required key `{key}` is missing (keys present: {})",
+                self.what,
+                self.map.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    pub(crate) fn opt_string(&mut self, key: &str) -> Result<Option<String>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(self.invalid(key, "a string", other)),
+        }
+    }
+
+    fn as_usize(&self, key: &str, v: &Value) -> Result<usize> {
+        v.as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| self.invalid(key, "a non-negative integer", v))
+    }
+
+    pub(crate) fn req_usize(&mut self, key: &str) -> Result<usize> {
+        let v = self.required(key)?;
+        self.as_usize(key, v)
+    }
+
+    fn isize_or(&mut self, key: &str, default: isize) -> Result<isize> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_i64()
+                .and_then(|n| isize::try_from(n).ok())
+                .ok_or_else(|| self.invalid(key, "an integer", v)),
+        }
+    }
+
+    fn bool_or(&mut self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(self.invalid(key, "true or false", other)),
+        }
+    }
+
+    fn f64_of(&self, key: &str, v: &Value) -> Result<f64> {
+        v.as_f64()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| self.invalid(key, "a finite number", v))
+    }
+
+    fn f64_or(&mut self, key: &str, default: f64) -> Result<f64> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => self.f64_of(key, v),
+        }
+    }
+
+    fn f32_of(&self, key: &str, v: &Value) -> Result<f32> {
+        let x = self.f64_of(key, v)? as f32;
+        if x.is_finite() {
+            Ok(x)
+        } else {
+            Err(self.invalid(key, "a number in the float32 range", v))
+        }
+    }
+
+    fn f32_or(&mut self, key: &str, default: f32) -> Result<f32> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => self.f32_of(key, v),
+        }
+    }
+
+    fn req_f32(&mut self, key: &str) -> Result<f32> {
+        let v = self.required(key)?;
+        self.f32_of(key, v)
+    }
+
+    fn req_i64_list(&mut self, key: &str) -> Result<Vec<i64>> {
+        let v = self.required(key)?;
+        v.as_array()
+            .and_then(|a| a.iter().map(Value::as_i64).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| self.invalid(key, "a list of integers", v))
+    }
+
+    /// A pair `[a, b]`, or one integer `a` meaning `[a, a]`, as Keras accepts.
+    fn pair_of(&self, key: &str, v: &Value) -> Result<(usize, usize)> {
+        let bad = || self.invalid(key, "an integer or a list of two integers", v);
+        if let Some(n) = v.as_u64() {
+            let n = usize::try_from(n).map_err(|_| bad())?;
+            return Ok((n, n));
+        }
+        match v.as_array().map(Vec::as_slice) {
+            Some([a, b]) => Ok((
+                self.as_usize(key, a).map_err(|_| bad())?,
+                self.as_usize(key, b).map_err(|_| bad())?,
+            )),
+            _ => Err(bad()),
+        }
+    }
+
+    fn req_pair(&mut self, key: &str) -> Result<(usize, usize)> {
+        let v = self.required(key)?;
+        self.pair_of(key, v)
+    }
+
+    fn pair_or(&mut self, key: &str, default: (usize, usize)) -> Result<(usize, usize)> {
+        self.opt_pair(key).map(|p| p.unwrap_or(default))
+    }
+
+    fn opt_pair(&mut self, key: &str) -> Result<Option<(usize, usize)>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => self.pair_of(key, v).map(Some),
+        }
+    }
+
+    /// A pair with equal entries (square strides, dilation, output padding).
+    fn opt_square(&mut self, key: &str) -> Result<Option<usize>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => {
+                let (a, b) = self.pair_of(key, v)?;
+                if a != b {
+                    return Err(self.invalid(
+                        key,
+                        "equal along both axes (only square values are supported)",
+                        v,
+                    ));
+                }
+                Ok(Some(a))
+            }
+        }
+    }
+
+    fn square_or(&mut self, key: &str, default: usize) -> Result<usize> {
+        self.opt_square(key).map(|s| s.unwrap_or(default))
+    }
+
+    fn padding(&mut self, key: &str) -> Result<Padding> {
+        match self.get(key) {
+            None => Ok(Padding::Valid),
+            Some(Value::String(s)) => s.parse(),
+            Some(other) => Err(self.invalid(key, "\"valid\" or \"same\"", other)),
+        }
+    }
+
+    fn data_format(&mut self, key: &str) -> Result<DataFormat> {
+        match self.get(key) {
+            None => Ok(DataFormat::ChannelsLast),
+            Some(Value::String(s)) if s == "channels_last" => Ok(DataFormat::ChannelsLast),
+            Some(Value::String(s)) if s == "channels_first" => Ok(DataFormat::ChannelsFirst),
+            Some(other) => Err(self.invalid(key, "\"channels_last\" or \"channels_first\"", other)),
+        }
+    }
+
+    /// A Keras activation name, or `{"name": "leaky_relu", "negative_slope": s}`.
+    fn activation(&mut self, key: &str) -> Result<Activation> {
+        match self.get(key) {
+            None => Ok(Activation::Linear),
+            Some(Value::String(s)) => s.parse(),
+            Some(v @ Value::Object(m)) => {
+                let bad = || {
+                    self.invalid(
+                        key,
+                        "an activation name or {\"name\": \"leaky_relu\", \"negative_slope\": <number>}",
+                        v,
+                    )
+                };
+                match (
+                    m.get("name").and_then(Value::as_str),
+                    m.get("negative_slope"),
+                ) {
+                    (Some("leaky_relu"), Some(s)) if m.len() == 2 => Ok(Activation::LeakyRelu(
+                        self.f32_of(key, s).map_err(|_| bad())?,
+                    )),
+                    _ => Err(bad()),
+                }
+            }
+            Some(other) => Err(self.invalid(key, "an activation name such as \"relu\"", other)),
+        }
+    }
+
+    /// `{"class_name": "L1" | "L2" | "L1L2", "config": {"l1": .., "l2": ..}}`, or the Keras
+    /// shorthands `"l1"`, `"l2"`, `"l1_l2"` (factor 0.01).
+    fn regularizer(&mut self, key: &str) -> Result<Option<Regularizer>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let expected = "null, \"l1\", \"l2\", \"l1_l2\" or {\"class_name\": \"L1\" | \"L2\" | \"L1L2\", \"config\": {\"l1\": <number>, \"l2\": <number>}}";
+        let bad = || self.invalid(key, expected, v);
+        if let Value::String(s) = v {
+            return match s.as_str() {
+                "l1" => Ok(Some(Regularizer::L1(0.01))),
+                "l2" => Ok(Some(Regularizer::L2(0.01))),
+                "l1_l2" => Ok(Some(Regularizer::L1L2 { l1: 0.01, l2: 0.01 })),
+                _ => Err(bad()),
+            };
+        }
+        let class = v
+            .get("class_name")
+            .and_then(Value::as_str)
+            .ok_or_else(bad)?;
+        let empty = Value::Object(Map::new());
+        let cfg = v.get("config").unwrap_or(&empty);
+        let mut r = ConfigReader::new(&format!("the `{key}` of {}", self.what), cfg)?;
+        let reg = match class {
+            "L1" => Regularizer::L1(r.f32_or("l1", 0.01)?),
+            "L2" => Regularizer::L2(r.f32_or("l2", 0.01)?),
+            "L1L2" => Regularizer::L1L2 {
+                l1: r.f32_or("l1", 0.0)?,
+                l2: r.f32_or("l2", 0.0)?,
+            },
+            _ => return Err(bad()),
+        };
+        r.finish()?;
+        Ok(Some(reg))
+    }
+
+    /// Rejects the keys that were never read.
+    pub(crate) fn finish(&self) -> Result<()> {
+        let unknown: Vec<&String> = self
+            .map
+            .keys()
+            .filter(|k| !self.read.iter().any(|r| r == *k))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        Err(Error::value(format!(
+            "invalid config of {}: unknown key(s) {} (the keys it takes: {})",
+            self.what,
+            unknown
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.read.join(", ")
+        )))
+    }
+}
+
+/// Counts per name prefix, shared by [`super::unique_name`] and [`reserve_name`].
+pub(crate) fn name_counts() -> &'static Mutex<HashMap<String, usize>> {
+    static COUNTS: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
+    COUNTS.get_or_init(|| Mutex::new(HashMap::new()))
+}

@@ -1,0 +1,730 @@
+//! Whole-model files: architecture as JSON plus weights, saved and loaded without the building code.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+use candle_core::{DType, Device, Tensor};
+use ferrokeras::io::{LoadedModel, load_model, model_from_json, save_model};
+use ferrokeras::layers::{
+    Activation, AveragePooling2D, BUILTIN_LAYERS, BatchNormalization, Conv2D, Conv2DTranspose,
+    DataFormat, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D, UpSampling2D,
+};
+use ferrokeras::prelude::*;
+use serde_json::{Value, json};
+
+/// The tests share the process-wide random generator and name counters: run them one at a time so
+/// that each seeded model is the same on every run.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferrokeras-model-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn uniform(shape: &[usize]) -> Tensor {
+    ferrokeras::random::uniform(shape, -1.0, 1.0, &Device::Cpu).unwrap()
+}
+
+fn values(data: &Data) -> Vec<Vec<f32>> {
+    data.flatten()
+        .iter()
+        .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect()
+}
+
+fn weights(m: &dyn Model) -> Vec<(String, Vec<f32>)> {
+    m.named_variables()
+        .into_iter()
+        .map(|(n, v)| (n, v.value().flatten_all().unwrap().to_vec1().unwrap()))
+        .collect()
+}
+
+/// Every layer type a Sequential can chain, with non-default options.
+fn conv_stack() -> Sequential {
+    Sequential::new()
+        .named("conv_stack")
+        .input(&[8, 8, 3])
+        .add(
+            Conv2D::new(4, (3, 3))
+                .padding("same")
+                .unwrap()
+                .activation("relu")
+                .unwrap(),
+        )
+        .add(BatchNormalization::new().momentum(0.9).epsilon(1e-4))
+        .add(MaxPooling2D::new((2, 2)))
+        .add(
+            Conv2DTranspose::new(3, (3, 3))
+                .strides(2)
+                .padding("same")
+                .unwrap()
+                .output_padding(1)
+                .use_bias(false),
+        )
+        .add(
+            Conv2D::new(2, (3, 3))
+                .dilation_rate(2)
+                .with_activation(Activation::LeakyRelu(0.05)),
+        )
+        .add(
+            AveragePooling2D::new((2, 2))
+                .strides((1, 1))
+                .padding("same")
+                .unwrap(),
+        )
+        .add(UpSampling2D::new((2, 1)))
+        .add(Conv2D::new(3, (1, 1)).data_format(DataFormat::ChannelsFirst))
+        .add(Flatten::new())
+        .add(Dropout::new(0.3).unwrap())
+        .add(
+            Dense::new(16)
+                .activation("relu")
+                .unwrap()
+                .kernel_regularizer(Regularizer::L2(1e-3))
+                .bias_regularizer(Regularizer::L1(1e-4)),
+        )
+        .add(ActivationLayer::new("tanh").unwrap())
+        .add(LeakyReLU::new(0.1))
+        .add(ReLU::new())
+        .add(Reshape::new(&[2, -1, 2]))
+        .add(GlobalMaxPooling2D::new())
+        .add(
+            Dense::new(3)
+                .activation("softmax")
+                .unwrap()
+                .use_bias(false)
+                .kernel_regularizer(Regularizer::L1L2 { l1: 1e-5, l2: 2e-5 }),
+        )
+}
+
+#[test]
+fn sequential_with_every_layer_type_round_trips_with_equal_predictions() {
+    let _g = serial();
+    ferrokeras::random::set_random_seed(1);
+    let mut model = conv_stack();
+    let x = Data::from(uniform(&[5, 8, 8, 3]));
+    // A training pass moves the BatchNormalization statistics away from their initial values.
+    model.call(&x, true).unwrap();
+    let expected = model.call(&x, false).unwrap();
+
+    let path = tmp("conv_stack.safetensors");
+    save_model(&model, &path).unwrap();
+    let mut loaded = load_model(&path).unwrap();
+    assert_eq!(loaded.class_name(), "Sequential");
+    assert_eq!(loaded.name(), "conv_stack");
+    assert_eq!(values(&loaded.call(&x, false).unwrap()), values(&expected));
+    assert_eq!(weights(&loaded), weights(&model));
+    assert_eq!(loaded.summary(), model.summary());
+    assert_eq!(
+        Model::losses(&loaded).unwrap().len(),
+        Model::losses(&model).unwrap().len()
+    );
+
+    let loaded = loaded.into_sequential().unwrap();
+    assert_eq!(loaded.to_json().unwrap(), model.to_json().unwrap());
+    let names = |m: &Sequential| -> Vec<String> {
+        m.layers().iter().map(|l| l.name().to_string()).collect()
+    };
+    assert_eq!(names(&loaded), names(&model));
+
+    // The file is also a plain weights file for a model built in code.
+    ferrokeras::random::set_random_seed(2);
+    let mut rebuilt = conv_stack();
+    ferrokeras::io::load_weights(&mut rebuilt, &path).unwrap();
+    assert_eq!(values(&rebuilt.call(&x, false).unwrap()), values(&expected));
+}
+
+#[test]
+fn sequential_json_is_keras_like_and_keeps_every_option() {
+    let _g = serial();
+    let model = conv_stack();
+    let v: Value = serde_json::from_str(&model.to_json().unwrap()).unwrap();
+    assert_eq!(v["class_name"], "Sequential");
+    assert_eq!(v["config"]["name"], "conv_stack");
+    let layers = v["config"]["layers"].as_array().unwrap();
+    assert_eq!(layers[0]["class_name"], "InputLayer");
+    assert_eq!(layers[0]["config"]["batch_shape"], json!([null, 8, 8, 3]));
+    let find = |class: &str| -> &Value {
+        &layers
+            .iter()
+            .find(|l| l["class_name"] == class)
+            .unwrap_or_else(|| panic!("no {class}"))["config"]
+    };
+    let t = find("Conv2DTranspose");
+    assert_eq!(t["strides"], json!([2, 2]));
+    assert_eq!(t["padding"], "same");
+    assert_eq!(t["output_padding"], json!([1, 1]));
+    assert_eq!(t["use_bias"], false);
+    let bn = find("BatchNormalization");
+    assert_eq!(bn["momentum"], 0.9);
+    assert_eq!(bn["epsilon"], 1e-4);
+    let dense = find("Dense");
+    assert_eq!(dense["units"], 16);
+    assert_eq!(dense["activation"], "relu");
+    assert_eq!(
+        dense["kernel_regularizer"],
+        json!({"class_name": "L2", "config": {"l2": 0.001}})
+    );
+    assert_eq!(
+        dense["bias_regularizer"],
+        json!({"class_name": "L1", "config": {"l1": 0.0001}})
+    );
+    assert_eq!(find("LeakyReLU")["negative_slope"], 0.1);
+    assert_eq!(find("Dropout")["rate"], 0.3);
+    assert_eq!(find("Reshape")["target_shape"], json!([2, -1, 2]));
+    let dilated = layers
+        .iter()
+        .find(|l| l["config"]["dilation_rate"] == json!([2, 2]))
+        .unwrap();
+    assert_eq!(
+        dilated["config"]["activation"],
+        json!({"name": "leaky_relu", "negative_slope": 0.05})
+    );
+    assert!(
+        layers
+            .iter()
+            .any(|l| l["config"]["data_format"] == "channels_first")
+    );
+
+    // Architecture only: the same JSON, fresh weights.
+    let copy = Sequential::from_json(&model.to_json().unwrap()).unwrap();
+    assert_eq!(copy.to_json().unwrap(), model.to_json().unwrap());
+    assert_eq!(copy.count_params(), model.count_params());
+    assert_ne!(weights(&copy), weights(&model));
+}
+
+/// One config per built-in class, with non-default options: `from_config(config)` describes itself
+/// with the same config.
+#[test]
+fn every_builtin_layer_config_round_trips() {
+    let _g = serial();
+    let layers: Vec<Box<dyn Layer>> = vec![
+        Box::new(ActivationLayer::new("sigmoid").unwrap()),
+        Box::new(ActivationLayer::from_activation(Activation::LeakyRelu(
+            0.125,
+        ))),
+        Box::new(ferrokeras::layers::Add::new()),
+        Box::new(
+            AveragePooling2D::new((3, 2))
+                .strides((1, 2))
+                .padding("same")
+                .unwrap()
+                .data_format(DataFormat::ChannelsFirst),
+        ),
+        Box::new(BatchNormalization::new().momentum(0.5).epsilon(0.01)),
+        Box::new(Concatenate::new().axis(1)),
+        Box::new(
+            Conv2D::new(7, (2, 5))
+                .strides(3)
+                .padding("same")
+                .unwrap()
+                .dilation_rate(2)
+                .activation("gelu")
+                .unwrap()
+                .use_bias(false)
+                .data_format(DataFormat::ChannelsFirst),
+        ),
+        Box::new(
+            Conv2DTranspose::new(5, (4, 4))
+                .strides(2)
+                .output_padding(1)
+                .activation("sigmoid")
+                .unwrap(),
+        ),
+        Box::new(
+            Dense::new(9)
+                .activation("leaky_relu")
+                .unwrap()
+                .use_bias(false)
+                .kernel_regularizer(Regularizer::L1L2 { l1: 0.5, l2: 0.25 }),
+        ),
+        Box::new(Dropout::new(0.75).unwrap()),
+        Box::new(Flatten::new()),
+        Box::new(GlobalAveragePooling2D::new().data_format(DataFormat::ChannelsFirst)),
+        Box::new(GlobalMaxPooling2D::new()),
+        Box::new(LeakyReLU::new(0.01)),
+        Box::new(MaxPooling2D::new((2, 3))),
+        Box::new(ReLU::new()),
+        Box::new(Reshape::new(&[-1, 4, 2])),
+        Box::new(UpSampling2D::new((3, 1)).data_format(DataFormat::ChannelsFirst)),
+    ];
+    let mut classes: Vec<&str> = layers.iter().map(|l| l.class_name()).collect();
+    classes.sort();
+    classes.dedup();
+    assert_eq!(classes, BUILTIN_LAYERS);
+    for layer in &layers {
+        let config = layer.config().unwrap();
+        let copy = ferrokeras::layers::from_config(layer.class_name(), &config).unwrap();
+        assert_eq!(copy.class_name(), layer.class_name());
+        assert_eq!(copy.name(), layer.name());
+        assert_eq!(copy.config().unwrap(), config, "{}", layer.class_name());
+    }
+    // Keras's shorthands and defaults are accepted.
+    let d = ferrokeras::layers::from_config(
+        "Dense",
+        &json!({"units": 2, "kernel_regularizer": "l2", "bias_regularizer": null}),
+    )
+    .unwrap();
+    assert_eq!(
+        d.config().unwrap()["kernel_regularizer"],
+        json!({"class_name": "L2", "config": {"l2": 0.01}})
+    );
+    assert_eq!(d.config().unwrap()["activation"], "linear");
+    let c = ferrokeras::layers::from_config("Conv2D", &json!({"filters": 2, "kernel_size": 3}))
+        .unwrap();
+    assert_eq!(c.config().unwrap()["kernel_size"], json!([3, 3]));
+}
+
+/// Two inputs, a layer shared by both branches (its second node takes the output of a layer listed
+/// after it), `Concatenate`, `Add`, and two outputs.
+fn two_tower() -> Functional {
+    let a = Input::named(&[6], "features");
+    let b = Input::named(&[4, 4, 2], "image");
+    let pooled = GlobalAveragePooling2D::new().apply(&b).unwrap();
+    let shared = SharedLayer::new(Dense::new(5).activation("relu").unwrap().named("tower"));
+    let sa = shared.apply(&a).unwrap();
+    let hb = Dense::new(6).apply(&pooled).unwrap();
+    let sb = shared.apply(&hb).unwrap();
+    let cat = Concatenate::new()
+        .apply_many(&[sa.clone(), sb.clone()])
+        .unwrap();
+    let sum = ferrokeras::layers::Add::new()
+        .apply_many(&[sa, sb])
+        .unwrap();
+    let out1 = Dense::new(1).named("score").apply(&cat).unwrap();
+    let out2 = Dense::new(3)
+        .activation("softmax")
+        .unwrap()
+        .named("class")
+        .apply(&sum)
+        .unwrap();
+    Functional::new(&[a, b], &[out1, out2])
+        .unwrap()
+        .named("two_tower")
+}
+
+#[test]
+fn functional_with_two_inputs_a_shared_layer_and_two_outputs_round_trips() {
+    let _g = serial();
+    ferrokeras::random::set_random_seed(3);
+    let mut model = two_tower();
+    let x = Data::from(vec![uniform(&[7, 6]), uniform(&[7, 4, 4, 2])]);
+    let expected = model.call(&x, false).unwrap();
+    assert_eq!(expected.flatten().len(), 2);
+
+    let path = tmp("two_tower.safetensors");
+    save_model(&model, &path).unwrap();
+    let mut loaded = load_model(&path).unwrap();
+    assert_eq!(loaded.class_name(), "Functional");
+    assert_eq!(values(&loaded.call(&x, false).unwrap()), values(&expected));
+    // The shared Dense is one layer: one kernel and one bias, not two of each.
+    assert_eq!(model.variables().len(), 8);
+    assert_eq!(loaded.variables().len(), 8);
+    assert_eq!(weights(&loaded), weights(&model));
+    assert_eq!(loaded.summary(), model.summary());
+
+    let loaded = loaded.into_functional().unwrap();
+    assert_eq!(loaded.name(), "two_tower");
+    assert_eq!(loaded.layers().len(), model.layers().len());
+    let tower: Vec<_> = loaded
+        .layers()
+        .iter()
+        .filter(|l| l.lock().name() == "tower")
+        .collect();
+    assert_eq!(tower.len(), 1);
+    assert_eq!(loaded.to_json().unwrap(), model.to_json().unwrap());
+
+    // The nodes: the shared layer is applied twice, the second time to a later layer's output.
+    let c = model.get_config().unwrap();
+    let entry = c["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "tower")
+        .unwrap();
+    assert_eq!(entry["inbound_nodes"][0], json!([["features", 0, 0]]));
+    let second = entry["inbound_nodes"][1][0][0].as_str().unwrap();
+    assert!(second.starts_with("dense"), "{second}");
+    assert_eq!(
+        c["input_layers"],
+        json!([["features", 0, 0], ["image", 0, 0]])
+    );
+    assert_eq!(
+        c["output_layers"],
+        json!([["score", 0, 0], ["class", 0, 0]])
+    );
+}
+
+#[test]
+fn a_trained_model_evaluates_to_the_identical_loss_after_loading() {
+    let _g = serial();
+    ferrokeras::random::set_random_seed(4);
+    let x = uniform(&[64, 5]);
+    let y = uniform(&[64, 2]);
+    let model = Sequential::new()
+        .input(&[5])
+        .add(
+            Dense::new(8)
+                .activation("relu")
+                .unwrap()
+                .kernel_regularizer(Regularizer::L2(1e-3)),
+        )
+        .add(BatchNormalization::new())
+        .add(Dropout::new(0.2).unwrap())
+        .add(Dense::new(2));
+    let compile = || {
+        Compile::new()
+            .optimizer("adam")
+            .loss("mse")
+            .metrics(["mae"])
+    };
+    let mut trainer = model.compile(compile()).unwrap();
+    trainer
+        .fit(
+            (x.clone(), y.clone()),
+            FitOptions::new().epochs(2).batch_size(16).verbose(0),
+        )
+        .unwrap();
+    let before = trainer
+        .evaluate((x.clone(), y.clone()), EvaluateOptions::new().verbose(0))
+        .unwrap();
+
+    let path = tmp("trained.safetensors");
+    save_model(trainer.model(), &path).unwrap();
+    let mut loaded = load_model(&path).unwrap().compile(compile()).unwrap();
+    let after = loaded
+        .evaluate((x.clone(), y.clone()), EvaluateOptions::new().verbose(0))
+        .unwrap();
+    assert_eq!(after.get("loss"), before.get("loss"));
+    assert_eq!(after.get("mae"), before.get("mae"));
+    assert!(before.get("loss").unwrap() > 0.0);
+    // The loaded model trains on.
+    loaded
+        .fit((x, y), FitOptions::new().epochs(1).verbose(0))
+        .unwrap();
+    // A loaded model saves again.
+    let again = tmp("trained-again.safetensors");
+    save_model(loaded.model(), &again).unwrap();
+    assert_eq!(
+        weights(&load_model(&again).unwrap()),
+        weights(loaded.model())
+    );
+}
+
+#[test]
+fn names_are_restored_and_later_automatic_names_do_not_repeat_them() {
+    let _g = serial();
+    let json = json!({"class_name": "Sequential", "config": {"name": "restored_model", "layers": [
+        {"class_name": "InputLayer", "config": {"batch_shape": [null, 3]}},
+        {"class_name": "Dense", "config": {"name": "dense_900", "units": 2}},
+    ]}})
+    .to_string();
+    let m = Sequential::from_json(&json).unwrap();
+    assert_eq!(m.name(), "restored_model");
+    assert_eq!(m.layers()[0].name(), "dense_900");
+    let fresh = Dense::new(1);
+    let fresh = Layer::name(&fresh);
+    let n: usize = fresh.rsplit('_').next().unwrap().parse().unwrap();
+    assert!(n > 900, "{fresh}");
+    assert_eq!(Sequential::new().named("x").name(), "x");
+    assert_ne!(Sequential::new().name(), "restored_model");
+}
+
+/// A layer of our own: saved through `Layer::config` and a registered constructor.
+struct Scale {
+    name: String,
+    factor: f64,
+}
+
+impl Layer for Scale {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn class_name(&self) -> &str {
+        "Scale"
+    }
+    fn call(&mut self, x: &Tensor, _training: bool) -> ferrokeras::Result<Tensor> {
+        Ok((x * self.factor)?)
+    }
+    fn compute_output_shape(&self, s: &[usize]) -> ferrokeras::Result<Vec<usize>> {
+        Ok(s.to_vec())
+    }
+    fn config(&self) -> Option<Value> {
+        Some(json!({"name": self.name, "factor": self.factor}))
+    }
+}
+
+fn scale_from_config(c: &Value) -> ferrokeras::Result<Box<dyn Layer>> {
+    let bad = || ferrokeras::Error::value(format!("bad Scale config: {c}"));
+    Ok(Box::new(Scale {
+        name: c["name"].as_str().ok_or_else(bad)?.to_string(),
+        factor: c["factor"].as_f64().ok_or_else(bad)?,
+    }))
+}
+
+/// A layer that cannot describe itself.
+struct Opaque;
+
+impl Layer for Opaque {
+    fn name(&self) -> &str {
+        "opaque"
+    }
+    fn class_name(&self) -> &str {
+        "OpaqueLayer"
+    }
+    fn call(&mut self, x: &Tensor, _training: bool) -> ferrokeras::Result<Tensor> {
+        Ok(x.clone())
+    }
+    fn compute_output_shape(&self, s: &[usize]) -> ferrokeras::Result<Vec<usize>> {
+        Ok(s.to_vec())
+    }
+}
+
+#[test]
+fn registered_custom_layers_save_and_load() {
+    let _g = serial();
+    ferrokeras::layers::register_layer("Scale", scale_from_config).unwrap();
+    let mut model = Sequential::new().input(&[2]).add(Dense::new(2)).add(Scale {
+        name: "times_three".into(),
+        factor: 3.0,
+    });
+    let x = Data::from(uniform(&[4, 2]));
+    let path = tmp("custom.safetensors");
+    save_model(&model, &path).unwrap();
+    let mut loaded = load_model(&path).unwrap();
+    assert_eq!(
+        values(&loaded.call(&x, false).unwrap()),
+        values(&model.call(&x, false).unwrap())
+    );
+    let err = ferrokeras::layers::register_layer("Dense", scale_from_config)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("built-in"), "{err}");
+}
+
+fn err_of<T>(r: ferrokeras::Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn layers_that_cannot_be_saved_are_named() {
+    let _g = serial();
+    let model = Sequential::new().input(&[2]).add(Dense::new(2)).add(Opaque);
+    let path = tmp("opaque.safetensors");
+    let err = err_of(save_model(&model, &path));
+    assert!(
+        err.contains("OpaqueLayer") && err.contains("opaque") && err.contains("config"),
+        "{err}"
+    );
+    assert!(!path.exists());
+    let err = err_of(model.to_json());
+    assert!(err.contains("OpaqueLayer"), "{err}");
+
+    let inner = Sequential::new().input(&[2]).add(Dense::new(2));
+    let outer = Sequential::new().input(&[2]).add(inner);
+    let err = err_of(save_model(&outer, &path));
+    assert!(
+        err.contains("Sequential") && err.contains("nested"),
+        "{err}"
+    );
+
+    // Two layers of one functional model with the same name cannot be told apart in the JSON.
+    let x = Input::new(&[2]);
+    let h = Dense::new(2).named("same").apply(&x).unwrap();
+    let y = Dense::new(2).named("same").apply(&h).unwrap();
+    let m = Functional::new(&[x], &[y]).unwrap();
+    let err = err_of(m.to_json());
+    assert!(err.contains("`same`") && err.contains("unique"), "{err}");
+}
+
+#[test]
+fn unknown_classes_and_malformed_json_are_errors() {
+    let _g = serial();
+    let json = Sequential::new()
+        .input(&[3])
+        .add(Dense::new(2))
+        .to_json()
+        .unwrap();
+    // An unknown layer class.
+    let err = err_of(model_from_json(&json.replace("\"Dense\"", "\"Densse\"")));
+    assert!(
+        err.contains("Unknown layer class `Densse`") && err.contains("Dense"),
+        "{err}"
+    );
+    // An unknown model class.
+    let err = err_of(model_from_json(
+        &json.replace("\"Sequential\"", "\"Sequentially\""),
+    ));
+    assert!(
+        err.contains("Unknown model class `Sequentially`") && err.contains("\"Functional\""),
+        "{err}"
+    );
+    // Malformed JSON.
+    for text in ["{\"class_name\": ", "", "[1, 2]", "{\"config\": {}}"] {
+        let err = err_of(model_from_json(text));
+        assert!(
+            err.contains("malformed model JSON") || err.contains("class_name"),
+            "{text}: {err}"
+        );
+    }
+    let err = err_of(Sequential::from_json("not json"));
+    assert!(err.contains("malformed model JSON"), "{err}");
+    // The wrong class for the type asked for.
+    let err = err_of(Functional::from_json(&json));
+    assert!(
+        err.contains("expected the JSON of a model of class `Functional`")
+            && err.contains("`Sequential`"),
+        "{err}"
+    );
+    // A bad option: the layer, the key, what was expected and what was received.
+    let err = err_of(model_from_json(
+        &json.replace("\"units\":2", "\"units\":\"two\""),
+    ));
+    assert!(
+        err.contains("Dense")
+            && err.contains("`units`")
+            && err.contains("non-negative integer")
+            && err.contains("\"two\""),
+        "{err}"
+    );
+    let err = err_of(model_from_json(
+        &json.replace("\"units\":2", "\"units\":2,\"groups\":4"),
+    ));
+    assert!(err.contains("unknown key(s) `groups`"), "{err}");
+    let err = err_of(model_from_json(
+        &json.replace("\"activation\":\"linear\"", "\"activation\":\"swishy\""),
+    ));
+    assert!(err.contains("swishy"), "{err}");
+    let err = err_of(model_from_json(
+        &json.replace("\"batch_shape\":[null,3]", "\"batch_shape\":\"3\""),
+    ));
+    assert!(err.contains("batch_shape"), "{err}");
+    // A functional node that takes a tensor nothing produces.
+    let x = Input::named(&[2], "x");
+    let y = Dense::new(1).named("y").apply(&x).unwrap();
+    let fj = Functional::new(&[x], &[y]).unwrap().to_json().unwrap();
+    let err = err_of(model_from_json(
+        &fj.replace("[[[\"x\",0,0]]]", "[[[\"z\",0,0]]]"),
+    ));
+    assert!(err.contains("[\"z\",0,0]") && err.contains("`y`"), "{err}");
+    let err = err_of(model_from_json(
+        &fj.replace("[[[\"x\",0,0]]]", "[[[\"x\",0]]]"),
+    ));
+    assert!(err.contains("[layer_name, node_index, 0]"), "{err}");
+}
+
+#[test]
+fn files_without_an_architecture_or_with_a_bad_one_are_errors() {
+    let _g = serial();
+    let model = Sequential::new().input(&[3]).add(Dense::new(2));
+    // A weights-only file.
+    let weights_path = tmp("weights-only.safetensors");
+    ferrokeras::io::save_weights(&model, &weights_path).unwrap();
+    let err = err_of(load_model(&weights_path));
+    assert!(
+        err.contains("holds no model architecture")
+            && err.contains("weights-only")
+            && err.contains("load_weights")
+            && err.contains("model_config"),
+        "{err}"
+    );
+    // A safetensors file from elsewhere.
+    let mut plain = ferrokeras::io::TensorFile::default();
+    plain.tensors.insert(
+        "w".into(),
+        Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap(),
+    );
+    let plain_path = tmp("plain.safetensors");
+    ferrokeras::io::write_tensors(&plain_path, &plain).unwrap();
+    let err = err_of(load_model(&plain_path));
+    assert!(
+        err.contains("holds no model architecture") && err.contains("without a `format`"),
+        "{err}"
+    );
+    // A missing file.
+    let err = err_of(load_model(tmp("missing.safetensors")));
+    assert!(err.contains("missing.safetensors"), "{err}");
+    // Not safetensors at all.
+    let junk = tmp("junk.safetensors");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let err = err_of(load_model(&junk));
+    assert!(err.contains("truncated or corrupt"), "{err}");
+
+    let path = tmp("small.safetensors");
+    save_model(&model, &path).unwrap();
+    let file = ferrokeras::io::read_tensors(&path).unwrap();
+    assert_eq!(file.metadata["format"], "ferrokeras.model");
+    assert_eq!(file.metadata["format_version"], "1");
+    let with_config = |config: &str| {
+        let mut f = file.clone();
+        f.metadata.insert("model_config".into(), config.into());
+        let p = tmp("edited.safetensors");
+        ferrokeras::io::write_tensors(&p, &f).unwrap();
+        err_of(load_model(&p))
+    };
+    let config = &file.metadata["model_config"];
+    // Malformed architecture JSON.
+    let err = with_config("{\"class_name\": \"Seq");
+    assert!(err.contains("malformed architecture"), "{err}");
+    // Unknown layer class inside a file.
+    let err = with_config(&config.replace("\"Dense\"", "\"Dense3D\""));
+    assert!(err.contains("Unknown layer class `Dense3D`"), "{err}");
+    // Weights that do not fit the architecture.
+    let err = with_config(&config.replace("\"units\":2", "\"units\":4"));
+    assert!(
+        err.contains("do not match its architecture") && err.contains("dense/kernel"),
+        "{err}"
+    );
+    let err = with_config(&config.replace(
+        "{\"class_name\":\"Dense\"",
+        "{\"class_name\":\"Dense\",\"config\":{\"units\":2,\"name\":\"extra\"}},{\"class_name\":\"Dense\"",
+    ));
+    assert!(err.contains("do not match its architecture"), "{err}");
+    // A newer format version.
+    let mut newer = file.clone();
+    newer.metadata.insert("format_version".into(), "2".into());
+    let p = tmp("newer.safetensors");
+    ferrokeras::io::write_tensors(&p, &newer).unwrap();
+    let err = err_of(load_model(&p));
+    assert!(err.contains("format version 2"), "{err}");
+}
+
+#[test]
+fn an_unbuilt_sequential_saves_its_layers_and_builds_on_first_call() {
+    let _g = serial();
+    let model = Sequential::new().add(Dense::new(3)).add(Dense::new(1));
+    let path = tmp("unbuilt.safetensors");
+    save_model(&model, &path).unwrap();
+    let mut loaded = load_model(&path).unwrap();
+    assert!(loaded.variables().is_empty());
+    let y = loaded.call(&Data::from(uniform(&[2, 4])), false).unwrap();
+    assert_eq!(y.tensor().unwrap().dims(), &[2, 1]);
+}
+
+#[test]
+fn loaded_model_matches_on_kind() {
+    let _g = serial();
+    let m = model_from_json(
+        &Sequential::new()
+            .input(&[2])
+            .add(Dense::new(1))
+            .to_json()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(matches!(m, LoadedModel::Sequential(_)));
+    let Err(m) = m.into_functional() else {
+        panic!("a Sequential is not a Functional")
+    };
+    assert_eq!(
+        format!("{m:?}").split('(').next(),
+        Some("LoadedModel::Sequential")
+    );
+}
