@@ -270,3 +270,23 @@ fn png_grid_is_written_and_decodes() {
         "{err}"
     );
 }
+
+#[test]
+fn concurrent_atomic_writes_of_one_file_never_fail() {
+    let path = std::env::temp_dir().join(format!("ferrokeras-atomic-{}.bin", std::process::id()));
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let p = path.clone();
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    ferrokeras::io::write_atomic(&p, &[i as u8; 1000]).unwrap();
+                }
+            })
+        })
+        .collect();
+    handles.into_iter().for_each(|h| h.join().unwrap());
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len(), 1000);
+    assert!(bytes.iter().all(|b| *b == bytes[0]), "a file mixes two writes");
+    std::fs::remove_file(&path).ok();
+}
