@@ -287,6 +287,9 @@ fn concurrent_atomic_writes_of_one_file_never_fail() {
     handles.into_iter().for_each(|h| h.join().unwrap());
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes.len(), 1000);
-    assert!(bytes.iter().all(|b| *b == bytes[0]), "a file mixes two writes");
+    assert!(
+        bytes.iter().all(|b| *b == bytes[0]),
+        "a file mixes two writes"
+    );
     std::fs::remove_file(&path).ok();
 }
