@@ -146,7 +146,53 @@ struct ConvConfig {
     device: Device,
 }
 
+/// Checks that a batch is 4-D.
+fn check_rank4(layer: &str, x: &Tensor) -> Result<()> {
+    if x.rank() != 4 {
+        return Err(Error::value(format!(
+            "Input 0 of layer \"{layer}\" is incompatible with the layer: expected ndim=4, found ndim={}. Full shape received: {:?}",
+            x.rank(),
+            x.dims()
+        )));
+    }
+    Ok(())
+}
+
+/// `(height, width, channels)` of a 4-D batch, checked against the kernel's input channels.
+fn input_hwc(
+    layer: &str,
+    x: &Tensor,
+    f: DataFormat,
+    kernel_channels: usize,
+) -> Result<(usize, usize, usize)> {
+    let (h, w, c) = hwc(&x.dims()[1..], f, layer)?;
+    if c != kernel_channels {
+        return Err(Error::value(format!(
+            "Input 0 of layer \"{layer}\" is incompatible with the layer: expected axis -1 of input shape to have value {kernel_channels}, but received input with shape {:?}",
+            x.dims()
+        )));
+    }
+    Ok((h, w, c))
+}
+
 impl ConvConfig {
+    /// A glorot-uniform kernel of `shape` (fans from the receptive field times the last two axes,
+    /// as Keras computes them) and, with `use_bias`, a zero bias.
+    fn variables(&self, layer: &str, shape: [usize; 4]) -> Result<(Variable, Option<Variable>)> {
+        let receptive = shape[0] * shape[1];
+        let (fan_in, fan_out) = (receptive * shape[2], receptive * shape[3]);
+        let limit = (6.0 / (fan_in + fan_out) as f32).sqrt();
+        let k = crate::random::uniform(&shape, -limit, limit, &self.device)?;
+        let kernel = Variable::new(format!("{layer}/kernel"), &k, true)?;
+        let bias = if self.use_bias {
+            let b = Tensor::zeros(self.filters, DType::F32, &self.device)?;
+            Some(Variable::new(format!("{layer}/bias"), &b, true)?)
+        } else {
+            None
+        };
+        Ok((kernel, bias))
+    }
+
     fn new(filters: usize, kernel: (usize, usize)) -> Self {
         Self {
             filters,
@@ -304,45 +350,26 @@ impl Layer for Conv2D {
         self.cfg.check(&self.name)?;
         let (_, _, c) = hwc(input_shape, self.cfg.data_format, &self.name)?;
         let (kh, kw) = self.cfg.kernel;
-        let fan_in = kh * kw * c;
-        let fan_out = kh * kw * self.cfg.filters;
-        let limit = (6.0 / (fan_in + fan_out) as f32).sqrt();
-        let k = crate::random::uniform(
-            &[kh, kw, c, self.cfg.filters],
-            -limit,
-            limit,
-            &self.cfg.device,
-        )?;
-        self.kernel = Some(Variable::new(format!("{}/kernel", self.name), &k, true)?);
-        if self.cfg.use_bias {
-            let b = Tensor::zeros(self.cfg.filters, DType::F32, &self.cfg.device)?;
-            self.bias = Some(Variable::new(format!("{}/bias", self.name), &b, true)?);
-        }
+        let (kernel, bias) = self
+            .cfg
+            .variables(&self.name, [kh, kw, c, self.cfg.filters])?;
+        self.kernel = Some(kernel);
+        self.bias = bias;
         Ok(())
     }
     fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
-        if x.rank() != 4 {
-            return Err(Error::value(format!(
-                "Input 0 of layer \"{}\" is incompatible with the layer: expected ndim=4, found ndim={}. Full shape received: {:?}",
-                self.name,
-                x.rank(),
-                x.dims()
-            )));
-        }
+        check_rank4(&self.name, x)?;
         self.build(&x.dims()[1..])?;
         let kernel = self
             .kernel
             .as_ref()
             .ok_or_else(|| Error::state("Conv2D not built"))?;
-        let (h, w, c) = hwc(&x.dims()[1..], self.cfg.data_format, &self.name)?;
-        let kc = kernel.shape().dims()[2];
-        if c != kc {
-            return Err(Error::value(format!(
-                "Input 0 of layer \"{}\" is incompatible with the layer: expected axis -1 of input shape to have value {kc}, but received input with shape {:?}",
-                self.name,
-                x.dims()
-            )));
-        }
+        let (h, w, _) = input_hwc(
+            &self.name,
+            x,
+            self.cfg.data_format,
+            kernel.shape().dims()[2],
+        )?;
         let (kh, kw) = self.cfg.kernel;
         let (s, d) = (self.cfg.strides, self.cfg.dilation);
         if conv_out(h, kh, s, d, self.cfg.padding).is_none()
@@ -522,46 +549,27 @@ impl Layer for Conv2DTranspose {
         self.cfg.check(&self.name)?;
         let (_, _, c) = hwc(input_shape, self.cfg.data_format, &self.name)?;
         let (kh, kw) = self.cfg.kernel;
-        // Keras computes glorot fans from the kernel shape (kh, kw, filters, in).
-        let fan_in = kh * kw * self.cfg.filters;
-        let fan_out = kh * kw * c;
-        let limit = (6.0 / (fan_in + fan_out) as f32).sqrt();
-        let k = crate::random::uniform(
-            &[kh, kw, self.cfg.filters, c],
-            -limit,
-            limit,
-            &self.cfg.device,
-        )?;
-        self.kernel = Some(Variable::new(format!("{}/kernel", self.name), &k, true)?);
-        if self.cfg.use_bias {
-            let b = Tensor::zeros(self.cfg.filters, DType::F32, &self.cfg.device)?;
-            self.bias = Some(Variable::new(format!("{}/bias", self.name), &b, true)?);
-        }
+        // Keras's layout (kh, kw, filters, in): glorot fans from the last two axes, as Keras.
+        let (kernel, bias) = self
+            .cfg
+            .variables(&self.name, [kh, kw, self.cfg.filters, c])?;
+        self.kernel = Some(kernel);
+        self.bias = bias;
         Ok(())
     }
     fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
-        if x.rank() != 4 {
-            return Err(Error::value(format!(
-                "Input 0 of layer \"{}\" is incompatible with the layer: expected ndim=4, found ndim={}. Full shape received: {:?}",
-                self.name,
-                x.rank(),
-                x.dims()
-            )));
-        }
+        check_rank4(&self.name, x)?;
         self.build(&x.dims()[1..])?;
         let kernel = self
             .kernel
             .as_ref()
             .ok_or_else(|| Error::state("Conv2DTranspose not built"))?;
-        let (h, w, c) = hwc(&x.dims()[1..], self.cfg.data_format, &self.name)?;
-        let kc = kernel.shape().dims()[3];
-        if c != kc {
-            return Err(Error::value(format!(
-                "Input 0 of layer \"{}\" is incompatible with the layer: expected axis -1 of input shape to have value {kc}, but received input with shape {:?}",
-                self.name,
-                x.dims()
-            )));
-        }
+        let (h, w, c) = input_hwc(
+            &self.name,
+            x,
+            self.cfg.data_format,
+            kernel.shape().dims()[3],
+        )?;
         let (oh, ow) = self.out_hw(h, w)?;
         let (kh, kw) = self.cfg.kernel;
         let (s, d) = (self.cfg.strides, self.cfg.dilation);
