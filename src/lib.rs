@@ -39,6 +39,7 @@ pub mod data;
 pub mod datasets;
 mod error;
 pub mod io;
+mod kernels;
 pub mod layers;
 mod logs;
 pub mod losses;

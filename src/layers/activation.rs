@@ -60,6 +60,11 @@ impl Activation {
     /// A failing tensor operation.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let x = &crate::ops::to_float(x)?;
+        if let Some(act) = self.fused()
+            && let Some(y) = crate::kernels::elementwise::activation(x, act)?
+        {
+            return Ok(y);
+        }
         Ok(match self {
             Activation::Linear => x.clone(),
             Activation::Relu => x.relu()?,
@@ -68,6 +73,30 @@ impl Activation {
             Activation::Softmax => crate::ops::softmax_last(x)?,
             Activation::LeakyRelu(slope) => crate::ops::leaky_relu(x, *slope)?,
             Activation::Gelu => x.gelu_erf()?,
+        })
+    }
+
+    /// `self(x + bias)`, with `bias` over the last axis (one fused pass on the CPU).
+    pub(crate) fn apply_with_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let x = &crate::ops::to_float(x)?;
+        if let Some(act) = self.fused()
+            && let Some(y) = crate::kernels::elementwise::bias_activation(x, bias, act)?
+        {
+            return Ok(y);
+        }
+        self.apply(&x.broadcast_add(bias)?)
+    }
+
+    /// The fused kernel's form of this activation, if it has one.
+    fn fused(&self) -> Option<crate::kernels::elementwise::Act> {
+        use crate::kernels::elementwise::Act;
+        Some(match *self {
+            Activation::Linear => Act::Linear,
+            Activation::Relu => Act::Relu,
+            Activation::Sigmoid => Act::Sigmoid,
+            Activation::Tanh => Act::Tanh,
+            Activation::LeakyRelu(s) => Act::Leaky(s),
+            Activation::Softmax | Activation::Gelu => return None,
         })
     }
 

@@ -380,40 +380,53 @@ impl Layer for Conv2D {
                 self.name
             )));
         }
-        let mut xp = to_nhwc(&x.to_dtype(DType::F32)?, self.cfg.data_format)?;
-        if self.cfg.padding == Padding::Same {
-            let (ht, hb) = same_padding(h, kh, s, d);
-            let (wl, wr) = same_padding(w, kw, s, d);
-            xp = xp.pad_with_zeros(1, ht, hb)?.pad_with_zeros(2, wl, wr)?;
-        }
+        let xp = to_nhwc(&x.to_dtype(DType::F32)?, self.cfg.data_format)?;
+        let (pads_h, pads_w) = match self.cfg.padding {
+            Padding::Same => (same_padding(h, kh, s, d), same_padding(w, kw, s, d)),
+            Padding::Valid => ((0, 0), (0, 0)),
+        };
         let f = self.cfg.filters;
-        let y = if xp.device().is_cpu() {
-            // Patches, then one matrix product with the (kh*kw*in, out) kernel.
+        if xp.device().is_cpu() {
+            // Patches (zeros for the padding), then one matrix product with the (kh*kw*in, out)
+            // kernel; bias and activation in one pass over the result.
             let xp = xp.contiguous()?;
-            let (n, hp, wp, c) = xp.dims4()?;
+            let (n, _, _, c) = xp.dims4()?;
+            let (hp, wp) = (h + pads_h.0 + pads_h.1, w + pads_w.0 + pads_w.1);
             let (oh, ow) = (
                 (hp - (kh - 1) * d - 1) / s + 1,
                 (wp - (kw - 1) * d - 1) / s + 1,
             );
             let g = Geometry {
                 n,
-                h: hp,
-                w: wp,
+                h,
+                w,
                 c,
                 kh,
                 kw,
                 stride: s,
                 dilation: d,
+                pad_t: pads_h.0,
+                pad_l: pads_w.0,
                 oh,
                 ow,
             };
-            let w = kernel.as_tensor().reshape((kh * kw * c, f))?;
-            let mut y = xp.apply_op2(&w, Conv { g, f })?;
-            if let Some(b) = &self.bias {
-                y = y.broadcast_add(b.as_tensor())?;
-            }
-            y.reshape((n, oh, ow, f))?
-        } else {
+            let wm = kernel.as_tensor().reshape((kh * kw * c, f))?;
+            let y = xp.apply_op2(&wm, Conv { g, f })?;
+            let y = match (&self.bias, self.cfg.data_format) {
+                (Some(b), DataFormat::ChannelsLast) => {
+                    let y = self.cfg.activation.apply_with_bias(&y, b.as_tensor())?;
+                    return Ok(y.reshape((n, oh, ow, f))?);
+                }
+                (Some(b), DataFormat::ChannelsFirst) => y.broadcast_add(b.as_tensor())?,
+                (None, _) => y,
+            };
+            let y = from_nhwc(&y.reshape((n, oh, ow, f))?, self.cfg.data_format)?;
+            return self.cfg.activation.apply(&y);
+        }
+        let xp = xp
+            .pad_with_zeros(1, pads_h.0, pads_h.1)?
+            .pad_with_zeros(2, pads_w.0, pads_w.1)?;
+        let y = {
             let xn = xp.permute((0, 3, 1, 2))?.contiguous()?;
             let k = kernel.as_tensor().permute((3, 2, 0, 1))?.contiguous()?;
             let mut y = xn.conv2d(&k, 0, s, d, 1)?;
@@ -499,15 +512,7 @@ impl Conv2DTranspose {
         kernel: usize,
         out: usize,
     ) -> Result<Tensor> {
-        let (s, d) = (self.cfg.strides, self.cfg.dilation);
-        let keff = (kernel - 1) * d + 1;
-        let before = match (self.cfg.padding, self.output_padding) {
-            // Keras: the forward convolution's "same" padding `2 * (keff / 2) - op`, split with
-            // the smaller half first (so output padding also moves the window, not only its end).
-            (Padding::Same, Some(op)) => (2 * (keff / 2)).saturating_sub(op) / 2,
-            (Padding::Same, None) => ((input - 1) * s + keff).saturating_sub(out) / 2,
-            (Padding::Valid, _) => 0,
-        };
+        let before = self.crop_before(input, kernel, out);
         let avail = t.dims()[axis];
         let t = if before + out > avail {
             t.pad_with_zeros(axis, 0, before + out - avail)?
@@ -515,6 +520,19 @@ impl Conv2DTranspose {
             t
         };
         Ok(t.narrow(axis, before, out)?)
+    }
+
+    /// Where the kept window of the full transposed output starts along an axis.
+    fn crop_before(&self, input: usize, kernel: usize, out: usize) -> usize {
+        let (s, d) = (self.cfg.strides, self.cfg.dilation);
+        let keff = (kernel - 1) * d + 1;
+        match (self.cfg.padding, self.output_padding) {
+            // Keras: the forward convolution's "same" padding `2 * (keff / 2) - op`, split with
+            // the smaller half first (so output padding also moves the window, not only its end).
+            (Padding::Same, Some(op)) => (2 * (keff / 2)).saturating_sub(op) / 2,
+            (Padding::Same, None) => ((input - 1) * s + keff).saturating_sub(out) / 2,
+            (Padding::Valid, _) => 0,
+        }
     }
 
     fn out_hw(&self, h: usize, w: usize) -> Result<(usize, usize)> {
@@ -576,30 +594,46 @@ impl Layer for Conv2DTranspose {
         let xt = to_nhwc(&x.to_dtype(DType::F32)?, self.cfg.data_format)?.contiguous()?;
         let f = self.cfg.filters;
         let n = xt.dims()[0];
-        // The full transposed convolution (every input pixel spreads its kernel-sized patch)...
-        let full = if xt.device().is_cpu() {
+        if xt.device().is_cpu() {
+            // The input gradient of the forward convolution this layer transposes: every input
+            // pixel spreads its kernel-sized patch, and the window Keras keeps starts at that
+            // convolution's padding (positions outside it are never written).
             let kmat = kernel.as_tensor().reshape((kh * kw * f, c))?;
             let x2d = xt.reshape((n * h * w, c))?;
             let g = Geometry {
                 n,
-                h: (h - 1) * s + (kh - 1) * d + 1,
-                w: (w - 1) * s + (kw - 1) * d + 1,
+                h: oh,
+                w: ow,
                 c: f,
                 kh,
                 kw,
                 stride: s,
                 dilation: d,
+                pad_t: self.crop_before(h, kh, oh),
+                pad_l: self.crop_before(w, kw, ow),
                 oh: h,
                 ow: w,
             };
-            x2d.apply_op2(&kmat, ConvData { g, f: c })?
-        } else {
+            let y = x2d.apply_op2(&kmat, ConvData { g, f: c })?;
+            let y = match (&self.bias, self.cfg.data_format) {
+                (Some(b), DataFormat::ChannelsLast) => {
+                    let y = y.reshape((n * oh * ow, f))?;
+                    let y = self.cfg.activation.apply_with_bias(&y, b.as_tensor())?;
+                    return Ok(y.reshape((n, oh, ow, f))?);
+                }
+                (Some(b), DataFormat::ChannelsFirst) => y.broadcast_add(b.as_tensor())?,
+                (None, _) => y,
+            };
+            let y = from_nhwc(&y, self.cfg.data_format)?;
+            return self.cfg.activation.apply(&y);
+        }
+        // The full transposed convolution...
+        let full = {
             let xn = xt.permute((0, 3, 1, 2))?.contiguous()?;
             let k = kernel.as_tensor().permute((3, 2, 0, 1))?.contiguous()?;
             xn.conv_transpose2d(&k, 0, 0, s, d)?.permute((0, 2, 3, 1))?
         };
-        // ...then the window Keras keeps: the padding of the forward convolution this layer is
-        // the gradient of.
+        // ...then the window Keras keeps.
         let y = self.crop(full, 1, h, kh, oh)?;
         let mut y = self.crop(y, 2, w, kw, ow)?;
         if let Some(b) = &self.bias {

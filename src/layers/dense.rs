@@ -213,11 +213,11 @@ impl Layer for Dense {
         let lead: Vec<usize> = x.dims()[..x.rank() - 1].to_vec();
         let rows: usize = lead.iter().product();
         let x2 = x.reshape((rows, in_features))?;
-        let mut y = x2.matmul(kernel.as_tensor())?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b.as_tensor())?;
-        }
-        let y = self.activation.apply(&y)?;
+        let y = x2.matmul(kernel.as_tensor())?;
+        let y = match &self.bias {
+            Some(b) => self.activation.apply_with_bias(&y, b.as_tensor())?,
+            None => self.activation.apply(&y)?,
+        };
         let mut out_shape = lead;
         out_shape.push(self.units);
         Ok(y.reshape(out_shape)?)

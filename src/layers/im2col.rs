@@ -20,8 +20,10 @@ use rayon::prelude::*;
 /// Upper bound of the patch buffer built at once.
 pub(crate) const CHUNK_BYTES: usize = 16 << 20;
 
-/// Shapes of one patch extraction: an `(n, h, w, c)` image, a `(kh, kw)` kernel with stride and
-/// dilation, and the `(oh, ow)` grid of patch positions.
+/// Shapes of one convolution: an `(n, h, w, c)` image (without padding), a `(kh, kw)` kernel with
+/// stride and dilation, the zero padding before the first row and column, and the `(oh, ow)`
+/// grid of output positions. Output position `o` reads image coordinate
+/// `o * stride + tap * dilation - pad` along each axis; coordinates outside the image are zeros.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Geometry {
     pub n: usize,
@@ -32,24 +34,64 @@ pub(crate) struct Geometry {
     pub kw: usize,
     pub stride: usize,
     pub dilation: usize,
+    pub pad_t: usize,
+    pub pad_l: usize,
     pub oh: usize,
     pub ow: usize,
 }
 
 impl Geometry {
+    fn taps(&self) -> usize {
+        self.kh * self.kw
+    }
     fn patch_len(&self) -> usize {
-        self.kh * self.kw * self.c
+        self.taps() * self.c
     }
     fn image_len(&self) -> usize {
         self.h * self.w * self.c
     }
+    fn pixels(&self) -> usize {
+        self.h * self.w
+    }
     fn rows_per_image(&self) -> usize {
         self.oh * self.ow
     }
-    /// Images per chunk so that a chunk's patches fit in [`CHUNK_BYTES`].
-    fn images_per_chunk(&self) -> usize {
-        let per_image = self.rows_per_image() * self.patch_len() * 4;
+    /// Image coordinate read by output position `o` at tap `i` along an axis, if inside.
+    #[inline(always)]
+    fn src(&self, o: usize, i: usize, pad: usize, size: usize) -> Option<usize> {
+        let p = (o * self.stride + i * self.dilation).checked_sub(pad)?;
+        (p < size).then_some(p)
+    }
+    /// Output position whose tap `i` reads image coordinate `p` along an axis, if any.
+    #[inline(always)]
+    fn dst(&self, p: usize, i: usize, pad: usize, out: usize) -> Option<usize> {
+        let q = (p + pad).checked_sub(i * self.dilation)?;
+        (q % self.stride == 0 && q / self.stride < out).then_some(q / self.stride)
+    }
+    /// Whether to multiply per input pixel and gather the taps afterwards (`kn2row`) rather than
+    /// build patches per output position (`im2col`): whichever buffer is smaller. A convolution
+    /// to few channels from many (the GAN's last layer: 128 → 1 with a 7x7 kernel) would
+    /// otherwise copy every input value 49 times into a matrix product with one column.
+    fn kn2row(&self, f: usize) -> bool {
+        self.pixels() * f < self.rows_per_image() * self.c
+    }
+    /// Images per chunk so that a chunk's intermediate buffer fits in [`CHUNK_BYTES`].
+    fn images_per_chunk(&self, f: usize) -> usize {
+        let per_image = if self.kn2row(f) {
+            self.pixels() * self.taps() * f
+        } else {
+            self.rows_per_image() * self.patch_len()
+        } * 4;
         (CHUNK_BYTES / per_image.max(1)).clamp(1, self.n.max(1))
+    }
+    /// Floats of the chunk buffer.
+    fn chunk_len(&self, f: usize) -> usize {
+        let per = self.images_per_chunk(f);
+        if self.kn2row(f) {
+            per * self.pixels() * self.taps() * f
+        } else {
+            per * self.rows_per_image() * self.patch_len()
+        }
     }
 }
 
@@ -67,28 +109,36 @@ fn contiguous_f32<'a>(
     }
 }
 
-/// Patches of `images` (a chunk of whole images) into `dst` (rows × K).
+/// Patches of `images` (a chunk of whole images) into `dst` (rows × K), zeros outside the image.
 fn im2col(g: &Geometry, images: &[f32], dst: &mut [f32]) {
     let k = g.patch_len();
-    dst.par_chunks_mut(k).enumerate().for_each(|(row, out)| {
-        let n = row / g.rows_per_image();
-        let rem = row % g.rows_per_image();
-        let (oy, ox) = (rem / g.ow, rem % g.ow);
-        for i in 0..g.kh {
-            let y = oy * g.stride + i * g.dilation;
-            for j in 0..g.kw {
-                let x = ox * g.stride + j * g.dilation;
-                let s = ((n * g.h + y) * g.w + x) * g.c;
-                let d = (i * g.kw + j) * g.c;
-                out[d..d + g.c].copy_from_slice(&images[s..s + g.c]);
+    let c = g.c;
+    dst.par_chunks_mut(k * g.ow)
+        .enumerate()
+        .for_each(|(line, out)| {
+            let (n, oy) = (line / g.oh, line % g.oh);
+            for (ox, out) in out.chunks_exact_mut(k).enumerate() {
+                for i in 0..g.kh {
+                    let y = g.src(oy, i, g.pad_t, g.h);
+                    for j in 0..g.kw {
+                        let d = (i * g.kw + j) * c;
+                        match (y, g.src(ox, j, g.pad_l, g.w)) {
+                            (Some(y), Some(x)) => {
+                                let s = ((n * g.h + y) * g.w + x) * c;
+                                out[d..d + c].copy_from_slice(&images[s..s + c]);
+                            }
+                            _ => out[d..d + c].fill(0.0),
+                        }
+                    }
+                }
             }
-        }
-    });
+        });
 }
 
 /// Adds patch values `cols` (rows × K) back onto `images` (a chunk of whole images).
 fn col2im(g: &Geometry, cols: &[f32], images: &mut [f32]) {
     let k = g.patch_len();
+    let c = g.c;
     images
         .par_chunks_mut(g.image_len())
         .enumerate()
@@ -98,12 +148,16 @@ fn col2im(g: &Geometry, cols: &[f32], images: &mut [f32]) {
                     let row = (n * g.oh + oy) * g.ow + ox;
                     let patch = &cols[row * k..(row + 1) * k];
                     for i in 0..g.kh {
-                        let y = oy * g.stride + i * g.dilation;
+                        let Some(y) = g.src(oy, i, g.pad_t, g.h) else {
+                            continue;
+                        };
                         for j in 0..g.kw {
-                            let x = ox * g.stride + j * g.dilation;
-                            let d = (y * g.w + x) * g.c;
-                            let s = (i * g.kw + j) * g.c;
-                            for (a, b) in img[d..d + g.c].iter_mut().zip(&patch[s..s + g.c]) {
+                            let Some(x) = g.src(ox, j, g.pad_l, g.w) else {
+                                continue;
+                            };
+                            let d = (y * g.w + x) * c;
+                            let s = (i * g.kw + j) * c;
+                            for (a, b) in img[d..d + c].iter_mut().zip(&patch[s..s + c]) {
                                 *a += *b;
                             }
                         }
@@ -111,6 +165,74 @@ fn col2im(g: &Geometry, cols: &[f32], images: &mut [f32]) {
                 }
             }
         });
+}
+
+/// `kn2row`'s second half: `y (rows × f)` = for each output position, the sum over taps of the
+/// per-pixel products `z (pixels × taps·f)` at the pixel that tap reads.
+fn gather_taps(g: &Geometry, f: usize, z: &[f32], y: &mut [f32]) {
+    let tf = g.taps() * f;
+    y.par_chunks_mut(f * g.ow)
+        .enumerate()
+        .for_each(|(line, out)| {
+            let (n, oy) = (line / g.oh, line % g.oh);
+            out.fill(0.0);
+            for (ox, out) in out.chunks_exact_mut(f).enumerate() {
+                for i in 0..g.kh {
+                    let Some(y) = g.src(oy, i, g.pad_t, g.h) else {
+                        continue;
+                    };
+                    for j in 0..g.kw {
+                        let Some(x) = g.src(ox, j, g.pad_l, g.w) else {
+                            continue;
+                        };
+                        let s = ((n * g.h + y) * g.w + x) * tf + (i * g.kw + j) * f;
+                        for (a, b) in out.iter_mut().zip(&z[s..s + f]) {
+                            *a += *b;
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// For each image pixel and tap, the output gradient `gy (rows × f)` at the output position that
+/// tap of that pixel feeds (zeros where none): `dst (pixels × taps·f)`.
+fn scatter_taps(g: &Geometry, f: usize, gy: &[f32], dst: &mut [f32]) {
+    let tf = g.taps() * f;
+    dst.par_chunks_mut(tf * g.w)
+        .enumerate()
+        .for_each(|(line, out)| {
+            let (n, py) = (line / g.h, line % g.h);
+            for (px, out) in out.chunks_exact_mut(tf).enumerate() {
+                for i in 0..g.kh {
+                    let oy = g.dst(py, i, g.pad_t, g.oh);
+                    for j in 0..g.kw {
+                        let d = (i * g.kw + j) * f;
+                        match (oy, g.dst(px, j, g.pad_l, g.ow)) {
+                            (Some(oy), Some(ox)) => {
+                                let s = ((n * g.oh + oy) * g.ow + ox) * f;
+                                out[d..d + f].copy_from_slice(&gy[s..s + f]);
+                            }
+                            _ => out[d..d + f].fill(0.0),
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// The kernel `(taps, c, f)` rearranged to `(c, taps·f)`, `kn2row`'s right-hand matrix.
+fn kernel_by_channel(g: &Geometry, f: usize, w: &[f32]) -> Vec<f32> {
+    let (t, c) = (g.taps(), g.c);
+    let mut out = vec![0f32; w.len()];
+    for tap in 0..t {
+        for ch in 0..c {
+            let s = (tap * c + ch) * f;
+            let d = ch * t * f + tap * f;
+            out[d..d + f].copy_from_slice(&w[s..s + f]);
+        }
+    }
+    out
 }
 
 /// `dst (m×n) [+]= op(lhs) · op(rhs)`, row-major, where `op` transposes when asked:
@@ -220,29 +342,35 @@ impl CustomOp2 for Conv {
         check("conv2d kernel", w.len(), k * f, &g)?;
         let rows = g.n * g.rows_per_image();
         let mut y = vec![0f32; rows * f];
-        let per = g.images_per_chunk();
-        let mut cols = vec![0f32; per * g.rows_per_image() * k];
+        let per = g.images_per_chunk(f);
+        let mut buf = vec![0f32; g.chunk_len(f)];
+        let wc = g.kn2row(f).then(|| kernel_by_channel(&g, f, w));
         for n0 in (0..g.n).step_by(per) {
             let nb = per.min(g.n - n0);
-            let r = nb * g.rows_per_image();
             let chunk = Geometry { n: nb, ..g };
-            im2col(
-                &chunk,
-                &x[n0 * g.image_len()..(n0 + nb) * g.image_len()],
-                &mut cols[..r * k],
-            );
+            let images = &x[n0 * g.image_len()..(n0 + nb) * g.image_len()];
             let r0 = n0 * g.rows_per_image();
-            matmul(
-                r,
-                f,
-                k,
-                &mut y[r0 * f..(r0 + r) * f],
-                false,
-                &cols[..r * k],
-                false,
-                w,
-                false,
-            );
+            let r = nb * g.rows_per_image();
+            let out = &mut y[r0 * f..(r0 + r) * f];
+            if let Some(wc) = &wc {
+                // Per pixel, every tap's contribution; then each output sums its taps.
+                let (p, tf) = (nb * g.pixels(), g.taps() * f);
+                matmul(
+                    p,
+                    tf,
+                    g.c,
+                    &mut buf[..p * tf],
+                    false,
+                    images,
+                    false,
+                    wc,
+                    false,
+                );
+                gather_taps(&chunk, f, &buf[..p * tf], out);
+            } else {
+                im2col(&chunk, images, &mut buf[..r * k]);
+                matmul(r, f, k, out, false, &buf[..r * k], false, w, false);
+            }
         }
         Ok((CpuStorage::F32(y), Shape::from((rows, f))))
     }
@@ -295,29 +423,25 @@ impl CustomOp2 for ConvData {
         )?;
         check("conv2d kernel", w.len(), k * f, &g)?;
         let mut gx = vec![0f32; g.n * g.image_len()];
-        let per = g.images_per_chunk();
-        let mut cols = vec![0f32; per * g.rows_per_image() * k];
+        let per = g.images_per_chunk(f);
+        let mut buf = vec![0f32; g.chunk_len(f)];
+        let wc = g.kn2row(f).then(|| kernel_by_channel(&g, f, w));
         for n0 in (0..g.n).step_by(per) {
             let nb = per.min(g.n - n0);
             let r = nb * g.rows_per_image();
             let r0 = n0 * g.rows_per_image();
-            matmul(
-                r,
-                k,
-                f,
-                &mut cols[..r * k],
-                false,
-                &gy[r0 * f..(r0 + r) * f],
-                false,
-                w,
-                true,
-            );
             let chunk = Geometry { n: nb, ..g };
-            col2im(
-                &chunk,
-                &cols[..r * k],
-                &mut gx[n0 * g.image_len()..(n0 + nb) * g.image_len()],
-            );
+            let grads = &gy[r0 * f..(r0 + r) * f];
+            let out = &mut gx[n0 * g.image_len()..(n0 + nb) * g.image_len()];
+            if let Some(wc) = &wc {
+                // Per pixel, the gradients of the outputs its taps feed, times the kernel.
+                let (p, tf) = (nb * g.pixels(), g.taps() * f);
+                scatter_taps(&chunk, f, grads, &mut buf[..p * tf]);
+                matmul(p, g.c, tf, out, false, &buf[..p * tf], false, wc, true);
+            } else {
+                matmul(r, k, f, &mut buf[..r * k], false, grads, false, w, true);
+                col2im(&chunk, &buf[..r * k], out);
+            }
         }
         Ok((CpuStorage::F32(gx), Shape::from((g.n, g.h, g.w, g.c))))
     }
@@ -369,30 +493,48 @@ impl CustomOp2 for ConvFilter {
             g.n * g.rows_per_image() * f,
             &g,
         )?;
+        let kn2row = g.kn2row(f);
+        // kn2row accumulates the kernel gradient as (c, taps·f) and rearranges it at the end.
         let mut gw = vec![0f32; k * f];
-        let per = g.images_per_chunk();
-        let mut cols = vec![0f32; per * g.rows_per_image() * k];
+        let per = g.images_per_chunk(f);
+        let mut buf = vec![0f32; g.chunk_len(f)];
         for n0 in (0..g.n).step_by(per) {
             let nb = per.min(g.n - n0);
             let r = nb * g.rows_per_image();
             let chunk = Geometry { n: nb, ..g };
-            im2col(
-                &chunk,
-                &x[n0 * g.image_len()..(n0 + nb) * g.image_len()],
-                &mut cols[..r * k],
-            );
+            let images = &x[n0 * g.image_len()..(n0 + nb) * g.image_len()];
             let r0 = n0 * g.rows_per_image();
-            matmul(
-                k,
-                f,
-                r,
-                &mut gw,
-                n0 > 0,
-                &cols[..r * k],
-                true,
-                &gy[r0 * f..(r0 + r) * f],
-                false,
-            );
+            let grads = &gy[r0 * f..(r0 + r) * f];
+            if kn2row {
+                let (p, tf) = (nb * g.pixels(), g.taps() * f);
+                scatter_taps(&chunk, f, grads, &mut buf[..p * tf]);
+                matmul(
+                    g.c,
+                    tf,
+                    p,
+                    &mut gw,
+                    n0 > 0,
+                    images,
+                    true,
+                    &buf[..p * tf],
+                    false,
+                );
+            } else {
+                im2col(&chunk, images, &mut buf[..r * k]);
+                matmul(k, f, r, &mut gw, n0 > 0, &buf[..r * k], true, grads, false);
+            }
+        }
+        if kn2row {
+            let (t, c) = (g.taps(), g.c);
+            let by_channel = std::mem::take(&mut gw);
+            gw = vec![0f32; k * f];
+            for tap in 0..t {
+                for ch in 0..c {
+                    let d = (tap * c + ch) * f;
+                    let s = ch * t * f + tap * f;
+                    gw[d..d + f].copy_from_slice(&by_channel[s..s + f]);
+                }
+            }
         }
         Ok((CpuStorage::F32(gw), Shape::from((k, f))))
     }
@@ -405,32 +547,39 @@ mod tests {
     use crate::tape::Variable;
     use candle_core::Device;
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+    /// Largest difference relative to the largest magnitude of `b`.
+    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        let s = b.abs().unwrap().max_all().unwrap();
+        d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-6)
     }
 
     #[test]
     fn conv_matches_candle_forward_and_gradients() {
         let dev = Device::Cpu;
-        let (n, c, f) = (3, 3, 4);
-        for (kh, kw, stride, dilation) in [
-            (3, 3, 1, 1),
-            (3, 3, 2, 1),
-            (3, 2, 1, 2),
-            (4, 4, 2, 1),
-            (1, 1, 1, 1),
+        let n = 3;
+        // (kh, kw, stride, dilation, (top, bottom), (left, right), in, out): im2col and kn2row
+        // (few output channels from many), with and without zero padding.
+        for (kh, kw, stride, dilation, (pt, pb), (pl, pr), c, f) in [
+            (3, 3, 1, 1, (0, 0), (0, 0), 3, 4),
+            (3, 3, 2, 1, (0, 0), (0, 0), 3, 4),
+            (3, 2, 1, 2, (0, 0), (0, 0), 3, 4),
+            (4, 4, 2, 1, (0, 0), (0, 0), 3, 4),
+            (1, 1, 1, 1, (0, 0), (0, 0), 3, 4),
+            (3, 3, 1, 1, (1, 1), (1, 1), 3, 4),
+            (3, 3, 2, 1, (0, 2), (1, 1), 2, 5),
+            (4, 3, 2, 1, (1, 1), (0, 2), 3, 2),
+            (3, 3, 1, 1, (1, 1), (1, 1), 6, 1),
+            (7, 7, 1, 1, (3, 3), (3, 3), 5, 1),
+            (3, 3, 2, 1, (1, 1), (0, 2), 7, 2),
+            (3, 2, 1, 2, (2, 0), (1, 1), 8, 3),
+            (5, 5, 1, 1, (2, 2), (2, 2), 1, 1),
         ] {
             let keff_h = (kh - 1) * dilation + 1;
             let keff_w = (kw - 1) * dilation + 1;
             // Sizes that candle's own conv2d backward (the reference) handles.
             let (h, w) = (keff_h + 3 * stride, keff_w + 2 * stride);
+            let (hp, wp) = (h + pt + pb, w + pl + pr);
             let g = Geometry {
                 n,
                 h,
@@ -440,9 +589,12 @@ mod tests {
                 kw,
                 stride,
                 dilation,
-                oh: (h - keff_h) / stride + 1,
-                ow: (w - keff_w) / stride + 1,
+                pad_t: pt,
+                pad_l: pl,
+                oh: (hp - keff_h) / stride + 1,
+                ow: (wp - keff_w) / stride + 1,
             };
+            let case = format!("{g:?} f={f} kn2row={}", g.kn2row(f));
             let xv = Variable::new(
                 "x",
                 &Tensor::randn(0f32, 1.0, (n, h, w, c), &dev).unwrap(),
@@ -466,9 +618,13 @@ mod tests {
                 .unwrap();
             let loss = (&y * &up).unwrap().sum_all().unwrap();
             let ours = GradientTape::gradient(&loss, &[xv.clone(), kv.clone()]).unwrap();
-            // candle's
+            // candle's, on the explicitly padded image
             let yc = xv
                 .as_tensor()
+                .pad_with_zeros(1, pt, pb)
+                .unwrap()
+                .pad_with_zeros(2, pl, pr)
+                .unwrap()
                 .permute((0, 3, 1, 2))
                 .unwrap()
                 .conv2d(
@@ -487,19 +643,54 @@ mod tests {
                 .unwrap()
                 .reshape((n * g.oh * g.ow, f))
                 .unwrap();
-            assert!(
-                max_diff(&y, &yc) < 1e-4,
-                "forward {kh}x{kw} s{stride} d{dilation}"
-            );
+            assert!(max_rel(&y, &yc) < 1e-5, "forward {case}");
             let lc = (&yc * &up).unwrap().sum_all().unwrap();
             let theirs = GradientTape::gradient(&lc, &[xv.clone(), kv.clone()]).unwrap();
+            assert!(max_rel(&ours[0], &theirs[0]) < 1e-5, "input grad {case}");
+            assert!(max_rel(&ours[1], &theirs[1]) < 1e-5, "kernel grad {case}");
+            // The transposed direction (ConvData forward, as Conv2DTranspose uses it) and its own
+            // gradients, against the same ops through candle.
+            let gyv = Variable::new("gy", &up, true).unwrap();
+            let kmat = kv.as_tensor().reshape((kh * kw * c, f)).unwrap();
+            let t_ours = gyv.as_tensor().apply_op2(&kmat, ConvData { g, f }).unwrap();
+            let t_theirs = GradientTape::gradient(&loss, std::slice::from_ref(&xv)).unwrap();
+            assert!(max_rel(&t_ours, &t_theirs[0]) < 1e-5, "data op {case}");
+            let up2 = Tensor::randn(0f32, 1.0, (n, h, w, c), &dev).unwrap();
+            let l2 = (&t_ours * &up2).unwrap().sum_all().unwrap();
+            let g2 = GradientTape::gradient(&l2, &[gyv.clone(), kv.clone()]).unwrap();
+            // d/d(gy) <ConvData(gy), up2> = Conv(up2); d/dk = ConvFilter(up2, gy).
+            let conv_up2 = up2
+                .pad_with_zeros(1, pt, pb)
+                .unwrap()
+                .pad_with_zeros(2, pl, pr)
+                .unwrap()
+                .permute((0, 3, 1, 2))
+                .unwrap()
+                .conv2d(
+                    &kv.as_tensor()
+                        .permute((3, 2, 0, 1))
+                        .unwrap()
+                        .contiguous()
+                        .unwrap(),
+                    0,
+                    stride,
+                    dilation,
+                    1,
+                )
+                .unwrap()
+                .permute((0, 2, 3, 1))
+                .unwrap()
+                .reshape((n * g.oh * g.ow, f))
+                .unwrap();
+            assert!(max_rel(&g2[0], &conv_up2) < 1e-5, "data op, gy grad {case}");
+            let kflat = GradientTape::gradient(
+                &(&conv_up2 * gyv.as_tensor()).unwrap().sum_all().unwrap(),
+                std::slice::from_ref(&kv),
+            )
+            .unwrap();
             assert!(
-                max_diff(&ours[0], &theirs[0]) < 1e-3,
-                "input grad {kh}x{kw} s{stride} d{dilation}"
-            );
-            assert!(
-                max_diff(&ours[1], &theirs[1]) < 1e-3,
-                "kernel grad {kh}x{kw} s{stride} d{dilation}"
+                max_rel(&g2[1].reshape((kh, kw, c, f)).unwrap(), &kflat[0]) < 1e-5,
+                "data op, kernel grad {case}"
             );
         }
     }
@@ -516,6 +707,8 @@ mod tests {
             kw: 3,
             stride: 2,
             dilation: 1,
+            pad_t: 0,
+            pad_l: 0,
             oh: 3,
             ow: 3,
         };

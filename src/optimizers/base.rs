@@ -147,7 +147,7 @@ impl Base {
         for (id, slots) in &self.slots {
             for (i, t) in slots.iter().enumerate() {
                 let slot = self.slot_names.get(i).copied().unwrap_or("slot");
-                out.push((format!("{}/{slot}", name(id)), t.clone()));
+                out.push((format!("{}/{slot}", name(id)), t.copy()?));
             }
         }
         for (id, t) in &self.accumulators {
@@ -206,7 +206,11 @@ impl Base {
                     v.shape().dims()
                 )));
             }
-            let value = t.to_device(v.as_tensor().device())?.to_dtype(v.dtype())?;
+            // A copy: slots are updated in place, and must not change the caller's tensors.
+            let value = t
+                .to_device(v.as_tensor().device())?
+                .to_dtype(v.dtype())?
+                .copy()?;
             names.push((v.id(), v.name().to_string()));
             if slot == ACCUMULATOR {
                 if self.opts.gradient_accumulation_steps.is_none() {
@@ -267,14 +271,16 @@ impl Base {
 
     /// One Keras `apply` (see the module documentation for the order of the steps). `update` is the
     /// optimizer's rule for one variable: `(gradient, value, slots, learning rate, step)` to the new
-    /// value, where `step` counts updates from 1.
+    /// value (or `None` when it wrote the value and slots in place), where `step` counts updates
+    /// from 1. Slots are never shared with other tensors (state goes in and out as copies), so a
+    /// rule may update them in place.
     pub(super) fn apply(
         &mut self,
         name: &str,
         n_slots: usize,
         grads: &[Tensor],
         vars: &[Variable],
-        mut update: impl FnMut(&Tensor, &Tensor, &mut [Tensor], f64, u64) -> Result<Tensor>,
+        mut update: impl FnMut(&Tensor, &Tensor, &mut [Tensor], f64, u64) -> Result<Option<Tensor>>,
     ) -> Result<()> {
         self.opts.validate(name)?;
         if grads.len() != vars.len() {
@@ -338,8 +344,10 @@ impl Base {
                         self.slots.entry(v.id()).or_insert(init)
                     }
                 };
-                let new_value = update(g, &value, slots, lr, step)?;
-                v.assign(&new_value)?;
+                // `None`: the rule updated the value (which shares the variable's storage) in place.
+                if let Some(new_value) = update(g, &value, slots, lr, step)? {
+                    v.assign(&new_value)?;
+                }
             }
         }
 

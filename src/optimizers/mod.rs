@@ -384,12 +384,12 @@ impl Optimizer for Sgd {
                     let m = ((&slots[0] * mom)? - (g * lr)?)?;
                     slots[0] = m.clone();
                     if nesterov {
-                        Ok(((w + (&m * mom)?)? - (g * lr)?)?)
+                        Ok(Some(((w + (&m * mom)?)? - (g * lr)?)?))
                     } else {
-                        Ok((w + m)?)
+                        Ok(Some((w + m)?))
                     }
                 } else {
-                    Ok((w - (g * lr)?)?)
+                    Ok(Some((w - (g * lr)?)?))
                 }
             })
     }
@@ -489,13 +489,27 @@ impl Optimizer for Adam {
         let n_slots = if ams { 3 } else { 2 };
         self.base
             .apply(self.name, n_slots, grads, vars, |g, w, s, lr, step| {
+                let t = step as f64;
+                let alpha = lr * (1.0 - b2.powf(t)).sqrt() / (1.0 - b1.powf(t));
+                let g = &g.contiguous()?;
+                let mut all = vec![w, g];
+                all.extend(s.iter());
+                if crate::kernels::adam::fits(&all) {
+                    let p = crate::kernels::adam::AdamStep {
+                        beta_1: b1,
+                        beta_2: b2,
+                        epsilon: eps,
+                        alpha,
+                        decay: if wd > 0.0 { wd * lr } else { 0.0 },
+                    };
+                    crate::kernels::adam::adam_in_place(w, g, s, p)?;
+                    return Ok(None);
+                }
                 let w = if wd > 0.0 {
                     (w - (w * (wd * lr))?)?
                 } else {
                     w.clone()
                 };
-                let t = step as f64;
-                let alpha = lr * (1.0 - b2.powf(t)).sqrt() / (1.0 - b1.powf(t));
                 let m = (&s[0] + ((g - &s[0])? * (1.0 - b1))?)?;
                 let v = (&s[1] + ((g.sqr()? - &s[1])? * (1.0 - b2))?)?;
                 s[0] = m.clone();
@@ -507,7 +521,7 @@ impl Optimizer for Adam {
                 } else {
                     v
                 };
-                Ok((&w - ((m * alpha)? / (v.sqrt()? + eps)?)?)?)
+                Ok(Some((&w - ((m * alpha)? / (v.sqrt()? + eps)?)?)?))
             })
     }
     optimizer_common!();
@@ -588,9 +602,9 @@ impl Optimizer for RmsProp {
                 if mom > 0.0 {
                     let m = ((&s[1] * mom)? + increment)?;
                     s[1] = m.clone();
-                    Ok((w - m)?)
+                    Ok(Some((w - m)?))
                 } else {
-                    Ok((w - increment)?)
+                    Ok(Some((w - increment)?))
                 }
             })
     }

@@ -1,0 +1,390 @@
+//! Fused `activation(x + bias)` with its backward, as candle custom ops on the CPU.
+//!
+//! Why our own: candle builds an activation from several elementwise ops (LeakyReLU alone is five
+//! forward and more backward), each a full pass over memory with a fresh buffer, and a broadcast
+//! bias add whose gradient is a strided reduction. Here the forward is one pass, the input gradient
+//! one pass (computed from the output, so nothing else is kept), and the bias gradient a column sum
+//! split over both cores. Other devices and dtypes use candle's ops.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Elements handled by one task of the thread pool.
+const CHUNK: usize = 1 << 15;
+
+/// The activations fused here (those whose derivative follows from the output alone).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Act {
+    Linear,
+    Relu,
+    /// Slope must be >= 0 (the derivative is read from the output's sign).
+    Leaky(f32),
+    Sigmoid,
+    Tanh,
+}
+
+impl Act {
+    #[inline(always)]
+    fn f(self, x: f32) -> f32 {
+        match self {
+            Act::Linear => x,
+            Act::Relu => x.max(0.0),
+            Act::Leaky(s) => {
+                if x > 0.0 {
+                    x
+                } else {
+                    x * s
+                }
+            }
+            Act::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Act::Tanh => x.tanh(),
+        }
+    }
+    /// Derivative at the point whose output is `y`.
+    #[inline(always)]
+    fn df(self, y: f32) -> f32 {
+        match self {
+            Act::Linear => 1.0,
+            Act::Relu => {
+                if y > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Act::Leaky(s) => {
+                if y > 0.0 {
+                    1.0
+                } else {
+                    s
+                }
+            }
+            Act::Sigmoid => y * (1.0 - y),
+            Act::Tanh => 1.0 - y * y,
+        }
+    }
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("{what}: only float32 is supported")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what}: the input must be contiguous"),
+    }
+}
+
+/// Rows of `f` values per task, so that tasks hold about [`CHUNK`] elements.
+fn rows_per_task(f: usize) -> usize {
+    (CHUNK / f.max(1)).max(1)
+}
+
+fn forward(x: &[f32], bias: Option<&[f32]>, act: Act) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    match bias {
+        None => y
+            .par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(y, x)| {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = act.f(x);
+                }
+            }),
+        Some(b) => {
+            let step = rows_per_task(b.len()) * b.len();
+            y.par_chunks_mut(step)
+                .zip(x.par_chunks(step))
+                .for_each(|(y, x)| {
+                    for (y, x) in y.chunks_exact_mut(b.len()).zip(x.chunks_exact(b.len())) {
+                        for ((y, &x), &b) in y.iter_mut().zip(x).zip(b) {
+                            *y = act.f(x + b);
+                        }
+                    }
+                })
+        }
+    }
+    y
+}
+
+/// `activation(x)` (CustomOp1) or `activation(x + bias)` over the last axis (CustomOp2).
+struct Fused(Act);
+
+/// `gy * activation'(y)`: inputs `(y, gy)`.
+struct FusedGrad(Act);
+
+/// Sum over the rows of a `(rows, f)` matrix: the bias gradient.
+struct ColSum(usize);
+
+impl CustomOp1 for Fused {
+    fn name(&self) -> &'static str {
+        "fused_activation"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "activation input")?;
+        Ok((CpuStorage::F32(forward(x, None, self.0)), l.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, y: &Tensor, gy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if self.0 == Act::Linear {
+            return Ok(Some(gy.clone()));
+        }
+        Ok(Some(
+            y.apply_op2_no_bwd(&gy.contiguous()?, &FusedGrad(self.0))?,
+        ))
+    }
+}
+
+impl CustomOp2 for Fused {
+    fn name(&self) -> &'static str {
+        "fused_bias_activation"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "activation input")?;
+        let b = f32_slice(s2, l2, "bias")?;
+        if b.is_empty() || x.len() % b.len() != 0 {
+            candle_core::bail!(
+                "bias of {} values does not divide an input of {} values",
+                b.len(),
+                x.len()
+            )
+        }
+        Ok((
+            CpuStorage::F32(forward(x, Some(b), self.0)),
+            l1.shape().clone(),
+        ))
+    }
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        y: &Tensor,
+        gy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let gx = if self.0 == Act::Linear {
+            gy.contiguous()?
+        } else {
+            y.apply_op2_no_bwd(&gy.contiguous()?, &FusedGrad(self.0))?
+        };
+        let gb = gx.apply_op1_no_bwd(&ColSum(b.elem_count()))?;
+        Ok((Some(gx), Some(gb.reshape(b.shape())?)))
+    }
+}
+
+impl CustomOp2 for FusedGrad {
+    fn name(&self) -> &'static str {
+        "fused_activation_grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = f32_slice(s1, l1, "activation output")?;
+        let gy = f32_slice(s2, l2, "activation output gradient")?;
+        if y.len() != gy.len() {
+            candle_core::bail!("gradient of {} values for {} outputs", gy.len(), y.len())
+        }
+        let act = self.0;
+        let mut gx = vec![0f32; y.len()];
+        gx.par_chunks_mut(CHUNK)
+            .zip(y.par_chunks(CHUNK).zip(gy.par_chunks(CHUNK)))
+            .for_each(|(gx, (y, gy))| {
+                for ((gx, &y), &gy) in gx.iter_mut().zip(y).zip(gy) {
+                    *gx = gy * act.df(y);
+                }
+            });
+        Ok((CpuStorage::F32(gx), l1.shape().clone()))
+    }
+}
+
+impl CustomOp1 for ColSum {
+    fn name(&self) -> &'static str {
+        "column_sum"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "column sum input")?;
+        let f = self.0;
+        if f == 0 || x.len() % f != 0 {
+            candle_core::bail!("{} values are not rows of {f}", x.len())
+        }
+        Ok((CpuStorage::F32(column_sum(x, f)), Shape::from(f)))
+    }
+}
+
+/// Sums the rows of the row-major `(x.len() / f, f)` matrix `x`.
+pub(crate) fn column_sum(x: &[f32], f: usize) -> Vec<f32> {
+    let step = rows_per_task(f) * f;
+    x.par_chunks(step)
+        .map(|part| {
+            let mut acc = vec![0f32; f];
+            for row in part.chunks_exact(f) {
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+            acc
+        })
+        .reduce(
+            || vec![0f32; f],
+            |mut a, b| {
+                for (a, b) in a.iter_mut().zip(&b) {
+                    *a += b;
+                }
+                a
+            },
+        )
+}
+
+/// Whether the fused kernels take `x`: float32 on the CPU.
+fn fusable(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+/// `act(x)`, or `None` when `x` is not for these kernels (caller uses candle's ops).
+pub(crate) fn activation(x: &Tensor, act: Act) -> candle_core::Result<Option<Tensor>> {
+    if !fusable(x) || matches!(act, Act::Leaky(s) if s < 0.0) {
+        return Ok(None);
+    }
+    if act == Act::Linear {
+        return Ok(Some(x.clone()));
+    }
+    Ok(Some(x.contiguous()?.apply_op1(Fused(act))?))
+}
+
+/// `act(x + bias)` with `bias` over the last axis of `x`, or `None` when not for these kernels.
+pub(crate) fn bias_activation(
+    x: &Tensor,
+    bias: &Tensor,
+    act: Act,
+) -> candle_core::Result<Option<Tensor>> {
+    let last = x.dims().last().copied().unwrap_or(0);
+    if !fusable(x)
+        || !fusable(bias)
+        || bias.elem_count() != last
+        || last == 0
+        || matches!(act, Act::Leaky(s) if s < 0.0)
+    {
+        return Ok(None);
+    }
+    Ok(Some(
+        x.contiguous()?.apply_op2(&bias.contiguous()?, Fused(act))?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::GradientTape;
+    use crate::tape::Variable;
+    use candle_core::Device;
+
+    fn reference(x: &Tensor, b: Option<&Tensor>, act: Act) -> Tensor {
+        let x = match b {
+            Some(b) => x.broadcast_add(b).unwrap(),
+            None => x.clone(),
+        };
+        match act {
+            Act::Linear => x,
+            Act::Relu => x.relu().unwrap(),
+            Act::Leaky(s) => {
+                (x.relu().unwrap() - (x.neg().unwrap().relu().unwrap() * s as f64)).unwrap()
+            }
+            Act::Sigmoid => (x.neg().unwrap().exp().unwrap() + 1.0)
+                .unwrap()
+                .recip()
+                .unwrap(),
+            Act::Tanh => x.tanh().unwrap(),
+        }
+    }
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        let s = b.abs().unwrap().max_all().unwrap();
+        d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-6)
+    }
+
+    #[test]
+    fn fused_matches_candle_values_and_gradients() {
+        let dev = Device::Cpu;
+        for act in [
+            Act::Linear,
+            Act::Relu,
+            Act::Leaky(0.2),
+            Act::Leaky(0.0),
+            Act::Sigmoid,
+            Act::Tanh,
+        ] {
+            // odd sizes and one larger than a task, so chunk edges are crossed
+            for (rows, f) in [(1, 1), (7, 3), (129, 33), (3000, 17)] {
+                let x = Variable::new(
+                    "x",
+                    &Tensor::randn(0f32, 2.0, (rows, f), &dev).unwrap(),
+                    true,
+                )
+                .unwrap();
+                let b =
+                    Variable::new("b", &Tensor::randn(0f32, 1.0, f, &dev).unwrap(), true).unwrap();
+                let up = Tensor::randn(0f32, 1.0, (rows, f), &dev).unwrap();
+                let vars = [x.clone(), b.clone()];
+                let ours = bias_activation(x.as_tensor(), b.as_tensor(), act)
+                    .unwrap()
+                    .unwrap();
+                let theirs = reference(x.as_tensor(), Some(b.as_tensor()), act);
+                assert!(max_rel(&ours, &theirs) < 1e-5, "{act:?} {rows}x{f} forward");
+                let g1 = GradientTape::gradient(&(&ours * &up).unwrap().sum_all().unwrap(), &vars)
+                    .unwrap();
+                let g2 =
+                    GradientTape::gradient(&(&theirs * &up).unwrap().sum_all().unwrap(), &vars)
+                        .unwrap();
+                assert!(
+                    max_rel(&g1[0], &g2[0]) < 1e-5,
+                    "{act:?} {rows}x{f} input grad"
+                );
+                assert!(
+                    max_rel(&g1[1], &g2[1]) < 1e-5,
+                    "{act:?} {rows}x{f} bias grad"
+                );
+                let ours = activation(x.as_tensor(), act).unwrap().unwrap();
+                let theirs = reference(x.as_tensor(), None, act);
+                assert!(max_rel(&ours, &theirs) < 1e-5, "{act:?} {rows}x{f} no bias");
+                let g1 =
+                    GradientTape::gradient(&(&ours * &up).unwrap().sum_all().unwrap(), &vars[..1])
+                        .unwrap();
+                let g2 = GradientTape::gradient(
+                    &(&theirs * &up).unwrap().sum_all().unwrap(),
+                    &vars[..1],
+                )
+                .unwrap();
+                assert!(
+                    max_rel(&g1[0], &g2[0]) < 1e-5,
+                    "{act:?} {rows}x{f} no-bias grad"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn non_contiguous_inputs_and_other_dtypes() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (5, 4), &dev).unwrap().t().unwrap();
+        let b = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
+        let ours = bias_activation(&x, &b, Act::Relu).unwrap().unwrap();
+        assert!(max_rel(&ours, &reference(&x, Some(&b), Act::Relu)) < 1e-6);
+        let xd = x.to_dtype(candle_core::DType::F64).unwrap();
+        assert!(activation(&xd, Act::Relu).unwrap().is_none());
+        assert!(activation(&x, Act::Leaky(-0.5)).unwrap().is_none());
+        assert!(
+            bias_activation(&x, &b.narrow(0, 0, 3).unwrap(), Act::Relu)
+                .unwrap()
+                .is_none()
+        );
+    }
+}
