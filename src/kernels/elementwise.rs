@@ -23,48 +23,6 @@ pub(crate) enum Act {
     Tanh,
 }
 
-impl Act {
-    #[inline(always)]
-    fn f(self, x: f32) -> f32 {
-        match self {
-            Act::Linear => x,
-            Act::Relu => x.max(0.0),
-            Act::Leaky(s) => {
-                if x > 0.0 {
-                    x
-                } else {
-                    x * s
-                }
-            }
-            Act::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-            Act::Tanh => x.tanh(),
-        }
-    }
-    /// Derivative at the point whose output is `y`.
-    #[inline(always)]
-    fn df(self, y: f32) -> f32 {
-        match self {
-            Act::Linear => 1.0,
-            Act::Relu => {
-                if y > 0.0 {
-                    1.0
-                } else {
-                    0.0
-                }
-            }
-            Act::Leaky(s) => {
-                if y > 0.0 {
-                    1.0
-                } else {
-                    s
-                }
-            }
-            Act::Sigmoid => y * (1.0 - y),
-            Act::Tanh => 1.0 - y * y,
-        }
-    }
-}
-
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else {
         candle_core::bail!("{what}: only float32 is supported")
@@ -80,28 +38,86 @@ fn rows_per_task(f: usize) -> usize {
     (CHUNK / f.max(1)).max(1)
 }
 
+/// Calls `body` with the activation as a concrete closure, so that each loop is compiled (and
+/// vectorized) for one activation rather than branching on it per element.
+macro_rules! with_act {
+    ($act:expr, |$f:ident| $body:expr) => {
+        match $act {
+            Act::Linear => {
+                let $f = |x: f32| x;
+                $body
+            }
+            Act::Relu => {
+                let $f = |x: f32| x.max(0.0);
+                $body
+            }
+            Act::Leaky(s) => {
+                let $f = move |x: f32| if x > 0.0 { x } else { x * s };
+                $body
+            }
+            Act::Sigmoid => {
+                let $f = |x: f32| 1.0 / (1.0 + (-x).exp());
+                $body
+            }
+            Act::Tanh => {
+                let $f = |x: f32| x.tanh();
+                $body
+            }
+        }
+    };
+}
+
+/// As [`with_act`], with the derivative as a function of the output.
+macro_rules! with_act_grad {
+    ($act:expr, |$df:ident| $body:expr) => {
+        match $act {
+            Act::Linear => {
+                let $df = |_: f32| 1.0f32;
+                $body
+            }
+            Act::Relu => {
+                let $df = |y: f32| if y > 0.0 { 1.0f32 } else { 0.0 };
+                $body
+            }
+            Act::Leaky(s) => {
+                let $df = move |y: f32| if y > 0.0 { 1.0f32 } else { s };
+                $body
+            }
+            Act::Sigmoid => {
+                let $df = |y: f32| y * (1.0 - y);
+                $body
+            }
+            Act::Tanh => {
+                let $df = |y: f32| 1.0 - y * y;
+                $body
+            }
+        }
+    };
+}
+
 fn forward(x: &[f32], bias: Option<&[f32]>, act: Act) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     match bias {
-        None => y
+        None => with_act!(act, |f| y
             .par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(y, x)| {
                 for (y, &x) in y.iter_mut().zip(x) {
-                    *y = act.f(x);
+                    *y = f(x);
                 }
-            }),
+            })),
         Some(b) => {
             let step = rows_per_task(b.len()) * b.len();
-            y.par_chunks_mut(step)
+            with_act!(act, |f| y
+                .par_chunks_mut(step)
                 .zip(x.par_chunks(step))
                 .for_each(|(y, x)| {
                     for (y, x) in y.chunks_exact_mut(b.len()).zip(x.chunks_exact(b.len())) {
                         for ((y, &x), &b) in y.iter_mut().zip(x).zip(b) {
-                            *y = act.f(x + b);
+                            *y = f(x + b);
                         }
                     }
-                })
+                }))
         }
     }
     y
@@ -192,15 +208,15 @@ impl CustomOp2 for FusedGrad {
         if y.len() != gy.len() {
             candle_core::bail!("gradient of {} values for {} outputs", gy.len(), y.len())
         }
-        let act = self.0;
         let mut gx = vec![0f32; y.len()];
-        gx.par_chunks_mut(CHUNK)
+        with_act_grad!(self.0, |df| gx
+            .par_chunks_mut(CHUNK)
             .zip(y.par_chunks(CHUNK).zip(gy.par_chunks(CHUNK)))
             .for_each(|(gx, (y, gy))| {
                 for ((gx, &y), &gy) in gx.iter_mut().zip(y).zip(gy) {
-                    *gx = gy * act.df(y);
+                    *gx = gy * df(y);
                 }
-            });
+            }));
         Ok((CpuStorage::F32(gx), l1.shape().clone()))
     }
 }

@@ -4,3 +4,4 @@
 
 pub(crate) mod adam;
 pub(crate) mod elementwise;
+pub(crate) mod pool;

@@ -66,6 +66,9 @@ impl Geometry {
     #[inline(always)]
     fn dst(&self, p: usize, i: usize, pad: usize, out: usize) -> Option<usize> {
         let q = (p + pad).checked_sub(i * self.dilation)?;
+        if self.stride == 1 {
+            return (q < out).then_some(q);
+        }
         (q % self.stride == 0 && q / self.stride < out).then_some(q / self.stride)
     }
     /// Whether to multiply per input pixel and gather the taps afterwards (`kn2row`) rather than
@@ -93,6 +96,26 @@ impl Geometry {
             per * self.rows_per_image() * self.patch_len()
         }
     }
+}
+
+thread_local! {
+    /// The patch buffer, kept between calls: a fresh zeroed one per call cost a 16 MiB memset.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer of at least `len` floats (contents unspecified:
+/// every user writes what it reads).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                *buf = vec![0f32; len];
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered (not expected): use a buffer of its own.
+        Err(_) => f(&mut vec![0f32; len]),
+    })
 }
 
 fn contiguous_f32<'a>(
@@ -343,35 +366,36 @@ impl CustomOp2 for Conv {
         let rows = g.n * g.rows_per_image();
         let mut y = vec![0f32; rows * f];
         let per = g.images_per_chunk(f);
-        let mut buf = vec![0f32; g.chunk_len(f)];
-        let wc = g.kn2row(f).then(|| kernel_by_channel(&g, f, w));
-        for n0 in (0..g.n).step_by(per) {
-            let nb = per.min(g.n - n0);
-            let chunk = Geometry { n: nb, ..g };
-            let images = &x[n0 * g.image_len()..(n0 + nb) * g.image_len()];
-            let r0 = n0 * g.rows_per_image();
-            let r = nb * g.rows_per_image();
-            let out = &mut y[r0 * f..(r0 + r) * f];
-            if let Some(wc) = &wc {
-                // Per pixel, every tap's contribution; then each output sums its taps.
-                let (p, tf) = (nb * g.pixels(), g.taps() * f);
-                matmul(
-                    p,
-                    tf,
-                    g.c,
-                    &mut buf[..p * tf],
-                    false,
-                    images,
-                    false,
-                    wc,
-                    false,
-                );
-                gather_taps(&chunk, f, &buf[..p * tf], out);
-            } else {
-                im2col(&chunk, images, &mut buf[..r * k]);
-                matmul(r, f, k, out, false, &buf[..r * k], false, w, false);
+        with_scratch(g.chunk_len(f), |buf| {
+            let wc = g.kn2row(f).then(|| kernel_by_channel(&g, f, w));
+            for n0 in (0..g.n).step_by(per) {
+                let nb = per.min(g.n - n0);
+                let chunk = Geometry { n: nb, ..g };
+                let images = &x[n0 * g.image_len()..(n0 + nb) * g.image_len()];
+                let r0 = n0 * g.rows_per_image();
+                let r = nb * g.rows_per_image();
+                let out = &mut y[r0 * f..(r0 + r) * f];
+                if let Some(wc) = &wc {
+                    // Per pixel, every tap's contribution; then each output sums its taps.
+                    let (p, tf) = (nb * g.pixels(), g.taps() * f);
+                    matmul(
+                        p,
+                        tf,
+                        g.c,
+                        &mut buf[..p * tf],
+                        false,
+                        images,
+                        false,
+                        wc,
+                        false,
+                    );
+                    gather_taps(&chunk, f, &buf[..p * tf], out);
+                } else {
+                    im2col(&chunk, images, &mut buf[..r * k]);
+                    matmul(r, f, k, out, false, &buf[..r * k], false, w, false);
+                }
             }
-        }
+        });
         Ok((CpuStorage::F32(y), Shape::from((rows, f))))
     }
     fn bwd(
@@ -424,25 +448,26 @@ impl CustomOp2 for ConvData {
         check("conv2d kernel", w.len(), k * f, &g)?;
         let mut gx = vec![0f32; g.n * g.image_len()];
         let per = g.images_per_chunk(f);
-        let mut buf = vec![0f32; g.chunk_len(f)];
-        let wc = g.kn2row(f).then(|| kernel_by_channel(&g, f, w));
-        for n0 in (0..g.n).step_by(per) {
-            let nb = per.min(g.n - n0);
-            let r = nb * g.rows_per_image();
-            let r0 = n0 * g.rows_per_image();
-            let chunk = Geometry { n: nb, ..g };
-            let grads = &gy[r0 * f..(r0 + r) * f];
-            let out = &mut gx[n0 * g.image_len()..(n0 + nb) * g.image_len()];
-            if let Some(wc) = &wc {
-                // Per pixel, the gradients of the outputs its taps feed, times the kernel.
-                let (p, tf) = (nb * g.pixels(), g.taps() * f);
-                scatter_taps(&chunk, f, grads, &mut buf[..p * tf]);
-                matmul(p, g.c, tf, out, false, &buf[..p * tf], false, wc, true);
-            } else {
-                matmul(r, k, f, &mut buf[..r * k], false, grads, false, w, true);
-                col2im(&chunk, &buf[..r * k], out);
+        with_scratch(g.chunk_len(f), |buf| {
+            let wc = g.kn2row(f).then(|| kernel_by_channel(&g, f, w));
+            for n0 in (0..g.n).step_by(per) {
+                let nb = per.min(g.n - n0);
+                let r = nb * g.rows_per_image();
+                let r0 = n0 * g.rows_per_image();
+                let chunk = Geometry { n: nb, ..g };
+                let grads = &gy[r0 * f..(r0 + r) * f];
+                let out = &mut gx[n0 * g.image_len()..(n0 + nb) * g.image_len()];
+                if let Some(wc) = &wc {
+                    // Per pixel, the gradients of the outputs its taps feed, times the kernel.
+                    let (p, tf) = (nb * g.pixels(), g.taps() * f);
+                    scatter_taps(&chunk, f, grads, &mut buf[..p * tf]);
+                    matmul(p, g.c, tf, out, false, &buf[..p * tf], false, wc, true);
+                } else {
+                    matmul(r, k, f, &mut buf[..r * k], false, grads, false, w, true);
+                    col2im(&chunk, &buf[..r * k], out);
+                }
             }
-        }
+        });
         Ok((CpuStorage::F32(gx), Shape::from((g.n, g.h, g.w, g.c))))
     }
     fn bwd(
@@ -497,33 +522,34 @@ impl CustomOp2 for ConvFilter {
         // kn2row accumulates the kernel gradient as (c, taps·f) and rearranges it at the end.
         let mut gw = vec![0f32; k * f];
         let per = g.images_per_chunk(f);
-        let mut buf = vec![0f32; g.chunk_len(f)];
-        for n0 in (0..g.n).step_by(per) {
-            let nb = per.min(g.n - n0);
-            let r = nb * g.rows_per_image();
-            let chunk = Geometry { n: nb, ..g };
-            let images = &x[n0 * g.image_len()..(n0 + nb) * g.image_len()];
-            let r0 = n0 * g.rows_per_image();
-            let grads = &gy[r0 * f..(r0 + r) * f];
-            if kn2row {
-                let (p, tf) = (nb * g.pixels(), g.taps() * f);
-                scatter_taps(&chunk, f, grads, &mut buf[..p * tf]);
-                matmul(
-                    g.c,
-                    tf,
-                    p,
-                    &mut gw,
-                    n0 > 0,
-                    images,
-                    true,
-                    &buf[..p * tf],
-                    false,
-                );
-            } else {
-                im2col(&chunk, images, &mut buf[..r * k]);
-                matmul(k, f, r, &mut gw, n0 > 0, &buf[..r * k], true, grads, false);
+        with_scratch(g.chunk_len(f), |buf| {
+            for n0 in (0..g.n).step_by(per) {
+                let nb = per.min(g.n - n0);
+                let r = nb * g.rows_per_image();
+                let chunk = Geometry { n: nb, ..g };
+                let images = &x[n0 * g.image_len()..(n0 + nb) * g.image_len()];
+                let r0 = n0 * g.rows_per_image();
+                let grads = &gy[r0 * f..(r0 + r) * f];
+                if kn2row {
+                    let (p, tf) = (nb * g.pixels(), g.taps() * f);
+                    scatter_taps(&chunk, f, grads, &mut buf[..p * tf]);
+                    matmul(
+                        g.c,
+                        tf,
+                        p,
+                        &mut gw,
+                        n0 > 0,
+                        images,
+                        true,
+                        &buf[..p * tf],
+                        false,
+                    );
+                } else {
+                    im2col(&chunk, images, &mut buf[..r * k]);
+                    matmul(k, f, r, &mut gw, n0 > 0, &buf[..r * k], true, grads, false);
+                }
             }
-        }
+        });
         if kn2row {
             let (t, c) = (g.taps(), g.c);
             let by_channel = std::mem::take(&mut gw);

@@ -70,6 +70,19 @@ fn pool_nhwc(
     padding: Padding,
     max: bool,
 ) -> Result<Tensor> {
+    pool_nhwc_with(x, pool, strides, padding, max, true)
+}
+
+/// [`pool_nhwc`]; `own_kernel` false keeps candle's ops for max pooling on the CPU too (the
+/// reference the kernel is tested against).
+fn pool_nhwc_with(
+    x: &Tensor,
+    pool: (usize, usize),
+    strides: (usize, usize),
+    padding: Padding,
+    max: bool,
+    own_kernel: bool,
+) -> Result<Tensor> {
     let (n, h, w, c) = x.dims4()?;
     let (oh, ow) = (
         out_len(h, pool.0, strides.0, padding),
@@ -87,6 +100,25 @@ fn pool_nhwc(
         Padding::Same => (need_h.saturating_sub(h) / 2, need_w.saturating_sub(w) / 2),
         Padding::Valid => (0, 0),
     };
+    if own_kernel && max && x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        let g = crate::kernels::pool::PoolGeometry {
+            n,
+            h,
+            w,
+            c,
+            ph: pool.0,
+            pw: pool.1,
+            sh: strides.0,
+            sw: strides.1,
+            pt,
+            pl,
+            oh,
+            ow,
+        };
+        return Ok(x
+            .contiguous()?
+            .apply_op1(crate::kernels::pool::MaxPool(g))?);
+    }
     let pb = need_h.saturating_sub(h + pt);
     let pr = need_w.saturating_sub(w + pl);
     let pad = |t: &Tensor, axis: usize, before: usize, after: usize, fill: f64| -> Result<Tensor> {
@@ -108,7 +140,8 @@ fn pool_nhwc(
     };
     let fill = if max { f64::NEG_INFINITY } else { 0.0 };
     let xp = pad(&pad(x, 1, pt, pb, fill)?, 2, pl, pr, fill)?;
-    let xp = xp.narrow(1, 0, need_h)?.narrow(2, 0, need_w)?;
+    // (contiguous: candle's index_select needs it)
+    let xp = xp.narrow(1, 0, need_h)?.narrow(2, 0, need_w)?.contiguous()?;
     // Overlapping windows: each window offset as a strided selection `(n, oh, ow, c, 1)`, in
     // row-major order within the window.
     let offsets = || -> Result<Vec<Tensor>> {
@@ -474,5 +507,57 @@ impl Layer for UpSampling2D {
             "data_format": super::config::data_format_json(self.data_format),
             "interpolation": "nearest",
         }))
+    }
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    use super::*;
+    use crate::GradientTape;
+    use crate::tape::Variable;
+    use candle_core::Device;
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        let s = b.abs().unwrap().max_all().unwrap();
+        d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-6)
+    }
+
+    #[test]
+    fn max_pool_kernel_matches_candle_values_and_gradients() {
+        let dev = Device::Cpu;
+        for (h, w, c, pool, strides, padding) in [
+            (4, 4, 3, (2, 2), (2, 2), Padding::Valid),
+            (5, 7, 2, (2, 2), (2, 2), Padding::Valid),
+            (5, 7, 2, (2, 2), (2, 2), Padding::Same),
+            (6, 5, 4, (3, 3), (1, 1), Padding::Same),
+            (6, 5, 1, (3, 2), (2, 1), Padding::Valid),
+            (7, 7, 5, (3, 3), (2, 2), Padding::Same),
+            (26, 26, 32, (2, 2), (2, 2), Padding::Valid),
+        ] {
+            // Rounded values, so that windows hold tied maxima.
+            let x = (Tensor::randn(0f32, 2.0, (3, h, w, c), &dev).unwrap())
+                .round()
+                .unwrap();
+            let xv = Variable::new("x", &x, true).unwrap();
+            let ours = pool_nhwc_with(xv.as_tensor(), pool, strides, padding, true, true).unwrap();
+            let theirs =
+                pool_nhwc_with(xv.as_tensor(), pool, strides, padding, true, false).unwrap();
+            let case = format!("{h}x{w}x{c} {pool:?} {strides:?} {padding:?}");
+            assert_eq!(ours.dims(), theirs.dims(), "{case}");
+            assert!(max_rel(&ours, &theirs) < 1e-6, "forward {case}");
+            let up = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+            let g1 = GradientTape::gradient(
+                &(&ours * &up).unwrap().sum_all().unwrap(),
+                std::slice::from_ref(&xv),
+            )
+            .unwrap();
+            let g2 = GradientTape::gradient(
+                &(&theirs * &up).unwrap().sum_all().unwrap(),
+                std::slice::from_ref(&xv),
+            )
+            .unwrap();
+            assert!(max_rel(&g1[0], &g2[0]) < 1e-6, "gradient {case}");
+        }
     }
 }

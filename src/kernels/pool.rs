@@ -1,0 +1,149 @@
+//! Max pooling over channels-last images on the CPU, with its gradient, as candle custom ops.
+//!
+//! Why our own: built from candle ops, max pooling is a pad, a permuted copy, an argmax and a
+//! gather forward, and a scatter-add into zeros backward (about a sixth of the MNIST convnet's
+//! step). Here each direction is one pass. The gradient goes to the first largest element of each
+//! window in row-major order, as Keras's does when a window holds tied maxima.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Windows of a max pooling: `(n, h, w, c)` input, `(ph, pw)` windows every `(sh, sw)`, starting
+/// `(pt, pl)` before the image (positions outside it are ignored), `(oh, ow)` outputs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PoolGeometry {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub pt: usize,
+    pub pl: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl PoolGeometry {
+    /// Image rows (or columns) covered by window `o` of size `k`, stride `s`, padding `p`.
+    fn span(o: usize, k: usize, s: usize, p: usize, size: usize) -> std::ops::Range<usize> {
+        let start = (o * s).saturating_sub(p);
+        let end = (o * s + k).saturating_sub(p).min(size);
+        start..end.max(start)
+    }
+    /// For output `(n, oy, ox)`, channel by channel, the flat input index of the window's first
+    /// largest value (`usize::MAX` for an empty window).
+    fn argmax(&self, img: &[f32], oy: usize, ox: usize, best: &mut [f32], at: &mut [usize]) {
+        best.fill(f32::NEG_INFINITY);
+        at.fill(usize::MAX);
+        for y in Self::span(oy, self.ph, self.sh, self.pt, self.h) {
+            for x in Self::span(ox, self.pw, self.sw, self.pl, self.w) {
+                let base = (y * self.w + x) * self.c;
+                for ch in 0..self.c {
+                    let v = img[base + ch];
+                    // `>` keeps the first of tied maxima; the first value always wins so that
+                    // a window of NaN or -inf still has a position.
+                    if v > best[ch] || at[ch] == usize::MAX {
+                        best[ch] = v;
+                        at[ch] = base + ch;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forward max pooling.
+pub(crate) struct MaxPool(pub PoolGeometry);
+
+/// Its gradient: inputs `(x, gy)`, output shaped like `x`.
+struct MaxPoolGrad(PoolGeometry);
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(d) = s else {
+        candle_core::bail!("{what}: only float32 is supported")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&d[a..b]),
+        None => candle_core::bail!("{what}: the input must be contiguous"),
+    }
+}
+
+impl CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "max_pool_nhwc"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let x = slice(s, l, "max pooling input")?;
+        if x.len() != g.n * g.h * g.w * g.c {
+            candle_core::bail!("max pooling: {} values for {g:?}", x.len())
+        }
+        let (img_len, out_len) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
+        let mut y = vec![0f32; g.n * out_len];
+        y.par_chunks_mut(out_len)
+            .zip(x.par_chunks(img_len))
+            .for_each(|(y, img)| {
+                let (mut best, mut at) = (vec![0f32; g.c], vec![0usize; g.c]);
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        g.argmax(img, oy, ox, &mut best, &mut at);
+                        let o = (oy * g.ow + ox) * g.c;
+                        y[o..o + g.c].copy_from_slice(&best);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.oh, g.ow, g.c))))
+    }
+    fn bwd(&self, x: &Tensor, _y: &Tensor, gy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(
+            &gy.contiguous()?,
+            &MaxPoolGrad(self.0),
+        )?))
+    }
+}
+
+impl CustomOp2 for MaxPoolGrad {
+    fn name(&self) -> &'static str {
+        "max_pool_nhwc_grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let x = slice(s1, l1, "max pooling input")?;
+        let gy = slice(s2, l2, "max pooling output gradient")?;
+        let (img_len, out_len) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
+        if x.len() != g.n * img_len || gy.len() != g.n * out_len {
+            candle_core::bail!(
+                "max pooling gradient: {} inputs and {} gradients for {g:?}",
+                x.len(),
+                gy.len()
+            )
+        }
+        let mut gx = vec![0f32; x.len()];
+        gx.par_chunks_mut(img_len)
+            .zip(x.par_chunks(img_len).zip(gy.par_chunks(out_len)))
+            .for_each(|(gx, (img, gy))| {
+                let (mut best, mut at) = (vec![0f32; g.c], vec![0usize; g.c]);
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        g.argmax(img, oy, ox, &mut best, &mut at);
+                        let o = (oy * g.ow + ox) * g.c;
+                        for (&i, &d) in at.iter().zip(&gy[o..o + g.c]) {
+                            if i != usize::MAX {
+                                gx[i] += d;
+                            }
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(gx), l1.shape().clone()))
+    }
+}
