@@ -33,22 +33,51 @@ impl PoolGeometry {
         let end = (o * s + k).saturating_sub(p).min(size);
         start..end.max(start)
     }
-    /// For output `(n, oy, ox)`, channel by channel, the flat input index of the window's first
-    /// largest value (`usize::MAX` for an empty window).
-    fn argmax(&self, img: &[f32], oy: usize, ox: usize, best: &mut [f32], at: &mut [usize]) {
-        best.fill(f32::NEG_INFINITY);
-        at.fill(usize::MAX);
-        for y in Self::span(oy, self.ph, self.sh, self.pt, self.h) {
-            for x in Self::span(ox, self.pw, self.sw, self.pl, self.w) {
+    /// For output `(oy, ox)` of one image, channel by channel, the window's largest value and
+    /// the flat input index of its first occurrence (`u32::MAX` for an empty window). Branch-free
+    /// selects over the channels, so that the loop vectorizes.
+    fn argmax(&self, img: &[f32], oy: usize, ox: usize, best: &mut [f32], at: &mut [u32]) {
+        let rows = Self::span(oy, self.ph, self.sh, self.pt, self.h);
+        let cols = Self::span(ox, self.pw, self.sw, self.pl, self.w);
+        if rows.is_empty() || cols.is_empty() {
+            best.fill(f32::NEG_INFINITY);
+            at.fill(u32::MAX);
+            return;
+        }
+        let first = (rows.start * self.w + cols.start) * self.c;
+        best.copy_from_slice(&img[first..first + self.c]);
+        for (ch, a) in at.iter_mut().enumerate() {
+            *a = (first + ch) as u32;
+        }
+        for y in rows {
+            for x in cols.clone() {
                 let base = (y * self.w + x) * self.c;
-                for ch in 0..self.c {
-                    let v = img[base + ch];
-                    // `>` keeps the first of tied maxima; the first value always wins so that
-                    // a window of NaN or -inf still has a position.
-                    if v > best[ch] || at[ch] == usize::MAX {
-                        best[ch] = v;
-                        at[ch] = base + ch;
-                    }
+                let vals = &img[base..base + self.c];
+                for (ch, ((b, a), &v)) in best.iter_mut().zip(at.iter_mut()).zip(vals).enumerate() {
+                    // `>` keeps the first of tied maxima.
+                    let take = v > *b;
+                    *b = if take { v } else { *b };
+                    *a = if take { (base + ch) as u32 } else { *a };
+                }
+            }
+        }
+    }
+
+    /// The window's largest values only (the forward pass).
+    fn max(&self, img: &[f32], oy: usize, ox: usize, best: &mut [f32]) {
+        let rows = Self::span(oy, self.ph, self.sh, self.pt, self.h);
+        let cols = Self::span(ox, self.pw, self.sw, self.pl, self.w);
+        if rows.is_empty() || cols.is_empty() {
+            best.fill(f32::NEG_INFINITY);
+            return;
+        }
+        let first = (rows.start * self.w + cols.start) * self.c;
+        best.copy_from_slice(&img[first..first + self.c]);
+        for y in rows {
+            for x in cols.clone() {
+                let base = (y * self.w + x) * self.c;
+                for (b, &v) in best.iter_mut().zip(&img[base..base + self.c]) {
+                    *b = if v > *b { v } else { *b };
                 }
             }
         }
@@ -86,12 +115,10 @@ impl CustomOp1 for MaxPool {
         y.par_chunks_mut(out_len)
             .zip(x.par_chunks(img_len))
             .for_each(|(y, img)| {
-                let (mut best, mut at) = (vec![0f32; g.c], vec![0usize; g.c]);
                 for oy in 0..g.oh {
                     for ox in 0..g.ow {
-                        g.argmax(img, oy, ox, &mut best, &mut at);
                         let o = (oy * g.ow + ox) * g.c;
-                        y[o..o + g.c].copy_from_slice(&best);
+                        g.max(img, oy, ox, &mut y[o..o + g.c]);
                     }
                 }
             });
@@ -127,18 +154,21 @@ impl CustomOp2 for MaxPoolGrad {
                 gy.len()
             )
         }
+        if img_len > u32::MAX as usize {
+            candle_core::bail!("max pooling gradient: images of {img_len} values are too large")
+        }
         let mut gx = vec![0f32; x.len()];
         gx.par_chunks_mut(img_len)
             .zip(x.par_chunks(img_len).zip(gy.par_chunks(out_len)))
             .for_each(|(gx, (img, gy))| {
-                let (mut best, mut at) = (vec![0f32; g.c], vec![0usize; g.c]);
+                let (mut best, mut at) = (vec![0f32; g.c], vec![0u32; g.c]);
                 for oy in 0..g.oh {
                     for ox in 0..g.ow {
                         g.argmax(img, oy, ox, &mut best, &mut at);
                         let o = (oy * g.ow + ox) * g.c;
                         for (&i, &d) in at.iter().zip(&gy[o..o + g.c]) {
-                            if i != usize::MAX {
-                                gx[i] += d;
+                            if i != u32::MAX {
+                                gx[i as usize] += d;
                             }
                         }
                     }

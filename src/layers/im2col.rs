@@ -141,6 +141,26 @@ fn im2col(g: &Geometry, images: &[f32], dst: &mut [f32]) {
         .for_each(|(line, out)| {
             let (n, oy) = (line / g.oh, line % g.oh);
             for (ox, out) in out.chunks_exact_mut(k).enumerate() {
+                // Dilation 1 with the whole kernel row inside the image: each kernel row is one
+                // contiguous run of kw*c values.
+                let x0 = (ox * g.stride).checked_sub(g.pad_l);
+                if let Some(x0) = x0
+                    && g.dilation == 1
+                    && x0 + g.kw <= g.w
+                {
+                    let run = g.kw * c;
+                    for i in 0..g.kh {
+                        let d = i * run;
+                        match g.src(oy, i, g.pad_t, g.h) {
+                            Some(y) => {
+                                let s = ((n * g.h + y) * g.w + x0) * c;
+                                out[d..d + run].copy_from_slice(&images[s..s + run]);
+                            }
+                            None => out[d..d + run].fill(0.0),
+                        }
+                    }
+                    continue;
+                }
                 for i in 0..g.kh {
                     let y = g.src(oy, i, g.pad_t, g.h);
                     for j in 0..g.kw {

@@ -141,7 +141,10 @@ fn pool_nhwc_with(
     let fill = if max { f64::NEG_INFINITY } else { 0.0 };
     let xp = pad(&pad(x, 1, pt, pb, fill)?, 2, pl, pr, fill)?;
     // (contiguous: candle's index_select needs it)
-    let xp = xp.narrow(1, 0, need_h)?.narrow(2, 0, need_w)?.contiguous()?;
+    let xp = xp
+        .narrow(1, 0, need_h)?
+        .narrow(2, 0, need_w)?
+        .contiguous()?;
     // Overlapping windows: each window offset as a strided selection `(n, oh, ow, c, 1)`, in
     // row-major order within the window.
     let offsets = || -> Result<Vec<Tensor>> {
