@@ -164,7 +164,11 @@ impl Model for Gan {
         // Sample random points in the latent space and decode them to fake images.
         let random_latent_vectors =
             ferrokeras::random::normal(&[batch_size, self.latent_dim], 0.0, 1.0, &dev)?;
-        let generated_images = self.generator.forward(&random_latent_vectors, true)?;
+        // Keras calls the generator before opening the discriminator's tape, so no gradient
+        // flows into it from this step: `stop_gradient` says the same here (the tape records
+        // every operation, and would otherwise differentiate the generator too, for nothing).
+        let generated_images =
+            ferrokeras::tape::stop_gradient(&self.generator.forward(&random_latent_vectors, true)?);
 
         // Combine them with real images; labels say 1 for fake and 0 for real, plus noise
         // (an important trick).

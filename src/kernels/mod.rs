@@ -4,4 +4,5 @@
 
 pub(crate) mod adam;
 pub(crate) mod elementwise;
+pub(crate) mod linear;
 pub(crate) mod pool;

@@ -213,7 +213,7 @@ impl Layer for Dense {
         let lead: Vec<usize> = x.dims()[..x.rank() - 1].to_vec();
         let rows: usize = lead.iter().product();
         let x2 = x.reshape((rows, in_features))?;
-        let y = x2.matmul(kernel.as_tensor())?;
+        let y = crate::kernels::linear::linear(&x2, kernel.as_tensor())?;
         let y = match &self.bias {
             Some(b) => self.activation.apply_with_bias(&y, b.as_tensor())?,
             None => self.activation.apply(&y)?,

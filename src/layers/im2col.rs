@@ -281,7 +281,7 @@ fn kernel_by_channel(g: &Geometry, f: usize, w: &[f32]) -> Vec<f32> {
 /// `dst (m×n) [+]= op(lhs) · op(rhs)`, row-major, where `op` transposes when asked:
 /// `lhs` is stored `m×k` (or `k×m` with `lhs_t`), `rhs` `k×n` (or `n×k` with `rhs_t`).
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(crate) fn matmul(
     m: usize,
     n: usize,
     k: usize,
@@ -426,13 +426,18 @@ impl CustomOp2 for Conv {
         gy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let gy = gy.contiguous()?;
-        let gx = gy.apply_op2_no_bwd(
-            w,
-            &ConvData {
-                g: self.g,
-                f: self.f,
-            },
-        )?;
+        // No input gradient when nothing upstream needs one (the input images).
+        let gx = if x.track_op() {
+            Some(gy.apply_op2_no_bwd(
+                w,
+                &ConvData {
+                    g: self.g,
+                    f: self.f,
+                },
+            )?)
+        } else {
+            None
+        };
         let gw = x.apply_op2_no_bwd(
             &gy,
             &ConvFilter {
@@ -440,7 +445,7 @@ impl CustomOp2 for Conv {
                 f: self.f,
             },
         )?;
-        Ok((Some(gx), Some(gw)))
+        Ok((gx, Some(gw)))
     }
 }
 
@@ -498,13 +503,17 @@ impl CustomOp2 for ConvData {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let d_gy = grad.apply_op2_no_bwd(
-            w,
-            &Conv {
-                g: self.g,
-                f: self.f,
-            },
-        )?;
+        let d_gy = if gy.track_op() {
+            Some(grad.apply_op2_no_bwd(
+                w,
+                &Conv {
+                    g: self.g,
+                    f: self.f,
+                },
+            )?)
+        } else {
+            None
+        };
         let d_w = grad.apply_op2_no_bwd(
             &gy.contiguous()?,
             &ConvFilter {
@@ -512,7 +521,7 @@ impl CustomOp2 for ConvData {
                 f: self.f,
             },
         )?;
-        Ok((Some(d_gy), Some(d_w)))
+        Ok((d_gy, Some(d_w)))
     }
 }
 

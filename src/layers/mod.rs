@@ -13,7 +13,7 @@ mod conv;
 mod core;
 mod dense;
 mod dropout;
-mod im2col;
+pub(crate) mod im2col;
 mod norm;
 mod pooling;
 mod reshape;
