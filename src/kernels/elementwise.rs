@@ -6,6 +6,8 @@
 //! one pass (computed from the output, so nothing else is kept), and the bias gradient a column sum
 //! split over both cores. Other devices and dtypes use candle's ops.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -95,32 +97,45 @@ macro_rules! with_act_grad {
     };
 }
 
+/// A vector of `n` floats whose chunks of `chunk` are written in parallel by `fill(i, chunk_i)`,
+/// without zeroing them first (zeroing a large output costs as much as computing it).
+/// `fill` must write every element of the chunk it is given.
+fn par_build(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| fill(i, c));
+    // SAFETY: the first `n` slots were all initialized: the chunks cover them and each `fill`
+    // call writes its whole chunk (every caller zips the chunk with an input of the same length).
+    unsafe { v.set_len(n) };
+    v
+}
+
 fn forward(x: &[f32], bias: Option<&[f32]>, act: Act) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
     match bias {
-        None => with_act!(act, |f| y
-            .par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = f(x);
-                }
-            })),
+        None => with_act!(act, |f| par_build(x.len(), CHUNK, |i, y| {
+            let x = &x[i * CHUNK..i * CHUNK + y.len()];
+            for (y, &x) in y.iter_mut().zip(x) {
+                y.write(f(x));
+            }
+        })),
         Some(b) => {
             let step = rows_per_task(b.len()) * b.len();
-            with_act!(act, |f| y
-                .par_chunks_mut(step)
-                .zip(x.par_chunks(step))
-                .for_each(|(y, x)| {
-                    for (y, x) in y.chunks_exact_mut(b.len()).zip(x.chunks_exact(b.len())) {
-                        for ((y, &x), &b) in y.iter_mut().zip(x).zip(b) {
-                            *y = f(x + b);
-                        }
+            with_act!(act, |f| par_build(x.len(), step, |i, y| {
+                let x = &x[i * step..i * step + y.len()];
+                for (y, x) in y.chunks_exact_mut(b.len()).zip(x.chunks_exact(b.len())) {
+                    for ((y, &x), &b) in y.iter_mut().zip(x).zip(b) {
+                        y.write(f(x + b));
                     }
-                }))
+                }
+            }))
         }
     }
-    y
 }
 
 /// `activation(x)` (CustomOp1) or `activation(x + bias)` over the last axis (CustomOp2).
@@ -208,15 +223,12 @@ impl CustomOp2 for FusedGrad {
         if y.len() != gy.len() {
             candle_core::bail!("gradient of {} values for {} outputs", gy.len(), y.len())
         }
-        let mut gx = vec![0f32; y.len()];
-        with_act_grad!(self.0, |df| gx
-            .par_chunks_mut(CHUNK)
-            .zip(y.par_chunks(CHUNK).zip(gy.par_chunks(CHUNK)))
-            .for_each(|(gx, (y, gy))| {
-                for ((gx, &y), &gy) in gx.iter_mut().zip(y).zip(gy) {
-                    *gx = gy * df(y);
-                }
-            }));
+        let gx = with_act_grad!(self.0, |df| par_build(y.len(), CHUNK, |i, gx| {
+            let r = i * CHUNK..i * CHUNK + gx.len();
+            for ((gx, &y), &gy) in gx.iter_mut().zip(&y[r.clone()]).zip(&gy[r]) {
+                gx.write(gy * df(y));
+            }
+        }));
         Ok((CpuStorage::F32(gx), l1.shape().clone()))
     }
 }
