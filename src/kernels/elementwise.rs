@@ -247,10 +247,13 @@ impl CustomOp1 for ColSum {
     }
 }
 
-/// Sums the rows of the row-major `(x.len() / f, f)` matrix `x`.
+/// Sums the rows of the row-major `(x.len() / f, f)` matrix `x`. Partial sums over fixed blocks
+/// of rows, added in order: the same bits on every run (exact resume depends on it), whatever
+/// the threads did.
 pub(crate) fn column_sum(x: &[f32], f: usize) -> Vec<f32> {
     let step = rows_per_task(f) * f;
-    x.par_chunks(step)
+    let partials: Vec<Vec<f32>> = x
+        .par_chunks(step)
         .map(|part| {
             let mut acc = vec![0f32; f];
             for row in part.chunks_exact(f) {
@@ -260,15 +263,14 @@ pub(crate) fn column_sum(x: &[f32], f: usize) -> Vec<f32> {
             }
             acc
         })
-        .reduce(
-            || vec![0f32; f],
-            |mut a, b| {
-                for (a, b) in a.iter_mut().zip(&b) {
-                    *a += b;
-                }
-                a
-            },
-        )
+        .collect();
+    let mut total = vec![0f32; f];
+    for p in &partials {
+        for (a, b) in total.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    total
 }
 
 /// Whether the fused kernels take `x`: float32 on the CPU.
