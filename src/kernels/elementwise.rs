@@ -273,6 +273,31 @@ pub(crate) fn column_sum(x: &[f32], f: usize) -> Vec<f32> {
     total
 }
 
+/// `y = act(y + b)` in place, `b` over the last axis of the row-major `y`.
+pub(crate) fn bias_activation_in_place(y: &mut [f32], b: &[f32], act: Act) {
+    let step = rows_per_task(b.len()) * b.len();
+    with_act!(act, |f| y.par_chunks_mut(step).for_each(|y| {
+        for y in y.chunks_exact_mut(b.len()) {
+            for (y, &b) in y.iter_mut().zip(b) {
+                *y = f(*y + b);
+            }
+        }
+    }))
+}
+
+/// `gy * act'(y)` from the activation's output `y` (`gy` itself for the identity).
+pub(crate) fn activation_grad(y: &Tensor, gy: &Tensor, act: Act) -> candle_core::Result<Tensor> {
+    if act == Act::Linear {
+        return gy.contiguous();
+    }
+    y.apply_op2_no_bwd(&gy.contiguous()?, &FusedGrad(act))
+}
+
+/// Sum over every axis but the last (`f` values): a bias's gradient.
+pub(crate) fn bias_grad(g: &Tensor, f: usize) -> candle_core::Result<Tensor> {
+    g.contiguous()?.apply_op1_no_bwd(&ColSum(f))
+}
+
 /// Whether the fused kernels take `x`: float32 on the CPU.
 fn fusable(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == candle_core::DType::F32

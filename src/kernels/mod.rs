@@ -3,6 +3,7 @@
 //! candle's ops, so results agree everywhere (the tests compare each kernel with candle's op).
 
 pub(crate) mod adam;
+pub(crate) mod conv_act;
 pub(crate) mod elementwise;
 pub(crate) mod linear;
 pub(crate) mod pool;

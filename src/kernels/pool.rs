@@ -62,33 +62,32 @@ impl PoolGeometry {
             }
         }
     }
+}
 
-    /// The window's largest values only (the forward pass).
-    fn max(&self, img: &[f32], oy: usize, ox: usize, best: &mut [f32]) {
-        let rows = Self::span(oy, self.ph, self.sh, self.pt, self.h);
-        let cols = Self::span(ox, self.pw, self.sw, self.pl, self.w);
-        if rows.is_empty() || cols.is_empty() {
-            best.fill(f32::NEG_INFINITY);
-            return;
-        }
-        let first = (rows.start * self.w + cols.start) * self.c;
-        best.copy_from_slice(&img[first..first + self.c]);
-        for y in rows {
-            for x in cols.clone() {
-                let base = (y * self.w + x) * self.c;
-                for (b, &v) in best.iter_mut().zip(&img[base..base + self.c]) {
-                    *b = if v > *b { v } else { *b };
-                }
-            }
+/// Forward max pooling. The forward pass keeps, per output, where its maximum was (a `u32` per
+/// output value), so that the backward pass is a scatter rather than a second search.
+pub(crate) struct MaxPool {
+    g: PoolGeometry,
+    argmax: std::sync::Mutex<Option<Vec<u32>>>,
+}
+
+impl MaxPool {
+    pub(crate) fn new(g: PoolGeometry) -> Self {
+        Self {
+            g,
+            argmax: std::sync::Mutex::new(None),
         }
     }
 }
 
-/// Forward max pooling.
-pub(crate) struct MaxPool(pub PoolGeometry);
-
-/// Its gradient: inputs `(x, gy)`, output shaped like `x`.
+/// Its gradient: inputs `(x, gy)`, output shaped like `x`; searches the windows again.
 struct MaxPoolGrad(PoolGeometry);
+
+/// Its gradient from the kept positions: input `gy`, output `(n, h, w, c)`.
+struct MaxPoolScatter {
+    g: PoolGeometry,
+    argmax: Vec<u32>,
+}
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(d) = s else {
@@ -105,30 +104,65 @@ impl CustomOp1 for MaxPool {
         "max_pool_nhwc"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = self.0;
+        let g = self.g;
         let x = slice(s, l, "max pooling input")?;
-        if x.len() != g.n * g.h * g.w * g.c {
+        let (img_len, out_len) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
+        if x.len() != g.n * img_len {
             candle_core::bail!("max pooling: {} values for {g:?}", x.len())
         }
-        let (img_len, out_len) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
+        if img_len > u32::MAX as usize {
+            candle_core::bail!("max pooling: images of {img_len} values are too large")
+        }
         let mut y = vec![0f32; g.n * out_len];
+        let mut at = vec![0u32; g.n * out_len];
         y.par_chunks_mut(out_len)
+            .zip(at.par_chunks_mut(out_len))
             .zip(x.par_chunks(img_len))
-            .for_each(|(y, img)| {
+            .for_each(|((y, at), img)| {
                 for oy in 0..g.oh {
                     for ox in 0..g.ow {
                         let o = (oy * g.ow + ox) * g.c;
-                        g.max(img, oy, ox, &mut y[o..o + g.c]);
+                        g.argmax(img, oy, ox, &mut y[o..o + g.c], &mut at[o..o + g.c]);
                     }
                 }
             });
+        if let Ok(mut slot) = self.argmax.lock() {
+            *slot = Some(at);
+        }
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.oh, g.ow, g.c))))
     }
     fn bwd(&self, x: &Tensor, _y: &Tensor, gy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(
-            &gy.contiguous()?,
-            &MaxPoolGrad(self.0),
-        )?))
+        let gy = gy.contiguous()?;
+        let kept = self.argmax.lock().ok().and_then(|s| s.clone());
+        Ok(Some(match kept {
+            Some(argmax) => gy.apply_op1_no_bwd(&MaxPoolScatter { g: self.g, argmax })?,
+            None => x.apply_op2_no_bwd(&gy, &MaxPoolGrad(self.g))?,
+        }))
+    }
+}
+
+impl CustomOp1 for MaxPoolScatter {
+    fn name(&self) -> &'static str {
+        "max_pool_nhwc_scatter"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.g;
+        let gy = slice(s, l, "max pooling output gradient")?;
+        let (img_len, out_len) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
+        if gy.len() != g.n * out_len || self.argmax.len() != gy.len() {
+            candle_core::bail!("max pooling gradient: {} gradients for {g:?}", gy.len())
+        }
+        let mut gx = vec![0f32; g.n * img_len];
+        gx.par_chunks_mut(img_len)
+            .zip(gy.par_chunks(out_len).zip(self.argmax.par_chunks(out_len)))
+            .for_each(|(gx, (gy, at))| {
+                for (&i, &d) in at.iter().zip(gy) {
+                    if i != u32::MAX {
+                        gx[i as usize] += d;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(gx), Shape::from((g.n, g.h, g.w, g.c))))
     }
 }
 

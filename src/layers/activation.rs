@@ -88,7 +88,7 @@ impl Activation {
     }
 
     /// The fused kernel's form of this activation, if it has one.
-    fn fused(&self) -> Option<crate::kernels::elementwise::Act> {
+    pub(crate) fn fused(&self) -> Option<crate::kernels::elementwise::Act> {
         use crate::kernels::elementwise::Act;
         Some(match *self {
             Activation::Linear => Act::Linear,
@@ -161,6 +161,9 @@ impl Layer for ActivationLayer {
     }
     fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
         self.activation.apply(x)
+    }
+    fn as_activation(&self) -> Option<Activation> {
+        Some(self.activation)
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         Ok(input_shape.to_vec())
@@ -258,6 +261,9 @@ macro_rules! delegate_layer {
             }
             fn config(&self) -> Option<serde_json::Value> {
                 self.0.config()
+            }
+            fn as_activation(&self) -> Option<Activation> {
+                self.0.as_activation()
             }
         }
     };

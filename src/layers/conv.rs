@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::im2col::{Conv, ConvData, Geometry};
 use super::{Activation, Layer, unique_name};
+use crate::kernels::conv_act::{Direction, conv_bias_activation};
 use crate::tape::Variable;
 use crate::{Error, Result};
 
@@ -334,30 +335,9 @@ impl Conv2D {
         }
     }
     conv_builders!();
-}
 
-impl Layer for Conv2D {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn class_name(&self) -> &str {
-        "Conv2D"
-    }
-    fn build(&mut self, input_shape: &[usize]) -> Result<()> {
-        if self.kernel.is_some() {
-            return Ok(());
-        }
-        self.cfg.check(&self.name)?;
-        let (_, _, c) = hwc(input_shape, self.cfg.data_format, &self.name)?;
-        let (kh, kw) = self.cfg.kernel;
-        let (kernel, bias) = self
-            .cfg
-            .variables(&self.name, [kh, kw, c, self.cfg.filters])?;
-        self.kernel = Some(kernel);
-        self.bias = bias;
-        Ok(())
-    }
-    fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
+    /// The forward pass with activation `act` (its own, or one fused from the next layer).
+    fn call_with(&mut self, x: &Tensor, act: Activation) -> Result<Tensor> {
         check_rank4(&self.name, x)?;
         self.build(&x.dims()[1..])?;
         let kernel = self
@@ -411,17 +391,26 @@ impl Layer for Conv2D {
                 ow,
             };
             let wm = kernel.as_tensor().reshape((kh * kw * c, f))?;
+            if let (Some(a), DataFormat::ChannelsLast) = (act.fused(), self.cfg.data_format) {
+                // Convolution, bias and activation as one op.
+                let b = match &self.bias {
+                    Some(b) => b.as_tensor().clone(),
+                    None => Tensor::zeros(f, DType::F32, xp.device())?,
+                };
+                let y = conv_bias_activation(Direction::Forward, g, f, a, &xp, &wm, &b)?;
+                return Ok(y.reshape((n, oh, ow, f))?);
+            }
             let y = xp.apply_op2(&wm, Conv { g, f })?;
             let y = match (&self.bias, self.cfg.data_format) {
                 (Some(b), DataFormat::ChannelsLast) => {
-                    let y = self.cfg.activation.apply_with_bias(&y, b.as_tensor())?;
+                    let y = act.apply_with_bias(&y, b.as_tensor())?;
                     return Ok(y.reshape((n, oh, ow, f))?);
                 }
                 (Some(b), DataFormat::ChannelsFirst) => y.broadcast_add(b.as_tensor())?,
                 (None, _) => y,
             };
             let y = from_nhwc(&y.reshape((n, oh, ow, f))?, self.cfg.data_format)?;
-            return self.cfg.activation.apply(&y);
+            return act.apply(&y);
         }
         let xp = xp
             .pad_with_zeros(1, pads_h.0, pads_h.1)?
@@ -436,7 +425,44 @@ impl Layer for Conv2D {
             y.permute((0, 2, 3, 1))?
         };
         let y = from_nhwc(&y, self.cfg.data_format)?;
-        self.cfg.activation.apply(&y)
+        act.apply(&y)
+    }
+}
+
+impl Layer for Conv2D {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn class_name(&self) -> &str {
+        "Conv2D"
+    }
+    fn build(&mut self, input_shape: &[usize]) -> Result<()> {
+        if self.kernel.is_some() {
+            return Ok(());
+        }
+        self.cfg.check(&self.name)?;
+        let (_, _, c) = hwc(input_shape, self.cfg.data_format, &self.name)?;
+        let (kh, kw) = self.cfg.kernel;
+        let (kernel, bias) = self
+            .cfg
+            .variables(&self.name, [kh, kw, c, self.cfg.filters])?;
+        self.kernel = Some(kernel);
+        self.bias = bias;
+        Ok(())
+    }
+    fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
+        self.call_with(x, self.cfg.activation)
+    }
+    fn call_fused(
+        &mut self,
+        x: &Tensor,
+        _training: bool,
+        then: Activation,
+    ) -> Result<Option<Tensor>> {
+        if self.cfg.activation != Activation::Linear || then.fused().is_none() {
+            return Ok(None);
+        }
+        self.call_with(x, then).map(Some)
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         let (h, w, _) = hwc(input_shape, self.cfg.data_format, &self.name)?;
@@ -551,31 +577,9 @@ impl Conv2DTranspose {
             transpose_out(w, kw, s, d, self.cfg.padding, self.output_padding),
         ))
     }
-}
 
-impl Layer for Conv2DTranspose {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn class_name(&self) -> &str {
-        "Conv2DTranspose"
-    }
-    fn build(&mut self, input_shape: &[usize]) -> Result<()> {
-        if self.kernel.is_some() {
-            return Ok(());
-        }
-        self.cfg.check(&self.name)?;
-        let (_, _, c) = hwc(input_shape, self.cfg.data_format, &self.name)?;
-        let (kh, kw) = self.cfg.kernel;
-        // Keras's layout (kh, kw, filters, in): glorot fans from the last two axes, as Keras.
-        let (kernel, bias) = self
-            .cfg
-            .variables(&self.name, [kh, kw, self.cfg.filters, c])?;
-        self.kernel = Some(kernel);
-        self.bias = bias;
-        Ok(())
-    }
-    fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
+    /// The forward pass with activation `act` (its own, or one fused from the next layer).
+    fn call_with(&mut self, x: &Tensor, act: Activation) -> Result<Tensor> {
         check_rank4(&self.name, x)?;
         self.build(&x.dims()[1..])?;
         let kernel = self
@@ -614,18 +618,34 @@ impl Layer for Conv2DTranspose {
                 oh: h,
                 ow: w,
             };
+            if let (Some(a), DataFormat::ChannelsLast) = (act.fused(), self.cfg.data_format) {
+                // Transposed convolution, bias and activation as one op.
+                let b = match &self.bias {
+                    Some(b) => b.as_tensor().clone(),
+                    None => Tensor::zeros(f, DType::F32, xt.device())?,
+                };
+                return Ok(conv_bias_activation(
+                    Direction::Transposed,
+                    g,
+                    c,
+                    a,
+                    &x2d,
+                    &kmat,
+                    &b,
+                )?);
+            }
             let y = x2d.apply_op2(&kmat, ConvData { g, f: c })?;
             let y = match (&self.bias, self.cfg.data_format) {
                 (Some(b), DataFormat::ChannelsLast) => {
                     let y = y.reshape((n * oh * ow, f))?;
-                    let y = self.cfg.activation.apply_with_bias(&y, b.as_tensor())?;
+                    let y = act.apply_with_bias(&y, b.as_tensor())?;
                     return Ok(y.reshape((n, oh, ow, f))?);
                 }
                 (Some(b), DataFormat::ChannelsFirst) => y.broadcast_add(b.as_tensor())?,
                 (None, _) => y,
             };
             let y = from_nhwc(&y, self.cfg.data_format)?;
-            return self.cfg.activation.apply(&y);
+            return act.apply(&y);
         }
         // The full transposed convolution...
         let full = {
@@ -640,7 +660,45 @@ impl Layer for Conv2DTranspose {
             y = y.broadcast_add(b.as_tensor())?;
         }
         let y = from_nhwc(&y, self.cfg.data_format)?;
-        self.cfg.activation.apply(&y)
+        act.apply(&y)
+    }
+}
+
+impl Layer for Conv2DTranspose {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn class_name(&self) -> &str {
+        "Conv2DTranspose"
+    }
+    fn build(&mut self, input_shape: &[usize]) -> Result<()> {
+        if self.kernel.is_some() {
+            return Ok(());
+        }
+        self.cfg.check(&self.name)?;
+        let (_, _, c) = hwc(input_shape, self.cfg.data_format, &self.name)?;
+        let (kh, kw) = self.cfg.kernel;
+        // Keras's layout (kh, kw, filters, in): glorot fans from the last two axes, as Keras.
+        let (kernel, bias) = self
+            .cfg
+            .variables(&self.name, [kh, kw, self.cfg.filters, c])?;
+        self.kernel = Some(kernel);
+        self.bias = bias;
+        Ok(())
+    }
+    fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
+        self.call_with(x, self.cfg.activation)
+    }
+    fn call_fused(
+        &mut self,
+        x: &Tensor,
+        _training: bool,
+        then: Activation,
+    ) -> Result<Option<Tensor>> {
+        if self.cfg.activation != Activation::Linear || then.fused().is_none() {
+            return Ok(None);
+        }
+        self.call_with(x, then).map(Some)
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         let (h, w, _) = hwc(input_shape, self.cfg.data_format, &self.name)?;

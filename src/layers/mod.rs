@@ -70,6 +70,28 @@ pub trait Layer: Send {
     /// # Errors
     /// An input of the wrong shape, with the expected and received shapes.
     fn call(&mut self, x: &Tensor, training: bool) -> Result<Tensor>;
+    /// The forward pass followed by activation `then` (the next layer of a [`Sequential`] is
+    /// that activation), computed in one fused kernel where the layer can; `None` when it cannot
+    /// (the caller then runs both layers). By default, `None`.
+    ///
+    /// [`Sequential`]: crate::Sequential
+    ///
+    /// # Errors
+    /// As [`Layer::call`].
+    fn call_fused(
+        &mut self,
+        x: &Tensor,
+        training: bool,
+        then: Activation,
+    ) -> Result<Option<Tensor>> {
+        let _ = (x, training, then);
+        Ok(None)
+    }
+    /// The activation this layer is, if it is only an activation (`Activation`, `ReLU`,
+    /// `LeakyReLU` layers). By default, `None`.
+    fn as_activation(&self) -> Option<Activation> {
+        None
+    }
     /// The forward pass of a layer with several inputs; by default, requires exactly one.
     ///
     /// # Errors
@@ -184,6 +206,17 @@ impl<L: Layer + ?Sized> Layer for Box<L> {
     }
     fn call_many(&mut self, xs: &[Tensor], training: bool) -> Result<Tensor> {
         (**self).call_many(xs, training)
+    }
+    fn call_fused(
+        &mut self,
+        x: &Tensor,
+        training: bool,
+        then: Activation,
+    ) -> Result<Option<Tensor>> {
+        (**self).call_fused(x, training, then)
+    }
+    fn as_activation(&self) -> Option<Activation> {
+        (**self).as_activation()
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         (**self).compute_output_shape(input_shape)

@@ -117,7 +117,7 @@ fn pool_nhwc_with(
         };
         return Ok(x
             .contiguous()?
-            .apply_op1(crate::kernels::pool::MaxPool(g))?);
+            .apply_op1(crate::kernels::pool::MaxPool::new(g))?);
     }
     let pb = need_h.saturating_sub(h + pt);
     let pr = need_w.saturating_sub(w + pl);

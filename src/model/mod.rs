@@ -432,6 +432,9 @@ pub fn default_train_step<M: Model + ?Sized>(
     let vars = model.trainable_variables();
     let grads = GradientTape::gradient(&loss, &vars)?;
     ctx.optimizer()?.apply(&grads, &vars)?;
+    // Metrics are not differentiated (Keras updates them after the tape): detached, their ops
+    // record no graph.
+    let y_pred = y_pred.map(&mut |t| Ok(t.detach()))?;
     model.compute_metrics(ctx, x, y, &y_pred, sw)
 }
 

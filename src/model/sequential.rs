@@ -336,9 +336,20 @@ impl Layer for Sequential {
                 Sequential::build(self)?;
             }
         }
+        // A layer followed by an activation layer runs as one fused kernel where it can (the
+        // GAN's transposed convolutions and their LeakyReLU): same values, one pass fewer.
         let mut h = x.clone();
-        for layer in self.layers.iter_mut() {
-            h = layer.call(&h, training)?;
+        let mut i = 0;
+        while i < self.layers.len() {
+            if let Some(then) = self.layers.get(i + 1).and_then(|l| l.as_activation())
+                && let Some(y) = self.layers[i].call_fused(&h, training, then)?
+            {
+                h = y;
+                i += 2;
+                continue;
+            }
+            h = self.layers[i].call(&h, training)?;
+            i += 1;
         }
         Ok(h)
     }

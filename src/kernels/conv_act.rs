@@ -1,0 +1,264 @@
+//! A convolution (or transposed convolution) followed by `activation(· + bias)`, as one candle
+//! custom op on the CPU.
+//!
+//! Why: as two ops, the convolution's output is a graph node of its own. Besides the extra pass
+//! over it, candle's backward then creates a zero tensor of its size and adds the gradient to it.
+//! One op keeps the gradient of the activation's input internal to the backward pass.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+
+use super::elementwise::{Act, activation_grad, bias_activation_in_place, bias_grad};
+use crate::layers::im2col::{Conv, ConvData, ConvFilter, Geometry};
+
+/// Which convolution the op runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// `Conv`: `x (n,h,w,c)`, `w (K, f)` → `(n*oh*ow, f)`.
+    Forward,
+    /// `ConvData` (a transposed convolution): `x (n*oh*ow, f)`, `w (K, f)` → `(n, h, w, c)`.
+    Transposed,
+}
+
+/// `act(conv(x, w) + b)`: inputs `(x, w, b)`.
+pub(crate) struct ConvAct {
+    pub dir: Direction,
+    pub g: Geometry,
+    pub f: usize,
+    pub act: Act,
+}
+
+impl CustomOp3 for ConvAct {
+    fn name(&self) -> &'static str {
+        "conv2d_nhwc_bias_activation"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, f) = (self.g, self.f);
+        let (out, shape) = match self.dir {
+            Direction::Forward => Conv { g, f }.cpu_fwd(s1, l1, s2, l2)?,
+            Direction::Transposed => ConvData { g, f }.cpu_fwd(s1, l1, s2, l2)?,
+        };
+        let CpuStorage::F32(mut y) = out else {
+            candle_core::bail!("convolution: expected float32 output")
+        };
+        let CpuStorage::F32(b) = s3 else {
+            candle_core::bail!("convolution bias: only float32 is supported")
+        };
+        let Some((start, end)) = l3.contiguous_offsets() else {
+            candle_core::bail!("convolution bias: must be contiguous")
+        };
+        let b = &b[start..end];
+        let channels = shape.dims().last().copied().unwrap_or(0);
+        if b.len() != channels || channels == 0 {
+            candle_core::bail!(
+                "convolution bias: {} values for {channels} channels",
+                b.len()
+            )
+        }
+        bias_activation_in_place(&mut y, b, self.act);
+        Ok((CpuStorage::F32(y), shape))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        y: &Tensor,
+        gy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (g, f) = (self.g, self.f);
+        let gz = activation_grad(y, gy, self.act)?;
+        let gb = if b.track_op() {
+            Some(bias_grad(&gz, b.elem_count())?.reshape(b.shape())?)
+        } else {
+            None
+        };
+        let (gx, gw) = match self.dir {
+            Direction::Forward => {
+                let gx = if x.track_op() {
+                    Some(gz.apply_op2_no_bwd(w, &ConvData { g, f })?)
+                } else {
+                    None
+                };
+                (gx, x.apply_op2_no_bwd(&gz, &ConvFilter { g, f })?)
+            }
+            Direction::Transposed => {
+                let gx = if x.track_op() {
+                    Some(gz.apply_op2_no_bwd(w, &Conv { g, f })?)
+                } else {
+                    None
+                };
+                (
+                    gx,
+                    gz.apply_op2_no_bwd(&x.contiguous()?, &ConvFilter { g, f })?,
+                )
+            }
+        };
+        Ok((gx, Some(gw), gb))
+    }
+}
+
+/// `act(conv(x, w) + b)` (`b` of the output's channels; a plain zero tensor when the layer has no
+/// bias).
+pub(crate) fn conv_bias_activation(
+    dir: Direction,
+    g: Geometry,
+    f: usize,
+    act: Act,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        ConvAct { dir, g, f, act },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::GradientTape;
+    use crate::layers::{Conv2D, Conv2DTranspose, Layer, LeakyReLU};
+    use crate::tape::Variable;
+    use candle_core::Device;
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        let s = b.abs().unwrap().max_all().unwrap();
+        d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-6)
+    }
+
+    /// The fused op against the convolution op followed by candle's bias add and activation.
+    #[test]
+    fn fused_conv_matches_separate_ops() {
+        let dev = Device::Cpu;
+        let g = Geometry {
+            n: 2,
+            h: 7,
+            w: 6,
+            c: 3,
+            kh: 3,
+            kw: 3,
+            stride: 2,
+            dilation: 1,
+            pad_t: 1,
+            pad_l: 0,
+            oh: 4,
+            ow: 2,
+        };
+        let f = 5;
+        for dir in [Direction::Forward, Direction::Transposed] {
+            for act in [
+                Act::Linear,
+                Act::Relu,
+                Act::Leaky(0.2),
+                Act::Sigmoid,
+                Act::Tanh,
+            ] {
+                let xshape: Vec<usize> = match dir {
+                    Direction::Forward => vec![g.n, g.h, g.w, g.c],
+                    Direction::Transposed => vec![g.n * g.oh * g.ow, f],
+                };
+                let x = Variable::new("x", &Tensor::randn(0f32, 1.0, xshape, &dev).unwrap(), true)
+                    .unwrap();
+                let w = Variable::new(
+                    "w",
+                    &Tensor::randn(0f32, 1.0, (g.kh * g.kw * g.c, f), &dev).unwrap(),
+                    true,
+                )
+                .unwrap();
+                let channels = if dir == Direction::Forward { f } else { g.c };
+                let b = Variable::new(
+                    "b",
+                    &Tensor::randn(0f32, 1.0, channels, &dev).unwrap(),
+                    true,
+                )
+                .unwrap();
+                let vars = [x.clone(), w.clone(), b.clone()];
+                let ours = conv_bias_activation(
+                    dir,
+                    g,
+                    f,
+                    act,
+                    x.as_tensor(),
+                    w.as_tensor(),
+                    b.as_tensor(),
+                )
+                .unwrap();
+                let z = match dir {
+                    Direction::Forward => x.as_tensor().apply_op2(w.as_tensor(), Conv { g, f }),
+                    Direction::Transposed => {
+                        x.as_tensor().apply_op2(w.as_tensor(), ConvData { g, f })
+                    }
+                }
+                .unwrap()
+                .broadcast_add(b.as_tensor())
+                .unwrap();
+                let theirs = match act {
+                    Act::Linear => z,
+                    Act::Relu => z.relu().unwrap(),
+                    Act::Leaky(s) => {
+                        (z.relu().unwrap() - (z.neg().unwrap().relu().unwrap() * s as f64)).unwrap()
+                    }
+                    Act::Sigmoid => (z.neg().unwrap().exp().unwrap() + 1.0)
+                        .unwrap()
+                        .recip()
+                        .unwrap(),
+                    Act::Tanh => z.tanh().unwrap(),
+                };
+                let case = format!("{dir:?} {act:?}");
+                assert_eq!(ours.dims(), theirs.dims(), "{case}");
+                assert!(max_rel(&ours, &theirs) < 1e-5, "forward {case}");
+                let up = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+                let g1 = GradientTape::gradient(&(&ours * &up).unwrap().sum_all().unwrap(), &vars)
+                    .unwrap();
+                let g2 =
+                    GradientTape::gradient(&(&theirs * &up).unwrap().sum_all().unwrap(), &vars)
+                        .unwrap();
+                for (i, what) in ["input", "kernel", "bias"].iter().enumerate() {
+                    assert!(max_rel(&g1[i], &g2[i]) < 1e-5, "{what} gradient {case}");
+                }
+            }
+        }
+    }
+
+    /// A Sequential fuses a convolution with the activation layer after it; the result is the
+    /// same as running the two layers one after the other.
+    #[test]
+    fn sequential_fusion_gives_the_same_values_and_gradients() {
+        let dev = Device::Cpu;
+        let mut seq = crate::Sequential::new()
+            .input(&[5, 5, 4])
+            .add(
+                Conv2DTranspose::new(3, (4, 4))
+                    .strides(2)
+                    .padding("same")
+                    .unwrap(),
+            )
+            .add(LeakyReLU::new(0.2))
+            .add(Conv2D::new(2, (3, 3)).padding("same").unwrap())
+            .add(LeakyReLU::new(0.3));
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 5, 4), &dev).unwrap();
+        let fused = seq.forward(&x, true).unwrap();
+        let vars = seq.trainable_variables();
+        let gf = GradientTape::gradient(&fused.sqr().unwrap().sum_all().unwrap(), &vars).unwrap();
+        let mut h = x.clone();
+        for layer in seq.layers_mut() {
+            h = layer.call(&h, true).unwrap();
+        }
+        assert!(max_rel(&fused, &h) < 1e-6);
+        let gs = GradientTape::gradient(&h.sqr().unwrap().sum_all().unwrap(), &vars).unwrap();
+        for (a, b) in gf.iter().zip(&gs) {
+            assert!(max_rel(a, b) < 1e-5);
+        }
+    }
+}
