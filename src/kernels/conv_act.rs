@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn sequential_fusion_gives_the_same_values_and_gradients() {
         let dev = Device::Cpu;
-        let mut seq = crate::Sequential::new()
+        let seq = crate::Sequential::new()
             .input(&[5, 5, 4])
             .add(
                 Conv2DTranspose::new(3, (4, 4))
@@ -247,7 +247,17 @@ mod tests {
             .add(LeakyReLU::new(0.2))
             .add(Conv2D::new(2, (3, 3)).padding("same").unwrap())
             .add(LeakyReLU::new(0.3));
-        let x = Tensor::randn(0f32, 1.0, (2, 5, 5, 4), &dev).unwrap();
+        check_fusion(seq, Tensor::randn(0f32, 1.0, (2, 5, 5, 4), &dev).unwrap());
+        let seq = crate::Sequential::new()
+            .input(&[6])
+            .add(crate::layers::Dense::new(4))
+            .add(LeakyReLU::new(0.2))
+            .add(crate::layers::Dense::new(3))
+            .add(crate::layers::ReLU::new());
+        check_fusion(seq, Tensor::randn(0f32, 1.0, (5, 6), &dev).unwrap());
+    }
+
+    fn check_fusion(mut seq: crate::Sequential, x: Tensor) {
         let fused = seq.forward(&x, true).unwrap();
         let vars = seq.trainable_variables();
         let gf = GradientTape::gradient(&fused.sqr().unwrap().sum_all().unwrap(), &vars).unwrap();

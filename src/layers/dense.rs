@@ -148,6 +148,48 @@ impl Dense {
     pub fn bias(&self) -> Option<&Variable> {
         self.bias.as_ref()
     }
+
+    /// The forward pass with activation `act` (its own, or one fused from the next layer).
+    fn call_with(&mut self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        if x.rank() < 2 {
+            return Err(Error::value(format!(
+                "Input 0 of layer \"{}\" is incompatible with the layer: expected min_ndim=2, found ndim={}. Full shape received: {:?}",
+                self.name,
+                x.rank(),
+                x.dims()
+            )));
+        }
+        self.build(&x.dims()[1..])?;
+        let kernel = self
+            .kernel
+            .as_ref()
+            .ok_or_else(|| Error::state("Dense not built"))?;
+        let in_features = kernel.shape().dims()[0];
+        let last = x.dims()[x.rank() - 1];
+        if last != in_features {
+            return Err(Error::value(format!(
+                "Input 0 of layer \"{}\" is incompatible with the layer: expected axis -1 of input shape to have value {in_features}, but received input with shape {:?}",
+                self.name,
+                x.dims()
+            )));
+        }
+        let x = if x.dtype() != DType::F32 {
+            x.to_dtype(DType::F32)?
+        } else {
+            x.clone()
+        };
+        let lead: Vec<usize> = x.dims()[..x.rank() - 1].to_vec();
+        let rows: usize = lead.iter().product();
+        let x2 = x.reshape((rows, in_features))?;
+        let y = crate::kernels::linear::linear(&x2, kernel.as_tensor())?;
+        let y = match &self.bias {
+            Some(b) => act.apply_with_bias(&y, b.as_tensor())?,
+            None => act.apply(&y)?,
+        };
+        let mut out_shape = lead;
+        out_shape.push(self.units);
+        Ok(y.reshape(out_shape)?)
+    }
 }
 
 impl Layer for Dense {
@@ -183,44 +225,18 @@ impl Layer for Dense {
         Ok(())
     }
     fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
-        if x.rank() < 2 {
-            return Err(Error::value(format!(
-                "Input 0 of layer \"{}\" is incompatible with the layer: expected min_ndim=2, found ndim={}. Full shape received: {:?}",
-                self.name,
-                x.rank(),
-                x.dims()
-            )));
+        self.call_with(x, self.activation)
+    }
+    fn call_fused(
+        &mut self,
+        x: &Tensor,
+        _training: bool,
+        then: Activation,
+    ) -> Result<Option<Tensor>> {
+        if self.activation != Activation::Linear || then.fused().is_none() {
+            return Ok(None);
         }
-        self.build(&x.dims()[1..])?;
-        let kernel = self
-            .kernel
-            .as_ref()
-            .ok_or_else(|| Error::state("Dense not built"))?;
-        let in_features = kernel.shape().dims()[0];
-        let last = x.dims()[x.rank() - 1];
-        if last != in_features {
-            return Err(Error::value(format!(
-                "Input 0 of layer \"{}\" is incompatible with the layer: expected axis -1 of input shape to have value {in_features}, but received input with shape {:?}",
-                self.name,
-                x.dims()
-            )));
-        }
-        let x = if x.dtype() != DType::F32 {
-            x.to_dtype(DType::F32)?
-        } else {
-            x.clone()
-        };
-        let lead: Vec<usize> = x.dims()[..x.rank() - 1].to_vec();
-        let rows: usize = lead.iter().product();
-        let x2 = x.reshape((rows, in_features))?;
-        let y = crate::kernels::linear::linear(&x2, kernel.as_tensor())?;
-        let y = match &self.bias {
-            Some(b) => self.activation.apply_with_bias(&y, b.as_tensor())?,
-            None => self.activation.apply(&y)?,
-        };
-        let mut out_shape = lead;
-        out_shape.push(self.units);
-        Ok(y.reshape(out_shape)?)
+        self.call_with(x, then).map(Some)
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         if input_shape.is_empty() {
