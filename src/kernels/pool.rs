@@ -52,15 +52,27 @@ impl PoolGeometry {
         for y in rows {
             for x in cols.clone() {
                 let base = (y * self.w + x) * self.c;
-                let vals = &img[base..base + self.c];
-                for (ch, ((b, a), &v)) in best.iter_mut().zip(at.iter_mut()).zip(vals).enumerate() {
-                    // `>` keeps the first of tied maxima.
-                    let take = v > *b;
-                    *b = if take { v } else { *b };
-                    *a = if take { (base + ch) as u32 } else { *a };
-                }
+                take_larger(&img[base..base + self.c], base as u32, best, at);
             }
         }
+    }
+}
+
+/// Where `vals` (at flat indices `base..`) exceed `best`, takes them and their indices (`>` keeps
+/// the first of tied maxima). Compiled for AVX-512 and AVX2 too, picked at run time: the selects
+/// vectorize there (SSE2 has no blend).
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn take_larger(vals: &[f32], base: u32, best: &mut [f32], at: &mut [u32]) {
+    let n = vals.len().min(best.len()).min(at.len());
+    let (vals, best, at) = (&vals[..n], &mut best[..n], &mut at[..n]);
+    for ch in 0..n {
+        let v = vals[ch];
+        let take = v > best[ch];
+        best[ch] = if take { v } else { best[ch] };
+        at[ch] = if take { base + ch as u32 } else { at[ch] };
     }
 }
 

@@ -132,6 +132,19 @@ fn contiguous_f32<'a>(
     }
 }
 
+/// `dst.copy_from_slice(src)`, as an inline loop for short runs (a call to `memcpy` per three
+/// floats dominated the patches of one-channel images).
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    if dst.len() <= 16 {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = *s;
+        }
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
 /// Patches of `images` (a chunk of whole images) into `dst` (rows × K), zeros outside the image.
 fn im2col(g: &Geometry, images: &[f32], dst: &mut [f32]) {
     let k = g.patch_len();
@@ -154,7 +167,7 @@ fn im2col(g: &Geometry, images: &[f32], dst: &mut [f32]) {
                         match g.src(oy, i, g.pad_t, g.h) {
                             Some(y) => {
                                 let s = ((n * g.h + y) * g.w + x0) * c;
-                                out[d..d + run].copy_from_slice(&images[s..s + run]);
+                                copy_short(&mut out[d..d + run], &images[s..s + run]);
                             }
                             None => out[d..d + run].fill(0.0),
                         }
@@ -168,7 +181,7 @@ fn im2col(g: &Geometry, images: &[f32], dst: &mut [f32]) {
                         match (y, g.src(ox, j, g.pad_l, g.w)) {
                             (Some(y), Some(x)) => {
                                 let s = ((n * g.h + y) * g.w + x) * c;
-                                out[d..d + c].copy_from_slice(&images[s..s + c]);
+                                copy_short(&mut out[d..d + c], &images[s..s + c]);
                             }
                             _ => out[d..d + c].fill(0.0),
                         }
