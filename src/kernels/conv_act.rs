@@ -5,10 +5,10 @@
 //! over it, candle's backward then creates a zero tensor of its size and adds the gradient to it.
 //! One op keeps the gradient of the activation's input internal to the backward pass.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::elementwise::{Act, activation_grad, bias_activation_in_place, bias_grad};
-use crate::layers::im2col::{Conv, ConvData, ConvFilter, Geometry};
+use super::elementwise::{Act, activation_grad, bias_activation_seq, bias_grad};
+use crate::layers::im2col::{Conv, ConvData, ConvFilter, Geometry, conv_data_run, conv_run};
 
 /// Which convolution the op runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +27,16 @@ pub(crate) struct ConvAct {
     pub act: Act,
 }
 
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(d) = s else {
+        candle_core::bail!("{what}: only float32 is supported")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&d[a..b]),
+        None => candle_core::bail!("{what}: must be contiguous"),
+    }
+}
+
 impl CustomOp3 for ConvAct {
     fn name(&self) -> &'static str {
         "conv2d_nhwc_bias_activation"
@@ -41,28 +51,38 @@ impl CustomOp3 for ConvAct {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, f) = (self.g, self.f);
-        let (out, shape) = match self.dir {
-            Direction::Forward => Conv { g, f }.cpu_fwd(s1, l1, s2, l2)?,
-            Direction::Transposed => ConvData { g, f }.cpu_fwd(s1, l1, s2, l2)?,
+        let x = f32_slice(s1, l1, "convolution input")?;
+        let w = f32_slice(s2, l2, "convolution kernel")?;
+        let b = f32_slice(s3, l3, "convolution bias")?;
+        let (x_len, w_len) = match self.dir {
+            Direction::Forward => (g.n * g.h * g.w * g.c, g.kh * g.kw * g.c * f),
+            Direction::Transposed => (g.n * g.oh * g.ow * f, g.kh * g.kw * g.c * f),
         };
-        let CpuStorage::F32(mut y) = out else {
-            candle_core::bail!("convolution: expected float32 output")
+        let channels = match self.dir {
+            Direction::Forward => f,
+            Direction::Transposed => g.c,
         };
-        let CpuStorage::F32(b) = s3 else {
-            candle_core::bail!("convolution bias: only float32 is supported")
-        };
-        let Some((start, end)) = l3.contiguous_offsets() else {
-            candle_core::bail!("convolution bias: must be contiguous")
-        };
-        let b = &b[start..end];
-        let channels = shape.dims().last().copied().unwrap_or(0);
-        if b.len() != channels || channels == 0 {
+        if x.len() != x_len || w.len() != w_len || b.len() != channels {
             candle_core::bail!(
-                "convolution bias: {} values for {channels} channels",
+                "convolution: received input, kernel and bias of {}, {} and {} values, expected {x_len}, {w_len} and {channels} for {g:?}",
+                x.len(),
+                w.len(),
                 b.len()
             )
         }
-        bias_activation_in_place(&mut y, b, self.act);
+        // Bias and activation on each finished part of the output while it is in cache.
+        let act = self.act;
+        let epi = move |y: &mut [f32]| bias_activation_seq(y, b, act);
+        let (y, shape) = match self.dir {
+            Direction::Forward => (
+                conv_run(&g, f, x, w, Some(&epi)),
+                Shape::from((g.n * g.oh * g.ow, f)),
+            ),
+            Direction::Transposed => (
+                conv_data_run(&g, f, x, w, Some(&epi)),
+                Shape::from((g.n, g.h, g.w, g.c)),
+            ),
+        };
         Ok((CpuStorage::F32(y), shape))
     }
     fn bwd(

@@ -273,16 +273,16 @@ pub(crate) fn column_sum(x: &[f32], f: usize) -> Vec<f32> {
     total
 }
 
-/// `y = act(y + b)` in place, `b` over the last axis of the row-major `y`.
-pub(crate) fn bias_activation_in_place(y: &mut [f32], b: &[f32], act: Act) {
-    let step = rows_per_task(b.len()) * b.len();
-    with_act!(act, |f| y.par_chunks_mut(step).for_each(|y| {
+/// `y = act(y + b)` in place, `b` over the last axis of the row-major `y`, on the calling thread
+/// (an op's epilogue, already running on the thread pool).
+pub(crate) fn bias_activation_seq(y: &mut [f32], b: &[f32], act: Act) {
+    with_act!(act, |f| {
         for y in y.chunks_exact_mut(b.len()) {
             for (y, &b) in y.iter_mut().zip(b) {
                 *y = f(*y + b);
             }
         }
-    }))
+    })
 }
 
 /// `gy * act'(y)` from the activation's output `y` (`gy` itself for the identity).

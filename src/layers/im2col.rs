@@ -191,8 +191,13 @@ fn im2col(g: &Geometry, images: &[f32], dst: &mut [f32]) {
         });
 }
 
-/// Adds patch values `cols` (rows × K) back onto `images` (a chunk of whole images).
-fn col2im(g: &Geometry, cols: &[f32], images: &mut [f32]) {
+/// Work done on a finished part of an op's output while it is still in cache (the fused bias and
+/// activation): called on whole images or whole chunks of output rows.
+pub(crate) type Epilogue<'a> = Option<&'a (dyn Fn(&mut [f32]) + Sync)>;
+
+/// Adds patch values `cols` (rows × K) back onto `images` (a chunk of whole images), then runs
+/// `epi` on each finished image.
+fn col2im(g: &Geometry, cols: &[f32], images: &mut [f32], epi: Epilogue) {
     let k = g.patch_len();
     let c = g.c;
     images
@@ -219,6 +224,9 @@ fn col2im(g: &Geometry, cols: &[f32], images: &mut [f32]) {
                         }
                     }
                 }
+            }
+            if let Some(e) = epi {
+                e(img);
             }
         });
 }
@@ -379,6 +387,87 @@ pub(crate) struct ConvFilter {
     pub f: usize,
 }
 
+/// [`Conv`]'s forward pass on slices, running `epi` on each finished chunk of output rows.
+pub(crate) fn conv_run(g: &Geometry, f: usize, x: &[f32], w: &[f32], epi: Epilogue) -> Vec<f32> {
+    let g = *g;
+    let k = g.patch_len();
+    let rows = g.n * g.rows_per_image();
+    let mut y = vec![0f32; rows * f];
+    let per = g.images_per_chunk(f);
+    with_scratch(g.chunk_len(f), |buf| {
+        let wc = g.kn2row(f).then(|| kernel_by_channel(&g, f, w));
+        for n0 in (0..g.n).step_by(per) {
+            let nb = per.min(g.n - n0);
+            let chunk = Geometry { n: nb, ..g };
+            let images = &x[n0 * g.image_len()..(n0 + nb) * g.image_len()];
+            let r0 = n0 * g.rows_per_image();
+            let r = nb * g.rows_per_image();
+            let out = &mut y[r0 * f..(r0 + r) * f];
+            if let Some(wc) = &wc {
+                // Per pixel, every tap's contribution; then each output sums its taps.
+                let (p, tf) = (nb * g.pixels(), g.taps() * f);
+                matmul(
+                    p,
+                    tf,
+                    g.c,
+                    &mut buf[..p * tf],
+                    false,
+                    images,
+                    false,
+                    wc,
+                    false,
+                );
+                gather_taps(&chunk, f, &buf[..p * tf], out);
+            } else {
+                im2col(&chunk, images, &mut buf[..r * k]);
+                matmul(r, f, k, out, false, &buf[..r * k], false, w, false);
+            }
+            if let Some(e) = epi {
+                e(out);
+            }
+        }
+    });
+    y
+}
+
+/// [`ConvData`]'s forward pass on slices, running `epi` on each finished image (or chunk of them).
+pub(crate) fn conv_data_run(
+    g: &Geometry,
+    f: usize,
+    gy: &[f32],
+    w: &[f32],
+    epi: Epilogue,
+) -> Vec<f32> {
+    let g = *g;
+    let k = g.patch_len();
+    let mut gx = vec![0f32; g.n * g.image_len()];
+    let per = g.images_per_chunk(f);
+    with_scratch(g.chunk_len(f), |buf| {
+        let wc = g.kn2row(f).then(|| kernel_by_channel(&g, f, w));
+        for n0 in (0..g.n).step_by(per) {
+            let nb = per.min(g.n - n0);
+            let r = nb * g.rows_per_image();
+            let r0 = n0 * g.rows_per_image();
+            let chunk = Geometry { n: nb, ..g };
+            let grads = &gy[r0 * f..(r0 + r) * f];
+            let out = &mut gx[n0 * g.image_len()..(n0 + nb) * g.image_len()];
+            if let Some(wc) = &wc {
+                // Per pixel, the gradients of the outputs its taps feed, times the kernel.
+                let (p, tf) = (nb * g.pixels(), g.taps() * f);
+                scatter_taps(&chunk, f, grads, &mut buf[..p * tf]);
+                matmul(p, g.c, tf, out, false, &buf[..p * tf], false, wc, true);
+                if let Some(e) = epi {
+                    e(out);
+                }
+            } else {
+                matmul(r, k, f, &mut buf[..r * k], false, grads, false, w, true);
+                col2im(&chunk, &buf[..r * k], out, epi);
+            }
+        }
+    });
+    gx
+}
+
 impl CustomOp2 for Conv {
     fn name(&self) -> &'static str {
         "conv2d_nhwc"
@@ -397,38 +486,7 @@ impl CustomOp2 for Conv {
         check("conv2d input", x.len(), g.n * g.image_len(), &g)?;
         check("conv2d kernel", w.len(), k * f, &g)?;
         let rows = g.n * g.rows_per_image();
-        let mut y = vec![0f32; rows * f];
-        let per = g.images_per_chunk(f);
-        with_scratch(g.chunk_len(f), |buf| {
-            let wc = g.kn2row(f).then(|| kernel_by_channel(&g, f, w));
-            for n0 in (0..g.n).step_by(per) {
-                let nb = per.min(g.n - n0);
-                let chunk = Geometry { n: nb, ..g };
-                let images = &x[n0 * g.image_len()..(n0 + nb) * g.image_len()];
-                let r0 = n0 * g.rows_per_image();
-                let r = nb * g.rows_per_image();
-                let out = &mut y[r0 * f..(r0 + r) * f];
-                if let Some(wc) = &wc {
-                    // Per pixel, every tap's contribution; then each output sums its taps.
-                    let (p, tf) = (nb * g.pixels(), g.taps() * f);
-                    matmul(
-                        p,
-                        tf,
-                        g.c,
-                        &mut buf[..p * tf],
-                        false,
-                        images,
-                        false,
-                        wc,
-                        false,
-                    );
-                    gather_taps(&chunk, f, &buf[..p * tf], out);
-                } else {
-                    im2col(&chunk, images, &mut buf[..r * k]);
-                    matmul(r, f, k, out, false, &buf[..r * k], false, w, false);
-                }
-            }
-        });
+        let y = conv_run(&g, f, x, w, None);
         Ok((CpuStorage::F32(y), Shape::from((rows, f))))
     }
     fn bwd(
@@ -484,28 +542,7 @@ impl CustomOp2 for ConvData {
             &g,
         )?;
         check("conv2d kernel", w.len(), k * f, &g)?;
-        let mut gx = vec![0f32; g.n * g.image_len()];
-        let per = g.images_per_chunk(f);
-        with_scratch(g.chunk_len(f), |buf| {
-            let wc = g.kn2row(f).then(|| kernel_by_channel(&g, f, w));
-            for n0 in (0..g.n).step_by(per) {
-                let nb = per.min(g.n - n0);
-                let r = nb * g.rows_per_image();
-                let r0 = n0 * g.rows_per_image();
-                let chunk = Geometry { n: nb, ..g };
-                let grads = &gy[r0 * f..(r0 + r) * f];
-                let out = &mut gx[n0 * g.image_len()..(n0 + nb) * g.image_len()];
-                if let Some(wc) = &wc {
-                    // Per pixel, the gradients of the outputs its taps feed, times the kernel.
-                    let (p, tf) = (nb * g.pixels(), g.taps() * f);
-                    scatter_taps(&chunk, f, grads, &mut buf[..p * tf]);
-                    matmul(p, g.c, tf, out, false, &buf[..p * tf], false, wc, true);
-                } else {
-                    matmul(r, k, f, &mut buf[..r * k], false, grads, false, w, true);
-                    col2im(&chunk, &buf[..r * k], out);
-                }
-            }
-        });
+        let gx = conv_data_run(&g, f, gy, w, None);
         Ok((CpuStorage::F32(gx), Shape::from((g.n, g.h, g.w, g.c))))
     }
     fn bwd(
