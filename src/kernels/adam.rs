@@ -69,14 +69,20 @@ impl InplaceOp2 for Moment {
             candle_core::bail!("adam: {} gradient values for {} slots", g.len(), m.len())
         }
         let (k, square) = (self.one_minus_beta, self.square);
-        m.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .for_each(|(m, g)| {
-                for (m, &g) in m.iter_mut().zip(g) {
-                    let g = if square { g * g } else { g };
-                    *m += (g - *m) * k;
-                }
-            });
+        let run = |m: &mut [f32], g: &[f32]| {
+            for (m, &g) in m.iter_mut().zip(g) {
+                let g = if square { g * g } else { g };
+                *m += (g - *m) * k;
+            }
+        };
+        if m.len() <= CHUNK {
+            // Small variables on this thread: the pool's wake-up would cost more.
+            run(m, g);
+        } else {
+            m.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .for_each(|(m, g)| run(m, g));
+        }
         Ok(())
     }
 }
@@ -129,14 +135,19 @@ impl InplaceOp3 for Apply {
             self.0.epsilon as f32,
             self.0.decay as f32,
         );
-        w.par_chunks_mut(CHUNK)
-            .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
-            .for_each(|(w, (m, v))| {
-                for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
-                    let x = if decay != 0.0 { *w - *w * decay } else { *w };
-                    *w = x - (m * alpha) / (v.sqrt() + eps);
-                }
-            });
+        let run = |w: &mut [f32], m: &[f32], v: &[f32]| {
+            for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
+                let x = if decay != 0.0 { *w - *w * decay } else { *w };
+                *w = x - (m * alpha) / (v.sqrt() + eps);
+            }
+        };
+        if w.len() <= CHUNK {
+            run(w, m, v);
+        } else {
+            w.par_chunks_mut(CHUNK)
+                .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
+                .for_each(|(w, (m, v))| run(w, m, v));
+        }
         Ok(())
     }
 }

@@ -106,10 +106,15 @@ fn par_build(
     fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
 ) -> Vec<f32> {
     let mut v = Vec::with_capacity(n);
-    v.spare_capacity_mut()[..n]
-        .par_chunks_mut(chunk.max(1))
-        .enumerate()
-        .for_each(|(i, c)| fill(i, c));
+    if n <= chunk {
+        // One task: on this thread (handing it to the pool costs a wake-up and a sleep).
+        fill(0, &mut v.spare_capacity_mut()[..n]);
+    } else {
+        v.spare_capacity_mut()[..n]
+            .par_chunks_mut(chunk.max(1))
+            .enumerate()
+            .for_each(|(i, c)| fill(i, c));
+    }
     // SAFETY: the first `n` slots were all initialized: the chunks cover them and each `fill`
     // call writes its whole chunk (every caller zips the chunk with an input of the same length).
     unsafe { v.set_len(n) };
@@ -252,18 +257,20 @@ impl CustomOp1 for ColSum {
 /// the threads did.
 pub(crate) fn column_sum(x: &[f32], f: usize) -> Vec<f32> {
     let step = rows_per_task(f) * f;
-    let partials: Vec<Vec<f32>> = x
-        .par_chunks(step)
-        .map(|part| {
-            let mut acc = vec![0f32; f];
-            for row in part.chunks_exact(f) {
-                for (a, &v) in acc.iter_mut().zip(row) {
-                    *a += v;
-                }
+    let block = |part: &[f32]| {
+        let mut acc = vec![0f32; f];
+        for row in part.chunks_exact(f) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v;
             }
-            acc
-        })
-        .collect();
+        }
+        acc
+    };
+    let partials: Vec<Vec<f32>> = if x.len() <= step {
+        vec![block(x)]
+    } else {
+        x.par_chunks(step).map(block).collect()
+    };
     let mut total = vec![0f32; f];
     for p in &partials {
         for (a, b) in total.iter_mut().zip(p) {
