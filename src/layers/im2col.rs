@@ -328,6 +328,57 @@ pub(crate) fn matmul(
         (n as isize, 1)
     };
     let threads = rayon::current_num_threads();
+    if threads > 1 && m * n <= 64 * 64 && k >= 8192 {
+        // A small result over a long sum (a first layer's kernel gradient: 9x32 over 86 528
+        // patch rows) is one tile for gemm, so one thread: split the sum instead, into a fixed
+        // number of parts added in order (the same bits on every run).
+        let step = k.div_ceil(threads);
+        let partials: Vec<Vec<f32>> = (0..threads)
+            .into_par_iter()
+            .map(|p| {
+                let k0 = (p * step).min(k);
+                let kk = step.min(k - k0);
+                let mut out = vec![0f32; m * n];
+                let (l0, r0) = (k0 * lhs_cs as usize, k0 * rhs_rs as usize);
+                // SAFETY: as below, for the sub-range `k0..k0 + kk` of the sum: `lhs` and `rhs`
+                // are offset to its first element, which the asserted lengths still cover.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        kk,
+                        out.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        lhs.as_ptr().add(l0),
+                        lhs_cs,
+                        lhs_rs,
+                        rhs.as_ptr().add(r0),
+                        rhs_cs,
+                        rhs_rs,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                out
+            })
+            .collect();
+        let dst = &mut dst[..m * n];
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        for part in &partials {
+            for (d, v) in dst.iter_mut().zip(part) {
+                *d += v;
+            }
+        }
+        return;
+    }
     let par = if threads > 1 && m * n * k > 64 * 64 * 64 {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -797,6 +848,53 @@ mod tests {
                 max_rel(&g2[1].reshape((kh, kw, c, f)).unwrap(), &kflat[0]) < 1e-5,
                 "data op, kernel grad {case}"
             );
+        }
+    }
+
+    /// The matrix product, including the long sums split across threads, against candle's.
+    #[test]
+    fn matmul_matches_candle_including_split_sums() {
+        let dev = Device::Cpu;
+        for (m, n, k) in [(9, 32, 20_000), (3, 5, 7), (64, 64, 9000), (70, 40, 300)] {
+            for (lhs_t, rhs_t, accumulate) in [
+                (false, false, false),
+                (true, false, false),
+                (false, true, true),
+                (true, true, true),
+            ] {
+                let a = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+                let b = Tensor::randn(0f32, 1.0, (k, n), &dev).unwrap();
+                let c0 = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
+                let stored = |t: &Tensor, tr: bool| -> Vec<f32> {
+                    let t = if tr {
+                        t.t().unwrap().contiguous().unwrap()
+                    } else {
+                        t.clone()
+                    };
+                    t.flatten_all().unwrap().to_vec1().unwrap()
+                };
+                let mut dst = c0.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                matmul(
+                    m,
+                    n,
+                    k,
+                    &mut dst,
+                    accumulate,
+                    &stored(&a, lhs_t),
+                    lhs_t,
+                    &stored(&b, rhs_t),
+                    rhs_t,
+                );
+                let mut want = a.matmul(&b).unwrap();
+                if accumulate {
+                    want = (want + &c0).unwrap();
+                }
+                let got = Tensor::from_vec(dst, (m, n), &dev).unwrap();
+                assert!(
+                    max_rel(&got, &want) < 1e-5,
+                    "{m}x{n}x{k} lhs_t={lhs_t} rhs_t={rhs_t} accumulate={accumulate}"
+                );
+            }
         }
     }
 
