@@ -8,6 +8,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::elementwise::{Act, activation_grad, bias_activation_seq, bias_grad};
+use super::pool::{PoolGeometry, max_pool_forward, max_pool_scatter};
 use crate::layers::im2col::{Conv, ConvData, ConvFilter, Geometry, conv_data_run, conv_run};
 
 /// Which convolution the op runs.
@@ -123,6 +124,117 @@ impl CustomOp3 for ConvAct {
         };
         Ok((gx, Some(gw), gb))
     }
+}
+
+/// `maxpool(act(conv(x, w) + b))`: inputs `(x, w, b)`, a forward convolution only. The
+/// activation's output is pooled image by image and dropped; the backward pass needs only where
+/// each maximum was (kept here) and the activation's derivative there, which it reads from the
+/// pooled value itself (the maximum *is* that activation output).
+pub(crate) struct ConvActPool {
+    pub g: Geometry,
+    pub f: usize,
+    pub act: Act,
+    pub pool: PoolGeometry,
+    argmax: std::sync::Mutex<Option<Vec<u32>>>,
+}
+
+impl CustomOp3 for ConvActPool {
+    fn name(&self) -> &'static str {
+        "conv2d_nhwc_bias_activation_max_pool"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, f, p) = (self.g, self.f, self.pool);
+        let x = f32_slice(s1, l1, "convolution input")?;
+        let w = f32_slice(s2, l2, "convolution kernel")?;
+        let b = f32_slice(s3, l3, "convolution bias")?;
+        let (x_len, w_len) = (g.n * g.h * g.w * g.c, g.kh * g.kw * g.c * f);
+        if x.len() != x_len
+            || w.len() != w_len
+            || b.len() != f
+            || (p.n, p.h, p.w, p.c) != (g.n, g.oh, g.ow, f)
+        {
+            candle_core::bail!(
+                "convolution + pooling: received input, kernel and bias of {}, {} and {} values, expected {x_len}, {w_len} and {f} for {g:?} and {p:?}",
+                x.len(),
+                w.len(),
+                b.len()
+            )
+        }
+        if p.h * p.w * p.c > u32::MAX as usize {
+            candle_core::bail!("convolution + pooling: feature maps of {p:?} are too large")
+        }
+        let act = self.act;
+        let epi = move |y: &mut [f32]| bias_activation_seq(y, b, act);
+        let a = conv_run(&g, f, x, w, Some(&epi));
+        let (y, at) = max_pool_forward(&p, &a);
+        if let Ok(mut slot) = self.argmax.lock() {
+            *slot = Some(at);
+        }
+        Ok((CpuStorage::F32(y), Shape::from((p.n, p.oh, p.ow, p.c))))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        y: &Tensor,
+        gy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (g, f, p) = (self.g, self.f, self.pool);
+        let Some(argmax) = self.argmax.lock().ok().and_then(|s| s.clone()) else {
+            candle_core::bail!("convolution + pooling: backward before forward")
+        };
+        // The activation's gradient at each maximum, from the maximum itself.
+        let dy = activation_grad(y, gy, self.act)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let gz = max_pool_scatter(&p, &argmax, &dy, |d, _| d);
+        let gz = Tensor::from_vec(gz, (g.n * g.oh * g.ow, f), y.device())?;
+        let gb = if b.track_op() {
+            Some(bias_grad(&gz, f)?.reshape(b.shape())?)
+        } else {
+            None
+        };
+        let gx = if x.track_op() {
+            Some(gz.apply_op2_no_bwd(w, &ConvData { g, f })?)
+        } else {
+            None
+        };
+        let gw = x.apply_op2_no_bwd(&gz, &ConvFilter { g, f })?;
+        Ok((gx, Some(gw), gb))
+    }
+}
+
+/// `maxpool(act(conv(x, w) + b))` for a forward convolution (see [`ConvActPool`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_bias_activation_pool(
+    g: Geometry,
+    f: usize,
+    act: Act,
+    pool: PoolGeometry,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        ConvActPool {
+            g,
+            f,
+            act,
+            pool,
+            argmax: std::sync::Mutex::new(None),
+        },
+    )
 }
 
 /// `act(conv(x, w) + b)` (`b` of the output's channels; a plain zero tensor when the layer has no
@@ -275,6 +387,27 @@ mod tests {
             .add(crate::layers::Dense::new(3))
             .add(crate::layers::ReLU::new());
         check_fusion(seq, Tensor::randn(0f32, 1.0, (5, 6), &dev).unwrap());
+        // Convolution (+ activation) + max pooling, as the MNIST convnet: its own activation,
+        // an activation layer, odd sizes with "same" pooling, and overlapping windows.
+        let seq = crate::Sequential::new()
+            .input(&[12, 12, 2])
+            .add(Conv2D::new(4, (3, 3)).activation("relu").unwrap())
+            .add(crate::layers::MaxPooling2D::new((2, 2)))
+            .add(Conv2D::new(3, (2, 2)))
+            .add(LeakyReLU::new(0.1))
+            .add(
+                crate::layers::MaxPooling2D::new((2, 2))
+                    .padding("same")
+                    .unwrap(),
+            )
+            .add(Conv2D::new(2, (1, 1)).activation("tanh").unwrap())
+            .add(crate::layers::MaxPooling2D::new((2, 2)).strides((1, 1)));
+        // Rounded inputs and weights: windows with tied maxima.
+        let x = Tensor::randn(0f32, 2.0, (3, 12, 12, 2), &dev)
+            .unwrap()
+            .round()
+            .unwrap();
+        check_fusion(seq, x);
     }
 
     fn check_fusion(mut seq: crate::Sequential, x: Tensor) {

@@ -111,6 +111,50 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&
     }
 }
 
+/// Max pooling of the `(n, h, w, c)` images `x` (checked by the caller): the maxima and, per
+/// output, the flat index within its image of the first largest input.
+pub(crate) fn max_pool_forward(g: &PoolGeometry, x: &[f32]) -> (Vec<f32>, Vec<u32>) {
+    let g = *g;
+    let (img_len, out_len) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
+    let mut y = vec![0f32; g.n * out_len];
+    let mut at = vec![0u32; g.n * out_len];
+    y.par_chunks_mut(out_len)
+        .zip(at.par_chunks_mut(out_len))
+        .zip(x.par_chunks(img_len))
+        .for_each(|((y, at), img)| {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let o = (oy * g.ow + ox) * g.c;
+                    g.argmax(img, oy, ox, &mut y[o..o + g.c], &mut at[o..o + g.c]);
+                }
+            }
+        });
+    (y, at)
+}
+
+/// The input gradient of a max pooling: each output's gradient `gy[i]`, mapped by
+/// `scale(gy[i], i)`, added at its kept argmax.
+pub(crate) fn max_pool_scatter(
+    g: &PoolGeometry,
+    argmax: &[u32],
+    gy: &[f32],
+    scale: impl Fn(f32, usize) -> f32 + Sync,
+) -> Vec<f32> {
+    let (img_len, out_len) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
+    let mut gx = vec![0f32; g.n * img_len];
+    gx.par_chunks_mut(img_len)
+        .zip(gy.par_chunks(out_len).zip(argmax.par_chunks(out_len)))
+        .enumerate()
+        .for_each(|(n, (gx, (gy, at)))| {
+            for (j, (&i, &d)) in at.iter().zip(gy).enumerate() {
+                if i != u32::MAX {
+                    gx[i as usize] += scale(d, n * out_len + j);
+                }
+            }
+        });
+    gx
+}
+
 impl CustomOp1 for MaxPool {
     fn name(&self) -> &'static str {
         "max_pool_nhwc"
@@ -118,26 +162,14 @@ impl CustomOp1 for MaxPool {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = self.g;
         let x = slice(s, l, "max pooling input")?;
-        let (img_len, out_len) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
+        let img_len = g.h * g.w * g.c;
         if x.len() != g.n * img_len {
             candle_core::bail!("max pooling: {} values for {g:?}", x.len())
         }
         if img_len > u32::MAX as usize {
             candle_core::bail!("max pooling: images of {img_len} values are too large")
         }
-        let mut y = vec![0f32; g.n * out_len];
-        let mut at = vec![0u32; g.n * out_len];
-        y.par_chunks_mut(out_len)
-            .zip(at.par_chunks_mut(out_len))
-            .zip(x.par_chunks(img_len))
-            .for_each(|((y, at), img)| {
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        let o = (oy * g.ow + ox) * g.c;
-                        g.argmax(img, oy, ox, &mut y[o..o + g.c], &mut at[o..o + g.c]);
-                    }
-                }
-            });
+        let (y, at) = max_pool_forward(&g, x);
         if let Ok(mut slot) = self.argmax.lock() {
             *slot = Some(at);
         }
@@ -160,20 +192,11 @@ impl CustomOp1 for MaxPoolScatter {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = self.g;
         let gy = slice(s, l, "max pooling output gradient")?;
-        let (img_len, out_len) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
+        let out_len = g.oh * g.ow * g.c;
         if gy.len() != g.n * out_len || self.argmax.len() != gy.len() {
             candle_core::bail!("max pooling gradient: {} gradients for {g:?}", gy.len())
         }
-        let mut gx = vec![0f32; g.n * img_len];
-        gx.par_chunks_mut(img_len)
-            .zip(gy.par_chunks(out_len).zip(self.argmax.par_chunks(out_len)))
-            .for_each(|(gx, (gy, at))| {
-                for (&i, &d) in at.iter().zip(gy) {
-                    if i != u32::MAX {
-                        gx[i as usize] += d;
-                    }
-                }
-            });
+        let gx = max_pool_scatter(&g, &self.argmax, gy, |d, _| d);
         Ok((CpuStorage::F32(gx), Shape::from((g.n, g.h, g.w, g.c))))
     }
 }

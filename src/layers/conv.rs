@@ -7,8 +7,9 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::im2col::{Conv, ConvData, Geometry};
+use super::pooling::{PoolFusion, max_pool_geometry};
 use super::{Activation, Layer, unique_name};
-use crate::kernels::conv_act::{Direction, conv_bias_activation};
+use crate::kernels::conv_act::{Direction, conv_bias_activation, conv_bias_activation_pool};
 use crate::tape::Variable;
 use crate::{Error, Result};
 
@@ -337,7 +338,14 @@ impl Conv2D {
     conv_builders!();
 
     /// The forward pass with activation `act` (its own, or one fused from the next layer).
-    fn call_with(&mut self, x: &Tensor, act: Activation) -> Result<Tensor> {
+    /// With `pool`, the max pooling after the activation too, as one op; `None` when that
+    /// cannot be fused here (other devices, channels-first, an unfusable activation).
+    fn call_with(
+        &mut self,
+        x: &Tensor,
+        act: Activation,
+        pool: Option<PoolFusion>,
+    ) -> Result<Option<Tensor>> {
         check_rank4(&self.name, x)?;
         self.build(&x.dims()[1..])?;
         let kernel = self
@@ -392,25 +400,35 @@ impl Conv2D {
             };
             let wm = kernel.as_tensor().reshape((kh * kw * c, f))?;
             if let (Some(a), DataFormat::ChannelsLast) = (act.fused(), self.cfg.data_format) {
-                // Convolution, bias and activation as one op.
+                // Convolution, bias and activation (and a max pooling) as one op.
                 let b = match &self.bias {
                     Some(b) => b.as_tensor().clone(),
                     None => Tensor::zeros(f, DType::F32, xp.device())?,
                 };
+                if let Some(spec) = pool {
+                    let pg = max_pool_geometry((n, oh, ow, f), spec)?;
+                    return Ok(Some(conv_bias_activation_pool(g, f, a, pg, &xp, &wm, &b)?));
+                }
                 let y = conv_bias_activation(Direction::Forward, g, f, a, &xp, &wm, &b)?;
-                return Ok(y.reshape((n, oh, ow, f))?);
+                return Ok(Some(y.reshape((n, oh, ow, f))?));
+            }
+            if pool.is_some() {
+                return Ok(None);
             }
             let y = xp.apply_op2(&wm, Conv { g, f })?;
             let y = match (&self.bias, self.cfg.data_format) {
                 (Some(b), DataFormat::ChannelsLast) => {
                     let y = act.apply_with_bias(&y, b.as_tensor())?;
-                    return Ok(y.reshape((n, oh, ow, f))?);
+                    return Ok(Some(y.reshape((n, oh, ow, f))?));
                 }
                 (Some(b), DataFormat::ChannelsFirst) => y.broadcast_add(b.as_tensor())?,
                 (None, _) => y,
             };
             let y = from_nhwc(&y.reshape((n, oh, ow, f))?, self.cfg.data_format)?;
-            return act.apply(&y);
+            return act.apply(&y).map(Some);
+        }
+        if pool.is_some() {
+            return Ok(None);
         }
         let xp = xp
             .pad_with_zeros(1, pads_h.0, pads_h.1)?
@@ -425,7 +443,7 @@ impl Conv2D {
             y.permute((0, 2, 3, 1))?
         };
         let y = from_nhwc(&y, self.cfg.data_format)?;
-        act.apply(&y)
+        act.apply(&y).map(Some)
     }
 }
 
@@ -451,7 +469,8 @@ impl Layer for Conv2D {
         Ok(())
     }
     fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
-        self.call_with(x, self.cfg.activation)
+        self.call_with(x, self.cfg.activation, None)?
+            .ok_or_else(|| Error::state("Conv2D: no output"))
     }
     fn call_fused(
         &mut self,
@@ -462,7 +481,24 @@ impl Layer for Conv2D {
         if self.cfg.activation != Activation::Linear || then.fused().is_none() {
             return Ok(None);
         }
-        self.call_with(x, then).map(Some)
+        self.call_with(x, then, None)
+    }
+    fn call_fused_pool(
+        &mut self,
+        x: &Tensor,
+        _training: bool,
+        then: Option<Activation>,
+        pool: PoolFusion,
+    ) -> Result<Option<Tensor>> {
+        let act = match then {
+            None => self.cfg.activation,
+            Some(_) if self.cfg.activation != Activation::Linear => return Ok(None),
+            Some(a) => a,
+        };
+        if act.fused().is_none() {
+            return Ok(None);
+        }
+        self.call_with(x, act, Some(pool))
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         let (h, w, _) = hwc(input_shape, self.cfg.data_format, &self.name)?;

@@ -28,7 +28,8 @@ pub use dense::{Dense, Regularizer};
 pub use dropout::Dropout;
 pub use norm::BatchNormalization;
 pub use pooling::{
-    AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D, UpSampling2D,
+    AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D, PoolFusion,
+    UpSampling2D,
 };
 pub use reshape::{Flatten, Reshape};
 
@@ -90,6 +91,27 @@ pub trait Layer: Send {
     /// The activation this layer is, if it is only an activation (`Activation`, `ReLU`,
     /// `LeakyReLU` layers). By default, `None`.
     fn as_activation(&self) -> Option<Activation> {
+        None
+    }
+    /// The forward pass followed by activation `then` (if any) and the max pooling `pool`, in
+    /// one fused op where the layer can (the activation's output never becomes a tensor of its
+    /// own); `None` when it cannot. By default, `None`.
+    ///
+    /// # Errors
+    /// As [`Layer::call`].
+    fn call_fused_pool(
+        &mut self,
+        x: &Tensor,
+        training: bool,
+        then: Option<Activation>,
+        pool: PoolFusion,
+    ) -> Result<Option<Tensor>> {
+        let _ = (x, training, then, pool);
+        Ok(None)
+    }
+    /// The max pooling this layer is, if it is a channels-last `MaxPooling2D`. By default,
+    /// `None`.
+    fn as_max_pool(&self) -> Option<PoolFusion> {
         None
     }
     /// The forward pass of a layer with several inputs; by default, requires exactly one.
@@ -217,6 +239,18 @@ impl<L: Layer + ?Sized> Layer for Box<L> {
     }
     fn as_activation(&self) -> Option<Activation> {
         (**self).as_activation()
+    }
+    fn call_fused_pool(
+        &mut self,
+        x: &Tensor,
+        training: bool,
+        then: Option<Activation>,
+        pool: PoolFusion,
+    ) -> Result<Option<Tensor>> {
+        (**self).call_fused_pool(x, training, then, pool)
+    }
+    fn as_max_pool(&self) -> Option<PoolFusion> {
+        (**self).as_max_pool()
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         (**self).compute_output_shape(input_shape)

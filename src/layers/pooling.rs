@@ -62,6 +62,56 @@ fn out_len(input: usize, pool: usize, stride: usize, padding: Padding) -> usize 
     }
 }
 
+/// The windows of a max pooling over an `(n, h, w, c)` input, as the CPU kernel takes them.
+pub(crate) fn max_pool_geometry(
+    (n, h, w, c): (usize, usize, usize, usize),
+    spec: PoolFusion,
+) -> Result<crate::kernels::pool::PoolGeometry> {
+    let PoolFusion {
+        pool,
+        strides,
+        padding,
+    } = spec;
+    let (oh, ow) = (
+        out_len(h, pool.0, strides.0, padding),
+        out_len(w, pool.1, strides.1, padding),
+    );
+    if oh == 0 || ow == 0 {
+        return Err(Error::value(format!(
+            "pooling window {pool:?} is larger than the input ({h}x{w}) with \"valid\" padding"
+        )));
+    }
+    let need_h = (oh - 1) * strides.0 + pool.0;
+    let need_w = (ow - 1) * strides.1 + pool.1;
+    let (pt, pl) = match padding {
+        Padding::Same => (need_h.saturating_sub(h) / 2, need_w.saturating_sub(w) / 2),
+        Padding::Valid => (0, 0),
+    };
+    Ok(crate::kernels::pool::PoolGeometry {
+        n,
+        h,
+        w,
+        c,
+        ph: pool.0,
+        pw: pool.1,
+        sh: strides.0,
+        sw: strides.1,
+        pt,
+        pl,
+        oh,
+        ow,
+    })
+}
+
+/// A channels-last max pooling that the layer before it may take into its own op (see
+/// [`Layer::as_max_pool`]). Opaque: only ferrokeras's layers read it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PoolFusion {
+    pub(crate) pool: (usize, usize),
+    pub(crate) strides: (usize, usize),
+    pub(crate) padding: Padding,
+}
+
 /// Max or average over non-overlapping or overlapping windows of an NHWC tensor.
 fn pool_nhwc(
     x: &Tensor,
@@ -293,6 +343,20 @@ macro_rules! pool_layer {
                 let xt = to_nhwc(&x.to_dtype(DType::F32)?, self.data_format)?;
                 let y = pool_nhwc(&xt, self.pool, s, self.padding, $max)?;
                 from_nhwc(&y, self.data_format)
+            }
+            fn as_max_pool(&self) -> Option<PoolFusion> {
+                let s = self.strides_or_pool();
+                ($max
+                    && self.data_format == DataFormat::ChannelsLast
+                    && self.pool.0 > 0
+                    && self.pool.1 > 0
+                    && s.0 > 0
+                    && s.1 > 0)
+                    .then_some(PoolFusion {
+                        pool: self.pool,
+                        strides: s,
+                        padding: self.padding,
+                    })
             }
             fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
                 let (h, w, c) = hw_of(input_shape, self.data_format, &self.name)?;

@@ -341,7 +341,20 @@ impl Layer for Sequential {
         let mut h = x.clone();
         let mut i = 0;
         while i < self.layers.len() {
-            if let Some(then) = self.layers.get(i + 1).and_then(|l| l.as_activation())
+            let act = self.layers.get(i + 1).and_then(|l| l.as_activation());
+            // [layer, activation, max pooling] and [layer, max pooling]: one op where it can.
+            let (pool, skip) = match act {
+                Some(_) => (self.layers.get(i + 2).and_then(|l| l.as_max_pool()), 3),
+                None => (self.layers.get(i + 1).and_then(|l| l.as_max_pool()), 2),
+            };
+            if let Some(pool) = pool
+                && let Some(y) = self.layers[i].call_fused_pool(&h, training, act, pool)?
+            {
+                h = y;
+                i += skip;
+                continue;
+            }
+            if let Some(then) = act
                 && let Some(y) = self.layers[i].call_fused(&h, training, then)?
             {
                 h = y;
