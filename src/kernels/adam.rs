@@ -20,26 +20,6 @@ pub(crate) struct AdamStep {
     pub decay: f64,
 }
 
-fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
-    let CpuStorage::F32(d) = s else {
-        candle_core::bail!("adam: only float32 is supported")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&mut d[a..b]),
-        None => candle_core::bail!("adam: the tensor must be contiguous"),
-    }
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(d) = s else {
-        candle_core::bail!("adam: only float32 is supported")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&d[a..b]),
-        None => candle_core::bail!("adam: the tensor must be contiguous"),
-    }
-}
-
 /// `m += (g - m) * (1 - beta)`, or with `g²` for the second moment.
 struct Moment {
     one_minus_beta: f32,
@@ -63,8 +43,8 @@ impl InplaceOp2 for Moment {
         g: &CpuStorage,
         gl: &Layout,
     ) -> candle_core::Result<()> {
-        let m = slice_mut(dst, dst_l)?;
-        let g = slice(g, gl)?;
+        let m = super::cpu_f32_mut(dst, dst_l, "adam")?;
+        let g = super::cpu_f32(g, gl, "adam")?;
         if m.len() != g.len() {
             candle_core::bail!("adam: {} gradient values for {} slots", g.len(), m.len())
         }
@@ -98,8 +78,8 @@ impl InplaceOp2 for Max {
         v: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<()> {
-        let vh = slice_mut(dst, dst_l)?;
-        let v = slice(v, vl)?;
+        let vh = super::cpu_f32_mut(dst, dst_l, "adam")?;
+        let v = super::cpu_f32(v, vl, "adam")?;
         for (a, &b) in vh.iter_mut().zip(v) {
             *a = a.max(b);
         }
@@ -120,8 +100,11 @@ impl InplaceOp3 for Apply {
         v: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<()> {
-        let w = slice_mut(dst, dst_l)?;
-        let (m, v) = (slice(m, ml)?, slice(v, vl)?);
+        let w = super::cpu_f32_mut(dst, dst_l, "adam")?;
+        let (m, v) = (
+            super::cpu_f32(m, ml, "adam")?,
+            super::cpu_f32(v, vl, "adam")?,
+        );
         if m.len() != w.len() || v.len() != w.len() {
             candle_core::bail!(
                 "adam: slots of {} and {} values for {}",

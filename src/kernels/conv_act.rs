@@ -28,16 +28,6 @@ pub(crate) struct ConvAct {
     pub act: Act,
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(d) = s else {
-        candle_core::bail!("{what}: only float32 is supported")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&d[a..b]),
-        None => candle_core::bail!("{what}: must be contiguous"),
-    }
-}
-
 impl CustomOp3 for ConvAct {
     fn name(&self) -> &'static str {
         "conv2d_nhwc_bias_activation"
@@ -52,9 +42,9 @@ impl CustomOp3 for ConvAct {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, f) = (self.g, self.f);
-        let x = f32_slice(s1, l1, "convolution input")?;
-        let w = f32_slice(s2, l2, "convolution kernel")?;
-        let b = f32_slice(s3, l3, "convolution bias")?;
+        let x = super::cpu_f32(s1, l1, "convolution input")?;
+        let w = super::cpu_f32(s2, l2, "convolution kernel")?;
+        let b = super::cpu_f32(s3, l3, "convolution bias")?;
         let (x_len, w_len) = match self.dir {
             Direction::Forward => (g.n * g.h * g.w * g.c, g.kh * g.kw * g.c * f),
             Direction::Transposed => (g.n * g.oh * g.ow * f, g.kh * g.kw * g.c * f),
@@ -152,9 +142,9 @@ impl CustomOp3 for ConvActPool {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, f, p) = (self.g, self.f, self.pool);
-        let x = f32_slice(s1, l1, "convolution input")?;
-        let w = f32_slice(s2, l2, "convolution kernel")?;
-        let b = f32_slice(s3, l3, "convolution bias")?;
+        let x = super::cpu_f32(s1, l1, "convolution input")?;
+        let w = super::cpu_f32(s2, l2, "convolution kernel")?;
+        let b = super::cpu_f32(s3, l3, "convolution bias")?;
         let (x_len, w_len) = (g.n * g.h * g.w * g.c, g.kh * g.kw * g.c * f);
         if x.len() != x_len
             || w.len() != w_len
@@ -259,15 +249,10 @@ pub(crate) fn conv_bias_activation(
 mod tests {
     use super::*;
     use crate::GradientTape;
+    use crate::kernels::max_rel;
     use crate::layers::{Conv2D, Conv2DTranspose, Layer, LeakyReLU};
     use crate::tape::Variable;
     use candle_core::Device;
-
-    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        let s = b.abs().unwrap().max_all().unwrap();
-        d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-6)
-    }
 
     /// The fused op against the convolution op followed by candle's bias add and activation.
     #[test]

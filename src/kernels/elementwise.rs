@@ -25,16 +25,6 @@ pub(crate) enum Act {
     Tanh,
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("{what}: only float32 is supported")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: the input must be contiguous"),
-    }
-}
-
 /// Rows of `f` values per task, so that tasks hold about [`CHUNK`] elements.
 fn rows_per_task(f: usize) -> usize {
     (CHUNK / f.max(1)).max(1)
@@ -157,7 +147,7 @@ impl CustomOp1 for Fused {
         "fused_activation"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, "activation input")?;
+        let x = super::cpu_f32(s, l, "activation input")?;
         Ok((CpuStorage::F32(forward(x, None, self.0)), l.shape().clone()))
     }
     fn bwd(&self, _x: &Tensor, y: &Tensor, gy: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -181,8 +171,8 @@ impl CustomOp2 for Fused {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "activation input")?;
-        let b = f32_slice(s2, l2, "bias")?;
+        let x = super::cpu_f32(s1, l1, "activation input")?;
+        let b = super::cpu_f32(s2, l2, "bias")?;
         if b.is_empty() || x.len() % b.len() != 0 {
             candle_core::bail!(
                 "bias of {} values does not divide an input of {} values",
@@ -223,8 +213,8 @@ impl CustomOp2 for FusedGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = f32_slice(s1, l1, "activation output")?;
-        let gy = f32_slice(s2, l2, "activation output gradient")?;
+        let y = super::cpu_f32(s1, l1, "activation output")?;
+        let gy = super::cpu_f32(s2, l2, "activation output gradient")?;
         if y.len() != gy.len() {
             candle_core::bail!("gradient of {} values for {} outputs", gy.len(), y.len())
         }
@@ -243,7 +233,7 @@ impl CustomOp1 for ColSum {
         "column_sum"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, "column sum input")?;
+        let x = super::cpu_f32(s, l, "column sum input")?;
         let f = self.0;
         if f == 0 || x.len() % f != 0 {
             candle_core::bail!("{} values are not rows of {f}", x.len())
@@ -345,6 +335,7 @@ pub(crate) fn bias_activation(
 mod tests {
     use super::*;
     use crate::GradientTape;
+    use crate::kernels::max_rel;
     use crate::tape::Variable;
     use candle_core::Device;
 
@@ -365,12 +356,6 @@ mod tests {
                 .unwrap(),
             Act::Tanh => x.tanh().unwrap(),
         }
-    }
-
-    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        let s = b.abs().unwrap().max_all().unwrap();
-        d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-6)
     }
 
     #[test]

@@ -22,14 +22,8 @@ fn matrix<'a>(
     l: &Layout,
     what: &str,
 ) -> candle_core::Result<(&'a [f32], usize, usize)> {
-    let CpuStorage::F32(d) = s else {
-        candle_core::bail!("{what}: only float32 is supported")
-    };
     let (r, c) = l.shape().dims2()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok((&d[a..b], r, c)),
-        None => candle_core::bail!("{what}: the input must be contiguous"),
-    }
+    Ok((super::cpu_f32(s, l, what)?, r, c))
 }
 
 impl CustomOp2 for Linear {
@@ -132,14 +126,9 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
 mod tests {
     use super::*;
     use crate::GradientTape;
+    use crate::kernels::max_rel;
     use crate::tape::Variable;
     use candle_core::Device;
-
-    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        let s = b.abs().unwrap().max_all().unwrap();
-        d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-6)
-    }
 
     #[test]
     fn linear_matches_candle_matmul_and_gradients() {

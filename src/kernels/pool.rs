@@ -101,16 +101,6 @@ struct MaxPoolScatter {
     argmax: Vec<u32>,
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(d) = s else {
-        candle_core::bail!("{what}: only float32 is supported")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&d[a..b]),
-        None => candle_core::bail!("{what}: the input must be contiguous"),
-    }
-}
-
 /// Max pooling of the `(n, h, w, c)` images `x` (checked by the caller): the maxima and, per
 /// output, the flat index within its image of the first largest input.
 pub(crate) fn max_pool_forward(g: &PoolGeometry, x: &[f32]) -> (Vec<f32>, Vec<u32>) {
@@ -161,7 +151,7 @@ impl CustomOp1 for MaxPool {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = self.g;
-        let x = slice(s, l, "max pooling input")?;
+        let x = super::cpu_f32(s, l, "max pooling input")?;
         let img_len = g.h * g.w * g.c;
         if x.len() != g.n * img_len {
             candle_core::bail!("max pooling: {} values for {g:?}", x.len())
@@ -191,7 +181,7 @@ impl CustomOp1 for MaxPoolScatter {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = self.g;
-        let gy = slice(s, l, "max pooling output gradient")?;
+        let gy = super::cpu_f32(s, l, "max pooling output gradient")?;
         let out_len = g.oh * g.ow * g.c;
         if gy.len() != g.n * out_len || self.argmax.len() != gy.len() {
             candle_core::bail!("max pooling gradient: {} gradients for {g:?}", gy.len())
@@ -213,8 +203,8 @@ impl CustomOp2 for MaxPoolGrad {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let x = slice(s1, l1, "max pooling input")?;
-        let gy = slice(s2, l2, "max pooling output gradient")?;
+        let x = super::cpu_f32(s1, l1, "max pooling input")?;
+        let gy = super::cpu_f32(s2, l2, "max pooling output gradient")?;
         let (img_len, out_len) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
         if x.len() != g.n * img_len || gy.len() != g.n * out_len {
             candle_core::bail!(

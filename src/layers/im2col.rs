@@ -118,20 +118,6 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-fn contiguous_f32<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{what}: only float32 is supported")
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{what}: the input must be contiguous"),
-    }
-}
-
 /// `dst.copy_from_slice(src)`, as an inline loop for short runs (a call to `memcpy` per three
 /// floats dominated the patches of one-channel images).
 #[inline(always)]
@@ -531,8 +517,8 @@ impl CustomOp2 for Conv {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, f) = (self.g, self.f);
-        let x = contiguous_f32(s1, l1, "conv2d input")?;
-        let w = contiguous_f32(s2, l2, "conv2d kernel")?;
+        let x = crate::kernels::cpu_f32(s1, l1, "conv2d input")?;
+        let w = crate::kernels::cpu_f32(s2, l2, "conv2d kernel")?;
         let k = g.patch_len();
         check("conv2d input", x.len(), g.n * g.image_len(), &g)?;
         check("conv2d kernel", w.len(), k * f, &g)?;
@@ -583,8 +569,8 @@ impl CustomOp2 for ConvData {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, f) = (self.g, self.f);
-        let gy = contiguous_f32(s1, l1, "conv2d output gradient")?;
-        let w = contiguous_f32(s2, l2, "conv2d kernel")?;
+        let gy = crate::kernels::cpu_f32(s1, l1, "conv2d output gradient")?;
+        let w = crate::kernels::cpu_f32(s2, l2, "conv2d kernel")?;
         let k = g.patch_len();
         check(
             "conv2d output gradient",
@@ -638,8 +624,8 @@ impl CustomOp2 for ConvFilter {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, f) = (self.g, self.f);
-        let x = contiguous_f32(s1, l1, "conv2d input")?;
-        let gy = contiguous_f32(s2, l2, "conv2d output gradient")?;
+        let x = crate::kernels::cpu_f32(s1, l1, "conv2d input")?;
+        let gy = crate::kernels::cpu_f32(s2, l2, "conv2d output gradient")?;
         let k = g.patch_len();
         check("conv2d input", x.len(), g.n * g.image_len(), &g)?;
         check(
@@ -700,15 +686,9 @@ impl CustomOp2 for ConvFilter {
 mod tests {
     use super::*;
     use crate::GradientTape;
+    use crate::kernels::max_rel;
     use crate::tape::Variable;
     use candle_core::Device;
-
-    /// Largest difference relative to the largest magnitude of `b`.
-    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        let s = b.abs().unwrap().max_all().unwrap();
-        d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-6)
-    }
 
     #[test]
     fn conv_matches_candle_forward_and_gradients() {

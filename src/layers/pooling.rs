@@ -581,14 +581,9 @@ impl Layer for UpSampling2D {
 mod kernel_tests {
     use super::*;
     use crate::GradientTape;
+    use crate::kernels::max_rel;
     use crate::tape::Variable;
     use candle_core::Device;
-
-    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        let s = b.abs().unwrap().max_all().unwrap();
-        d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-6)
-    }
 
     #[test]
     fn max_pool_kernel_matches_candle_values_and_gradients() {
