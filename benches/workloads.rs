@@ -8,6 +8,9 @@
 //! W4 the guide's GAN `train_step`, batch 64: steps/s.
 //! Only steps after a warm-up are timed; the data is synthetic, of the real shapes. W2 and W4 run
 //! `fit` and the plain loop alternately three times and report medians.
+//! `--device cuda` (or `FERROKERAS_DEVICE=cuda`) runs them on the GPU in a `cuda` build, with the
+//! data on the GPU (as a PyTorch loop would have it) and a device synchronisation before each
+//! clock read.
 
 use std::time::Instant;
 
@@ -20,8 +23,18 @@ use ferrokeras::prelude::*;
 #[allow(dead_code)]
 mod gan;
 
+fn dev() -> Device {
+    ferrokeras::runtime::default_device()
+}
+
+/// Seconds since `t`, once the device has finished the work queued so far.
+fn elapsed(t: Instant) -> Result<f64> {
+    dev().synchronize()?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
 fn uniform(shape: &[usize]) -> Result<Tensor> {
-    ferrokeras::random::uniform(shape, 0.0, 1.0, &Device::Cpu)
+    ferrokeras::random::uniform(shape, 0.0, 1.0, &dev())
 }
 
 fn labels(n: usize) -> Result<Tensor> {
@@ -45,7 +58,7 @@ fn w1() -> Result<f64> {
     let epochs = 30;
     let t = Instant::now();
     model.fit((x, y), FitOptions::new().epochs(epochs).verbose(0))?;
-    Ok((epochs * 32) as f64 / t.elapsed().as_secs_f64())
+    Ok((epochs * 32) as f64 / elapsed(t)?)
 }
 
 fn mlp() -> Result<Sequential> {
@@ -72,7 +85,7 @@ fn w2_fit() -> Result<f64> {
     )?;
     let t = Instant::now();
     model.fit((x, y), FitOptions::new().batch_size(128).verbose(0))?;
-    Ok(n as f64 / t.elapsed().as_secs_f64())
+    Ok(n as f64 / elapsed(t)?)
 }
 
 fn w2_plain() -> Result<f64> {
@@ -94,7 +107,7 @@ fn w2_plain() -> Result<f64> {
             opt.apply(&grads, &vars)?;
             let _ = loss.to_scalar::<f32>()?;
         }
-        Ok(count as f64 / t.elapsed().as_secs_f64())
+        Ok(count as f64 / elapsed(t)?)
     };
     run(128 * 10 + 96)?;
     run(n)
@@ -125,7 +138,7 @@ fn w3() -> Result<f64> {
     )?;
     let t = Instant::now();
     model.fit((x, y), FitOptions::new().batch_size(128).verbose(0))?;
-    Ok(n as f64 / t.elapsed().as_secs_f64())
+    Ok(n as f64 / elapsed(t)?)
 }
 
 fn gan_model() -> Result<Trainer<gan::Gan>> {
@@ -144,7 +157,7 @@ fn w4_fit(steps: usize) -> Result<f64> {
     model.fit(ds.clone().take(2), FitOptions::new().verbose(0))?;
     let t = Instant::now();
     model.fit(ds.skip(2), FitOptions::new().verbose(0))?;
-    Ok(steps as f64 / t.elapsed().as_secs_f64())
+    Ok(steps as f64 / elapsed(t)?)
 }
 
 fn w4_plain(steps: usize) -> Result<f64> {
@@ -158,22 +171,23 @@ fn w4_plain(steps: usize) -> Result<f64> {
     for i in 2..steps + 2 {
         model.train_step(&mut ctx, &Data::from(images.narrow(0, i * 64, 64)?))?;
     }
-    Ok(steps as f64 / t.elapsed().as_secs_f64())
+    Ok(steps as f64 / elapsed(t)?)
 }
 
 /// float32 GEMM rate of candle's matmul on this machine (GFLOP/s).
 fn gemm_peak() -> Result<f64> {
-    let n = 1024;
-    let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
-    let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    let n = if dev().is_cpu() { 1024 } else { 8192 };
+    let a = Tensor::randn(0f32, 1.0, (n, n), &dev())?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), &dev())?;
     let _ = a.matmul(&b)?;
+    dev().synchronize()?;
     let reps = 10;
     let t = Instant::now();
     for _ in 0..reps {
         let c = a.matmul(&b)?;
         let _ = c.dtype() == DType::F32;
     }
-    Ok(2.0 * (n * n * n * reps) as f64 / t.elapsed().as_secs_f64() / 1e9)
+    Ok(2.0 * (n * n * n * reps) as f64 / elapsed(t)? / 1e9)
 }
 
 /// Medians of `reps` alternating runs of `a` and `b` (this machine is noisy; alternating keeps
@@ -202,10 +216,20 @@ fn interleaved(
 
 fn main() -> Result<()> {
     ferrokeras::random::set_random_seed(0);
-    let picked: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--device") {
+        let name = args.get(i + 1).map_or("cpu", String::as_str);
+        ferrokeras::runtime::set_default_device(&ferrokeras::runtime::device_from_name(name)?);
+    }
+    let picked: Vec<String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !a.starts_with('-') && (*i == 0 || args[i - 1] != "--device"))
+        .map(|(_, a)| a.clone())
         .collect();
+    // A GPU step is short: time more of them.
+    let w4_steps = if dev().is_cpu() { 6 } else { 100 };
+    println!("device: {}", if dev().is_cpu() { "cpu" } else { "cuda" });
     let want = |w: &str| picked.is_empty() || picked.iter().any(|p| p == w);
     println!("| workload | ferrokeras via fit | plain loop (no fit) | unit |");
     println!("|---|---|---|---|");
@@ -229,7 +253,7 @@ fn main() -> Result<()> {
         );
     }
     if want("w4") {
-        let (f, p) = interleaved(3, || w4_fit(6), || w4_plain(6))?;
+        let (f, p) = interleaved(3, || w4_fit(w4_steps), || w4_plain(w4_steps))?;
         println!(
             "| W4 guide GAN step, batch 64 | {f:.2} | {p:.2} (fit costs {:+.1}%) | steps/s |",
             (p / f - 1.0) * 100.0
@@ -237,7 +261,8 @@ fn main() -> Result<()> {
     }
     if want("gemm") {
         println!(
-            "| float32 GEMM 1024³ (candle matmul) | {:.1} | – | GFLOP/s |",
+            "| float32 GEMM {}³ (candle matmul) | {:.1} | – | GFLOP/s |",
+            if dev().is_cpu() { 1024 } else { 8192 },
             gemm_peak()?
         );
     }

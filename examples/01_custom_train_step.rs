@@ -1,7 +1,7 @@
 //! Guide section 1, "A first simple example": a subclassed model that overrides only `train_step`,
 //! compiled with a loss and metrics, fitted with `fit` as usual.
 //!
-//! Run: `cargo run --release --example 01_custom_train_step`
+//! Run: `cargo run --release --example 01_custom_train_step [-- --device cpu|cuda]`
 
 use candle_core::Device;
 use ferrokeras::prelude::*;
@@ -43,7 +43,11 @@ impl Model for CustomModel {
     }
 }
 
+#[path = "shared/device.rs"]
+mod device;
+
 fn main() -> Result<()> {
+    device::from_args()?;
     // Construct and compile an instance of CustomModel.
     let inputs = Input::new(&[32]);
     let outputs = Dense::new(1).apply(&inputs)?;

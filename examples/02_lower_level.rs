@@ -2,7 +2,7 @@
 //! and our own `Mean("loss")` and `MeanAbsoluteError("mae")` listed in `metrics()` so that `fit`
 //! resets them at the start of every epoch.
 //!
-//! Run: `cargo run --release --example 02_lower_level`
+//! Run: `cargo run --release --example 02_lower_level [-- --device cpu|cuda]`
 
 use candle_core::Device;
 use ferrokeras::prelude::*;
@@ -50,7 +50,11 @@ impl Model for CustomModel {
     }
 }
 
+#[path = "shared/device.rs"]
+mod device;
+
 fn main() -> Result<()> {
+    device::from_args()?;
     let inputs = Input::new(&[32]);
     let outputs = Dense::new(1).apply(&inputs)?;
     let model = CustomModel {

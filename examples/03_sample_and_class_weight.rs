@@ -1,7 +1,7 @@
 //! Guide section 3, "Supporting `sample_weight` & `class_weight`": unpack the sample weight from
 //! the data and pass it to the loss and the metrics.
 //!
-//! Run: `cargo run --release --example 03_sample_and_class_weight`
+//! Run: `cargo run --release --example 03_sample_and_class_weight [-- --device cpu|cuda]`
 
 use candle_core::Device;
 use ferrokeras::prelude::*;
@@ -42,7 +42,11 @@ impl Model for CustomModel {
     }
 }
 
+#[path = "shared/device.rs"]
+mod device;
+
 fn main() -> Result<()> {
+    device::from_args()?;
     let inputs = Input::new(&[32]);
     let outputs = Dense::new(1).apply(&inputs)?;
     let model = CustomModel {

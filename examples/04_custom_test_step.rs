@@ -1,7 +1,7 @@
 //! Guide section 4, "Providing your own evaluation step": override `test_step` and call
 //! `evaluate` as usual.
 //!
-//! Run: `cargo run --release --example 04_custom_test_step`
+//! Run: `cargo run --release --example 04_custom_test_step [-- --device cpu|cuda]`
 
 use candle_core::Device;
 use ferrokeras::prelude::*;
@@ -37,7 +37,11 @@ impl Model for CustomModel {
     }
 }
 
+#[path = "shared/device.rs"]
+mod device;
+
 fn main() -> Result<()> {
+    device::from_args()?;
     let inputs = Input::new(&[32]);
     let outputs = Dense::new(1).apply(&inputs)?;
     let model = CustomModel {

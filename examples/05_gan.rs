@@ -4,14 +4,16 @@
 //! PNG grid of generated digits at the end of each epoch and at the end of training.
 //!
 //! Run: `cargo run --release --example 05_gan -- [--steps 100] [--epochs 1] [--out gan_output]
-//! [--seed 1337] [--mnist-dir DIR]`
+//! [--seed 1337] [--mnist-dir DIR] [--device cpu|cuda|auto]`
 
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use ferrokeras::data::Dataset;
 use ferrokeras::prelude::*;
 
+#[path = "shared/device.rs"]
+mod device;
 #[path = "shared/gan.rs"]
 mod gan;
 
@@ -106,9 +108,13 @@ fn parse_args() -> Result<Args> {
                 a.seed = v.parse().map_err(|_| bad(&v))?;
             }
             "--mnist-dir" => a.mnist_dir = Some(PathBuf::from(value()?)),
+            // Read by `device::from_args`.
+            "--device" => {
+                value()?;
+            }
             other => {
                 return Err(Error::value(format!(
-                    "unknown option {other}; expected --steps N|all, --epochs N, --out DIR, --seed N, --mnist-dir DIR"
+                    "unknown option {other}; expected --steps N|all, --epochs N, --out DIR, --seed N, --mnist-dir DIR, --device cpu|cuda|auto"
                 )));
             }
         }
@@ -118,6 +124,7 @@ fn parse_args() -> Result<Args> {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
+    let device = device::from_args()?;
     ferrokeras::random::set_random_seed(args.seed);
     let latent_dim = 128;
 
@@ -151,7 +158,7 @@ fn main() -> Result<()> {
     );
 
     let grid = ImageGrid {
-        latent: ferrokeras::random::normal(&[16, latent_dim], 0.0, 1.0, &Device::Cpu)?,
+        latent: ferrokeras::random::normal(&[16, latent_dim], 0.0, 1.0, &device)?,
         out_dir: args.out.clone(),
         side: 4,
     };

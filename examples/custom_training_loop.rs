@@ -1,14 +1,17 @@
 //! The lowest level: no `fit` at all. Our own loop over batches with the tape and the optimizer,
 //! driving the same callbacks that `fit` would (History and the progress bar) by hand.
 //!
-//! Run: `cargo run --release --example custom_training_loop`
+//! Run: `cargo run --release --example custom_training_loop [-- --device cpu|cuda]`
 
-use candle_core::Device;
 use ferrokeras::callbacks::{Callback, CallbackContext, Params, ProgbarLogger};
 use ferrokeras::data::ArrayAdapter;
 use ferrokeras::prelude::*;
 
+#[path = "shared/device.rs"]
+mod device;
+
 fn main() -> Result<()> {
+    let device = device::from_args()?;
     ferrokeras::random::set_random_seed(7);
     let mut model = Sequential::new()
         .input(&[32])
@@ -19,7 +22,8 @@ fn main() -> Result<()> {
     let mut loss_tracker = Mean::new("loss");
     let mut mae = MeanAbsoluteError::new().named("mae");
 
-    let x = ferrokeras::random::uniform(&[1000, 32], 0.0, 1.0, &Device::Cpu)?;
+    // Without `fit`, the loop puts the data where the model is itself.
+    let x = ferrokeras::random::uniform(&[1000, 32], 0.0, 1.0, &device)?;
     let y = x.sum_keepdim(1)?.affine(1.0 / 32.0, 0.0)?;
     let data = ArrayAdapter::new(x.into(), Some(y.into()), None, 32)?;
 

@@ -2,7 +2,7 @@
 //! MaxPool → Flatten → Dropout 0.5 → Dense 10 softmax, trained with `validation_split` 0.1, then
 //! evaluated on the test set.
 //!
-//! Run: `cargo run --release --example mnist_convnet -- [--epochs 3] [--mnist-dir DIR]`
+//! Run: `cargo run --release --example mnist_convnet -- [--epochs 3] [--mnist-dir DIR] [--device cpu|cuda|auto]`
 
 use std::path::PathBuf;
 
@@ -36,7 +36,11 @@ fn prepare(x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((x, y))
 }
 
+#[path = "shared/device.rs"]
+mod device;
+
 fn main() -> Result<()> {
+    device::from_args()?;
     let mut epochs = 3;
     let mut mnist_dir: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
@@ -49,9 +53,13 @@ fn main() -> Result<()> {
                     .map_err(|_| Error::value(format!("invalid --epochs {v:?}")))?;
             }
             "--mnist-dir" => mnist_dir = args.next().map(PathBuf::from),
+            // Read by `device::from_args`.
+            "--device" => {
+                args.next();
+            }
             other => {
                 return Err(Error::value(format!(
-                    "unknown option {other}; expected --epochs N or --mnist-dir DIR"
+                    "unknown option {other}; expected --epochs N, --mnist-dir DIR or --device cpu|cuda|auto"
                 )));
             }
         }

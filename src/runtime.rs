@@ -22,3 +22,102 @@ pub fn init() {
         }
     });
 }
+
+use candle_core::Device;
+use std::sync::RwLock;
+
+static DEFAULT_DEVICE: RwLock<Option<Device>> = RwLock::new(None);
+
+/// Whether this build can run on CUDA (the `cuda` cargo feature).
+pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// The device named by `name`: `"cpu"`, `"cuda"` (GPU 0), `"cuda:N"`, or `"auto"` (CUDA when
+/// this build has it and a GPU answers, else the CPU).
+///
+/// ```
+/// let cpu = ferrokeras::runtime::device_from_name("cpu")?;
+/// assert!(cpu.is_cpu());
+/// let auto = ferrokeras::runtime::device_from_name("auto")?; // the CPU without the `cuda` feature
+/// # let _ = auto;
+/// assert!(ferrokeras::runtime::device_from_name("tpu").is_err());
+/// # Ok::<(), ferrokeras::Error>(())
+/// ```
+///
+/// # Errors
+/// An unknown name, `cuda` in a build without the `cuda` feature, or a GPU that does not answer.
+pub fn device_from_name(name: &str) -> crate::Result<Device> {
+    let name = name.trim().to_ascii_lowercase();
+    let cuda = |ordinal: usize| -> crate::Result<Device> {
+        if !CUDA_BUILT {
+            return Err(crate::Error::value(format!(
+                "device \"{name}\" asked for, but this build has no CUDA support; rebuild with `--features cuda` (or pick \"cpu\")"
+            )));
+        }
+        Device::new_cuda(ordinal).map_err(|e| {
+            // candle's message may carry a backtrace after its first line.
+            let e = e.to_string();
+            let e = e.lines().next().unwrap_or("unknown error");
+            crate::Error::value(format!(
+                "CUDA device {ordinal} could not be opened ({e}); check the driver with `nvidia-smi`, or pick \"cpu\""
+            ))
+        })
+    };
+    match name.as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(if CUDA_BUILT {
+            cuda(0).unwrap_or(Device::Cpu)
+        } else {
+            Device::Cpu
+        }),
+        "cuda" | "gpu" => cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => cuda(n),
+            _ => Err(crate::Error::value(format!(
+                "unknown device \"{name}\": expected \"cpu\", \"cuda\", \"cuda:N\" or \"auto\""
+            ))),
+        },
+    }
+}
+
+/// Sets the device that layers put their weights on and that `fit`, `evaluate` and `predict`
+/// move batches to when a model has no weights yet (Keras places everything on the first GPU;
+/// here the choice is explicit).
+///
+/// ```
+/// ferrokeras::runtime::set_default_device(&candle_core::Device::Cpu);
+/// assert!(ferrokeras::runtime::default_device().is_cpu());
+/// ```
+pub fn set_default_device(device: &Device) {
+    if let Ok(mut d) = DEFAULT_DEVICE.write() {
+        *d = Some(device.clone());
+    }
+}
+
+/// The device set by [`set_default_device`]; before any call, the one named by the environment
+/// variable `FERROKERAS_DEVICE` (see [`device_from_name`]), else the CPU.
+///
+/// ```
+/// let d = ferrokeras::runtime::default_device();
+/// # let _ = d;
+/// ```
+pub fn default_device() -> Device {
+    if let Ok(d) = DEFAULT_DEVICE.read()
+        && let Some(d) = d.as_ref()
+    {
+        return d.clone();
+    }
+    let from_env = std::env::var("FERROKERAS_DEVICE")
+        .ok()
+        .map(|n| {
+            device_from_name(&n).unwrap_or_else(|e| {
+                eprintln!("ferrokeras: FERROKERAS_DEVICE ignored, using the CPU: {e}");
+                Device::Cpu
+            })
+        })
+        .unwrap_or(Device::Cpu);
+    if let Ok(mut d) = DEFAULT_DEVICE.write() {
+        d.get_or_insert(from_env).clone()
+    } else {
+        from_env
+    }
+}

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use ferrokeras::callbacks::progbar::{format_bar, format_per_step, format_value, format_verbose2};
 use ferrokeras::callbacks::{Callback, CallbackContext, History, Params, ProgbarLogger};
 use ferrokeras::prelude::*;
@@ -22,8 +22,8 @@ fn regression(n: usize, d: usize) -> (Tensor, Tensor) {
         })
         .collect();
     (
-        Tensor::from_vec(xs, (n, d), &Device::Cpu).unwrap(),
-        Tensor::from_vec(ys, (n, 1), &Device::Cpu).unwrap(),
+        Tensor::from_vec(xs, (n, d), &ferrokeras::runtime::default_device()).unwrap(),
+        Tensor::from_vec(ys, (n, 1), &ferrokeras::runtime::default_device()).unwrap(),
     )
 }
 

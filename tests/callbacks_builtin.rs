@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use ferrokeras::callbacks::{
     CSVLogger, Callback, CallbackContext, EarlyStopping, LearningRateScheduler, Params,
     ReduceLROnPlateau, TerminateOnNaN, float_repr,
@@ -30,8 +30,8 @@ fn regression(n: usize, d: usize) -> (Tensor, Tensor) {
         })
         .collect();
     (
-        Tensor::from_vec(xs, (n, d), &Device::Cpu).unwrap(),
-        Tensor::from_vec(ys, (n, 1), &Device::Cpu).unwrap(),
+        Tensor::from_vec(xs, (n, d), &ferrokeras::runtime::default_device()).unwrap(),
+        Tensor::from_vec(ys, (n, 1), &ferrokeras::runtime::default_device()).unwrap(),
     )
 }
 
@@ -714,8 +714,12 @@ fn learning_rate_scheduler_keras_example() -> Result<()> {
         .input(&[20])
         .add(Dense::new(10))
         .compile(Compile::new().optimizer(Sgd::new(0.01)).loss("mse"))?;
-    let x = Tensor::arange(0f32, 100., &Device::Cpu)?.reshape((5, 20))?;
-    let y = Tensor::zeros((5, 10), candle_core::DType::F32, &Device::Cpu)?;
+    let x = Tensor::arange(0f32, 100., &ferrokeras::runtime::default_device())?.reshape((5, 20))?;
+    let y = Tensor::zeros(
+        (5, 10),
+        candle_core::DType::F32,
+        &ferrokeras::runtime::default_device(),
+    )?;
     let scheduler =
         LearningRateScheduler::new(|epoch, lr| if epoch < 10 { lr } else { lr * (-0.1f64).exp() });
     model.fit(

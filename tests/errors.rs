@@ -32,7 +32,7 @@ fn assert_mentions(msg: &str, facts: &[&str]) {
 }
 
 fn cpu() -> Device {
-    Device::Cpu
+    ferrokeras::runtime::default_device()
 }
 
 fn zeros(shape: &[usize]) -> Tensor {

@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use ferrokeras::callbacks::History;
 use ferrokeras::model::default_train_step;
 use ferrokeras::prelude::*;
@@ -35,8 +35,8 @@ fn regression(n: usize, d: usize) -> (Tensor, Tensor) {
         })
         .collect();
     (
-        Tensor::from_vec(xs, (n, d), &Device::Cpu).unwrap(),
-        Tensor::from_vec(ys, (n, 1), &Device::Cpu).unwrap(),
+        Tensor::from_vec(xs, (n, d), &ferrokeras::runtime::default_device()).unwrap(),
+        Tensor::from_vec(ys, (n, 1), &ferrokeras::runtime::default_device()).unwrap(),
     )
 }
 
@@ -828,7 +828,7 @@ fn unit_sample_weights_change_nothing() -> Result<()> {
     let ones = run(Some(Tensor::ones(
         40,
         candle_core::DType::F32,
-        &Device::Cpu,
+        &ferrokeras::runtime::default_device(),
     )?))?;
     assert_histories_close(&plain, &ones, 1e-6);
     Ok(())
@@ -849,7 +849,7 @@ fn weighted_metrics_use_sample_weights_and_metrics_ignore_them() -> Result<()> {
             }
         })
         .collect();
-    let sw = Tensor::from_vec(w.clone(), n, &Device::Cpu)?;
+    let sw = Tensor::from_vec(w.clone(), n, &ferrokeras::runtime::default_device())?;
     let mut model = mlp(4).compile(
         Compile::new()
             .optimizer("sgd")

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use ferrokeras::data::Dataset;
 use ferrokeras::layers::{Conv2D, Conv2DTranspose, GlobalMaxPooling2D};
 use ferrokeras::prelude::*;
@@ -236,7 +236,7 @@ fn gan_steps_on_mnist_update_only_their_own_network() {
         trainer.checks
     );
     // The generator makes images of the right shape, in [0, 1].
-    let z = Tensor::randn(0f32, 1.0, (4, 128), &Device::Cpu).unwrap();
+    let z = Tensor::randn(0f32, 1.0, (4, 128), &ferrokeras::runtime::default_device()).unwrap();
     let img = trainer
         .call(&z.into(), false)
         .unwrap()

@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
 use ferrokeras::callbacks::{CSVLogger, ModelCheckpoint, SaveFreq, TensorBoard};
 use ferrokeras::data::Dataset;
 use ferrokeras::prelude::*;
@@ -39,7 +38,12 @@ impl Callback for CrashAt {
 
 fn run(dir: &Path, crash_at: Option<usize>) -> ferrokeras::Result<(History, Weights)> {
     ferrokeras::random::set_random_seed(21);
-    let images = ferrokeras::random::uniform(&[6 * 8, 28, 28, 1], 0.0, 1.0, &Device::Cpu)?;
+    let images = ferrokeras::random::uniform(
+        &[6 * 8, 28, 28, 1],
+        0.0,
+        1.0,
+        &ferrokeras::runtime::default_device(),
+    )?;
     let ds = Dataset::from_tensor_slices(images)?
         .shuffle(32, Some(5))
         .batch(8, false);

@@ -5,7 +5,7 @@
 //! taken in float32 with `eps = 1e-3`, dividing by the step actually representable in float32, and
 //! accumulated in float64; tensors are kept small so that the function values stay of order one.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use ferrokeras::prelude::*;
 
 const EPS: f64 = 1e-3;
@@ -32,7 +32,7 @@ fn det(shape: &[usize], lo: f32, hi: f32, seed: u64) -> Tensor {
             lo + (hi - lo) * u as f32
         })
         .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    Tensor::from_vec(v, shape, &ferrokeras::runtime::default_device()).unwrap()
 }
 
 /// Deterministic values with `|v| in [min_abs, min_abs + span)` and mixed signs: away from a
@@ -47,18 +47,18 @@ fn det_away_from_zero(shape: &[usize], min_abs: f32, span: f32, seed: u64) -> Te
         .into_iter()
         .map(|x| x.signum() * (min_abs + span * x.abs()))
         .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    Tensor::from_vec(v, shape, &ferrokeras::runtime::default_device()).unwrap()
 }
 
 fn t2(rows: &[&[f32]]) -> Tensor {
     let n = rows.len();
     let m = rows[0].len();
     let v: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
-    Tensor::from_vec(v, (n, m), &Device::Cpu).unwrap()
+    Tensor::from_vec(v, (n, m), &ferrokeras::runtime::default_device()).unwrap()
 }
 
 fn t1(v: &[f32]) -> Tensor {
-    Tensor::new(v, &Device::Cpu).unwrap()
+    Tensor::new(v, &ferrokeras::runtime::default_device()).unwrap()
 }
 
 fn to_f64(t: &Tensor) -> Vec<f64> {
@@ -132,10 +132,22 @@ fn numeric_grad(x: &Tensor, f: &dyn Fn(&Tensor) -> Result<Tensor>) -> Vec<f64> {
             minus[i] = (base[i] as f64 - EPS) as f32;
             let step = plus[i] as f64 - minus[i] as f64;
             let fp = scalar(
-                &f(&Tensor::from_vec(plus, shape.as_slice(), &Device::Cpu).unwrap()).unwrap(),
+                &f(&Tensor::from_vec(
+                    plus,
+                    shape.as_slice(),
+                    &ferrokeras::runtime::default_device(),
+                )
+                .unwrap())
+                .unwrap(),
             );
             let fm = scalar(
-                &f(&Tensor::from_vec(minus, shape.as_slice(), &Device::Cpu).unwrap()).unwrap(),
+                &f(&Tensor::from_vec(
+                    minus,
+                    shape.as_slice(),
+                    &ferrokeras::runtime::default_device(),
+                )
+                .unwrap())
+                .unwrap(),
             );
             (fp - fm) / step
         })
@@ -164,8 +176,10 @@ fn check_variable(name: &str, var: &Variable, f: &mut dyn FnMut() -> Result<Tens
     let shape = original.dims().to_vec();
     let base = original.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let mut eval = |v: Vec<f32>| -> f64 {
-        var.assign(&Tensor::from_vec(v, shape.as_slice(), &Device::Cpu).unwrap())
-            .unwrap();
+        var.assign(
+            &Tensor::from_vec(v, shape.as_slice(), &ferrokeras::runtime::default_device()).unwrap(),
+        )
+        .unwrap();
         scalar(&f().unwrap())
     };
     let numeric: Vec<f64> = (0..base.len())
@@ -331,7 +345,7 @@ fn grad_dense_regularization_losses_wrt_kernel_and_bias() {
         .assign(&det_away_from_zero(&[3], 0.1, 0.8, 43))
         .unwrap();
     let total = |d: &Dense| -> Result<Tensor> {
-        let mut acc = Tensor::zeros((), DType::F32, &Device::Cpu)?;
+        let mut acc = Tensor::zeros((), DType::F32, &ferrokeras::runtime::default_device())?;
         for l in d.losses()? {
             acc = (acc + l)?;
         }
@@ -653,7 +667,7 @@ fn grad_sparse_categorical_crossentropy_logits() {
         &p,
     );
     // Integer labels.
-    let int_labels = Tensor::new(&[2u32, 1, 0], &Device::Cpu).unwrap();
+    let int_labels = Tensor::new(&[2u32, 1, 0], &ferrokeras::runtime::default_device()).unwrap();
     check_loss(
         "SparseCategoricalCrossentropy logits u32 labels",
         &SparseCategoricalCrossentropy::new().from_logits(true),

@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde_json::Value;
 
 use ferrokeras::layers::{
@@ -78,7 +78,8 @@ fn flatten_json(v: &Value) -> (Vec<usize>, Vec<f32>) {
 
 fn tensor(v: &Value) -> Tensor {
     let (shape, data) = flatten_json(v);
-    Tensor::from_vec(data, shape, &Device::Cpu).expect("tensor from fixture")
+    Tensor::from_vec(data, shape, &ferrokeras::runtime::default_device())
+        .expect("tensor from fixture")
 }
 
 fn to_vec(t: &Tensor) -> Vec<f32> {
@@ -369,7 +370,10 @@ fn numeric_grad(base: &Tensor, mut f: impl FnMut(&Tensor) -> f64) -> Vec<f32> {
             plus[i] += FD_EPS;
             minus[i] -= FD_EPS;
             let step = plus[i] as f64 - minus[i] as f64;
-            let at = |v: Vec<f32>| Tensor::from_vec(v, dims.as_slice(), &Device::Cpu).unwrap();
+            let at = |v: Vec<f32>| {
+                Tensor::from_vec(v, dims.as_slice(), &ferrokeras::runtime::default_device())
+                    .unwrap()
+            };
             ((f(&at(plus)) - f(&at(minus))) / step) as f32
         })
         .collect()
@@ -740,7 +744,7 @@ fn batch_normalization_gradients_match_finite_differences() {
 /// gradients image by image, kernel and bias gradients summed over the images).
 #[test]
 fn chunked_convolutions_match_per_image_results() {
-    let dev = Device::Cpu;
+    let dev = ferrokeras::runtime::default_device();
     // deterministic pseudo-random multiples of 1/32 in [-1, 1)
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut fill = |dims: &[usize]| {

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde_json::Value;
 
 use ferrokeras::layers::{Activation, Dense, Layer, Regularizer};
@@ -77,7 +77,8 @@ fn vals(v: &Value) -> Vec<f32> {
 
 fn tensor(v: &Value) -> Tensor {
     let (shape, data) = flatten_json(v);
-    Tensor::from_vec(data, shape, &Device::Cpu).expect("tensor from fixture")
+    Tensor::from_vec(data, shape, &ferrokeras::runtime::default_device())
+        .expect("tensor from fixture")
 }
 
 fn scalar(v: &Value) -> f32 {
@@ -612,7 +613,8 @@ fn dense_model(kernel0: &Tensor, units: usize, activation: &str) -> Functional {
         .apply(&inputs)
         .expect("apply Dense");
     let mut model = Functional::new(&[inputs], &[outputs]).expect("functional model");
-    let bias0 = Tensor::zeros(units, DType::F32, &Device::Cpu).expect("zeros");
+    let bias0 =
+        Tensor::zeros(units, DType::F32, &ferrokeras::runtime::default_device()).expect("zeros");
     model
         .set_weights(&[kernel0.clone(), bias0])
         .expect("set_weights");
@@ -723,7 +725,8 @@ fn fit_guide1_matches_keras() {
         // predict is exactly `x @ kernel + bias` with the model's own trained weights ...
         let w = model.get_weights();
         let own = x5
-            .matmul(&w[0])
+            .to_device(w[0].device())
+            .and_then(|x| x.matmul(&w[0]))
             .and_then(|t| t.broadcast_add(&w[1]))
             .expect("x @ kernel + bias");
         g.close(

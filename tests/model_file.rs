@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use ferrokeras::io::{LoadedModel, load_model, model_from_json, save_model};
 use ferrokeras::layers::{
     Activation, AveragePooling2D, BUILTIN_LAYERS, BatchNormalization, Conv2D, Conv2DTranspose,
@@ -26,7 +26,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn uniform(shape: &[usize]) -> Tensor {
-    ferrokeras::random::uniform(shape, -1.0, 1.0, &Device::Cpu).unwrap()
+    ferrokeras::random::uniform(shape, -1.0, 1.0, &ferrokeras::runtime::default_device()).unwrap()
 }
 
 fn values(data: &Data) -> Vec<Vec<f32>> {
@@ -639,7 +639,7 @@ fn files_without_an_architecture_or_with_a_bad_one_are_errors() {
     let mut plain = ferrokeras::io::TensorFile::default();
     plain.tensors.insert(
         "w".into(),
-        Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap(),
+        Tensor::zeros(2, DType::F32, &ferrokeras::runtime::default_device()).unwrap(),
     );
     let plain_path = tmp("plain.safetensors");
     ferrokeras::io::write_tensors(&plain_path, &plain).unwrap();

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde_json::Value;
 
 use ferrokeras::Variable;
@@ -52,7 +52,8 @@ fn flatten_json(v: &Value) -> (Vec<usize>, Vec<f32>) {
 
 fn tensor(v: &Value) -> Tensor {
     let (shape, data) = flatten_json(v);
-    Tensor::from_vec(data, shape, &Device::Cpu).expect("tensor from fixture")
+    Tensor::from_vec(data, shape, &ferrokeras::runtime::default_device())
+        .expect("tensor from fixture")
 }
 
 fn to_vec(t: &Tensor) -> Vec<f32> {
@@ -417,14 +418,18 @@ fn grad_seq(seed: u64, shape: &[usize], n: usize) -> Vec<Tensor> {
                     x.sin() * 1.5 + 0.1
                 })
                 .collect();
-            Tensor::from_vec(data, shape, &Device::Cpu).expect("grad")
+            Tensor::from_vec(data, shape, &ferrokeras::runtime::default_device()).expect("grad")
         })
         .collect()
 }
 
 fn fresh_vars() -> Vec<Variable> {
-    let w = Tensor::new(&[[0.5f32, -0.25, 1.0], [0.125, -1.5, 0.75]], &Device::Cpu).expect("w");
-    let b = Tensor::new(&[0.1f32, -0.2, 0.3], &Device::Cpu).expect("b");
+    let w = Tensor::new(
+        &[[0.5f32, -0.25, 1.0], [0.125, -1.5, 0.75]],
+        &ferrokeras::runtime::default_device(),
+    )
+    .expect("w");
+    let b = Tensor::new(&[0.1f32, -0.2, 0.3], &ferrokeras::runtime::default_device()).expect("b");
     vec![
         Variable::new("dense/kernel", &w, true).expect("var"),
         Variable::new("dense/bias", &b, true).expect("var"),
@@ -652,7 +657,8 @@ fn load_state_errors_are_clear() {
         .iter()
         .position(|(k, _)| k == "dense/kernel/m")
         .expect("m");
-    bad[i].1 = Tensor::zeros((3, 2), DType::F32, &Device::Cpu).expect("zeros");
+    bad[i].1 =
+        Tensor::zeros((3, 2), DType::F32, &ferrokeras::runtime::default_device()).expect("zeros");
     let err = Adam::new(0.01)
         .use_ema(true)
         .load_state(&bad, &vars)
@@ -669,7 +675,7 @@ fn load_state_errors_are_clear() {
         .iter()
         .position(|(k, _)| k == "dense/bias/ema")
         .expect("ema");
-    bad[i].1 = Tensor::zeros(4, DType::F32, &Device::Cpu).expect("zeros");
+    bad[i].1 = Tensor::zeros(4, DType::F32, &ferrokeras::runtime::default_device()).expect("zeros");
     let err = Adam::new(0.01)
         .use_ema(true)
         .load_state(&bad, &vars)
@@ -684,7 +690,7 @@ fn load_state_errors_are_clear() {
     let mut bad = state.clone();
     bad.push((
         "dense_9/kernel/v".to_string(),
-        Tensor::zeros((2, 3), DType::F32, &Device::Cpu).expect("zeros"),
+        Tensor::zeros((2, 3), DType::F32, &ferrokeras::runtime::default_device()).expect("zeros"),
     ));
     let mut fresh = Adam::new(0.01).use_ema(true);
     let err = fresh
@@ -703,7 +709,7 @@ fn load_state_errors_are_clear() {
     let mut bad = state.clone();
     bad.push((
         "dense/kernel/nu".to_string(),
-        Tensor::zeros((2, 3), DType::F32, &Device::Cpu).expect("zeros"),
+        Tensor::zeros((2, 3), DType::F32, &ferrokeras::runtime::default_device()).expect("zeros"),
     ));
     let err = Adam::new(0.01)
         .use_ema(true)
@@ -720,7 +726,7 @@ fn load_state_errors_are_clear() {
     assert!(err.contains("use_ema"), "{err}");
     let acc = vec![(
         "dense/bias/accumulator".to_string(),
-        Tensor::zeros(3, DType::F32, &Device::Cpu).expect("zeros"),
+        Tensor::zeros(3, DType::F32, &ferrokeras::runtime::default_device()).expect("zeros"),
     )];
     let err = Sgd::new(0.1)
         .load_state(&acc, &vars)
@@ -776,17 +782,21 @@ fn clipping_keeps_small_gradients_and_zeros() {
             as fn() -> Box<dyn Optimizer>,
         || Box::new(Sgd::new(1.0).global_clipnorm(10.0)),
     ] {
-        let w =
-            Variable::new("w", &Tensor::new(&[1f32, 1.0], &Device::Cpu).unwrap(), true).unwrap();
+        let w = Variable::new(
+            "w",
+            &Tensor::new(&[1f32, 1.0], &ferrokeras::runtime::default_device()).unwrap(),
+            true,
+        )
+        .unwrap();
         let mut opt = make();
         opt.apply(
-            &[Tensor::new(&[0.5f32, -0.25], &Device::Cpu).unwrap()],
+            &[Tensor::new(&[0.5f32, -0.25], &ferrokeras::runtime::default_device()).unwrap()],
             std::slice::from_ref(&w),
         )
         .unwrap();
         assert_eq!(w.value().to_vec1::<f32>().unwrap(), vec![0.5, 1.25]);
         opt.apply(
-            &[Tensor::new(&[0f32, 0.0], &Device::Cpu).unwrap()],
+            &[Tensor::new(&[0f32, 0.0], &ferrokeras::runtime::default_device()).unwrap()],
             std::slice::from_ref(&w),
         )
         .unwrap();

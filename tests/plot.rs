@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use ferrokeras::callbacks::History;
 use ferrokeras::plot::{PlotOptions, panel_names, plot_history, plot_history_with};
 use ferrokeras::prelude::*;
@@ -24,8 +24,8 @@ fn regression(n: usize, d: usize) -> (Tensor, Tensor) {
         })
         .collect();
     (
-        Tensor::from_vec(xs, (n, d), &Device::Cpu).unwrap(),
-        Tensor::from_vec(ys, (n, 1), &Device::Cpu).unwrap(),
+        Tensor::from_vec(xs, (n, d), &ferrokeras::runtime::default_device()).unwrap(),
+        Tensor::from_vec(ys, (n, 1), &ferrokeras::runtime::default_device()).unwrap(),
     )
 }
 

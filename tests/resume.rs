@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use ferrokeras::callbacks::SaveFreq;
 use ferrokeras::prelude::*;
 use ferrokeras::trainer::BackupAndRestore;
@@ -15,7 +15,8 @@ const CHILD_ENV: &str = "FERROKERAS_RESUME_CHILD_DIR";
 /// The training every run performs; writes its final weights and History into `out`.
 fn train(out: &Path, sleep_ms: u64) -> ferrokeras::Result<()> {
     ferrokeras::random::set_random_seed(11);
-    let x = ferrokeras::random::uniform(&[600, 8], 0.0, 1.0, &Device::Cpu)?;
+    let x =
+        ferrokeras::random::uniform(&[600, 8], 0.0, 1.0, &ferrokeras::runtime::default_device())?;
     let y = x.sum_keepdim(1)?.affine(0.25, 0.0)?.sin()?;
     let model = Sequential::new()
         .input(&[8])
@@ -64,8 +65,14 @@ fn resume_child() {
 }
 
 fn child(dir: &Path) -> Command {
+    // The test's full name: `resume_child` here, `resume::resume_child` when this file is a
+    // module of the one-binary suite (tests/gpu_suite.rs).
+    let name = match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::resume_child"),
+        None => "resume_child".to_string(),
+    };
     let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["resume_child", "--exact", "--test-threads=1", "--nocapture"])
+    c.args([name.as_str(), "--exact", "--test-threads=1", "--nocapture"])
         .env(CHILD_ENV, dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

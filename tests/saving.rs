@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use ferrokeras::prelude::*;
 
 fn tmp(name: &str) -> PathBuf {
@@ -22,8 +22,10 @@ fn model(seed: u64) -> Sequential {
 fn data() -> (Tensor, Tensor) {
     ferrokeras::random::set_random_seed(99);
     (
-        ferrokeras::random::uniform(&[64, 4], 0.0, 1.0, &Device::Cpu).unwrap(),
-        ferrokeras::random::uniform(&[64, 1], 0.0, 1.0, &Device::Cpu).unwrap(),
+        ferrokeras::random::uniform(&[64, 4], 0.0, 1.0, &ferrokeras::runtime::default_device())
+            .unwrap(),
+        ferrokeras::random::uniform(&[64, 1], 0.0, 1.0, &ferrokeras::runtime::default_device())
+            .unwrap(),
     )
 }
 
@@ -75,7 +77,12 @@ fn mismatching_files_name_the_first_mismatch_and_change_nothing() {
         let dims: Vec<usize> = v.shape().dims().iter().map(|d| d + 1).collect();
         f.tensors.insert(
             name,
-            Tensor::zeros(dims, candle_core::DType::F32, &Device::Cpu).unwrap(),
+            Tensor::zeros(
+                dims,
+                candle_core::DType::F32,
+                &ferrokeras::runtime::default_device(),
+            )
+            .unwrap(),
         );
     }
     let p2 = tmp("shape.safetensors");
@@ -149,7 +156,13 @@ fn checkpoint_restores_optimizer_state_so_training_continues_identically() {
 fn weights_file_for_the_python_reader() {
     let m = Sequential::new().input(&[2]).add(Dense::new(3));
     m.variables()[0]
-        .assign(&Tensor::new(&[[1f32, 2.0, 3.0], [4.0, 5.0, 6.0]], &Device::Cpu).unwrap())
+        .assign(
+            &Tensor::new(
+                &[[1f32, 2.0, 3.0], [4.0, 5.0, 6.0]],
+                &ferrokeras::runtime::default_device(),
+            )
+            .unwrap(),
+        )
         .unwrap();
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/python-check");
     std::fs::create_dir_all(&out).unwrap();

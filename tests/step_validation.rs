@@ -3,12 +3,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::Device;
 use ferrokeras::prelude::*;
 
 fn run(every: Option<usize>, seen: Arc<Mutex<Vec<(usize, f64)>>>) -> History {
     ferrokeras::random::set_random_seed(4);
-    let x = ferrokeras::random::uniform(&[200, 6], 0.0, 1.0, &Device::Cpu).unwrap();
+    let x =
+        ferrokeras::random::uniform(&[200, 6], 0.0, 1.0, &ferrokeras::runtime::default_device())
+            .unwrap();
     let y = x.sum_keepdim(1).unwrap().affine(0.5, 0.1).unwrap();
     let mut model = Sequential::new()
         .input(&[6])

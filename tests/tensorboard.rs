@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use ferrokeras::callbacks::{TensorBoard, UpdateFreq};
 use ferrokeras::prelude::*;
 
@@ -200,8 +200,8 @@ fn regression(n: usize, d: usize, phase: f32) -> (Tensor, Tensor) {
         })
         .collect();
     (
-        Tensor::from_vec(xs, (n, d), &Device::Cpu).unwrap(),
-        Tensor::from_vec(ys, (n, 1), &Device::Cpu).unwrap(),
+        Tensor::from_vec(xs, (n, d), &ferrokeras::runtime::default_device()).unwrap(),
+        Tensor::from_vec(ys, (n, 1), &ferrokeras::runtime::default_device()).unwrap(),
     )
 }
 

@@ -156,6 +156,28 @@ impl Data {
         })
     }
 
+    /// The same structure with every tensor on `device` (no copy for tensors already there).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::Data;
+    /// let d = Data::from(Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap());
+    /// assert!(d.to_device(&Device::Cpu).unwrap().tensor().unwrap().device().is_cpu());
+    /// ```
+    ///
+    /// # Errors
+    /// A failed copy (for example, the device is out of memory).
+    pub fn to_device(&self, device: &candle_core::Device) -> Result<Data> {
+        if self
+            .flatten()
+            .iter()
+            .all(|t| t.device().same_device(device))
+        {
+            return Ok(self.clone());
+        }
+        self.map(&mut |t| Ok(t.to_device(device)?))
+    }
+
     /// The batch size: the first dimension of the first tensor (0 for an empty structure).
     pub fn batch_size(&self) -> usize {
         self.flatten()

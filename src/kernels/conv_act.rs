@@ -396,6 +396,8 @@ mod tests {
     }
 
     fn check_fusion(mut seq: crate::Sequential, x: Tensor) {
+        // The layers are on the default device (the GPU in a CUDA check run).
+        let x = x.to_device(&crate::runtime::default_device()).unwrap();
         let fused = seq.forward(&x, true).unwrap();
         let vars = seq.trainable_variables();
         let gf = GradientTape::gradient(&fused.sqr().unwrap().sum_all().unwrap(), &vars).unwrap();

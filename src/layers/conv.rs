@@ -205,7 +205,7 @@ impl ConvConfig {
             activation: Activation::Linear,
             use_bias: true,
             data_format: DataFormat::ChannelsLast,
-            device: Device::Cpu,
+            device: crate::runtime::default_device(),
         }
     }
     /// The configuration shared by both layers, with Keras's keys.

@@ -90,7 +90,7 @@ impl Dense {
             bias_regularizer: None,
             kernel: None,
             bias: None,
-            device: Device::Cpu,
+            device: crate::runtime::default_device(),
         }
     }
     /// Sets the activation by Keras name (`"relu"`, `"softmax"`, ...).

@@ -49,7 +49,7 @@ impl BatchNormalization {
             beta: None,
             moving_mean: None,
             moving_var: None,
-            device: Device::Cpu,
+            device: crate::runtime::default_device(),
         }
     }
     /// Momentum of the moving statistics.

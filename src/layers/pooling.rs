@@ -225,7 +225,16 @@ fn pool_nhwc_with(
         } else {
             Tensor::cat(&offsets()?, 4)?
         };
-        let first_max = windows.argmax_keepdim(4)?;
+        // The first maximum of each window (Keras's choice among ties, which decides where the
+        // gradient goes): argmax over the window of `is_max * (k - offset)`, whose largest value
+        // is unique, since devices' argmax kernels may return any of several equal maxima.
+        let k = windows.dim(4)?;
+        let rank: Vec<f32> = (0..k).map(|i| (k - i) as f32).collect();
+        let rank = Tensor::from_vec(rank, k, windows.device())?.to_dtype(windows.dtype())?;
+        let is_max = windows
+            .broadcast_eq(&windows.max_keepdim(4)?)?
+            .to_dtype(windows.dtype())?;
+        let first_max = is_max.broadcast_mul(&rank)?.argmax_keepdim(4)?;
         windows.gather(&first_max, 4)?.squeeze(4)?
     } else if strides == pool {
         // Non-overlapping windows: one reshape, two reductions.

@@ -10,6 +10,8 @@ mod functions;
 
 pub use compiled::{CompiledMetrics, MetricSpec};
 
+use std::sync::Mutex;
+
 use candle_core::{DType, Tensor};
 
 use crate::losses::squeeze_or_expand_to_same_rank;
@@ -83,16 +85,101 @@ pub trait Metric: Send {
 }
 
 /// Weighted-mean (or sum) accumulator shared by every metric here.
-#[derive(Clone, Debug, Default)]
+///
+/// On the CPU each update adds its (total, count) to f64 host totals at once. On an accelerator
+/// an update only queues its values, which stay on the device (no wait for the step's work);
+/// the first read of a result fetches every queued value in one transfer and adds them in order
+/// with the same f64 arithmetic, so results (and exact resume) do not depend on where the
+/// metric ran or how often it was read.
+#[derive(Debug, Default)]
 struct Accumulator {
+    sum_only: bool,
+    state: Mutex<AccState>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct AccState {
     total: f64,
     count: f64,
     last: Option<(f64, f64)>,
-    sum_only: bool,
+    /// Updates queued on an accelerator, oldest first.
+    pending: Vec<Pending>,
+}
+
+/// One queued update: `Pair` holds (total, count) as a 2-vector; `Scaled` a one-element value
+/// to be multiplied by a host weight (the loss tracker's `value * batch_size`).
+#[derive(Clone, Debug)]
+enum Pending {
+    Pair(Tensor),
+    Scaled(Tensor, f64),
+}
+
+/// Queued updates are fetched in one transfer when this many pile up unread.
+const MAX_PENDING: usize = 256;
+
+impl AccState {
+    fn add(&mut self, total: f64, count: f64) {
+        self.total += total;
+        self.count += count;
+        self.last = Some((total, count));
+    }
+    /// Adds the queued updates, fetched in one transfer, in order; a failed transfer adds NaN
+    /// (a result, never a panic).
+    fn settle(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let queued = std::mem::take(&mut self.pending);
+        let values = queued
+            .iter()
+            .map(|p| match p {
+                Pending::Pair(t) | Pending::Scaled(t, _) => t.flatten_all()?.to_dtype(DType::F32),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
+            .and_then(|f| Tensor::cat(&f, 0))
+            .and_then(|t| t.to_vec1::<f32>());
+        let mut at = 0;
+        for p in &queued {
+            let (v, n) = match p {
+                Pending::Pair(_) => (2, None),
+                Pending::Scaled(_, w) => (1, Some(*w)),
+            };
+            let pair = match (&values, n) {
+                (Ok(v), None) if at + 1 < v.len() => (v[at] as f64, v[at + 1] as f64),
+                (Ok(v), Some(w)) if at < v.len() => (v[at] as f64 * w, w),
+                _ => (f64::NAN, f64::NAN),
+            };
+            at += v;
+            self.add(pair.0, pair.1);
+        }
+    }
+    fn queue(&mut self, p: Pending) {
+        self.pending.push(p);
+        if self.pending.len() >= MAX_PENDING {
+            self.settle();
+        }
+    }
+}
+
+impl Clone for Accumulator {
+    fn clone(&self) -> Self {
+        Accumulator {
+            sum_only: self.sum_only,
+            state: Mutex::new(self.settled()),
+        }
+    }
 }
 
 impl Accumulator {
-    /// Keras's `reduce_to_samplewise_values` followed by `Mean.update_state` (or `Sum`).
+    /// The state with every queued update added.
+    fn settled(&self) -> AccState {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.settle();
+        st.clone()
+    }
+    fn st(&mut self) -> &mut AccState {
+        self.state.get_mut().unwrap_or_else(|e| e.into_inner())
+    }
     fn update(&mut self, values: &Tensor, sample_weight: Option<&Tensor>) -> Result<()> {
         let mut values = values.to_dtype(DType::F32)?;
         let reduce = |t: &Tensor, from: usize, sum_only: bool| -> Result<Tensor> {
@@ -128,7 +215,7 @@ impl Accumulator {
             if wr > 1 {
                 w = reduce(&w, 1, self.sum_only)?;
             }
-            weight_sum = Some(w.sum_all()?.to_scalar::<f32>()? as f64);
+            weight_sum = Some(w.sum_all()?);
             values = v;
         }
         let values = if values.rank() > 1 {
@@ -136,38 +223,77 @@ impl Accumulator {
         } else {
             values
         };
+        if !values.device().is_cpu() {
+            // Accelerator: queue the values, so the step's work is not waited for.
+            let total = values.sum_all()?;
+            let count = match weight_sum {
+                Some(w) => w,
+                None => total.affine(0.0, values.dims().first().copied().unwrap_or(1) as f64)?,
+            };
+            self.st()
+                .queue(Pending::Pair(Tensor::stack(&[total, count], 0)?));
+            return Ok(());
+        }
+        let weight_sum = match weight_sum {
+            Some(w) => Some(w.to_scalar::<f32>()? as f64),
+            None => None,
+        };
         let total = values.sum_all()?.to_scalar::<f32>()? as f64;
         let count = match weight_sum {
             Some(w) => w,
             None if values.rank() >= 1 => values.dims()[0] as f64,
             None => 1.0,
         };
-        self.total += total;
-        self.count += count;
-        self.last = Some((total, count));
+        let st = self.st();
+        st.settle();
+        st.add(total, count);
         Ok(())
     }
+    /// Adds `value * weight` with weight `weight` (the loss tracker's update).
+    fn update_weighted(&mut self, value: &Tensor, weight: f64) -> Result<()> {
+        let v = value.flatten_all()?.to_dtype(DType::F32)?;
+        let st = self.st();
+        if v.device().is_cpu() {
+            let x = v.to_vec1::<f32>()?[0] as f64;
+            st.settle();
+            st.add(x * weight, weight);
+        } else {
+            st.queue(Pending::Scaled(v, weight));
+        }
+        Ok(())
+    }
+    fn add_host(&mut self, total: f64, count: f64) {
+        let st = self.st();
+        st.settle();
+        st.add(total, count);
+    }
+    fn total(&self) -> f64 {
+        self.settled().total
+    }
+    fn last(&self) -> Option<(f64, f64)> {
+        self.settled().last
+    }
     fn mean(&self) -> f64 {
-        if self.count == 0.0 {
+        let st = self.settled();
+        if st.count == 0.0 {
             0.0
         } else {
-            self.total / self.count
+            st.total / st.count
         }
     }
     fn last_mean(&self) -> Option<f64> {
-        self.last.map(|(t, c)| if c == 0.0 { 0.0 } else { t / c })
+        self.last().map(|(t, c)| if c == 0.0 { 0.0 } else { t / c })
     }
     fn reset(&mut self) {
-        self.total = 0.0;
-        self.count = 0.0;
-        self.last = None;
+        *self.st() = AccState::default();
     }
     fn state(&self) -> Vec<f64> {
-        let (lt, lc, has) = match self.last {
+        let st = self.settled();
+        let (lt, lc, has) = match st.last {
             Some((t, c)) => (t, c, 1.0),
             None => (0.0, 0.0, 0.0),
         };
-        vec![self.total, self.count, lt, lc, has]
+        vec![st.total, st.count, lt, lc, has]
     }
     fn set_state(&mut self, name: &str, s: &[f64]) -> Result<()> {
         if s.len() != 5 {
@@ -176,9 +302,12 @@ impl Accumulator {
                 s.len()
             )));
         }
-        self.total = s[0];
-        self.count = s[1];
-        self.last = (s[4] != 0.0).then_some((s[2], s[3]));
+        *self.st() = AccState {
+            total: s[0],
+            count: s[1],
+            last: (s[4] != 0.0).then_some((s[2], s[3])),
+            pending: Vec::new(),
+        };
         Ok(())
     }
 }
@@ -229,9 +358,30 @@ impl Mean {
     /// Accumulates a value already on the host with a weight (what the fit loop uses for the loss
     /// tracker, weighted by batch size).
     pub fn update_scalar(&mut self, value: f64, weight: f64) {
-        self.acc.total += value * weight;
-        self.acc.count += weight;
-        self.acc.last = Some((value * weight, weight));
+        self.acc.add_host(value * weight, weight);
+    }
+    /// Accumulates a one-element tensor with a weight, like [`Mean::update_scalar`]; on an
+    /// accelerator the value stays there (no wait for the step's work) until a result is read.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::metrics::Metric;
+    /// let mut m = ferrokeras::metrics::Mean::new("loss");
+    /// m.update_tensor(&Tensor::new(2f32, &Device::Cpu).unwrap(), 3.0).unwrap();
+    /// m.update_tensor(&Tensor::new(4f32, &Device::Cpu).unwrap(), 1.0).unwrap();
+    /// assert_eq!(m.result(), 2.5);
+    /// ```
+    ///
+    /// # Errors
+    /// A tensor of more than one element.
+    pub fn update_tensor(&mut self, value: &Tensor, weight: f64) -> Result<()> {
+        if value.elem_count() != 1 {
+            return Err(Error::value(format!(
+                "a loss must be a scalar; received a tensor of shape {:?}",
+                value.dims()
+            )));
+        }
+        self.acc.update_weighted(value, weight)
     }
 }
 
@@ -321,13 +471,13 @@ impl Metric for Sum {
         self.acc.update(values, sample_weight)
     }
     fn result(&self) -> f64 {
-        self.acc.total
+        self.acc.total()
     }
     fn reset_state(&mut self) {
         self.acc.reset()
     }
     fn batch_result(&self) -> Option<f64> {
-        self.acc.last.map(|(t, _)| t)
+        self.acc.last().map(|(t, _)| t)
     }
     accumulator_state!();
 }

@@ -404,16 +404,6 @@ pub fn default_compute_loss<M: Model + ?Sized>(
     })
 }
 
-fn scalar_of(loss: &Tensor) -> Result<f64> {
-    if loss.elem_count() != 1 {
-        return Err(Error::value(format!(
-            "a loss must be a scalar; received a tensor of shape {:?}",
-            loss.dims()
-        )));
-    }
-    Ok(loss.flatten_all()?.to_vec1::<f32>()?[0] as f64)
-}
-
 /// Keras's default `train_step`: forward, `compute_loss`, loss tracker, gradients of the trainable
 /// variables, optimizer update, `compute_metrics`.
 ///
@@ -428,7 +418,7 @@ pub fn default_train_step<M: Model + ?Sized>(
     let y_pred = model.call(x, true)?;
     let loss = model.compute_loss(ctx, x, y, &y_pred, sw)?;
     ctx.loss_tracker()
-        .update_scalar(scalar_of(&loss)?, x.batch_size() as f64);
+        .update_tensor(&loss, x.batch_size() as f64)?;
     let vars = model.trainable_variables();
     let grads = GradientTape::gradient(&loss, &vars)?;
     ctx.optimizer()?.apply(&grads, &vars)?;
@@ -452,7 +442,7 @@ pub fn default_test_step<M: Model + ?Sized>(
     if ctx.compiled_loss().is_some() || !model.losses()?.is_empty() {
         let loss = model.compute_loss(ctx, x, y, &y_pred, sw)?;
         ctx.loss_tracker()
-            .update_scalar(scalar_of(&loss)?, x.batch_size() as f64);
+            .update_tensor(&loss, x.batch_size() as f64)?;
     }
     model.compute_metrics(ctx, x, y, &y_pred, sw)
 }

@@ -109,6 +109,8 @@ impl Variable {
         } else {
             value.clone()
         };
+        // Values from the host (loaded weights, numpy arrays) go to the variable's device.
+        let value = value.to_device(self.var.device())?;
         self.var.set(&value.detach())?;
         Ok(())
     }

@@ -53,6 +53,8 @@ use crate::{Error, Result};
 pub struct Trainer<M: Model> {
     model: M,
     ctx: StepContext,
+    /// Where batches go: the device of the model's weights, once it has some.
+    device: Option<candle_core::Device>,
 }
 
 /// `model.compile(...)` on any model.
@@ -88,6 +90,7 @@ impl<M: Model> Trainer<M> {
         Self {
             model,
             ctx: StepContext::new(),
+            device: None,
         }
     }
 
@@ -245,6 +248,7 @@ impl<M: Model> Trainer<M> {
         }
 
         if let Some(first) = train.peek_first()? {
+            let first = self.on_model_device(first)?;
             self.build_metrics(&first)?;
         }
         hook!(&no_logs, on_train_begin(&no_logs));
@@ -276,7 +280,7 @@ impl<M: Model> Trainer<M> {
                 let Some(batch) = train.next_batch(steps_per_epoch.is_some()) else {
                     break;
                 };
-                let batch = batch?;
+                let batch = self.on_model_device(batch?)?;
                 self.ctx.step = step;
                 hook!(&no_logs, on_train_batch_begin(step, &no_logs));
                 logs = self.model.train_step(&mut self.ctx, &batch)?;
@@ -487,7 +491,7 @@ impl<M: Model> Trainer<M> {
             let Some(batch) = batches.next_batch(false) else {
                 break;
             };
-            let batch = batch?;
+            let batch = self.on_model_device(batch?)?;
             hook!(on_predict_batch_begin(step, &no_logs));
             outputs.push(self.model.predict_step(&mut self.ctx, &batch)?);
             hook!(on_predict_batch_end(step, &no_logs));
@@ -587,6 +591,7 @@ impl<M: Model> Trainer<M> {
             }};
         }
         if let Some(first) = batches.peek_first()? {
+            let first = self.on_model_device(first)?;
             self.build_metrics(&first)?;
         }
         batches.restart();
@@ -598,7 +603,7 @@ impl<M: Model> Trainer<M> {
             let Some(batch) = batches.next_batch(false) else {
                 break;
             };
-            let batch = batch?;
+            let batch = self.on_model_device(batch?)?;
             hook!(on_test_batch_begin(step, &no_logs));
             logs = self.model.test_step(&mut self.ctx, &batch)?;
             hook!(on_test_batch_end(step, &logs));
@@ -653,6 +658,23 @@ impl<M: Model> Trainer<M> {
     }
 
     /// The per-batch value of every metric that reports one and appears in the step's logs.
+    /// The batch on the model's device (the device of its weights; before it has any, the
+    /// default device of [`crate::runtime::default_device`]), copied only when elsewhere.
+    fn on_model_device(&mut self, batch: Data) -> Result<Data> {
+        let device = match &self.device {
+            Some(d) => d.clone(),
+            None => match self.model.variables().first() {
+                Some(v) => {
+                    let d = v.as_tensor().device().clone();
+                    self.device = Some(d.clone());
+                    d
+                }
+                None => crate::runtime::default_device(),
+            },
+        };
+        batch.to_device(&device)
+    }
+
     fn batch_values(&mut self, logs: &Logs) -> Logs {
         self.model
             .metrics(&mut self.ctx)

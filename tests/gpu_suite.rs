@@ -1,0 +1,41 @@
+//! Every integration test in one binary, for the CUDA check (`scripts/gpu-check.sh`): one
+//! executable to carry to the GPU machine instead of one per file (each links candle's CUDA
+//! kernels). Built only with the `cuda` feature; `scripts/gpu-check.sh prepare` fails when a test
+//! file is missing here.
+
+#[path = "callbacks.rs"]
+mod callbacks;
+#[path = "callbacks_builtin.rs"]
+mod callbacks_builtin;
+#[path = "convnet_accuracy.rs"]
+mod convnet_accuracy;
+#[path = "errors.rs"]
+mod errors;
+#[path = "fit_api.rs"]
+mod fit_api;
+#[path = "gan.rs"]
+mod gan;
+#[path = "gan_resume.rs"]
+mod gan_resume;
+#[path = "gradcheck.rs"]
+mod gradcheck;
+#[path = "inputs.rs"]
+mod inputs;
+#[path = "keras_layer_parity.rs"]
+mod keras_layer_parity;
+#[path = "keras_parity.rs"]
+mod keras_parity;
+#[path = "model_file.rs"]
+mod model_file;
+#[path = "optimizer_extras.rs"]
+mod optimizer_extras;
+#[path = "plot.rs"]
+mod plot;
+#[path = "resume.rs"]
+mod resume;
+#[path = "saving.rs"]
+mod saving;
+#[path = "step_validation.rs"]
+mod step_validation;
+#[path = "tensorboard.rs"]
+mod tensorboard;
