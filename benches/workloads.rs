@@ -8,6 +8,7 @@
 //! W4 the guide's GAN `train_step`, batch 64: steps/s.
 //! Only steps after a warm-up are timed; the data is synthetic, of the real shapes. W2 and W4 run
 //! `fit` and the plain loop alternately three times and report medians.
+//! `--policy mixed_bfloat16` (any Keras dtype policy name) sets the global dtype policy first.
 //! `--device cuda` (or `FERROKERAS_DEVICE=cuda`) runs them on the GPU in a `cuda` build, with the
 //! data on the GPU (as a PyTorch loop would have it) and a device synchronisation before each
 //! clock read.
@@ -221,10 +222,18 @@ fn main() -> Result<()> {
         let name = args.get(i + 1).map_or("cpu", String::as_str);
         ferrokeras::runtime::set_default_device(&ferrokeras::runtime::device_from_name(name)?);
     }
+    if let Some(i) = args.iter().position(|a| a == "--policy") {
+        let name = args.get(i + 1).map_or("float32", String::as_str);
+        ferrokeras::mixed_precision::set_global_policy(name)?;
+        println!("dtype policy: {name}");
+    }
     let picked: Vec<String> = args
         .iter()
         .enumerate()
-        .filter(|(i, a)| !a.starts_with('-') && (*i == 0 || args[i - 1] != "--device"))
+        .filter(|(i, a)| {
+            !a.starts_with('-')
+                && (*i == 0 || !["--device", "--policy"].contains(&args[i - 1].as_str()))
+        })
         .map(|(_, a)| a.clone())
         .collect();
     // A GPU step is short: time more of them.

@@ -125,9 +125,13 @@ run)
   cp .gpu/gan/generated_final.png "$out/" 2>/dev/null || true
   echo "== benchmarks: ferrokeras" | tee -a "$sum"
   .gpu/bin/workloads --device cuda w2 w4 gemm 2>&1 | tee -a "$sum" || status=1
+  .gpu/bin/workloads --device cuda --policy mixed_bfloat16 w2 w4 2>&1 | tee -a "$sum" || status=1
   echo "== benchmarks: PyTorch on the same GPU" | tee -a "$sum"
   # The targets: W2 against eager; W4 against eager and torch.compile.
-  for run in "w2" "w4" "w4 --compile"; do
+  # TORCH_COMPILE=0 leaves out torch.compile (its compilation alone takes about 20 s).
+  runs=("w2" "w4")
+  [ "${TORCH_COMPILE:-1}" = 0 ] || runs+=("w4 --compile")
+  for run in "${runs[@]}"; do
     timeout 240 python3 benches/peers/bench_torch.py --device cuda --w4-steps 100 --workload $run \
       2>>"$out/torch.err" | grep RESULT | tee -a "$sum" || status=1
   done

@@ -44,6 +44,7 @@ pub mod layers;
 mod logs;
 pub mod losses;
 pub mod metrics;
+pub mod mixed_precision;
 pub mod model;
 mod ops;
 pub mod optimizers;

@@ -25,6 +25,8 @@ mod inputs;
 mod keras_layer_parity;
 #[path = "keras_parity.rs"]
 mod keras_parity;
+#[path = "mixed_precision.rs"]
+mod mixed_precision;
 #[path = "model_file.rs"]
 mod model_file;
 #[path = "optimizer_extras.rs"]

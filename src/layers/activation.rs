@@ -127,6 +127,8 @@ pub struct ActivationLayer {
     name: String,
     activation: Activation,
     class: &'static str,
+    /// A policy of its own (`dtype(...)`), whose compute dtype the input is cast to first.
+    policy: Option<crate::mixed_precision::DTypePolicy>,
 }
 
 impl ActivationLayer {
@@ -143,12 +145,32 @@ impl ActivationLayer {
             name: unique_name("activation"),
             activation,
             class: "Activation",
+            policy: None,
         }
     }
     /// Overrides the generated name.
     pub fn named(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
+    }
+    /// A dtype policy of its own, by name: the input is cast to its compute dtype first. Under
+    /// mixed precision, `"float32"` on the last activation keeps the model's output in float32,
+    /// as Keras's guide advises (`Activation("softmax", dtype="float32")`).
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use ferrokeras::layers::{ActivationLayer, Layer};
+    /// let mut l = ActivationLayer::new("softmax")?.dtype("float32")?;
+    /// let x = Tensor::zeros((1, 4), DType::BF16, &Device::Cpu)?;
+    /// assert_eq!(l.call(&x, false)?.dtype(), DType::F32);
+    /// # Ok::<(), ferrokeras::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// An unknown policy name.
+    pub fn dtype(mut self, name: &str) -> Result<Self> {
+        self.policy = Some(crate::mixed_precision::DTypePolicy::new(name)?);
+        Ok(self)
     }
 }
 
@@ -160,10 +182,14 @@ impl Layer for ActivationLayer {
         self.class
     }
     fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
-        self.activation.apply(x)
+        match &self.policy {
+            Some(p) => self.activation.apply(&p.cast(x)?),
+            None => self.activation.apply(x),
+        }
     }
     fn as_activation(&self) -> Option<Activation> {
-        Some(self.activation)
+        // With a policy of its own the cast comes first: not fused into the previous layer.
+        self.policy.is_none().then_some(self.activation)
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         Ok(input_shape.to_vec())
@@ -198,6 +224,7 @@ impl ReLU {
             name: unique_name("re_lu"),
             activation: Activation::Relu,
             class: "ReLU",
+            policy: None,
         })
     }
     /// Overrides the generated name.
@@ -230,6 +257,7 @@ impl LeakyReLU {
             name: unique_name("leaky_re_lu"),
             activation: Activation::LeakyRelu(negative_slope),
             class: "LeakyReLU",
+            policy: None,
         })
     }
     /// Overrides the generated name.

@@ -4,6 +4,7 @@
 //! `Conv2DTranspose`), so weights move between Keras and ferrokeras unchanged. "same" padding is
 //! applied explicitly, asymmetrically where Keras does (stride 2 on even sizes pads `(0, 1)`).
 
+use crate::mixed_precision::DTypePolicy;
 use candle_core::{DType, Device, Tensor};
 
 use super::im2col::{Conv, ConvData, Geometry};
@@ -146,6 +147,13 @@ struct ConvConfig {
     use_bias: bool,
     data_format: DataFormat,
     device: Device,
+    policy: DTypePolicy,
+}
+
+/// The compute dtype of a half-precision policy for a CPU input (`None` otherwise).
+fn cpu_half(x: &Tensor, policy: &DTypePolicy) -> Option<DType> {
+    let dt = policy.compute_dtype();
+    (x.device().is_cpu() && dt != DType::F32).then_some(dt)
 }
 
 /// Checks that a batch is 4-D.
@@ -206,6 +214,7 @@ impl ConvConfig {
             use_bias: true,
             data_format: DataFormat::ChannelsLast,
             device: crate::runtime::default_device(),
+            policy: crate::mixed_precision::global_policy(),
         }
     }
     /// The configuration shared by both layers, with Keras's keys.
@@ -289,6 +298,19 @@ macro_rules! conv_builders {
             self.cfg.device = d.clone();
             self
         }
+        /// Sets the dtype policy by name (`"float32"`, `"mixed_bfloat16"`, ...); the default is
+        /// the global policy when the layer is created (see [`crate::mixed_precision`]).
+        ///
+        /// # Errors
+        /// An unknown policy name.
+        pub fn dtype(mut self, name: &str) -> Result<Self> {
+            self.cfg.policy = DTypePolicy::new(name)?;
+            Ok(self)
+        }
+        /// The layer's dtype policy.
+        pub fn dtype_policy(&self) -> &DTypePolicy {
+            &self.cfg.policy
+        }
         /// Overrides the generated name.
         pub fn named(mut self, name: impl Into<String>) -> Self {
             self.name = name.into();
@@ -346,6 +368,16 @@ impl Conv2D {
         act: Activation,
         pool: Option<PoolFusion>,
     ) -> Result<Option<Tensor>> {
+        if let Some(dt) = cpu_half(x, &self.cfg.policy) {
+            // The CPU has no faster half-precision convolution: float32 math, output rounded.
+            let policy = std::mem::replace(&mut self.cfg.policy, DTypePolicy::float32());
+            let out = self.call_with(&x.to_dtype(DType::F32)?, act, pool);
+            self.cfg.policy = policy;
+            return match out? {
+                Some(y) => Ok(Some(y.to_dtype(dt)?)),
+                None => Ok(None),
+            };
+        }
         check_rank4(&self.name, x)?;
         self.build(&x.dims()[1..])?;
         let kernel = self
@@ -368,13 +400,14 @@ impl Conv2D {
                 self.name
             )));
         }
-        let xp = to_nhwc(&x.to_dtype(DType::F32)?, self.cfg.data_format)?;
+        let dt = self.cfg.policy.compute_dtype();
+        let xp = to_nhwc(&x.to_dtype(dt)?, self.cfg.data_format)?;
         let (pads_h, pads_w) = match self.cfg.padding {
             Padding::Same => (same_padding(h, kh, s, d), same_padding(w, kw, s, d)),
             Padding::Valid => ((0, 0), (0, 0)),
         };
         let f = self.cfg.filters;
-        if xp.device().is_cpu() {
+        if xp.device().is_cpu() && dt == DType::F32 {
             // Patches (zeros for the padding), then one matrix product with the (kh*kw*in, out)
             // kernel; bias and activation in one pass over the result.
             let xp = xp.contiguous()?;
@@ -435,10 +468,12 @@ impl Conv2D {
             .pad_with_zeros(2, pads_w.0, pads_w.1)?;
         let y = {
             let xn = xp.permute((0, 3, 1, 2))?.contiguous()?;
-            let k = kernel.as_tensor().permute((3, 2, 0, 1))?.contiguous()?;
+            let k = self.cfg.policy.cast(kernel.as_tensor())?;
+            let k = k.permute((3, 2, 0, 1))?.contiguous()?;
             let mut y = xn.conv2d(&k, 0, s, d, 1)?;
             if let Some(b) = &self.bias {
-                y = y.broadcast_add(&b.as_tensor().reshape((1, f, 1, 1))?)?;
+                let b = self.cfg.policy.cast(b.as_tensor())?;
+                y = y.broadcast_add(&b.reshape((1, f, 1, 1))?)?;
             }
             y.permute((0, 2, 3, 1))?
         };
@@ -616,6 +651,13 @@ impl Conv2DTranspose {
 
     /// The forward pass with activation `act` (its own, or one fused from the next layer).
     fn call_with(&mut self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        if let Some(dt) = cpu_half(x, &self.cfg.policy) {
+            // As in Conv2D: float32 math on the CPU, output rounded to the compute dtype.
+            let policy = std::mem::replace(&mut self.cfg.policy, DTypePolicy::float32());
+            let out = self.call_with(&x.to_dtype(DType::F32)?, act);
+            self.cfg.policy = policy;
+            return Ok(out?.to_dtype(dt)?);
+        }
         check_rank4(&self.name, x)?;
         self.build(&x.dims()[1..])?;
         let kernel = self
@@ -631,10 +673,11 @@ impl Conv2DTranspose {
         let (oh, ow) = self.out_hw(h, w)?;
         let (kh, kw) = self.cfg.kernel;
         let (s, d) = (self.cfg.strides, self.cfg.dilation);
-        let xt = to_nhwc(&x.to_dtype(DType::F32)?, self.cfg.data_format)?.contiguous()?;
+        let dt = self.cfg.policy.compute_dtype();
+        let xt = to_nhwc(&x.to_dtype(dt)?, self.cfg.data_format)?.contiguous()?;
         let f = self.cfg.filters;
         let n = xt.dims()[0];
-        if xt.device().is_cpu() {
+        if xt.device().is_cpu() && dt == DType::F32 {
             // The input gradient of the forward convolution this layer transposes: every input
             // pixel spreads its kernel-sized patch, and the window Keras keeps starts at that
             // convolution's padding (positions outside it are never written).
@@ -686,14 +729,15 @@ impl Conv2DTranspose {
         // The full transposed convolution...
         let full = {
             let xn = xt.permute((0, 3, 1, 2))?.contiguous()?;
-            let k = kernel.as_tensor().permute((3, 2, 0, 1))?.contiguous()?;
+            let k = self.cfg.policy.cast(kernel.as_tensor())?;
+            let k = k.permute((3, 2, 0, 1))?.contiguous()?;
             xn.conv_transpose2d(&k, 0, 0, s, d)?.permute((0, 2, 3, 1))?
         };
         // ...then the window Keras keeps.
         let y = self.crop(full, 1, h, kh, oh)?;
         let mut y = self.crop(y, 2, w, kw, ow)?;
         if let Some(b) = &self.bias {
-            y = y.broadcast_add(b.as_tensor())?;
+            y = y.broadcast_add(&self.cfg.policy.cast(b.as_tensor())?)?;
         }
         let y = from_nhwc(&y, self.cfg.data_format)?;
         act.apply(&y)

@@ -76,6 +76,7 @@ pub struct Dense {
     kernel: Option<Variable>,
     bias: Option<Variable>,
     device: Device,
+    policy: crate::mixed_precision::DTypePolicy,
 }
 
 impl Dense {
@@ -91,7 +92,17 @@ impl Dense {
             kernel: None,
             bias: None,
             device: crate::runtime::default_device(),
+            policy: crate::mixed_precision::global_policy(),
         }
+    }
+    /// Sets the dtype policy by name (`"float32"`, `"mixed_bfloat16"`, ...); the default is
+    /// the global policy when the layer is created (see [`crate::mixed_precision`]).
+    ///
+    /// # Errors
+    /// An unknown policy name.
+    pub fn dtype(mut self, name: &str) -> Result<Self> {
+        self.policy = crate::mixed_precision::DTypePolicy::new(name)?;
+        Ok(self)
     }
     /// Sets the activation by Keras name (`"relu"`, `"softmax"`, ...).
     ///
@@ -136,6 +147,10 @@ impl Dense {
         self.device = device.clone();
         self
     }
+    /// The layer's dtype policy.
+    pub fn dtype_policy(&self) -> &crate::mixed_precision::DTypePolicy {
+        &self.policy
+    }
     /// Number of output units.
     pub fn units(&self) -> usize {
         self.units
@@ -173,17 +188,19 @@ impl Dense {
                 x.dims()
             )));
         }
-        let x = if x.dtype() != DType::F32 {
-            x.to_dtype(DType::F32)?
+        // Inputs and weights in the policy's compute dtype (float32 unless mixed precision).
+        let dt = self.policy.compute_dtype();
+        let x = if x.dtype() != dt {
+            x.to_dtype(dt)?
         } else {
             x.clone()
         };
         let lead: Vec<usize> = x.dims()[..x.rank() - 1].to_vec();
         let rows: usize = lead.iter().product();
         let x2 = x.reshape((rows, in_features))?;
-        let y = crate::kernels::linear::linear(&x2, kernel.as_tensor())?;
+        let y = crate::kernels::linear::linear(&x2, &self.policy.cast(kernel.as_tensor())?)?;
         let y = match &self.bias {
-            Some(b) => act.apply_with_bias(&y, b.as_tensor())?,
+            Some(b) => act.apply_with_bias(&y, &self.policy.cast(b.as_tensor())?)?,
             None => act.apply(&y)?,
         };
         let mut out_shape = lead;

@@ -100,8 +100,9 @@ pub fn squeeze_or_expand_to_same_rank(a: &Tensor, b: &Tensor) -> Result<(Tensor,
 }
 
 fn prepare(name: &str, y_true: &Tensor, y_pred: &Tensor) -> Result<(Tensor, Tensor)> {
+    // Losses compute in float32 (Keras's loss dtype), whatever a mixed-precision model outputs.
     let y_true = y_true.to_dtype(DType::F32)?;
-    let y_pred = &crate::ops::to_float(y_pred)?;
+    let y_pred = &y_pred.to_dtype(DType::F32)?;
     let (t, p) = squeeze_or_expand_to_same_rank(&y_true, y_pred)?;
     if t.dims() != p.dims() {
         return Err(Error::value(format!(
@@ -418,7 +419,7 @@ impl Loss for SparseCategoricalCrossentropy {
         }
         let k = y_pred.dims()[y_pred.rank() - 1];
         let oh = one_hot(&t, k)?;
-        categorical_ce(&oh, &crate::ops::to_float(y_pred)?, self.from_logits)
+        categorical_ce(&oh, &y_pred.to_dtype(DType::F32)?, self.from_logits)
     }
 }
 

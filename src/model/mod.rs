@@ -420,6 +420,8 @@ pub fn default_train_step<M: Model + ?Sized>(
     ctx.loss_tracker()
         .update_tensor(&loss, x.batch_size() as f64)?;
     let vars = model.trainable_variables();
+    // Under `mixed_float16` the optimizer scales the loss (and unscales the gradients).
+    let loss = ctx.optimizer()?.scale_loss(&loss)?;
     let grads = GradientTape::gradient(&loss, &vars)?;
     ctx.optimizer()?.apply(&grads, &vars)?;
     // Metrics are not differentiated (Keras updates them after the tape): detached, their ops

@@ -21,7 +21,10 @@
 //! ```
 
 mod base;
+mod loss_scale;
 mod schedules;
+
+pub use loss_scale::LossScaleOptimizer;
 
 pub use schedules::{
     CosineDecay, ExponentialDecay, InverseTimeDecay, LearningRateSchedule, PiecewiseConstantDecay,
@@ -160,6 +163,15 @@ pub trait Optimizer: Send {
     fn finalize_variable_values(&mut self, vars: &[Variable]) -> Result<()> {
         let _ = vars;
         Ok(())
+    }
+    /// The loss to differentiate: the loss itself, or the loss times the loss scale for a
+    /// [`LossScaleOptimizer`] (Keras's `optimizer.scale_loss`). The default `train_step` calls it;
+    /// so should a custom one that may run under `mixed_float16`.
+    ///
+    /// # Errors
+    /// Only if the product fails on the device.
+    fn scale_loss(&self, loss: &Tensor) -> Result<Tensor> {
+        Ok(loss.clone())
     }
 }
 

@@ -105,6 +105,18 @@ impl<M: Model> Trainer<M> {
             Some(OptimizerSpec::Object(o)) => Some(o),
             None => None,
         };
+        // Keras wraps the optimizer for dynamic loss scaling under `mixed_float16`.
+        if crate::mixed_precision::global_policy().needs_loss_scaling() {
+            ctx.optimizer = ctx
+                .optimizer
+                .map(|o| -> Box<dyn crate::optimizers::Optimizer> {
+                    if o.name() == "loss_scale_optimizer" {
+                        o
+                    } else {
+                        Box::new(crate::optimizers::LossScaleOptimizer::wrap(o))
+                    }
+                });
+        }
         if !c.losses.is_empty() {
             let losses = c
                 .losses
