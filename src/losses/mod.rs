@@ -372,7 +372,8 @@ impl SparseCategoricalCrossentropy {
 /// One-hot encodes integer labels (any numeric dtype) into `num_classes` float32 columns.
 ///
 /// # Errors
-/// Labels outside `0..num_classes`, with the offending value.
+/// Labels outside `0..num_classes`, with the offending value (on the CPU; on other devices such a
+/// label's row is NaN instead).
 pub(crate) fn one_hot(labels: &Tensor, num_classes: usize) -> Result<Tensor> {
     if num_classes == 0 {
         return Err(Error::value(
@@ -380,6 +381,11 @@ pub(crate) fn one_hot(labels: &Tensor, num_classes: usize) -> Result<Tensor> {
         ));
     }
     let l = labels.to_dtype(DType::F32)?;
+    if !l.device().is_cpu() {
+        // On an accelerator the labels are not read back (that would wait for the step's work):
+        // a label that is not a class index gives NaN for its sample, as TensorFlow does on GPUs.
+        return one_hot_nan_invalid(&l, num_classes);
+    }
     if l.elem_count() > 0 {
         let v = l.flatten_all()?.to_vec1::<f32>()?;
         if let Some(bad) = v
@@ -396,6 +402,22 @@ pub(crate) fn one_hot(labels: &Tensor, num_classes: usize) -> Result<Tensor> {
     Ok(l.unsqueeze(l.rank())?
         .broadcast_eq(&classes)?
         .to_dtype(DType::F32)?)
+}
+
+/// One-hot rows of float labels; a label that is not an integer in `0..num_classes` (NaN
+/// included) gives a row of NaN. Runs entirely on the labels' device.
+fn one_hot_nan_invalid(l: &Tensor, num_classes: usize) -> Result<Tensor> {
+    let classes = Tensor::arange(0u32, num_classes as u32, l.device())?.to_dtype(DType::F32)?;
+    let oh = l
+        .unsqueeze(l.rank())?
+        .broadcast_eq(&classes)?
+        .to_dtype(DType::F32)?;
+    let invalid = oh
+        .sum_keepdim(oh.rank() - 1)?
+        .eq(0f32)?
+        .broadcast_as(oh.shape())?;
+    let nan = Tensor::full(f32::NAN, oh.shape(), oh.device())?;
+    Ok(invalid.where_cond(&nan, &oh)?)
 }
 
 impl Loss for SparseCategoricalCrossentropy {
@@ -451,4 +473,27 @@ pub fn get(name: &str) -> Result<Box<dyn Loss>> {
             )));
         }
     })
+}
+
+#[cfg(test)]
+mod device_label_tests {
+    use super::*;
+
+    #[test]
+    fn labels_that_are_not_class_indices_give_nan_rows() {
+        let l = Tensor::new(
+            &[0f32, 2.0, 3.0, 1.5, -1.0, f32::NAN],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let oh = one_hot_nan_invalid(&l, 3)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(oh[0], vec![1.0, 0.0, 0.0]);
+        assert_eq!(oh[1], vec![0.0, 0.0, 1.0]);
+        for row in &oh[2..] {
+            assert!(row.iter().all(|v| v.is_nan()), "{oh:?}");
+        }
+    }
 }
