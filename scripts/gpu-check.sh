@@ -43,6 +43,9 @@ PY
   if [ ! -e "$built" ]; then mkdir -p "$(dirname $built)" && ln -s "$PWD" "$built"; fi
   [ -d ../shared/data/mnist ] || { mkdir -p ../shared/data && cp -r .gpu/mnist ../shared/data/mnist; }
   export FERROKERAS_DEVICE=cuda
+  # candle's kernels ship as PTX, compiled by the driver at first use in each process: keep the
+  # compiled code in one cache that every test process shares.
+  export CUDA_CACHE_PATH=$PWD/.gpu/nvcache CUDA_CACHE_MAXSIZE=4294967296
 }
 
 # The tests of one file (module of tests/gpu_suite.rs), by exact name: a plain filter would also
