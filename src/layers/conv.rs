@@ -470,7 +470,11 @@ impl Conv2D {
             let xn = xp.permute((0, 3, 1, 2))?.contiguous()?;
             let k = self.cfg.policy.cast(kernel.as_tensor())?;
             let k = k.permute((3, 2, 0, 1))?.contiguous()?;
-            let mut y = xn.conv2d(&k, 0, s, d, 1)?;
+            let mut y = if super::conv_generic::enabled() {
+                super::conv_generic::conv2d(&xn, &k, s, d)?
+            } else {
+                xn.conv2d(&k, 0, s, d, 1)?
+            };
             if let Some(b) = &self.bias {
                 let b = self.cfg.policy.cast(b.as_tensor())?;
                 y = y.broadcast_add(&b.reshape((1, f, 1, 1))?)?;
@@ -731,7 +735,12 @@ impl Conv2DTranspose {
             let xn = xt.permute((0, 3, 1, 2))?.contiguous()?;
             let k = self.cfg.policy.cast(kernel.as_tensor())?;
             let k = k.permute((3, 2, 0, 1))?.contiguous()?;
-            xn.conv_transpose2d(&k, 0, 0, s, d)?.permute((0, 2, 3, 1))?
+            let full = if super::conv_generic::enabled() {
+                super::conv_generic::conv_transpose2d_full(&xn, &k, s, d)?
+            } else {
+                xn.conv_transpose2d(&k, 0, 0, s, d)?
+            };
+            full.permute((0, 2, 3, 1))?
         };
         // ...then the window Keras keeps.
         let y = self.crop(full, 1, h, kh, oh)?;

@@ -10,6 +10,7 @@
 mod activation;
 pub(crate) mod config;
 mod conv;
+mod conv_generic;
 mod core;
 mod dense;
 mod dropout;

@@ -1,0 +1,258 @@
+//! Convolutions for devices other than the CPU, made of candle's forward `conv2d` alone.
+//!
+//! candle differentiates `conv2d` with `conv_transpose2d`, which on CUDA is a direct loop without
+//! cuBLAS or cuDNN (measured on an H200: the guide's GAN step at 0.13x PyTorch). Here the input
+//! gradient is itself a forward convolution (of the dilated, padded output gradient with the
+//! flipped kernel), and a transposed convolution is a forward convolution of the dilated, padded
+//! input: every convolution, forward or backward, runs as candle's `conv2d` (im2col + cuBLAS, or
+//! cuDNN with the `cudnn` feature). Layouts are candle's: NCHW inputs, (out, in, kh, kw) kernels.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+
+use crate::Result;
+
+/// Whether the layers use these ops off the CPU (the default), or candle's conv2d and
+/// conv_transpose2d with candle's backward (`FERROKERAS_CONV=candle`, read once: a switch for
+/// measuring one against the other on a GPU).
+pub(crate) fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FERROKERAS_CONV").map_or(true, |v| v != "candle"))
+}
+
+/// `x` with `s - 1` zeros between neighbours along both spatial axes (NCHW).
+fn dilate(x: &Tensor, s: usize) -> candle_core::Result<Tensor> {
+    if s == 1 {
+        return Ok(x.clone());
+    }
+    let (n, c, h, w) = x.dims4()?;
+    let x = x
+        .unsqueeze(3)?
+        .pad_with_zeros(3, 0, s - 1)?
+        .reshape((n, c, h * s, w))?
+        .narrow(2, 0, (h - 1) * s + 1)?;
+    let hh = (h - 1) * s + 1;
+    x.unsqueeze(4)?
+        .pad_with_zeros(4, 0, s - 1)?
+        .reshape((n, c, hh, w * s))?
+        .narrow(3, 0, (w - 1) * s + 1)
+}
+
+/// The kernel mirrored along both spatial axes.
+fn flip(k: &Tensor) -> candle_core::Result<Tensor> {
+    let k = k.contiguous()?;
+    let (_, _, kh, kw) = k.dims4()?;
+    let rev = |n: usize| Tensor::from_vec((0..n as u32).rev().collect::<Vec<_>>(), n, k.device());
+    k.index_select(&rev(kh)?, 2)?.index_select(&rev(kw)?, 3)
+}
+
+/// The full correlation that undoes a stride-`s` convolution's geometry: `g` dilated by `s`,
+/// padded by the kernel's dilated extent minus one, convolved with `k` (already flipped and with
+/// its in/out axes as the result needs).
+fn full_conv(g: &Tensor, k: &Tensor, s: usize, d: usize) -> candle_core::Result<Tensor> {
+    let (_, _, kh, kw) = k.dims4()?;
+    let (eh, ew) = ((kh - 1) * d, (kw - 1) * d);
+    dilate(g, s)?
+        .pad_with_zeros(2, eh, eh)?
+        .pad_with_zeros(3, ew, ew)?
+        .contiguous()?
+        .conv2d(&k.contiguous()?, 0, 1, d, 1)
+}
+
+/// `conv2d(x, k)` with no padding (pad `x` first), differentiated by forward convolutions only.
+///
+/// # Errors
+/// Shapes that do not make a convolution, or a device failure.
+pub(crate) fn conv2d(x: &Tensor, k: &Tensor, stride: usize, dilation: usize) -> Result<Tensor> {
+    let y = x
+        .detach()
+        .contiguous()?
+        .conv2d(&k.detach().contiguous()?, 0, stride, dilation, 1)?;
+    if !x.track_op() && !k.track_op() {
+        return Ok(y);
+    }
+    Ok(x.apply_op3(k, &y, ConvGrad { stride, dilation })?)
+}
+
+/// Keras's full transposed convolution (before its output window is cropped): `x` (N, in, h, w)
+/// with `k` in candle's transposed layout (in, out, kh, kw); output (N, out, (h-1)s + (kh-1)d + 1, ...).
+///
+/// # Errors
+/// Shapes that do not make a convolution, or a device failure.
+pub(crate) fn conv_transpose2d_full(
+    x: &Tensor,
+    k: &Tensor,
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let (_, _, kh, kw) = k.dims4()?;
+    let (eh, ew) = ((kh - 1) * dilation, (kw - 1) * dilation);
+    let xp = dilate(x, stride)?
+        .pad_with_zeros(2, eh, eh)?
+        .pad_with_zeros(3, ew, ew)?;
+    let kf = flip(&k.transpose(0, 1)?)?;
+    conv2d(&xp, &kf, 1, dilation)
+}
+
+/// Passes the convolution computed outside through, with gradients from forward convolutions.
+struct ConvGrad {
+    stride: usize,
+    dilation: usize,
+}
+
+impl CustomOp3 for ConvGrad {
+    fn name(&self) -> &'static str {
+        "conv2d-forward-only-gradients"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        y: &CpuStorage,
+        ly: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((y.try_clone(ly)?, ly.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        y: &candle_core::CudaStorage,
+        ly: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        Ok((y.try_clone(ly)?, ly.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (s, d) = (self.stride, self.dilation);
+        let gx = if x.track_op() {
+            // Input positions no output window reaches (the last rows when (H - extent) is not
+            // a multiple of the stride) get zero.
+            let g = full_conv(gy, &flip(&k.transpose(0, 1)?)?, s, d)?;
+            let (_, _, h, w) = x.dims4()?;
+            let (_, _, gh, gw) = g.dims4()?;
+            Some(
+                g.pad_with_zeros(2, 0, h.saturating_sub(gh))?
+                    .pad_with_zeros(3, 0, w.saturating_sub(gw))?,
+            )
+        } else {
+            None
+        };
+        let gk = if k.track_op() {
+            // candle's own kernel gradient: a convolution of the inputs by the output gradient.
+            let (_, _, kh, kw) = k.dims4()?;
+            let g = x
+                .transpose(0, 1)?
+                .contiguous()?
+                .conv2d(&gy.transpose(0, 1)?.contiguous()?, 0, d, s, 1)?
+                .transpose(0, 1)?;
+            Some(g.narrow(2, 0, kh)?.narrow(3, 0, kw)?.contiguous()?)
+        } else {
+            None
+        };
+        Ok((gx, gk, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::GradientTape;
+    use crate::kernels::max_rel;
+    use crate::tape::Variable;
+    use candle_core::Device;
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        crate::random::set_random_seed(seed);
+        crate::random::uniform(shape, -1.0, 1.0, &Device::Cpu).unwrap()
+    }
+
+    /// `sum(a * b)`.
+    fn dot(a: &Tensor, b: &Tensor) -> f32 {
+        (a * b)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Values against candle's own conv2d / conv_transpose2d; gradients by the identity that a
+    /// function linear in each argument satisfies exactly: for f(x) = sum(conv(x, k) * r),
+    /// <df/dx, dx> = sum(conv(dx, k) * r), and the same for k (candle's own backward cannot be the
+    /// reference: it gets the input gradient's width wrong when height and width leave different
+    /// remainders under the stride).
+    #[test]
+    fn matches_candle_values_and_gradients() {
+        // (n, c, h, w, f, kh, kw, stride, dilation)
+        let cases = [
+            (2, 3, 7, 6, 4, 3, 3, 1, 1),
+            (2, 3, 8, 8, 5, 3, 3, 2, 1),
+            (1, 2, 9, 7, 3, 3, 2, 2, 1),
+            (2, 4, 7, 7, 2, 4, 4, 2, 1),
+            (1, 2, 10, 9, 3, 3, 3, 1, 2),
+            (1, 3, 11, 10, 2, 2, 3, 3, 1),
+        ];
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
+        for (i, &(n, c, h, w, f, kh, kw, s, d)) in cases.iter().enumerate() {
+            let seed = 10 * i as u64;
+            let k = rand(&[f, c, kh, kw], seed + 1);
+            let dk = rand(&[f, c, kh, kw], seed + 2);
+            let kv = Variable::new("k", &k, true).unwrap();
+
+            let x = rand(&[n, c, h, w], seed + 3);
+            let dx = rand(&[n, c, h, w], seed + 4);
+            let xv = Variable::new("x", &x, true).unwrap();
+            let ours = conv2d(xv.as_tensor(), kv.as_tensor(), s, d).unwrap();
+            let theirs = x.conv2d(&k, 0, s, d, 1).unwrap();
+            assert_eq!(ours.dims(), theirs.dims(), "case {i}");
+            assert!(max_rel(&ours, &theirs) < 1e-5, "case {i} values");
+            let r = rand(ours.dims(), seed + 5);
+            let vars = [xv.clone(), kv.clone()];
+            let g =
+                GradientTape::gradient(&(&ours * &r).unwrap().sum_all().unwrap(), &vars).unwrap();
+            assert_eq!(g[0].dims(), x.dims(), "case {i}");
+            let want_x = dot(&dx.conv2d(&k, 0, s, d, 1).unwrap(), &r);
+            let want_k = dot(&x.conv2d(&dk, 0, s, d, 1).unwrap(), &r);
+            assert!(close(dot(&g[0], &dx), want_x), "case {i} input gradient");
+            assert!(close(dot(&g[1], &dk), want_k), "case {i} kernel gradient");
+
+            // The transposed direction: input (n, f, ...), kernel (f, c, kh, kw) as candle takes it.
+            let xt = rand(&[n, f, h, w], seed + 6);
+            let dxt = rand(&[n, f, h, w], seed + 7);
+            let xtv = Variable::new("xt", &xt, true).unwrap();
+            let ours = conv_transpose2d_full(xtv.as_tensor(), kv.as_tensor(), s, d).unwrap();
+            let theirs = xt.conv_transpose2d(&k, 0, 0, s, d).unwrap();
+            assert_eq!(ours.dims(), theirs.dims(), "case {i} transposed");
+            assert!(max_rel(&ours, &theirs) < 1e-5, "case {i} transposed values");
+            let r = rand(ours.dims(), seed + 8);
+            let vars = [xtv.clone(), kv.clone()];
+            let g =
+                GradientTape::gradient(&(&ours * &r).unwrap().sum_all().unwrap(), &vars).unwrap();
+            let want_x = dot(&dxt.conv_transpose2d(&k, 0, 0, s, d).unwrap(), &r);
+            let want_k = dot(&xt.conv_transpose2d(&dk, 0, 0, s, d).unwrap(), &r);
+            assert!(
+                close(dot(&g[0], &dxt), want_x),
+                "case {i} transposed input gradient"
+            );
+            assert!(
+                close(dot(&g[1], &dk), want_k),
+                "case {i} transposed kernel gradient"
+            );
+        }
+    }
+}
