@@ -130,9 +130,14 @@ run)
   python3 -c "print('GAN wall time: %.1f s' % ($end - $start))" | tee -a "$sum"
   cp .gpu/gan/generated_final.png "$out/" 2>/dev/null || true
   echo "== benchmarks: ferrokeras" | tee -a "$sum"
-  # BENCH_F32=0 / BENCH_BF16=0 / RUN_TORCH=0 leave a part out (for a short rerun).
+  # BENCH_F32=0 / BENCH_AB=0 / BENCH_BF16=0 / RUN_TORCH=0 leave a part out (for a short rerun).
   if [ "${BENCH_F32:-1}" != 0 ]; then
     .gpu/bin/workloads --device cuda w2 w4 gemm 2>&1 | tee -a "$sum" || status=1
+  fi
+  if [ "${BENCH_AB:-1}" != 0 ]; then
+    # The same GAN step with candle's own convolution ops, for comparison.
+    echo "W4 with FERROKERAS_CONV=candle:" | tee -a "$sum"
+    FERROKERAS_CONV=candle .gpu/bin/workloads --device cuda w4 2>&1 | tail -n 1 | tee -a "$sum" || status=1
   fi
   if [ "${BENCH_BF16:-1}" != 0 ]; then
     .gpu/bin/workloads --device cuda --policy mixed_bfloat16 w2 w4 2>&1 | tee -a "$sum" || status=1
