@@ -20,6 +20,24 @@ pub(crate) fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("FERROKERAS_CONV").map_or(true, |v| v != "candle"))
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests: the layers take the other devices' path on the CPU too (this thread only).
+    pub(crate) static FORCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread's layers must take the other devices' path on the CPU (tests only).
+pub(crate) fn forced() -> bool {
+    #[cfg(test)]
+    {
+        FORCE.with(|f| f.get())
+    }
+    #[cfg(not(test))]
+    {
+        false
+    }
+}
+
 /// `x` with `s - 1` zeros between neighbours along both spatial axes (NCHW).
 fn dilate(x: &Tensor, s: usize) -> candle_core::Result<Tensor> {
     if s == 1 {
@@ -253,6 +271,69 @@ mod tests {
                 close(dot(&g[1], &dk), want_k),
                 "case {i} transposed kernel gradient"
             );
+        }
+    }
+
+    /// Conv2D and Conv2DTranspose layers (Keras "same"/"valid" padding, strides, bias,
+    /// activation) give the same values and gradients through the other devices' path as through
+    /// the CPU kernels.
+    #[test]
+    fn layers_agree_with_the_cpu_kernels() {
+        use crate::layers::{Conv2D, Conv2DTranspose, Layer};
+        type Make = fn() -> Box<dyn Layer>;
+        let makes: [Make; 5] = [
+            || Box::new(Conv2D::new(3, (3, 3)).padding("same").unwrap().strides(2)),
+            || Box::new(Conv2D::new(2, (3, 2)).activation("relu").unwrap()),
+            || {
+                Box::new(
+                    Conv2D::new(4, (3, 3))
+                        .padding("same")
+                        .unwrap()
+                        .dilation_rate(2),
+                )
+            },
+            || {
+                Box::new(
+                    Conv2DTranspose::new(3, (4, 4))
+                        .strides(2)
+                        .padding("same")
+                        .unwrap()
+                        .activation("tanh")
+                        .unwrap(),
+                )
+            },
+            || Box::new(Conv2DTranspose::new(2, (3, 3)).strides(2)),
+        ];
+        for (i, make) in makes.iter().enumerate() {
+            let x = rand(&[2, 7, 8, 3], 100 + i as u64);
+            // One layer (one set of weights) and one cotangent for both paths.
+            let mut layer = make();
+            let mut r: Option<Tensor> = None;
+            let mut run = |generic: bool| {
+                FORCE.with(|f| f.set(generic));
+                let xv = Variable::new("x", &x, true).unwrap();
+                let y = layer.call(xv.as_tensor(), true).unwrap();
+                let r = r
+                    .get_or_insert_with(|| rand(y.dims(), 200 + i as u64))
+                    .clone();
+                let mut vars = vec![xv];
+                vars.extend(layer.variables());
+                let loss = (&y * &r).unwrap().sum_all().unwrap();
+                let g = GradientTape::gradient(&loss, &vars).unwrap();
+                FORCE.with(|f| f.set(false));
+                (y, g)
+            };
+            let (yc, gc) = run(false);
+            let (yg, gg) = run(true);
+            assert_eq!(yc.dims(), yg.dims(), "layer {i}");
+            assert!(max_rel(&yg, &yc) < 1e-5, "layer {i} values");
+            for (j, (a, b)) in gg.iter().zip(&gc).enumerate() {
+                assert!(
+                    max_rel(a, b) < 1e-4,
+                    "layer {i} gradient {j}: {}",
+                    max_rel(a, b)
+                );
+            }
         }
     }
 }
