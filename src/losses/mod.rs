@@ -398,6 +398,11 @@ pub(crate) fn one_hot(labels: &Tensor, num_classes: usize) -> Result<Tensor> {
             )));
         }
     }
+    one_hot_rows(&l, num_classes)
+}
+
+/// `1.0` where a float label equals the class index, else `0.0` (no check of the labels).
+fn one_hot_rows(l: &Tensor, num_classes: usize) -> Result<Tensor> {
     let classes = Tensor::arange(0u32, num_classes as u32, l.device())?.to_dtype(DType::F32)?;
     Ok(l.unsqueeze(l.rank())?
         .broadcast_eq(&classes)?
@@ -407,11 +412,7 @@ pub(crate) fn one_hot(labels: &Tensor, num_classes: usize) -> Result<Tensor> {
 /// One-hot rows of float labels; a label that is not an integer in `0..num_classes` (NaN
 /// included) gives a row of NaN. Runs entirely on the labels' device.
 fn one_hot_nan_invalid(l: &Tensor, num_classes: usize) -> Result<Tensor> {
-    let classes = Tensor::arange(0u32, num_classes as u32, l.device())?.to_dtype(DType::F32)?;
-    let oh = l
-        .unsqueeze(l.rank())?
-        .broadcast_eq(&classes)?
-        .to_dtype(DType::F32)?;
+    let oh = one_hot_rows(l, num_classes)?;
     let invalid = oh
         .sum_keepdim(oh.rank() - 1)?
         .eq(0f32)?
