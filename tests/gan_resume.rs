@@ -82,11 +82,19 @@ fn run(dir: &Path, crash_at: Option<usize>) -> ferrokeras::Result<(History, Weig
     Ok((history, weights))
 }
 
+/// Cargo's scratch directory for integration tests (inside `target/`, reused by name across runs, so
+/// nothing piles up in the system's temp directory); the system's one where that path is not writable
+/// (a test binary run on another machine).
+fn test_tmp() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    if std::fs::create_dir_all(&dir).is_ok() {
+        dir
+    } else {
+        std::env::temp_dir().join("ferrokeras-tests")
+    }
+}
 fn fresh(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "ferrokeras-gan-resume-{}-{name}",
-        std::process::id()
-    ));
+    let d = test_tmp().join(format!("gan-resume-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d

@@ -29,10 +29,25 @@ fn regression(n: usize, d: usize) -> (Tensor, Tensor) {
     )
 }
 
+/// Cargo's scratch directory for integration tests (inside `target/`, reused by name across runs, so
+/// nothing piles up in the system's temp directory); the system's one where that path is not writable
+/// (a test binary run on another machine).
+fn test_tmp() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    if std::fs::create_dir_all(&dir).is_ok() {
+        dir
+    } else {
+        std::env::temp_dir().join("ferrokeras-tests")
+    }
+}
 fn out_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ferrokeras-plot-{}", std::process::id()));
+    let dir = test_tmp().join("plot");
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    // A path left by an earlier run would leak into this one's assertions.
+    let path = dir.join(name);
+    let _ = std::fs::remove_dir_all(&path);
+    let _ = std::fs::remove_file(&path);
+    path
 }
 
 /// Decodes an RGB PNG: `(width, height, pixels)`.

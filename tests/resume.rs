@@ -79,8 +79,19 @@ fn child(dir: &Path) -> Command {
     c
 }
 
+/// Cargo's scratch directory for integration tests (inside `target/`, reused by name across runs, so
+/// nothing piles up in the system's temp directory); the system's one where that path is not writable
+/// (a test binary run on another machine).
+fn test_tmp() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    if std::fs::create_dir_all(&dir).is_ok() {
+        dir
+    } else {
+        std::env::temp_dir().join("ferrokeras-tests")
+    }
+}
 fn fresh_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ferrokeras-resume-{}-{name}", std::process::id()));
+    let d = test_tmp().join(format!("resume-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d

@@ -220,8 +220,19 @@ fn model() -> Trainer<Sequential> {
         .unwrap()
 }
 
+/// Cargo's scratch directory for integration tests (inside `target/`, reused by name across runs, so
+/// nothing piles up in the system's temp directory); the system's one where that path is not writable
+/// (a test binary run on another machine).
+fn test_tmp() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    if std::fs::create_dir_all(&dir).is_ok() {
+        dir
+    } else {
+        std::env::temp_dir().join("ferrokeras-tests")
+    }
+}
 fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ferrokeras-tb-{}-{name}", std::process::id()));
+    let dir = test_tmp().join(format!("tensorboard-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
