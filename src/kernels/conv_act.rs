@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::elementwise::{Act, activation_grad, bias_activation_seq, bias_grad};
-use super::pool::{PoolGeometry, max_pool_forward, max_pool_scatter};
+use super::pool::{MaxPoolScatter, PoolGeometry, max_pool_forward};
 use crate::layers::im2col::{Conv, ConvData, ConvFilter, Geometry, conv_data_run, conv_run};
 
 /// Which convolution the op runs.
@@ -183,11 +183,10 @@ impl CustomOp3 for ConvActPool {
             candle_core::bail!("convolution + pooling: backward before forward")
         };
         // The activation's gradient at each maximum, from the maximum itself.
-        let dy = activation_grad(y, gy, self.act)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let gz = max_pool_scatter(&p, &argmax, &dy, |d, _| d);
-        let gz = Tensor::from_vec(gz, (g.n * g.oh * g.ow, f), y.device())?;
+        let gz = activation_grad(y, gy, self.act)?
+            .contiguous()?
+            .apply_op1_no_bwd(&MaxPoolScatter { g: p, argmax })?
+            .reshape((g.n * g.oh * g.ow, f))?;
         let gb = if b.track_op() {
             Some(bias_grad(&gz, f)?.reshape(b.shape())?)
         } else {

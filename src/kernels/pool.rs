@@ -96,9 +96,9 @@ impl MaxPool {
 struct MaxPoolGrad(PoolGeometry);
 
 /// Its gradient from the kept positions: input `gy`, output `(n, h, w, c)`.
-struct MaxPoolScatter {
-    g: PoolGeometry,
-    argmax: Vec<u32>,
+pub(crate) struct MaxPoolScatter {
+    pub g: PoolGeometry,
+    pub argmax: Vec<u32>,
 }
 
 /// Max pooling of the `(n, h, w, c)` images `x` (checked by the caller): the maxima and, per
@@ -122,27 +122,74 @@ pub(crate) fn max_pool_forward(g: &PoolGeometry, x: &[f32]) -> (Vec<f32>, Vec<u3
     (y, at)
 }
 
-/// The input gradient of a max pooling: each output's gradient `gy[i]`, mapped by
-/// `scale(gy[i], i)`, added at its kept argmax.
-pub(crate) fn max_pool_scatter(
-    g: &PoolGeometry,
-    argmax: &[u32],
-    gy: &[f32],
-    scale: impl Fn(f32, usize) -> f32 + Sync,
-) -> Vec<f32> {
+/// The input gradient of a max pooling: each output's gradient `gy[i]` added at its kept argmax.
+pub(crate) fn max_pool_scatter(g: &PoolGeometry, argmax: &[u32], gy: &[f32]) -> Vec<f32> {
     let (img_len, out_len) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
+    if g.sh >= g.ph && g.sw >= g.pw {
+        return scatter_disjoint(g, argmax, gy);
+    }
     let mut gx = vec![0f32; g.n * img_len];
     gx.par_chunks_mut(img_len)
         .zip(gy.par_chunks(out_len).zip(argmax.par_chunks(out_len)))
-        .enumerate()
-        .for_each(|(n, (gx, (gy, at)))| {
-            for (j, (&i, &d)) in at.iter().zip(gy).enumerate() {
+        .for_each(|(gx, (gy, at))| {
+            for (&i, &d) in at.iter().zip(gy) {
                 if i != u32::MAX {
-                    gx[i as usize] += scale(d, n * out_len + j);
+                    gx[i as usize] += d;
                 }
             }
         });
     gx
+}
+
+/// [`max_pool_scatter`] for windows that never overlap (stride at least the window, the usual
+/// case): every input lies in at most one window, so each gradient value is written exactly once,
+/// in memory order (its window's gradient where it is that window's argmax, else zero). No zeroed
+/// buffer first, no scattered adds: one streaming pass over the output.
+fn scatter_disjoint(g: &PoolGeometry, argmax: &[u32], gy: &[f32]) -> Vec<f32> {
+    let g = *g;
+    let (row_len, img_len, out_len) = (g.w * g.c, g.h * g.w * g.c, g.oh * g.ow * g.c);
+    let total = g.n * img_len;
+    let mut gx: Vec<f32> = Vec::with_capacity(total);
+    gx.spare_capacity_mut()[..total]
+        .par_chunks_mut(img_len)
+        .zip(gy.par_chunks(out_len).zip(argmax.par_chunks(out_len)))
+        .for_each(|(img, (gy, at))| {
+            for (y, row) in img.chunks_mut(row_len).enumerate() {
+                let (oy, ky) = ((y + g.pt) / g.sh, (y + g.pt) % g.sh);
+                if oy >= g.oh || ky >= g.ph {
+                    row.fill(std::mem::MaybeUninit::new(0.0));
+                    continue;
+                }
+                for (x, cell) in row.chunks_mut(g.c).enumerate() {
+                    let (ox, kx) = ((x + g.pl) / g.sw, (x + g.pl) % g.sw);
+                    if ox >= g.ow || kx >= g.pw {
+                        cell.fill(std::mem::MaybeUninit::new(0.0));
+                        continue;
+                    }
+                    let o = (oy * g.ow + ox) * g.c;
+                    let base = ((y * g.w + x) * g.c) as u32;
+                    place(cell, &gy[o..o + g.c], &at[o..o + g.c], base);
+                }
+            }
+        });
+    // SAFETY: the pass above wrote every one of the first `total` values (each image's rows, each
+    // row's cells, each cell's channels, or a zero fill).
+    unsafe { gx.set_len(total) };
+    gx
+}
+
+/// `dst[ch] = gy[ch]` where channel `ch`'s maximum sits at flat index `base + ch`, else `0`.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn place(dst: &mut [std::mem::MaybeUninit<f32>], gy: &[f32], at: &[u32], base: u32) {
+    let n = dst.len().min(gy.len()).min(at.len());
+    let (dst, gy, at) = (&mut dst[..n], &gy[..n], &at[..n]);
+    for ch in 0..n {
+        let hit = at[ch] == base + ch as u32;
+        dst[ch] = std::mem::MaybeUninit::new(if hit { gy[ch] } else { 0.0 });
+    }
 }
 
 impl CustomOp1 for MaxPool {
@@ -186,7 +233,7 @@ impl CustomOp1 for MaxPoolScatter {
         if gy.len() != g.n * out_len || self.argmax.len() != gy.len() {
             candle_core::bail!("max pooling gradient: {} gradients for {g:?}", gy.len())
         }
-        let gx = max_pool_scatter(&g, &self.argmax, gy, |d, _| d);
+        let gx = max_pool_scatter(&g, &self.argmax, gy);
         Ok((CpuStorage::F32(gx), Shape::from((g.n, g.h, g.w, g.c))))
     }
 }

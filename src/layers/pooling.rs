@@ -605,6 +605,10 @@ mod kernel_tests {
             (6, 5, 1, (3, 2), (2, 1), Padding::Valid),
             (7, 7, 5, (3, 3), (2, 2), Padding::Same),
             (26, 26, 32, (2, 2), (2, 2), Padding::Valid),
+            // Strides larger than the windows (inputs in no window) and non-square windows.
+            (7, 8, 3, (2, 2), (3, 3), Padding::Valid),
+            (5, 9, 1, (2, 3), (2, 3), Padding::Same),
+            (6, 9, 2, (2, 2), (3, 2), Padding::Same),
         ] {
             // Rounded values, so that windows hold tied maxima.
             let x = (Tensor::randn(0f32, 2.0, (3, h, w, c), &dev).unwrap())
