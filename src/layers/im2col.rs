@@ -17,8 +17,17 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Upper bound of the patch buffer built at once.
+/// Upper bound of the patch buffer built at once when a batch is split into a few large chunks
+/// (each op parallel inside).
 pub(crate) const CHUNK_BYTES: usize = 16 << 20;
+
+/// Upper bound of a block's buffer when a batch is split into many small blocks, one thread each:
+/// patches that stay in a core's L2 cache between being written and being multiplied.
+const BLOCK_BYTES: usize = 512 << 10;
+
+/// Largest kernel (bytes) for which blocks run one per thread: every block packs the whole kernel
+/// for its matrix product, which only pays while the kernel is small next to the block.
+const BLOCK_KERNEL_BYTES: usize = 256 << 10;
 
 /// Shapes of one convolution: an `(n, h, w, c)` image (without padding), a `(kh, kw)` kernel with
 /// stride and dilation, the zero padding before the first row and column, and the `(oh, ow)`
@@ -78,23 +87,48 @@ impl Geometry {
     fn kn2row(&self, f: usize) -> bool {
         self.pixels() * f < self.rows_per_image() * self.c
     }
-    /// Images per chunk so that a chunk's intermediate buffer fits in [`CHUNK_BYTES`].
-    fn images_per_chunk(&self, f: usize) -> usize {
-        let per_image = if self.kn2row(f) {
+    /// Floats of the intermediate buffer (patches, or per-pixel products) per image.
+    fn buffer_per_image(&self, f: usize) -> usize {
+        if self.kn2row(f) {
             self.pixels() * self.taps() * f
         } else {
             self.rows_per_image() * self.patch_len()
-        } * 4;
-        (CHUNK_BYTES / per_image.max(1)).clamp(1, self.n.max(1))
-    }
-    /// Floats of the chunk buffer.
-    fn chunk_len(&self, f: usize) -> usize {
-        let per = self.images_per_chunk(f);
-        if self.kn2row(f) {
-            per * self.pixels() * self.taps() * f
-        } else {
-            per * self.rows_per_image() * self.patch_len()
         }
+    }
+    /// How a batch is split: `(images per part, whether parts run in parallel)`. With enough
+    /// images and a small kernel, blocks of a few images run one per thread, each op inside them
+    /// sequential, so that a block's patches are multiplied while still in cache and the output
+    /// gets its epilogue right after; otherwise large chunks run one after the other, each op
+    /// parallel inside (few images, or kernels too large to pack once per block).
+    fn plan(&self, f: usize) -> (usize, bool) {
+        let per_image = self.buffer_per_image(f).max(1) * 4;
+        let threads = rayon::current_num_threads();
+        if threads > 1
+            && self.n >= 2 * threads
+            && self.patch_len() * f * 4 <= BLOCK_KERNEL_BYTES
+            && per_image <= BLOCK_BYTES
+        {
+            let per = (BLOCK_BYTES / per_image).clamp(1, self.n.div_ceil(2 * threads));
+            (per, true)
+        } else {
+            ((CHUNK_BYTES / per_image).clamp(1, self.n.max(1)), false)
+        }
+    }
+}
+
+/// `f(index, chunk)` over the `size`-long chunks of `dst`, on rayon's threads when `par`.
+fn chunks_each<T: Send>(
+    dst: &mut [T],
+    size: usize,
+    par: bool,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
+    if par {
+        dst.par_chunks_mut(size)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    } else {
+        dst.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
     }
 }
 
@@ -132,49 +166,47 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
 }
 
 /// Patches of `images` (a chunk of whole images) into `dst` (rows × K), zeros outside the image.
-fn im2col(g: &Geometry, images: &[f32], dst: &mut [f32]) {
+fn im2col(g: &Geometry, images: &[f32], dst: &mut [f32], par: bool) {
     let k = g.patch_len();
     let c = g.c;
-    dst.par_chunks_mut(k * g.ow)
-        .enumerate()
-        .for_each(|(line, out)| {
-            let (n, oy) = (line / g.oh, line % g.oh);
-            for (ox, out) in out.chunks_exact_mut(k).enumerate() {
-                // Dilation 1 with the whole kernel row inside the image: each kernel row is one
-                // contiguous run of kw*c values.
-                let x0 = (ox * g.stride).checked_sub(g.pad_l);
-                if let Some(x0) = x0
-                    && g.dilation == 1
-                    && x0 + g.kw <= g.w
-                {
-                    let run = g.kw * c;
-                    for i in 0..g.kh {
-                        let d = i * run;
-                        match g.src(oy, i, g.pad_t, g.h) {
-                            Some(y) => {
-                                let s = ((n * g.h + y) * g.w + x0) * c;
-                                copy_short(&mut out[d..d + run], &images[s..s + run]);
-                            }
-                            None => out[d..d + run].fill(0.0),
-                        }
-                    }
-                    continue;
-                }
+    chunks_each(dst, k * g.ow, par, |line, out| {
+        let (n, oy) = (line / g.oh, line % g.oh);
+        for (ox, out) in out.chunks_exact_mut(k).enumerate() {
+            // Dilation 1 with the whole kernel row inside the image: each kernel row is one
+            // contiguous run of kw*c values.
+            let x0 = (ox * g.stride).checked_sub(g.pad_l);
+            if let Some(x0) = x0
+                && g.dilation == 1
+                && x0 + g.kw <= g.w
+            {
+                let run = g.kw * c;
                 for i in 0..g.kh {
-                    let y = g.src(oy, i, g.pad_t, g.h);
-                    for j in 0..g.kw {
-                        let d = (i * g.kw + j) * c;
-                        match (y, g.src(ox, j, g.pad_l, g.w)) {
-                            (Some(y), Some(x)) => {
-                                let s = ((n * g.h + y) * g.w + x) * c;
-                                copy_short(&mut out[d..d + c], &images[s..s + c]);
-                            }
-                            _ => out[d..d + c].fill(0.0),
+                    let d = i * run;
+                    match g.src(oy, i, g.pad_t, g.h) {
+                        Some(y) => {
+                            let s = ((n * g.h + y) * g.w + x0) * c;
+                            copy_short(&mut out[d..d + run], &images[s..s + run]);
                         }
+                        None => out[d..d + run].fill(0.0),
+                    }
+                }
+                continue;
+            }
+            for i in 0..g.kh {
+                let y = g.src(oy, i, g.pad_t, g.h);
+                for j in 0..g.kw {
+                    let d = (i * g.kw + j) * c;
+                    match (y, g.src(ox, j, g.pad_l, g.w)) {
+                        (Some(y), Some(x)) => {
+                            let s = ((n * g.h + y) * g.w + x) * c;
+                            copy_short(&mut out[d..d + c], &images[s..s + c]);
+                        }
+                        _ => out[d..d + c].fill(0.0),
                     }
                 }
             }
-        });
+        }
+    });
 }
 
 /// Work done on a finished part of an op's output while it is still in cache (the fused bias and
@@ -183,50 +215,14 @@ pub(crate) type Epilogue<'a> = Option<&'a (dyn Fn(&mut [f32]) + Sync)>;
 
 /// Adds patch values `cols` (rows × K) back onto `images` (a chunk of whole images), then runs
 /// `epi` on each finished image.
-fn col2im(g: &Geometry, cols: &[f32], images: &mut [f32], epi: Epilogue) {
+fn col2im(g: &Geometry, cols: &[f32], images: &mut [f32], epi: Epilogue, par: bool) {
     let k = g.patch_len();
     let c = g.c;
-    images
-        .par_chunks_mut(g.image_len())
-        .enumerate()
-        .for_each(|(n, img)| {
-            for oy in 0..g.oh {
-                for ox in 0..g.ow {
-                    let row = (n * g.oh + oy) * g.ow + ox;
-                    let patch = &cols[row * k..(row + 1) * k];
-                    for i in 0..g.kh {
-                        let Some(y) = g.src(oy, i, g.pad_t, g.h) else {
-                            continue;
-                        };
-                        for j in 0..g.kw {
-                            let Some(x) = g.src(ox, j, g.pad_l, g.w) else {
-                                continue;
-                            };
-                            let d = (y * g.w + x) * c;
-                            let s = (i * g.kw + j) * c;
-                            for (a, b) in img[d..d + c].iter_mut().zip(&patch[s..s + c]) {
-                                *a += *b;
-                            }
-                        }
-                    }
-                }
-            }
-            if let Some(e) = epi {
-                e(img);
-            }
-        });
-}
-
-/// `kn2row`'s second half: `y (rows × f)` = for each output position, the sum over taps of the
-/// per-pixel products `z (pixels × taps·f)` at the pixel that tap reads.
-fn gather_taps(g: &Geometry, f: usize, z: &[f32], y: &mut [f32]) {
-    let tf = g.taps() * f;
-    y.par_chunks_mut(f * g.ow)
-        .enumerate()
-        .for_each(|(line, out)| {
-            let (n, oy) = (line / g.oh, line % g.oh);
-            out.fill(0.0);
-            for (ox, out) in out.chunks_exact_mut(f).enumerate() {
+    chunks_each(images, g.image_len(), par, |n, img| {
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let row = (n * g.oh + oy) * g.ow + ox;
+                let patch = &cols[row * k..(row + 1) * k];
                 for i in 0..g.kh {
                     let Some(y) = g.src(oy, i, g.pad_t, g.h) else {
                         continue;
@@ -235,40 +231,69 @@ fn gather_taps(g: &Geometry, f: usize, z: &[f32], y: &mut [f32]) {
                         let Some(x) = g.src(ox, j, g.pad_l, g.w) else {
                             continue;
                         };
-                        let s = ((n * g.h + y) * g.w + x) * tf + (i * g.kw + j) * f;
-                        for (a, b) in out.iter_mut().zip(&z[s..s + f]) {
+                        let d = (y * g.w + x) * c;
+                        let s = (i * g.kw + j) * c;
+                        for (a, b) in img[d..d + c].iter_mut().zip(&patch[s..s + c]) {
                             *a += *b;
                         }
                     }
                 }
             }
-        });
+        }
+        if let Some(e) = epi {
+            e(img);
+        }
+    });
+}
+
+/// `kn2row`'s second half: `y (rows × f)` = for each output position, the sum over taps of the
+/// per-pixel products `z (pixels × taps·f)` at the pixel that tap reads.
+fn gather_taps(g: &Geometry, f: usize, z: &[f32], y: &mut [f32], par: bool) {
+    let tf = g.taps() * f;
+    chunks_each(y, f * g.ow, par, |line, out| {
+        let (n, oy) = (line / g.oh, line % g.oh);
+        out.fill(0.0);
+        for (ox, out) in out.chunks_exact_mut(f).enumerate() {
+            for i in 0..g.kh {
+                let Some(y) = g.src(oy, i, g.pad_t, g.h) else {
+                    continue;
+                };
+                for j in 0..g.kw {
+                    let Some(x) = g.src(ox, j, g.pad_l, g.w) else {
+                        continue;
+                    };
+                    let s = ((n * g.h + y) * g.w + x) * tf + (i * g.kw + j) * f;
+                    for (a, b) in out.iter_mut().zip(&z[s..s + f]) {
+                        *a += *b;
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// For each image pixel and tap, the output gradient `gy (rows × f)` at the output position that
 /// tap of that pixel feeds (zeros where none): `dst (pixels × taps·f)`.
-fn scatter_taps(g: &Geometry, f: usize, gy: &[f32], dst: &mut [f32]) {
+fn scatter_taps(g: &Geometry, f: usize, gy: &[f32], dst: &mut [f32], par: bool) {
     let tf = g.taps() * f;
-    dst.par_chunks_mut(tf * g.w)
-        .enumerate()
-        .for_each(|(line, out)| {
-            let (n, py) = (line / g.h, line % g.h);
-            for (px, out) in out.chunks_exact_mut(tf).enumerate() {
-                for i in 0..g.kh {
-                    let oy = g.dst(py, i, g.pad_t, g.oh);
-                    for j in 0..g.kw {
-                        let d = (i * g.kw + j) * f;
-                        match (oy, g.dst(px, j, g.pad_l, g.ow)) {
-                            (Some(oy), Some(ox)) => {
-                                let s = ((n * g.oh + oy) * g.ow + ox) * f;
-                                out[d..d + f].copy_from_slice(&gy[s..s + f]);
-                            }
-                            _ => out[d..d + f].fill(0.0),
+    chunks_each(dst, tf * g.w, par, |line, out| {
+        let (n, py) = (line / g.h, line % g.h);
+        for (px, out) in out.chunks_exact_mut(tf).enumerate() {
+            for i in 0..g.kh {
+                let oy = g.dst(py, i, g.pad_t, g.oh);
+                for j in 0..g.kw {
+                    let d = (i * g.kw + j) * f;
+                    match (oy, g.dst(px, j, g.pad_l, g.ow)) {
+                        (Some(oy), Some(ox)) => {
+                            let s = ((n * g.oh + oy) * g.ow + ox) * f;
+                            out[d..d + f].copy_from_slice(&gy[s..s + f]);
                         }
+                        _ => out[d..d + f].fill(0.0),
                     }
                 }
             }
-        });
+        }
+    });
 }
 
 /// The kernel `(taps, c, f)` rearranged to `(c, taps·f)`, `kn2row`'s right-hand matrix.
@@ -299,6 +324,23 @@ pub(crate) fn matmul(
     rhs: &[f32],
     rhs_t: bool,
 ) {
+    matmul_with(true, m, n, k, dst, accumulate, lhs, lhs_t, rhs, rhs_t)
+}
+
+/// [`matmul`], on rayon's threads when `par` and the product is large enough, else on this one.
+#[allow(clippy::too_many_arguments)]
+fn matmul_with(
+    par: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_t: bool,
+    rhs: &[f32],
+    rhs_t: bool,
+) {
     assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
     if m == 0 || n == 0 {
         return;
@@ -313,7 +355,7 @@ pub(crate) fn matmul(
     } else {
         (n as isize, 1)
     };
-    let threads = rayon::current_num_threads();
+    let threads = if par { rayon::current_num_threads() } else { 1 };
     if threads > 1 && m * n <= 64 * 64 && k >= 8192 {
         // A small result over a long sum (a first layer's kernel gradient: 9x32 over 86 528
         // patch rows) is one tile for gemm, so one thread: split the sum instead, into a fixed
@@ -424,50 +466,52 @@ pub(crate) struct ConvFilter {
     pub f: usize,
 }
 
-/// [`Conv`]'s forward pass on slices, running `epi` on each finished chunk of output rows.
+/// [`Conv`]'s forward pass on slices, running `epi` on each finished part of the output rows.
 pub(crate) fn conv_run(g: &Geometry, f: usize, x: &[f32], w: &[f32], epi: Epilogue) -> Vec<f32> {
     let g = *g;
-    let k = g.patch_len();
-    let rows = g.n * g.rows_per_image();
-    let mut y = vec![0f32; rows * f];
-    let per = g.images_per_chunk(f);
-    with_scratch(g.chunk_len(f), |buf| {
-        let wc = g.kn2row(f).then(|| kernel_by_channel(&g, f, w));
-        for n0 in (0..g.n).step_by(per) {
-            let nb = per.min(g.n - n0);
-            let chunk = Geometry { n: nb, ..g };
-            let images = &x[n0 * g.image_len()..(n0 + nb) * g.image_len()];
-            let r0 = n0 * g.rows_per_image();
-            let r = nb * g.rows_per_image();
-            let out = &mut y[r0 * f..(r0 + r) * f];
-            if let Some(wc) = &wc {
-                // Per pixel, every tap's contribution; then each output sums its taps.
-                let (p, tf) = (nb * g.pixels(), g.taps() * f);
-                matmul(
-                    p,
-                    tf,
-                    g.c,
-                    &mut buf[..p * tf],
-                    false,
-                    images,
-                    false,
-                    wc,
-                    false,
-                );
-                gather_taps(&chunk, f, &buf[..p * tf], out);
-            } else {
-                im2col(&chunk, images, &mut buf[..r * k]);
-                matmul(r, f, k, out, false, &buf[..r * k], false, w, false);
-            }
-            if let Some(e) = epi {
-                e(out);
-            }
+    let (k, rpi) = (g.patch_len(), g.rows_per_image());
+    let mut y = vec![0f32; g.n * rpi * f];
+    if y.is_empty() {
+        return y;
+    }
+    let (per, parallel) = g.plan(f);
+    let wc = g.kn2row(f).then(|| kernel_by_channel(&g, f, w));
+    // The images from `n0` whose output rows are `out`, with buffer `buf`.
+    let part = |n0: usize, out: &mut [f32], buf: &mut [f32], par: bool| {
+        let nb = out.len() / (rpi * f);
+        let chunk = Geometry { n: nb, ..g };
+        let images = &x[n0 * g.image_len()..(n0 + nb) * g.image_len()];
+        if let Some(wc) = &wc {
+            // Per pixel, every tap's contribution; then each output sums its taps.
+            let (p, tf) = (nb * g.pixels(), g.taps() * f);
+            let z = &mut buf[..p * tf];
+            matmul_with(par, p, tf, g.c, z, false, images, false, wc, false);
+            gather_taps(&chunk, f, z, out, par);
+        } else {
+            let patches = &mut buf[..nb * rpi * k];
+            im2col(&chunk, images, patches, par);
+            matmul_with(par, nb * rpi, f, k, out, false, patches, false, w, false);
         }
-    });
+        if let Some(e) = epi {
+            e(out);
+        }
+    };
+    let len = per * g.buffer_per_image(f);
+    if parallel {
+        y.par_chunks_mut(per * rpi * f)
+            .enumerate()
+            .for_each(|(b, out)| with_scratch(len, |buf| part(b * per, out, buf, false)));
+    } else {
+        with_scratch(len, |buf| {
+            for (b, out) in y.chunks_mut(per * rpi * f).enumerate() {
+                part(b * per, out, buf, true);
+            }
+        });
+    }
     y
 }
 
-/// [`ConvData`]'s forward pass on slices, running `epi` on each finished image (or chunk of them).
+/// [`ConvData`]'s forward pass on slices, running `epi` on each finished image (or part of them).
 pub(crate) fn conv_data_run(
     g: &Geometry,
     f: usize,
@@ -476,33 +520,108 @@ pub(crate) fn conv_data_run(
     epi: Epilogue,
 ) -> Vec<f32> {
     let g = *g;
-    let k = g.patch_len();
+    let (k, rpi) = (g.patch_len(), g.rows_per_image());
     let mut gx = vec![0f32; g.n * g.image_len()];
-    let per = g.images_per_chunk(f);
-    with_scratch(g.chunk_len(f), |buf| {
-        let wc = g.kn2row(f).then(|| kernel_by_channel(&g, f, w));
-        for n0 in (0..g.n).step_by(per) {
-            let nb = per.min(g.n - n0);
-            let r = nb * g.rows_per_image();
-            let r0 = n0 * g.rows_per_image();
-            let chunk = Geometry { n: nb, ..g };
-            let grads = &gy[r0 * f..(r0 + r) * f];
-            let out = &mut gx[n0 * g.image_len()..(n0 + nb) * g.image_len()];
-            if let Some(wc) = &wc {
-                // Per pixel, the gradients of the outputs its taps feed, times the kernel.
-                let (p, tf) = (nb * g.pixels(), g.taps() * f);
-                scatter_taps(&chunk, f, grads, &mut buf[..p * tf]);
-                matmul(p, g.c, tf, out, false, &buf[..p * tf], false, wc, true);
-                if let Some(e) = epi {
-                    e(out);
-                }
-            } else {
-                matmul(r, k, f, &mut buf[..r * k], false, grads, false, w, true);
-                col2im(&chunk, &buf[..r * k], out, epi);
+    if gx.is_empty() {
+        return gx;
+    }
+    let (per, parallel) = g.plan(f);
+    let wc = g.kn2row(f).then(|| kernel_by_channel(&g, f, w));
+    // The images from `n0`, `out`, from their output gradients, with buffer `buf`.
+    let part = |n0: usize, out: &mut [f32], buf: &mut [f32], par: bool| {
+        let nb = out.len() / g.image_len();
+        let chunk = Geometry { n: nb, ..g };
+        let grads = &gy[n0 * rpi * f..(n0 + nb) * rpi * f];
+        if let Some(wc) = &wc {
+            // Per pixel, the gradients of the outputs its taps feed, times the kernel.
+            let (p, tf) = (nb * g.pixels(), g.taps() * f);
+            let z = &mut buf[..p * tf];
+            scatter_taps(&chunk, f, grads, z, par);
+            matmul_with(par, p, g.c, tf, out, false, z, false, wc, true);
+            if let Some(e) = epi {
+                e(out);
+            }
+        } else {
+            let cols = &mut buf[..nb * rpi * k];
+            matmul_with(par, nb * rpi, k, f, cols, false, grads, false, w, true);
+            col2im(&chunk, cols, out, epi, par);
+        }
+    };
+    let len = per * g.buffer_per_image(f);
+    if parallel {
+        gx.par_chunks_mut(per * g.image_len())
+            .enumerate()
+            .for_each(|(b, out)| with_scratch(len, |buf| part(b * per, out, buf, false)));
+    } else {
+        with_scratch(len, |buf| {
+            for (b, out) in gx.chunks_mut(per * g.image_len()).enumerate() {
+                part(b * per, out, buf, true);
+            }
+        });
+    }
+    gx
+}
+
+/// [`ConvFilter`]'s forward pass on slices: `(K, f)`, or `(c, taps·f)` under `kn2row`.
+fn conv_filter_run(g: &Geometry, f: usize, x: &[f32], gy: &[f32]) -> Vec<f32> {
+    let g = *g;
+    let (k, rpi) = (g.patch_len(), g.rows_per_image());
+    let (per, parallel) = g.plan(f);
+    // Adds (or, unless `acc`, writes) the images from `n0` to `n1`'s share into `gw`.
+    let part = |n0: usize, n1: usize, gw: &mut [f32], acc: bool, buf: &mut [f32], par: bool| {
+        let nb = n1 - n0;
+        let chunk = Geometry { n: nb, ..g };
+        let images = &x[n0 * g.image_len()..n1 * g.image_len()];
+        let grads = &gy[n0 * rpi * f..n1 * rpi * f];
+        if g.kn2row(f) {
+            let (p, tf) = (nb * g.pixels(), g.taps() * f);
+            let z = &mut buf[..p * tf];
+            scatter_taps(&chunk, f, grads, z, par);
+            matmul_with(par, g.c, tf, p, gw, acc, images, true, z, false);
+        } else {
+            let patches = &mut buf[..nb * rpi * k];
+            im2col(&chunk, images, patches, par);
+            matmul_with(par, k, f, nb * rpi, gw, acc, patches, true, grads, false);
+        }
+    };
+    let len = per * g.buffer_per_image(f);
+    let parts = g.n.div_ceil(per);
+    if parallel {
+        // A fixed split of the parts into one run per thread, each summed in order, then the
+        // runs added in order: the same bits on every call with the same number of threads.
+        let threads = rayon::current_num_threads().min(parts);
+        let runs: Vec<Vec<f32>> = (0..threads)
+            .into_par_iter()
+            .map(|t| {
+                let (b0, b1) = (t * parts / threads, (t + 1) * parts / threads);
+                let mut gw = vec![0f32; k * f];
+                with_scratch(len, |buf| {
+                    for b in b0..b1 {
+                        let (n0, n1) = (b * per, ((b + 1) * per).min(g.n));
+                        part(n0, n1, &mut gw, b > b0, buf, false);
+                    }
+                });
+                gw
+            })
+            .collect();
+        let mut runs = runs.into_iter();
+        let mut gw = runs.next().unwrap_or_else(|| vec![0f32; k * f]);
+        for run in runs {
+            for (a, b) in gw.iter_mut().zip(&run) {
+                *a += b;
             }
         }
-    });
-    gx
+        gw
+    } else {
+        let mut gw = vec![0f32; k * f];
+        with_scratch(len, |buf| {
+            for b in 0..parts {
+                let (n0, n1) = (b * per, ((b + 1) * per).min(g.n));
+                part(n0, n1, &mut gw, b > 0, buf, true);
+            }
+        });
+        gw
+    }
 }
 
 impl CustomOp2 for Conv {
@@ -636,36 +755,7 @@ impl CustomOp2 for ConvFilter {
         )?;
         let kn2row = g.kn2row(f);
         // kn2row accumulates the kernel gradient as (c, taps·f) and rearranges it at the end.
-        let mut gw = vec![0f32; k * f];
-        let per = g.images_per_chunk(f);
-        with_scratch(g.chunk_len(f), |buf| {
-            for n0 in (0..g.n).step_by(per) {
-                let nb = per.min(g.n - n0);
-                let r = nb * g.rows_per_image();
-                let chunk = Geometry { n: nb, ..g };
-                let images = &x[n0 * g.image_len()..(n0 + nb) * g.image_len()];
-                let r0 = n0 * g.rows_per_image();
-                let grads = &gy[r0 * f..(r0 + r) * f];
-                if kn2row {
-                    let (p, tf) = (nb * g.pixels(), g.taps() * f);
-                    scatter_taps(&chunk, f, grads, &mut buf[..p * tf]);
-                    matmul(
-                        g.c,
-                        tf,
-                        p,
-                        &mut gw,
-                        n0 > 0,
-                        images,
-                        true,
-                        &buf[..p * tf],
-                        false,
-                    );
-                } else {
-                    im2col(&chunk, images, &mut buf[..r * k]);
-                    matmul(k, f, r, &mut gw, n0 > 0, &buf[..r * k], true, grads, false);
-                }
-            }
-        });
+        let mut gw = conv_filter_run(&g, f, x, gy);
         if kn2row {
             let (t, c) = (g.taps(), g.c);
             let by_channel = std::mem::take(&mut gw);
@@ -692,8 +782,26 @@ mod tests {
 
     #[test]
     fn conv_matches_candle_forward_and_gradients() {
+        conv_against_candle(3);
+    }
+
+    /// With enough images, blocks of a few images run one per thread (here 3 threads, 13 images:
+    /// blocks of 3 and a last one of 1); the same values and gradients.
+    #[test]
+    fn blocked_conv_matches_candle_forward_and_gradients() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let blocked = pool.install(|| conv_against_candle(13));
+        assert!(blocked >= 10, "only {blocked} geometries ran in blocks");
+    }
+
+    /// Checks [`Conv`], [`ConvData`] and [`ConvFilter`] against candle over a set of geometries
+    /// with `n` images; returns how many ran in blocks, one per thread.
+    fn conv_against_candle(n: usize) -> usize {
         let dev = Device::Cpu;
-        let n = 3;
+        let mut blocked = 0;
         // (kh, kw, stride, dilation, (top, bottom), (left, right), in, out): im2col and kn2row
         // (few output channels from many), with and without zero padding.
         for (kh, kw, stride, dilation, (pt, pb), (pl, pr), c, f) in [
@@ -730,7 +838,8 @@ mod tests {
                 oh: (hp - keff_h) / stride + 1,
                 ow: (wp - keff_w) / stride + 1,
             };
-            let case = format!("{g:?} f={f} kn2row={}", g.kn2row(f));
+            let case = format!("{g:?} f={f} kn2row={} plan={:?}", g.kn2row(f), g.plan(f));
+            blocked += usize::from(g.plan(f).1);
             let xv = Variable::new(
                 "x",
                 &Tensor::randn(0f32, 1.0, (n, h, w, c), &dev).unwrap(),
@@ -829,6 +938,7 @@ mod tests {
                 "data op, kernel grad {case}"
             );
         }
+        blocked
     }
 
     /// The matrix product, including the long sums split across threads, against candle's.
