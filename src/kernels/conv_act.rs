@@ -183,14 +183,21 @@ impl CustomOp3 for ConvActPool {
             candle_core::bail!("convolution + pooling: backward before forward")
         };
         // The activation's gradient at each maximum, from the maximum itself.
-        let gz = activation_grad(y, gy, self.act)?
-            .contiguous()?
+        let dy = activation_grad(y, gy, self.act)?.contiguous()?;
+        // Each pooled gradient lands at exactly one place (unless its window is empty, which
+        // "valid" and "same" windows never are): the bias gradient sums the pooled gradients, a
+        // quarter of the values for 2x2 windows.
+        let every_window_kept = !argmax.contains(&u32::MAX);
+        let pooled_bias_grad = (b.track_op() && every_window_kept)
+            .then(|| bias_grad(&dy, f))
+            .transpose()?;
+        let gz = dy
             .apply_op1_no_bwd(&MaxPoolScatter { g: p, argmax })?
             .reshape((g.n * g.oh * g.ow, f))?;
-        let gb = if b.track_op() {
-            Some(bias_grad(&gz, f)?.reshape(b.shape())?)
-        } else {
-            None
+        let gb = match pooled_bias_grad {
+            Some(gb) => Some(gb.reshape(b.shape())?),
+            None if b.track_op() => Some(bias_grad(&gz, f)?.reshape(b.shape())?),
+            None => None,
         };
         let gx = if x.track_op() {
             Some(gz.apply_op2_no_bwd(w, &ConvData { g, f })?)

@@ -147,42 +147,48 @@ pub(crate) fn max_pool_scatter(g: &PoolGeometry, argmax: &[u32], gy: &[f32]) -> 
 /// buffer first, no scattered adds: one streaming pass over the output.
 fn scatter_disjoint(g: &PoolGeometry, argmax: &[u32], gy: &[f32]) -> Vec<f32> {
     let g = *g;
-    let (row_len, img_len, out_len) = (g.w * g.c, g.h * g.w * g.c, g.oh * g.ow * g.c);
+    let (img_len, out_len) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
     let total = g.n * img_len;
     let mut gx: Vec<f32> = Vec::with_capacity(total);
     gx.spare_capacity_mut()[..total]
         .par_chunks_mut(img_len)
         .zip(gy.par_chunks(out_len).zip(argmax.par_chunks(out_len)))
-        .for_each(|(img, (gy, at))| {
-            for (y, row) in img.chunks_mut(row_len).enumerate() {
-                let (oy, ky) = ((y + g.pt) / g.sh, (y + g.pt) % g.sh);
-                if oy >= g.oh || ky >= g.ph {
-                    row.fill(std::mem::MaybeUninit::new(0.0));
-                    continue;
-                }
-                for (x, cell) in row.chunks_mut(g.c).enumerate() {
-                    let (ox, kx) = ((x + g.pl) / g.sw, (x + g.pl) % g.sw);
-                    if ox >= g.ow || kx >= g.pw {
-                        cell.fill(std::mem::MaybeUninit::new(0.0));
-                        continue;
-                    }
-                    let o = (oy * g.ow + ox) * g.c;
-                    let base = ((y * g.w + x) * g.c) as u32;
-                    place(cell, &gy[o..o + g.c], &at[o..o + g.c], base);
-                }
-            }
-        });
-    // SAFETY: the pass above wrote every one of the first `total` values (each image's rows, each
-    // row's cells, each cell's channels, or a zero fill).
+        .for_each(|(img, (gy, at))| scatter_image(&g, img, gy, at));
+    // SAFETY: `scatter_image` wrote every value of every image (each row's cells, each cell's
+    // channels, or a zero fill), so the first `total` values are initialized.
     unsafe { gx.set_len(total) };
     gx
 }
 
-/// `dst[ch] = gy[ch]` where channel `ch`'s maximum sits at flat index `base + ch`, else `0`.
+/// One image of [`scatter_disjoint`]. Compiled for AVX-512 and AVX2 too, picked once per image at
+/// run time (the per-channel selects vectorize there).
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
     "x86_64+avx2+fma"
 ))]
+fn scatter_image(g: &PoolGeometry, img: &mut [std::mem::MaybeUninit<f32>], gy: &[f32], at: &[u32]) {
+    let row_len = g.w * g.c;
+    for (y, row) in img.chunks_mut(row_len).enumerate() {
+        let (oy, ky) = ((y + g.pt) / g.sh, (y + g.pt) % g.sh);
+        if oy >= g.oh || ky >= g.ph {
+            row.fill(std::mem::MaybeUninit::new(0.0));
+            continue;
+        }
+        for (x, cell) in row.chunks_mut(g.c).enumerate() {
+            let (ox, kx) = ((x + g.pl) / g.sw, (x + g.pl) % g.sw);
+            if ox >= g.ow || kx >= g.pw {
+                cell.fill(std::mem::MaybeUninit::new(0.0));
+                continue;
+            }
+            let o = (oy * g.ow + ox) * g.c;
+            let base = ((y * g.w + x) * g.c) as u32;
+            place(cell, &gy[o..o + g.c], &at[o..o + g.c], base);
+        }
+    }
+}
+
+/// `dst[ch] = gy[ch]` where channel `ch`'s maximum sits at flat index `base + ch`, else `0`.
+#[inline(always)]
 fn place(dst: &mut [std::mem::MaybeUninit<f32>], gy: &[f32], at: &[u32], base: u32) {
     let n = dst.len().min(gy.len()).min(at.len());
     let (dst, gy, at) = (&mut dst[..n], &gy[..n], &at[..n]);

@@ -152,16 +152,25 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// `dst.copy_from_slice(src)`, as an inline loop for short runs (a call to `memcpy` per three
-/// floats dominated the patches of one-channel images).
+/// `dst.copy_from_slice(src)`, inline for short runs (a call to `memcpy` per three floats
+/// dominated the patches of one-channel images), as fixed-size moves for the common kernel rows
+/// of one-channel images (3, 5 or 7 values; a loop per run cost about 8% of the convnet's step).
 #[inline(always)]
 fn copy_short(dst: &mut [f32], src: &[f32]) {
-    if dst.len() <= 16 {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = *s;
+    #[inline(always)]
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
+        dst[..N].copy_from_slice(&src[..N]);
+    }
+    match dst.len() {
+        3 => fixed::<3>(dst, src),
+        5 => fixed::<5>(dst, src),
+        7 => fixed::<7>(dst, src),
+        0..=16 => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = *s;
+            }
         }
-    } else {
-        dst.copy_from_slice(src);
+        _ => dst.copy_from_slice(src),
     }
 }
 
