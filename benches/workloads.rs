@@ -175,6 +175,15 @@ fn w4_plain(steps: usize) -> Result<f64> {
     Ok(steps as f64 / elapsed(t)?)
 }
 
+/// Runs a plain loop as `fit` runs its own: on rayon's pool on the CPU, on this thread elsewhere.
+fn plain_loop(run: impl FnOnce() -> Result<f64> + Send) -> Result<f64> {
+    if dev().is_cpu() {
+        ferrokeras::runtime::run_on_pool(run)
+    } else {
+        run()
+    }
+}
+
 /// float32 GEMM rate of candle's matmul on this machine (GFLOP/s).
 fn gemm_peak() -> Result<f64> {
     let n = if dev().is_cpu() { 1024 } else { 8192 };
@@ -249,7 +258,8 @@ fn main() -> Result<()> {
         );
     }
     if want("w2") {
-        let (f, p) = interleaved(3, w2_fit, w2_plain)?;
+        // The plain loops run where `fit` runs its loop: on rayon's pool, on the CPU.
+        let (f, p) = interleaved(3, w2_fit, || plain_loop(w2_plain))?;
         println!(
             "| W2 MLP 784-256-128-10, batch 128 | {f:.0} | {p:.0} (fit costs {:+.1}%) | samples/s |",
             (p / f - 1.0) * 100.0
@@ -262,7 +272,7 @@ fn main() -> Result<()> {
         );
     }
     if want("w4") {
-        let (f, p) = interleaved(3, || w4_fit(w4_steps), || w4_plain(w4_steps))?;
+        let (f, p) = interleaved(3, || w4_fit(w4_steps), || plain_loop(|| w4_plain(w4_steps)))?;
         println!(
             "| W4 guide GAN step, batch 64 | {f:.2} | {p:.2} (fit costs {:+.1}%) | steps/s |",
             (p / f - 1.0) * 100.0

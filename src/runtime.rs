@@ -135,3 +135,25 @@ pub fn default_device() -> Device {
         from_env
     }
 }
+
+/// Runs `f` on one of rayon's threads while the calling thread waits (or directly, when called
+/// from one of them), and returns its result.
+///
+/// On the CPU, `fit`, `evaluate` and `predict` run their loops this way: the kernels' parallel
+/// parts then fork from a pool thread, so between them only the pool's own threads are awake.
+/// Called from outside the pool, every parallel part injects its work and wakes the pool, and the
+/// calling thread is one more thread taking turns on the cores (measured on two cores: the MNIST
+/// MLP's step about 20% faster this way, the convnet's about 10%). A hand-written training loop
+/// gains the same by running inside this function. Keep a CUDA device on one thread instead.
+///
+/// ```
+/// let total = ferrokeras::runtime::run_on_pool(|| (1..=4).sum::<i32>());
+/// assert_eq!(total, 10);
+/// ```
+pub fn run_on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
+}

@@ -160,6 +160,9 @@ impl<M: Model> Trainer<M> {
     /// callback.
     pub fn fit(&mut self, data: impl Into<Inputs>, options: FitOptions) -> Result<History> {
         let data = data.into();
+        if self.on_cpu() && rayon::current_thread_index().is_none() {
+            return crate::runtime::run_on_pool(|| self.fit(data, options));
+        }
         let FitOptions {
             epochs,
             batch_size,
@@ -391,7 +394,11 @@ impl<M: Model> Trainer<M> {
     /// # Errors
     /// Bad data, or any error of a step or callback.
     pub fn evaluate(&mut self, data: impl Into<Inputs>, options: EvaluateOptions) -> Result<Logs> {
-        let mut batches = match data.into().kind {
+        let data = data.into();
+        if self.on_cpu() && rayon::current_thread_index().is_none() {
+            return crate::runtime::run_on_pool(|| self.evaluate(data, options));
+        }
+        let mut batches = match data.kind {
             InputKind::Arrays { x, y } => Batches::arrays(
                 ArrayAdapter::new(x, y, options.sample_weight, options.batch_size)?,
                 false,
@@ -460,7 +467,11 @@ impl<M: Model> Trainer<M> {
     /// # Errors
     /// Bad data, or any error of a step or callback.
     pub fn predict(&mut self, x: impl Into<Inputs>, options: PredictOptions) -> Result<Data> {
-        let mut batches = match x.into().kind {
+        let x = x.into();
+        if self.on_cpu() && rayon::current_thread_index().is_none() {
+            return crate::runtime::run_on_pool(|| self.predict(x, options));
+        }
+        let mut batches = match x.kind {
             InputKind::Arrays { x, .. } => {
                 Batches::arrays(ArrayAdapter::new(x, None, None, options.batch_size)?, false)
             }
@@ -672,6 +683,20 @@ impl<M: Model> Trainer<M> {
     /// The per-batch value of every metric that reports one and appears in the step's logs.
     /// The batch on the model's device (the device of its weights; before it has any, the
     /// default device of [`crate::runtime::default_device`]), copied only when elsewhere.
+    /// Whether the model runs on the CPU (its weights' device, else the default device): there,
+    /// `fit`, `evaluate` and `predict` run their loop on rayon's pool
+    /// ([`crate::runtime::run_on_pool`], which says why); elsewhere on the calling thread (one
+    /// thread drives a CUDA device).
+    fn on_cpu(&self) -> bool {
+        match &self.device {
+            Some(d) => d.is_cpu(),
+            None => self.model.variables().first().map_or_else(
+                || crate::runtime::default_device().is_cpu(),
+                |v| v.as_tensor().device().is_cpu(),
+            ),
+        }
+    }
+
     fn on_model_device(&mut self, batch: Data) -> Result<Data> {
         let device = match &self.device {
             Some(d) => d.clone(),
