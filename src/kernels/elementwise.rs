@@ -220,11 +220,24 @@ impl CustomOp2 for FusedGrad {
         }
         let gx = with_act_grad!(self.0, |df| par_build(y.len(), CHUNK, |i, gx| {
             let r = i * CHUNK..i * CHUNK + gx.len();
-            for ((gx, &y), &gy) in gx.iter_mut().zip(&y[r.clone()]).zip(&gy[r]) {
-                gx.write(gy * df(y));
-            }
+            grad_times(gx, &y[r.clone()], &gy[r], df);
         }));
         Ok((CpuStorage::F32(gx), l1.shape().clone()))
+    }
+}
+
+/// `gx = gy · df(y)`, element by element (all three of one length). Compiled for AVX-512 and
+/// AVX2 too, picked at run time: as a zip of three iterators it stayed scalar (about 9% of the
+/// GAN's step, over the generator's 25 MB activations).
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn grad_times<F: Fn(f32) -> f32>(gx: &mut [MaybeUninit<f32>], y: &[f32], gy: &[f32], df: F) {
+    let n = gx.len().min(y.len()).min(gy.len());
+    let (gx, y, gy) = (&mut gx[..n], &y[..n], &gy[..n]);
+    for j in 0..n {
+        gx[j] = MaybeUninit::new(gy[j] * df(y[j]));
     }
 }
 

@@ -226,40 +226,63 @@ pub(crate) type Epilogue<'a> = Option<&'a (dyn Fn(&mut [f32]) + Sync)>;
 /// `epi` on each finished image.
 fn col2im(g: &Geometry, cols: &[f32], images: &mut [f32], epi: Epilogue, par: bool) {
     let k = g.patch_len();
-    let c = g.c;
     chunks_each(images, g.image_len(), par, |n, img| {
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                let row = (n * g.oh + oy) * g.ow + ox;
-                let patch = &cols[row * k..(row + 1) * k];
-                for i in 0..g.kh {
-                    let Some(y) = g.src(oy, i, g.pad_t, g.h) else {
-                        continue;
-                    };
-                    for j in 0..g.kw {
-                        let Some(x) = g.src(ox, j, g.pad_l, g.w) else {
-                            continue;
-                        };
-                        let d = (y * g.w + x) * c;
-                        let s = (i * g.kw + j) * c;
-                        for (a, b) in img[d..d + c].iter_mut().zip(&patch[s..s + c]) {
-                            *a += *b;
-                        }
-                    }
-                }
-            }
-        }
+        let patches = &cols[n * g.rows_per_image() * k..(n + 1) * g.rows_per_image() * k];
+        col2im_image(g, patches, img);
         if let Some(e) = epi {
             e(img);
         }
     });
 }
 
+/// [`col2im`] for one image and its patches. Compiled for AVX-512 and AVX2 too, picked once per
+/// image at run time: the adds over channels vectorize there.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn col2im_image(g: &Geometry, patches: &[f32], img: &mut [f32]) {
+    let (k, c) = (g.patch_len(), g.c);
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let row = oy * g.ow + ox;
+            let patch = &patches[row * k..(row + 1) * k];
+            for i in 0..g.kh {
+                let Some(y) = g.src(oy, i, g.pad_t, g.h) else {
+                    continue;
+                };
+                for j in 0..g.kw {
+                    let Some(x) = g.src(ox, j, g.pad_l, g.w) else {
+                        continue;
+                    };
+                    let d = (y * g.w + x) * c;
+                    let s = (i * g.kw + j) * c;
+                    for (a, b) in img[d..d + c].iter_mut().zip(&patch[s..s + c]) {
+                        *a += *b;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `kn2row`'s second half: `y (rows × f)` = for each output position, the sum over taps of the
 /// per-pixel products `z (pixels × taps·f)` at the pixel that tap reads.
 fn gather_taps(g: &Geometry, f: usize, z: &[f32], y: &mut [f32], par: bool) {
-    let tf = g.taps() * f;
     chunks_each(y, f * g.ow, par, |line, out| {
+        gather_line(g, f, z, line, out)
+    });
+}
+
+/// [`gather_taps`] for one line of outputs. Compiled for AVX-512 and AVX2 too, picked once per
+/// line at run time.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn gather_line(g: &Geometry, f: usize, z: &[f32], line: usize, out: &mut [f32]) {
+    let tf = g.taps() * f;
+    {
         let (n, oy) = (line / g.oh, line % g.oh);
         out.fill(0.0);
         for (ox, out) in out.chunks_exact_mut(f).enumerate() {
@@ -278,7 +301,7 @@ fn gather_taps(g: &Geometry, f: usize, z: &[f32], y: &mut [f32], par: bool) {
                 }
             }
         }
-    });
+    }
 }
 
 /// For each image pixel and tap, the output gradient `gy (rows × f)` at the output position that
