@@ -786,3 +786,47 @@ fn fit_targets_of_wrong_shape() {
     );
     assert_mentions(&msg, &["[4, 2]", "[4, 1]"]);
 }
+
+/// Degenerate but valid shapes (an empty batch, images with no channels, more images than the
+/// convolution blocks hold) run forward and backward through the CPU kernels without panicking,
+/// with the shapes Keras gives.
+#[test]
+fn empty_batches_and_channelless_images_do_not_panic() {
+    for (shape, conv_out, pooled) in [
+        ([0usize, 6, 6, 1], [0usize, 2, 2, 4], [0usize, 3, 3, 1]),
+        ([2, 6, 6, 0], [2, 2, 2, 4], [2, 3, 3, 0]),
+        ([9, 6, 6, 1], [9, 2, 2, 4], [9, 3, 3, 1]),
+    ] {
+        let x = Tensor::zeros(shape.as_slice(), DType::F32, &Device::Cpu).unwrap();
+        let mut m = Sequential::new()
+            .input(&shape[1..])
+            .add(
+                ferrokeras::layers::Conv2D::new(4, (3, 3))
+                    .activation("relu")
+                    .unwrap(),
+            )
+            .add(ferrokeras::layers::MaxPooling2D::new((2, 2)));
+        let y = m.call(&Data::from(x.clone()), true).unwrap();
+        let y = y.tensor().unwrap();
+        assert_eq!(y.dims(), conv_out.as_slice(), "{shape:?}");
+        // No input channels: every output is relu(bias) = 0 (bias starts at zero).
+        if shape[3] == 0 {
+            let top = y
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(top, 0.0);
+        }
+        let vars = m.trainable_variables();
+        let grads = GradientTape::gradient(&y.sum_all().unwrap(), &vars).unwrap();
+        assert_eq!(grads.len(), 2, "{shape:?}");
+        let mut p = Sequential::new()
+            .input(&shape[1..])
+            .add(ferrokeras::layers::MaxPooling2D::new((2, 2)));
+        let z = p.call(&Data::from(x), true).unwrap();
+        assert_eq!(z.tensor().unwrap().dims(), pooled.as_slice(), "{shape:?}");
+    }
+}

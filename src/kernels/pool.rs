@@ -108,6 +108,10 @@ pub(crate) fn max_pool_forward(g: &PoolGeometry, x: &[f32]) -> (Vec<f32>, Vec<u3
     let (img_len, out_len) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
     let mut y = vec![0f32; g.n * out_len];
     let mut at = vec![0u32; g.n * out_len];
+    if img_len == 0 || out_len == 0 {
+        // No channels (or no pixels): empty outputs.
+        return (y, at);
+    }
     y.par_chunks_mut(out_len)
         .zip(at.par_chunks_mut(out_len))
         .zip(x.par_chunks(img_len))
@@ -125,6 +129,9 @@ pub(crate) fn max_pool_forward(g: &PoolGeometry, x: &[f32]) -> (Vec<f32>, Vec<u3
 /// The input gradient of a max pooling: each output's gradient `gy[i]` added at its kept argmax.
 pub(crate) fn max_pool_scatter(g: &PoolGeometry, argmax: &[u32], gy: &[f32]) -> Vec<f32> {
     let (img_len, out_len) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
+    if img_len == 0 || out_len == 0 {
+        return vec![0f32; g.n * img_len];
+    }
     if g.sh >= g.ph && g.sw >= g.pw {
         return scatter_disjoint(g, argmax, gy);
     }
@@ -270,6 +277,9 @@ impl CustomOp2 for MaxPoolGrad {
             candle_core::bail!("max pooling gradient: images of {img_len} values are too large")
         }
         let mut gx = vec![0f32; x.len()];
+        if img_len == 0 || out_len == 0 {
+            return Ok((CpuStorage::F32(gx), Shape::from((g.n, g.h, g.w, g.c))));
+        }
         gx.par_chunks_mut(img_len)
             .zip(x.par_chunks(img_len).zip(gy.par_chunks(out_len)))
             .for_each(|(gx, (img, gy))| {

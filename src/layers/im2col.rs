@@ -123,6 +123,10 @@ fn chunks_each<T: Send>(
     par: bool,
     f: impl Fn(usize, &mut [T]) + Sync + Send,
 ) {
+    if size == 0 {
+        // Zero-sized parts (no channels): nothing to compute.
+        return;
+    }
     if par {
         dst.par_chunks_mut(size)
             .enumerate()
