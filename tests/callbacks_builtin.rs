@@ -14,6 +14,10 @@ use ferrokeras::callbacks::{
 use ferrokeras::model::default_train_step;
 use ferrokeras::prelude::*;
 
+#[path = "support/scratch.rs"]
+mod scratch;
+use scratch::test_tmp;
+
 // ------------------------------------------------------------------------------------------------
 // Helpers
 // ------------------------------------------------------------------------------------------------
@@ -179,18 +183,6 @@ fn assert_close(actual: &[f64], expected: &[f64]) {
             (a - e).abs() <= 1e-12 * e.abs().max(1e-300),
             "{actual:?} vs {expected:?}"
         );
-    }
-}
-
-/// Cargo's scratch directory for integration tests (inside `target/`, reused by name across runs, so
-/// nothing piles up in the system's temp directory); the system's one where that path is not writable
-/// (a test binary run on another machine).
-fn test_tmp() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    if std::fs::create_dir_all(&dir).is_ok() {
-        dir
-    } else {
-        std::env::temp_dir().join("ferrokeras-tests")
     }
 }
 fn temp_file(name: &str) -> PathBuf {

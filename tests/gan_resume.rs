@@ -11,6 +11,10 @@ use ferrokeras::data::Dataset;
 use ferrokeras::prelude::*;
 use ferrokeras::trainer::BackupAndRestore;
 
+#[path = "support/scratch.rs"]
+mod scratch;
+use scratch::test_tmp;
+
 #[path = "../examples/shared/gan.rs"]
 #[allow(dead_code)]
 mod gan;
@@ -80,18 +84,6 @@ fn run(dir: &Path, crash_at: Option<usize>) -> ferrokeras::Result<(History, Weig
         })
         .collect();
     Ok((history, weights))
-}
-
-/// Cargo's scratch directory for integration tests (inside `target/`, reused by name across runs, so
-/// nothing piles up in the system's temp directory); the system's one where that path is not writable
-/// (a test binary run on another machine).
-fn test_tmp() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    if std::fs::create_dir_all(&dir).is_ok() {
-        dir
-    } else {
-        std::env::temp_dir().join("ferrokeras-tests")
-    }
 }
 fn fresh(name: &str) -> PathBuf {
     let d = test_tmp().join(format!("gan-resume-{name}"));

@@ -12,23 +12,15 @@ use ferrokeras::layers::{
 use ferrokeras::prelude::*;
 use serde_json::{Value, json};
 
+#[path = "support/scratch.rs"]
+mod scratch;
+use scratch::test_tmp;
+
 /// The tests share the process-wide random generator and name counters: run them one at a time so
 /// that each seeded model is the same on every run.
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Cargo's scratch directory for integration tests (inside `target/`, reused by name across runs, so
-/// nothing piles up in the system's temp directory); the system's one where that path is not writable
-/// (a test binary run on another machine).
-fn test_tmp() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    if std::fs::create_dir_all(&dir).is_ok() {
-        dir
-    } else {
-        std::env::temp_dir().join("ferrokeras-tests")
-    }
 }
 fn tmp(name: &str) -> PathBuf {
     let dir = test_tmp().join("model-file");

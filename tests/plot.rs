@@ -9,6 +9,10 @@ use ferrokeras::callbacks::History;
 use ferrokeras::plot::{PlotOptions, panel_names, plot_history, plot_history_with};
 use ferrokeras::prelude::*;
 
+#[path = "support/scratch.rs"]
+mod scratch;
+use scratch::test_tmp;
+
 const TRAIN_COLOR: [u8; 3] = [31, 119, 180];
 const VAL_COLOR: [u8; 3] = [255, 127, 14];
 
@@ -27,18 +31,6 @@ fn regression(n: usize, d: usize) -> (Tensor, Tensor) {
         Tensor::from_vec(xs, (n, d), &ferrokeras::runtime::default_device()).unwrap(),
         Tensor::from_vec(ys, (n, 1), &ferrokeras::runtime::default_device()).unwrap(),
     )
-}
-
-/// Cargo's scratch directory for integration tests (inside `target/`, reused by name across runs, so
-/// nothing piles up in the system's temp directory); the system's one where that path is not writable
-/// (a test binary run on another machine).
-fn test_tmp() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    if std::fs::create_dir_all(&dir).is_ok() {
-        dir
-    } else {
-        std::env::temp_dir().join("ferrokeras-tests")
-    }
 }
 fn out_path(name: &str) -> PathBuf {
     let dir = test_tmp().join("plot");

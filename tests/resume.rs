@@ -10,6 +10,10 @@ use ferrokeras::callbacks::SaveFreq;
 use ferrokeras::prelude::*;
 use ferrokeras::trainer::BackupAndRestore;
 
+#[path = "support/scratch.rs"]
+mod scratch;
+use scratch::test_tmp;
+
 const CHILD_ENV: &str = "FERROKERAS_RESUME_CHILD_DIR";
 
 /// The training every run performs; writes its final weights and History into `out`.
@@ -77,18 +81,6 @@ fn child(dir: &Path) -> Command {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     c
-}
-
-/// Cargo's scratch directory for integration tests (inside `target/`, reused by name across runs, so
-/// nothing piles up in the system's temp directory); the system's one where that path is not writable
-/// (a test binary run on another machine).
-fn test_tmp() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    if std::fs::create_dir_all(&dir).is_ok() {
-        dir
-    } else {
-        std::env::temp_dir().join("ferrokeras-tests")
-    }
 }
 fn fresh_dir(name: &str) -> PathBuf {
     let d = test_tmp().join(format!("resume-{name}"));

@@ -5,17 +5,9 @@ use std::path::PathBuf;
 use candle_core::Tensor;
 use ferrokeras::prelude::*;
 
-/// Cargo's scratch directory for integration tests (inside `target/`, reused by name across runs, so
-/// nothing piles up in the system's temp directory); the system's one where that path is not writable
-/// (a test binary run on another machine).
-fn test_tmp() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    if std::fs::create_dir_all(&dir).is_ok() {
-        dir
-    } else {
-        std::env::temp_dir().join("ferrokeras-tests")
-    }
-}
+#[path = "support/scratch.rs"]
+mod scratch;
+use scratch::test_tmp;
 fn tmp(name: &str) -> PathBuf {
     let dir = test_tmp().join("saving");
     std::fs::create_dir_all(&dir).unwrap();

@@ -10,6 +10,10 @@ use candle_core::Tensor;
 use ferrokeras::callbacks::{TensorBoard, UpdateFreq};
 use ferrokeras::prelude::*;
 
+#[path = "support/scratch.rs"]
+mod scratch;
+use scratch::test_tmp;
+
 // ------------------------------------------------------------------------------------------------
 // An independent event-file reader
 // ------------------------------------------------------------------------------------------------
@@ -218,18 +222,6 @@ fn model() -> Trainer<Sequential> {
                 .metrics(["mae"]),
         )
         .unwrap()
-}
-
-/// Cargo's scratch directory for integration tests (inside `target/`, reused by name across runs, so
-/// nothing piles up in the system's temp directory); the system's one where that path is not writable
-/// (a test binary run on another machine).
-fn test_tmp() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    if std::fs::create_dir_all(&dir).is_ok() {
-        dir
-    } else {
-        std::env::temp_dir().join("ferrokeras-tests")
-    }
 }
 fn fresh_dir(name: &str) -> PathBuf {
     let dir = test_tmp().join(format!("tensorboard-{name}"));

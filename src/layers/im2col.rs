@@ -444,37 +444,14 @@ fn matmul_with(
         return;
     }
     let size = m * n * k;
-    if threads > 1 && size > SPLIT_MAX {
-        // Large products: gemm's own threads, which share the packed right-hand side.
-        // SAFETY: the asserted lengths cover every index the strides reach: rows `0..m` and
-        // columns `0..n` of `dst` (row stride n), `0..m`×`0..k` of `lhs` and `0..k`×`0..n` of
-        // `rhs` under the chosen strides; the three slices are distinct borrows (no aliasing).
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                accumulate,
-                lhs.as_ptr(),
-                lhs_cs,
-                lhs_rs,
-                rhs.as_ptr(),
-                rhs_cs,
-                rhs_rs,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(threads),
-            );
-        }
-        return;
-    }
-    if !(threads > 1 && size > 64 * 64 * 64) {
+    // Large products: gemm's own threads, which share the packed right-hand side; small ones on
+    // this thread.
+    let whole = match (threads > 1, size) {
+        (true, s) if s > SPLIT_MAX => Some(gemm::Parallelism::Rayon(threads)),
+        (true, s) if s > 64 * 64 * 64 => None,
+        _ => Some(gemm::Parallelism::None),
+    };
+    if let Some(par) = whole {
         // SAFETY: the asserted lengths cover every index the strides reach (see `gemm_part`).
         unsafe {
             gemm_part(
@@ -486,6 +463,7 @@ fn matmul_with(
                 accumulate,
                 (lhs.as_ptr(), lhs_rs, lhs_cs),
                 (rhs.as_ptr(), rhs_rs, rhs_cs),
+                par,
             )
         };
         return;
@@ -518,6 +496,7 @@ fn matmul_with(
                 accumulate,
                 (l.0, lhs_rs, lhs_cs),
                 (r.0, rhs_rs, rhs_cs),
+                gemm::Parallelism::None,
             )
         };
     });
@@ -541,7 +520,7 @@ unsafe impl Sync for SendConst {}
 unsafe impl Send for SendConst {}
 
 /// Rows `rows.0..rows.1` × columns `cols.0..cols.1` of `dst (row stride ld) [+]= lhs · rhs`, with
-/// `lhs` and `rhs` given as `(pointer, row stride, column stride)`, on this thread.
+/// `lhs` and `rhs` given as `(pointer, row stride, column stride)`, with gemm's parallelism `par`.
 ///
 /// # Safety
 /// Every element the strides reach must be inside its allocation: rows `0..rows.1` and columns
@@ -557,6 +536,7 @@ unsafe fn gemm_part(
     accumulate: bool,
     lhs: (*const f32, isize, isize),
     rhs: (*const f32, isize, isize),
+    par: gemm::Parallelism,
 ) {
     let (m, n) = (rows.1 - rows.0, cols.1 - cols.0);
     if m == 0 || n == 0 {
@@ -583,7 +563,7 @@ unsafe fn gemm_part(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            par,
         );
     }
 }
