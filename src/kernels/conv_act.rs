@@ -112,7 +112,11 @@ impl CustomOp3 for ConvAct {
                 )
             }
         };
-        Ok((gx, Some(gw), gb))
+        Ok((
+            crate::tape::route(x, gx)?,
+            crate::tape::route(w, Some(gw))?,
+            crate::tape::route(b, gb)?,
+        ))
     }
 }
 
@@ -205,7 +209,11 @@ impl CustomOp3 for ConvActPool {
             None
         };
         let gw = x.apply_op2_no_bwd(&gz, &ConvFilter { g, f })?;
-        Ok((gx, Some(gw), gb))
+        Ok((
+            crate::tape::route(x, gx)?,
+            crate::tape::route(w, Some(gw))?,
+            crate::tape::route(b, gb)?,
+        ))
     }
 }
 

@@ -187,7 +187,7 @@ impl CustomOp2 for Fused {
     }
     fn bwd(
         &self,
-        _x: &Tensor,
+        x: &Tensor,
         b: &Tensor,
         y: &Tensor,
         gy: &Tensor,
@@ -198,7 +198,10 @@ impl CustomOp2 for Fused {
             y.apply_op2_no_bwd(&gy.contiguous()?, &FusedGrad(self.0))?
         };
         let gb = gx.apply_op1_no_bwd(&ColSum(b.elem_count()))?;
-        Ok((Some(gx), Some(gb.reshape(b.shape())?)))
+        Ok((
+            crate::tape::route(x, Some(gx))?,
+            crate::tape::route(b, Some(gb.reshape(b.shape())?))?,
+        ))
     }
 }
 

@@ -64,7 +64,7 @@ impl CustomOp2 for Linear {
         } else {
             None
         };
-        Ok((gx, gw))
+        Ok((crate::tape::route(x, gx)?, crate::tape::route(w, gw)?))
     }
 }
 

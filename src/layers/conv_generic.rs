@@ -182,7 +182,7 @@ impl CustomOp3 for ConvGrad {
         } else {
             None
         };
-        Ok((gx, gk, None))
+        Ok((crate::tape::route(x, gx)?, crate::tape::route(k, gk)?, None))
     }
 }
 

@@ -800,7 +800,7 @@ impl CustomOp2 for Conv {
                 f: self.f,
             },
         )?;
-        Ok((gx, Some(gw)))
+        Ok((crate::tape::route(x, gx)?, crate::tape::route(w, Some(gw))?))
     }
 }
 

@@ -5,9 +5,12 @@
 //! list of variables, as `tape.gradient(loss, vars)` does in Keras. [`stop_gradient`] cuts the record.
 //! This module is the only one that touches candle's backpropagation internals.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
-use candle_core::{DType, Shape, Tensor, Var};
+use candle_core::{DType, Shape, Tensor, TensorId, Var};
 
 use crate::{Error, Result};
 
@@ -153,15 +156,82 @@ impl GradientTape {
         } else {
             target.clone()
         };
-        let store = target.backward()?;
+        let (store, direct) = {
+            let _collect = Collecting::start();
+            let store = target.backward();
+            (store, DIRECT.with(|d| d.borrow_mut().take()))
+        };
+        let store = store?;
+        let mut direct = direct.unwrap_or_default();
         sources
             .iter()
-            .map(|v| match store.get(v.as_tensor()) {
-                Some(g) => Ok(g.clone()),
-                None => Ok(v.as_tensor().zeros_like()?),
+            .map(|v| {
+                let t = v.as_tensor();
+                // A variable used by both kinds of op (a kernel in a Dense layer and in an L2
+                // penalty) has a part in each place.
+                match (store.get(t), direct.remove(&t.id())) {
+                    (Some(a), Some(b)) => Ok((a + b)?),
+                    (Some(g), None) => Ok(g.clone()),
+                    (None, Some(g)) => Ok(g),
+                    (None, None) => Ok(t.zeros_like()?),
+                }
             })
             .collect()
     }
+}
+
+thread_local! {
+    /// Variables' gradients that this crate's ops handed over directly during the backward pass
+    /// now running on this thread (`None` when no [`GradientTape::gradient`] is running).
+    static DIRECT: RefCell<Option<HashMap<TensorId, Tensor>>> = const { RefCell::new(None) };
+}
+
+/// Opens the direct gradient store for one backward pass and restores the previous one (a
+/// backward pass inside an op's backward) when dropped, on error too.
+struct Collecting(Option<HashMap<TensorId, Tensor>>);
+
+impl Collecting {
+    fn start() -> Self {
+        Collecting(DIRECT.with(|d| d.borrow_mut().replace(HashMap::new())))
+    }
+}
+
+impl Drop for Collecting {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        DIRECT.with(|d| *d.borrow_mut() = previous);
+    }
+}
+
+/// What this crate's ops return to candle for the gradient `g` of their argument `arg`.
+///
+/// candle's backward pass adds every gradient into a zero tensor of the argument's shape, even
+/// the first: for a Dense kernel that is a fresh zeroed buffer and a second pass over the
+/// gradient, every step. A variable is a leaf (nothing upstream reads its gradient), so while
+/// [`GradientTape::gradient`] runs, an op hands a variable's gradient straight to the tape
+/// (summed with any earlier one) and returns `None` to candle. Anything else, and every call
+/// outside the tape (a user calling candle's `backward` directly), goes through candle as usual.
+pub(crate) fn route(arg: &Tensor, g: Option<Tensor>) -> candle_core::Result<Option<Tensor>> {
+    let Some(g) = g else { return Ok(None) };
+    if !arg.is_variable() {
+        return Ok(Some(g));
+    }
+    DIRECT.with(|d| {
+        let mut d = d.borrow_mut();
+        let Some(map) = d.as_mut() else {
+            return Ok(Some(g));
+        };
+        match map.entry(arg.id()) {
+            Entry::Occupied(mut e) => {
+                let sum = (e.get() + &g)?;
+                e.insert(sum);
+            }
+            Entry::Vacant(e) => {
+                e.insert(g);
+            }
+        }
+        Ok(None)
+    })
 }
 
 /// The same values with gradient recording cut (`tf.stop_gradient`).
@@ -176,4 +246,68 @@ impl GradientTape {
 /// ```
 pub fn stop_gradient(t: &Tensor) -> Tensor {
     t.detach()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::elementwise::Act;
+    use candle_core::Device;
+
+    fn var(name: &str, shape: &[usize], seed: f32) -> Variable {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|i| ((i as f32 + seed) * 0.37).sin()).collect();
+        let t = Tensor::from_vec(v, shape, &Device::Cpu).unwrap();
+        Variable::new(name, &t, true).unwrap()
+    }
+
+    /// A kernel used twice by the crate's Dense op (its gradients handed to the tape directly)
+    /// and once by candle's ops (an L2 penalty, through candle's store), a bias used by the fused
+    /// bias op, and a variable nothing uses: the same gradients as candle's own ops give.
+    #[test]
+    fn directly_handed_gradients_add_up_with_candle_ones() {
+        let x = Tensor::from_vec(
+            (0..24).map(|i| (i as f32 * 0.11).cos()).collect(),
+            (4, 6),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let (w, b, unused) = (
+            var("w", &[6, 6], 1.0),
+            var("b", &[6], 2.0),
+            var("u", &[3], 3.0),
+        );
+        let loss_ours = || {
+            let h = crate::kernels::linear::linear(&x, w.as_tensor()).unwrap();
+            let h = crate::kernels::elementwise::bias_activation(&h, b.as_tensor(), Act::Relu)
+                .unwrap()
+                .unwrap();
+            let h = crate::kernels::linear::linear(&h, w.as_tensor()).unwrap();
+            (h.sqr().unwrap().sum_all().unwrap()
+                + (w.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap())
+            .unwrap()
+        };
+        let loss_candle = || {
+            let h = x.matmul(w.as_tensor()).unwrap();
+            let h = h.broadcast_add(b.as_tensor()).unwrap().relu().unwrap();
+            let h = h.matmul(w.as_tensor()).unwrap();
+            (h.sqr().unwrap().sum_all().unwrap()
+                + (w.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap())
+            .unwrap()
+        };
+        let vars = [w.clone(), b.clone(), unused.clone()];
+        let ours = GradientTape::gradient(&loss_ours(), &vars).unwrap();
+        let want = GradientTape::gradient(&loss_candle(), &vars).unwrap();
+        for (g, e) in ours.iter().zip(&want) {
+            let d = crate::kernels::max_rel(g, e);
+            assert!(d < 1e-5, "relative difference {d}");
+        }
+        assert_eq!(ours[2].to_vec1::<f32>().unwrap(), vec![0.0; 3]);
+        // Nothing is left behind for the next pass, and candle's own backward (no tape running)
+        // still finds the variables' gradients in its store.
+        assert!(DIRECT.with(|d| d.borrow().is_none()));
+        let store = loss_ours().backward().unwrap();
+        let g = store.get(w.as_tensor()).expect("the kernel's gradient");
+        assert!(crate::kernels::max_rel(g, &want[0]) < 1e-5);
+    }
 }
