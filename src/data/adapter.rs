@@ -349,16 +349,22 @@ impl candle_core::CustomOp1 for GatherRows {
         if let Some(&bad) = self.0.iter().find(|&&r| r >= n) {
             candle_core::bail!("batch rows: row {bad} of an array of {n} rows")
         }
-        let mut out = vec![0f32; self.0.len() * row];
+        let total = self.0.len() * row;
+        // Written once, straight from the rows (no zero fill first).
+        let mut out: Vec<f32> = Vec::with_capacity(total);
         if row > 0 {
-            out.par_chunks_mut(row * ROWS_PER_TASK)
+            out.spare_capacity_mut()[..total]
+                .par_chunks_mut(row * ROWS_PER_TASK)
                 .zip(self.0.par_chunks(ROWS_PER_TASK))
                 .for_each(|(dst, rows)| {
                     for (d, &r) in dst.chunks_exact_mut(row).zip(rows) {
-                        d.copy_from_slice(&x[r * row..(r + 1) * row]);
+                        d.write_copy_of_slice(&x[r * row..(r + 1) * row]);
                     }
                 });
         }
+        // SAFETY: the chunks cover the first `total` slots, `self.0.len()` rows of `row` values,
+        // and each row of each chunk was written above (every row index was checked in range).
+        unsafe { out.set_len(total) };
         let mut shape = dims.to_vec();
         if let Some(first) = shape.first_mut() {
             *first = self.0.len();
