@@ -67,7 +67,7 @@ impl CustomOp3 for ConvAct {
         let (y, shape) = match self.dir {
             Direction::Forward => (
                 conv_run(&g, f, x, w, Some(&epi)),
-                Shape::from((g.n * g.oh * g.ow, f)),
+                Shape::from((g.n, g.oh, g.ow, f)),
             ),
             Direction::Transposed => (
                 conv_data_run(&g, f, x, w, Some(&epi)),

@@ -431,7 +431,9 @@ impl Conv2D {
                 oh,
                 ow,
             };
-            let wm = kernel.as_tensor().reshape((kh * kw * c, f))?;
+            // The kernel itself (its values are the (kh·kw·c, f) matrix the ops read), so that its
+            // gradient reaches the tape directly, without a reshape node in between.
+            let wm = kernel.as_tensor();
             if let (Some(a), DataFormat::ChannelsLast) = (act.fused(), self.cfg.data_format) {
                 // Convolution, bias and activation (and a max pooling) as one op.
                 let b = match &self.bias {
@@ -440,24 +442,32 @@ impl Conv2D {
                 };
                 if let Some(spec) = pool {
                     let pg = max_pool_geometry((n, oh, ow, f), spec)?;
-                    return Ok(Some(conv_bias_activation_pool(g, f, a, pg, &xp, &wm, &b)?));
+                    return Ok(Some(conv_bias_activation_pool(g, f, a, pg, &xp, wm, &b)?));
                 }
-                let y = conv_bias_activation(Direction::Forward, g, f, a, &xp, &wm, &b)?;
-                return Ok(Some(y.reshape((n, oh, ow, f))?));
+                // (n, oh, ow, f) already.
+                return Ok(Some(conv_bias_activation(
+                    Direction::Forward,
+                    g,
+                    f,
+                    a,
+                    &xp,
+                    wm,
+                    &b,
+                )?));
             }
             if pool.is_some() {
                 return Ok(None);
             }
-            let y = xp.apply_op2(&wm, Conv { g, f })?;
+            // (n, oh, ow, f)
+            let y = xp.apply_op2(wm, Conv { g, f })?;
             let y = match (&self.bias, self.cfg.data_format) {
                 (Some(b), DataFormat::ChannelsLast) => {
-                    let y = act.apply_with_bias(&y, b.as_tensor())?;
-                    return Ok(Some(y.reshape((n, oh, ow, f))?));
+                    return Ok(Some(act.apply_with_bias(&y, b.as_tensor())?));
                 }
                 (Some(b), DataFormat::ChannelsFirst) => y.broadcast_add(b.as_tensor())?,
                 (None, _) => y,
             };
-            let y = from_nhwc(&y.reshape((n, oh, ow, f))?, self.cfg.data_format)?;
+            let y = from_nhwc(&y, self.cfg.data_format)?;
             return act.apply(&y).map(Some);
         }
         if pool.is_some() {
@@ -685,8 +695,9 @@ impl Conv2DTranspose {
             // The input gradient of the forward convolution this layer transposes: every input
             // pixel spreads its kernel-sized patch, and the window Keras keeps starts at that
             // convolution's padding (positions outside it are never written).
-            let kmat = kernel.as_tensor().reshape((kh * kw * f, c))?;
-            let x2d = xt.reshape((n * h * w, c))?;
+            // The kernel as the (kh·kw·f, c) matrix and the input as (n·h·w, c) rows, read in
+            // place: no reshape nodes, so the kernel's gradient reaches the tape directly.
+            let (kmat, x2d) = (kernel.as_tensor(), &xt);
             let g = Geometry {
                 n,
                 h: oh,
@@ -712,17 +723,16 @@ impl Conv2DTranspose {
                     g,
                     c,
                     a,
-                    &x2d,
-                    &kmat,
+                    x2d,
+                    kmat,
                     &b,
                 )?);
             }
-            let y = x2d.apply_op2(&kmat, ConvData { g, f: c })?;
+            // (n, oh, ow, f)
+            let y = x2d.apply_op2(kmat, ConvData { g, f: c })?;
             let y = match (&self.bias, self.cfg.data_format) {
                 (Some(b), DataFormat::ChannelsLast) => {
-                    let y = y.reshape((n * oh * ow, f))?;
-                    let y = act.apply_with_bias(&y, b.as_tensor())?;
-                    return Ok(y.reshape((n, oh, ow, f))?);
+                    return act.apply_with_bias(&y, b.as_tensor());
                 }
                 (Some(b), DataFormat::ChannelsFirst) => y.broadcast_add(b.as_tensor())?,
                 (None, _) => y,

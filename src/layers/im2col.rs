@@ -769,9 +769,8 @@ impl CustomOp2 for Conv {
         let k = g.patch_len();
         check("conv2d input", x.len(), g.n * g.image_len(), &g)?;
         check("conv2d kernel", w.len(), k * f, &g)?;
-        let rows = g.n * g.rows_per_image();
         let y = conv_run(&g, f, x, w, None);
-        Ok((CpuStorage::F32(y), Shape::from((rows, f))))
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.oh, g.ow, f))))
     }
     fn bwd(
         &self,
@@ -855,7 +854,10 @@ impl CustomOp2 for ConvData {
                 f: self.f,
             },
         )?;
-        Ok((d_gy, Some(d_w)))
+        Ok((
+            crate::tape::route(gy, d_gy)?,
+            crate::tape::route(w, Some(d_w))?,
+        ))
     }
 }
 
@@ -980,14 +982,11 @@ mod tests {
                 true,
             )
             .unwrap();
-            let up = Tensor::randn(0f32, 1.0, (n * g.oh * g.ow, f), &dev).unwrap();
-            // ours
+            let up = Tensor::randn(0f32, 1.0, (n, g.oh, g.ow, f), &dev).unwrap();
+            // ours (the kernel variable itself, read as its (kh·kw·c, f) matrix)
             let y = xv
                 .as_tensor()
-                .apply_op2(
-                    &kv.as_tensor().reshape((kh * kw * c, f)).unwrap(),
-                    Conv { g, f },
-                )
+                .apply_op2(kv.as_tensor(), Conv { g, f })
                 .unwrap();
             let loss = (&y * &up).unwrap().sum_all().unwrap();
             let ours = GradientTape::gradient(&loss, &[xv.clone(), kv.clone()]).unwrap();
@@ -1013,8 +1012,6 @@ mod tests {
                 )
                 .unwrap()
                 .permute((0, 2, 3, 1))
-                .unwrap()
-                .reshape((n * g.oh * g.ow, f))
                 .unwrap();
             assert!(max_rel(&y, &yc) < 1e-5, "forward {case}");
             let lc = (&yc * &up).unwrap().sum_all().unwrap();
@@ -1026,6 +1023,14 @@ mod tests {
             let gyv = Variable::new("gy", &up, true).unwrap();
             let kmat = kv.as_tensor().reshape((kh * kw * c, f)).unwrap();
             let t_ours = gyv.as_tensor().apply_op2(&kmat, ConvData { g, f }).unwrap();
+            // Through the (n·oh·ow, f) matrix view of the same variable: gradients in its shape.
+            let t_rows = gyv
+                .as_tensor()
+                .reshape((n * g.oh * g.ow, f))
+                .unwrap()
+                .apply_op2(kv.as_tensor(), ConvData { g, f })
+                .unwrap();
+            assert!(max_rel(&t_rows, &t_ours) < 1e-6, "data op on rows {case}");
             let t_theirs = GradientTape::gradient(&loss, std::slice::from_ref(&xv)).unwrap();
             assert!(max_rel(&t_ours, &t_theirs[0]) < 1e-5, "data op {case}");
             let up2 = Tensor::randn(0f32, 1.0, (n, h, w, c), &dev).unwrap();
@@ -1052,8 +1057,6 @@ mod tests {
                 )
                 .unwrap()
                 .permute((0, 2, 3, 1))
-                .unwrap()
-                .reshape((n * g.oh * g.ow, f))
                 .unwrap();
             assert!(max_rel(&g2[0], &conv_up2) < 1e-5, "data op, gy grad {case}");
             let kflat = GradientTape::gradient(
@@ -1143,7 +1146,7 @@ mod tests {
         let f = 5;
         let x = Tensor::randn(0f32, 1.0, (2, 7, 7, 2), &dev).unwrap();
         let w = Tensor::randn(0f32, 1.0, (18, f), &dev).unwrap();
-        let gy = Tensor::randn(0f32, 1.0, (18, f), &dev).unwrap();
+        let gy = Tensor::randn(0f32, 1.0, (2, 3, 3, f), &dev).unwrap();
         let y = x.apply_op2_no_bwd(&w, &Conv { g, f }).unwrap();
         let gx = gy.apply_op2_no_bwd(&w, &ConvData { g, f }).unwrap();
         let lhs = (&y * &gy)

@@ -203,7 +203,8 @@ impl Drop for Collecting {
     }
 }
 
-/// What this crate's ops return to candle for the gradient `g` of their argument `arg`.
+/// What this crate's ops return to candle for the gradient `g` of their argument `arg`, in
+/// `arg`'s shape.
 ///
 /// candle's backward pass adds every gradient into a zero tensor of the argument's shape, even
 /// the first: for a Dense kernel that is a fresh zeroed buffer and a second pass over the
@@ -213,6 +214,13 @@ impl Drop for Collecting {
 /// outside the tape (a user calling candle's `backward` directly), goes through candle as usual.
 pub(crate) fn route(arg: &Tensor, g: Option<Tensor>) -> candle_core::Result<Option<Tensor>> {
     let Some(g) = g else { return Ok(None) };
+    // The ops read arguments as flat rows (a kernel as its matrix); candle adds gradients of
+    // the argument's own shape.
+    let g = if g.dims() == arg.dims() {
+        g
+    } else {
+        g.reshape(arg.shape())?
+    };
     if !arg.is_variable() {
         return Ok(Some(g));
     }
