@@ -7,6 +7,7 @@ pub(crate) mod conv_act;
 pub(crate) mod elementwise;
 pub(crate) mod linear;
 pub(crate) mod pool;
+pub(crate) mod softmax_ce;
 
 use candle_core::{CpuStorage, Layout};
 

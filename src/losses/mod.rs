@@ -386,19 +386,29 @@ pub(crate) fn one_hot(labels: &Tensor, num_classes: usize) -> Result<Tensor> {
         // a label that is not a class index gives NaN for its sample, as TensorFlow does on GPUs.
         return one_hot_nan_invalid(&l, num_classes);
     }
-    if l.elem_count() > 0 {
-        let v = l.flatten_all()?.to_vec1::<f32>()?;
-        if let Some(bad) = v
-            .iter()
-            .find(|x| !x.is_finite() || x.fract() != 0.0 || **x < 0.0 || **x >= num_classes as f32)
-        {
-            return Err(Error::value(format!(
-                "Received a label value of {bad} which is outside the valid range of [0, {num_classes}). Labels must be integer class indices 0..{}",
-                num_classes - 1
-            )));
-        }
-    }
+    checked_labels(&l, num_classes)?;
     one_hot_rows(&l, num_classes)
+}
+
+/// The float labels `l` (on the CPU) as class indices in `0..num_classes`.
+///
+/// # Errors
+/// A label that is not an integer in range, with its value.
+fn checked_labels(l: &Tensor, num_classes: usize) -> Result<Vec<u32>> {
+    if l.elem_count() == 0 {
+        return Ok(Vec::new());
+    }
+    let v = l.flatten_all()?.to_vec1::<f32>()?;
+    if let Some(bad) = v
+        .iter()
+        .find(|x| !x.is_finite() || x.fract() != 0.0 || **x < 0.0 || **x >= num_classes as f32)
+    {
+        return Err(Error::value(format!(
+            "Received a label value of {bad} which is outside the valid range of [0, {num_classes}). Labels must be integer class indices 0..{}",
+            num_classes.saturating_sub(1)
+        )));
+    }
+    Ok(v.into_iter().map(|x| x as u32).collect())
 }
 
 /// `1.0` where a float label equals the class index, else `0.0` (no check of the labels).
@@ -441,8 +451,16 @@ impl Loss for SparseCategoricalCrossentropy {
             )));
         }
         let k = y_pred.dims()[y_pred.rank() - 1];
+        let p = y_pred.to_dtype(DType::F32)?;
+        if self.from_logits && k > 0 && p.device().is_cpu() {
+            // One op and a one-pass gradient on the CPU (same values as the ops below).
+            let labels = checked_labels(&t.to_dtype(DType::F32)?, k)?;
+            if let Some(l) = crate::kernels::softmax_ce::sparse_softmax_ce(&p, labels)? {
+                return Ok(l);
+            }
+        }
         let oh = one_hot(&t, k)?;
-        categorical_ce(&oh, &y_pred.to_dtype(DType::F32)?, self.from_logits)
+        categorical_ce(&oh, &p, self.from_logits)
     }
 }
 
