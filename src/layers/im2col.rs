@@ -396,8 +396,9 @@ fn matmul_with(
         // A small result over a long sum (a first layer's kernel gradient: 9x32 over 86 528
         // patch rows) is one tile for gemm, so one thread: split the sum instead, into a fixed
         // number of parts added in order (the same bits on every run).
-        let step = k.div_ceil(threads);
-        let partials: Vec<Vec<f32>> = (0..threads)
+        let parts = threads * PARTS_PER_THREAD;
+        let step = k.div_ceil(parts);
+        let partials: Vec<Vec<f32>> = (0..parts)
             .into_par_iter()
             .map(|p| {
                 let k0 = (p * step).min(k);
@@ -723,13 +724,14 @@ fn conv_filter_run(g: &Geometry, f: usize, x: &[f32], gy: &[f32]) -> Vec<f32> {
     let len = per * g.buffer_per_image(f);
     let parts = g.n.div_ceil(per);
     if parallel {
-        // A fixed split of the parts into one run per thread, each summed in order, then the
+        // A fixed split of the parts into a few runs per thread, each summed in order, then the
         // runs added in order: the same bits on every call with the same number of threads.
-        let threads = rayon::current_num_threads().min(parts);
-        let runs: Vec<Vec<f32>> = (0..threads)
+        // (Several runs per thread: a worker woken late takes fewer; see PARTS_PER_THREAD.)
+        let runs = (rayon::current_num_threads() * PARTS_PER_THREAD).min(parts);
+        let runs: Vec<Vec<f32>> = (0..runs)
             .into_par_iter()
             .map(|t| {
-                let (b0, b1) = (t * parts / threads, (t + 1) * parts / threads);
+                let (b0, b1) = (t * parts / runs, (t + 1) * parts / runs);
                 let mut gw = vec![0f32; k * f];
                 with_scratch(len, |buf| {
                     for b in b0..b1 {
