@@ -6,7 +6,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
-use crate::layers::im2col::matmul;
+use crate::layers::im2col::matmul_new;
 
 /// `(rows, k) · (k, n)`, both row-major.
 struct Linear;
@@ -42,8 +42,7 @@ impl CustomOp2 for Linear {
         if k != k2 {
             candle_core::bail!("dense: input of {k} features for a kernel of {k2} rows")
         }
-        let mut y = vec![0f32; rows * n];
-        matmul(rows, n, k, &mut y, false, x, false, w, false);
+        let y = matmul_new(rows, n, k, x, false, w, false);
         Ok((CpuStorage::F32(y), Shape::from((rows, n))))
     }
     fn bwd(
@@ -84,8 +83,7 @@ impl CustomOp2 for KernelGrad {
         if rows != rows2 {
             candle_core::bail!("dense: {rows} input rows for {rows2} gradient rows")
         }
-        let mut gw = vec![0f32; k * n];
-        matmul(k, n, rows, &mut gw, false, x, true, gy, false);
+        let gw = matmul_new(k, n, rows, x, true, gy, false);
         Ok((CpuStorage::F32(gw), Shape::from((k, n))))
     }
 }
@@ -106,8 +104,7 @@ impl CustomOp2 for InputGrad {
         if n != n2 {
             candle_core::bail!("dense: gradient of {n} units for a kernel of {n2} columns")
         }
-        let mut gx = vec![0f32; rows * k];
-        matmul(rows, k, n, &mut gx, false, gy, false, w, true);
+        let gx = matmul_new(rows, k, n, gy, false, w, true);
         Ok((CpuStorage::F32(gx), Shape::from((rows, k))))
     }
 }

@@ -346,24 +346,43 @@ fn kernel_by_channel(g: &Geometry, f: usize, w: &[f32]) -> Vec<f32> {
     out
 }
 
-/// `dst (m×n) [+]= op(lhs) · op(rhs)`, row-major, where `op` transposes when asked:
-/// `lhs` is stored `m×k` (or `k×m` with `lhs_t`), `rhs` `k×n` (or `n×k` with `rhs_t`).
+/// `op(lhs) · op(rhs)` as a new `m×n` buffer (see [`matmul_with`]), written once: no zero fill
+/// first.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul(
+pub(crate) fn matmul_new(
     m: usize,
     n: usize,
     k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
     lhs: &[f32],
     lhs_t: bool,
     rhs: &[f32],
     rhs_t: bool,
-) {
-    matmul_with(true, m, n, k, dst, accumulate, lhs, lhs_t, rhs, rhs_t)
+) -> Vec<f32> {
+    assert!(lhs.len() >= m * k && rhs.len() >= k * n);
+    let mut out = Vec::with_capacity(m * n);
+    // SAFETY: `out` has room for the `m·n` values, which `matmul_raw` writes without reading
+    // (`accumulate` false); the inputs' lengths are asserted above.
+    unsafe {
+        matmul_raw(
+            true,
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            false,
+            lhs,
+            lhs_t,
+            rhs,
+            rhs_t,
+        );
+        out.set_len(m * n);
+    }
+    out
 }
 
-/// [`matmul`], on rayon's threads when `par` and the product is large enough, else on this one.
+/// `dst (m×n) [+]= op(lhs) · op(rhs)`, row-major, where `op` transposes when asked: `lhs` is
+/// stored `m×k` (or `k×m` with `lhs_t`), `rhs` `k×n` (or `n×k` with `rhs_t`); on rayon's threads
+/// when `par` and the product is large enough, else on this one.
 #[allow(clippy::too_many_arguments)]
 fn matmul_with(
     par: bool,
@@ -378,9 +397,57 @@ fn matmul_with(
     rhs_t: bool,
 ) {
     assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
+    // SAFETY: the asserted lengths.
+    unsafe {
+        matmul_raw(
+            par,
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            accumulate,
+            lhs,
+            lhs_t,
+            rhs,
+            rhs_t,
+        )
+    }
+}
+
+/// [`matmul_with`] into `m·n` values at `dst`.
+///
+/// # Safety
+/// `dst` must be valid for `m·n` writes, and for reads too when `accumulate` (without it, every
+/// value is written before any is read, so `dst` may be uninitialised); `lhs` and `rhs` must hold
+/// at least `m·k` and `k·n` values; `dst` must not overlap them.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul_raw(
+    par: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_t: bool,
+    rhs: &[f32],
+    rhs_t: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
+    if k == 0 || (threads_for(par) > 1 && m * n <= 64 * 64 && k >= 8192) {
+        // An empty sum, or a split one: partial sums added into zeros (or the old values).
+        if !accumulate {
+            // SAFETY: `dst` is valid for `m·n` writes (caller).
+            unsafe { std::ptr::write_bytes(dst, 0, m * n) };
+        }
+        if k == 0 {
+            return;
+        }
+    }
+    // SAFETY: initialised above (or by the caller, when accumulating).
+    let dst_init = || unsafe { std::slice::from_raw_parts_mut(dst, m * n) };
     let (lhs_rs, lhs_cs) = if lhs_t {
         (1, m as isize)
     } else {
@@ -391,7 +458,7 @@ fn matmul_with(
     } else {
         (n as isize, 1)
     };
-    let threads = if par { rayon::current_num_threads() } else { 1 };
+    let threads = threads_for(par);
     if threads > 1 && m * n <= 64 * 64 && k >= 8192 {
         // A small result over a long sum (a first layer's kernel gradient: 9x32 over 86 528
         // patch rows) is one tile for gemm, so one thread: split the sum instead, into a fixed
@@ -433,10 +500,7 @@ fn matmul_with(
                 out
             })
             .collect();
-        let dst = &mut dst[..m * n];
-        if !accumulate {
-            dst.fill(0.0);
-        }
+        let dst = dst_init();
         for part in &partials {
             for (d, v) in dst.iter_mut().zip(part) {
                 *d += v;
@@ -459,7 +523,7 @@ fn matmul_with(
                 (0, m),
                 (0, n),
                 k,
-                dst.as_mut_ptr(),
+                dst,
                 n,
                 accumulate,
                 (lhs.as_ptr(), lhs_rs, lhs_cs),
@@ -477,7 +541,7 @@ fn matmul_with(
     let (len, align) = if by_cols { (n, 16) } else { (m, 8) };
     let parts = threads * PARTS_PER_THREAD;
     let step = len.div_ceil(parts).div_ceil(align) * align;
-    let out = SendPtr(dst.as_mut_ptr());
+    let out = SendPtr(dst);
     let (l, r) = (SendConst(lhs.as_ptr()), SendConst(rhs.as_ptr()));
     (0..len.div_ceil(step)).into_par_iter().for_each(|p| {
         let span = (p * step, ((p + 1) * step).min(len));
@@ -502,6 +566,11 @@ fn matmul_with(
             )
         };
     });
+}
+
+/// Threads a product may use: rayon's when `par`, else this one.
+fn threads_for(par: bool) -> usize {
+    if par { rayon::current_num_threads() } else { 1 }
 }
 
 /// Parts per thread of a product split by [`matmul_with`]. With one part each, the calling thread
@@ -1112,17 +1181,12 @@ mod tests {
                     t.flatten_all().unwrap().to_vec1().unwrap()
                 };
                 let mut dst = c0.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                matmul(
-                    m,
-                    n,
-                    k,
-                    &mut dst,
-                    accumulate,
-                    &stored(&a, lhs_t),
-                    lhs_t,
-                    &stored(&b, rhs_t),
-                    rhs_t,
-                );
+                let (sa, sb) = (stored(&a, lhs_t), stored(&b, rhs_t));
+                matmul_with(true, m, n, k, &mut dst, accumulate, &sa, lhs_t, &sb, rhs_t);
+                if !accumulate {
+                    // Into a new buffer, never zeroed: the same values.
+                    assert_eq!(matmul_new(m, n, k, &sa, lhs_t, &sb, rhs_t), dst);
+                }
                 let mut want = a.matmul(&b).unwrap();
                 if accumulate {
                     want = (want + &c0).unwrap();
@@ -1134,6 +1198,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An empty sum is zeros, into a new buffer or over old values.
+    #[test]
+    fn empty_sums_are_zero() {
+        assert_eq!(matmul_new(3, 4, 0, &[], false, &[], false), vec![0.0; 12]);
+        let mut dst = vec![7f32; 12];
+        matmul_with(true, 3, 4, 0, &mut dst, false, &[], false, &[], false);
+        assert_eq!(dst, vec![0.0; 12]);
+        let mut dst = vec![7f32; 12];
+        matmul_with(true, 3, 4, 0, &mut dst, true, &[], false, &[], false);
+        assert_eq!(dst, vec![7.0; 12]);
     }
 
     #[test]
