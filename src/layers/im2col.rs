@@ -16,6 +16,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Upper bound of the patch buffer built at once when a batch is split into a few large chunks
 /// (each op parallel inside).
@@ -676,15 +677,19 @@ pub(crate) struct ConvFilter {
 pub(crate) fn conv_run(g: &Geometry, f: usize, x: &[f32], w: &[f32], epi: Epilogue) -> Vec<f32> {
     let g = *g;
     let (k, rpi) = (g.patch_len(), g.rows_per_image());
-    let mut y = vec![0f32; g.n * rpi * f];
-    if y.is_empty() {
+    let total = g.n * rpi * f;
+    // Written once, by the product (or the tap sums), never zeroed first: the convnet's first
+    // output alone is 11 MB per step.
+    let mut y: Vec<f32> = Vec::with_capacity(total);
+    if total == 0 {
         return y;
     }
     let (per, parallel) = g.plan(f);
     let wc = g.kn2row(f).then(|| kernel_by_channel(&g, f, w));
     // The images from `n0` whose output rows are `out`, with buffer `buf`.
-    let part = |n0: usize, out: &mut [f32], buf: &mut [f32], par: bool| {
-        let nb = out.len() / (rpi * f);
+    let part = |n0: usize, out: &mut [MaybeUninit<f32>], buf: &mut [f32], par: bool| {
+        let (len, dst) = (out.len(), out.as_mut_ptr().cast::<f32>());
+        let nb = len / (rpi * f);
         let chunk = Geometry { n: nb, ..g };
         let images = &x[n0 * g.image_len()..(n0 + nb) * g.image_len()];
         if let Some(wc) = &wc {
@@ -692,28 +697,40 @@ pub(crate) fn conv_run(g: &Geometry, f: usize, x: &[f32], w: &[f32], epi: Epilog
             let (p, tf) = (nb * g.pixels(), g.taps() * f);
             let z = &mut buf[..p * tf];
             matmul_with(par, p, tf, g.c, z, false, images, false, wc, false);
+            // SAFETY: `dst` holds `len` floats, zeroed here before the slice is made.
+            let out = unsafe {
+                std::ptr::write_bytes(dst, 0, len);
+                std::slice::from_raw_parts_mut(dst, len)
+            };
             gather_taps(&chunk, f, z, out, par);
         } else {
             let patches = &mut buf[..nb * rpi * k];
             im2col(&chunk, images, patches, par);
-            matmul_with(par, nb * rpi, f, k, out, false, patches, false, w, false);
+            // SAFETY: `dst` holds the `nb·rpi × f` outputs, which the product writes without
+            // reading; `patches` and `w` hold `nb·rpi × k` and `k × f` values.
+            unsafe { matmul_raw(par, nb * rpi, f, k, dst, false, patches, false, w, false) };
         }
         if let Some(e) = epi {
-            e(out);
+            // SAFETY: every value of the chunk was written above.
+            e(unsafe { std::slice::from_raw_parts_mut(dst, len) });
         }
     };
     let len = per * g.buffer_per_image(f);
+    let spare = &mut y.spare_capacity_mut()[..total];
     if parallel {
-        y.par_chunks_mut(per * rpi * f)
+        spare
+            .par_chunks_mut(per * rpi * f)
             .enumerate()
             .for_each(|(b, out)| with_scratch(len, |buf| part(b * per, out, buf, false)));
     } else {
         with_scratch(len, |buf| {
-            for (b, out) in y.chunks_mut(per * rpi * f).enumerate() {
+            for (b, out) in spare.chunks_mut(per * rpi * f).enumerate() {
                 part(b * per, out, buf, true);
             }
         });
     }
+    // SAFETY: the chunks cover the `total` values and `part` wrote each of them.
+    unsafe { y.set_len(total) };
     y
 }
 
