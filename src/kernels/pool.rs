@@ -7,6 +7,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Windows of a max pooling: `(n, h, w, c)` input, `(ph, pw)` windows every `(sh, sw)`, starting
 /// `(pt, pl)` before the image (positions outside it are ignored), `(oh, ow)` outputs.
@@ -36,19 +37,35 @@ impl PoolGeometry {
     /// For output `(oy, ox)` of one image, channel by channel, the window's largest value and
     /// the flat input index of its first occurrence (`u32::MAX` for an empty window). Branch-free
     /// selects over the channels, so that the loop vectorizes.
-    fn argmax(&self, img: &[f32], oy: usize, ox: usize, best: &mut [f32], at: &mut [u32]) {
+    ///
+    /// `best` and `at` may be uninitialised: every value is written before it is read.
+    fn argmax(
+        &self,
+        img: &[f32],
+        oy: usize,
+        ox: usize,
+        best: &mut [MaybeUninit<f32>],
+        at: &mut [MaybeUninit<u32>],
+    ) {
         let rows = Self::span(oy, self.ph, self.sh, self.pt, self.h);
         let cols = Self::span(ox, self.pw, self.sw, self.pl, self.w);
         if rows.is_empty() || cols.is_empty() {
-            best.fill(f32::NEG_INFINITY);
-            at.fill(u32::MAX);
+            best.fill(MaybeUninit::new(f32::NEG_INFINITY));
+            at.fill(MaybeUninit::new(u32::MAX));
             return;
         }
         let first = (rows.start * self.w + cols.start) * self.c;
-        best.copy_from_slice(&img[first..first + self.c]);
+        best.write_copy_of_slice(&img[first..first + self.c]);
         for (ch, a) in at.iter_mut().enumerate() {
-            *a = (first + ch) as u32;
+            a.write((first + ch) as u32);
         }
+        // SAFETY: both were written in full just above (`best` has `c` values, as `at`).
+        let (best, at) = unsafe {
+            (
+                &mut *(best as *mut [MaybeUninit<f32>] as *mut [f32]),
+                &mut *(at as *mut [MaybeUninit<u32>] as *mut [u32]),
+            )
+        };
         for y in rows {
             for x in cols.clone() {
                 let base = (y * self.w + x) * self.c;
@@ -106,14 +123,16 @@ pub(crate) struct MaxPoolScatter {
 pub(crate) fn max_pool_forward(g: &PoolGeometry, x: &[f32]) -> (Vec<f32>, Vec<u32>) {
     let g = *g;
     let (img_len, out_len) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
-    let mut y = vec![0f32; g.n * out_len];
-    let mut at = vec![0u32; g.n * out_len];
+    let total = g.n * out_len;
     if img_len == 0 || out_len == 0 {
         // No channels (or no pixels): empty outputs.
-        return (y, at);
+        return (vec![0f32; total], vec![0u32; total]);
     }
-    y.par_chunks_mut(out_len)
-        .zip(at.par_chunks_mut(out_len))
+    // Written once by `argmax`, never zeroed first.
+    let (mut y, mut at) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    y.spare_capacity_mut()[..total]
+        .par_chunks_mut(out_len)
+        .zip(at.spare_capacity_mut()[..total].par_chunks_mut(out_len))
         .zip(x.par_chunks(img_len))
         .for_each(|((y, at), img)| {
             for oy in 0..g.oh {
@@ -123,6 +142,11 @@ pub(crate) fn max_pool_forward(g: &PoolGeometry, x: &[f32]) -> (Vec<f32>, Vec<u3
                 }
             }
         });
+    // SAFETY: the images' outputs cover all `total` values, and `argmax` wrote each of them.
+    unsafe {
+        y.set_len(total);
+        at.set_len(total);
+    }
     (y, at)
 }
 
@@ -283,12 +307,17 @@ impl CustomOp2 for MaxPoolGrad {
         gx.par_chunks_mut(img_len)
             .zip(x.par_chunks(img_len).zip(gy.par_chunks(out_len)))
             .for_each(|(gx, (img, gy))| {
-                let (mut best, mut at) = (vec![0f32; g.c], vec![0u32; g.c]);
+                let (mut best, mut at) = (
+                    vec![MaybeUninit::new(0f32); g.c],
+                    vec![MaybeUninit::new(0u32); g.c],
+                );
                 for oy in 0..g.oh {
                     for ox in 0..g.ow {
                         g.argmax(img, oy, ox, &mut best, &mut at);
                         let o = (oy * g.ow + ox) * g.c;
-                        for (&i, &d) in at.iter().zip(&gy[o..o + g.c]) {
+                        for (i, &d) in at.iter().zip(&gy[o..o + g.c]) {
+                            // SAFETY: initialised at creation (and rewritten by `argmax`).
+                            let i = unsafe { i.assume_init() };
                             if i != u32::MAX {
                                 gx[i as usize] += d;
                             }
