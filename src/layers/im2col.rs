@@ -299,6 +299,24 @@ fn gather_line(g: &Geometry, f: usize, z: &[f32], line: usize, out: &mut [f32]) 
     let tf = g.taps() * f;
     {
         let (n, oy) = (line / g.oh, line % g.oh);
+        if f == 1 {
+            // One value per output (the GAN's 128 → 1 convolution): a running sum in a register.
+            for (ox, out) in out.iter_mut().enumerate() {
+                let mut sum = 0f32;
+                for i in 0..g.kh {
+                    let Some(y) = g.src(oy, i, g.pad_t, g.h) else {
+                        continue;
+                    };
+                    for j in 0..g.kw {
+                        if let Some(x) = g.src(ox, j, g.pad_l, g.w) {
+                            sum += z[((n * g.h + y) * g.w + x) * tf + i * g.kw + j];
+                        }
+                    }
+                }
+                *out = sum;
+            }
+            return;
+        }
         out.fill(0.0);
         for (ox, out) in out.chunks_exact_mut(f).enumerate() {
             for i in 0..g.kh {
@@ -326,6 +344,20 @@ fn scatter_taps(g: &Geometry, f: usize, gy: &[f32], dst: &mut [f32], par: bool) 
     chunks_each(dst, tf * g.w, par, |line, out| {
         let (n, py) = (line / g.h, line % g.h);
         for (px, out) in out.chunks_exact_mut(tf).enumerate() {
+            if f == 1 {
+                // One value per tap (the GAN's 128 → 1 convolution): plain stores, not a copy
+                // call per value.
+                for i in 0..g.kh {
+                    let oy = g.dst(py, i, g.pad_t, g.oh);
+                    for j in 0..g.kw {
+                        out[i * g.kw + j] = match (oy, g.dst(px, j, g.pad_l, g.ow)) {
+                            (Some(oy), Some(ox)) => gy[(n * g.oh + oy) * g.ow + ox],
+                            _ => 0.0,
+                        };
+                    }
+                }
+                continue;
+            }
             for i in 0..g.kh {
                 let oy = g.dst(py, i, g.pad_t, g.oh);
                 for j in 0..g.kw {
