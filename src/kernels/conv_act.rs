@@ -9,7 +9,9 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::elementwise::{Act, activation_grad, bias_activation_seq, bias_grad};
 use super::pool::{MaxPoolScatter, PoolGeometry, max_pool_forward};
-use crate::layers::im2col::{Conv, ConvData, ConvFilter, Geometry, conv_data_run, conv_run};
+use crate::layers::im2col::{
+    Conv, ConvData, ConvFilter, Geometry, conv_data_run, conv_run, conv_run_pooled,
+};
 
 /// Which convolution the op runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,8 +169,10 @@ impl CustomOp3 for ConvActPool {
         }
         let act = self.act;
         let epi = move |y: &mut [f32]| bias_activation_seq(y, b, act);
-        let a = conv_run(&g, f, x, w, Some(&epi));
-        let (y, at) = max_pool_forward(&p, &a);
+        let (y, at) = match conv_run_pooled(&g, f, x, w, Some(&epi), &p) {
+            Some(pooled) => pooled,
+            None => max_pool_forward(&p, &conv_run(&g, f, x, w, Some(&epi))),
+        };
         if let Ok(mut slot) = self.argmax.lock() {
             *slot = Some(at);
         }
@@ -407,6 +411,21 @@ mod tests {
             .round()
             .unwrap();
         check_fusion(seq, x);
+        // Enough images for blocks (13 in a 3-thread pool: uneven blocks), where the pooling runs
+        // on each block's convolution output while it is in cache.
+        let seq = crate::Sequential::new()
+            .input(&[11, 11, 3])
+            .add(Conv2D::new(5, (3, 3)).activation("relu").unwrap())
+            .add(crate::layers::MaxPooling2D::new((2, 2)));
+        let x = Tensor::randn(0f32, 2.0, (13, 11, 11, 3), &dev)
+            .unwrap()
+            .round()
+            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        pool.install(|| check_fusion(seq, x));
     }
 
     fn check_fusion(mut seq: crate::Sequential, x: Tensor) {

@@ -134,20 +134,29 @@ pub(crate) fn max_pool_forward(g: &PoolGeometry, x: &[f32]) -> (Vec<f32>, Vec<u3
         .par_chunks_mut(out_len)
         .zip(at.spare_capacity_mut()[..total].par_chunks_mut(out_len))
         .zip(x.par_chunks(img_len))
-        .for_each(|((y, at), img)| {
-            for oy in 0..g.oh {
-                for ox in 0..g.ow {
-                    let o = (oy * g.ow + ox) * g.c;
-                    g.argmax(img, oy, ox, &mut y[o..o + g.c], &mut at[o..o + g.c]);
-                }
-            }
-        });
+        .for_each(|((y, at), img)| pool_image(&g, img, y, at));
     // SAFETY: the images' outputs cover all `total` values, and `argmax` wrote each of them.
     unsafe {
         y.set_len(total);
         at.set_len(total);
     }
     (y, at)
+}
+
+/// Max pooling of one `(h, w, c)` image: its `(oh, ow, c)` maxima and their flat indices within
+/// the image, written into `y` and `at` (which may be uninitialised).
+pub(crate) fn pool_image(
+    g: &PoolGeometry,
+    img: &[f32],
+    y: &mut [MaybeUninit<f32>],
+    at: &mut [MaybeUninit<u32>],
+) {
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let o = (oy * g.ow + ox) * g.c;
+            g.argmax(img, oy, ox, &mut y[o..o + g.c], &mut at[o..o + g.c]);
+        }
+    }
 }
 
 /// The input gradient of a max pooling: each output's gradient `gy[i]` added at its kept argmax.

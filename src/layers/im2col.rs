@@ -776,6 +776,67 @@ pub(crate) fn conv_run(g: &Geometry, f: usize, x: &[f32], w: &[f32], epi: Epilog
     y
 }
 
+/// `pool(epi(conv(x, w)))` for a max pooling `p` over the convolution's output, by blocks of a few
+/// images: each block's convolution output stays in the core's cache (a per-thread buffer) from
+/// the product through the epilogue to the pooling, and only the pooled maxima and their
+/// positions reach memory. `None` when the convolution does not run in blocks (few images, a
+/// large kernel, or `kn2row`): then [`conv_run`] and a separate pooling.
+pub(crate) fn conv_run_pooled(
+    g: &Geometry,
+    f: usize,
+    x: &[f32],
+    w: &[f32],
+    epi: Epilogue,
+    p: &crate::kernels::pool::PoolGeometry,
+) -> Option<(Vec<f32>, Vec<u32>)> {
+    let g = *g;
+    let (k, rpi) = (g.patch_len(), g.rows_per_image());
+    let (_, parallel) = g.plan(f);
+    let (out_len, pooled_len) = (rpi * f, p.oh * p.ow * p.c);
+    if !parallel
+        || g.kn2row(f)
+        || (p.n, p.h, p.w, p.c) != (g.n, g.oh, g.ow, f)
+        || out_len == 0
+        || pooled_len == 0
+    {
+        return None;
+    }
+    // Patches and convolution output of a block within BLOCK_BYTES, at least two blocks per thread.
+    let per_image = (rpi * k + out_len) * 4;
+    let threads = rayon::current_num_threads();
+    let per = (BLOCK_BYTES / per_image).clamp(1, g.n.div_ceil(2 * threads));
+    let total = g.n * pooled_len;
+    let (mut y, mut at) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    y.spare_capacity_mut()[..total]
+        .par_chunks_mut(per * pooled_len)
+        .zip(at.spare_capacity_mut()[..total].par_chunks_mut(per * pooled_len))
+        .enumerate()
+        .for_each(|(b, (yb, ab))| {
+            let (n0, nb) = (b * per, yb.len() / pooled_len);
+            let chunk = Geometry { n: nb, ..g };
+            let images = &x[n0 * g.image_len()..(n0 + nb) * g.image_len()];
+            with_scratch(nb * (rpi * k + out_len), |buf| {
+                let (patches, out) = buf.split_at_mut(nb * rpi * k);
+                let out = &mut out[..nb * out_len];
+                im2col(&chunk, images, patches, false);
+                matmul_with(false, nb * rpi, f, k, out, false, patches, false, w, false);
+                if let Some(e) = epi {
+                    e(out);
+                }
+                for (i, img) in out.chunks_exact(out_len).enumerate() {
+                    let o = i * pooled_len..(i + 1) * pooled_len;
+                    crate::kernels::pool::pool_image(p, img, &mut yb[o.clone()], &mut ab[o]);
+                }
+            });
+        });
+    // SAFETY: the blocks cover the `total` pooled values, each image's written by `pool_image`.
+    unsafe {
+        y.set_len(total);
+        at.set_len(total);
+    }
+    Some((y, at))
+}
+
 /// [`ConvData`]'s forward pass on slices, running `epi` on each finished image (or part of them).
 pub(crate) fn conv_data_run(
     g: &Geometry,
