@@ -432,8 +432,9 @@ impl Conv2D {
                 ow,
             };
             // The kernel itself (its values are the (kh·kw·c, f) matrix the ops read), so that its
-            // gradient reaches the tape directly, without a reshape node in between.
-            let wm = kernel.as_tensor();
+            // gradient reaches the tape directly, without a reshape node in between (`contiguous`
+            // returns the variable itself when it already is, as variables are).
+            let wm = &kernel.as_tensor().contiguous()?;
             if let (Some(a), DataFormat::ChannelsLast) = (act.fused(), self.cfg.data_format) {
                 // Convolution, bias and activation (and a max pooling) as one op.
                 let b = match &self.bias {
@@ -697,7 +698,7 @@ impl Conv2DTranspose {
             // convolution's padding (positions outside it are never written).
             // The kernel as the (kh·kw·f, c) matrix and the input as (n·h·w, c) rows, read in
             // place: no reshape nodes, so the kernel's gradient reaches the tape directly.
-            let (kmat, x2d) = (kernel.as_tensor(), &xt);
+            let (kmat, x2d) = (&kernel.as_tensor().contiguous()?, &xt);
             let g = Geometry {
                 n,
                 h: oh,
