@@ -479,18 +479,14 @@ unsafe fn matmul_raw(
     if m == 0 || n == 0 {
         return;
     }
-    if k == 0 || (threads_for(par) > 1 && m * n <= 64 * 64 && k >= 8192) {
-        // An empty sum, or a split one: partial sums added into zeros (or the old values).
+    if k == 0 {
+        // An empty sum: zeros (or the old values).
         if !accumulate {
             // SAFETY: `dst` is valid for `m·n` writes (caller).
             unsafe { std::ptr::write_bytes(dst, 0, m * n) };
         }
-        if k == 0 {
-            return;
-        }
+        return;
     }
-    // SAFETY: initialised above (or by the caller, when accumulating).
-    let dst_init = || unsafe { std::slice::from_raw_parts_mut(dst, m * n) };
     let (lhs_rs, lhs_cs) = if lhs_t {
         (1, m as isize)
     } else {
@@ -543,7 +539,13 @@ unsafe fn matmul_raw(
                 out
             })
             .collect();
-        let dst = dst_init();
+        // Partial sums added into zeros (or the old values).
+        if !accumulate {
+            // SAFETY: `dst` is valid for `m·n` writes (caller).
+            unsafe { std::ptr::write_bytes(dst, 0, m * n) };
+        }
+        // SAFETY: initialised just above, or by the caller when accumulating.
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst, m * n) };
         for part in &partials {
             for (d, v) in dst.iter_mut().zip(part) {
                 *d += v;
