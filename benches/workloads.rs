@@ -7,7 +7,10 @@
 //! W3 Keras's MNIST convnet, batch 128: samples/s.
 //! W4 the guide's GAN `train_step`, batch 64: steps/s.
 //! Only steps after a warm-up are timed; the data is synthetic, of the real shapes. W2 and W4 run
-//! `fit` and the plain loop alternately three times and report medians.
+//! `fit` and the plain loop alternately three times and report medians. A plain loop does the
+//! work `fit` does, written by hand as the peers' PyTorch loop is (W2: shuffled batches, loss and
+//! accuracy sums read once per epoch; W4: the same `train_step` on consecutive batches); W2 again
+//! on consecutive rows, both ways.
 //! `--policy mixed_bfloat16` (any Keras dtype policy name) sets the global dtype policy first.
 //! `--device cuda` (or `FERROKERAS_DEVICE=cuda`) runs them on the GPU in a `cuda` build, with the
 //! data on the GPU (as a PyTorch loop would have it) and a device synchronisation before each
@@ -16,7 +19,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use ferrokeras::data::Dataset;
+use ferrokeras::data::{ArrayAdapter, Dataset};
 use ferrokeras::layers::{Conv2D, MaxPooling2D};
 use ferrokeras::prelude::*;
 
@@ -70,8 +73,42 @@ fn mlp() -> Result<Sequential> {
         .add(Dense::new(10)))
 }
 
+/// One timed run: throughput over the whole run, and the median time from the end of one step to
+/// the end of the next (robust to another process taking the CPU for part of the run).
+#[derive(Clone, Copy)]
+struct Run {
+    rate: f64,
+    step: f64,
+}
+
+/// The end of every step, as a `fit` callback or by hand.
+#[derive(Clone, Default)]
+struct Clock(std::sync::Arc<std::sync::Mutex<Vec<Instant>>>);
+
+impl Clock {
+    fn tick(&self) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(Instant::now());
+        }
+    }
+    fn callback(&self) -> LambdaCallback {
+        let c = self.clone();
+        LambdaCallback::new().on_batch_end(move |_, _| {
+            c.tick();
+            Ok(())
+        })
+    }
+    /// Median seconds between consecutive ticks (0 with fewer than two).
+    fn median_step(&self) -> f64 {
+        let v = self.0.lock().map(|v| v.clone()).unwrap_or_default();
+        let mut d: Vec<f64> = v.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+        d.sort_by(f64::total_cmp);
+        d.get(d.len() / 2).copied().unwrap_or(0.0)
+    }
+}
+
 /// W2 through `fit`; `shuffle` as `FitOptions::shuffle` (Keras's default: on).
-fn w2_fit(shuffle: bool) -> Result<f64> {
+fn w2_fit(shuffle: bool) -> Result<Run> {
     let mut model = mlp()?.compile(
         Compile::new()
             .optimizer("adam")
@@ -85,37 +122,58 @@ fn w2_fit(shuffle: bool) -> Result<f64> {
         (x.narrow(0, 0, warm)?, y.narrow(0, 0, warm)?),
         FitOptions::new().batch_size(128).verbose(0),
     )?;
+    let clock = Clock::default();
     let t = Instant::now();
     model.fit(
         (x, y),
         FitOptions::new()
             .batch_size(128)
             .shuffle(shuffle)
+            .callback(clock.callback())
             .verbose(0),
     )?;
-    Ok(n as f64 / elapsed(t)?)
+    Ok(Run {
+        rate: n as f64 / elapsed(t)?,
+        step: clock.median_step(),
+    })
 }
 
-fn w2_plain() -> Result<f64> {
+/// W2 as a hand-written loop (the peers' PyTorch loop): when `shuffle`, batches in a new random
+/// order each epoch, gathered as `fit` gathers them ([`ArrayAdapter::batch`]); else consecutive
+/// rows. Loss and accuracy summed on the device, read once at the end of the epoch.
+fn w2_plain(shuffle: bool) -> Result<Run> {
     let mut model = mlp()?;
     let mut opt = Adam::new(0.001);
     let loss_fn = SparseCategoricalCrossentropy::new().from_logits(true);
     let n = 60000;
     let (x, y) = (uniform(&[n, 784])?, labels(n)?);
-    let mut run = |count: usize| -> Result<f64> {
+    let data = ArrayAdapter::new(x.into(), Some(y.into()), None, 128)?;
+    let mut run = |count: usize| -> Result<Run> {
+        let clock = Clock::default();
         let t = Instant::now();
+        let order = shuffle.then(|| ferrokeras::random::permutation(n));
+        let mut loss_sum = Tensor::zeros((), DType::F32, &dev())?;
+        let mut hit_sum = Tensor::zeros((), DType::F32, &dev())?;
         for i in 0..count.div_ceil(128) {
-            let len = 128.min(count - i * 128);
-            let xb = x.narrow(0, i * 128, len)?;
-            let yb = y.narrow(0, i * 128, len)?;
-            let logits = model.forward(&xb, true)?;
-            let loss = loss_fn.compute(&yb, &logits, None)?;
+            let batch = data.batch(i, order.as_deref())?;
+            let (xb, yb, _) = batch.unpack()?;
+            let (xb, yb) = (xb.tensor()?, yb.as_ref().map(|y| y.tensor()).transpose()?);
+            let yb = yb.ok_or_else(|| ferrokeras::Error::value("W2 batches hold labels"))?;
+            let logits = model.forward(xb, true)?;
+            let loss = loss_fn.compute(yb, &logits, None)?;
             let vars = model.trainable_variables();
             let grads = GradientTape::gradient(&loss, &vars)?;
             opt.apply(&grads, &vars)?;
-            let _ = loss.to_scalar::<f32>()?;
+            loss_sum = (loss_sum + (loss.detach() * yb.dims()[0] as f64)?)?;
+            let correct = logits.argmax(1)?.to_dtype(DType::F32)?.eq(yb)?;
+            hit_sum = (hit_sum + correct.to_dtype(DType::F32)?.sum_all()?)?;
+            clock.tick();
         }
-        Ok(count as f64 / elapsed(t)?)
+        let (_loss, _hits) = (loss_sum.to_scalar::<f32>()?, hit_sum.to_scalar::<f32>()?);
+        Ok(Run {
+            rate: count as f64 / elapsed(t)?,
+            step: clock.median_step(),
+        })
     };
     run(128 * 10 + 96)?;
     run(n)
@@ -183,7 +241,7 @@ fn w4_plain(steps: usize) -> Result<f64> {
 }
 
 /// Runs a plain loop as `fit` runs its own: on rayon's pool on the CPU, on this thread elsewhere.
-fn plain_loop(run: impl FnOnce() -> Result<f64> + Send) -> Result<f64> {
+fn plain_loop<T: Send>(run: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     if dev().is_cpu() {
         ferrokeras::runtime::run_on_pool(run)
     } else {
@@ -207,13 +265,13 @@ fn gemm_peak() -> Result<f64> {
     Ok(2.0 * (n * n * n * reps) as f64 / elapsed(t)? / 1e9)
 }
 
-/// Medians of `reps` alternating runs of `a` and `b` (this machine is noisy; alternating keeps
-/// the comparison fair).
-fn interleaved(
+/// `reps` alternating runs of `a` and `b` (this machine is noisy; alternating keeps the
+/// comparison fair).
+fn interleaved<T>(
     reps: usize,
-    mut a: impl FnMut() -> Result<f64>,
-    mut b: impl FnMut() -> Result<f64>,
-) -> Result<(f64, f64)> {
+    mut a: impl FnMut() -> Result<T>,
+    mut b: impl FnMut() -> Result<T>,
+) -> Result<(Vec<T>, Vec<T>)> {
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
     for i in 0..reps {
         if i % 2 == 0 {
@@ -224,11 +282,42 @@ fn interleaved(
             xs.push(a()?);
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+    Ok((xs, ys))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Medians of the rates of runs, and of their median step times.
+fn medians(runs: &[Run]) -> (f64, f64) {
+    (
+        median(runs.iter().map(|r| r.rate).collect()),
+        median(runs.iter().map(|r| r.step).collect()),
+    )
+}
+
+/// One W2 row: `fit` against the plain loop, by throughput and (on the CPU, where every step
+/// of both ends synchronously) by median step time.
+fn w2_row(label: &str, shuffle: bool) -> Result<()> {
+    let (f, p) = interleaved(3, || w2_fit(shuffle), || plain_loop(|| w2_plain(shuffle)))?;
+    let ((fr, fs), (pr, ps)) = (medians(&f), medians(&p));
+    let by_step = if dev().is_cpu() {
+        format!(
+            "; median step {:.0} vs {:.0} µs, fit costs {:+.1}%",
+            fs * 1e6,
+            ps * 1e6,
+            (fs / ps - 1.0) * 100.0
+        )
+    } else {
+        String::new()
     };
-    Ok((median(&mut xs), median(&mut ys)))
+    println!(
+        "| {label} | {fr:.0} | {pr:.0} (fit costs {:+.1}%{by_step}) | samples/s |",
+        (pr / fr - 1.0) * 100.0
+    );
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -266,19 +355,9 @@ fn main() -> Result<()> {
     }
     if want("w2") {
         // The plain loops run where `fit` runs its loop: on rayon's pool, on the CPU.
-        let (f, p) = interleaved(3, || w2_fit(true), || plain_loop(w2_plain))?;
-        println!(
-            "| W2 MLP 784-256-128-10, batch 128 | {f:.0} | {p:.0} (fit costs {:+.1}%) | samples/s |",
-            (p / f - 1.0) * 100.0
-        );
-        // The plain loop takes consecutive rows; `fit` gathers a shuffled batch from the whole
-        // array every step. Without shuffling, `fit` reads batches as the plain loop does: the
-        // difference is then what `fit` itself adds (metrics, logs, callbacks).
-        let (f, p) = interleaved(3, || w2_fit(false), || plain_loop(w2_plain))?;
-        println!(
-            "| W2, fit(shuffle=false) | {f:.0} | {p:.0} (fit costs {:+.1}%) | samples/s |",
-            (p / f - 1.0) * 100.0
-        );
+        w2_row("W2 MLP 784-256-128-10, batch 128", true)?;
+        // Both again on consecutive rows (no gather of shuffled rows).
+        w2_row("W2, consecutive rows (`shuffle=false`)", false)?;
     }
     if want("w3") {
         println!(
@@ -288,6 +367,7 @@ fn main() -> Result<()> {
     }
     if want("w4") {
         let (f, p) = interleaved(3, || w4_fit(w4_steps), || plain_loop(|| w4_plain(w4_steps)))?;
+        let (f, p) = (median(f), median(p));
         println!(
             "| W4 guide GAN step, batch 64 | {f:.2} | {p:.2} (fit costs {:+.1}%) | steps/s |",
             (p / f - 1.0) * 100.0
