@@ -102,6 +102,48 @@ pub fn uniform(shape: &[usize], low: f32, high: f32, device: &Device) -> Result<
     Ok(Tensor::from_vec(data, shape, device)?)
 }
 
+/// A dropout mask of `shape`: each value `1 / keep` with probability `keep`, else 0 (float32).
+///
+/// Why not `uniform(..) < keep`: the comparison is made on the generator's raw 32-bit words
+/// (`word < keep · 2³²`), drawn in bulk, and the mask is written in the same pass; four tensor
+/// ops and a float conversion per value become one loop (a fifth of the time for the MNIST
+/// convnet's 128 × 1600 mask).
+///
+/// ```
+/// let m = ferrokeras::random::dropout_mask(&[1000], 0.75, &candle_core::Device::Cpu).unwrap();
+/// let v = m.to_vec1::<f32>().unwrap();
+/// assert!(v.iter().all(|&x| x == 0.0 || x == 1.0 / 0.75));
+/// let kept = v.iter().filter(|&&x| x > 0.0).count();
+/// assert!((650..850).contains(&kept));
+/// ```
+///
+/// # Errors
+/// `keep` outside `(0, 1]`, or a failure to create the tensor on `device`.
+pub fn dropout_mask(shape: &[usize], keep: f32, device: &Device) -> Result<Tensor> {
+    if !(keep > 0.0 && keep <= 1.0) {
+        return Err(crate::Error::value(format!(
+            "the kept fraction of a dropout mask must be in (0, 1]; received {keep}"
+        )));
+    }
+    let n: usize = shape.iter().product();
+    let scale = 1.0 / keep;
+    // keep · 2³², computed in f64 (exact for an f32 `keep`); keep = 1 keeps every word.
+    let threshold = (f64::from(keep) * 4_294_967_296.0) as u64;
+    let mut data: Vec<f32> = Vec::with_capacity(n);
+    let mut words = [0u32; 1024];
+    let mut g = rng();
+    while data.len() < n {
+        let take = (n - data.len()).min(words.len());
+        g.fill(&mut words[..take]);
+        data.extend(words[..take].iter().map(
+            |&w| {
+                if u64::from(w) < threshold { scale } else { 0.0 }
+            },
+        ));
+    }
+    Ok(Tensor::from_vec(data, shape, device)?)
+}
+
 /// A float32 tensor of `shape` with values drawn from a normal distribution.
 ///
 /// ```
@@ -129,4 +171,36 @@ pub fn permutation(n: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();
     idx.shuffle(&mut *rng());
     idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kept fraction matches `keep` (within 5 standard deviations over 10⁶ draws) and kept
+    /// values are exactly `1 / keep`. (Other tests move the global generator concurrently, so
+    /// this one does not depend on its position.)
+    #[test]
+    fn dropout_mask_keeps_the_asked_fraction() {
+        let n = 1_000_000;
+        for keep in [0.1f32, 0.5, 0.75, 0.999] {
+            let m = dropout_mask(&[n], keep, &Device::Cpu).unwrap();
+            let v = m.to_vec1::<f32>().unwrap();
+            assert!(v.iter().all(|&x| x == 0.0 || x == 1.0 / keep));
+            let kept = v.iter().filter(|&&x| x > 0.0).count() as f64 / n as f64;
+            let sd = (f64::from(keep) * (1.0 - f64::from(keep)) / n as f64).sqrt();
+            assert!(
+                (kept - f64::from(keep)).abs() < 5.0 * sd,
+                "keep {keep}: kept {kept}"
+            );
+        }
+        let all = dropout_mask(&[4096], 1.0, &Device::Cpu).unwrap();
+        assert!(all.to_vec1::<f32>().unwrap().iter().all(|&x| x == 1.0));
+        for bad in [0.0f32, -0.5, 1.5, f32::NAN] {
+            let err = dropout_mask(&[4], bad, &Device::Cpu)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("(0, 1]") && err.contains("received"), "{err}");
+        }
+    }
 }

@@ -56,8 +56,7 @@ impl Layer for Dropout {
             return Ok(x.clone());
         }
         let keep = 1.0 - self.rate;
-        let u = crate::random::uniform(x.dims(), 0.0, 1.0, x.device())?;
-        let mask = (u.lt(keep as f64)?.to_dtype(x.dtype())? * (1.0 / keep as f64))?;
+        let mask = crate::random::dropout_mask(x.dims(), keep, x.device())?.to_dtype(x.dtype())?;
         Ok(x.mul(&mask)?)
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
