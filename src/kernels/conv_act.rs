@@ -7,7 +7,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::elementwise::{Act, activation_grad, bias_activation_seq, bias_grad};
+use super::elementwise::{Act, activation_grad, activation_seq, bias_activation_seq, bias_grad};
 use super::pool::{MaxPoolScatter, PoolGeometry, max_pool_forward};
 use crate::layers::im2col::{
     Conv, ConvData, ConvFilter, Geometry, conv_data_run, conv_run, conv_run_pooled,
@@ -169,7 +169,11 @@ impl CustomOp3 for ConvActPool {
         }
         let act = self.act;
         let epi = move |y: &mut [f32]| bias_activation_seq(y, b, act);
-        let (y, at) = match conv_run_pooled(&g, f, x, w, Some(&epi), &p) {
+        // ReLU and the identity: the bias inside the pooling's comparison, the activation on the
+        // maxima only (see `pool_image_biased`; other activations can tie where ReLU cannot).
+        let post = move |y: &mut [f32]| activation_seq(y, act);
+        let biased = matches!(act, Act::Relu | Act::Linear).then_some((b, &post as _));
+        let (y, at) = match conv_run_pooled(&g, f, x, w, Some(&epi), biased, &p) {
             Some(pooled) => pooled,
             None => max_pool_forward(&p, &conv_run(&g, f, x, w, Some(&epi))),
         };
@@ -413,19 +417,36 @@ mod tests {
         check_fusion(seq, x);
         // Enough images for blocks (13 in a 3-thread pool: uneven blocks), where the pooling runs
         // on each block's convolution output while it is in cache.
-        let seq = crate::Sequential::new()
-            .input(&[11, 11, 3])
-            .add(Conv2D::new(5, (3, 3)).activation("relu").unwrap())
-            .add(crate::layers::MaxPooling2D::new((2, 2)));
-        let x = Tensor::randn(0f32, 2.0, (13, 11, 11, 3), &dev)
-            .unwrap()
-            .round()
-            .unwrap();
+        // ReLU and the identity take the bias inside the pooling's comparison: integer inputs,
+        // kernels and biases give many tied maxima (and, with ReLU, windows of zeros).
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(3)
             .build()
             .unwrap();
-        pool.install(|| check_fusion(seq, x));
+        for (act, round) in [
+            ("relu", false),
+            ("relu", true),
+            ("linear", true),
+            ("tanh", true),
+        ] {
+            let mut seq = crate::Sequential::new()
+                .input(&[11, 11, 3])
+                .add(Conv2D::new(5, (3, 3)).activation(act).unwrap())
+                .add(crate::layers::MaxPooling2D::new((2, 2)));
+            let x = Tensor::randn(0f32, 2.0, (13, 11, 11, 3), &dev)
+                .unwrap()
+                .round()
+                .unwrap();
+            if round {
+                seq.build().unwrap();
+                for v in seq.trainable_variables() {
+                    let t = v.as_tensor();
+                    let r = Tensor::randn(0f32, 1.5, t.dims(), t.device()).unwrap();
+                    v.assign(&r.round().unwrap()).unwrap();
+                }
+            }
+            pool.install(|| check_fusion(seq, x));
+        }
     }
 
     fn check_fusion(mut seq: crate::Sequential, x: Tensor) {

@@ -298,6 +298,15 @@ pub(crate) fn bias_activation_seq(y: &mut [f32], b: &[f32], act: Act) {
     })
 }
 
+/// `y = act(y)` in place, on the calling thread (an op's epilogue).
+pub(crate) fn activation_seq(y: &mut [f32], act: Act) {
+    with_act!(act, |f| {
+        for y in y.iter_mut() {
+            *y = f(*y);
+        }
+    })
+}
+
 /// `gy * act'(y)` from the activation's output `y` (`gy` itself for the identity).
 pub(crate) fn activation_grad(y: &Tensor, gy: &Tensor, act: Act) -> candle_core::Result<Tensor> {
     if act == Act::Linear {

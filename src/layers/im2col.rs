@@ -225,7 +225,9 @@ fn im2col(g: &Geometry, images: &[f32], dst: &mut [f32], par: bool) {
 
 /// Work done on a finished part of an op's output while it is still in cache (the fused bias and
 /// activation): called on whole images or whole chunks of output rows.
-pub(crate) type Epilogue<'a> = Option<&'a (dyn Fn(&mut [f32]) + Sync)>;
+/// A pass over finished output values, in place.
+pub(crate) type EpilogueFn<'a> = dyn Fn(&mut [f32]) + Sync + 'a;
+pub(crate) type Epilogue<'a> = Option<&'a EpilogueFn<'a>>;
 
 /// Adds patch values `cols` (rows × K) back onto `images` (a chunk of whole images), then runs
 /// `epi` on each finished image.
@@ -783,12 +785,18 @@ pub(crate) fn conv_run(g: &Geometry, f: usize, x: &[f32], w: &[f32], epi: Epilog
 /// the product through the epilogue to the pooling, and only the pooled maxima and their
 /// positions reach memory. `None` when the convolution does not run in blocks (few images, a
 /// large kernel, or `kn2row`): then [`conv_run`] and a separate pooling.
+///
+/// With `Pooling::Biased(b, post)`, `epi` is not run: the pooling compares the outputs plus `b`
+/// (one value per channel) and `post` runs on the pooled values (for a monotone activation,
+/// `act(max(v + b))` is `max(act(v + b))`; see [`crate::kernels::pool::pool_image_biased`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_run_pooled(
     g: &Geometry,
     f: usize,
     x: &[f32],
     w: &[f32],
     epi: Epilogue,
+    biased: Option<(&[f32], &EpilogueFn<'_>)>,
     p: &crate::kernels::pool::PoolGeometry,
 ) -> Option<(Vec<f32>, Vec<u32>)> {
     let g = *g;
@@ -800,6 +808,7 @@ pub(crate) fn conv_run_pooled(
         || (p.n, p.h, p.w, p.c) != (g.n, g.oh, g.ow, f)
         || out_len == 0
         || pooled_len == 0
+        || biased.is_some_and(|(b, _)| b.len() != f)
     {
         return None;
     }
@@ -822,6 +831,16 @@ pub(crate) fn conv_run_pooled(
                 let out = &mut out[..nb * out_len];
                 im2col(&chunk, images, patches, false);
                 matmul_with(false, nb * rpi, f, k, out, false, patches, false, w, false);
+                if let Some((b, post)) = biased {
+                    for (i, img) in out.chunks_exact(out_len).enumerate() {
+                        let o = i * pooled_len..(i + 1) * pooled_len;
+                        let (yi, ai) = (&mut yb[o.clone()], &mut ab[o]);
+                        crate::kernels::pool::pool_image_biased(p, img, b, yi, ai);
+                        // SAFETY: `pool_image_biased` wrote every value of `yi`.
+                        post(unsafe { &mut *(yi as *mut [MaybeUninit<f32>] as *mut [f32]) });
+                    }
+                    return;
+                }
                 if let Some(e) = epi {
                     e(out);
                 }
