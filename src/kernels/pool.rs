@@ -314,21 +314,31 @@ fn scatter_disjoint(g: &PoolGeometry, argmax: &[u32], gy: &[f32]) -> Vec<f32> {
 ))]
 fn scatter_image(g: &PoolGeometry, img: &mut [std::mem::MaybeUninit<f32>], gy: &[f32], at: &[u32]) {
     let row_len = g.w * g.c;
+    // Window and offset of the first row and column, then counted along (no division per cell).
+    let (mut oy, mut ky) = (g.pt / g.sh, g.pt % g.sh);
+    let (ox0, kx0) = (g.pl / g.sw, g.pl % g.sw);
     for (y, row) in img.chunks_mut(row_len).enumerate() {
-        let (oy, ky) = ((y + g.pt) / g.sh, (y + g.pt) % g.sh);
         if oy >= g.oh || ky >= g.ph {
             row.fill(std::mem::MaybeUninit::new(0.0));
-            continue;
-        }
-        for (x, cell) in row.chunks_mut(g.c).enumerate() {
-            let (ox, kx) = ((x + g.pl) / g.sw, (x + g.pl) % g.sw);
-            if ox >= g.ow || kx >= g.pw {
-                cell.fill(std::mem::MaybeUninit::new(0.0));
-                continue;
+        } else {
+            let (mut ox, mut kx) = (ox0, kx0);
+            for (x, cell) in row.chunks_mut(g.c).enumerate() {
+                if ox >= g.ow || kx >= g.pw {
+                    cell.fill(std::mem::MaybeUninit::new(0.0));
+                } else {
+                    let o = (oy * g.ow + ox) * g.c;
+                    let base = ((y * g.w + x) * g.c) as u32;
+                    place(cell, &gy[o..o + g.c], &at[o..o + g.c], base);
+                }
+                kx += 1;
+                if kx == g.sw {
+                    (ox, kx) = (ox + 1, 0);
+                }
             }
-            let o = (oy * g.ow + ox) * g.c;
-            let base = ((y * g.w + x) * g.c) as u32;
-            place(cell, &gy[o..o + g.c], &at[o..o + g.c], base);
+        }
+        ky += 1;
+        if ky == g.sh {
+            (oy, ky) = (oy + 1, 0);
         }
     }
 }
