@@ -131,7 +131,7 @@ pub(crate) struct ConvActPool {
     pub f: usize,
     pub act: Act,
     pub pool: PoolGeometry,
-    argmax: std::sync::Mutex<Option<Vec<u32>>>,
+    argmax: std::sync::Mutex<Option<std::sync::Arc<Vec<u32>>>>,
 }
 
 impl CustomOp3 for ConvActPool {
@@ -178,7 +178,7 @@ impl CustomOp3 for ConvActPool {
             None => max_pool_forward(&p, &conv_run(&g, f, x, w, Some(&epi))),
         };
         if let Ok(mut slot) = self.argmax.lock() {
-            *slot = Some(at);
+            *slot = Some(std::sync::Arc::new(at));
         }
         Ok((CpuStorage::F32(y), Shape::from((p.n, p.oh, p.ow, p.c))))
     }
@@ -199,7 +199,7 @@ impl CustomOp3 for ConvActPool {
         // Each pooled gradient lands at exactly one place (unless its window is empty, which
         // "valid" and "same" windows never are): the bias gradient sums the pooled gradients, a
         // quarter of the values for 2x2 windows.
-        let every_window_kept = !argmax.contains(&u32::MAX);
+        let every_window_kept = p.no_empty_window();
         let pooled_bias_grad = (b.track_op() && every_window_kept)
             .then(|| bias_grad(&dy, f))
             .transpose()?;

@@ -28,6 +28,11 @@ pub(crate) struct PoolGeometry {
 }
 
 impl PoolGeometry {
+    /// Whether every window covers at least one pixel (then every kept index is a real one).
+    pub(crate) fn no_empty_window(&self) -> bool {
+        (0..self.oh).all(|o| !Self::span(o, self.ph, self.sh, self.pt, self.h).is_empty())
+            && (0..self.ow).all(|o| !Self::span(o, self.pw, self.sw, self.pl, self.w).is_empty())
+    }
     /// Image rows (or columns) covered by window `o` of size `k`, stride `s`, padding `p`.
     fn span(o: usize, k: usize, s: usize, p: usize, size: usize) -> std::ops::Range<usize> {
         let start = (o * s).saturating_sub(p);
@@ -160,7 +165,7 @@ fn pool_2x2<const BIAS: bool>(
 /// output value), so that the backward pass is a scatter rather than a second search.
 pub(crate) struct MaxPool {
     g: PoolGeometry,
-    argmax: std::sync::Mutex<Option<Vec<u32>>>,
+    argmax: std::sync::Mutex<Option<std::sync::Arc<Vec<u32>>>>,
 }
 
 impl MaxPool {
@@ -178,7 +183,8 @@ struct MaxPoolGrad(PoolGeometry);
 /// Its gradient from the kept positions: input `gy`, output `(n, h, w, c)`.
 pub(crate) struct MaxPoolScatter {
     pub g: PoolGeometry,
-    pub argmax: Vec<u32>,
+    /// Shared with the forward op that found them (not copied per backward pass).
+    pub argmax: std::sync::Arc<Vec<u32>>,
 }
 
 /// Max pooling of the `(n, h, w, c)` images `x` (checked by the caller): the maxima and, per
@@ -370,7 +376,7 @@ impl CustomOp1 for MaxPool {
         }
         let (y, at) = max_pool_forward(&g, x);
         if let Ok(mut slot) = self.argmax.lock() {
-            *slot = Some(at);
+            *slot = Some(std::sync::Arc::new(at));
         }
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.oh, g.ow, g.c))))
     }

@@ -223,10 +223,72 @@ fn im2col(g: &Geometry, images: &[f32], dst: &mut [f32], par: bool) {
     });
 }
 
-/// Work done on a finished part of an op's output while it is still in cache (the fused bias and
-/// activation): called on whole images or whole chunks of output rows.
+/// Patches of `images` (a chunk of whole images) as K rows of `n·oh·ow` values into `dst`: the
+/// transpose of [`im2col`]'s layout, zeros outside the image.
+///
+/// Why: with one input channel (the first layer of an image model), [`im2col`] copies runs of
+/// `kw` values (3 for a 3x3 kernel) per kernel row and output position; here each kernel tap
+/// reads a whole output row's worth of one image row at once (a plain copy at stride 1), and the
+/// products read the patches transposed, which the packing of the product takes as readily.
+fn im2col_t(g: &Geometry, images: &[f32], dst: &mut [f32], par: bool) {
+    let rows = g.n * g.rows_per_image();
+    let (c, row_len) = (g.c, g.w * g.c);
+    chunks_each(&mut dst[..g.patch_len() * rows], rows, par, |kk, out| {
+        let (tap, ch) = (kk / c, kk % c);
+        let (i, j) = (tap / g.kw, tap % g.kw);
+        // Output columns whose tap `j` falls inside the image: `lo..hi`.
+        let lo = (0..g.ow)
+            .find(|&ox| g.src(ox, j, g.pad_l, g.w).is_some())
+            .unwrap_or(g.ow);
+        let hi = (lo..g.ow)
+            .rev()
+            .find(|&ox| g.src(ox, j, g.pad_l, g.w).is_some())
+            .map_or(lo, |ox| ox + 1);
+        for (line, d) in out.chunks_exact_mut(g.ow).enumerate() {
+            let (n, oy) = (line / g.oh, line % g.oh);
+            let Some(y) = g.src(oy, i, g.pad_t, g.h) else {
+                d.fill(0.0);
+                continue;
+            };
+            d[..lo].fill(0.0);
+            d[hi..].fill(0.0);
+            if lo == hi {
+                continue;
+            }
+            let row = &images[(n * g.h + y) * row_len..(n * g.h + y + 1) * row_len];
+            let x0 = lo * g.stride + j * g.dilation - g.pad_l;
+            if g.stride == 1 && c == 1 {
+                d[lo..hi].copy_from_slice(&row[x0..x0 + hi - lo]);
+            } else {
+                for (t, v) in d[lo..hi].iter_mut().enumerate() {
+                    *v = row[(x0 + t * g.stride) * c + ch];
+                }
+            }
+        }
+    });
+}
+
+/// Whether the patches are built K-major ([`im2col_t`]): single-channel inputs.
+fn k_major(g: &Geometry) -> bool {
+    g.c == 1
+}
+
+/// The patches of a chunk of images into `dst`, in the layout [`k_major`] picks; returns whether
+/// they are K-major (then the products read them transposed).
+fn patches(g: &Geometry, images: &[f32], dst: &mut [f32], par: bool) -> bool {
+    if k_major(g) {
+        im2col_t(g, images, dst, par);
+        true
+    } else {
+        im2col(g, images, dst, par);
+        false
+    }
+}
+
 /// A pass over finished output values, in place.
 pub(crate) type EpilogueFn<'a> = dyn Fn(&mut [f32]) + Sync + 'a;
+/// Work done on a finished part of an op's output while it is still in cache (the fused bias and
+/// activation): called on whole images or whole chunks of output rows.
 pub(crate) type Epilogue<'a> = Option<&'a EpilogueFn<'a>>;
 
 /// Adds patch values `cols` (rows × K) back onto `images` (a chunk of whole images), then runs
@@ -750,11 +812,11 @@ pub(crate) fn conv_run(g: &Geometry, f: usize, x: &[f32], w: &[f32], epi: Epilog
             };
             gather_taps(&chunk, f, z, out, par);
         } else {
-            let patches = &mut buf[..nb * rpi * k];
-            im2col(&chunk, images, patches, par);
+            let cols = &mut buf[..nb * rpi * k];
+            let t = patches(&chunk, images, cols, par);
             // SAFETY: `dst` holds the `nb·rpi × f` outputs, which the product writes without
-            // reading; `patches` and `w` hold `nb·rpi × k` and `k × f` values.
-            unsafe { matmul_raw(par, nb * rpi, f, k, dst, false, patches, false, w, false) };
+            // reading; `cols` and `w` hold `nb·rpi · k` and `k × f` values.
+            unsafe { matmul_raw(par, nb * rpi, f, k, dst, false, cols, t, w, false) };
         }
         if let Some(e) = epi {
             // SAFETY: every value of the chunk was written above.
@@ -827,10 +889,10 @@ pub(crate) fn conv_run_pooled(
             let chunk = Geometry { n: nb, ..g };
             let images = &x[n0 * g.image_len()..(n0 + nb) * g.image_len()];
             with_scratch(nb * (rpi * k + out_len), |buf| {
-                let (patches, out) = buf.split_at_mut(nb * rpi * k);
+                let (cols, out) = buf.split_at_mut(nb * rpi * k);
                 let out = &mut out[..nb * out_len];
-                im2col(&chunk, images, patches, false);
-                matmul_with(false, nb * rpi, f, k, out, false, patches, false, w, false);
+                let t = patches(&chunk, images, cols, false);
+                matmul_with(false, nb * rpi, f, k, out, false, cols, t, w, false);
                 if let Some((b, post)) = biased {
                     for (i, img) in out.chunks_exact(out_len).enumerate() {
                         let o = i * pooled_len..(i + 1) * pooled_len;
@@ -937,9 +999,9 @@ fn conv_filter_run(g: &Geometry, f: usize, x: &[f32], gy: &[f32]) -> Vec<f32> {
             scatter_taps(&chunk, f, grads, z, par);
             matmul_with(par, g.c, tf, p, gw, acc, images, true, z, false);
         } else {
-            let patches = &mut buf[..nb * rpi * k];
-            im2col(&chunk, images, patches, par);
-            matmul_with(par, k, f, nb * rpi, gw, acc, patches, true, grads, false);
+            let cols = &mut buf[..nb * rpi * k];
+            let t = patches(&chunk, images, cols, par);
+            matmul_with(par, k, f, nb * rpi, gw, acc, cols, !t, grads, false);
         }
     };
     let len = per * g.buffer_per_image(f);
@@ -1179,6 +1241,11 @@ mod tests {
             (3, 3, 2, 1, (1, 1), (0, 2), 7, 2),
             (3, 2, 1, 2, (2, 0), (1, 1), 8, 3),
             (5, 5, 1, 1, (2, 2), (2, 2), 1, 1),
+            // One input channel: patches built K-major (`im2col_t`).
+            (3, 3, 1, 1, (0, 0), (0, 0), 1, 8),
+            (3, 3, 2, 1, (1, 1), (0, 2), 1, 4),
+            (3, 2, 1, 2, (2, 0), (1, 1), 1, 3),
+            (4, 4, 2, 1, (1, 2), (2, 1), 1, 6),
         ] {
             let keff_h = (kh - 1) * dilation + 1;
             let keff_w = (kw - 1) * dilation + 1;
