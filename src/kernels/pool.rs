@@ -141,18 +141,22 @@ fn pool_2x2<const BIAS: bool>(
                 cell(b00 + row + c),
             );
             let (yo, ao) = (&mut y[o..o + c], &mut at[o..o + c]);
+            // Indices in u32 lanes (16 per AVX-512 register, not 8 of usize).
+            let (i00, i01, i10, i11) = (
+                b00 as u32,
+                (b00 + c) as u32,
+                (b00 + row) as u32,
+                (b00 + row + c) as u32,
+            );
             for ch in 0..c {
                 let add = |v: f32| if BIAS { v + bias[ch] } else { v };
-                let (mut best, mut idx) = (add(v00[ch]), (b00 + ch) as u32);
-                for (v, b) in [
-                    (v01[ch], b00 + c),
-                    (v10[ch], b00 + row),
-                    (v11[ch], b00 + row + c),
-                ] {
+                let chu = ch as u32;
+                let (mut best, mut idx) = (add(v00[ch]), i00 + chu);
+                for (v, b) in [(v01[ch], i01), (v10[ch], i10), (v11[ch], i11)] {
                     let v = add(v);
                     let take = v > best;
                     best = if take { v } else { best };
-                    idx = if take { (b + ch) as u32 } else { idx };
+                    idx = if take { b + chu } else { idx };
                 }
                 yo[ch].write(best);
                 ao[ch].write(idx);
