@@ -139,17 +139,19 @@ pub fn dropout_mask(shape: &[usize], keep: f32, device: &Device) -> Result<Tenso
     data.spare_capacity_mut()[..n]
         .par_chunks_mut(BLOCK)
         .enumerate()
-        .for_each(|(b, out)| {
+        .for_each(move |(b, out)| {
             let mut g =
                 SmallRng::seed_from_u64(seed ^ (b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            for pair in out.chunks_mut(2) {
-                let w = g.next_u64();
-                for (d, word) in pair.iter_mut().zip([w as u32, (w >> 32) as u32]) {
-                    d.write(if u64::from(word) < threshold {
-                        scale
-                    } else {
-                        0.0
-                    });
+            // Words drawn 16 at a time, then turned into mask values in a loop the compiler
+            // vectorizes (a kept value is a coin flip: as a branch it mispredicts half the time).
+            let mut words = [0u32; 16];
+            for block in out.chunks_mut(16) {
+                for pair in words.chunks_exact_mut(2) {
+                    let w = g.next_u64();
+                    (pair[0], pair[1]) = (w as u32, (w >> 32) as u32);
+                }
+                for (d, &w) in block.iter_mut().zip(&words) {
+                    d.write(if u64::from(w) < threshold { scale } else { 0.0 });
                 }
             }
         });
