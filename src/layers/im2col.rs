@@ -176,8 +176,9 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
             }
         }
         // Kernel rows of a few dozen channels (3 × 32 in the convnet's second layer): moves of
-        // 16 values inline rather than a `memcpy` call per run.
-        17..=256 => {
+        // 16 values inline rather than a `memcpy` call per run (longer runs: `memcpy` did as
+        // well or better).
+        17..=128 => {
             let n = dst.len().min(src.len());
             let (dst, src) = (&mut dst[..n], &src[..n]);
             let mut d = dst.chunks_exact_mut(16);
@@ -340,9 +341,12 @@ fn col2im_image(g: &Geometry, patches: &[f32], img: &mut [f32]) {
         for ox in 0..g.ow {
             let row = oy * g.ow + ox;
             let patch = &patches[row * k..(row + 1) * k];
-            // Dilation 1 with the whole kernel row inside the image: one run of kw·c values.
+            // Dilation 1 with the whole kernel row inside the image: one run of kw·c values (up
+            // to 128 of them: one loop of adds rather than kw short ones; for longer runs the
+            // loops per tap did as well).
             let x0 = (ox * g.stride).checked_sub(g.pad_l);
-            let whole_rows = g.dilation == 1 && x0.is_some_and(|x0| x0 + g.kw <= g.w);
+            let whole_rows =
+                g.dilation == 1 && g.kw * c <= 128 && x0.is_some_and(|x0| x0 + g.kw <= g.w);
             for i in 0..g.kh {
                 let Some(y) = g.src(oy, i, g.pad_t, g.h) else {
                     continue;
