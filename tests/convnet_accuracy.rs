@@ -1,4 +1,9 @@
-//! Keras's MNIST convnet reaches at least 98.5% test accuracy within 3 epochs.
+//! Keras's MNIST convnet reaches Keras's own test accuracy within 3 epochs.
+//!
+//! Keras 3 on TensorFlow, same model and data, seeds 1-5: 98.47-98.59% (mean 98.50%;
+//! `tests/python/keras_convnet_accuracy.py`); ferrokeras, seeds 1-5: 98.30-98.63% (mean 98.47%).
+//! Most seeds of either fall under 98.5%: the bar is 98.2%, below both spreads, where a
+//! broken kernel or optimizer lands far under it.
 //!
 //! A few minutes of training: `.ci/run` runs it in release mode with
 //! `cargo test --release --test convnet_accuracy -- --ignored`.
@@ -33,7 +38,7 @@ fn prepare(x: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
 
 #[test]
 #[ignore = "trains for minutes; run in release mode by .ci/run with --ignored"]
-fn mnist_convnet_reaches_98_5_percent_in_3_epochs() {
+fn mnist_convnet_reaches_keras_accuracy_in_3_epochs() {
     ferrokeras::random::set_random_seed(1);
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist");
     let ((x, y), (xt, yt)) = if dir.exists() {
@@ -76,5 +81,8 @@ fn mnist_convnet_reaches_98_5_percent_in_3_epochs() {
         .unwrap();
     let acc = score.get("accuracy").unwrap();
     println!("test accuracy after 3 epochs: {acc:.4}");
-    assert!(acc >= 0.985, "test accuracy {acc:.4} < 0.985");
+    assert!(
+        acc >= 0.982,
+        "test accuracy {acc:.4} < 0.982 (Keras: 0.9847-0.9859 over 5 seeds)"
+    );
 }
