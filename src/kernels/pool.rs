@@ -229,15 +229,7 @@ pub(crate) fn pool_image(
     y: &mut [MaybeUninit<f32>],
     at: &mut [MaybeUninit<u32>],
 ) {
-    if plain_2x2(g) {
-        return pool_2x2::<false>(g, img, &[], y, at);
-    }
-    for oy in 0..g.oh {
-        for ox in 0..g.ow {
-            let o = (oy * g.ow + ox) * g.c;
-            g.argmax::<false>(img, &[], oy, ox, &mut y[o..o + g.c], &mut at[o..o + g.c]);
-        }
-    }
+    pool_windows::<false>(g, img, &[], y, at);
 }
 
 /// [`pool_image`] of `img + bias` (`bias` one value per channel), without writing the sums.
@@ -264,13 +256,26 @@ pub(crate) fn pool_image_biased(
         at.fill(MaybeUninit::new(u32::MAX));
         return;
     }
+    pool_windows::<true>(g, img, bias, y, at);
+}
+
+/// The body of [`pool_image`] and [`pool_image_biased`], inlined into each (and so compiled
+/// for each of their targets).
+#[inline(always)]
+fn pool_windows<const BIAS: bool>(
+    g: &PoolGeometry,
+    img: &[f32],
+    bias: &[f32],
+    y: &mut [MaybeUninit<f32>],
+    at: &mut [MaybeUninit<u32>],
+) {
     if plain_2x2(g) {
-        return pool_2x2::<true>(g, img, bias, y, at);
+        return pool_2x2::<BIAS>(g, img, bias, y, at);
     }
     for oy in 0..g.oh {
         for ox in 0..g.ow {
             let o = (oy * g.ow + ox) * g.c;
-            g.argmax::<true>(img, bias, oy, ox, &mut y[o..o + g.c], &mut at[o..o + g.c]);
+            g.argmax::<BIAS>(img, bias, oy, ox, &mut y[o..o + g.c], &mut at[o..o + g.c]);
         }
     }
 }
