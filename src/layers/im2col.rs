@@ -96,6 +96,19 @@ impl Geometry {
             self.rows_per_image() * self.patch_len()
         }
     }
+    /// [`Geometry::plan`] for the kernel gradient, whose product packs no kernel (the kernel is its
+    /// output, one sum per thread): blocks of a few images, one per thread, whenever there are
+    /// images enough for every thread, whatever the kernel's size.
+    fn filter_plan(&self, f: usize) -> (usize, bool) {
+        let per_image = self.buffer_per_image(f).max(1) * 4;
+        let threads = rayon::current_num_threads();
+        if threads > 1 && self.n >= 2 * threads {
+            let per = (BLOCK_BYTES / per_image).clamp(1, self.n.div_ceil(2 * threads));
+            (per, true)
+        } else {
+            self.plan(f)
+        }
+    }
     /// How a batch is split: `(images per part, whether parts run in parallel)`. With enough
     /// images and a small kernel, blocks of a few images run one per thread, each op inside them
     /// sequential, so that a block's patches are multiplied while still in cache and the output
@@ -1010,11 +1023,53 @@ pub(crate) fn conv_data_run(
     gx
 }
 
+/// Longest sum (rows of patches) handed to one matrix product of a kernel gradient. The gemm
+/// crate runs a small output over a long sum at about 95 GFLOP/s per core, and the same sum in
+/// runs of at most 256 rows (accumulated) at about 150 (the GAN's 4x4 transposed convolution,
+/// `2048×128` over 12 544 rows, one core); 320 rows gave 120.
+const FILTER_SUM_ROWS: usize = 256;
+
+/// `dst (m×n) [+]= lhsᵀ · rhs`, the sum over `rows`: `lhs` stored `rows × m`, `rhs` `rows × n`,
+/// as products over at most [`FILTER_SUM_ROWS`] rows each, accumulated in order.
+#[allow(clippy::too_many_arguments)]
+fn matmul_tn_rows(
+    par: bool,
+    m: usize,
+    n: usize,
+    rows: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    rhs: &[f32],
+) {
+    if rows == 0 {
+        matmul_with(par, m, n, 0, dst, accumulate, lhs, true, rhs, false);
+        return;
+    }
+    let parts = rows.div_ceil(FILTER_SUM_ROWS);
+    for p in 0..parts {
+        let (r0, r1) = (p * rows / parts, (p + 1) * rows / parts);
+        let (l, r) = (&lhs[r0 * m..r1 * m], &rhs[r0 * n..r1 * n]);
+        matmul_with(
+            par,
+            m,
+            n,
+            r1 - r0,
+            dst,
+            accumulate || p > 0,
+            l,
+            true,
+            r,
+            false,
+        );
+    }
+}
+
 /// [`ConvFilter`]'s forward pass on slices: `(K, f)`, or `(c, taps·f)` under `kn2row`.
 fn conv_filter_run(g: &Geometry, f: usize, x: &[f32], gy: &[f32]) -> Vec<f32> {
     let g = *g;
     let (k, rpi) = (g.patch_len(), g.rows_per_image());
-    let (per, parallel) = g.plan(f);
+    let (per, parallel) = g.filter_plan(f);
     // Adds (or, unless `acc`, writes) the images from `n0` to `n1`'s share into `gw`.
     let part = |n0: usize, n1: usize, gw: &mut [f32], acc: bool, buf: &mut [f32], par: bool| {
         let nb = n1 - n0;
@@ -1025,11 +1080,15 @@ fn conv_filter_run(g: &Geometry, f: usize, x: &[f32], gy: &[f32]) -> Vec<f32> {
             let (p, tf) = (nb * g.pixels(), g.taps() * f);
             let z = &mut buf[..p * tf];
             scatter_taps(&chunk, f, grads, z, par);
-            matmul_with(par, g.c, tf, p, gw, acc, images, true, z, false);
+            matmul_tn_rows(par, g.c, tf, p, gw, acc, images, z);
         } else {
             let cols = &mut buf[..nb * rpi * k];
-            let t = patches(&chunk, images, cols, par);
-            matmul_with(par, k, f, nb * rpi, gw, acc, cols, !t, grads, false);
+            if patches(&chunk, images, cols, par) {
+                // K-major patches (one input channel): a small kernel, one product.
+                matmul_with(par, k, f, nb * rpi, gw, acc, cols, false, grads, false);
+            } else {
+                matmul_tn_rows(par, k, f, nb * rpi, gw, acc, cols, grads);
+            }
         }
     };
     let len = per * g.buffer_per_image(f);
@@ -1448,6 +1507,109 @@ mod tests {
     }
 
     /// An empty sum is zeros, into a new buffer or over old values.
+    /// The kernel gradient of a kernel too large to pack once per block (64 → 128 channels, 295 KB)
+    /// still runs in blocks of images, one per thread, each block's long sum (324 patch rows) in
+    /// runs of at most [`FILTER_SUM_ROWS`]; the same gradient as candle's, in every thread count.
+    #[test]
+    fn large_kernel_gradient_in_blocks_and_runs_matches_candle() {
+        let dev = Device::Cpu;
+        let (n, h, c, f) = (6, 18, 64, 128);
+        let g = Geometry {
+            n,
+            h,
+            w: h,
+            c,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            dilation: 1,
+            pad_t: 1,
+            pad_l: 1,
+            oh: h,
+            ow: h,
+        };
+        assert!(g.patch_len() * f * 4 > BLOCK_KERNEL_BYTES);
+        assert!(g.rows_per_image() > FILTER_SUM_ROWS);
+        let x = Tensor::randn(0f32, 1.0, (n, h, h, c), &dev).unwrap();
+        let gy = Tensor::randn(0f32, 1.0, (n, h, h, f), &dev).unwrap();
+        let kv = Variable::new(
+            "k",
+            &Tensor::zeros((3, 3, c, f), candle_core::DType::F32, &dev).unwrap(),
+            true,
+        )
+        .unwrap();
+        let yc = x
+            .pad_with_zeros(1, 1, 1)
+            .unwrap()
+            .pad_with_zeros(2, 1, 1)
+            .unwrap()
+            .permute((0, 3, 1, 2))
+            .unwrap()
+            .conv2d(
+                &kv.as_tensor()
+                    .permute((3, 2, 0, 1))
+                    .unwrap()
+                    .contiguous()
+                    .unwrap(),
+                0,
+                1,
+                1,
+                1,
+            )
+            .unwrap()
+            .permute((0, 2, 3, 1))
+            .unwrap();
+        let loss = (&yc * &gy).unwrap().sum_all().unwrap();
+        let theirs = GradientTape::gradient(&loss, std::slice::from_ref(&kv)).unwrap();
+        let theirs = theirs[0].reshape((g.patch_len(), f)).unwrap();
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (per, parallel) = pool.install(|| g.filter_plan(f));
+            assert_eq!(parallel, threads > 1, "{threads} threads");
+            assert!(
+                per * g.rows_per_image() > FILTER_SUM_ROWS,
+                "per block {per}"
+            );
+            let ours = pool
+                .install(|| x.apply_op2_no_bwd(&gy, &ConvFilter { g, f }))
+                .unwrap();
+            let err = max_rel(&ours, &theirs);
+            assert!(err < 1e-5, "{threads} threads: max relative error {err}");
+        }
+    }
+
+    /// Sums split into runs of rows give the product of the whole sum, accumulated or not.
+    #[test]
+    fn sums_in_runs_of_rows_match_one_product() {
+        let (m, n, rows) = (37, 19, 3 * FILTER_SUM_ROWS + 5);
+        let lhs: Vec<f32> = (0..rows * m)
+            .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let rhs: Vec<f32> = (0..rows * n)
+            .map(|i| ((i * 104_729) % 97) as f32 / 48.0 - 1.0)
+            .collect();
+        let mut whole = vec![0f32; m * n];
+        matmul_with(
+            false, m, n, rows, &mut whole, false, &lhs, true, &rhs, false,
+        );
+        for par in [false, true] {
+            let mut runs = vec![f32::NAN; m * n];
+            matmul_tn_rows(par, m, n, rows, &mut runs, false, &lhs, &rhs);
+            let mut acc = vec![1f32; m * n];
+            matmul_tn_rows(par, m, n, rows, &mut acc, true, &lhs, &rhs);
+            for ((a, b), c) in whole.iter().zip(&runs).zip(&acc) {
+                assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+                assert!(
+                    (a + 1.0 - c).abs() <= 1e-4 * a.abs().max(1.0),
+                    "{a} + 1 vs {c}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn empty_sums_are_zero() {
         assert_eq!(matmul_new(3, 4, 0, &[], false, &[], false), vec![0.0; 12]);
