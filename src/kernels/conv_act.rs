@@ -10,7 +10,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use super::elementwise::{Act, activation_grad, activation_seq, bias_activation_seq, bias_grad};
 use super::pool::{MaxPoolScatter, PoolGeometry, max_pool_forward};
 use crate::layers::im2col::{
-    Conv, ConvData, ConvFilter, Geometry, conv_data_run, conv_run, conv_run_pooled,
+    Conv, ConvData, ConvFilter, Geometry, conv_data_run, conv_pooled_grads, conv_run,
+    conv_run_pooled, pooled_grads_fit,
 };
 
 /// Which convolution the op runs.
@@ -203,6 +204,35 @@ impl CustomOp3 for ConvActPool {
         let pooled_bias_grad = (b.track_op() && every_window_kept)
             .then(|| bias_grad(&dy, f))
             .transpose()?;
+        if every_window_kept && pooled_grads_fit(&g, f, &p) {
+            // Both products straight from the pooled gradient, block by block.
+            let op = PooledConvGrad {
+                g,
+                f,
+                pool: p,
+                argmax,
+                input_grad: x.track_op(),
+                kernel_grad: std::sync::Mutex::new(None),
+            };
+            let out = x.apply_op3_no_bwd(w, &dy, &op)?;
+            let (gx, gw) = if op.input_grad {
+                let Some(gw) = op.kernel_grad.lock().ok().and_then(|mut s| s.take()) else {
+                    candle_core::bail!("convolution + pooling: kernel gradient missing")
+                };
+                let gw = Tensor::from_vec(gw, (g.kh * g.kw * g.c, f), x.device())?;
+                (Some(out), gw)
+            } else {
+                (None, out)
+            };
+            let gb = pooled_bias_grad
+                .map(|gb| gb.reshape(b.shape()))
+                .transpose()?;
+            return Ok((
+                crate::tape::route(x, gx)?,
+                crate::tape::route(w, Some(gw))?,
+                crate::tape::route(b, gb)?,
+            ));
+        }
         let gz = dy
             .apply_op1_no_bwd(&MaxPoolScatter { g: p, argmax })?
             .reshape((g.n * g.oh * g.ow, f))?;
@@ -222,6 +252,64 @@ impl CustomOp3 for ConvActPool {
             crate::tape::route(w, Some(gw))?,
             crate::tape::route(b, gb)?,
         ))
+    }
+}
+
+/// [`ConvActPool`]'s kernel gradient and (with `input_grad`) input gradient from the activation's
+/// gradient at the pooled maxima: inputs `(x, w, dy)`; the output is the input gradient
+/// `(n, h, w, c)`, the kernel gradient `(K, f)` left in `kernel_grad`, or, without
+/// `input_grad`, the kernel gradient itself (see [`conv_pooled_grads`]).
+struct PooledConvGrad {
+    g: Geometry,
+    f: usize,
+    pool: PoolGeometry,
+    argmax: std::sync::Arc<Vec<u32>>,
+    input_grad: bool,
+    kernel_grad: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+impl CustomOp3 for PooledConvGrad {
+    fn name(&self) -> &'static str {
+        "conv2d_nhwc_max_pool_grads"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, f, p) = (self.g, self.f, self.pool);
+        let x = super::cpu_f32(s1, l1, "convolution input")?;
+        let w = super::cpu_f32(s2, l2, "convolution kernel")?;
+        let dy = super::cpu_f32(s3, l3, "pooled gradient")?;
+        let k = g.kh * g.kw * g.c;
+        let pooled = p.n * p.oh * p.ow * p.c;
+        if x.len() != g.n * g.h * g.w * g.c
+            || w.len() != k * f
+            || dy.len() != pooled
+            || self.argmax.len() != pooled
+        {
+            candle_core::bail!(
+                "convolution + pooling gradients: received input, kernel, gradient and argmax of {}, {}, {} and {} values for {g:?} and {p:?}",
+                x.len(),
+                w.len(),
+                dy.len(),
+                self.argmax.len()
+            )
+        }
+        let (gw, gx) = conv_pooled_grads(&g, f, x, w, dy, &self.argmax, &p, self.input_grad);
+        Ok(match gx {
+            Some(gx) => {
+                if let Ok(mut slot) = self.kernel_grad.lock() {
+                    *slot = Some(gw);
+                }
+                (CpuStorage::F32(gx), Shape::from((g.n, g.h, g.w, g.c)))
+            }
+            None => (CpuStorage::F32(gw), Shape::from((k, f))),
+        })
     }
 }
 

@@ -327,7 +327,12 @@ fn scatter_disjoint(g: &PoolGeometry, argmax: &[u32], gy: &[f32]) -> Vec<f32> {
     "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-fn scatter_image(g: &PoolGeometry, img: &mut [std::mem::MaybeUninit<f32>], gy: &[f32], at: &[u32]) {
+pub(crate) fn scatter_image(
+    g: &PoolGeometry,
+    img: &mut [std::mem::MaybeUninit<f32>],
+    gy: &[f32],
+    at: &[u32],
+) {
     let row_len = g.w * g.c;
     // Window and offset of the first row and column, then counted along (no division per cell).
     let (mut oy, mut ky) = (g.pt / g.sh, g.pt % g.sh);

@@ -961,6 +961,118 @@ pub(crate) fn conv_run_pooled(
     Some((y, at))
 }
 
+/// Whether [`conv_pooled_grads`] takes a convolution `g` (to `f` channels) whose output went
+/// through the max pooling `p`: the convolution runs in blocks of images (see
+/// [`Geometry::plan`]), builds patches (not `kn2row`), and the pooling's windows neither overlap
+/// nor leave an input window empty.
+pub(crate) fn pooled_grads_fit(
+    g: &Geometry,
+    f: usize,
+    p: &crate::kernels::pool::PoolGeometry,
+) -> bool {
+    g.plan(f).1
+        && !g.kn2row(f)
+        && (p.n, p.h, p.w, p.c) == (g.n, g.oh, g.ow, f)
+        && p.sh >= p.ph
+        && p.sw >= p.pw
+        && p.no_empty_window()
+        && g.rows_per_image() * f * g.patch_len() * p.oh * p.ow > 0
+}
+
+/// The kernel gradient `(K, f)` and, with `input_grad`, the input gradient `(n, h, w, c)` of a
+/// convolution followed by a max pooling (see [`pooled_grads_fit`]), from the gradient `dy` of
+/// the pooled values and the pooling's `argmax` (flat indices within each image).
+///
+/// Why one pass: the convolution output's gradient is zero except at each window's maximum.
+/// Built for the whole batch, it is written to memory (11 MB for the MNIST convnet's first layer)
+/// and read back by both products; here each block of a few images gets its gradient placed in
+/// a per-thread buffer, which both products read while it is still in cache.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_pooled_grads(
+    g: &Geometry,
+    f: usize,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    argmax: &[u32],
+    p: &crate::kernels::pool::PoolGeometry,
+    input_grad: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let g = *g;
+    let (k, rpi, img) = (g.patch_len(), g.rows_per_image(), g.image_len());
+    let (out_len, pooled_len) = (rpi * f, p.oh * p.ow * p.c);
+    // A block's output gradient and patches (the input gradient's columns reuse the patches'
+    // room) within BLOCK_BYTES, at least two blocks per thread.
+    let threads = rayon::current_num_threads();
+    let per = (BLOCK_BYTES / ((out_len + rpi * k) * 4)).clamp(1, g.n.div_ceil(2 * threads));
+    let blocks = g.n.div_ceil(per);
+    // A fixed split of the blocks into runs, each summing its kernel gradient in order: the same
+    // bits on every call with the same number of threads (as `conv_filter_run`).
+    let runs = (threads * PARTS_PER_THREAD).min(blocks);
+    let total = if input_grad { g.n * img } else { 0 };
+    let mut gx: Vec<f32> = Vec::with_capacity(total);
+    let mut rest = &mut gx.spare_capacity_mut()[..total];
+    let mut jobs = Vec::with_capacity(runs);
+    for t in 0..runs {
+        let (n0, n1) = (
+            (t * blocks / runs) * per,
+            ((t + 1) * blocks / runs * per).min(g.n),
+        );
+        let len = if input_grad { (n1 - n0) * img } else { 0 };
+        let (mine, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        rest = tail;
+        jobs.push((n0, n1, mine));
+    }
+    let partials: Vec<Vec<f32>> = jobs
+        .into_par_iter()
+        .map(|(n0, n1, mut gx_run)| {
+            let mut gw = vec![0f32; k * f];
+            with_scratch(per * (out_len + rpi * k), |buf| {
+                let (gz_buf, cols_buf) = buf.split_at_mut(per * out_len);
+                for b in (n0..n1).step_by(per) {
+                    let nb = per.min(n1 - b);
+                    let chunk = Geometry { n: nb, ..g };
+                    let gz = &mut gz_buf[..nb * out_len];
+                    for (i, gz_img) in gz.chunks_exact_mut(out_len).enumerate() {
+                        let o = (b + i) * pooled_len..(b + i + 1) * pooled_len;
+                        // SAFETY: the same memory seen as possibly uninitialised floats, which
+                        // `scatter_image` only overwrites with initialised ones.
+                        let gz_img =
+                            unsafe { &mut *(gz_img as *mut [f32] as *mut [MaybeUninit<f32>]) };
+                        crate::kernels::pool::scatter_image(p, gz_img, &dy[o.clone()], &argmax[o]);
+                    }
+                    let cols = &mut cols_buf[..nb * rpi * k];
+                    let images = &x[b * img..(b + nb) * img];
+                    let acc = b > n0;
+                    if patches(&chunk, images, cols, false) {
+                        matmul_with(false, k, f, nb * rpi, &mut gw, acc, cols, false, gz, false);
+                    } else {
+                        matmul_tn_rows(false, k, f, nb * rpi, &mut gw, acc, cols, gz);
+                    }
+                    if input_grad {
+                        matmul_with(false, nb * rpi, k, f, cols, false, gz, false, w, true);
+                        let (mine, tail) = std::mem::take(&mut gx_run).split_at_mut(nb * img);
+                        gx_run = tail;
+                        col2im(&chunk, cols, mine, None, false);
+                    }
+                }
+            });
+            gw
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut gw = partials.next().unwrap_or_else(|| vec![0f32; k * f]);
+    for part in partials {
+        for (a, b) in gw.iter_mut().zip(&part) {
+            *a += b;
+        }
+    }
+    // SAFETY: the runs cover the `total` values (all images when `input_grad`, else none), and
+    // `col2im` wrote every value of each block's images.
+    unsafe { gx.set_len(total) };
+    (gw, input_grad.then_some(gx))
+}
+
 /// [`ConvData`]'s forward pass on slices, running `epi` on each finished image (or part of them).
 pub(crate) fn conv_data_run(
     g: &Geometry,
@@ -1578,6 +1690,98 @@ mod tests {
                 .unwrap();
             let err = max_rel(&ours, &theirs);
             assert!(err < 1e-5, "{threads} threads: max relative error {err}");
+        }
+    }
+
+    /// The one-pass gradients of a convolution followed by max pooling against the separate
+    /// passes (the pooling's gradient for the whole batch, then both products), in a 3-thread
+    /// pool with 13 images (uneven blocks): one input channel (K-major patches), several, a
+    /// strided convolution, "same" pooling over an odd size, a kernel of 2 KB and of 74 KB, and
+    /// images large enough for one per block (then some runs sum two blocks).
+    #[test]
+    fn pooled_gradients_in_one_pass_match_the_separate_passes() {
+        use crate::kernels::pool::{PoolGeometry, max_pool_forward, max_pool_scatter};
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let n = 13;
+        // (h, c, k, stride, pad, f, pooling pad)
+        for (h, c, k, stride, pad, f, pp) in [
+            (12, 1, 3, 1, 0, 8, 0),
+            (11, 3, 3, 1, 0, 5, 0),
+            (12, 4, 3, 2, 1, 6, 0),
+            (10, 2, 2, 1, 0, 3, 1),
+            (9, 32, 3, 1, 1, 64, 0),
+            // One image per block (large images), more blocks than runs: sums over blocks.
+            (30, 8, 3, 1, 0, 16, 0),
+        ] {
+            let o = (h + 2 * pad - k) / stride + 1;
+            let g = Geometry {
+                n,
+                h,
+                w: h,
+                c,
+                kh: k,
+                kw: k,
+                stride,
+                dilation: 1,
+                pad_t: pad,
+                pad_l: pad,
+                oh: o,
+                ow: o,
+            };
+            let po = (o + pp) / 2;
+            let p = PoolGeometry {
+                n,
+                h: o,
+                w: o,
+                c: f,
+                ph: 2,
+                pw: 2,
+                sh: 2,
+                sw: 2,
+                pt: pp,
+                pl: pp,
+                oh: po,
+                ow: po,
+            };
+            let case = format!("{g:?} f={f} {p:?}");
+            let val = |len: usize, seed: usize| -> Vec<f32> {
+                (0..len)
+                    .map(|i| (((i + seed) * 2_654_435_761) % 1999) as f32 / 999.5 - 1.0)
+                    .collect()
+            };
+            let x = val(n * g.image_len(), 1);
+            let w = val(g.patch_len() * f, 2);
+            let z = val(n * o * o * f, 3);
+            let dy = val(n * po * po * f, 4);
+            pool.install(|| {
+                assert!(pooled_grads_fit(&g, f, &p), "{case}");
+                let (_, at) = max_pool_forward(&p, &z);
+                let gz = max_pool_scatter(&p, &at, &dy);
+                let gx_ref = conv_data_run(&g, f, &gz, &w, None);
+                let gw_ref = conv_filter_run(&g, f, &x, &gz);
+                for input_grad in [false, true] {
+                    let (gw, gx) = conv_pooled_grads(&g, f, &x, &w, &dy, &at, &p, input_grad);
+                    let rel = |a: &[f32], b: &[f32]| {
+                        let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                        a.iter()
+                            .zip(b)
+                            .fold(0f32, |m, (a, b)| m.max((a - b).abs() / scale))
+                    };
+                    assert_eq!(gw.len(), gw_ref.len(), "{case}");
+                    assert!(rel(&gw, &gw_ref) < 1e-5, "kernel gradient {case}");
+                    match gx {
+                        Some(gx) => {
+                            assert!(input_grad, "{case}");
+                            assert_eq!(gx.len(), gx_ref.len(), "{case}");
+                            assert!(rel(&gx, &gx_ref) < 1e-5, "input gradient {case}");
+                        }
+                        None => assert!(!input_grad, "{case}"),
+                    }
+                }
+            });
         }
     }
 
