@@ -7,7 +7,10 @@
 //! W3 Keras's MNIST convnet, batch 128: samples/s.
 //! W4 the guide's GAN `train_step`, batch 64: steps/s.
 //! Only steps after a warm-up are timed; the data is synthetic, of the real shapes. W2 and W4 run
-//! `fit` and the plain loop alternately three times and report medians. A plain loop does the
+//! `fit` and the plain loop alternately five times and report medians (what `fit` costs: the
+//! median over back-to-back pairs of runs of the ratio of their rates); W3 reports the median of
+//! three runs (this machine's speed moves by 10% within seconds: medians of several short runs
+//! move less than one long run). A plain loop does the
 //! work `fit` does, written by hand as the peers' PyTorch loop is (W2: shuffled batches, loss and
 //! accuracy sums read once per epoch; W4: the same `train_step` on consecutive batches); W2 again
 //! on consecutive rows, both ways.
@@ -298,11 +301,19 @@ fn medians(runs: &[Run]) -> (f64, f64) {
     )
 }
 
+/// What `fit` costs over the plain loop, in percent: the median over the pairs of runs made
+/// back to back (a slow phase of the machine then slows both runs of a pair) of
+/// `plain rate / fit rate - 1`.
+fn paired_cost(fit: &[f64], plain: &[f64]) -> f64 {
+    median(fit.iter().zip(plain).map(|(f, p)| p / f - 1.0).collect()) * 100.0
+}
+
 /// One W2 row: `fit` against the plain loop, by throughput and (on the CPU, where every step
 /// of both ends synchronously) by median step time.
 fn w2_row(label: &str, shuffle: bool) -> Result<()> {
-    let (f, p) = interleaved(3, || w2_fit(shuffle), || plain_loop(|| w2_plain(shuffle)))?;
+    let (f, p) = interleaved(5, || w2_fit(shuffle), || plain_loop(|| w2_plain(shuffle)))?;
     let ((fr, fs), (pr, ps)) = (medians(&f), medians(&p));
+    let rates = |runs: &[Run]| runs.iter().map(|r| r.rate).collect::<Vec<_>>();
     let by_step = if dev().is_cpu() {
         format!(
             "; median step {:.0} vs {:.0} µs, fit costs {:+.1}%",
@@ -315,7 +326,7 @@ fn w2_row(label: &str, shuffle: bool) -> Result<()> {
     };
     println!(
         "| {label} | {fr:.0} | {pr:.0} (fit costs {:+.1}%{by_step}) | samples/s |",
-        (pr / fr - 1.0) * 100.0
+        paired_cost(&rates(&f), &rates(&p))
     );
     Ok(())
 }
@@ -360,17 +371,18 @@ fn main() -> Result<()> {
         w2_row("W2, consecutive rows (`shuffle=false`)", false)?;
     }
     if want("w3") {
+        let runs = (0..3).map(|_| w3()).collect::<Result<Vec<_>>>()?;
         println!(
             "| W3 MNIST convnet, batch 128 | {:.0} | – | samples/s |",
-            w3()?
+            median(runs)
         );
     }
     if want("w4") {
-        let (f, p) = interleaved(3, || w4_fit(w4_steps), || plain_loop(|| w4_plain(w4_steps)))?;
+        let (f, p) = interleaved(5, || w4_fit(w4_steps), || plain_loop(|| w4_plain(w4_steps)))?;
+        let cost = paired_cost(&f, &p);
         let (f, p) = (median(f), median(p));
         println!(
-            "| W4 guide GAN step, batch 64 | {f:.2} | {p:.2} (fit costs {:+.1}%) | steps/s |",
-            (p / f - 1.0) * 100.0
+            "| W4 guide GAN step, batch 64 | {f:.2} | {p:.2} (fit costs {cost:+.1}%) | steps/s |"
         );
     }
     if want("gemm") {
