@@ -976,7 +976,9 @@ pub(crate) fn pooled_grads_fit(
         && p.sh >= p.ph
         && p.sw >= p.pw
         && p.no_empty_window()
-        && g.rows_per_image() * f * g.patch_len() * p.oh * p.ow > 0
+        && [g.rows_per_image(), f, g.patch_len(), p.oh, p.ow]
+            .iter()
+            .all(|&d| d > 0)
 }
 
 /// The kernel gradient `(K, f)` and, with `input_grad`, the input gradient `(n, h, w, c)` of a
