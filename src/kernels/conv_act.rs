@@ -132,7 +132,9 @@ pub(crate) struct ConvActPool {
     pub f: usize,
     pub act: Act,
     pub pool: PoolGeometry,
-    argmax: std::sync::Mutex<Option<std::sync::Arc<Vec<u32>>>>,
+    /// Where each maximum was, and whether maxima that ReLU zeroed were dropped from it (then the
+    /// backward needs no mask of ReLU's derivative: see `conv_run_pooled`).
+    argmax: std::sync::Mutex<Option<(std::sync::Arc<Vec<u32>>, bool)>>,
 }
 
 impl CustomOp3 for ConvActPool {
@@ -173,13 +175,17 @@ impl CustomOp3 for ConvActPool {
         // ReLU and the identity: the bias inside the pooling's comparison, the activation on the
         // maxima only (see `pool_image_biased`; other activations can tie where ReLU cannot).
         let post = move |y: &mut [f32]| activation_seq(y, act);
-        let biased = matches!(act, Act::Relu | Act::Linear).then_some((b, &post as _));
-        let (y, at) = match conv_run_pooled(&g, f, x, w, Some(&epi), biased, &p) {
-            Some(pooled) => pooled,
-            None => max_pool_forward(&p, &conv_run(&g, f, x, w, Some(&epi))),
+        let zero_ends = act == Act::Relu;
+        let biased = matches!(act, Act::Relu | Act::Linear).then_some((b, &post as _, zero_ends));
+        let ((y, at), masked) = match conv_run_pooled(&g, f, x, w, Some(&epi), biased, &p) {
+            Some(pooled) => (pooled, zero_ends),
+            None => (
+                max_pool_forward(&p, &conv_run(&g, f, x, w, Some(&epi))),
+                false,
+            ),
         };
         if let Ok(mut slot) = self.argmax.lock() {
-            *slot = Some(std::sync::Arc::new(at));
+            *slot = Some((std::sync::Arc::new(at), masked));
         }
         Ok((CpuStorage::F32(y), Shape::from((p.n, p.oh, p.ow, p.c))))
     }
@@ -192,20 +198,19 @@ impl CustomOp3 for ConvActPool {
         gy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (g, f, p) = (self.g, self.f, self.pool);
-        let Some(argmax) = self.argmax.lock().ok().and_then(|s| s.clone()) else {
+        let Some((argmax, masked)) = self.argmax.lock().ok().and_then(|s| s.clone()) else {
             candle_core::bail!("convolution + pooling: backward before forward")
         };
-        // The activation's gradient at each maximum, from the maximum itself.
-        let dy = activation_grad(y, gy, self.act)?.contiguous()?;
-        // Each pooled gradient lands at exactly one place (unless its window is empty, which
-        // "valid" and "same" windows never are): the bias gradient sums the pooled gradients, a
-        // quarter of the values for 2x2 windows.
         let every_window_kept = p.no_empty_window();
-        let pooled_bias_grad = (b.track_op() && every_window_kept)
-            .then(|| bias_grad(&dy, f))
-            .transpose()?;
         if every_window_kept && pooled_grads_fit(&g, f, &p) {
-            // Both products straight from the pooled gradient, block by block.
+            // Both products and the bias gradient straight from the pooled gradient, block by
+            // block; the activation's gradient at each maximum from the maximum itself, unless
+            // the maxima where ReLU's derivative is zero were dropped in the forward pass.
+            let dy = if masked {
+                gy.contiguous()?
+            } else {
+                activation_grad(y, gy, self.act)?.contiguous()?
+            };
             let op = PooledConvGrad {
                 g,
                 f,
@@ -213,6 +218,7 @@ impl CustomOp3 for ConvActPool {
                 argmax,
                 input_grad: x.track_op(),
                 kernel_grad: std::sync::Mutex::new(None),
+                bias_grad: std::sync::Mutex::new(None),
             };
             let out = x.apply_op3_no_bwd(w, &dy, &op)?;
             let (gx, gw) = if op.input_grad {
@@ -224,15 +230,28 @@ impl CustomOp3 for ConvActPool {
             } else {
                 (None, out)
             };
-            let gb = pooled_bias_grad
-                .map(|gb| gb.reshape(b.shape()))
-                .transpose()?;
+            let gb = if b.track_op() {
+                let Some(gb) = op.bias_grad.lock().ok().and_then(|mut s| s.take()) else {
+                    candle_core::bail!("convolution + pooling: bias gradient missing")
+                };
+                Some(Tensor::from_vec(gb, b.shape(), b.device())?)
+            } else {
+                None
+            };
             return Ok((
                 crate::tape::route(x, gx)?,
                 crate::tape::route(w, Some(gw))?,
                 crate::tape::route(b, gb)?,
             ));
         }
+        // The activation's gradient at each maximum, from the maximum itself.
+        let dy = activation_grad(y, gy, self.act)?.contiguous()?;
+        // Each pooled gradient lands at exactly one place (unless its window is empty, which
+        // "valid" and "same" windows never are): the bias gradient sums the pooled gradients, a
+        // quarter of the values for 2x2 windows.
+        let pooled_bias_grad = (b.track_op() && every_window_kept)
+            .then(|| bias_grad(&dy, f))
+            .transpose()?;
         let gz = dy
             .apply_op1_no_bwd(&MaxPoolScatter { g: p, argmax })?
             .reshape((g.n * g.oh * g.ow, f))?;
@@ -258,7 +277,8 @@ impl CustomOp3 for ConvActPool {
 /// [`ConvActPool`]'s kernel gradient and (with `input_grad`) input gradient from the activation's
 /// gradient at the pooled maxima: inputs `(x, w, dy)`; the output is the input gradient
 /// `(n, h, w, c)`, the kernel gradient `(K, f)` left in `kernel_grad`, or, without
-/// `input_grad`, the kernel gradient itself (see [`conv_pooled_grads`]).
+/// `input_grad`, the kernel gradient itself; the bias gradient `(f)` is left in `bias_grad`
+/// (see [`conv_pooled_grads`]).
 struct PooledConvGrad {
     g: Geometry,
     f: usize,
@@ -266,6 +286,7 @@ struct PooledConvGrad {
     argmax: std::sync::Arc<Vec<u32>>,
     input_grad: bool,
     kernel_grad: std::sync::Mutex<Option<Vec<f32>>>,
+    bias_grad: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
 impl CustomOp3 for PooledConvGrad {
@@ -300,7 +321,10 @@ impl CustomOp3 for PooledConvGrad {
                 self.argmax.len()
             )
         }
-        let (gw, gx) = conv_pooled_grads(&g, f, x, w, dy, &self.argmax, &p, self.input_grad);
+        let (gw, gx, gb) = conv_pooled_grads(&g, f, x, w, dy, &self.argmax, &p, self.input_grad);
+        if let Ok(mut slot) = self.bias_grad.lock() {
+            *slot = Some(gb);
+        }
         Ok(match gx {
             Some(gx) => {
                 if let Ok(mut slot) = self.kernel_grad.lock() {
@@ -537,20 +561,29 @@ mod tests {
         }
     }
 
+    /// The fused model against its layers called one by one: outputs, and the gradients of the
+    /// variables and of the input under a random weighting of the outputs (so that outputs which
+    /// an activation set to zero still receive gradient from above).
     fn check_fusion(mut seq: crate::Sequential, x: Tensor) {
         // The layers are on the default device (the GPU in a CUDA check run).
         let x = x.to_device(&crate::runtime::default_device()).unwrap();
+        let xv = Variable::new("x", &x, true).unwrap();
+        let x = xv.as_tensor().clone();
         let fused = seq.forward(&x, true).unwrap();
-        let vars = seq.trainable_variables();
-        let gf = GradientTape::gradient(&fused.sqr().unwrap().sum_all().unwrap(), &vars).unwrap();
+        let mut vars = seq.trainable_variables();
+        vars.push(xv);
+        let up = Tensor::randn(0f32, 1.0, fused.dims(), fused.device()).unwrap();
+        let loss = |y: &Tensor| (y * &up).unwrap().sum_all().unwrap();
+        let gf = GradientTape::gradient(&loss(&fused), &vars).unwrap();
         let mut h = x.clone();
         for layer in seq.layers_mut() {
             h = layer.call(&h, true).unwrap();
         }
         assert!(max_rel(&fused, &h) < 1e-6);
-        let gs = GradientTape::gradient(&h.sqr().unwrap().sum_all().unwrap(), &vars).unwrap();
-        for (a, b) in gf.iter().zip(&gs) {
-            assert!(max_rel(a, b) < 1e-5);
+        let gs = GradientTape::gradient(&loss(&h), &vars).unwrap();
+        for (i, (a, b)) in gf.iter().zip(&gs).enumerate() {
+            let err = max_rel(a, b);
+            assert!(err < 1e-5, "gradient {i} of {}: {err}", gs.len());
         }
     }
 }

@@ -892,6 +892,8 @@ pub(crate) fn conv_run(g: &Geometry, f: usize, x: &[f32], w: &[f32], epi: Epilog
 /// With `Pooling::Biased(b, post)`, `epi` is not run: the pooling compares the outputs plus `b`
 /// (one value per channel) and `post` runs on the pooled values (for a monotone activation,
 /// `act(max(v + b))` is `max(act(v + b))`; see [`crate::kernels::pool::pool_image_biased`]).
+/// With `zero_ends` (after ReLU), a pooled value that `post` left at zero or below keeps no
+/// argmax (`u32::MAX`): ReLU's derivative is zero there, so the gradient needs no mask of its own.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_run_pooled(
     g: &Geometry,
@@ -899,7 +901,7 @@ pub(crate) fn conv_run_pooled(
     x: &[f32],
     w: &[f32],
     epi: Epilogue,
-    biased: Option<(&[f32], &EpilogueFn<'_>)>,
+    biased: Option<(&[f32], &EpilogueFn<'_>, bool)>,
     p: &crate::kernels::pool::PoolGeometry,
 ) -> Option<(Vec<f32>, Vec<u32>)> {
     let g = *g;
@@ -911,7 +913,7 @@ pub(crate) fn conv_run_pooled(
         || (p.n, p.h, p.w, p.c) != (g.n, g.oh, g.ow, f)
         || out_len == 0
         || pooled_len == 0
-        || biased.is_some_and(|(b, _)| b.len() != f)
+        || biased.is_some_and(|(b, _, _)| b.len() != f)
     {
         return None;
     }
@@ -934,13 +936,22 @@ pub(crate) fn conv_run_pooled(
                 let out = &mut out[..nb * out_len];
                 let t = patches(&chunk, images, cols, false);
                 matmul_with(false, nb * rpi, f, k, out, false, cols, t, w, false);
-                if let Some((b, post)) = biased {
+                if let Some((b, post, zero_ends)) = biased {
                     for (i, img) in out.chunks_exact(out_len).enumerate() {
                         let o = i * pooled_len..(i + 1) * pooled_len;
                         let (yi, ai) = (&mut yb[o.clone()], &mut ab[o]);
                         crate::kernels::pool::pool_image_biased(p, img, b, yi, ai);
                         // SAFETY: `pool_image_biased` wrote every value of `yi`.
-                        post(unsafe { &mut *(yi as *mut [MaybeUninit<f32>] as *mut [f32]) });
+                        let yi = unsafe { &mut *(yi as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                        post(yi);
+                        if zero_ends {
+                            // SAFETY: `pool_image_biased` wrote every value of `ai`.
+                            let ai = unsafe { &mut *(ai as *mut [MaybeUninit<u32>] as *mut [u32]) };
+                            // A select, not a branch: whether ReLU zeroed a maximum is a coin flip.
+                            for (v, a) in yi.iter().zip(ai.iter_mut()) {
+                                *a = if *v > 0.0 { *a } else { u32::MAX };
+                            }
+                        }
                     }
                     return;
                 }
@@ -981,9 +992,10 @@ pub(crate) fn pooled_grads_fit(
             .all(|&d| d > 0)
 }
 
-/// The kernel gradient `(K, f)` and, with `input_grad`, the input gradient `(n, h, w, c)` of a
-/// convolution followed by a max pooling (see [`pooled_grads_fit`]), from the gradient `dy` of
-/// the pooled values and the pooling's `argmax` (flat indices within each image).
+/// The kernel gradient `(K, f)`, with `input_grad` the input gradient `(n, h, w, c)`, and the
+/// bias gradient `(f)` of a convolution followed by a max pooling (see [`pooled_grads_fit`]),
+/// from the gradient `dy` of the pooled values and the pooling's `argmax` (flat indices within
+/// each image; `u32::MAX` where no gradient flows).
 ///
 /// Why one pass: the convolution output's gradient is zero except at each window's maximum.
 /// Built for the whole batch, it is written to memory (11 MB for the MNIST convnet's first layer)
@@ -999,7 +1011,7 @@ pub(crate) fn conv_pooled_grads(
     argmax: &[u32],
     p: &crate::kernels::pool::PoolGeometry,
     input_grad: bool,
-) -> (Vec<f32>, Option<Vec<f32>>) {
+) -> (Vec<f32>, Option<Vec<f32>>, Vec<f32>) {
     let g = *g;
     let (k, rpi, img) = (g.patch_len(), g.rows_per_image(), g.image_len());
     let (out_len, pooled_len) = (rpi * f, p.oh * p.ow * p.c);
@@ -1025,10 +1037,22 @@ pub(crate) fn conv_pooled_grads(
         rest = tail;
         jobs.push((n0, n1, mine));
     }
-    let partials: Vec<Vec<f32>> = jobs
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = jobs
         .into_par_iter()
         .map(|(n0, n1, mut gx_run)| {
             let mut gw = vec![0f32; k * f];
+            // The bias gradient: the pooled gradients that reach a maximum, per channel.
+            let mut gb = vec![0f32; f];
+            let (dy_run, at_run) = (
+                &dy[n0 * pooled_len..n1 * pooled_len],
+                &argmax[n0 * pooled_len..n1 * pooled_len],
+            );
+            for (d, a) in dy_run.chunks_exact(f).zip(at_run.chunks_exact(f)) {
+                // A select, not a branch: whether ReLU zeroed a maximum is a coin flip.
+                for ((s, &d), &a) in gb.iter_mut().zip(d).zip(a) {
+                    *s += if a == u32::MAX { 0.0 } else { d };
+                }
+            }
             with_scratch(per * (out_len + rpi * k), |buf| {
                 let (gz_buf, cols_buf) = buf.split_at_mut(per * out_len);
                 for b in (n0..n1).step_by(per) {
@@ -1059,20 +1083,25 @@ pub(crate) fn conv_pooled_grads(
                     }
                 }
             });
-            gw
+            (gw, gb)
         })
         .collect();
     let mut partials = partials.into_iter();
-    let mut gw = partials.next().unwrap_or_else(|| vec![0f32; k * f]);
-    for part in partials {
-        for (a, b) in gw.iter_mut().zip(&part) {
+    let (mut gw, mut gb) = partials
+        .next()
+        .unwrap_or_else(|| (vec![0f32; k * f], vec![0f32; f]));
+    for (pw, pb) in partials {
+        for (a, b) in gw.iter_mut().zip(&pw) {
+            *a += b;
+        }
+        for (a, b) in gb.iter_mut().zip(&pb) {
             *a += b;
         }
     }
     // SAFETY: the runs cover the `total` values (all images when `input_grad`, else none), and
     // `col2im` wrote every value of each block's images.
     unsafe { gx.set_len(total) };
-    (gw, input_grad.then_some(gx))
+    (gw, input_grad.then_some(gx), gb)
 }
 
 /// [`ConvData`]'s forward pass on slices, running `epi` on each finished image (or part of them).
@@ -1765,7 +1794,11 @@ mod tests {
                 let gx_ref = conv_data_run(&g, f, &gz, &w, None);
                 let gw_ref = conv_filter_run(&g, f, &x, &gz);
                 for input_grad in [false, true] {
-                    let (gw, gx) = conv_pooled_grads(&g, f, &x, &w, &dy, &at, &p, input_grad);
+                    let (gw, gx, gb) = conv_pooled_grads(&g, f, &x, &w, &dy, &at, &p, input_grad);
+                    let mut gb_ref = vec![0f32; f];
+                    for (i, v) in gz.iter().enumerate() {
+                        gb_ref[i % f] += v;
+                    }
                     let rel = |a: &[f32], b: &[f32]| {
                         let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
                         a.iter()
@@ -1774,6 +1807,7 @@ mod tests {
                     };
                     assert_eq!(gw.len(), gw_ref.len(), "{case}");
                     assert!(rel(&gw, &gw_ref) < 1e-5, "kernel gradient {case}");
+                    assert!(rel(&gb, &gb_ref) < 1e-5, "bias gradient {case}");
                     match gx {
                         Some(gx) => {
                             assert!(input_grad, "{case}");
