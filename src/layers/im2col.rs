@@ -1450,6 +1450,29 @@ mod tests {
         assert!(blocked >= 10, "only {blocked} geometries ran in blocks");
     }
 
+    /// candle's own convolution of a channels-last image `x (n,h,w,c)` with a Keras kernel
+    /// `k (kh,kw,c,f)`, zero padding `(top, bottom)` and `(left, right)`: the reference.
+    fn candle_conv(
+        x: &Tensor,
+        k: &Tensor,
+        (pt, pb): (usize, usize),
+        (pl, pr): (usize, usize),
+        stride: usize,
+        dilation: usize,
+    ) -> Tensor {
+        let k = k.permute((3, 2, 0, 1)).unwrap().contiguous().unwrap();
+        x.pad_with_zeros(1, pt, pb)
+            .unwrap()
+            .pad_with_zeros(2, pl, pr)
+            .unwrap()
+            .permute((0, 3, 1, 2))
+            .unwrap()
+            .conv2d(&k, 0, stride, dilation, 1)
+            .unwrap()
+            .permute((0, 2, 3, 1))
+            .unwrap()
+    }
+
     /// Checks [`Conv`], [`ConvData`] and [`ConvFilter`] against candle over a set of geometries
     /// with `n` images; returns how many ran in blocks, one per thread.
     fn conv_against_candle(n: usize) -> usize {
@@ -1519,28 +1542,14 @@ mod tests {
             let loss = (&y * &up).unwrap().sum_all().unwrap();
             let ours = GradientTape::gradient(&loss, &[xv.clone(), kv.clone()]).unwrap();
             // candle's, on the explicitly padded image
-            let yc = xv
-                .as_tensor()
-                .pad_with_zeros(1, pt, pb)
-                .unwrap()
-                .pad_with_zeros(2, pl, pr)
-                .unwrap()
-                .permute((0, 3, 1, 2))
-                .unwrap()
-                .conv2d(
-                    &kv.as_tensor()
-                        .permute((3, 2, 0, 1))
-                        .unwrap()
-                        .contiguous()
-                        .unwrap(),
-                    0,
-                    stride,
-                    dilation,
-                    1,
-                )
-                .unwrap()
-                .permute((0, 2, 3, 1))
-                .unwrap();
+            let yc = candle_conv(
+                xv.as_tensor(),
+                kv.as_tensor(),
+                (pt, pb),
+                (pl, pr),
+                stride,
+                dilation,
+            );
             assert!(max_rel(&y, &yc) < 1e-5, "forward {case}");
             let lc = (&yc * &up).unwrap().sum_all().unwrap();
             let theirs = GradientTape::gradient(&lc, &[xv.clone(), kv.clone()]).unwrap();
@@ -1565,27 +1574,7 @@ mod tests {
             let l2 = (&t_ours * &up2).unwrap().sum_all().unwrap();
             let g2 = GradientTape::gradient(&l2, &[gyv.clone(), kv.clone()]).unwrap();
             // d/d(gy) <ConvData(gy), up2> = Conv(up2); d/dk = ConvFilter(up2, gy).
-            let conv_up2 = up2
-                .pad_with_zeros(1, pt, pb)
-                .unwrap()
-                .pad_with_zeros(2, pl, pr)
-                .unwrap()
-                .permute((0, 3, 1, 2))
-                .unwrap()
-                .conv2d(
-                    &kv.as_tensor()
-                        .permute((3, 2, 0, 1))
-                        .unwrap()
-                        .contiguous()
-                        .unwrap(),
-                    0,
-                    stride,
-                    dilation,
-                    1,
-                )
-                .unwrap()
-                .permute((0, 2, 3, 1))
-                .unwrap();
+            let conv_up2 = candle_conv(&up2, kv.as_tensor(), (pt, pb), (pl, pr), stride, dilation);
             assert!(max_rel(&g2[0], &conv_up2) < 1e-5, "data op, gy grad {case}");
             let kflat = GradientTape::gradient(
                 &(&conv_up2 * gyv.as_tensor()).unwrap().sum_all().unwrap(),
@@ -1681,27 +1670,7 @@ mod tests {
             true,
         )
         .unwrap();
-        let yc = x
-            .pad_with_zeros(1, 1, 1)
-            .unwrap()
-            .pad_with_zeros(2, 1, 1)
-            .unwrap()
-            .permute((0, 3, 1, 2))
-            .unwrap()
-            .conv2d(
-                &kv.as_tensor()
-                    .permute((3, 2, 0, 1))
-                    .unwrap()
-                    .contiguous()
-                    .unwrap(),
-                0,
-                1,
-                1,
-                1,
-            )
-            .unwrap()
-            .permute((0, 2, 3, 1))
-            .unwrap();
+        let yc = candle_conv(&x, kv.as_tensor(), (1, 1), (1, 1), 1, 1);
         let loss = (&yc * &gy).unwrap().sum_all().unwrap();
         let theirs = GradientTape::gradient(&loss, std::slice::from_ref(&kv)).unwrap();
         let theirs = theirs[0].reshape((g.patch_len(), f)).unwrap();
