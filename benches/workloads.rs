@@ -18,6 +18,9 @@
 //! `--device cuda` (or `FERROKERAS_DEVICE=cuda`) runs them on the GPU in a `cuda` build, with the
 //! data on the GPU (as a PyTorch loop would have it) and a device synchronisation before each
 //! clock read.
+//! The last column is the share of CPU time that a virtual machine's host gave to other machines
+//! during the row's runs (`/proc/stat`'s steal): a run with a large share had fewer cores than it
+//! was given, and compares with nothing.
 
 use std::time::Instant;
 
@@ -311,6 +314,7 @@ fn paired_cost(fit: &[f64], plain: &[f64]) -> f64 {
 /// One W2 row: `fit` against the plain loop, by throughput and (on the CPU, where every step
 /// of both ends synchronously) by median step time.
 fn w2_row(label: &str, shuffle: bool) -> Result<()> {
+    let t = cpu_ticks();
     let (f, p) = interleaved(5, || w2_fit(shuffle), || plain_loop(|| w2_plain(shuffle)))?;
     let ((fr, fs), (pr, ps)) = (medians(&f), medians(&p));
     let rates = |runs: &[Run]| runs.iter().map(|r| r.rate).collect::<Vec<_>>();
@@ -325,10 +329,36 @@ fn w2_row(label: &str, shuffle: bool) -> Result<()> {
         String::new()
     };
     println!(
-        "| {label} | {fr:.0} | {pr:.0} (fit costs {:+.1}%{by_step}) | samples/s |",
-        paired_cost(&rates(&f), &rates(&p))
+        "| {label} | {fr:.0} | {pr:.0} (fit costs {:+.1}%{by_step}) | samples/s | {} |",
+        paired_cost(&rates(&f), &rates(&p)),
+        stolen_since(t)
     );
     Ok(())
+}
+
+/// The machine's CPU time counters from `/proc/stat` (Linux): time the host gave to other
+/// machines ("steal") and all time, in clock ticks. `None` where there is no such file.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    (v.len() == 8).then(|| (v[7], v.iter().sum()))
+}
+
+/// The share of CPU time a virtual machine's host took away since `start` (a run with a large
+/// share ran on fewer cores than it was given: compare only runs with a small one).
+fn stolen_since(start: Option<(u64, u64)>) -> String {
+    match (start, cpu_ticks()) {
+        (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
+            format!("{:.1}%", 100.0 * (s1 - s0) as f64 / (t1 - t0) as f64)
+        }
+        _ => "–".to_string(),
+    }
 }
 
 fn main() -> Result<()> {
@@ -356,12 +386,16 @@ fn main() -> Result<()> {
     let w4_steps = if dev().is_cpu() { 6 } else { 100 };
     println!("device: {}", if dev().is_cpu() { "cpu" } else { "cuda" });
     let want = |w: &str| picked.is_empty() || picked.iter().any(|p| p == w);
-    println!("| workload | ferrokeras via fit | plain loop (no fit) | unit |");
-    println!("|---|---|---|---|");
+    println!(
+        "| workload | ferrokeras via fit | plain loop (no fit) | unit | CPU time taken by the host |"
+    );
+    println!("|---|---|---|---|---|");
     if want("w1") {
+        let t = cpu_ticks();
+        let r = w1()?;
         println!(
-            "| W1 guide Dense 32→1, batch 32 | {:.0} | – | steps/s |",
-            w1()?
+            "| W1 guide Dense 32→1, batch 32 | {r:.0} | – | steps/s | {} |",
+            stolen_since(t)
         );
     }
     if want("w2") {
@@ -371,25 +405,31 @@ fn main() -> Result<()> {
         w2_row("W2, consecutive rows (`shuffle=false`)", false)?;
     }
     if want("w3") {
+        let t = cpu_ticks();
         let runs = (0..3).map(|_| w3()).collect::<Result<Vec<_>>>()?;
         println!(
-            "| W3 MNIST convnet, batch 128 | {:.0} | – | samples/s |",
-            median(runs)
+            "| W3 MNIST convnet, batch 128 | {:.0} | – | samples/s | {} |",
+            median(runs),
+            stolen_since(t)
         );
     }
     if want("w4") {
+        let t = cpu_ticks();
         let (f, p) = interleaved(5, || w4_fit(w4_steps), || plain_loop(|| w4_plain(w4_steps)))?;
         let cost = paired_cost(&f, &p);
         let (f, p) = (median(f), median(p));
         println!(
-            "| W4 guide GAN step, batch 64 | {f:.2} | {p:.2} (fit costs {cost:+.1}%) | steps/s |"
+            "| W4 guide GAN step, batch 64 | {f:.2} | {p:.2} (fit costs {cost:+.1}%) | steps/s | {} |",
+            stolen_since(t)
         );
     }
     if want("gemm") {
+        let t = cpu_ticks();
+        let r = gemm_peak()?;
         println!(
-            "| float32 GEMM {}³ (candle matmul) | {:.1} | – | GFLOP/s |",
+            "| float32 GEMM {}³ (candle matmul) | {r:.1} | – | GFLOP/s | {} |",
             if dev().is_cpu() { 1024 } else { 8192 },
-            gemm_peak()?
+            stolen_since(t)
         );
     }
     Ok(())
