@@ -418,11 +418,24 @@ fn gather_line(g: &Geometry, f: usize, z: &[f32], line: usize, out: &mut [f32]) 
         if f == 1 {
             // One value per output (the GAN's 128 → 1 convolution): a running sum in a register.
             for (ox, out) in out.iter_mut().enumerate() {
+                // Stride and dilation 1 with the kernel row inside the image: tap `j` of row `i`
+                // is `tf + 1` values after tap `j - 1` (next pixel, next tap), no bounds decision
+                // per value (the same sums in the same order).
+                let x0 = ox.checked_sub(g.pad_l);
+                let whole =
+                    g.stride == 1 && g.dilation == 1 && x0.is_some_and(|x0| x0 + g.kw <= g.w);
                 let mut sum = 0f32;
                 for i in 0..g.kh {
                     let Some(y) = g.src(oy, i, g.pad_t, g.h) else {
                         continue;
                     };
+                    if let (true, Some(x0)) = (whole, x0) {
+                        let start = ((n * g.h + y) * g.w + x0) * tf + i * g.kw;
+                        for v in z[start..].iter().step_by(tf + 1).take(g.kw) {
+                            sum += *v;
+                        }
+                        continue;
+                    }
                     for j in 0..g.kw {
                         if let Some(x) = g.src(ox, j, g.pad_l, g.w) {
                             sum += z[((n * g.h + y) * g.w + x) * tf + i * g.kw + j];
@@ -456,39 +469,66 @@ fn gather_line(g: &Geometry, f: usize, z: &[f32], line: usize, out: &mut [f32]) 
 /// For each image pixel and tap, the output gradient `gy (rows × f)` at the output position that
 /// tap of that pixel feeds (zeros where none): `dst (pixels × taps·f)`.
 fn scatter_taps(g: &Geometry, f: usize, gy: &[f32], dst: &mut [f32], par: bool) {
+    chunks_each(dst, g.taps() * f * g.w, par, |line, out| {
+        scatter_line(g, f, gy, line, out)
+    });
+}
+
+/// [`scatter_taps`] for one line of image pixels (`line` = image × row). Compiled for AVX-512 and
+/// AVX2 too, picked once per line at run time.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn scatter_line(g: &Geometry, f: usize, gy: &[f32], line: usize, out: &mut [f32]) {
     let tf = g.taps() * f;
-    chunks_each(dst, tf * g.w, par, |line, out| {
-        let (n, py) = (line / g.h, line % g.h);
-        for (px, out) in out.chunks_exact_mut(tf).enumerate() {
-            if f == 1 {
-                // One value per tap (the GAN's 128 → 1 convolution): plain stores, not a copy
-                // call per value.
-                for i in 0..g.kh {
-                    let oy = g.dst(py, i, g.pad_t, g.oh);
-                    for j in 0..g.kw {
-                        out[i * g.kw + j] = match (oy, g.dst(px, j, g.pad_l, g.ow)) {
-                            (Some(oy), Some(ox)) => gy[(n * g.oh + oy) * g.ow + ox],
-                            _ => 0.0,
-                        };
-                    }
-                }
-                continue;
-            }
+    let (n, py) = (line / g.h, line % g.h);
+    for (px, out) in out.chunks_exact_mut(tf).enumerate() {
+        if f == 1 {
+            // One value per tap (the GAN's 128 → 1 convolution). Stride and dilation 1 with every
+            // tap of a kernel row landing inside the output row: the row's values are one run of
+            // `gy` read backwards (tap `j` feeds output column `px + pad_l - j`), without a bounds
+            // decision per value.
+            let (last, lo) = (px + g.pad_l, g.kw - 1);
+            let whole = g.stride == 1 && g.dilation == 1 && last >= lo && last < g.ow;
             for i in 0..g.kh {
                 let oy = g.dst(py, i, g.pad_t, g.oh);
-                for j in 0..g.kw {
-                    let d = (i * g.kw + j) * f;
-                    match (oy, g.dst(px, j, g.pad_l, g.ow)) {
-                        (Some(oy), Some(ox)) => {
-                            let s = ((n * g.oh + oy) * g.ow + ox) * f;
-                            out[d..d + f].copy_from_slice(&gy[s..s + f]);
+                let row = &mut out[i * g.kw..(i + 1) * g.kw];
+                match oy {
+                    Some(oy) if whole => {
+                        let base = (n * g.oh + oy) * g.ow;
+                        let run = &gy[base + last - lo..=base + last];
+                        for (o, v) in row.iter_mut().zip(run.iter().rev()) {
+                            *o = *v;
                         }
-                        _ => out[d..d + f].fill(0.0),
                     }
+                    None => row.fill(0.0),
+                    Some(oy) => {
+                        for (j, o) in row.iter_mut().enumerate() {
+                            *o = match g.dst(px, j, g.pad_l, g.ow) {
+                                Some(ox) => gy[(n * g.oh + oy) * g.ow + ox],
+                                None => 0.0,
+                            };
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+        for i in 0..g.kh {
+            let oy = g.dst(py, i, g.pad_t, g.oh);
+            for j in 0..g.kw {
+                let d = (i * g.kw + j) * f;
+                match (oy, g.dst(px, j, g.pad_l, g.ow)) {
+                    (Some(oy), Some(ox)) => {
+                        let s = ((n * g.oh + oy) * g.ow + ox) * f;
+                        out[d..d + f].copy_from_slice(&gy[s..s + f]);
+                    }
+                    _ => out[d..d + f].fill(0.0),
                 }
             }
         }
-    });
+    }
 }
 
 /// The kernel `(taps, c, f)` rearranged to `(c, taps·f)`, `kn2row`'s right-hand matrix.
@@ -1502,6 +1542,7 @@ mod tests {
             (4, 3, 2, 1, (1, 1), (0, 2), 3, 2),
             (3, 3, 1, 1, (1, 1), (1, 1), 6, 1),
             (7, 7, 1, 1, (3, 3), (3, 3), 5, 1),
+            (5, 4, 1, 1, (1, 3), (3, 0), 6, 1),
             (3, 3, 2, 1, (1, 1), (0, 2), 7, 2),
             (3, 2, 1, 2, (2, 0), (1, 1), 8, 3),
             (5, 5, 1, 1, (2, 2), (2, 2), 1, 1),
