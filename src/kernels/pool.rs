@@ -333,6 +333,41 @@ pub(crate) fn scatter_image(
     gy: &[f32],
     at: &[u32],
 ) {
+    scatter_body::<false>(g, img, gy, at, &mut []);
+}
+
+/// [`scatter_image`], also adding to `sums[ch]` the gradients placed in channel `ch` (`sums` one
+/// value per channel): the bias gradient of a convolution under the pooling, from the values
+/// that this pass reads anyway (every kept maximum is placed exactly once, at its argmax; a
+/// maximum without one, `u32::MAX`, is placed nowhere).
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+pub(crate) fn scatter_image_summed(
+    g: &PoolGeometry,
+    img: &mut [std::mem::MaybeUninit<f32>],
+    gy: &[f32],
+    at: &[u32],
+    sums: &mut [f32],
+) {
+    if sums.len() != g.c {
+        // Not one sum per channel: the caller checked; place without summing.
+        return scatter_body::<false>(g, img, gy, at, &mut []);
+    }
+    scatter_body::<true>(g, img, gy, at, sums);
+}
+
+/// The body of [`scatter_image`] and [`scatter_image_summed`], inlined into each (and so compiled
+/// for each of their targets).
+#[inline(always)]
+fn scatter_body<const SUM: bool>(
+    g: &PoolGeometry,
+    img: &mut [std::mem::MaybeUninit<f32>],
+    gy: &[f32],
+    at: &[u32],
+    sums: &mut [f32],
+) {
     let row_len = g.w * g.c;
     // Window and offset of the first row and column, then counted along (no division per cell).
     let (mut oy, mut ky) = (g.pt / g.sh, g.pt % g.sh);
@@ -348,7 +383,7 @@ pub(crate) fn scatter_image(
                 } else {
                     let o = (oy * g.ow + ox) * g.c;
                     let base = ((y * g.w + x) * g.c) as u32;
-                    place(cell, &gy[o..o + g.c], &at[o..o + g.c], base);
+                    place::<SUM>(cell, &gy[o..o + g.c], &at[o..o + g.c], base, sums);
                 }
                 kx += 1;
                 if kx == g.sw {
@@ -363,14 +398,28 @@ pub(crate) fn scatter_image(
     }
 }
 
-/// `dst[ch] = gy[ch]` where channel `ch`'s maximum sits at flat index `base + ch`, else `0`.
+/// `dst[ch] = gy[ch]` where channel `ch`'s maximum sits at flat index `base + ch`, else `0`; with
+/// `SUM`, also `sums[ch] += dst[ch]`.
 #[inline(always)]
-fn place(dst: &mut [std::mem::MaybeUninit<f32>], gy: &[f32], at: &[u32], base: u32) {
-    let n = dst.len().min(gy.len()).min(at.len());
+fn place<const SUM: bool>(
+    dst: &mut [std::mem::MaybeUninit<f32>],
+    gy: &[f32],
+    at: &[u32],
+    base: u32,
+    sums: &mut [f32],
+) {
+    let mut n = dst.len().min(gy.len()).min(at.len());
+    if SUM {
+        n = n.min(sums.len());
+    }
     let (dst, gy, at) = (&mut dst[..n], &gy[..n], &at[..n]);
     for ch in 0..n {
         let hit = at[ch] == base + ch as u32;
-        dst[ch] = std::mem::MaybeUninit::new(if hit { gy[ch] } else { 0.0 });
+        let v = if hit { gy[ch] } else { 0.0 };
+        dst[ch] = std::mem::MaybeUninit::new(v);
+        if SUM {
+            sums[ch] += v;
+        }
     }
 }
 

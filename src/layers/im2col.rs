@@ -1092,18 +1092,9 @@ pub(crate) fn conv_pooled_grads(
         .into_par_iter()
         .map(|(n0, n1, mut gx_run)| {
             let mut gw = vec![0f32; k * f];
-            // The bias gradient: the pooled gradients that reach a maximum, per channel.
+            // The bias gradient: the pooled gradients that reach a maximum, per channel (summed
+            // while they are placed).
             let mut gb = vec![0f32; f];
-            let (dy_run, at_run) = (
-                &dy[n0 * pooled_len..n1 * pooled_len],
-                &argmax[n0 * pooled_len..n1 * pooled_len],
-            );
-            for (d, a) in dy_run.chunks_exact(f).zip(at_run.chunks_exact(f)) {
-                // A select, not a branch: whether ReLU zeroed a maximum is a coin flip.
-                for ((s, &d), &a) in gb.iter_mut().zip(d).zip(a) {
-                    *s += if a == u32::MAX { 0.0 } else { d };
-                }
-            }
             with_scratch(per * (out_len + rpi * k), |buf| {
                 let (gz_buf, cols_buf) = buf.split_at_mut(per * out_len);
                 for b in (n0..n1).step_by(per) {
@@ -1116,7 +1107,13 @@ pub(crate) fn conv_pooled_grads(
                         // `scatter_image` only overwrites with initialised ones.
                         let gz_img =
                             unsafe { &mut *(gz_img as *mut [f32] as *mut [MaybeUninit<f32>]) };
-                        crate::kernels::pool::scatter_image(p, gz_img, &dy[o.clone()], &argmax[o]);
+                        crate::kernels::pool::scatter_image_summed(
+                            p,
+                            gz_img,
+                            &dy[o.clone()],
+                            &argmax[o],
+                            &mut gb,
+                        );
                     }
                     let cols = &mut cols_buf[..nb * rpi * k];
                     let images = &x[b * img..(b + nb) * img];
@@ -1810,7 +1807,11 @@ mod tests {
             let dy = val(n * po * po * f, 4);
             pool.install(|| {
                 assert!(pooled_grads_fit(&g, f, &p), "{case}");
-                let (_, at) = max_pool_forward(&p, &z);
+                let (_, mut at) = max_pool_forward(&p, &z);
+                // Some maxima without an argmax (zeroed by a ReLU): no gradient flows there.
+                for a in at.iter_mut().step_by(5) {
+                    *a = u32::MAX;
+                }
                 let gz = max_pool_scatter(&p, &at, &dy);
                 let gx_ref = conv_data_run(&g, f, &gz, &w, None);
                 let gw_ref = conv_filter_run(&g, f, &x, &gz);
