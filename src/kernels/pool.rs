@@ -522,3 +522,134 @@ impl CustomOp2 for MaxPoolGrad {
         Ok((CpuStorage::F32(gx), l1.shape().clone()))
     }
 }
+
+/// Global max pooling of `(n, p, c)` values (`p` positions per image, channels last): per image
+/// and channel, the largest value over the positions. One pass forward; backward, one pass per
+/// image that counts the tied maxima and one that places `gy / count` at each of them (the
+/// gradient of TensorFlow's `reduce_max`, which Keras's `GlobalMaxPooling2D` uses). Built from
+/// candle ops, the same layer was a max, a broadcast comparison, a sum and a `where`, each a
+/// pass over the input and each with its own backward (about 3% of the GAN's step).
+pub(crate) struct GlobalMax {
+    pub n: usize,
+    pub p: usize,
+    pub c: usize,
+}
+
+/// [`GlobalMax`]'s gradient: inputs `(x, y, gy)`, output shaped like `x`.
+struct GlobalMaxGrad {
+    n: usize,
+    p: usize,
+    c: usize,
+}
+
+/// `best[ch] = max(best[ch], row[ch])`, a NaN anywhere giving NaN (as PyTorch's `amax`, so that a
+/// diverging model shows). Branch-free selects, compiled for AVX-512 and AVX2 too.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn column_max(rows: &[f32], best: &mut [f32]) {
+    let c = best.len();
+    best.copy_from_slice(&rows[..c]);
+    for row in rows[c..].chunks_exact(c) {
+        for (b, &v) in best.iter_mut().zip(row) {
+            *b = if v > *b || v.is_nan() { v } else { *b };
+        }
+    }
+}
+
+/// One image's gradient: `gx[i][ch] = gy[ch] / count[ch]` where `x[i][ch] == y[ch]` (`count` the
+/// number of such positions), zero elsewhere.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn global_max_grad_image(x: &[f32], y: &[f32], gy: &[f32], share: &mut [f32], gx: &mut [f32]) {
+    let c = y.len();
+    share.fill(0.0);
+    for row in x.chunks_exact(c) {
+        for ((s, &v), &m) in share.iter_mut().zip(row).zip(y) {
+            *s += if v == m { 1.0 } else { 0.0 };
+        }
+    }
+    for (s, &g) in share.iter_mut().zip(gy) {
+        // No tied position (a NaN maximum) gives no gradient.
+        *s = if *s > 0.0 { g / *s } else { 0.0 };
+    }
+    for (out, row) in gx.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        for (((o, &v), &m), &s) in out.iter_mut().zip(row).zip(y).zip(share.iter()) {
+            *o = if v == m { s } else { 0.0 };
+        }
+    }
+}
+
+impl CustomOp1 for GlobalMax {
+    fn name(&self) -> &'static str {
+        "global_max_nhwc"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, p, c) = (self.n, self.p, self.c);
+        let x = super::cpu_f32(s, l, "global max pooling input")?;
+        if x.len() != n * p * c || p == 0 {
+            candle_core::bail!(
+                "global max pooling: {} values for {n} images of {p} positions × {c} channels",
+                x.len()
+            )
+        }
+        let mut y = vec![0f32; n * c];
+        if c > 0 {
+            y.par_chunks_mut(c)
+                .zip(x.par_chunks(p * c))
+                .for_each(|(best, img)| column_max(img, best));
+        }
+        Ok((CpuStorage::F32(y), Shape::from((n, c))))
+    }
+    fn bwd(&self, x: &Tensor, y: &Tensor, gy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad = GlobalMaxGrad {
+            n: self.n,
+            p: self.p,
+            c: self.c,
+        };
+        Ok(Some(x.apply_op3_no_bwd(y, &gy.contiguous()?, &grad)?))
+    }
+}
+
+impl candle_core::CustomOp3 for GlobalMaxGrad {
+    fn name(&self) -> &'static str {
+        "global_max_nhwc_grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, p, c) = (self.n, self.p, self.c);
+        let x = super::cpu_f32(s1, l1, "global max pooling input")?;
+        let y = super::cpu_f32(s2, l2, "global max pooling output")?;
+        let gy = super::cpu_f32(s3, l3, "global max pooling output gradient")?;
+        if x.len() != n * p * c || y.len() != n * c || gy.len() != n * c {
+            candle_core::bail!(
+                "global max pooling gradient: {} inputs, {} outputs and {} gradients for {n} \
+                 images of {p} positions × {c} channels",
+                x.len(),
+                y.len(),
+                gy.len()
+            )
+        }
+        let mut gx = vec![0f32; x.len()];
+        if c > 0 && p > 0 {
+            gx.par_chunks_mut(p * c)
+                .zip(x.par_chunks(p * c))
+                .zip(y.par_chunks(c).zip(gy.par_chunks(c)))
+                .for_each_init(
+                    || vec![0f32; c],
+                    |share, ((gx, x), (y, gy))| global_max_grad_image(x, y, gy, share, gx),
+                );
+        }
+        Ok((CpuStorage::F32(gx), l1.shape().clone()))
+    }
+}

@@ -420,6 +420,17 @@ pool_layer!(
 /// The maximum over axis 1 of `(n, h*w, c)`, with Keras's gradient: split evenly between tied
 /// maxima (the gradient of candle's `max` goes in full to each of them).
 fn global_max(flat: &Tensor) -> Result<Tensor> {
+    global_max_with(flat, true)
+}
+
+/// [`global_max`], with our CPU kernel where `own_kernel` allows (else candle's ops).
+fn global_max_with(flat: &Tensor, own_kernel: bool) -> Result<Tensor> {
+    let (n, p, c) = flat.dims3()?;
+    if own_kernel && flat.device().is_cpu() && flat.dtype() == candle_core::DType::F32 && p > 0 {
+        return Ok(flat
+            .contiguous()?
+            .apply_op1(crate::kernels::pool::GlobalMax { n, p, c })?);
+    }
     let max = flat.max_keepdim(1)?;
     let m = max.detach();
     let count = flat
@@ -634,5 +645,68 @@ mod kernel_tests {
             .unwrap();
             assert!(max_rel(&g1[0], &g2[0]) < 1e-6, "gradient {case}");
         }
+    }
+
+    #[test]
+    fn global_max_kernel_matches_candle_values_and_split_gradients() {
+        let dev = Device::Cpu;
+        for (n, p, c) in [(1, 1, 1), (3, 4, 5), (2, 49, 128), (4, 9, 17), (5, 1, 3)] {
+            // Rounded values, so that columns hold tied maxima (the gradient is split evenly).
+            let x = (Tensor::randn(0f32, 1.5, (n, p, c), &dev).unwrap())
+                .round()
+                .unwrap();
+            let xv = Variable::new("x", &x, true).unwrap();
+            let ours = global_max_with(xv.as_tensor(), true).unwrap();
+            let theirs = global_max_with(xv.as_tensor(), false).unwrap();
+            let case = format!("{n}x{p}x{c}");
+            assert_eq!(ours.dims(), &[n, c], "{case}");
+            assert!(max_rel(&ours, &theirs) < 1e-6, "forward {case}");
+            let up = Tensor::randn(0f32, 1.0, (n, c), &dev).unwrap();
+            let grad = |y: &Tensor| {
+                GradientTape::gradient(
+                    &(y * &up).unwrap().sum_all().unwrap(),
+                    std::slice::from_ref(&xv),
+                )
+                .unwrap()
+                .remove(0)
+            };
+            assert!(
+                max_rel(&grad(&ours), &grad(&theirs)) < 1e-6,
+                "gradient {case}"
+            );
+        }
+        // Three tied maxima in one column share its gradient; infinities are maxima too.
+        let x = Tensor::new(
+            &[[
+                [2f32, f32::NEG_INFINITY],
+                [2.0, f32::INFINITY],
+                [1.0, 0.0],
+                [2.0, f32::INFINITY],
+            ]],
+            &dev,
+        )
+        .unwrap();
+        let xv = Variable::new("x", &x, true).unwrap();
+        let y = global_max_with(xv.as_tensor(), true).unwrap();
+        assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![2.0, f32::INFINITY]]);
+        let up = Tensor::new(&[[3f32, 1.0]], &dev).unwrap();
+        let g = GradientTape::gradient(
+            &(&y * &up).unwrap().sum_all().unwrap(),
+            std::slice::from_ref(&xv),
+        )
+        .unwrap();
+        assert_eq!(
+            g[0].to_vec3::<f32>().unwrap(),
+            vec![vec![
+                vec![1.0, 0.0],
+                vec![1.0, 0.5],
+                vec![0.0, 0.0],
+                vec![1.0, 0.5]
+            ]]
+        );
+        // A NaN shows in the result (a diverging model stays visible).
+        let x = Tensor::new(&[[[1f32], [f32::NAN], [3.0]]], &dev).unwrap();
+        let y = global_max_with(&x, true).unwrap();
+        assert!(y.to_vec2::<f32>().unwrap()[0][0].is_nan());
     }
 }
