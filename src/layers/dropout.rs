@@ -57,6 +57,9 @@ impl Layer for Dropout {
         }
         let keep = 1.0 - self.rate;
         let mask = crate::random::dropout_mask(x.dims(), keep, x.device())?.to_dtype(x.dtype())?;
+        if let Some(y) = crate::kernels::elementwise::mask_mul(x, &mask)? {
+            return Ok(y);
+        }
         Ok(x.mul(&mask)?)
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
