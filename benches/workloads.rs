@@ -6,8 +6,9 @@
 //! W2 MLP 784→256→128→10 (relu), sparse softmax cross-entropy, Adam, batch 128: samples/s.
 //! W3 Keras's MNIST convnet, batch 128: samples/s.
 //! W4 the guide's GAN `train_step`, batch 64: steps/s.
-//! Only steps after a warm-up are timed; the data is synthetic, of the real shapes. W2 and W4 run
-//! `fit` and the plain loop alternately five times and report medians (what `fit` costs: the
+//! Only steps after a warm-up are timed; the data is synthetic, of the real shapes. W2 (a run is
+//! under half a second) and W4 run `fit` and the plain loop alternately nine and five times and
+//! report medians (what `fit` costs: the
 //! median over back-to-back pairs of runs of the ratio of their rates); W3 reports the median of
 //! three runs (this machine's speed moves by 10% within seconds: medians of several short runs
 //! move less than one long run). A plain loop does the
@@ -354,11 +355,20 @@ fn paired_cost(fit: &[f64], plain: &[f64]) -> f64 {
     median(fit.iter().zip(plain).map(|(f, p)| p / f - 1.0).collect()) * 100.0
 }
 
+/// Pairs of W2 runs per row: a run takes under half a second on two cores, where the machine's
+/// speed moves by several percent between runs; five pairs left the median ratio ±5% apart from
+/// one sitting's round to the next.
+const W2_PAIRS: usize = 9;
+
 /// One W2 row: `fit` against the plain loop, by throughput and (on the CPU, where every step
 /// of both ends synchronously) by median step time.
 fn w2_row(label: &str, shuffle: bool) -> Result<()> {
     let t = cpu_ticks();
-    let (f, p) = interleaved(5, || w2_fit(shuffle), || plain_loop(|| w2_plain(shuffle)))?;
+    let (f, p) = interleaved(
+        W2_PAIRS,
+        || w2_fit(shuffle),
+        || plain_loop(|| w2_plain(shuffle)),
+    )?;
     let ((fr, fs), (pr, ps)) = (medians(&f), medians(&p));
     let rates = |runs: &[Run]| runs.iter().map(|r| r.rate).collect::<Vec<_>>();
     let by_step = if dev().is_cpu() {
