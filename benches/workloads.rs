@@ -8,10 +8,10 @@
 //! W4 the guide's GAN `train_step`, batch 64: steps/s.
 //! Only steps after a warm-up are timed; the data is synthetic, of the real shapes. W2 (a run is
 //! under half a second) and W4 run `fit` and the plain loop alternately nine and five times and
-//! report medians (what `fit` costs: the
-//! median over back-to-back pairs of runs of the ratio of their rates); W3 reports the median of
-//! three runs (this machine's speed moves by 10% within seconds: medians of several short runs
-//! move less than one long run). A plain loop does the
+//! report medians (what `fit` costs: the median over back-to-back pairs of runs of the ratio of
+//! their rates, and on the CPU the ratio of the median times from the end of one step to the end
+//! of the next); W3 reports the median of three runs (this machine's speed moves by 10% within
+//! seconds: medians of several short runs move less than one long run). A plain loop does the
 //! work `fit` does, written by hand as the peers' PyTorch loop is (W2: shuffled batches, loss and
 //! accuracy sums read once per epoch; W4: the same `train_step` on consecutive batches); W2 again
 //! on consecutive rows, both ways.
@@ -226,28 +226,40 @@ fn gan_model() -> Result<Trainer<gan::Gan>> {
     ))
 }
 
-fn w4_fit(steps: usize) -> Result<f64> {
+fn w4_fit(steps: usize) -> Result<Run> {
     let mut model = gan_model()?;
     let images = uniform(&[64 * (steps + 2), 28, 28, 1])?;
     let ds = Dataset::from_tensor_slices(images)?.batch(64, true);
     model.fit(ds.clone().take(2), FitOptions::new().verbose(0))?;
+    let clock = Clock::default();
     let t = Instant::now();
-    model.fit(ds.skip(2), FitOptions::new().verbose(0))?;
-    Ok(steps as f64 / elapsed(t)?)
+    model.fit(
+        ds.skip(2),
+        FitOptions::new().callback(clock.callback()).verbose(0),
+    )?;
+    Ok(Run {
+        rate: steps as f64 / elapsed(t)?,
+        step: clock.median_step(),
+    })
 }
 
-fn w4_plain(steps: usize) -> Result<f64> {
+fn w4_plain(steps: usize) -> Result<Run> {
     let mut model = gan_model()?;
     let mut ctx = StepContext::new();
     let images = uniform(&[64 * (steps + 2), 28, 28, 1])?;
     for i in 0..2 {
         model.train_step(&mut ctx, &Data::from(images.narrow(0, i * 64, 64)?))?;
     }
+    let clock = Clock::default();
     let t = Instant::now();
     for i in 2..steps + 2 {
         model.train_step(&mut ctx, &Data::from(images.narrow(0, i * 64, 64)?))?;
+        clock.tick();
     }
-    Ok(steps as f64 / elapsed(t)?)
+    Ok(Run {
+        rate: steps as f64 / elapsed(t)?,
+        step: clock.median_step(),
+    })
 }
 
 /// Runs a plain loop as `fit` runs its own: on rayon's pool on the CPU, on this thread elsewhere.
@@ -369,24 +381,34 @@ fn w2_row(label: &str, shuffle: bool) -> Result<()> {
         || w2_fit(shuffle),
         || plain_loop(|| w2_plain(shuffle)),
     )?;
-    let ((fr, fs), (pr, ps)) = (medians(&f), medians(&p));
+    let (fr, pr, cost) = fit_cost(&f, &p);
+    println!(
+        "| {label} | {fr:.0} | {pr:.0} (fit costs {cost}) | samples/s | {} |",
+        stolen_since(t)
+    );
+    Ok(())
+}
+
+/// The median rates of interleaved `fit` and plain-loop runs, and what `fit` costs: by paired
+/// throughput, and (on the CPU, where every step of both ends synchronously) by median step time.
+fn fit_cost(f: &[Run], p: &[Run]) -> (f64, f64, String) {
+    let ((fr, fs), (pr, ps)) = (medians(f), medians(p));
     let rates = |runs: &[Run]| runs.iter().map(|r| r.rate).collect::<Vec<_>>();
     let by_step = if dev().is_cpu() {
+        let (fs, ps, unit) = if fs < 0.1 {
+            (fs * 1e6, ps * 1e6, "µs")
+        } else {
+            (fs * 1e3, ps * 1e3, "ms")
+        };
         format!(
-            "; median step {:.0} vs {:.0} µs, fit costs {:+.1}%",
-            fs * 1e6,
-            ps * 1e6,
+            "; median step {fs:.0} vs {ps:.0} {unit}, fit costs {:+.1}%",
             (fs / ps - 1.0) * 100.0
         )
     } else {
         String::new()
     };
-    println!(
-        "| {label} | {fr:.0} | {pr:.0} (fit costs {:+.1}%{by_step}) | samples/s | {} |",
-        paired_cost(&rates(&f), &rates(&p)),
-        stolen_since(t)
-    );
-    Ok(())
+    let cost = format!("{:+.1}%{by_step}", paired_cost(&rates(f), &rates(p)));
+    (fr, pr, cost)
 }
 
 /// The machine's CPU time counters from `/proc/stat` (Linux): time the host gave to other
@@ -488,10 +510,9 @@ fn main() -> Result<()> {
     if want("w4") {
         let t = cpu_ticks();
         let (f, p) = interleaved(5, || w4_fit(w4_steps), || plain_loop(|| w4_plain(w4_steps)))?;
-        let cost = paired_cost(&f, &p);
-        let (f, p) = (median(f), median(p));
+        let (f, p, cost) = fit_cost(&f, &p);
         println!(
-            "| W4 guide GAN step, batch 64 | {f:.2} | {p:.2} (fit costs {cost:+.1}%) | steps/s | {} |",
+            "| W4 guide GAN step, batch 64 | {f:.2} | {p:.2} (fit costs {cost}) | steps/s | {} |",
             stolen_since(t)
         );
         achieved.push(("W4", f * w4_flops_per_step() / 1e9));
