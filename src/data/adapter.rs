@@ -316,8 +316,7 @@ fn class_indices(y: &Tensor) -> Result<Vec<usize>> {
 
 /// Whether [`GatherRows`] takes `t`: float32 on the CPU, contiguous, rows of at least 64 values.
 fn gathers_in_parallel(t: &Tensor) -> bool {
-    t.device().is_cpu()
-        && t.dtype() == DType::F32
+    crate::kernels::takes(t)
         && t.is_contiguous()
         && t.rank() >= 1
         && t.dims()[1..].iter().product::<usize>() >= 64

@@ -4,7 +4,7 @@
 //! Why our own: built from candle ops, one Adam step is about fifteen elementwise passes per
 //! variable, each allocating a fresh buffer; here it is one pass over the variable, its gradient and both moments, and no allocation.
 
-use candle_core::{CpuStorage, DType, InplaceOp1, InplaceOp2, InplaceOp3, Layout, Tensor};
+use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, InplaceOp3, Layout, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -138,8 +138,7 @@ impl InplaceOp3 for Apply {
 
 /// Whether [`adam_in_place`] takes these tensors: float32, on the CPU, contiguous.
 pub(crate) fn fits(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+    ts.iter().all(|t| super::takes(t) && t.is_contiguous())
 }
 
 /// One Adam step in place: `slots` are `[m, v]` or `[m, v, vhat]`; `w` shares the variable's
@@ -324,7 +323,7 @@ fn fused(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Consts) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     /// The update from candle ops, as the optimizer builds it off the CPU fast path.
     fn reference(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, p: AdamStep) -> [Tensor; 3] {

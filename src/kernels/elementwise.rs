@@ -322,7 +322,7 @@ pub(crate) fn bias_grad(g: &Tensor, f: usize) -> candle_core::Result<Tensor> {
 
 /// Whether the fused kernels take `x`: float32 on the CPU.
 fn fusable(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+    super::takes(x)
 }
 
 /// `act(x)`, or `None` when `x` is not for these kernels (caller uses candle's ops).

@@ -111,8 +111,7 @@ impl CustomOp2 for InputGrad {
 
 /// `x (rows, k) · w (k, n)`: our op for float32 on the CPU, candle's matmul elsewhere.
 pub(crate) fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    let cpu32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
-    if cpu32(x) && cpu32(w) && x.rank() == 2 && w.rank() == 2 {
+    if super::takes(x) && super::takes(w) && x.rank() == 2 && w.rank() == 2 {
         x.contiguous()?.apply_op2(&w.contiguous()?, Linear)
     } else {
         x.matmul(w)

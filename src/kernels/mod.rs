@@ -9,7 +9,43 @@ pub(crate) mod linear;
 pub(crate) mod pool;
 pub(crate) mod softmax_ce;
 
-use candle_core::{CpuStorage, Layout};
+use candle_core::{CpuStorage, DType, Layout, Tensor};
+
+/// Whether our CPU kernels are in use (the default). With `FERROKERAS_KERNELS=candle` in the
+/// environment (read once per process) every op runs as candle's generic ops instead, on the CPU
+/// too: the code path that other devices (CUDA) take, so that it can be checked, and its results
+/// compared, on a machine without one (`cargo test --tests` with the variable set runs the
+/// integration tests that way). The library's own unit tests ignore the variable: they test the
+/// kernels themselves, and take the other path through `FORCE` where they compare the two.
+pub(crate) fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = cfg!(test)
+        || *ON.get_or_init(|| std::env::var("FERROKERAS_KERNELS").map_or(true, |v| v != "candle"));
+    on && !forced()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: this thread's ops take the other devices' path on the CPU too.
+    pub(crate) static FORCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread's ops must take the other devices' path on the CPU (tests only).
+fn forced() -> bool {
+    #[cfg(test)]
+    {
+        FORCE.with(|f| f.get())
+    }
+    #[cfg(not(test))]
+    {
+        false
+    }
+}
+
+/// Whether our kernels take `t`: float32 on the CPU, with the kernels [`enabled`].
+pub(crate) fn takes(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && enabled()
+}
 
 /// The float32 values a contiguous CPU storage holds under `l`; an error naming `what` otherwise.
 pub(crate) fn cpu_f32<'a>(

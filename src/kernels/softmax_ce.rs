@@ -137,8 +137,7 @@ pub(crate) fn sparse_softmax_ce(
     logits: &Tensor,
     labels: Vec<u32>,
 ) -> candle_core::Result<Option<Tensor>> {
-    if !logits.device().is_cpu() || logits.dtype() != candle_core::DType::F32 || logits.rank() == 0
-    {
+    if !super::takes(logits) || logits.rank() == 0 {
         return Ok(None);
     }
     Ok(Some(

@@ -407,7 +407,7 @@ impl Conv2D {
             Padding::Valid => ((0, 0), (0, 0)),
         };
         let f = self.cfg.filters;
-        if xp.device().is_cpu() && dt == DType::F32 && !super::conv_generic::forced() {
+        if crate::kernels::takes(&xp) {
             // Patches (zeros for the padding), then one matrix product with the (kh*kw*in, out)
             // kernel; bias and activation in one pass over the result.
             let xp = xp.contiguous()?;
@@ -692,7 +692,7 @@ impl Conv2DTranspose {
         let xt = to_nhwc(&x.to_dtype(dt)?, self.cfg.data_format)?.contiguous()?;
         let f = self.cfg.filters;
         let n = xt.dims()[0];
-        if xt.device().is_cpu() && dt == DType::F32 && !super::conv_generic::forced() {
+        if crate::kernels::takes(&xt) {
             // The input gradient of the forward convolution this layer transposes: every input
             // pixel spreads its kernel-sized patch, and the window Keras keeps starts at that
             // convolution's padding (positions outside it are never written).

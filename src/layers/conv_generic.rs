@@ -20,24 +20,6 @@ pub(crate) fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("FERROKERAS_CONV").map_or(true, |v| v != "candle"))
 }
 
-#[cfg(test)]
-thread_local! {
-    /// Tests: the layers take the other devices' path on the CPU too (this thread only).
-    pub(crate) static FORCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Whether this thread's layers must take the other devices' path on the CPU (tests only).
-pub(crate) fn forced() -> bool {
-    #[cfg(test)]
-    {
-        FORCE.with(|f| f.get())
-    }
-    #[cfg(not(test))]
-    {
-        false
-    }
-}
-
 /// `x` with `s - 1` zeros between neighbours along both spatial axes (NCHW).
 fn dilate(x: &Tensor, s: usize) -> candle_core::Result<Tensor> {
     if s == 1 {
@@ -310,7 +292,7 @@ mod tests {
             let mut layer = make();
             let mut r: Option<Tensor> = None;
             let mut run = |generic: bool| {
-                FORCE.with(|f| f.set(generic));
+                crate::kernels::FORCE.with(|f| f.set(generic));
                 let xv = Variable::new("x", &x, true).unwrap();
                 let y = layer.call(xv.as_tensor(), true).unwrap();
                 let r = r
@@ -320,7 +302,7 @@ mod tests {
                 vars.extend(layer.variables());
                 let loss = (&y * &r).unwrap().sum_all().unwrap();
                 let g = GradientTape::gradient(&loss, &vars).unwrap();
-                FORCE.with(|f| f.set(false));
+                crate::kernels::FORCE.with(|f| f.set(false));
                 (y, g)
             };
             let (yc, gc) = run(false);

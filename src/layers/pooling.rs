@@ -150,7 +150,7 @@ fn pool_nhwc_with(
         Padding::Same => (need_h.saturating_sub(h) / 2, need_w.saturating_sub(w) / 2),
         Padding::Valid => (0, 0),
     };
-    if own_kernel && max && x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if own_kernel && max && crate::kernels::takes(x) {
         let g = crate::kernels::pool::PoolGeometry {
             n,
             h,
@@ -168,6 +168,11 @@ fn pool_nhwc_with(
         return Ok(x
             .contiguous()?
             .apply_op1(crate::kernels::pool::MaxPool::new(g))?);
+    }
+    if x.elem_count() == 0 {
+        // No values (an empty batch, or no channels): the output has none either, and candle's
+        // reductions refuse empty tensors.
+        return Ok(Tensor::zeros((n, oh, ow, c), x.dtype(), x.device())?);
     }
     let pb = need_h.saturating_sub(h + pt);
     let pr = need_w.saturating_sub(w + pl);
@@ -258,40 +263,35 @@ fn pool_nhwc_with(
         return Ok(pooled);
     }
     // Average: divide by the number of real (unpadded) elements in each window.
-    let ones = Tensor::ones((1, h, w, 1), DType::F32, x.device())?;
-    let counts = pool_counts(&ones, pool, strides, padding, (pt, pb, pl, pr), (oh, ow))?;
+    let counts = pool_counts(pool, strides, (pt, pl), (h, w), (oh, ow));
+    let counts = Tensor::from_vec(counts, (1, oh, ow, 1), x.device())?.to_dtype(pooled.dtype())?;
     Ok(pooled.broadcast_div(&counts)?)
 }
 
+/// The number of real (unpadded) input elements in each pooling window (at least 1), computed
+/// from the geometry on the host: nothing is read back from the device.
 fn pool_counts(
-    ones: &Tensor,
     pool: (usize, usize),
     strides: (usize, usize),
-    _padding: Padding,
-    pads: (usize, usize, usize, usize),
-    out: (usize, usize),
-) -> Result<Tensor> {
-    let (pt, pb, pl, pr) = pads;
-    let t = ones.pad_with_zeros(1, pt, pb)?.pad_with_zeros(2, pl, pr)?;
-    let (oh, ow) = out;
-    let v = t.flatten_all()?.to_vec1::<f32>()?;
-    let (hp, wp) = (t.dims()[1], t.dims()[2]);
-    let mut counts = vec![0f32; oh * ow];
+    (pt, pl): (usize, usize),
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+) -> Vec<f32> {
+    // Real elements along one axis in the window starting at `start` (padded coordinates).
+    let real = |start: usize, size: usize, before: usize, len: usize| {
+        let lo = start.max(before);
+        let hi = (start + size).min(before + len);
+        hi.saturating_sub(lo)
+    };
+    let mut counts = Vec::with_capacity(oh * ow);
     for r in 0..oh {
+        let rows = real(r * strides.0, pool.0, pt, h);
         for q in 0..ow {
-            let mut s = 0.0;
-            for i in 0..pool.0 {
-                for j in 0..pool.1 {
-                    let (y, x) = (r * strides.0 + i, q * strides.1 + j);
-                    if y < hp && x < wp {
-                        s += v[y * wp + x];
-                    }
-                }
-            }
-            counts[r * ow + q] = s.max(1.0);
+            let cols = real(q * strides.1, pool.1, pl, w);
+            counts.push((rows * cols).max(1) as f32);
         }
     }
-    Ok(Tensor::from_vec(counts, (1, oh, ow, 1), ones.device())?)
+    counts
 }
 
 macro_rules! pool_layer {
@@ -426,10 +426,16 @@ fn global_max(flat: &Tensor) -> Result<Tensor> {
 /// [`global_max`], with our CPU kernel where `own_kernel` allows (else candle's ops).
 fn global_max_with(flat: &Tensor, own_kernel: bool) -> Result<Tensor> {
     let (n, p, c) = flat.dims3()?;
-    if own_kernel && flat.device().is_cpu() && flat.dtype() == candle_core::DType::F32 && p > 0 {
+    if own_kernel && crate::kernels::takes(flat) && p > 0 {
         return Ok(flat
             .contiguous()?
             .apply_op1(crate::kernels::pool::GlobalMax { n, p, c })?);
+    }
+    if flat.elem_count() == 0 {
+        // Nothing to pool (no positions gives Keras's -inf, as the kernel; no rows or channels
+        // gives no values); candle's reductions refuse empty tensors.
+        let fill = if p == 0 { f32::NEG_INFINITY } else { 0.0 };
+        return Ok(Tensor::full(fill, (n, c), flat.device())?.to_dtype(flat.dtype())?);
     }
     let max = flat.max_keepdim(1)?;
     let m = max.detach();

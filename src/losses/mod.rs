@@ -452,7 +452,7 @@ impl Loss for SparseCategoricalCrossentropy {
         }
         let k = y_pred.dims()[y_pred.rank() - 1];
         let p = y_pred.to_dtype(DType::F32)?;
-        if self.from_logits && k > 0 && p.device().is_cpu() {
+        if self.from_logits && k > 0 && crate::kernels::takes(&p) {
             // One op and a one-pass gradient on the CPU (same values as the ops below).
             let labels = checked_labels(&t.to_dtype(DType::F32)?, k)?;
             if let Some(l) = crate::kernels::softmax_ce::sparse_softmax_ce(&p, labels)? {
