@@ -37,6 +37,8 @@ impl Model for CustomModel {
         // Compute our own metrics.
         self.loss_tracker.update_state(&loss, None)?;
         self.mae_metric.update_state(y, &y_pred, None)?;
+        // (`result()` reads the value now; `Ok(self.get_metrics_result(ctx))` gives the same
+        // logs with each value read from a GPU only when something shows it.)
         let mut logs = Logs::new();
         logs.insert("loss", self.loss_tracker.result());
         logs.insert("mae", self.mae_metric.result());

@@ -56,7 +56,7 @@ pub mod trainer;
 
 pub use data::Data;
 pub use error::{Error, Result};
-pub use logs::Logs;
+pub use logs::{DeferredValue, Logs};
 pub use model::{Functional, Input, Model, Sequential, StepContext};
 pub use tape::{GradientTape, Variable};
 pub use trainer::{Compile, EvaluateOptions, FitOptions, ModelExt, PredictOptions, Trainer};

@@ -9,6 +9,8 @@ mod callbacks;
 mod callbacks_builtin;
 #[path = "convnet_accuracy.rs"]
 mod convnet_accuracy;
+#[path = "deferred_logs.rs"]
+mod deferred_logs;
 #[path = "errors.rs"]
 mod errors;
 #[path = "fit_api.rs"]

@@ -28,7 +28,13 @@ pub struct History {
     /// `val_ name -> (global step, value)`.
     pub step_validation: BTreeMap<String, Vec<(usize, f64)>>,
     global_step: usize,
+    /// Per-batch values not read yet (deferred on a GPU), oldest first: added to
+    /// `batch_history` at the end of each epoch, or once this many batches wait.
+    pending: Vec<Logs>,
 }
+
+/// Batches whose per-batch values may wait before [`History`] reads them.
+const MAX_PENDING_BATCHES: usize = 64;
 
 impl History {
     /// An empty history.
@@ -38,6 +44,18 @@ impl History {
     /// The values of one log key (an empty slice if absent).
     pub fn get(&self, key: &str) -> &[f64] {
         self.history.get(key).map_or(&[], Vec::as_slice)
+    }
+    /// Adds the per-batch values still waiting to `batch_history`. They are read newest first:
+    /// on a GPU the newest batch's read fetches every value queued before it in the same transfer.
+    pub(crate) fn settle(&mut self) {
+        if let Some(newest) = self.pending.last() {
+            newest.iter().for_each(drop);
+        }
+        for logs in self.pending.drain(..) {
+            for (k, v) in logs.iter() {
+                self.batch_history.entry(k.to_string()).or_default().push(v);
+            }
+        }
     }
 }
 
@@ -54,15 +72,23 @@ impl Callback for History {
         logs: &Logs,
     ) -> Result<()> {
         self.global_step += 1;
-        for (k, v) in ctx.batch_values.iter() {
-            self.batch_history.entry(k.to_string()).or_default().push(v);
+        self.pending.push(ctx.batch_values.clone());
+        if self.pending.len() >= MAX_PENDING_BATCHES {
+            self.settle();
         }
-        for (k, v) in logs.iter().filter(|(k, _)| k.starts_with("val_")) {
-            self.step_validation
-                .entry(k.to_string())
-                .or_default()
-                .push((self.global_step, v));
+        // (only the validation values: the training ones are left unread)
+        for k in logs.keys().filter(|k| k.starts_with("val_")) {
+            if let Some(v) = logs.get(k) {
+                self.step_validation
+                    .entry(k.to_string())
+                    .or_default()
+                    .push((self.global_step, v));
+            }
         }
+        Ok(())
+    }
+    fn on_train_end(&mut self, _ctx: &mut CallbackContext<'_>, _logs: &Logs) -> Result<()> {
+        self.settle();
         Ok(())
     }
     fn on_epoch_end(
@@ -71,6 +97,7 @@ impl Callback for History {
         epoch: usize,
         logs: &Logs,
     ) -> Result<()> {
+        self.settle();
         self.epoch.push(epoch);
         for (k, v) in logs.iter() {
             self.history.entry(k.to_string()).or_default().push(v);

@@ -161,7 +161,9 @@ struct Bar {
     after_first: Option<Instant>,
     last_draw: Option<Instant>,
     order: Vec<String>,
-    values: Vec<(String, f64)>,
+    /// The latest logs, read only when a line is drawn (values on a GPU are then read once per
+    /// redraw, not once per step).
+    logs: Logs,
     prev_width: usize,
 }
 
@@ -173,7 +175,7 @@ impl Bar {
             after_first: None,
             last_draw: None,
             order: Vec::new(),
-            values: Vec::new(),
+            logs: Logs::new(),
             prev_width: 0,
         }
     }
@@ -183,11 +185,14 @@ impl Bar {
                 self.order.push(k.to_string());
             }
         }
-        self.values = self
-            .order
+        self.logs = logs.clone();
+    }
+    /// The values to show, in first-seen order of their keys.
+    fn values(&self) -> Vec<(String, f64)> {
+        self.order
             .iter()
-            .filter_map(|k| logs.get(k).map(|v| (k.clone(), v)))
-            .collect();
+            .filter_map(|k| self.logs.get(k).map(|v| (k.clone(), v)))
+            .collect()
     }
     fn per_step(&mut self, current: usize, now: Instant) -> f64 {
         if current == 0 {
@@ -295,6 +300,7 @@ impl ProgbarLogger {
         }
         bar.last_draw = Some(now);
         let elapsed = (now - bar.start).as_secs_f64();
+        let values = bar.values();
         let line = if verbose == 2 {
             if !finalize {
                 return;
@@ -304,7 +310,7 @@ impl ProgbarLogger {
                 bar.target.unwrap_or(current),
                 elapsed,
                 per_step,
-                &bar.values,
+                &values,
             ) + "\n"
         } else {
             let seconds = if finalize {
@@ -313,23 +319,11 @@ impl ProgbarLogger {
                 per_step * bar.target.map_or(0.0, |t| t.saturating_sub(current) as f64)
             };
             let text = format_bar(
-                current,
-                bar.target,
-                seconds,
-                per_step,
-                finalize,
-                &bar.values,
-                dynamic,
+                current, bar.target, seconds, per_step, finalize, &values, dynamic,
             );
             if dynamic {
                 let width = format_bar(
-                    current,
-                    bar.target,
-                    seconds,
-                    per_step,
-                    finalize,
-                    &bar.values,
-                    false,
+                    current, bar.target, seconds, per_step, finalize, &values, false,
                 )
                 .chars()
                 .count();

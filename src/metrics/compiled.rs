@@ -272,6 +272,12 @@ impl Metric for Renamed {
     fn batch_result(&self) -> Option<f64> {
         self.inner.batch_result()
     }
+    fn deferred_result(&self) -> Option<crate::DeferredValue> {
+        self.inner.deferred_result()
+    }
+    fn deferred_batch_result(&self) -> Option<crate::DeferredValue> {
+        self.inner.deferred_batch_result()
+    }
     fn state(&self) -> Vec<f64> {
         self.inner.state()
     }

@@ -10,9 +10,12 @@ mod functions;
 
 pub use compiled::{CompiledMetrics, MetricSpec};
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{DType, Tensor};
+
+use crate::logs::DeferredValue;
 
 use crate::losses::squeeze_or_expand_to_same_rank;
 use crate::{Error, Result};
@@ -63,6 +66,17 @@ pub trait Metric: Send {
     fn batch_result(&self) -> Option<f64> {
         None
     }
+    /// [`Metric::result`] as of now, computed when first read, where reading it now would wait
+    /// for a device; `None` when there is nothing to wait for ([`Metric::result`] then). The
+    /// default [`crate::Model::get_metrics_result`] puts these in the step's [`crate::Logs`], so
+    /// that a step on a GPU reads the device only when someone reads a value.
+    fn deferred_result(&self) -> Option<DeferredValue> {
+        None
+    }
+    /// [`Metric::batch_result`], deferred in the same way.
+    fn deferred_batch_result(&self) -> Option<DeferredValue> {
+        None
+    }
     /// The accumulated state, for checkpoints (empty for a metric that keeps none).
     fn state(&self) -> Vec<f64> {
         Vec::new()
@@ -90,7 +104,9 @@ pub trait Metric: Send {
 /// an update only queues its values, which stay on the device (no wait for the step's work);
 /// the first read of a result fetches every queued value in one transfer and adds them in order
 /// with the same f64 arithmetic, so results (and exact resume) do not depend on where the
-/// metric ran or how often it was read.
+/// metric ran or how often it was read. A deferred result ([`Metric::deferred_result`]) is a copy
+/// of the state that does the same when read; the queued values it fetches are kept with them,
+/// so the metric itself (and every other copy) later adds them without a second transfer.
 #[derive(Debug, Default)]
 struct Accumulator {
     sum_only: bool,
@@ -106,16 +122,54 @@ struct AccState {
     pending: Vec<Pending>,
 }
 
-/// One queued update: `Pair` holds (total, count) as a 2-vector; `Scaled` a one-element value
-/// to be multiplied by a host weight (the loss tracker's `value * batch_size`).
+/// One queued update: `values` holds (total, count) as a 2-vector when `weight` is `None`, else
+/// a one-element value to be multiplied by the host weight (the loss tracker's
+/// `value * batch_size`). `fetched` keeps the values once read from the device.
 #[derive(Clone, Debug)]
-enum Pending {
-    Pair(Tensor),
-    Scaled(Tensor, f64),
+struct Pending {
+    values: Tensor,
+    weight: Option<f64>,
+    fetched: Arc<OnceLock<Vec<f32>>>,
+}
+
+impl Pending {
+    fn new(values: Tensor, weight: Option<f64>) -> Self {
+        Self {
+            values,
+            weight,
+            fetched: Arc::new(OnceLock::new()),
+        }
+    }
+    fn len(&self) -> usize {
+        if self.weight.is_some() { 1 } else { 2 }
+    }
 }
 
 /// Queued updates are fetched in one transfer when this many pile up unread.
 const MAX_PENDING: usize = 256;
+
+/// Transfers of queued metric values from a device so far (see [`device_reads`]).
+static DEVICE_READS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many times, in this process, metrics have read queued values back from a device (each
+/// time one transfer for every value queued since the last). `fit` on a GPU reads when a log
+/// value is read: with `verbose=0` (or output to a file) and no callback that reads per-batch
+/// logs, about once per epoch plus once per 256 updates of a metric (0 on the CPU, where
+/// nothing is queued).
+///
+/// ```
+/// let before = ferrokeras::metrics::device_reads();
+/// assert!(ferrokeras::metrics::device_reads() >= before);
+/// ```
+pub fn device_reads() -> usize {
+    DEVICE_READS.load(Ordering::Relaxed)
+}
+
+/// Whether updates on `t`'s device are queued: off the CPU, or on it when the CPU takes the
+/// other devices' path (`FERROKERAS_KERNELS=candle`).
+fn queues(t: &Tensor) -> bool {
+    !t.device().is_cpu() || !crate::kernels::enabled()
+}
 
 impl AccState {
     fn add(&mut self, total: f64, count: f64) {
@@ -123,33 +177,41 @@ impl AccState {
         self.count += count;
         self.last = Some((total, count));
     }
-    /// Adds the queued updates, fetched in one transfer, in order; a failed transfer adds NaN
-    /// (a result, never a panic).
+    /// Adds the queued updates in order, reading those not yet read in one transfer; a failed
+    /// transfer adds NaN (a result, never a panic).
     fn settle(&mut self) {
         if self.pending.is_empty() {
             return;
         }
         let queued = std::mem::take(&mut self.pending);
-        let values = queued
+        let unread: Vec<&Pending> = queued
             .iter()
-            .map(|p| match p {
-                Pending::Pair(t) | Pending::Scaled(t, _) => t.flatten_all()?.to_dtype(DType::F32),
-            })
-            .collect::<candle_core::Result<Vec<_>>>()
-            .and_then(|f| Tensor::cat(&f, 0))
-            .and_then(|t| t.to_vec1::<f32>());
-        let mut at = 0;
+            .filter(|p| p.fetched.get().is_none())
+            .collect();
+        if !unread.is_empty() {
+            DEVICE_READS.fetch_add(1, Ordering::Relaxed);
+            let values = unread
+                .iter()
+                .map(|p| p.values.flatten_all()?.to_dtype(DType::F32))
+                .collect::<candle_core::Result<Vec<_>>>()
+                .and_then(|f| Tensor::cat(&f, 0))
+                .and_then(|t| t.to_vec1::<f32>());
+            if let Ok(v) = values {
+                let mut at = 0;
+                for p in unread {
+                    if let Some(part) = v.get(at..at + p.len()) {
+                        let _ = p.fetched.set(part.to_vec());
+                    }
+                    at += p.len();
+                }
+            }
+        }
         for p in &queued {
-            let (v, n) = match p {
-                Pending::Pair(_) => (2, None),
-                Pending::Scaled(_, w) => (1, Some(*w)),
-            };
-            let pair = match (&values, n) {
-                (Ok(v), None) if at + 1 < v.len() => (v[at] as f64, v[at + 1] as f64),
-                (Ok(v), Some(w)) if at < v.len() => (v[at] as f64 * w, w),
+            let pair = match (p.fetched.get(), p.weight) {
+                (Some(v), None) if v.len() == 2 => (v[0] as f64, v[1] as f64),
+                (Some(v), Some(w)) if v.len() == 1 => (v[0] as f64 * w, w),
                 _ => (f64::NAN, f64::NAN),
             };
-            at += v;
             self.add(pair.0, pair.1);
         }
     }
@@ -158,6 +220,16 @@ impl AccState {
         if self.pending.len() >= MAX_PENDING {
             self.settle();
         }
+    }
+    fn mean(&self) -> f64 {
+        if self.count == 0.0 {
+            0.0
+        } else {
+            self.total / self.count
+        }
+    }
+    fn last_mean(&self) -> Option<f64> {
+        self.last.map(|(t, c)| if c == 0.0 { 0.0 } else { t / c })
     }
 }
 
@@ -179,6 +251,23 @@ impl Accumulator {
     }
     fn st(&mut self) -> &mut AccState {
         self.state.get_mut().unwrap_or_else(|e| e.into_inner())
+    }
+    /// `value(state)` on a copy of the state, computed when first read, if updates are queued.
+    fn deferred(
+        &self,
+        value: impl FnOnce(&AccState) -> f64 + Send + 'static,
+    ) -> Option<DeferredValue> {
+        let mut st = {
+            let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if st.pending.is_empty() {
+                return None;
+            }
+            st.clone()
+        };
+        Some(Box::new(move || {
+            st.settle();
+            value(&st)
+        }))
     }
     fn update(&mut self, values: &Tensor, sample_weight: Option<&Tensor>) -> Result<()> {
         let mut values = values.to_dtype(DType::F32)?;
@@ -223,7 +312,7 @@ impl Accumulator {
         } else {
             values
         };
-        if !values.device().is_cpu() {
+        if queues(&values) {
             // Accelerator: queue the values, so the step's work is not waited for.
             let total = values.sum_all()?;
             let count = match weight_sum {
@@ -231,7 +320,7 @@ impl Accumulator {
                 None => total.affine(0.0, values.dims().first().copied().unwrap_or(1) as f64)?,
             };
             self.st()
-                .queue(Pending::Pair(Tensor::stack(&[total, count], 0)?));
+                .queue(Pending::new(Tensor::stack(&[total, count], 0)?, None));
             return Ok(());
         }
         let weight_sum = match weight_sum {
@@ -253,12 +342,12 @@ impl Accumulator {
     fn update_weighted(&mut self, value: &Tensor, weight: f64) -> Result<()> {
         let v = value.flatten_all()?.to_dtype(DType::F32)?;
         let st = self.st();
-        if v.device().is_cpu() {
+        if queues(&v) {
+            st.queue(Pending::new(v, Some(weight)));
+        } else {
             let x = v.to_vec1::<f32>()?[0] as f64;
             st.settle();
             st.add(x * weight, weight);
-        } else {
-            st.queue(Pending::Scaled(v, weight));
         }
         Ok(())
     }
@@ -274,15 +363,10 @@ impl Accumulator {
         self.settled().last
     }
     fn mean(&self) -> f64 {
-        let st = self.settled();
-        if st.count == 0.0 {
-            0.0
-        } else {
-            st.total / st.count
-        }
+        self.settled().mean()
     }
     fn last_mean(&self) -> Option<f64> {
-        self.last().map(|(t, c)| if c == 0.0 { 0.0 } else { t / c })
+        self.settled().last_mean()
     }
     fn reset(&mut self) {
         *self.st() = AccState::default();
@@ -413,6 +497,12 @@ impl Metric for Mean {
     fn batch_result(&self) -> Option<f64> {
         self.acc.last_mean()
     }
+    fn deferred_result(&self) -> Option<DeferredValue> {
+        self.acc.deferred(AccState::mean)
+    }
+    fn deferred_batch_result(&self) -> Option<DeferredValue> {
+        self.acc.deferred(|st| st.last_mean().unwrap_or(f64::NAN))
+    }
     accumulator_state!();
 }
 
@@ -479,6 +569,12 @@ impl Metric for Sum {
     fn batch_result(&self) -> Option<f64> {
         self.acc.last().map(|(t, _)| t)
     }
+    fn deferred_result(&self) -> Option<DeferredValue> {
+        self.acc.deferred(|st| st.total)
+    }
+    fn deferred_batch_result(&self) -> Option<DeferredValue> {
+        self.acc.deferred(|st| st.last.map_or(f64::NAN, |(t, _)| t))
+    }
     accumulator_state!();
 }
 
@@ -544,6 +640,17 @@ macro_rules! wrapper_metric {
             fn batch_result(&self) -> Option<f64> {
                 let m = self.acc.last_mean()?;
                 Some(if self.kind == Kind::Rmse { m.sqrt() } else { m })
+            }
+            fn deferred_result(&self) -> Option<DeferredValue> {
+                let rmse = self.kind == Kind::Rmse;
+                self.acc.deferred(move |st| if rmse { st.mean().sqrt() } else { st.mean() })
+            }
+            fn deferred_batch_result(&self) -> Option<DeferredValue> {
+                let rmse = self.kind == Kind::Rmse;
+                self.acc.deferred(move |st| {
+                    let m = st.last_mean().unwrap_or(f64::NAN);
+                    if rmse { m.sqrt() } else { m }
+                })
             }
             accumulator_state!();
         }

@@ -170,12 +170,18 @@ pub trait Model: Send {
         ctx.default_metrics()
     }
 
-    /// `{m.name(): m.result()}` over [`Model::metrics`].
+    /// `{m.name(): m.result()}` over [`Model::metrics`]. Where a result would have to wait for
+    /// a device (metrics on a GPU), its log value is deferred ([`Metric::deferred_result`]): the
+    /// device is read when someone reads the value, not by the step.
     fn get_metrics_result(&mut self, ctx: &mut StepContext) -> Logs {
-        self.metrics(ctx)
-            .into_iter()
-            .map(|m| (m.name().to_string(), m.result()))
-            .collect()
+        let mut logs = Logs::new();
+        for m in self.metrics(ctx) {
+            match m.deferred_result() {
+                Some(value) => logs.insert_deferred(m.name(), value),
+                None => logs.insert(m.name(), m.result()),
+            }
+        }
+        logs
     }
 
     /// Resets every metric in [`Model::metrics`].

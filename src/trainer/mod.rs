@@ -325,6 +325,7 @@ impl<M: Model> Trainer<M> {
                     && b.every_batches()
                         .is_some_and(|n| global_step.is_multiple_of(n))
                 {
+                    history.settle();
                     b.save(
                         &mut self.model,
                         &mut self.ctx,
@@ -361,6 +362,7 @@ impl<M: Model> Trainer<M> {
             }
             hook!(&no_logs, on_epoch_end(epoch, &epoch_logs));
             if let Some(b) = &backup {
+                history.settle();
                 b.save(
                     &mut self.model,
                     &mut self.ctx,
@@ -680,9 +682,6 @@ impl<M: Model> Trainer<M> {
         }
     }
 
-    /// The per-batch value of every metric that reports one and appears in the step's logs.
-    /// The batch on the model's device (the device of its weights; before it has any, the
-    /// default device of [`crate::runtime::default_device`]), copied only when elsewhere.
     /// Whether the model runs on the CPU (its weights' device, else the default device): there,
     /// `fit`, `evaluate` and `predict` run their loop on rayon's pool
     /// ([`crate::runtime::run_on_pool`], which says why); elsewhere on the calling thread (one
@@ -697,6 +696,8 @@ impl<M: Model> Trainer<M> {
         }
     }
 
+    /// The batch on the model's device (the device of its weights; before it has any, the
+    /// default device of [`crate::runtime::default_device`]), copied only when elsewhere.
     fn on_model_device(&mut self, batch: Data) -> Result<Data> {
         let device = match &self.device {
             Some(d) => d.clone(),
@@ -712,13 +713,21 @@ impl<M: Model> Trainer<M> {
         batch.to_device(&device)
     }
 
+    /// The per-batch value of every metric that reports one and appears in the step's logs
+    /// (deferred where the metric's result is: read when someone reads it).
     fn batch_values(&mut self, logs: &Logs) -> Logs {
-        self.model
-            .metrics(&mut self.ctx)
-            .into_iter()
-            .filter(|m| logs.contains(m.name()))
-            .filter_map(|m| m.batch_result().map(|v| (m.name().to_string(), v)))
-            .collect()
+        let mut out = Logs::new();
+        for m in self.model.metrics(&mut self.ctx) {
+            if !logs.contains(m.name()) {
+                continue;
+            }
+            if let Some(value) = m.deferred_batch_result() {
+                out.insert_deferred(m.name(), value);
+            } else if let Some(v) = m.batch_result() {
+                out.insert(m.name(), v);
+            }
+        }
+        out
     }
 }
 

@@ -1,0 +1,106 @@
+//! On a GPU, metrics keep their updates on the device and a training step's logs hold deferred
+//! values: `fit` reads the device only when a value is read (the progress bar's redraws, a
+//! callback that looks, the end of an epoch), not once per step, and the numbers are the same
+//! whether they are read at every step or once per epoch.
+//!
+//! Without a GPU the check runs in a child process with `FERROKERAS_KERNELS=candle`, where the
+//! CPU takes the other devices' path (metrics queue their updates as they do on a GPU).
+
+use std::process::Command;
+
+use candle_core::Tensor;
+use ferrokeras::callbacks::{History, LambdaCallback};
+use ferrokeras::prelude::*;
+use ferrokeras::random::set_random_seed;
+
+/// Deterministic regression data: `n` samples of `d` features, and a linear target.
+fn regression(n: usize, d: usize) -> (Tensor, Tensor) {
+    let xs: Vec<f32> = (0..n * d)
+        .map(|i| ((i as f32) * 0.731 + 0.2).sin())
+        .collect();
+    let ys: Vec<f32> = (0..n)
+        .map(|r| {
+            (0..d)
+                .map(|c| xs[r * d + c] * (c as f32 + 1.0) * 0.3)
+                .sum::<f32>()
+                + 0.1
+        })
+        .collect();
+    let dev = ferrokeras::runtime::default_device();
+    (
+        Tensor::from_vec(xs, (n, d), &dev).unwrap(),
+        Tensor::from_vec(ys, (n, 1), &dev).unwrap(),
+    )
+}
+
+const EPOCHS: usize = 3;
+const STEPS: usize = 20;
+
+/// Three epochs of 20 steps; with `read_every_batch`, a callback reads every log value of every
+/// step. Returns the history and how many device reads the metrics made.
+fn fit(read_every_batch: bool) -> (History, usize) {
+    set_random_seed(7);
+    let (x, y) = regression(16 * STEPS, 4);
+    let model = Sequential::new()
+        .input(&[4])
+        .add(Dense::new(8).activation("relu").unwrap())
+        .add(Dense::new(1));
+    let mut model = Trainer::new(model)
+        .compile(
+            Compile::new()
+                .optimizer("adam")
+                .loss("mse")
+                .metrics(["mae"]),
+        )
+        .unwrap();
+    let mut opts = FitOptions::new().epochs(EPOCHS).batch_size(16).verbose(0);
+    if read_every_batch {
+        opts = opts.callback(LambdaCallback::new().on_batch_end(|_, logs: &Logs| {
+            assert!(logs.iter().all(|(_, v)| v.is_finite()));
+            Ok(())
+        }));
+    }
+    let before = ferrokeras::metrics::device_reads();
+    let h = model.fit((x, y), opts).unwrap();
+    (h, ferrokeras::metrics::device_reads() - before)
+}
+
+#[test]
+fn fit_reads_the_device_when_logs_are_read_not_every_step() {
+    let on_device_path = !ferrokeras::runtime::default_device().is_cpu()
+        || std::env::var("FERROKERAS_KERNELS").is_ok_and(|v| v == "candle");
+    if !on_device_path {
+        // This test again, alone, in a process where the CPU takes the other devices' path.
+        let name = module_path!()
+            .split_once("::")
+            .map_or(String::new(), |(_, m)| format!("{m}::"))
+            + "fit_reads_the_device_when_logs_are_read_not_every_step";
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+            .env("FERROKERAS_KERNELS", "candle")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "child run failed:\n{text}");
+        assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
+        return;
+    }
+    let (lazy, lazy_reads) = fit(false);
+    let (eager, eager_reads) = fit(true);
+    // Two metrics (the loss tracker and mae): one read each at the end of every epoch.
+    assert!(
+        lazy_reads <= 2 * EPOCHS,
+        "{lazy_reads} device reads for {EPOCHS} epochs of {STEPS} steps with no one reading the logs"
+    );
+    assert!(
+        eager_reads >= EPOCHS * STEPS,
+        "{eager_reads} device reads with every step's logs read"
+    );
+    // Same numbers either way, to the bit: every epoch value and every per-batch value.
+    assert_eq!(lazy.history, eager.history);
+    assert_eq!(lazy.batch_history, eager.batch_history);
+    assert_eq!(lazy.get("loss").len(), EPOCHS);
+    assert_eq!(lazy.batch_history["mae"].len(), EPOCHS * STEPS);
+    assert!(lazy.get("loss")[EPOCHS - 1] < lazy.get("loss")[0]);
+}
