@@ -16,6 +16,8 @@
 //! accuracy sums read once per epoch; W4: the same `train_step` on consecutive batches); W2 again
 //! on consecutive rows, both ways.
 //! `--policy mixed_bfloat16` (any Keras dtype policy name) sets the global dtype policy first.
+//! `w4layers` (only when named) times W4's step layer by layer, forward and backward, and each
+//! optimizer's update, next to the whole step: where a device spends it.
 //! `--device cuda` (or `FERROKERAS_DEVICE=cuda`) runs them on the GPU in a `cuda` build, with the
 //! data on the GPU (as a PyTorch loop would have it) and a device synchronisation before each
 //! clock read.
@@ -260,6 +262,109 @@ fn w4_plain(steps: usize) -> Result<Run> {
         rate: steps as f64 / elapsed(t)?,
         step: clock.median_step(),
     })
+}
+
+/// Median seconds of `f` over `reps` runs after two warm-ups, the device synchronised around
+/// each run (so queued work is counted where it was queued).
+fn time_op(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..2 {
+        f()?;
+    }
+    dev().synchronize()?;
+    let mut v = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        v.push(elapsed(t)?);
+    }
+    Ok(median(v))
+}
+
+/// Where a GAN step's time goes, layer by layer: each layer of `model` alone on the output of
+/// the one before, its forward pass (training mode), and its forward and backward passes (the
+/// gradient of `sum(y * r)` for its variables, and for its input except at the first layer
+/// unless `input_grad`), each timed on its own with the device synchronised. Returns the last
+/// output and the summed times.
+fn layer_profile(
+    label: &str,
+    model: &mut Sequential,
+    x: Tensor,
+    input_grad: bool,
+) -> Result<(Tensor, f64, f64)> {
+    let (mut x, mut fwd_sum, mut both_sum) = (x, 0.0, 0.0);
+    for (i, layer) in model.layers_mut().iter_mut().enumerate() {
+        let y = layer.call(&x, true)?.detach();
+        let r = uniform(y.dims())?;
+        let fwd = time_op(10, || layer.call(&x, true).map(drop))?;
+        let xv = Variable::new("x", &x, true)?;
+        let mut vars: Vec<Variable> = layer
+            .variables()
+            .into_iter()
+            .filter(Variable::trainable)
+            .collect();
+        let with_x = i > 0 || input_grad;
+        if with_x {
+            vars.push(xv.clone());
+        }
+        let both = time_op(10, || {
+            let y = layer.call(if with_x { xv.as_tensor() } else { &x }, true)?;
+            GradientTape::gradient(&(y * &r)?.sum_all()?, &vars).map(drop)
+        })?;
+        println!(
+            "| {label} {} | {:?} | {:.3} | {:.3} |",
+            layer.name(),
+            y.dims(),
+            fwd * 1e3,
+            (both - fwd) * 1e3
+        );
+        fwd_sum += fwd;
+        both_sum += both;
+        x = y;
+    }
+    Ok((x, fwd_sum, both_sum))
+}
+
+/// W4's step, taken apart: every layer of the generator and of the discriminator (forward, and
+/// backward), each optimizer's update, next to the whole step. For finding where a device spends
+/// the step (`workloads --device cuda w4layers`); not part of the default run.
+fn w4_layers() -> Result<()> {
+    let mut gan = gan::Gan::new(gan::discriminator()?, gan::generator(128)?, 128);
+    println!("| W4 layer | output | forward ms | backward ms |");
+    println!("|---|---|---|---|");
+    let z = ferrokeras::random::normal(&[64, 128], 0.0, 1.0, &dev())?;
+    let (fake, gf, gb) = layer_profile("G", &mut gan.generator, z, false)?;
+    // The discriminator sees 128 images in its own step (64 generated, 64 real); its input
+    // gradient is needed in the generator's step.
+    let images = Tensor::cat(&[&fake, &uniform(&[64, 28, 28, 1])?], 0)?;
+    let (_, df, db) = layer_profile("D", &mut gan.discriminator, images, true)?;
+    let mut adam_ms = 0.0;
+    for (label, vars) in [
+        ("G", gan.generator.trainable_variables()),
+        ("D", gan.discriminator.trainable_variables()),
+    ] {
+        let grads = vars
+            .iter()
+            .map(|v| uniform(v.as_tensor().dims()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut opt = Adam::new(3e-4);
+        let t = time_op(10, || opt.apply(&grads, &vars))?;
+        println!(
+            "| {label} Adam update | {} variables | {:.3} | |",
+            vars.len(),
+            t * 1e3
+        );
+        adam_ms += t * 1e3;
+    }
+    let step = 1.0 / w4_plain(20)?.rate;
+    println!(
+        "| sums | G {:.3} + {:.3}, D {:.3} + {:.3}, Adam {adam_ms:.3} | whole step {:.3} ms | |",
+        gf * 1e3,
+        (gb - gf) * 1e3,
+        df * 1e3,
+        (db - df) * 1e3,
+        step * 1e3
+    );
+    Ok(())
 }
 
 /// Runs a plain loop as `fit` runs its own: on rayon's pool on the CPU, on this thread elsewhere.
@@ -516,6 +621,9 @@ fn main() -> Result<()> {
             stolen_since(t)
         );
         achieved.push(("W4", f * w4_flops_per_step() / 1e9));
+    }
+    if picked.iter().any(|p| p == "w4layers") {
+        w4_layers()?;
     }
     if want("gemm") && !achieved.is_empty() {
         gemm_row(&mut peaks)?;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Assembles a CUDA 13.0 build toolkit (nvcc, headers, libraries and a link-time stub of the driver library)
+# Assembles a CUDA 13.0 build toolkit (nvcc, headers, libraries, cuDNN 9 and a link-time stub of the driver library)
 # from NVIDIA's PyPI wheels into $1 (default: target/cuda-toolkit), for building the `cuda` feature on a machine
 # without a system CUDA installation. The driver itself (libcuda.so.1) comes from the machine that runs the
 # binaries; the stub only satisfies the linker.
@@ -15,6 +15,13 @@ if [ ! -x "$dir/cu13/bin/nvcc" ]; then
     "nvidia-curand==10.4.0.35" "nvidia-cuda-nvrtc==13.0.88"
   rm -rf "$dir/cu13"
   mv "$dir/wheels/nvidia/cu13" "$dir/cu13"
+  rm -rf "$dir/wheels"
+fi
+# cuDNN 9 (headers and libraries), for the `cudnn` feature: cudarc links libcudnn.so.9.
+if [ ! -e "$dir/cu13/lib/libcudnn.so.9" ]; then
+  python3 -m pip install -q --no-deps --target "$dir/wheels" "nvidia-cudnn-cu13==9.28.1.4"
+  cp -a "$dir/wheels/nvidia/cudnn/lib/." "$dir/cu13/lib/"
+  cp -a "$dir/wheels/nvidia/cudnn/include/." "$dir/cu13/include/"
   rm -rf "$dir/wheels"
 fi
 lib=$dir/cu13/lib

@@ -26,7 +26,8 @@ setup() {
   libs=$(python3 - <<'PY'
 import glob, os, site
 roots = site.getsitepackages() + [site.getusersitepackages()]
-want = ["libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10", "libnvrtc.so.13", "libcudart.so.13"]
+want = ["libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10", "libnvrtc.so.13", "libcudart.so.13",
+        "libcudnn.so.9"]
 dirs = []
 for r in roots:
     for w in want:
@@ -86,6 +87,13 @@ for l in sys.stdin:
     m=json.loads(l)
     if m.get("reason")=="compiler-artifact" and m.get("executable"): print(m["executable"])')
   cp "$bench" .gpu/bin/workloads
+  # The same benchmark with cuDNN's convolutions (`cudnn` feature), run only where libcudnn.so.9 is.
+  bench=$(cargo bench --features cudnn --target-dir $td --bench workloads --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m.get("executable"): print(m["executable"])')
+  cp "$bench" .gpu/bin/workloads-cudnn
   strip .gpu/bin/*
   cp -r ../shared/data/mnist .gpu/mnist 2>/dev/null || python3 - <<'PY'
 # No bundled copy: fetch MNIST through the library's own loader cache instead.
@@ -130,7 +138,8 @@ run)
   python3 -c "print('GAN wall time: %.1f s' % ($end - $start))" | tee -a "$sum"
   cp .gpu/gan/generated_final.png "$out/" 2>/dev/null || true
   echo "== benchmarks: ferrokeras" | tee -a "$sum"
-  # BENCH_F32=0 / BENCH_AB=0 / BENCH_BF16=0 / RUN_TORCH=0 leave a part out (for a short rerun).
+  # BENCH_F32=0 / BENCH_AB=0 / BENCH_LAYERS=0 / BENCH_CUDNN=0 / BENCH_BF16=0 / RUN_TORCH=0 leave a
+  # part out (for a short rerun).
   if [ "${BENCH_F32:-1}" != 0 ]; then
     .gpu/bin/workloads --device cuda w2 w4 gemm 2>&1 | tee -a "$sum" || status=1
   fi
@@ -138,6 +147,19 @@ run)
     # The same GAN step with candle's own convolution ops, for comparison.
     echo "W4 with FERROKERAS_CONV=candle:" | tee -a "$sum"
     FERROKERAS_CONV=candle .gpu/bin/workloads --device cuda w4 2>&1 | tail -n 1 | tee -a "$sum" || status=1
+  fi
+  if [ "${BENCH_LAYERS:-1}" != 0 ]; then
+    # Where W4's step goes, layer by layer (forward, backward) and per optimizer update.
+    .gpu/bin/workloads --device cuda w4layers 2>&1 | grep "^| [GDs]" | tee -a "$sum" || status=1
+  fi
+  if [ "${BENCH_CUDNN:-1}" != 0 ]; then
+    # Every convolution (forward, and the gradients written as forward convolutions) through cuDNN.
+    if ldd .gpu/bin/workloads-cudnn | grep -q "libcudnn.so.9 => /"; then
+      echo "With cuDNN (--features cudnn):" | tee -a "$sum"
+      .gpu/bin/workloads-cudnn --device cuda w2 w4 w4layers 2>&1 | grep "^| [WGDs]" | tee -a "$sum" || status=1
+    else
+      echo "cuDNN build not run: no libcudnn.so.9 in the Python packages" | tee -a "$sum"
+    fi
   fi
   if [ "${BENCH_BF16:-1}" != 0 ]; then
     .gpu/bin/workloads --device cuda --policy mixed_bfloat16 w2 w4 2>&1 | tee -a "$sum" || status=1
