@@ -98,6 +98,22 @@ pub fn device_from_name(name: &str) -> crate::Result<Device> {
     }
 }
 
+/// Whether the CPU runs this crate's own kernels for float32 work (the default) rather than
+/// candle's generic ops. With `FERROKERAS_KERNELS=candle` in the environment (read once, at the
+/// first op) the CPU runs the ops that other devices (CUDA) run, and metrics queue their updates
+/// as they do on a GPU: to compare results between the two paths, or to check a GPU's code path
+/// on a machine without one.
+///
+/// ```
+/// // Unless FERROKERAS_KERNELS=candle is set:
+/// # if std::env::var("FERROKERAS_KERNELS").is_err() {
+/// assert!(ferrokeras::runtime::cpu_kernels_enabled());
+/// # }
+/// ```
+pub fn cpu_kernels_enabled() -> bool {
+    crate::kernels::enabled()
+}
+
 /// Sets the device that layers put their weights on and that `fit`, `evaluate` and `predict`
 /// move batches to when a model has no weights yet (Keras places everything on the first GPU;
 /// here the choice is explicit).

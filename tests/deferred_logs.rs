@@ -68,7 +68,7 @@ fn fit(read_every_batch: bool) -> (History, usize) {
 #[test]
 fn fit_reads_the_device_when_logs_are_read_not_every_step() {
     let on_device_path = !ferrokeras::runtime::default_device().is_cpu()
-        || std::env::var("FERROKERAS_KERNELS").is_ok_and(|v| v == "candle");
+        || !ferrokeras::runtime::cpu_kernels_enabled();
     if !on_device_path {
         // This test again, alone, in a process where the CPU takes the other devices' path.
         let name = module_path!()
