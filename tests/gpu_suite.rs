@@ -3,6 +3,9 @@
 //! kernels). Built only with the `cuda` feature; `scripts/gpu-check.sh prepare` fails when a test
 //! file is missing here.
 
+// Each test file brings its own copy of tests/support, as it does when built on its own.
+#![allow(clippy::duplicate_mod)]
+
 #[path = "callbacks.rs"]
 mod callbacks;
 #[path = "callbacks_builtin.rs"]

@@ -4,6 +4,8 @@
 
 pub(crate) mod adam;
 pub(crate) mod conv_act;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda_adam;
 pub(crate) mod elementwise;
 pub(crate) mod linear;
 pub(crate) mod pool;

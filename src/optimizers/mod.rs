@@ -517,6 +517,18 @@ impl Optimizer for Adam {
                     crate::kernels::adam::adam_in_place(w, g, s, p)?;
                     return Ok(None);
                 }
+                #[cfg(feature = "cuda")]
+                if !ams && crate::kernels::cuda_adam::fits(&all) {
+                    let p = crate::kernels::adam::AdamStep {
+                        beta_1: b1,
+                        beta_2: b2,
+                        epsilon: eps,
+                        alpha,
+                        decay: if wd > 0.0 { wd * lr } else { 0.0 },
+                    };
+                    crate::kernels::cuda_adam::adam_in_place(w, g, s, p)?;
+                    return Ok(None);
+                }
                 let w = if wd > 0.0 {
                     (w - (w * (wd * lr))?)?
                 } else {
