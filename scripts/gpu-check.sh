@@ -147,6 +147,9 @@ run)
     # The same GAN step with candle's own convolution ops, for comparison.
     echo "W4 with FERROKERAS_CONV=candle:" | tee -a "$sum"
     FERROKERAS_CONV=candle .gpu/bin/workloads --device cuda w4 2>&1 | tail -n 1 | tee -a "$sum" || status=1
+    # And with strided transposed convolutions as convolutions of the zero-dilated input.
+    echo "W4 with FERROKERAS_CONV=dilated:" | tee -a "$sum"
+    FERROKERAS_CONV=dilated .gpu/bin/workloads --device cuda w4 2>&1 | tail -n 1 | tee -a "$sum" || status=1
   fi
   if [ "${BENCH_LAYERS:-1}" != 0 ]; then
     # Where W4's step goes, layer by layer (forward, backward) and per optimizer update.
