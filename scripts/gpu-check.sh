@@ -138,7 +138,7 @@ run)
   python3 -c "print('GAN wall time: %.1f s' % ($end - $start))" | tee -a "$sum"
   cp .gpu/gan/generated_final.png "$out/" 2>/dev/null || true
   echo "== benchmarks: ferrokeras" | tee -a "$sum"
-  # BENCH_F32=0 / BENCH_AB=0 / BENCH_LAYERS=0 / BENCH_CUDNN=0 / FUSED_ADAM=0 / BENCH_BF16=0 /
+  # BENCH_F32=0 / BENCH_AB=0 / BENCH_LAYERS=0 / BENCH_CUDNN=0 / OWN_KERNELS=0 / BENCH_BF16=0 /
   # RUN_TORCH=0 leave a part out (for a short rerun).
   if [ "${BENCH_F32:-1}" != 0 ]; then
     .gpu/bin/workloads --device cuda w2 w4 gemm 2>&1 | tee -a "$sum" || status=1
@@ -164,16 +164,17 @@ run)
       echo "cuDNN build not run: no libcudnn.so.9 in the Python packages" | tee -a "$sum"
     fi
   fi
-  if [ "${FUSED_ADAM:-1}" != 0 ]; then
-    # Adam as one CUDA kernel per variable (off by default until checked here): the optimizer
-    # and training tests with it, then W2 and W4.
-    echo "== fused CUDA Adam (FERROKERAS_CUDA_ADAM=fused)" | tee -a "$sum"
-    for m in keras_parity optimizer_extras fit_api gan resume; do
-      if FERROKERAS_CUDA_ADAM=fused run_module $m > ".gpu/logs/fused-$m.log" 2>&1; then r=ok; else r=FAILED; status=1; fi
-      echo "fused Adam, tests of $m: $r ($(grep -h '^test result' ".gpu/logs/fused-$m.log" | tail -n 1))" | tee -a "$sum"
+  if [ "${OWN_KERNELS:-1}" != 0 ]; then
+    # Our CUDA kernels (Adam as one kernel per variable; activations, with a bias, one kernel each
+    # way), off by default until checked here: the layer, optimizer and training tests with them,
+    # then W2 and W4 (and W4 layer by layer).
+    echo "== our CUDA kernels (FERROKERAS_CUDA_KERNELS=on: Adam, activations)" | tee -a "$sum"
+    for m in keras_parity keras_layer_parity gradcheck optimizer_extras fit_api gan resume; do
+      if FERROKERAS_CUDA_KERNELS=on run_module $m > ".gpu/logs/fused-$m.log" 2>&1; then r=ok; else r=FAILED; status=1; fi
+      echo "our CUDA kernels, tests of $m: $r ($(grep -h '^test result' ".gpu/logs/fused-$m.log" | tail -n 1))" | tee -a "$sum"
     done
     cat .gpu/logs/fused-*.log >> "$out/tests.log"
-    FERROKERAS_CUDA_ADAM=fused .gpu/bin/workloads --device cuda w2 w4 2>&1 | grep "^| W" | tee -a "$sum" || status=1
+    FERROKERAS_CUDA_KERNELS=on .gpu/bin/workloads --device cuda w2 w4 w4layers 2>&1 | grep "^| [WGDs]" | tee -a "$sum" || status=1
   fi
   if [ "${BENCH_BF16:-1}" != 0 ]; then
     .gpu/bin/workloads --device cuda --policy mixed_bfloat16 w2 w4 2>&1 | tee -a "$sum" || status=1

@@ -133,6 +133,18 @@ fn forward(x: &[f32], bias: Option<&[f32]>, act: Act) -> Vec<f32> {
     }
 }
 
+/// The CUDA kernels' code for an activation: (kind, slope).
+#[cfg(feature = "cuda")]
+fn cuda_kind(act: Act) -> (i32, f32) {
+    match act {
+        Act::Linear => (0, 0.0),
+        Act::Relu => (1, 0.0),
+        Act::Leaky(s) => (2, s),
+        Act::Sigmoid => (3, 0.0),
+        Act::Tanh => (4, 0.0),
+    }
+}
+
 /// `activation(x)` (CustomOp1) or `activation(x + bias)` over the last axis (CustomOp2).
 struct Fused(Act);
 
@@ -149,6 +161,16 @@ impl CustomOp1 for Fused {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = super::cpu_f32(s, l, "activation input")?;
         Ok((CpuStorage::F32(forward(x, None, self.0)), l.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (kind, slope) = cuda_kind(self.0);
+        let y = super::cuda::activation(s, l, None, kind, slope)?;
+        Ok((y, l.shape().clone()))
     }
     fn bwd(&self, _x: &Tensor, y: &Tensor, gy: &Tensor) -> candle_core::Result<Option<Tensor>> {
         if self.0 == Act::Linear {
@@ -185,6 +207,18 @@ impl CustomOp2 for Fused {
             l1.shape().clone(),
         ))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (kind, slope) = cuda_kind(self.0);
+        let y = super::cuda::activation(s1, l1, Some((s2, l2)), kind, slope)?;
+        Ok((y, l1.shape().clone()))
+    }
     fn bwd(
         &self,
         x: &Tensor,
@@ -197,7 +231,12 @@ impl CustomOp2 for Fused {
         } else {
             y.apply_op2_no_bwd(&gy.contiguous()?, &FusedGrad(self.0))?
         };
-        let gb = gx.apply_op1_no_bwd(&ColSum(b.elem_count()))?;
+        let gb = if gx.device().is_cpu() {
+            gx.apply_op1_no_bwd(&ColSum(b.elem_count()))?
+        } else {
+            let f = b.elem_count();
+            gx.reshape((gx.elem_count() / f.max(1), f))?.sum(0)?
+        };
         Ok((
             crate::tape::route(x, Some(gx))?,
             crate::tape::route(b, Some(gb.reshape(b.shape())?))?,
@@ -226,6 +265,18 @@ impl CustomOp2 for FusedGrad {
             grad_times(gx, &y[r.clone()], &gy[r], df);
         }));
         Ok((CpuStorage::F32(gx), l1.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (kind, slope) = cuda_kind(self.0);
+        let gx = super::cuda::activation_grad(s1, l1, s2, l2, kind, slope)?;
+        Ok((gx, l1.shape().clone()))
     }
 }
 
@@ -320,8 +371,13 @@ pub(crate) fn bias_grad(g: &Tensor, f: usize) -> candle_core::Result<Tensor> {
     g.contiguous()?.apply_op1_no_bwd(&ColSum(f))
 }
 
-/// Whether the fused kernels take `x`: float32 on the CPU.
+/// Whether the fused activation kernels take `x`: float32 on the CPU, or on CUDA with our CUDA
+/// kernels switched on (`FERROKERAS_CUDA_KERNELS=on`).
 fn fusable(x: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    if super::cuda::takes(x) {
+        return true;
+    }
     super::takes(x)
 }
 
@@ -401,7 +457,7 @@ impl CustomOp2 for MaskMul {
 /// `x · mask` with a gradient for `x` only (the mask is a constant, as a dropout's is), or `None`
 /// when `x` is not for these kernels (caller uses candle's `mul`).
 pub(crate) fn mask_mul(x: &Tensor, mask: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    if !fusable(x) || !fusable(mask) || x.dims() != mask.dims() {
+    if !super::takes(x) || !super::takes(mask) || x.dims() != mask.dims() {
         return Ok(None);
     }
     Ok(Some(

@@ -5,7 +5,7 @@
 pub(crate) mod adam;
 pub(crate) mod conv_act;
 #[cfg(feature = "cuda")]
-pub(crate) mod cuda_adam;
+pub(crate) mod cuda;
 pub(crate) mod elementwise;
 pub(crate) mod linear;
 pub(crate) mod pool;

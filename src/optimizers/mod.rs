@@ -518,7 +518,7 @@ impl Optimizer for Adam {
                     return Ok(None);
                 }
                 #[cfg(feature = "cuda")]
-                if !ams && crate::kernels::cuda_adam::fits(&all) {
+                if !ams && crate::kernels::cuda::adam_fits(&all) {
                     let p = crate::kernels::adam::AdamStep {
                         beta_1: b1,
                         beta_2: b2,
@@ -526,7 +526,7 @@ impl Optimizer for Adam {
                         alpha,
                         decay: if wd > 0.0 { wd * lr } else { 0.0 },
                     };
-                    crate::kernels::cuda_adam::adam_in_place(w, g, s, p)?;
+                    crate::kernels::cuda::adam_in_place(w, g, s, p)?;
                     return Ok(None);
                 }
                 let w = if wd > 0.0 {
