@@ -50,3 +50,29 @@ pub(crate) fn sigmoid_stable_bce(x: &Tensor, z: &Tensor) -> Result<Tensor> {
     let softplus = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
     Ok(((x.relu()? - (x * z)?)? + softplus)?)
 }
+
+/// `0, 1, ..., n - 1` (or reversed) as u32 on `device`, made once per device, length and order:
+/// a copy from the host at every step would sit between the step's kernels on a GPU.
+pub(crate) fn indices(
+    n: usize,
+    reversed: bool,
+    device: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
+    type Cache = Vec<(candle_core::Device, usize, bool, Tensor)>;
+    static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, _, t)) = cache
+        .iter()
+        .find(|(d, m, r, _)| *m == n && *r == reversed && d.same_device(device))
+    {
+        return Ok(t.clone());
+    }
+    let v: Vec<u32> = if reversed {
+        (0..n as u32).rev().collect()
+    } else {
+        (0..n as u32).collect()
+    };
+    let t = Tensor::from_vec(v, n, device)?;
+    cache.push((device.clone(), n, reversed, t.clone()));
+    Ok(t)
+}

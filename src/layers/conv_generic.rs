@@ -46,29 +46,12 @@ fn dilate(x: &Tensor, s: usize) -> candle_core::Result<Tensor> {
         .narrow(3, 0, (w - 1) * s + 1)
 }
 
-/// `n - 1, ..., 1, 0` on `device`, made once per device and length: a copy from the host at every
-/// convolution would sit between a step's kernels on a GPU.
-fn reversed(n: usize, device: &candle_core::Device) -> candle_core::Result<Tensor> {
-    type Cache = Vec<(candle_core::Device, usize, Tensor)>;
-    static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, _, t)) = cache
-        .iter()
-        .find(|(d, m, _)| *m == n && d.same_device(device))
-    {
-        return Ok(t.clone());
-    }
-    let t = Tensor::from_vec((0..n as u32).rev().collect::<Vec<_>>(), n, device)?;
-    cache.push((device.clone(), n, t.clone()));
-    Ok(t)
-}
-
 /// The kernel mirrored along both spatial axes.
 fn flip(k: &Tensor) -> candle_core::Result<Tensor> {
     let k = k.contiguous()?;
     let (_, _, kh, kw) = k.dims4()?;
-    k.index_select(&reversed(kh, k.device())?, 2)?
-        .index_select(&reversed(kw, k.device())?, 3)
+    k.index_select(&crate::ops::indices(kh, true, k.device())?, 2)?
+        .index_select(&crate::ops::indices(kw, true, k.device())?, 3)
 }
 
 /// `conv2d(x, k)` with no padding (pad `x` first), differentiated by forward convolutions only.

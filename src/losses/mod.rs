@@ -413,7 +413,7 @@ fn checked_labels(l: &Tensor, num_classes: usize) -> Result<Vec<u32>> {
 
 /// `1.0` where a float label equals the class index, else `0.0` (no check of the labels).
 fn one_hot_rows(l: &Tensor, num_classes: usize) -> Result<Tensor> {
-    let classes = Tensor::arange(0u32, num_classes as u32, l.device())?.to_dtype(DType::F32)?;
+    let classes = crate::ops::indices(num_classes, false, l.device())?.to_dtype(DType::F32)?;
     Ok(l.unsqueeze(l.rank())?
         .broadcast_eq(&classes)?
         .to_dtype(DType::F32)?)
