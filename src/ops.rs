@@ -37,10 +37,14 @@ pub(crate) fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
     Ok(shifted.broadcast_sub(&lse)?)
 }
 
-/// `x` if `x > 0` else `slope * x`.
+/// `x` if `x > 0` else `slope * x`; the gradient is 1 where `x > 0`, else `slope` (TensorFlow's,
+/// and our CPU kernel's, at `x = 0` too). A selection rather than `relu(x) - slope·relu(-x)`:
+/// four kernels forward instead of five and about half as many backward, and the difference of
+/// two ReLUs had the gradient `1 + slope` at `x = 0`.
 pub(crate) fn leaky_relu(x: &Tensor, slope: f32) -> Result<Tensor> {
     let x = &to_float(x)?;
-    Ok((x.relu()? - (x.neg()?.relu()? * slope as f64)?)?)
+    let positive = x.gt(&x.zeros_like()?)?;
+    Ok(positive.where_cond(x, &(x * slope as f64)?)?)
 }
 
 /// Elementwise binary cross-entropy from logits `x` and targets `z`, in the stable form
@@ -75,4 +79,29 @@ pub(crate) fn indices(
     let t = Tensor::from_vec(v, n, device)?;
     cache.push((device.clone(), n, reversed, t.clone()));
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::GradientTape;
+    use crate::tape::Variable;
+    use candle_core::Device;
+
+    /// Values and gradients of the generic LeakyReLU, zero included (Keras: the slope there).
+    #[test]
+    fn leaky_relu_values_and_gradients() {
+        let x = Tensor::new(&[-2f32, -0.5, 0.0, 0.5, 3.0], &Device::Cpu).unwrap();
+        let v = Variable::new("x", &x, true).unwrap();
+        let y = leaky_relu(v.as_tensor(), 0.2).unwrap();
+        assert_eq!(
+            y.to_vec1::<f32>().unwrap(),
+            vec![-2.0 * 0.2, -0.5 * 0.2, 0.0, 0.5, 3.0]
+        );
+        let g = GradientTape::gradient(&y.sum_all().unwrap(), &[v]).unwrap();
+        assert_eq!(
+            g[0].to_vec1::<f32>().unwrap(),
+            vec![0.2, 0.2, 0.2, 1.0, 1.0]
+        );
+    }
 }
