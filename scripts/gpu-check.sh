@@ -138,16 +138,32 @@ run)
   python3 -c "print('GAN wall time: %.1f s' % ($end - $start))" | tee -a "$sum"
   cp .gpu/gan/generated_final.png "$out/" 2>/dev/null || true
   echo "== benchmarks: ferrokeras" | tee -a "$sum"
-  # BENCH_F32=0 / BENCH_AB=0 / BENCH_LAYERS=0 / BENCH_CUDNN=0 / OWN_KERNELS=0 / BENCH_BF16=0 /
-  # RUN_TORCH=0 leave a part out (for a short rerun).
+  # BENCH_F32=0 / RUN_TORCH=0 / BENCH_AB=0 / BENCH_LAYERS=0 / BENCH_CUDNN=0 / OWN_KERNELS=0 /
+  # BENCH_BF16=0 leave a part out (for a short rerun); BENCH_CANDLE=1 adds W4 on candle's own
+  # convolution ops.
   if [ "${BENCH_F32:-1}" != 0 ]; then
     .gpu/bin/workloads --device cuda w2 w4 gemm 2>&1 | tee -a "$sum" || status=1
   fi
-  if [ "${BENCH_AB:-1}" != 0 ]; then
-    # The same GAN step with candle's own convolution ops, for comparison.
+  if [ "${RUN_TORCH:-1}" != 0 ]; then
+    # PyTorch next, before the variants below, so that a run cut short still has the comparison.
+    echo "== benchmarks: PyTorch on the same GPU" | tee -a "$sum"
+    # The targets: W2 against eager; W4 against eager and torch.compile.
+    # TORCH_COMPILE=0 leaves out torch.compile (its compilation alone takes about 20 s).
+    runs=("w2" "w4")
+    [ "${TORCH_COMPILE:-1}" = 0 ] || runs+=("w4 --compile")
+    for run in "${runs[@]}"; do
+      timeout 240 python3 benches/peers/bench_torch.py --device cuda --w4-steps 100 --workload $run \
+        2>>"$out/torch.err" | grep RESULT | tee -a "$sum" || status=1
+    done
+  fi
+  echo "== variants of ferrokeras" | tee -a "$sum"
+  if [ "${BENCH_CANDLE:-0}" != 0 ]; then
+    # The same GAN step with candle's own convolution ops (slow: 23.7 steps/s on an H200).
     echo "W4 with FERROKERAS_CONV=candle:" | tee -a "$sum"
     FERROKERAS_CONV=candle .gpu/bin/workloads --device cuda w4 2>&1 | tail -n 1 | tee -a "$sum" || status=1
-    # And with strided transposed convolutions as convolutions of the zero-dilated input.
+  fi
+  if [ "${BENCH_AB:-1}" != 0 ]; then
+    # Strided transposed convolutions as convolutions of the zero-dilated input.
     echo "W4 with FERROKERAS_CONV=dilated:" | tee -a "$sum"
     FERROKERAS_CONV=dilated .gpu/bin/workloads --device cuda w4 2>&1 | tail -n 1 | tee -a "$sum" || status=1
   fi
@@ -179,16 +195,6 @@ run)
   if [ "${BENCH_BF16:-1}" != 0 ]; then
     .gpu/bin/workloads --device cuda --policy mixed_bfloat16 w2 w4 2>&1 | tee -a "$sum" || status=1
   fi
-  [ "${RUN_TORCH:-1}" != 0 ] || exit $status
-  echo "== benchmarks: PyTorch on the same GPU" | tee -a "$sum"
-  # The targets: W2 against eager; W4 against eager and torch.compile.
-  # TORCH_COMPILE=0 leaves out torch.compile (its compilation alone takes about 20 s).
-  runs=("w2" "w4")
-  [ "${TORCH_COMPILE:-1}" = 0 ] || runs+=("w4 --compile")
-  for run in "${runs[@]}"; do
-    timeout 240 python3 benches/peers/bench_torch.py --device cuda --w4-steps 100 --workload $run \
-      2>>"$out/torch.err" | grep RESULT | tee -a "$sum" || status=1
-  done
   exit $status
   ;;
 module)
