@@ -21,24 +21,9 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Deterministic regression data: `n` samples of `d` features in [-1, 1], and a linear target.
-fn regression(n: usize, d: usize) -> (Tensor, Tensor) {
-    let xs: Vec<f32> = (0..n * d)
-        .map(|i| ((i as f32) * 0.731 + 0.2).sin())
-        .collect();
-    let ys: Vec<f32> = (0..n)
-        .map(|r| {
-            (0..d)
-                .map(|c| xs[r * d + c] * (c as f32 + 1.0) * 0.3)
-                .sum::<f32>()
-                + 0.1
-        })
-        .collect();
-    (
-        Tensor::from_vec(xs, (n, d), &ferrokeras::runtime::default_device()).unwrap(),
-        Tensor::from_vec(ys, (n, 1), &ferrokeras::runtime::default_device()).unwrap(),
-    )
-}
+#[path = "support/data.rs"]
+mod data;
+use data::regression;
 
 fn to_vec(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()

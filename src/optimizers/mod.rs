@@ -506,26 +506,19 @@ impl Optimizer for Adam {
                 let g = &g.contiguous()?;
                 let mut all = vec![w, g];
                 all.extend(s.iter());
+                let p = crate::kernels::adam::AdamStep {
+                    beta_1: b1,
+                    beta_2: b2,
+                    epsilon: eps,
+                    alpha,
+                    decay: if wd > 0.0 { wd * lr } else { 0.0 },
+                };
                 if crate::kernels::adam::fits(&all) {
-                    let p = crate::kernels::adam::AdamStep {
-                        beta_1: b1,
-                        beta_2: b2,
-                        epsilon: eps,
-                        alpha,
-                        decay: if wd > 0.0 { wd * lr } else { 0.0 },
-                    };
                     crate::kernels::adam::adam_in_place(w, g, s, p)?;
                     return Ok(None);
                 }
                 #[cfg(feature = "cuda")]
                 if !ams && crate::kernels::cuda::adam_fits(&all) {
-                    let p = crate::kernels::adam::AdamStep {
-                        beta_1: b1,
-                        beta_2: b2,
-                        epsilon: eps,
-                        alpha,
-                        decay: if wd > 0.0 { wd * lr } else { 0.0 },
-                    };
                     crate::kernels::cuda::adam_in_place(w, g, s, p)?;
                     return Ok(None);
                 }
