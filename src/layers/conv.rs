@@ -474,6 +474,19 @@ impl Conv2D {
         if pool.is_some() {
             return Ok(None);
         }
+        if super::conv_generic::enabled() {
+            let b = self.bias.as_ref().map(|b| b.as_tensor());
+            let y = super::conv_generic::conv2d_layer(
+                &xp,
+                kernel.as_tensor(),
+                b,
+                (pads_h, pads_w),
+                s,
+                d,
+            )?;
+            let y = from_nhwc(&y, self.cfg.data_format)?;
+            return act.apply(&y).map(Some);
+        }
         let xp = xp
             .pad_with_zeros(1, pads_h.0, pads_h.1)?
             .pad_with_zeros(2, pads_w.0, pads_w.1)?;
@@ -481,11 +494,7 @@ impl Conv2D {
             let xn = xp.permute((0, 3, 1, 2))?.contiguous()?;
             let k = self.cfg.policy.cast(kernel.as_tensor())?;
             let k = k.permute((3, 2, 0, 1))?.contiguous()?;
-            let mut y = if super::conv_generic::enabled() {
-                super::conv_generic::conv2d(&xn, &k, s, d)?
-            } else {
-                xn.conv2d(&k, 0, s, d, 1)?
-            };
+            let mut y = xn.conv2d(&k, 0, s, d, 1)?;
             if let Some(b) = &self.bias {
                 let b = self.cfg.policy.cast(b.as_tensor())?;
                 y = y.broadcast_add(&b.reshape((1, f, 1, 1))?)?;
@@ -741,16 +750,26 @@ impl Conv2DTranspose {
             let y = from_nhwc(&y, self.cfg.data_format)?;
             return act.apply(&y);
         }
+        if super::conv_generic::enabled() {
+            let b = self.bias.as_ref().map(|b| b.as_tensor());
+            let y = super::conv_generic::conv_transpose2d_layer(
+                &xt,
+                kernel.as_tensor(),
+                b,
+                (self.crop_before(h, kh, oh), oh),
+                (self.crop_before(w, kw, ow), ow),
+                s,
+                d,
+            )?;
+            let y = from_nhwc(&y, self.cfg.data_format)?;
+            return act.apply(&y);
+        }
         // The full transposed convolution...
         let full = {
             let xn = xt.permute((0, 3, 1, 2))?.contiguous()?;
             let k = self.cfg.policy.cast(kernel.as_tensor())?;
             let k = k.permute((3, 2, 0, 1))?.contiguous()?;
-            let full = if super::conv_generic::enabled() {
-                super::conv_generic::conv_transpose2d_full(&xn, &k, s, d)?
-            } else {
-                xn.conv_transpose2d(&k, 0, 0, s, d)?
-            };
+            let full = xn.conv_transpose2d(&k, 0, 0, s, d)?;
             full.permute((0, 2, 3, 1))?
         };
         // ...then the window Keras keeps.

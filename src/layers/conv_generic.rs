@@ -141,6 +141,170 @@ fn conv_transpose2d_phases(x: &Tensor, k: &Tensor, s: usize) -> Result<Tensor> {
         .narrow(3, 0, (w - 1) * s + kw)?)
 }
 
+/// Zero padding of an NCHW tensor: `(top, bottom)` rows and `(left, right)` columns.
+fn pad_hw(x: &Tensor, ph: (usize, usize), pw: (usize, usize)) -> candle_core::Result<Tensor> {
+    x.pad_with_zeros(2, ph.0, ph.1)?
+        .pad_with_zeros(3, pw.0, pw.1)
+}
+
+/// `t` (N, C, H, W) cut or zero-extended to `rows` x `cols`.
+fn fit_hw(t: &Tensor, rows: usize, cols: usize) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = t.dims4()?;
+    let t = t.pad_with_zeros(2, 0, rows.saturating_sub(h))?;
+    let t = t.pad_with_zeros(3, 0, cols.saturating_sub(w))?;
+    t.narrow(2, 0, rows)?.narrow(3, 0, cols)
+}
+
+/// `t` cast to `dt` (no op when it already is).
+fn cast(t: Tensor, dt: candle_core::DType) -> candle_core::Result<Tensor> {
+    if t.dtype() == dt {
+        Ok(t)
+    } else {
+        t.to_dtype(dt)
+    }
+}
+
+/// A `Conv2D` layer (channels last) as one node of the recorded graph ([`crate::tape::node`]):
+/// `x` (N, H, W, in) in the compute dtype, `kernel` the (kh, kw, in, out) variable, `bias` the
+/// (out) variable, `pads` the ((top, bottom), (left, right)) zero padding. The layout changes,
+/// the padding and the bias are done on detached tensors, so the backward pass pays candle's
+/// per-argument accumulation once, for `x`, and hands the variables' gradients to the tape.
+///
+/// # Errors
+/// Shapes that do not make a convolution, or a device failure.
+pub(crate) fn conv2d_layer(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    pads: ((usize, usize), (usize, usize)),
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let (s, d) = (stride, dilation);
+    let (ph, pw) = pads;
+    let dt = x.dtype();
+    let (_, h, w, _) = x.dims4()?;
+    let (kh, kw, _, f) = kernel.dims4()?;
+    let xn = pad_hw(&x.detach().permute((0, 3, 1, 2))?, ph, pw)?.contiguous()?;
+    let k = cast(kernel.detach(), dt)?
+        .permute((3, 2, 0, 1))?
+        .contiguous()?;
+    let mut y = xn.conv2d(&k, 0, s, d, 1)?;
+    if let Some(b) = bias {
+        y = y.broadcast_add(&cast(b.detach(), dt)?.reshape((1, f, 1, 1))?)?;
+    }
+    let (x_tracks, k_tracks) = (x.track_op(), kernel.track_op());
+    let (kdt, bdt) = (kernel.dtype(), bias.map(|b| b.dtype()));
+    let mut args = vec![x, kernel];
+    args.extend(bias);
+    crate::tape::node(&args, &y.permute((0, 2, 3, 1))?, move |gy| {
+        let gyn = gy.permute((0, 3, 1, 2))?.contiguous()?;
+        let gx = if x_tracks {
+            // The transposed convolution of the output gradient by the same kernel, over the
+            // padded input (rows no window reaches get zero), without the padding.
+            let (_, _, hp, wp) = xn.dims4()?;
+            let g = conv_transpose2d_full(&gyn, &k, s, d)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            Some(
+                fit_hw(&g, hp, wp)?
+                    .narrow(2, ph.0, h)?
+                    .narrow(3, pw.0, w)?
+                    .permute((0, 2, 3, 1))?,
+            )
+        } else {
+            None
+        };
+        let gk = if k_tracks {
+            // candle's kernel gradient: a convolution of the inputs by the output gradient.
+            let g = xn
+                .transpose(0, 1)?
+                .contiguous()?
+                .conv2d(&gyn.transpose(0, 1)?.contiguous()?, 0, d, s, 1)?
+                .transpose(0, 1)?;
+            let g = g.narrow(2, 0, kh)?.narrow(3, 0, kw)?;
+            Some(cast(g.permute((2, 3, 1, 0))?.contiguous()?, kdt)?)
+        } else {
+            None
+        };
+        let mut grads = vec![gx, gk];
+        if let Some(bdt) = bdt {
+            grads.push(Some(cast(gy.sum((0, 1, 2))?, bdt)?));
+        }
+        Ok(grads)
+    })
+}
+
+/// A `Conv2DTranspose` layer (channels last) as one node of the recorded graph, as
+/// [`conv2d_layer`]: `x` (N, H, W, in), `kernel` the (kh, kw, out, in) variable, `bias` (out);
+/// of the full transposed output, the window of `rows.1` rows from `rows.0` and `cols.1` columns
+/// from `cols.0` is kept (zeros past the full output's end).
+///
+/// # Errors
+/// Shapes that do not make a convolution, or a device failure.
+pub(crate) fn conv_transpose2d_layer(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    rows: (usize, usize),
+    cols: (usize, usize),
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let (s, d) = (stride, dilation);
+    let dt = x.dtype();
+    let (kh, kw, f, _) = kernel.dims4()?;
+    let xn = x.detach().permute((0, 3, 1, 2))?.contiguous()?;
+    // candle's transposed layout (in, out, kh, kw).
+    let k = cast(kernel.detach(), dt)?
+        .permute((3, 2, 0, 1))?
+        .contiguous()?;
+    let full = conv_transpose2d_full(&xn, &k, s, d)?;
+    let (_, _, fh, fw) = full.dims4()?;
+    let mut y = fit_hw(&full, rows.0 + rows.1, cols.0 + cols.1)?
+        .narrow(2, rows.0, rows.1)?
+        .narrow(3, cols.0, cols.1)?;
+    if let Some(b) = bias {
+        y = y.broadcast_add(&cast(b.detach(), dt)?.reshape((1, f, 1, 1))?)?;
+    }
+    let (x_tracks, k_tracks) = (x.track_op(), kernel.track_op());
+    let (kdt, bdt) = (kernel.dtype(), bias.map(|b| b.dtype()));
+    let mut args = vec![x, kernel];
+    args.extend(bias);
+    crate::tape::node(&args, &y.permute((0, 2, 3, 1))?, move |gy| {
+        // The gradient of the full output: the kept window's, zeros elsewhere.
+        let gyn = gy.permute((0, 3, 1, 2))?;
+        let gfull = gyn
+            .pad_with_zeros(2, rows.0, fh.saturating_sub(rows.0 + rows.1))?
+            .pad_with_zeros(3, cols.0, fw.saturating_sub(cols.0 + cols.1))?
+            .narrow(2, 0, fh)?
+            .narrow(3, 0, fw)?
+            .contiguous()?;
+        let gx = if x_tracks {
+            // The forward convolution that this layer transposes.
+            Some(gfull.conv2d(&k, 0, s, d, 1)?.permute((0, 2, 3, 1))?)
+        } else {
+            None
+        };
+        let gk = if k_tracks {
+            // candle's kernel gradient of a transposed convolution.
+            let g = gfull
+                .transpose(0, 1)?
+                .contiguous()?
+                .conv2d(&xn.transpose(0, 1)?.contiguous()?, 0, d, s, 1)?
+                .transpose(0, 1)?;
+            let g = g.narrow(2, 0, kh)?.narrow(3, 0, kw)?;
+            Some(cast(g.permute((2, 3, 1, 0))?.contiguous()?, kdt)?)
+        } else {
+            None
+        };
+        let mut grads = vec![gx, gk];
+        if let Some(bdt) = bdt {
+            grads.push(Some(cast(gy.sum((0, 1, 2))?, bdt)?));
+        }
+        Ok(grads)
+    })
+}
+
 /// Passes the convolution computed outside through, with gradients from forward convolutions.
 struct ConvGrad {
     stride: usize,

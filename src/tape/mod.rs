@@ -242,6 +242,162 @@ pub(crate) fn route(arg: &Tensor, g: Option<Tensor>) -> candle_core::Result<Opti
     })
 }
 
+/// The gradients of a [`node`]'s arguments, from the gradient of its output.
+pub(crate) type NodeBackward =
+    dyn Fn(&Tensor) -> candle_core::Result<Vec<Option<Tensor>>> + Send + Sync;
+
+/// One node of the recorded graph for a computation done outside it: `value` was computed from
+/// `args` (one to three) on detached tensors, and `backward` gives, from the gradient of the
+/// output, one gradient (or `None`) per argument. The output is a contiguous copy of `value`
+/// (a strided view such as an NCHW to NHWC permutation becomes that copy, at no extra cost).
+///
+/// What this saves off the CPU: candle's backward pass adds every gradient into a fresh zero
+/// tensor of its argument's shape (two kernels per edge of the graph), so a layer built from
+/// candle ops (layout changes, pads, reshapes, a broadcast bias) pays for each of them in the
+/// backward pass, views included. As one node it pays once, for its input; its variables'
+/// gradients reach the tape directly ([`route`]).
+pub(crate) fn node(
+    args: &[&Tensor],
+    value: &Tensor,
+    backward: impl Fn(&Tensor) -> candle_core::Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    if !args.iter().any(|a| a.track_op()) {
+        return Ok(value.contiguous()?);
+    }
+    let op = Node {
+        value: value.detach(),
+        arity: args.len(),
+        backward: Arc::new(backward),
+    };
+    Ok(match *args {
+        [a] => a.apply_op1(op)?,
+        [a, b] => a.apply_op2(b, op)?,
+        [a, b, c] => a.apply_op3(b, c, op)?,
+        _ => {
+            return Err(Error::value(format!(
+                "a graph node takes one to three arguments, received {}",
+                args.len()
+            )));
+        }
+    })
+}
+
+struct Node {
+    value: Tensor,
+    arity: usize,
+    backward: Arc<NodeBackward>,
+}
+
+impl Node {
+    /// The value, contiguous, on the storage of the device the op runs on.
+    fn fwd<S>(
+        &self,
+        pick: impl Fn(&candle_core::Storage) -> Option<&S>,
+    ) -> candle_core::Result<(S, Shape)>
+    where
+        S: candle_core::backend::BackendStorage,
+        S::Device: candle_core::backend::BackendDevice<Storage = S>,
+    {
+        use candle_core::backend::BackendDevice;
+        let (storage, layout) = self.value.storage_and_layout();
+        let src = pick(&storage).ok_or_else(|| {
+            candle_core::Error::Msg("a graph node's value is on another device".into())
+        })?;
+        // SAFETY: `copy_strided_src` writes every element of the new buffer.
+        let mut dst = unsafe { src.device().alloc_uninit(layout.shape(), src.dtype())? };
+        src.copy_strided_src(&mut dst, 0, layout)?;
+        Ok((dst, layout.shape().clone()))
+    }
+
+    fn grads(&self, args: &[&Tensor], grad: &Tensor) -> candle_core::Result<Vec<Option<Tensor>>> {
+        let gs = (self.backward)(grad)?;
+        if gs.len() != self.arity {
+            return Err(candle_core::Error::Msg(format!(
+                "a graph node's backward gave {} gradients for {} arguments",
+                gs.len(),
+                self.arity
+            )));
+        }
+        args.iter().zip(gs).map(|(a, g)| route(a, g)).collect()
+    }
+}
+
+fn cpu_of(s: &candle_core::Storage) -> Option<&candle_core::CpuStorage> {
+    match s {
+        candle_core::Storage::Cpu(s) => Some(s),
+        _ => None,
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_of(s: &candle_core::Storage) -> Option<&candle_core::CudaStorage> {
+    match s {
+        candle_core::Storage::Cuda(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// The forward passes of [`Node`] for one, two and three arguments: the arguments' storages are
+/// not read (the value holds the result).
+macro_rules! node_op {
+    ($trait:ident, ($($arg:ident),+), ($($store:ident, $lay:ident),+)) => {
+        impl candle_core::$trait for Node {
+            fn name(&self) -> &'static str {
+                "ferrokeras-node"
+            }
+            fn cpu_fwd(
+                &self,
+                $($store: &candle_core::CpuStorage, $lay: &candle_core::Layout),+
+            ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+                $(let _ = ($store, $lay);)+
+                self.fwd(cpu_of)
+            }
+            #[cfg(feature = "cuda")]
+            fn cuda_fwd(
+                &self,
+                $($store: &candle_core::CudaStorage, $lay: &candle_core::Layout),+
+            ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+                $(let _ = ($store, $lay);)+
+                self.fwd(cuda_of)
+            }
+            node_op!(@bwd $($arg),+);
+        }
+    };
+    (@bwd $a:ident) => {
+        fn bwd(&self, $a: &Tensor, _: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+            Ok(self.grads(&[$a], g)?.pop().flatten())
+        }
+    };
+    (@bwd $a:ident, $b:ident) => {
+        fn bwd(
+            &self,
+            $a: &Tensor,
+            $b: &Tensor,
+            _: &Tensor,
+            g: &Tensor,
+        ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+            let mut gs = self.grads(&[$a, $b], g)?.into_iter();
+            Ok((gs.next().flatten(), gs.next().flatten()))
+        }
+    };
+    (@bwd $a:ident, $b:ident, $c:ident) => {
+        fn bwd(
+            &self,
+            $a: &Tensor,
+            $b: &Tensor,
+            $c: &Tensor,
+            _: &Tensor,
+            g: &Tensor,
+        ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let mut gs = self.grads(&[$a, $b, $c], g)?.into_iter();
+            Ok((gs.next().flatten(), gs.next().flatten(), gs.next().flatten()))
+        }
+    };
+}
+node_op!(CustomOp1, (a), (s1, l1));
+node_op!(CustomOp2, (a, b), (s1, l1, s2, l2));
+node_op!(CustomOp3, (a, b, c), (s1, l1, s2, l2, s3, l3));
+
 /// The same values with gradient recording cut (`tf.stop_gradient`).
 ///
 /// ```
@@ -267,6 +423,52 @@ mod tests {
         let v: Vec<f32> = (0..n).map(|i| ((i as f32 + seed) * 0.37).sin()).collect();
         let t = Tensor::from_vec(v, shape, &Device::Cpu).unwrap();
         Variable::new(name, &t, true).unwrap()
+    }
+
+    /// A node's output is the contiguous copy of its value (here a transposed view), and its
+    /// backward's gradients reach a tracked input (through candle) and a variable (through the
+    /// tape, or candle's store when candle's own backward runs): the gradients of the same
+    /// computation written with candle's ops.
+    #[test]
+    fn a_node_gives_the_gradients_of_the_same_ops() {
+        let (v, w) = (var("v", &[3, 4], 1.0), var("w", &[3, 4], 2.0));
+        let u = var("u", &[4, 3], 3.0).value();
+        let via_node = || {
+            let x = (v.as_tensor() * 2.0).unwrap();
+            let value = (x.detach() * w.as_tensor().detach()).unwrap().t().unwrap();
+            let (xd, wd) = (x.detach(), w.as_tensor().detach());
+            let y = node(&[&x, w.as_tensor()], &value, move |g| {
+                let g = g.t()?;
+                Ok(vec![Some((&g * &wd)?), Some((&g * &xd)?)])
+            })
+            .unwrap();
+            assert!(y.is_contiguous());
+            (y * &u).unwrap().sum_all().unwrap()
+        };
+        let via_ops = || {
+            let x = (v.as_tensor() * 2.0).unwrap();
+            let y = (x * w.as_tensor()).unwrap().t().unwrap();
+            (y * &u).unwrap().sum_all().unwrap()
+        };
+        let vars = [v.clone(), w.clone()];
+        let ours = GradientTape::gradient(&via_node(), &vars).unwrap();
+        let want = GradientTape::gradient(&via_ops(), &vars).unwrap();
+        for (g, e) in ours.iter().zip(&want) {
+            assert_eq!(g.to_vec2::<f32>().unwrap(), e.to_vec2::<f32>().unwrap());
+        }
+        let store = via_node().backward().unwrap();
+        let g = store.get(w.as_tensor()).expect("the variable's gradient");
+        assert_eq!(
+            g.to_vec2::<f32>().unwrap(),
+            want[1].to_vec2::<f32>().unwrap()
+        );
+        // Nothing tracked: the value itself, contiguous.
+        let c = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
+        let y = node(&[&c], &c.t().unwrap(), |_| Ok(vec![None])).unwrap();
+        assert_eq!(
+            y.to_vec2::<f32>().unwrap(),
+            vec![vec![1.0, 3.0], vec![2.0, 4.0]]
+        );
     }
 
     /// A kernel used twice by the crate's Dense op (its gradients handed to the tape directly)
