@@ -147,7 +147,8 @@ impl Base {
         for (id, slots) in &self.slots {
             for (i, t) in slots.iter().enumerate() {
                 let slot = self.slot_names.get(i).copied().unwrap_or("slot");
-                out.push((format!("{}/{slot}", name(id)), t.copy()?));
+                // A fresh buffer of the slot's own values (a slot may be a view of a larger one).
+                out.push((format!("{}/{slot}", name(id)), t.force_contiguous()?));
             }
         }
         for (id, t) in &self.accumulators {
@@ -272,8 +273,8 @@ impl Base {
     /// One Keras `apply` (see the module documentation for the order of the steps). `update` is the
     /// optimizer's rule for one variable: `(gradient, value, slots, learning rate, step)` to the new
     /// value (or `None` when it wrote the value and slots in place), where `step` counts updates
-    /// from 1. Slots are never shared with other tensors (state goes in and out as copies), so a
-    /// rule may update them in place.
+    /// from 1. Slots are never shared with tensors outside the optimizer (state goes in and out as
+    /// copies), so a rule may update them in place.
     pub(super) fn apply(
         &mut self,
         name: &str,
@@ -281,6 +282,32 @@ impl Base {
         grads: &[Tensor],
         vars: &[Variable],
         mut update: impl FnMut(&Tensor, &Tensor, &mut [Tensor], f64, u64) -> Result<Option<Tensor>>,
+    ) -> Result<()> {
+        self.apply_all(name, n_slots, grads, vars, |gs, ws, slots, lr, step| {
+            gs.iter()
+                .zip(ws)
+                .zip(slots)
+                .map(|((g, w), s)| update(g, w, s, lr, step))
+                .collect()
+        })
+    }
+
+    /// [`Base::apply`] with the rule given every variable of the step at once, so that it can
+    /// update them together: `(gradients, values, slots, learning rate, step)` to one new value
+    /// (or `None`) per variable. A variable listed twice is updated twice, one after the other.
+    pub(super) fn apply_all(
+        &mut self,
+        name: &str,
+        n_slots: usize,
+        grads: &[Tensor],
+        vars: &[Variable],
+        mut update: impl FnMut(
+            &[Tensor],
+            &[Tensor],
+            &mut [Vec<Tensor>],
+            f64,
+            u64,
+        ) -> Result<Vec<Option<Tensor>>>,
     ) -> Result<()> {
         self.opts.validate(name)?;
         if grads.len() != vars.len() {
@@ -333,20 +360,34 @@ impl Base {
             let grads = self.clip(grads)?;
             let lr = self.lr.at(raw);
             let step = raw / n + 1;
-            for (g, v) in grads.iter().zip(vars) {
-                let value = v.value();
-                let slots = match self.slots.get_mut(&v.id()) {
-                    Some(s) => s,
-                    None => {
-                        let init = (0..n_slots)
+            let mut seen = std::collections::HashSet::new();
+            let groups: Vec<std::ops::Range<usize>> = if vars.iter().all(|v| seen.insert(v.id())) {
+                std::iter::once(0..vars.len()).collect()
+            } else {
+                (0..vars.len()).map(|i| i..i + 1).collect()
+            };
+            for range in groups {
+                let (grads, vars) = (&grads[range.clone()], &vars[range]);
+                let values: Vec<Tensor> = vars.iter().map(|v| v.value()).collect();
+                let mut slots = vars
+                    .iter()
+                    .zip(&values)
+                    .map(|(v, value)| match self.slots.remove(&v.id()) {
+                        Some(s) => Ok(s),
+                        None => (0..n_slots)
                             .map(|_| value.zeros_like())
-                            .collect::<candle_core::Result<Vec<_>>>()?;
-                        self.slots.entry(v.id()).or_insert(init)
-                    }
-                };
+                            .collect::<candle_core::Result<Vec<_>>>(),
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let new_values = update(grads, &values, &mut slots, lr, step);
+                for (v, s) in vars.iter().zip(slots) {
+                    self.slots.insert(v.id(), s);
+                }
                 // `None`: the rule updated the value (which shares the variable's storage) in place.
-                if let Some(new_value) = update(g, &value, slots, lr, step)? {
-                    v.assign(&new_value)?;
+                for (v, new_value) in vars.iter().zip(new_values?) {
+                    if let Some(new_value) = new_value {
+                        v.assign(&new_value)?;
+                    }
                 }
             }
         }
@@ -439,4 +480,70 @@ impl Base {
         }
         Ok(())
     }
+}
+
+/// The slots of several variables as one flat tensor per slot, so that an update rule built from
+/// candle's element-wise ops runs each op once for all of them instead of once per variable
+/// (off the CPU, every op is a kernel launch and a fresh buffer: Adam is about a dozen per
+/// variable). The variables' slots are views of the flat tensors; the flat tensors are kept
+/// between steps and reused while the slots are still the views handed out (state loaded in
+/// between replaces them, and the next step gathers the new ones).
+#[derive(Default)]
+pub(super) struct FlatSlots {
+    handed_out: Vec<TensorId>,
+    whole: Vec<Tensor>,
+}
+
+impl FlatSlots {
+    /// How many flat tensors are kept (one per slot; none before the first joint update).
+    #[cfg(test)]
+    pub(super) fn kept(&self) -> usize {
+        self.whole.len()
+    }
+
+    /// One flat tensor per slot index: the slots of all variables, in order.
+    pub(super) fn gather(&self, slots: &[Vec<Tensor>], n_slots: usize) -> Result<Vec<Tensor>> {
+        let ids = slots.iter().flat_map(|s| s.iter().map(|t| t.id()));
+        if self.whole.len() == n_slots && ids.eq(self.handed_out.iter().copied()) {
+            return Ok(self.whole.clone());
+        }
+        (0..n_slots)
+            .map(|j| {
+                let parts = slots
+                    .iter()
+                    .map(|s| s[j].flatten_all())
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&parts, 0)?)
+            })
+            .collect()
+    }
+
+    /// Sets every variable's slots to views of the new flat tensors, and keeps them.
+    pub(super) fn scatter(
+        &mut self,
+        whole: Vec<Tensor>,
+        slots: &mut [Vec<Tensor>],
+        shapes: &[candle_core::Shape],
+    ) -> Result<()> {
+        self.handed_out.clear();
+        for (s, (offset, shape)) in slots.iter_mut().zip(offsets(shapes)) {
+            for (j, flat) in whole.iter().enumerate() {
+                s[j] = flat.narrow(0, offset, shape.elem_count())?.reshape(shape)?;
+                self.handed_out.push(s[j].id());
+            }
+        }
+        self.whole = whole;
+        Ok(())
+    }
+}
+
+/// Each shape with the offset of its first value in the flat concatenation.
+pub(super) fn offsets(
+    shapes: &[candle_core::Shape],
+) -> impl Iterator<Item = (usize, &candle_core::Shape)> {
+    shapes.iter().scan(0, |at, s| {
+        let start = *at;
+        *at += s.elem_count();
+        Some((start, s))
+    })
 }

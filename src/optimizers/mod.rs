@@ -37,7 +37,7 @@ use candle_core::Tensor;
 
 use crate::tape::Variable;
 use crate::{Error, Result};
-use base::Base;
+use base::{Base, FlatSlots, offsets};
 
 /// A learning rate: a constant or a schedule of the iteration count. Optimizers take either
 /// (`Adam::new(1e-3)`, `Adam::new(ExponentialDecay::new(1e-3, 1000, 0.9))`).
@@ -423,6 +423,7 @@ pub struct Adam {
     amsgrad: bool,
     weight_decay: f64,
     name: &'static str,
+    flat: FlatSlots,
 }
 
 impl Adam {
@@ -436,6 +437,7 @@ impl Adam {
             amsgrad: false,
             weight_decay: 0.0,
             name: "adam",
+            flat: FlatSlots::default(),
         }
     }
     /// AdamW: Adam with decoupled weight decay `w -= w * weight_decay * lr` before each update
@@ -499,13 +501,15 @@ impl Optimizer for Adam {
             self.weight_decay,
         );
         let n_slots = if ams { 3 } else { 2 };
-        self.base
-            .apply(self.name, n_slots, grads, vars, |g, w, s, lr, step| {
+        let flat = &mut self.flat;
+        self.base.apply_all(
+            self.name,
+            n_slots,
+            grads,
+            vars,
+            |gs, ws, slots, lr, step| {
                 let t = step as f64;
                 let alpha = lr * (1.0 - b2.powf(t)).sqrt() / (1.0 - b1.powf(t));
-                let g = &g.contiguous()?;
-                let mut all = vec![w, g];
-                all.extend(s.iter());
                 let p = crate::kernels::adam::AdamStep {
                     beta_1: b1,
                     beta_2: b2,
@@ -513,33 +517,76 @@ impl Optimizer for Adam {
                     alpha,
                     decay: if wd > 0.0 { wd * lr } else { 0.0 },
                 };
-                if crate::kernels::adam::fits(&all) {
-                    crate::kernels::adam::adam_in_place(w, g, s, p)?;
-                    return Ok(None);
-                }
-                #[cfg(feature = "cuda")]
-                if !ams && crate::kernels::cuda::adam_fits(&all) {
-                    crate::kernels::cuda::adam_in_place(w, g, s, p)?;
-                    return Ok(None);
-                }
-                let w = if wd > 0.0 {
-                    (w - (w * (wd * lr))?)?
-                } else {
-                    w.clone()
+                // candle's ops: the moments (`s` updated) and the step to subtract.
+                let rule = |g: &Tensor, s: &mut [Tensor]| -> Result<Tensor> {
+                    let m = (&s[0] + ((g - &s[0])? * (1.0 - b1))?)?;
+                    let v = (&s[1] + ((g.sqr()? - &s[1])? * (1.0 - b2))?)?;
+                    s[0] = m.clone();
+                    s[1] = v.clone();
+                    let v = if ams {
+                        let vh = s[2].maximum(&v)?;
+                        s[2] = vh.clone();
+                        vh
+                    } else {
+                        v
+                    };
+                    Ok(((m * alpha)? / (v.sqrt()? + eps)?)?)
                 };
-                let m = (&s[0] + ((g - &s[0])? * (1.0 - b1))?)?;
-                let v = (&s[1] + ((g.sqr()? - &s[1])? * (1.0 - b2))?)?;
-                s[0] = m.clone();
-                s[1] = v.clone();
-                let v = if ams {
-                    let vh = s[2].maximum(&v)?;
-                    s[2] = vh.clone();
-                    vh
-                } else {
-                    v
+                let decayed = |w: &Tensor| -> Result<Tensor> {
+                    Ok(if wd > 0.0 {
+                        (w - (w * (wd * lr))?)?
+                    } else {
+                        w.clone()
+                    })
                 };
-                Ok(Some((&w - ((m * alpha)? / (v.sqrt()? + eps)?)?)?))
-            })
+                let mut out = vec![None; ws.len()];
+                let mut generic = Vec::new();
+                for (i, (w, g)) in ws.iter().zip(gs).enumerate() {
+                    let g = &g.contiguous()?;
+                    let mut all = vec![w, g];
+                    all.extend(slots[i].iter());
+                    if crate::kernels::adam::fits(&all) {
+                        crate::kernels::adam::adam_in_place(w, g, &slots[i], p)?;
+                        continue;
+                    }
+                    #[cfg(feature = "cuda")]
+                    if !ams && crate::kernels::cuda::adam_fits(&all) {
+                        crate::kernels::cuda::adam_in_place(w, g, &slots[i], p)?;
+                        continue;
+                    }
+                    generic.push(i);
+                }
+                let alike = generic.windows(2).all(|p| {
+                    let (a, b) = (&ws[p[0]], &ws[p[1]]);
+                    a.dtype() == b.dtype() && a.device().same_device(b.device())
+                });
+                if generic.len() < 2 || !alike {
+                    for i in generic {
+                        let u = rule(&gs[i].contiguous()?, &mut slots[i])?;
+                        out[i] = Some((decayed(&ws[i])? - u)?);
+                    }
+                    return Ok(out);
+                }
+                // All of them at once: the same ops on the concatenation (the same values, a
+                // launch per op instead of one per op and variable off the CPU).
+                let mut mine: Vec<Vec<Tensor>> =
+                    generic.iter().map(|&i| slots[i].clone()).collect();
+                let mut whole = flat.gather(&mine, n_slots)?;
+                let g = generic
+                    .iter()
+                    .map(|&i| gs[i].flatten_all())
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let u = rule(&Tensor::cat(&g, 0)?, &mut whole)?;
+                let shapes: Vec<_> = generic.iter().map(|&i| ws[i].shape().clone()).collect();
+                flat.scatter(whole, &mut mine, &shapes)?;
+                for ((&i, s), (offset, shape)) in generic.iter().zip(mine).zip(offsets(&shapes)) {
+                    slots[i] = s;
+                    let ui = u.narrow(0, offset, shape.elem_count())?.reshape(shape)?;
+                    out[i] = Some((decayed(&ws[i])? - ui)?);
+                }
+                Ok(out)
+            },
+        )
     }
     optimizer_common!();
 }
@@ -651,4 +698,92 @@ pub fn get(name: &str) -> Result<Box<dyn Optimizer>> {
             )));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn vars(seed: f32) -> Vec<Variable> {
+        [vec![3, 4], vec![5], vec![2, 2, 3]]
+            .iter()
+            .enumerate()
+            .map(|(k, shape)| {
+                let n: usize = shape.iter().product();
+                let v: Vec<f32> = (0..n)
+                    .map(|i| ((i as f32 + 7.0 * k as f32 + seed) * 0.61).sin())
+                    .collect();
+                let t = Tensor::from_vec(v, shape.as_slice(), &Device::Cpu).unwrap();
+                Variable::new(format!("v{k}"), &t, true).unwrap()
+            })
+            .collect()
+    }
+
+    fn grads(vs: &[Variable], step: usize) -> Vec<Tensor> {
+        vs.iter()
+            .map(|v| {
+                let t = v.value();
+                ((t.sin().unwrap() * (1.0 + step as f64)).unwrap() - 0.3).unwrap()
+            })
+            .collect()
+    }
+
+    fn values(vs: &[Variable]) -> Vec<Vec<f32>> {
+        vs.iter()
+            .map(|v| v.value().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    }
+
+    /// Off the CPU kernels, Adam updates all variables of a step as one concatenation: the
+    /// values and the state are those of updating each variable alone, to the bit, for Adam,
+    /// AdamW and AMSGrad, across a state reload (slots replaced between steps).
+    #[test]
+    fn adam_on_all_variables_at_once_equals_one_at_a_time() {
+        crate::kernels::FORCE.with(|f| f.set(true));
+        let makers: [fn() -> Adam; 3] = [
+            || Adam::new(0.05),
+            || Adam::adamw(0.05, 0.01),
+            || Adam::new(0.05).amsgrad(true),
+        ];
+        for make in makers {
+            let (together, apart) = (vars(1.0), vars(1.0));
+            let mut opt = make();
+            let mut singles: Vec<Adam> = (0..apart.len()).map(|_| make()).collect();
+            for step in 0..4 {
+                if step == 2 {
+                    // A reload puts fresh slot tensors in place of the flat views.
+                    let state = opt.state().unwrap();
+                    opt.load_state(&state, &together).unwrap();
+                }
+                opt.apply(&grads(&together, step), &together).unwrap();
+                for (i, single) in singles.iter_mut().enumerate() {
+                    let v = &apart[i..i + 1];
+                    single.apply(&grads(v, step), v).unwrap();
+                }
+                assert_eq!(values(&together), values(&apart), "step {step}");
+            }
+            assert_eq!(opt.flat.kept(), if opt.amsgrad { 3 } else { 2 });
+            let mut want: Vec<(String, Tensor)> = singles
+                .iter()
+                .flat_map(|s| s.state().unwrap())
+                .filter(|(k, _)| k != "iterations")
+                .collect();
+            want.sort_by(|a, b| a.0.cmp(&b.0));
+            let got: Vec<_> = opt
+                .state()
+                .unwrap()
+                .into_iter()
+                .filter(|(k, _)| k != "iterations")
+                .collect();
+            assert_eq!(got.len(), want.len());
+            for ((gk, gt), (wk, wt)) in got.iter().zip(&want) {
+                assert_eq!(gk, wk);
+                assert_eq!(gt.dims(), wt.dims());
+                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(flat(gt), flat(wt), "{gk}");
+            }
+        }
+        crate::kernels::FORCE.with(|f| f.set(false));
+    }
 }
