@@ -54,19 +54,44 @@ fn flip(k: &Tensor) -> candle_core::Result<Tensor> {
         .index_select(&crate::ops::indices(kw, true, k.device())?, 3)
 }
 
-/// `conv2d(x, k)` with no padding (pad `x` first), differentiated by forward convolutions only.
+/// `conv2d(x, k)` with `padding` zeros on every side (pad `x` first for other paddings),
+/// differentiated by forward convolutions only. The padding is the convolution's own (done in
+/// its patch gathering, or by cuDNN), not separate zero and copy kernels.
 ///
 /// # Errors
 /// Shapes that do not make a convolution, or a device failure.
-pub(crate) fn conv2d(x: &Tensor, k: &Tensor, stride: usize, dilation: usize) -> Result<Tensor> {
-    let y = x
-        .detach()
-        .contiguous()?
-        .conv2d(&k.detach().contiguous()?, 0, stride, dilation, 1)?;
+pub(crate) fn conv2d(
+    x: &Tensor,
+    k: &Tensor,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let y =
+        x.detach()
+            .contiguous()?
+            .conv2d(&k.detach().contiguous()?, padding, stride, dilation, 1)?;
     if !x.track_op() && !k.track_op() {
         return Ok(y);
     }
-    Ok(x.apply_op3(k, &y, ConvGrad { stride, dilation })?)
+    Ok(x.apply_op3(
+        k,
+        &y,
+        ConvGrad {
+            padding,
+            stride,
+            dilation,
+        },
+    )?)
+}
+
+/// Zero padding of `(top, bottom)` rows and `(left, right)` columns, as the part that every side
+/// shares (a convolution's own `padding`) and the rest (padded separately).
+type Split = (usize, (usize, usize), (usize, usize));
+
+fn split_padding(ph: (usize, usize), pw: (usize, usize)) -> Split {
+    let p = ph.0.min(ph.1).min(pw.0).min(pw.1);
+    (p, (ph.0 - p, ph.1 - p), (pw.0 - p, pw.1 - p))
 }
 
 /// Keras's full transposed convolution (before its output window is cropped): `x` (N, in, h, w)
@@ -96,11 +121,10 @@ fn conv_transpose2d_dilated(
 ) -> Result<Tensor> {
     let (_, _, kh, kw) = k.dims4()?;
     let (eh, ew) = ((kh - 1) * dilation, (kw - 1) * dilation);
-    let xp = dilate(x, stride)?
-        .pad_with_zeros(2, eh, eh)?
-        .pad_with_zeros(3, ew, ew)?;
+    let (p, ph, pw) = split_padding((eh, eh), (ew, ew));
+    let xp = pad_hw(&dilate(x, stride)?, ph, pw)?;
     let kf = flip(&k.transpose(0, 1)?)?;
-    conv2d(&xp, &kf, 1, dilation)
+    conv2d(&xp, &kf, p, 1, dilation)
 }
 
 /// [`conv_transpose2d_full`] for a stride `s` > 1 (no dilation), by output phase: output row
@@ -126,10 +150,8 @@ fn conv_transpose2d_phases(x: &Tensor, k: &Tensor, s: usize) -> Result<Tensor> {
         .permute((3, 5, 1, 0, 2, 4))?
         .reshape((s * s * cout, cin, jh, jw))?;
     // A phase is a full correlation with its sub-kernel: pad by J - 1, flip the taps.
-    let xp = x
-        .pad_with_zeros(2, jh - 1, jh - 1)?
-        .pad_with_zeros(3, jw - 1, jw - 1)?;
-    let y = conv2d(&xp, &flip(&kp)?, 1, 1)?;
+    let (p, ph, pw) = split_padding((jh - 1, jh - 1), (jw - 1, jw - 1));
+    let y = conv2d(&pad_hw(x, ph, pw)?, &flip(&kp)?, p, 1, 1)?;
     // (N, s·s·out, R, C) -> (N, out, R, s, C, s) -> (N, out, R·s, C·s), then the full size.
     let (r, c) = (h + jh - 1, w + jw - 1);
     let y = y
@@ -181,15 +203,17 @@ pub(crate) fn conv2d_layer(
     dilation: usize,
 ) -> Result<Tensor> {
     let (s, d) = (stride, dilation);
-    let (ph, pw) = pads;
     let dt = x.dtype();
     let (_, h, w, _) = x.dims4()?;
     let (kh, kw, _, f) = kernel.dims4()?;
+    // The padding every side shares is the convolution's own; the rest (Keras's "same" with a
+    // stride pads one side more) goes into the NCHW copy.
+    let (p, ph, pw) = split_padding(pads.0, pads.1);
     let xn = pad_hw(&x.detach().permute((0, 3, 1, 2))?, ph, pw)?.contiguous()?;
     let k = cast(kernel.detach(), dt)?
         .permute((3, 2, 0, 1))?
         .contiguous()?;
-    let mut y = xn.conv2d(&k, 0, s, d, 1)?;
+    let mut y = xn.conv2d(&k, p, s, d, 1)?;
     if let Some(b) = bias {
         y = y.broadcast_add(&cast(b.detach(), dt)?.reshape((1, f, 1, 1))?)?;
     }
@@ -206,9 +230,9 @@ pub(crate) fn conv2d_layer(
             let g = conv_transpose2d_full(&gyn, &k, s, d)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             Some(
-                fit_hw(&g, hp, wp)?
-                    .narrow(2, ph.0, h)?
-                    .narrow(3, pw.0, w)?
+                fit_hw(&g, hp + 2 * p, wp + 2 * p)?
+                    .narrow(2, p + ph.0, h)?
+                    .narrow(3, p + pw.0, w)?
                     .permute((0, 2, 3, 1))?,
             )
         } else {
@@ -219,7 +243,7 @@ pub(crate) fn conv2d_layer(
             let g = xn
                 .transpose(0, 1)?
                 .contiguous()?
-                .conv2d(&gyn.transpose(0, 1)?.contiguous()?, 0, d, s, 1)?
+                .conv2d(&gyn.transpose(0, 1)?.contiguous()?, p, d, s, 1)?
                 .transpose(0, 1)?;
             let g = g.narrow(2, 0, kh)?.narrow(3, 0, kw)?;
             Some(cast(g.permute((2, 3, 1, 0))?.contiguous()?, kdt)?)
@@ -307,6 +331,7 @@ pub(crate) fn conv_transpose2d_layer(
 
 /// Passes the convolution computed outside through, with gradients from forward convolutions.
 struct ConvGrad {
+    padding: usize,
     stride: usize,
     dilation: usize,
 }
@@ -349,19 +374,19 @@ impl CustomOp3 for ConvGrad {
         _res: &Tensor,
         gy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (s, d) = (self.stride, self.dilation);
+        let (p, s, d) = (self.padding, self.stride, self.dilation);
         let gx = if x.track_op() {
-            // Input positions no output window reaches (the last rows when (H - extent) is not
-            // a multiple of the stride) get zero.
             // The input gradient is the transposed convolution of the output gradient by the
-            // same kernel (by output phase when strided; see `conv_transpose2d_full`).
+            // same kernel (by output phase when strided; see `conv_transpose2d_full`), over the
+            // padded input, without the padding. Input positions no output window reaches (the
+            // last rows when (H - extent) is not a multiple of the stride) get zero.
             let g = conv_transpose2d_full(&gy.detach(), &k.detach(), s, d)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             let (_, _, h, w) = x.dims4()?;
-            let (_, _, gh, gw) = g.dims4()?;
             Some(
-                g.pad_with_zeros(2, 0, h.saturating_sub(gh))?
-                    .pad_with_zeros(3, 0, w.saturating_sub(gw))?,
+                fit_hw(&g, h + 2 * p, w + 2 * p)?
+                    .narrow(2, p, h)?
+                    .narrow(3, p, w)?,
             )
         } else {
             None
@@ -372,7 +397,7 @@ impl CustomOp3 for ConvGrad {
             let g = x
                 .transpose(0, 1)?
                 .contiguous()?
-                .conv2d(&gy.transpose(0, 1)?.contiguous()?, 0, d, s, 1)?
+                .conv2d(&gy.transpose(0, 1)?.contiguous()?, p, d, s, 1)?
                 .transpose(0, 1)?;
             Some(g.narrow(2, 0, kh)?.narrow(3, 0, kw)?.contiguous()?)
         } else {
@@ -453,17 +478,20 @@ mod tests {
     /// remainders under the stride).
     #[test]
     fn matches_candle_values_and_gradients() {
-        // (n, c, h, w, f, kh, kw, stride, dilation)
+        // (n, c, h, w, f, kh, kw, stride, dilation, padding)
         let cases = [
-            (2, 3, 7, 6, 4, 3, 3, 1, 1),
-            (2, 3, 8, 8, 5, 3, 3, 2, 1),
-            (1, 2, 9, 7, 3, 3, 2, 2, 1),
-            (2, 4, 7, 7, 2, 4, 4, 2, 1),
-            (1, 2, 10, 9, 3, 3, 3, 1, 2),
-            (1, 3, 11, 10, 2, 2, 3, 3, 1),
+            (2, 3, 7, 6, 4, 3, 3, 1, 1, 0),
+            (2, 3, 8, 8, 5, 3, 3, 2, 1, 0),
+            (1, 2, 9, 7, 3, 3, 2, 2, 1, 0),
+            (2, 4, 7, 7, 2, 4, 4, 2, 1, 0),
+            (1, 2, 10, 9, 3, 3, 3, 1, 2, 0),
+            (1, 3, 11, 10, 2, 2, 3, 3, 1, 0),
+            (2, 3, 7, 6, 4, 3, 3, 1, 1, 1),
+            (1, 2, 9, 7, 3, 3, 2, 2, 1, 2),
+            (1, 2, 10, 9, 3, 3, 3, 3, 2, 1),
         ];
         let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
-        for (i, &(n, c, h, w, f, kh, kw, s, d)) in cases.iter().enumerate() {
+        for (i, &(n, c, h, w, f, kh, kw, s, d, p)) in cases.iter().enumerate() {
             let seed = 10 * i as u64;
             let k = rand(&[f, c, kh, kw], seed + 1);
             let dk = rand(&[f, c, kh, kw], seed + 2);
@@ -472,8 +500,8 @@ mod tests {
             let x = rand(&[n, c, h, w], seed + 3);
             let dx = rand(&[n, c, h, w], seed + 4);
             let xv = Variable::new("x", &x, true).unwrap();
-            let ours = conv2d(xv.as_tensor(), kv.as_tensor(), s, d).unwrap();
-            let theirs = x.conv2d(&k, 0, s, d, 1).unwrap();
+            let ours = conv2d(xv.as_tensor(), kv.as_tensor(), p, s, d).unwrap();
+            let theirs = x.conv2d(&k, p, s, d, 1).unwrap();
             assert_eq!(ours.dims(), theirs.dims(), "case {i}");
             assert!(max_rel(&ours, &theirs) < 1e-5, "case {i} values");
             let r = rand(ours.dims(), seed + 5);
@@ -481,8 +509,8 @@ mod tests {
             let g =
                 GradientTape::gradient(&(&ours * &r).unwrap().sum_all().unwrap(), &vars).unwrap();
             assert_eq!(g[0].dims(), x.dims(), "case {i}");
-            let want_x = dot(&dx.conv2d(&k, 0, s, d, 1).unwrap(), &r);
-            let want_k = dot(&x.conv2d(&dk, 0, s, d, 1).unwrap(), &r);
+            let want_x = dot(&dx.conv2d(&k, p, s, d, 1).unwrap(), &r);
+            let want_k = dot(&x.conv2d(&dk, p, s, d, 1).unwrap(), &r);
             assert!(close(dot(&g[0], &dx), want_x), "case {i} input gradient");
             assert!(close(dot(&g[1], &dk), want_k), "case {i} kernel gradient");
 
