@@ -81,6 +81,29 @@ pub(crate) fn indices(
     Ok(t)
 }
 
+/// A zero of `like`'s dtype broadcast to its shape: a view of one value made once per device and
+/// dtype, for comparisons and selections against zero without a zero-filled buffer.
+pub(crate) fn zeros_view(like: &Tensor) -> candle_core::Result<Tensor> {
+    type Cache = Vec<(candle_core::Device, DType, Tensor)>;
+    static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
+    let (device, dtype) = (like.device(), like.dtype());
+    let zero = {
+        let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        match cache
+            .iter()
+            .find(|(d, t, _)| *t == dtype && d.same_device(device))
+        {
+            Some((_, _, z)) => z.clone(),
+            None => {
+                let z = Tensor::zeros((), dtype, device)?;
+                cache.push((device.clone(), dtype, z.clone()));
+                z
+            }
+        }
+    };
+    zero.broadcast_as(like.shape())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

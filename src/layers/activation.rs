@@ -65,6 +65,18 @@ impl Activation {
         {
             return Ok(y);
         }
+        if *self == Activation::Linear {
+            return Ok(x.clone());
+        }
+        if x.track_op()
+            && let Some((y, saved)) = self.forward_saving(&x.detach())?
+        {
+            // One node of the graph (see `tape::node`), differentiated from its output.
+            let act = *self;
+            return crate::tape::node(&[x], &y, move |g, y| {
+                Ok(vec![Some(act.backward(g, y, saved.as_ref())?)])
+            });
+        }
         Ok(match self {
             Activation::Linear => x.clone(),
             Activation::Relu => x.relu()?,
@@ -85,6 +97,59 @@ impl Activation {
             return Ok(y);
         }
         self.apply(&x.broadcast_add(bias)?)
+    }
+
+    /// Off our CPU kernels: `self(z)` of a `z` whose graph is not recorded, from candle's ops,
+    /// with what [`Activation::backward`] needs besides the output (LeakyReLU's sign mask);
+    /// `None` for GELU, left to candle's own differentiation.
+    pub(crate) fn forward_saving(&self, z: &Tensor) -> Result<Option<(Tensor, Option<Tensor>)>> {
+        use crate::ops;
+        Ok(Some(match *self {
+            Activation::Linear => (z.clone(), None),
+            Activation::Relu => (z.relu()?, None),
+            Activation::LeakyRelu(s) => {
+                let z = &ops::to_float(z)?;
+                let positive = z.gt(&ops::zeros_view(z)?)?;
+                let y = positive.where_cond(z, &(z * s as f64)?)?;
+                (y, Some(positive))
+            }
+            Activation::Sigmoid => (ops::sigmoid(z)?, None),
+            Activation::Tanh => (z.tanh()?, None),
+            Activation::Softmax => (ops::softmax_last(z)?, None),
+            Activation::Gelu => return Ok(None),
+        }))
+    }
+
+    /// The gradient at the input of `self`, from the output's gradient `g`, the output `y` and
+    /// what [`Activation::forward_saving`] kept. ReLU's and LeakyReLU's gradients at 0 are
+    /// TensorFlow's (0, and the slope), as our CPU kernels give them.
+    pub(crate) fn backward(
+        &self,
+        g: &Tensor,
+        y: &Tensor,
+        saved: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        use crate::ops::zeros_view;
+        match *self {
+            Activation::Linear => Ok(g.clone()),
+            Activation::Relu => y.gt(&zeros_view(y)?)?.where_cond(g, &zeros_view(g)?),
+            Activation::LeakyRelu(s) => match saved {
+                Some(positive) => positive.where_cond(g, &(g * s as f64)?),
+                None => {
+                    candle_core::bail!("leaky_relu: the sign mask of the forward pass is missing")
+                }
+            },
+            // g·y·(1 - y)
+            Activation::Sigmoid => g * (y.affine(-1.0, 1.0)? * y)?,
+            // g·(1 - y²)
+            Activation::Tanh => g * y.sqr()?.affine(-1.0, 1.0)?,
+            // y·(g - Σ g·y) over the last axis
+            Activation::Softmax => {
+                let dot = (g * y)?.sum_keepdim(candle_core::D::Minus1)?;
+                y * g.broadcast_sub(&dot)?
+            }
+            Activation::Gelu => candle_core::bail!("gelu is differentiated by candle's ops"),
+        }
     }
 
     /// The fused kernel's form of this activation, if it has one.

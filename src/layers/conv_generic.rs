@@ -221,7 +221,7 @@ pub(crate) fn conv2d_layer(
     let (kdt, bdt) = (kernel.dtype(), bias.map(|b| b.dtype()));
     let mut args = vec![x, kernel];
     args.extend(bias);
-    crate::tape::node(&args, &y.permute((0, 2, 3, 1))?, move |gy| {
+    crate::tape::node(&args, &y.permute((0, 2, 3, 1))?, move |gy, _| {
         let gyn = gy.permute((0, 3, 1, 2))?.contiguous()?;
         let gx = if x_tracks {
             // The transposed convolution of the output gradient by the same kernel, over the
@@ -294,7 +294,7 @@ pub(crate) fn conv_transpose2d_layer(
     let (kdt, bdt) = (kernel.dtype(), bias.map(|b| b.dtype()));
     let mut args = vec![x, kernel];
     args.extend(bias);
-    crate::tape::node(&args, &y.permute((0, 2, 3, 1))?, move |gy| {
+    crate::tape::node(&args, &y.permute((0, 2, 3, 1))?, move |gy, _| {
         // The gradient of the full output: the kept window's, zeros elsewhere.
         let gyn = gy.permute((0, 3, 1, 2))?;
         let gfull = gyn

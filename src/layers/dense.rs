@@ -197,16 +197,77 @@ impl Dense {
         };
         let lead: Vec<usize> = x.dims()[..x.rank() - 1].to_vec();
         let rows: usize = lead.iter().product();
+        let mut out_shape = lead.clone();
+        out_shape.push(self.units);
+        if !crate::kernels::takes(&x) {
+            let b = self.bias.as_ref().map(|b| b.as_tensor());
+            if let Some(y) = dense_node(&x, kernel.as_tensor(), b, act)? {
+                return Ok(y.reshape(out_shape)?);
+            }
+        }
         let x2 = x.reshape((rows, in_features))?;
         let y = crate::kernels::linear::linear(&x2, &self.policy.cast(kernel.as_tensor())?)?;
         let y = match &self.bias {
             Some(b) => act.apply_with_bias(&y, &self.policy.cast(b.as_tensor())?)?,
             None => act.apply(&y)?,
         };
-        let mut out_shape = lead;
-        out_shape.push(self.units);
         Ok(y.reshape(out_shape)?)
     }
+}
+
+/// Off our CPU kernels, a Dense layer as one node of the recorded graph ([`crate::tape::node`]):
+/// `act(x · kernel + bias)` from candle's ops on detached tensors (`x` flattened to rows, in the
+/// compute dtype; the variables cast to it), differentiated from the node's output: two matrix
+/// products, the bias's sum and the activation's gradient, with the variables' gradients handed
+/// to the tape. The output has `x`'s rows (the caller restores the leading axes). `None` for an
+/// activation that is left to candle's differentiation (GELU).
+fn dense_node(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+) -> Result<Option<Tensor>> {
+    let dt = x.dtype();
+    let cast = |t: &Tensor, dt: DType| -> candle_core::Result<Tensor> {
+        if t.dtype() == dt {
+            Ok(t.clone())
+        } else {
+            t.to_dtype(dt)
+        }
+    };
+    let units = kernel.dims()[1];
+    let x2 = x.detach().reshape(((), kernel.dims()[0]))?;
+    let k = cast(&kernel.detach(), dt)?;
+    let mut z = x2.matmul(&k)?;
+    if let Some(b) = bias {
+        z = z.broadcast_add(&cast(&b.detach(), dt)?)?;
+    }
+    let Some((y, saved)) = act.forward_saving(&z)? else {
+        return Ok(None);
+    };
+    let (x_tracks, k_tracks) = (x.track_op(), kernel.track_op());
+    let (kdt, bdt) = (kernel.dtype(), bias.map(|b| b.dtype()));
+    let mut args = vec![x, kernel];
+    args.extend(bias);
+    let y = crate::tape::node(&args, &y, move |g, y| {
+        let gz = act.backward(&g.reshape(((), units))?, y, saved.as_ref())?;
+        let gx = if x_tracks {
+            Some(gz.matmul(&k.t()?)?)
+        } else {
+            None
+        };
+        let gk = if k_tracks {
+            Some(cast(&x2.t()?.matmul(&gz)?, kdt)?)
+        } else {
+            None
+        };
+        let mut grads = vec![gx, gk];
+        if let Some(bdt) = bdt {
+            grads.push(Some(cast(&gz.sum(0)?, bdt)?));
+        }
+        Ok(grads)
+    })?;
+    Ok(Some(y))
 }
 
 impl Layer for Dense {

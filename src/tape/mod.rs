@@ -242,14 +242,15 @@ pub(crate) fn route(arg: &Tensor, g: Option<Tensor>) -> candle_core::Result<Opti
     })
 }
 
-/// The gradients of a [`node`]'s arguments, from the gradient of its output.
+/// The gradients of a [`node`]'s arguments, from the gradient of its output and the output.
 pub(crate) type NodeBackward =
-    dyn Fn(&Tensor) -> candle_core::Result<Vec<Option<Tensor>>> + Send + Sync;
+    dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Vec<Option<Tensor>>> + Send + Sync;
 
 /// One node of the recorded graph for a computation done outside it: `value` was computed from
 /// `args` (one to three) on detached tensors, and `backward` gives, from the gradient of the
-/// output, one gradient (or `None`) per argument. The output is a contiguous copy of `value`
-/// (a strided view such as an NCHW to NHWC permutation becomes that copy, at no extra cost).
+/// output and the output itself, one gradient (or `None`) per argument. The output is a
+/// contiguous copy of `value` (a strided view such as an NCHW to NHWC permutation becomes that
+/// copy, at no extra cost); the node lets go of `value` once it is copied.
 ///
 /// What this saves off the CPU: candle's backward pass adds every gradient into a fresh zero
 /// tensor of its argument's shape (two kernels per edge of the graph), so a layer built from
@@ -259,13 +260,16 @@ pub(crate) type NodeBackward =
 pub(crate) fn node(
     args: &[&Tensor],
     value: &Tensor,
-    backward: impl Fn(&Tensor) -> candle_core::Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
+    backward: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Vec<Option<Tensor>>>
+    + Send
+    + Sync
+    + 'static,
 ) -> Result<Tensor> {
     if !args.iter().any(|a| a.track_op()) {
         return Ok(value.contiguous()?);
     }
     let op = Node {
-        value: value.detach(),
+        value: std::sync::Mutex::new(Some(value.detach())),
         arity: args.len(),
         backward: Arc::new(backward),
     };
@@ -283,7 +287,7 @@ pub(crate) fn node(
 }
 
 struct Node {
-    value: Tensor,
+    value: std::sync::Mutex<Option<Tensor>>,
     arity: usize,
     backward: Arc<NodeBackward>,
 }
@@ -299,7 +303,13 @@ impl Node {
         S::Device: candle_core::backend::BackendDevice<Storage = S>,
     {
         use candle_core::backend::BackendDevice;
-        let (storage, layout) = self.value.storage_and_layout();
+        let value = self
+            .value
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("a graph node runs once".into()))?;
+        let (storage, layout) = value.storage_and_layout();
         let src = pick(&storage).ok_or_else(|| {
             candle_core::Error::Msg("a graph node's value is on another device".into())
         })?;
@@ -309,8 +319,13 @@ impl Node {
         Ok((dst, layout.shape().clone()))
     }
 
-    fn grads(&self, args: &[&Tensor], grad: &Tensor) -> candle_core::Result<Vec<Option<Tensor>>> {
-        let gs = (self.backward)(grad)?;
+    fn grads(
+        &self,
+        args: &[&Tensor],
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Vec<Option<Tensor>>> {
+        let gs = (self.backward)(grad, res)?;
         if gs.len() != self.arity {
             return Err(candle_core::Error::Msg(format!(
                 "a graph node's backward gave {} gradients for {} arguments",
@@ -364,8 +379,8 @@ macro_rules! node_op {
         }
     };
     (@bwd $a:ident) => {
-        fn bwd(&self, $a: &Tensor, _: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-            Ok(self.grads(&[$a], g)?.pop().flatten())
+        fn bwd(&self, $a: &Tensor, r: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+            Ok(self.grads(&[$a], r, g)?.pop().flatten())
         }
     };
     (@bwd $a:ident, $b:ident) => {
@@ -373,10 +388,10 @@ macro_rules! node_op {
             &self,
             $a: &Tensor,
             $b: &Tensor,
-            _: &Tensor,
+            r: &Tensor,
             g: &Tensor,
         ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-            let mut gs = self.grads(&[$a, $b], g)?.into_iter();
+            let mut gs = self.grads(&[$a, $b], r, g)?.into_iter();
             Ok((gs.next().flatten(), gs.next().flatten()))
         }
     };
@@ -386,10 +401,10 @@ macro_rules! node_op {
             $a: &Tensor,
             $b: &Tensor,
             $c: &Tensor,
-            _: &Tensor,
+            r: &Tensor,
             g: &Tensor,
         ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-            let mut gs = self.grads(&[$a, $b, $c], g)?.into_iter();
+            let mut gs = self.grads(&[$a, $b, $c], r, g)?.into_iter();
             Ok((gs.next().flatten(), gs.next().flatten(), gs.next().flatten()))
         }
     };
@@ -437,7 +452,7 @@ mod tests {
             let x = (v.as_tensor() * 2.0).unwrap();
             let value = (x.detach() * w.as_tensor().detach()).unwrap().t().unwrap();
             let (xd, wd) = (x.detach(), w.as_tensor().detach());
-            let y = node(&[&x, w.as_tensor()], &value, move |g| {
+            let y = node(&[&x, w.as_tensor()], &value, move |g, _| {
                 let g = g.t()?;
                 Ok(vec![Some((&g * &wd)?), Some((&g * &xd)?)])
             })
@@ -464,7 +479,7 @@ mod tests {
         );
         // Nothing tracked: the value itself, contiguous.
         let c = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
-        let y = node(&[&c], &c.t().unwrap(), |_| Ok(vec![None])).unwrap();
+        let y = node(&[&c], &c.t().unwrap(), |_, _| Ok(vec![None])).unwrap();
         assert_eq!(
             y.to_vec2::<f32>().unwrap(),
             vec![vec![1.0, 3.0], vec![2.0, 4.0]]
