@@ -49,10 +49,57 @@ pub(crate) fn leaky_relu(x: &Tensor, slope: f32) -> Result<Tensor> {
 
 /// Elementwise binary cross-entropy from logits `x` and targets `z`, in the stable form
 /// `max(x, 0) - x z + log(1 + exp(-|x|))`.
+///
+/// One node of the recorded graph ([`crate::tape::node`]), differentiated as `sigmoid(x) - z`
+/// (and `-x` for the targets): nine ops forward, six for the gradient, instead of nine nodes.
 pub(crate) fn sigmoid_stable_bce(x: &Tensor, z: &Tensor) -> Result<Tensor> {
     let x = &to_float(x)?;
-    let softplus = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
-    Ok(((x.relu()? - (x * z)?)? + softplus)?)
+    let value = |x: &Tensor, z: &Tensor| -> candle_core::Result<Tensor> {
+        let softplus = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
+        (x.relu()? - (x * z)?)? + softplus
+    };
+    let (xd, zd) = (x.detach(), z.detach());
+    let (x_tracks, z_tracks) = (x.track_op(), z.track_op());
+    crate::tape::node(&[x, z], &value(&xd, &zd)?, move |g, _| {
+        let gx = if x_tracks {
+            Some(((sigmoid(&xd).map_err(candle_core::Error::wrap)? - &zd)? * g)?)
+        } else {
+            None
+        };
+        let gz = if z_tracks {
+            Some((xd.neg()? * g)?)
+        } else {
+            None
+        };
+        Ok(vec![gx, gz])
+    })
+}
+
+/// `-sum(target * log_softmax(x))` over the last axis, as one node of the recorded graph,
+/// differentiated as `softmax(x) · sum(target) - target` (and `-log_softmax(x)` for the
+/// targets), the softmax from the forward pass's log-probabilities.
+pub(crate) fn softmax_ce_from_logits(target: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let x = &to_float(x)?;
+    let (xd, td) = (x.detach(), target.detach());
+    let log_p = log_softmax_last(&xd)?;
+    let value = (&td * &log_p)?.sum(D::Minus1)?.neg()?;
+    let (x_tracks, t_tracks) = (x.track_op(), target.track_op());
+    crate::tape::node(&[x, target], &value, move |g, _| {
+        let g = g.unsqueeze(D::Minus1)?;
+        let gx = if x_tracks {
+            let p = log_p.exp()?;
+            let p = p.broadcast_mul(&td.sum_keepdim(D::Minus1)?)?;
+            Some((p - &td)?.broadcast_mul(&g)?)
+        } else {
+            None
+        };
+        let gt = if t_tracks {
+            Some(log_p.neg()?.broadcast_mul(&g)?)
+        } else {
+            None
+        };
+        Ok(vec![gx, gt])
+    })
 }
 
 /// `0, 1, ..., n - 1` (or reversed) as u32 on `device`, made once per device, length and order:

@@ -202,7 +202,13 @@ impl Dense {
         if !crate::kernels::takes(&x) {
             let b = self.bias.as_ref().map(|b| b.as_tensor());
             if let Some(y) = dense_node(&x, kernel.as_tensor(), b, act)? {
-                return Ok(y.reshape(out_shape)?);
+                // A reshape is a node of the graph too (and a zero-and-add in the backward
+                // pass): only where the leading axes were flattened.
+                return Ok(if y.dims() == out_shape.as_slice() {
+                    y
+                } else {
+                    y.reshape(out_shape)?
+                });
             }
         }
         let x2 = x.reshape((rows, in_features))?;

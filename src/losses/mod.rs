@@ -10,7 +10,7 @@ pub use compiled::CompiledLoss;
 
 use candle_core::{D, DType, Tensor};
 
-use crate::ops::{log_softmax_last, sigmoid_stable_bce};
+use crate::ops::sigmoid_stable_bce;
 use crate::{Error, Result};
 
 /// Clipping constant for probabilities (Keras's `backend.epsilon()`).
@@ -312,7 +312,7 @@ impl CategoricalCrossentropy {
 /// `-sum(target * log p)` over the last axis from probabilities or logits.
 fn categorical_ce(target: &Tensor, output: &Tensor, from_logits: bool) -> Result<Tensor> {
     let log_p = if from_logits {
-        log_softmax_last(output)?
+        return crate::ops::softmax_ce_from_logits(target, output);
     } else {
         let norm = output.broadcast_div(&output.sum_keepdim(D::Minus1)?)?;
         norm.clamp(EPSILON as f32, (1.0 - EPSILON) as f32)?.log()?
