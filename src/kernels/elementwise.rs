@@ -373,7 +373,7 @@ pub(crate) fn bias_grad(g: &Tensor, f: usize) -> candle_core::Result<Tensor> {
 
 /// Whether the fused activation kernels take `x`: float32 on the CPU, or on CUDA with our CUDA
 /// kernels switched on (`FERROKERAS_CUDA_KERNELS=on`).
-fn fusable(x: &Tensor) -> bool {
+pub(crate) fn fusable(x: &Tensor) -> bool {
     #[cfg(feature = "cuda")]
     if super::cuda::takes(x) {
         return true;

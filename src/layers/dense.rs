@@ -199,7 +199,9 @@ impl Dense {
         let rows: usize = lead.iter().product();
         let mut out_shape = lead.clone();
         out_shape.push(self.units);
-        if !crate::kernels::takes(&x) {
+        // Our fused kernels where they take `x` (float32 on the CPU; CUDA with our CUDA kernels
+        // switched on), else one node of candle's ops.
+        if !crate::kernels::elementwise::fusable(&x) {
             let b = self.bias.as_ref().map(|b| b.as_tensor());
             if let Some(y) = dense_node(&x, kernel.as_tensor(), b, act)? {
                 // A reshape is a node of the graph too (and a zero-and-add in the backward
