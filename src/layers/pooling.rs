@@ -437,18 +437,16 @@ fn global_max_with(flat: &Tensor, own_kernel: bool) -> Result<Tensor> {
         let fill = if p == 0 { f32::NEG_INFINITY } else { 0.0 };
         return Ok(Tensor::full(fill, (n, c), flat.device())?.to_dtype(flat.dtype())?);
     }
-    let max = flat.max_keepdim(1)?;
-    let m = max.detach();
-    let count = flat
-        .detach()
-        .broadcast_eq(&m)?
-        .to_dtype(flat.dtype())?
-        .sum_keepdim(1)?;
-    // The same value, with `max`'s gradient divided by the number of tied maxima.
-    let split = (&m + ((&max - &m)? / &count)?)?;
-    // An infinite maximum keeps its value and `max`'s gradient (`inf - inf` would be NaN).
-    let finite = m.abs()?.lt(f64::INFINITY)?;
-    Ok(finite.where_cond(&split, &max)?.squeeze(1)?)
+    // One node of the graph (`tape::node`): the maximum, and a gradient split evenly between
+    // the positions that hold it (infinite maxima included).
+    let xd = flat.detach();
+    let m = xd.max_keepdim(1)?;
+    let value = m.squeeze(1)?;
+    crate::tape::node(&[flat], &value, move |g, _| {
+        let hits = xd.broadcast_eq(&m)?.to_dtype(xd.dtype())?;
+        let share = g.unsqueeze(1)?.div(&hits.sum_keepdim(1)?)?;
+        Ok(vec![Some(hits.broadcast_mul(&share)?)])
+    })
 }
 
 macro_rules! global_pool {
@@ -693,23 +691,26 @@ mod kernel_tests {
         )
         .unwrap();
         let xv = Variable::new("x", &x, true).unwrap();
-        let y = global_max_with(xv.as_tensor(), true).unwrap();
-        assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![2.0, f32::INFINITY]]);
-        let up = Tensor::new(&[[3f32, 1.0]], &dev).unwrap();
-        let g = GradientTape::gradient(
-            &(&y * &up).unwrap().sum_all().unwrap(),
-            std::slice::from_ref(&xv),
-        )
-        .unwrap();
-        assert_eq!(
-            g[0].to_vec3::<f32>().unwrap(),
-            vec![vec![
-                vec![1.0, 0.0],
-                vec![1.0, 0.5],
-                vec![0.0, 0.0],
-                vec![1.0, 0.5]
-            ]]
-        );
+        for own_kernel in [true, false] {
+            let y = global_max_with(xv.as_tensor(), own_kernel).unwrap();
+            assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![2.0, f32::INFINITY]]);
+            let up = Tensor::new(&[[3f32, 1.0]], &dev).unwrap();
+            let g = GradientTape::gradient(
+                &(&y * &up).unwrap().sum_all().unwrap(),
+                std::slice::from_ref(&xv),
+            )
+            .unwrap();
+            assert_eq!(
+                g[0].to_vec3::<f32>().unwrap(),
+                vec![vec![
+                    vec![1.0, 0.0],
+                    vec![1.0, 0.5],
+                    vec![0.0, 0.0],
+                    vec![1.0, 0.5]
+                ]],
+                "own kernel: {own_kernel}"
+            );
+        }
         // A NaN shows in the result (a diverging model stays visible).
         let x = Tensor::new(&[[[1f32], [f32::NAN], [3.0]]], &dev).unwrap();
         let y = global_max_with(&x, true).unwrap();
