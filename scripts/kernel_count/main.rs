@@ -15,8 +15,9 @@ use std::collections::BTreeMap;
 #[allow(dead_code)]
 mod gan;
 
-/// Prints the kernels per step (graph-node tallies apart) and, when collected, the call sites.
-fn show(label: &str, counts: &BTreeMap<&'static str, u64>, steps: f64) {
+/// Prints the kernels per step (graph-node tallies apart) and, when collected, the call sites of
+/// the last `site_steps` steps.
+fn show(label: &str, counts: &BTreeMap<&'static str, u64>, steps: f64, site_steps: f64) {
     // Host-device transfers and the pass-through clones of custom ops are not kernels.
     let not_kernel = |k: &str| {
         k.starts_with("node:")
@@ -39,7 +40,7 @@ fn show(label: &str, counts: &BTreeMap<&'static str, u64>, steps: f64) {
     let mut sites: Vec<_> = candle_core::opcount::take_sites().into_iter().collect();
     sites.sort_by(|a, b| b.1.cmp(&a.1));
     for (k, n) in sites.iter().take(60) {
-        println!("{:7.1} {k}", *n as f64 / steps);
+        println!("{:7.1} {k}", *n as f64 / site_steps);
     }
 }
 
@@ -70,7 +71,7 @@ fn main() -> Result<()> {
         for i in 2..5 {
             step(&mut model, &mut ctx, i)?;
         }
-        show("W4 train_step", &candle_core::opcount::take(), 3.0);
+        show("W4 train_step", &candle_core::opcount::take(), 3.0, 3.0);
     }
     if want("w2") {
         let mut model = Sequential::new()
@@ -103,7 +104,7 @@ fn main() -> Result<()> {
             .iter()
             .map(|(k, v)| (*k, v.saturating_sub(short.get(k).copied().unwrap_or(0))))
             .collect();
-        show("W2 fit step", &per_step, 20.0);
+        show("W2 fit step", &per_step, 20.0, 30.0);
     }
     Ok(())
 }
