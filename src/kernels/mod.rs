@@ -32,6 +32,30 @@ thread_local! {
     pub(crate) static FORCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Tests: `layer` on `x` through our CPU kernels, then through the other devices' path (one set of
+/// weights, one cotangent `r(output shape)` for both): the output and the gradients of
+/// `sum(y * r)` (input first, then the layer's variables) of each.
+#[cfg(test)]
+pub(crate) fn both_paths(
+    layer: &mut dyn crate::layers::Layer,
+    x: &Tensor,
+    r: impl Fn(&[usize]) -> Tensor,
+) -> [(Tensor, Vec<Tensor>); 2] {
+    let mut cotangent: Option<Tensor> = None;
+    [false, true].map(|generic| {
+        FORCE.with(|f| f.set(generic));
+        let xv = crate::tape::Variable::new("x", x, true).unwrap();
+        let y = layer.call(xv.as_tensor(), true).unwrap();
+        let r = cotangent.get_or_insert_with(|| r(y.dims())).clone();
+        let mut vars = vec![xv];
+        vars.extend(layer.variables());
+        let loss = (&y * &r).unwrap().sum_all().unwrap();
+        let g = crate::GradientTape::gradient(&loss, &vars).unwrap();
+        FORCE.with(|f| f.set(false));
+        (y, g)
+    })
+}
+
 /// Whether this thread's ops must take the other devices' path on the CPU (tests only).
 fn forced() -> bool {
     #[cfg(test)]

@@ -186,6 +186,46 @@ fn cast(t: Tensor, dt: candle_core::DType) -> candle_core::Result<Tensor> {
     }
 }
 
+/// candle's kernel gradient form: `a` and `b` with their first two axes swapped, convolved
+/// (padding `p`, stride `d`, dilation `s`: a kernel gradient samples the input at the kernel's
+/// dilation and steps by the stride), and swapped back.
+fn swapped_conv(
+    a: &Tensor,
+    b: &Tensor,
+    p: usize,
+    s: usize,
+    d: usize,
+) -> candle_core::Result<Tensor> {
+    a.transpose(0, 1)?
+        .contiguous()?
+        .conv2d(&b.transpose(0, 1)?.contiguous()?, p, d, s, 1)?
+        .transpose(0, 1)
+}
+
+/// A layer's kernel gradient in Keras's (kh, kw, ., .) layout and dtype `kdt`, from candle's
+/// (., ., kh', kw') one (cut to the kernel's size), then the bias's gradient (the sum of `gy`
+/// over all but the channel axis) when the layer has a bias: the node's gradients in order.
+fn layer_grads(
+    gx: Option<Tensor>,
+    gk: Option<Tensor>,
+    (kh, kw, kdt): (usize, usize, candle_core::DType),
+    gy: &Tensor,
+    bdt: Option<candle_core::DType>,
+) -> candle_core::Result<Vec<Option<Tensor>>> {
+    let gk = match gk {
+        Some(g) => {
+            let g = g.narrow(2, 0, kh)?.narrow(3, 0, kw)?;
+            Some(cast(g.permute((2, 3, 1, 0))?.contiguous()?, kdt)?)
+        }
+        None => None,
+    };
+    let mut grads = vec![gx, gk];
+    if let Some(bdt) = bdt {
+        grads.push(Some(cast(gy.sum((0, 1, 2))?, bdt)?));
+    }
+    Ok(grads)
+}
+
 /// A `Conv2D` layer (channels last) as one node of the recorded graph ([`crate::tape::node`]):
 /// `x` (N, H, W, in) in the compute dtype, `kernel` the (kh, kw, in, out) variable, `bias` the
 /// (out) variable, `pads` the ((top, bottom), (left, right)) zero padding. The layout changes,
@@ -238,23 +278,13 @@ pub(crate) fn conv2d_layer(
         } else {
             None
         };
+        // candle's kernel gradient: a convolution of the inputs by the output gradient.
         let gk = if k_tracks {
-            // candle's kernel gradient: a convolution of the inputs by the output gradient.
-            let g = xn
-                .transpose(0, 1)?
-                .contiguous()?
-                .conv2d(&gyn.transpose(0, 1)?.contiguous()?, p, d, s, 1)?
-                .transpose(0, 1)?;
-            let g = g.narrow(2, 0, kh)?.narrow(3, 0, kw)?;
-            Some(cast(g.permute((2, 3, 1, 0))?.contiguous()?, kdt)?)
+            Some(swapped_conv(&xn, &gyn, p, s, d)?)
         } else {
             None
         };
-        let mut grads = vec![gx, gk];
-        if let Some(bdt) = bdt {
-            grads.push(Some(cast(gy.sum((0, 1, 2))?, bdt)?));
-        }
-        Ok(grads)
+        layer_grads(gx, gk, (kh, kw, kdt), gy, bdt)
     })
 }
 
@@ -309,23 +339,13 @@ pub(crate) fn conv_transpose2d_layer(
         } else {
             None
         };
+        // candle's kernel gradient of a transposed convolution.
         let gk = if k_tracks {
-            // candle's kernel gradient of a transposed convolution.
-            let g = gfull
-                .transpose(0, 1)?
-                .contiguous()?
-                .conv2d(&xn.transpose(0, 1)?.contiguous()?, 0, d, s, 1)?
-                .transpose(0, 1)?;
-            let g = g.narrow(2, 0, kh)?.narrow(3, 0, kw)?;
-            Some(cast(g.permute((2, 3, 1, 0))?.contiguous()?, kdt)?)
+            Some(swapped_conv(&gfull, &xn, 0, s, d)?)
         } else {
             None
         };
-        let mut grads = vec![gx, gk];
-        if let Some(bdt) = bdt {
-            grads.push(Some(cast(gy.sum((0, 1, 2))?, bdt)?));
-        }
-        Ok(grads)
+        layer_grads(gx, gk, (kh, kw, kdt), gy, bdt)
     })
 }
 
@@ -394,11 +414,7 @@ impl CustomOp3 for ConvGrad {
         let gk = if k.track_op() {
             // candle's own kernel gradient: a convolution of the inputs by the output gradient.
             let (_, _, kh, kw) = k.dims4()?;
-            let g = x
-                .transpose(0, 1)?
-                .contiguous()?
-                .conv2d(&gy.transpose(0, 1)?.contiguous()?, p, d, s, 1)?
-                .transpose(0, 1)?;
+            let g = swapped_conv(x, gy, p, s, d)?;
             Some(g.narrow(2, 0, kh)?.narrow(3, 0, kw)?.contiguous()?)
         } else {
             None
@@ -573,23 +589,8 @@ mod tests {
             let x = rand(&[2, 7, 8, 3], 100 + i as u64);
             // One layer (one set of weights) and one cotangent for both paths.
             let mut layer = make();
-            let mut r: Option<Tensor> = None;
-            let mut run = |generic: bool| {
-                crate::kernels::FORCE.with(|f| f.set(generic));
-                let xv = Variable::new("x", &x, true).unwrap();
-                let y = layer.call(xv.as_tensor(), true).unwrap();
-                let r = r
-                    .get_or_insert_with(|| rand(y.dims(), 200 + i as u64))
-                    .clone();
-                let mut vars = vec![xv];
-                vars.extend(layer.variables());
-                let loss = (&y * &r).unwrap().sum_all().unwrap();
-                let g = GradientTape::gradient(&loss, &vars).unwrap();
-                crate::kernels::FORCE.with(|f| f.set(false));
-                (y, g)
-            };
-            let (yc, gc) = run(false);
-            let (yg, gg) = run(true);
+            let [(yc, gc), (yg, gg)] =
+                crate::kernels::both_paths(layer.as_mut(), &x, |s| rand(s, 200 + i as u64));
             assert_eq!(yc.dims(), yg.dims(), "layer {i}");
             assert!(max_rel(&yg, &yc) < 1e-5, "layer {i} values");
             for (j, (a, b)) in gg.iter().zip(&gc).enumerate() {

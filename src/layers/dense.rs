@@ -367,9 +367,7 @@ impl Layer for Dense {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::GradientTape;
     use crate::kernels::max_rel;
-    use crate::tape::Variable;
     use candle_core::Device;
 
     /// Off our CPU kernels a Dense layer (and its activation) is one graph node of candle's ops:
@@ -393,25 +391,9 @@ mod tests {
                 let x = crate::random::uniform(&shape, -2.0, 2.0, &Device::Cpu).unwrap();
                 // ("leaky_relu" is the slope 0.2.)
                 let mut layer = Dense::new(4).activation(act.name()).unwrap().use_bias(bias);
-                let mut r: Option<Tensor> = None;
-                let mut run = |generic: bool| {
-                    crate::kernels::FORCE.with(|f| f.set(generic));
-                    let xv = Variable::new("x", &x, true).unwrap();
-                    let y = layer.call(xv.as_tensor(), true).unwrap();
-                    let r = r
-                        .get_or_insert_with(|| {
-                            crate::random::uniform(y.dims(), -1.0, 1.0, &Device::Cpu).unwrap()
-                        })
-                        .clone();
-                    let mut vars = vec![xv];
-                    vars.extend(layer.variables());
-                    let loss = (&y * &r).unwrap().sum_all().unwrap();
-                    let g = GradientTape::gradient(&loss, &vars).unwrap();
-                    crate::kernels::FORCE.with(|f| f.set(false));
-                    (y, g)
-                };
-                let (yk, gk) = run(false);
-                let (yn, gn) = run(true);
+                let [(yk, gk), (yn, gn)] = crate::kernels::both_paths(&mut layer, &x, |s| {
+                    crate::random::uniform(s, -1.0, 1.0, &Device::Cpu).unwrap()
+                });
                 assert_eq!(yk.dims(), yn.dims(), "{case}");
                 assert!(max_rel(&yn, &yk) < 1e-5, "{case}: values");
                 assert_eq!(gk.len(), gn.len());
