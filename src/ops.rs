@@ -59,14 +59,13 @@ pub(crate) fn sigmoid_stable_bce(x: &Tensor, z: &Tensor) -> Result<Tensor> {
         (x.relu()? - (x * z)?)? + softplus
     };
     let (xd, zd) = (x.detach(), z.detach());
-    let (x_tracks, z_tracks) = (x.track_op(), z.track_op());
-    crate::tape::node(&[x, z], &value(&xd, &zd)?, move |g, _| {
-        let gx = if x_tracks {
+    crate::tape::node(&[x, z], &value(&xd, &zd)?, move |g, _, needs| {
+        let gx = if needs[0] {
             Some(((sigmoid(&xd).map_err(candle_core::Error::wrap)? - &zd)? * g)?)
         } else {
             None
         };
-        let gz = if z_tracks {
+        let gz = if needs[1] {
             Some((xd.neg()? * g)?)
         } else {
             None
@@ -83,17 +82,16 @@ pub(crate) fn softmax_ce_from_logits(target: &Tensor, x: &Tensor) -> Result<Tens
     let (xd, td) = (x.detach(), target.detach());
     let log_p = log_softmax_last(&xd)?;
     let value = (&td * &log_p)?.sum(D::Minus1)?.neg()?;
-    let (x_tracks, t_tracks) = (x.track_op(), target.track_op());
-    crate::tape::node(&[x, target], &value, move |g, _| {
+    crate::tape::node(&[x, target], &value, move |g, _, needs| {
         let g = g.unsqueeze(D::Minus1)?;
-        let gx = if x_tracks {
+        let gx = if needs[0] {
             let p = log_p.exp()?;
             let p = p.broadcast_mul(&td.sum_keepdim(D::Minus1)?)?;
             Some((p - &td)?.broadcast_mul(&g)?)
         } else {
             None
         };
-        let gt = if t_tracks {
+        let gt = if needs[1] {
             Some(log_p.neg()?.broadcast_mul(&g)?)
         } else {
             None

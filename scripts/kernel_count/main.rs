@@ -39,7 +39,7 @@ fn show(label: &str, counts: &BTreeMap<&'static str, u64>, steps: f64, site_step
     }
     let mut sites: Vec<_> = candle_core::opcount::take_sites().into_iter().collect();
     sites.sort_by(|a, b| b.1.cmp(&a.1));
-    for (k, n) in sites.iter().take(60) {
+    for (k, n) in sites.iter().take(200) {
         println!("{:7.1} {k}", *n as f64 / site_steps);
     }
 }

@@ -89,35 +89,38 @@ impl CustomOp3 for ConvAct {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (g, f) = (self.g, self.f);
         let gz = activation_grad(y, gy, self.act)?;
-        let gb = if b.track_op() {
+        let gb = if crate::tape::wanted(b) {
             Some(bias_grad(&gz, b.elem_count())?.reshape(b.shape())?)
         } else {
             None
         };
         let (gx, gw) = match self.dir {
             Direction::Forward => {
-                let gx = if x.track_op() {
+                let gx = if crate::tape::wanted(x) {
                     Some(gz.apply_op2_no_bwd(w, &ConvData { g, f })?)
                 } else {
                     None
                 };
-                (gx, x.apply_op2_no_bwd(&gz, &ConvFilter { g, f })?)
+                let gw = crate::tape::wanted(w)
+                    .then(|| x.apply_op2_no_bwd(&gz, &ConvFilter { g, f }))
+                    .transpose()?;
+                (gx, gw)
             }
             Direction::Transposed => {
-                let gx = if x.track_op() {
+                let gx = if crate::tape::wanted(x) {
                     Some(gz.apply_op2_no_bwd(w, &Conv { g, f })?)
                 } else {
                     None
                 };
-                (
-                    gx,
-                    gz.apply_op2_no_bwd(&x.contiguous()?, &ConvFilter { g, f })?,
-                )
+                let gw = crate::tape::wanted(w)
+                    .then(|| gz.apply_op2_no_bwd(&x.contiguous()?, &ConvFilter { g, f }))
+                    .transpose()?;
+                (gx, gw)
             }
         };
         Ok((
             crate::tape::route(x, gx)?,
-            crate::tape::route(w, Some(gw))?,
+            crate::tape::route(w, gw)?,
             crate::tape::route(b, gb)?,
         ))
     }
@@ -216,7 +219,7 @@ impl CustomOp3 for ConvActPool {
                 f,
                 pool: p,
                 argmax,
-                input_grad: x.track_op(),
+                input_grad: crate::tape::wanted(x),
                 kernel_grad: std::sync::Mutex::new(None),
                 bias_grad: std::sync::Mutex::new(None),
             };
@@ -230,7 +233,7 @@ impl CustomOp3 for ConvActPool {
             } else {
                 (None, out)
             };
-            let gb = if b.track_op() {
+            let gb = if crate::tape::wanted(b) {
                 let Some(gb) = op.bias_grad.lock().ok().and_then(|mut s| s.take()) else {
                     candle_core::bail!("convolution + pooling: bias gradient missing")
                 };
@@ -249,7 +252,7 @@ impl CustomOp3 for ConvActPool {
         // Each pooled gradient lands at exactly one place (unless its window is empty, which
         // "valid" and "same" windows never are): the bias gradient sums the pooled gradients, a
         // quarter of the values for 2x2 windows.
-        let pooled_bias_grad = (b.track_op() && every_window_kept)
+        let pooled_bias_grad = (crate::tape::wanted(b) && every_window_kept)
             .then(|| bias_grad(&dy, f))
             .transpose()?;
         let gz = dy
@@ -257,18 +260,20 @@ impl CustomOp3 for ConvActPool {
             .reshape((g.n * g.oh * g.ow, f))?;
         let gb = match pooled_bias_grad {
             Some(gb) => Some(gb.reshape(b.shape())?),
-            None if b.track_op() => Some(bias_grad(&gz, f)?.reshape(b.shape())?),
+            None if crate::tape::wanted(b) => Some(bias_grad(&gz, f)?.reshape(b.shape())?),
             None => None,
         };
-        let gx = if x.track_op() {
+        let gx = if crate::tape::wanted(x) {
             Some(gz.apply_op2_no_bwd(w, &ConvData { g, f })?)
         } else {
             None
         };
-        let gw = x.apply_op2_no_bwd(&gz, &ConvFilter { g, f })?;
+        let gw = crate::tape::wanted(w)
+            .then(|| x.apply_op2_no_bwd(&gz, &ConvFilter { g, f }))
+            .transpose()?;
         Ok((
             crate::tape::route(x, gx)?,
-            crate::tape::route(w, Some(gw))?,
+            crate::tape::route(w, gw)?,
             crate::tape::route(b, gb)?,
         ))
     }

@@ -231,15 +231,17 @@ impl CustomOp2 for Fused {
         } else {
             y.apply_op2_no_bwd(&gy.contiguous()?, &FusedGrad(self.0))?
         };
-        let gb = if gx.device().is_cpu() {
-            gx.apply_op1_no_bwd(&ColSum(b.elem_count()))?
+        let gb = if !crate::tape::wanted(b) {
+            None
+        } else if gx.device().is_cpu() {
+            Some(gx.apply_op1_no_bwd(&ColSum(b.elem_count()))?)
         } else {
             let f = b.elem_count();
-            gx.reshape((gx.elem_count() / f.max(1), f))?.sum(0)?
+            Some(gx.reshape((gx.elem_count() / f.max(1), f))?.sum(0)?)
         };
         Ok((
             crate::tape::route(x, Some(gx))?,
-            crate::tape::route(b, Some(gb.reshape(b.shape())?))?,
+            crate::tape::route(b, gb.map(|g| g.reshape(b.shape())).transpose()?)?,
         ))
     }
 }

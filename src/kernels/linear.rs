@@ -53,12 +53,12 @@ impl CustomOp2 for Linear {
         gy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let gy = gy.contiguous()?;
-        let gx = if x.track_op() {
+        let gx = if crate::tape::wanted(x) {
             Some(gy.apply_op2_no_bwd(w, &InputGrad)?)
         } else {
             None
         };
-        let gw = if w.track_op() {
+        let gw = if crate::tape::wanted(w) {
             Some(x.apply_op2_no_bwd(&gy, &KernelGrad)?)
         } else {
             None

@@ -73,7 +73,7 @@ impl Activation {
         {
             // One node of the graph (see `tape::node`), differentiated from its output.
             let act = *self;
-            return crate::tape::node(&[x], &y, move |g, y| {
+            return crate::tape::node(&[x], &y, move |g, y, _| {
                 Ok(vec![Some(act.backward(g, y, saved.as_ref())?)])
             });
         }

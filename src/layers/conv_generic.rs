@@ -204,13 +204,14 @@ fn swapped_conv(
 
 /// A layer's kernel gradient in Keras's (kh, kw, ., .) layout and dtype `kdt`, from candle's
 /// (., ., kh', kw') one (cut to the kernel's size), then the bias's gradient (the sum of `gy`
-/// over all but the channel axis) when the layer has a bias: the node's gradients in order.
+/// over all but the channel axis) when the layer has a bias (`bias`: its dtype, and whether its
+/// gradient is needed): the node's gradients in order.
 fn layer_grads(
     gx: Option<Tensor>,
     gk: Option<Tensor>,
     (kh, kw, kdt): (usize, usize, candle_core::DType),
     gy: &Tensor,
-    bdt: Option<candle_core::DType>,
+    bias: Option<(candle_core::DType, bool)>,
 ) -> candle_core::Result<Vec<Option<Tensor>>> {
     let gk = match gk {
         Some(g) => {
@@ -220,8 +221,8 @@ fn layer_grads(
         None => None,
     };
     let mut grads = vec![gx, gk];
-    if let Some(bdt) = bdt {
-        grads.push(Some(cast(gy.sum((0, 1, 2))?, bdt)?));
+    if let Some((bdt, need)) = bias {
+        grads.push(need.then(|| cast(gy.sum((0, 1, 2))?, bdt)).transpose()?);
     }
     Ok(grads)
 }
@@ -257,13 +258,12 @@ pub(crate) fn conv2d_layer(
     if let Some(b) = bias {
         y = y.broadcast_add(&cast(b.detach(), dt)?.reshape((1, f, 1, 1))?)?;
     }
-    let (x_tracks, k_tracks) = (x.track_op(), kernel.track_op());
     let (kdt, bdt) = (kernel.dtype(), bias.map(|b| b.dtype()));
     let mut args = vec![x, kernel];
     args.extend(bias);
-    crate::tape::node(&args, &y.permute((0, 2, 3, 1))?, move |gy, _| {
+    crate::tape::node(&args, &y.permute((0, 2, 3, 1))?, move |gy, _, needs| {
         let gyn = gy.permute((0, 3, 1, 2))?.contiguous()?;
-        let gx = if x_tracks {
+        let gx = if needs[0] {
             // The transposed convolution of the output gradient by the same kernel, over the
             // padded input (rows no window reaches get zero), without the padding.
             let (_, _, hp, wp) = xn.dims4()?;
@@ -279,12 +279,12 @@ pub(crate) fn conv2d_layer(
             None
         };
         // candle's kernel gradient: a convolution of the inputs by the output gradient.
-        let gk = if k_tracks {
+        let gk = if needs[1] {
             Some(swapped_conv(&xn, &gyn, p, s, d)?)
         } else {
             None
         };
-        layer_grads(gx, gk, (kh, kw, kdt), gy, bdt)
+        layer_grads(gx, gk, (kh, kw, kdt), gy, bdt.map(|dt| (dt, needs[2])))
     })
 }
 
@@ -320,11 +320,10 @@ pub(crate) fn conv_transpose2d_layer(
     if let Some(b) = bias {
         y = y.broadcast_add(&cast(b.detach(), dt)?.reshape((1, f, 1, 1))?)?;
     }
-    let (x_tracks, k_tracks) = (x.track_op(), kernel.track_op());
     let (kdt, bdt) = (kernel.dtype(), bias.map(|b| b.dtype()));
     let mut args = vec![x, kernel];
     args.extend(bias);
-    crate::tape::node(&args, &y.permute((0, 2, 3, 1))?, move |gy, _| {
+    crate::tape::node(&args, &y.permute((0, 2, 3, 1))?, move |gy, _, needs| {
         // The gradient of the full output: the kept window's, zeros elsewhere.
         let gyn = gy.permute((0, 3, 1, 2))?;
         let gfull = gyn
@@ -333,19 +332,19 @@ pub(crate) fn conv_transpose2d_layer(
             .narrow(2, 0, fh)?
             .narrow(3, 0, fw)?
             .contiguous()?;
-        let gx = if x_tracks {
+        let gx = if needs[0] {
             // The forward convolution that this layer transposes.
             Some(gfull.conv2d(&k, 0, s, d, 1)?.permute((0, 2, 3, 1))?)
         } else {
             None
         };
         // candle's kernel gradient of a transposed convolution.
-        let gk = if k_tracks {
+        let gk = if needs[1] {
             Some(swapped_conv(&gfull, &xn, 0, s, d)?)
         } else {
             None
         };
-        layer_grads(gx, gk, (kh, kw, kdt), gy, bdt)
+        layer_grads(gx, gk, (kh, kw, kdt), gy, bdt.map(|dt| (dt, needs[2])))
     })
 }
 
@@ -395,7 +394,7 @@ impl CustomOp3 for ConvGrad {
         gy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (p, s, d) = (self.padding, self.stride, self.dilation);
-        let gx = if x.track_op() {
+        let gx = if crate::tape::wanted(x) {
             // The input gradient is the transposed convolution of the output gradient by the
             // same kernel (by output phase when strided; see `conv_transpose2d_full`), over the
             // padded input, without the padding. Input positions no output window reaches (the
@@ -411,7 +410,7 @@ impl CustomOp3 for ConvGrad {
         } else {
             None
         };
-        let gk = if k.track_op() {
+        let gk = if crate::tape::wanted(k) {
             // candle's own kernel gradient: a convolution of the inputs by the output gradient.
             let (_, _, kh, kw) = k.dims4()?;
             let g = swapped_conv(x, gy, p, s, d)?;

@@ -253,25 +253,24 @@ fn dense_node(
     let Some((y, saved)) = act.forward_saving(&z)? else {
         return Ok(None);
     };
-    let (x_tracks, k_tracks) = (x.track_op(), kernel.track_op());
     let (kdt, bdt) = (kernel.dtype(), bias.map(|b| b.dtype()));
     let mut args = vec![x, kernel];
     args.extend(bias);
-    let y = crate::tape::node(&args, &y, move |g, y| {
+    let y = crate::tape::node(&args, &y, move |g, y, needs| {
         let gz = act.backward(&g.reshape(((), units))?, y, saved.as_ref())?;
-        let gx = if x_tracks {
+        let gx = if needs[0] {
             Some(gz.matmul(&k.t()?)?)
         } else {
             None
         };
-        let gk = if k_tracks {
+        let gk = if needs[1] {
             Some(cast(&x2.t()?.matmul(&gz)?, kdt)?)
         } else {
             None
         };
         let mut grads = vec![gx, gk];
         if let Some(bdt) = bdt {
-            grads.push(Some(cast(&gz.sum(0)?, bdt)?));
+            grads.push(needs[2].then(|| cast(&gz.sum(0)?, bdt)).transpose()?);
         }
         Ok(grads)
     })?;

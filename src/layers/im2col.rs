@@ -1352,7 +1352,7 @@ impl CustomOp2 for Conv {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let gy = gy.contiguous()?;
         // No input gradient when nothing upstream needs one (the input images).
-        let gx = if x.track_op() {
+        let gx = if crate::tape::wanted(x) {
             Some(gy.apply_op2_no_bwd(
                 w,
                 &ConvData {
@@ -1363,14 +1363,18 @@ impl CustomOp2 for Conv {
         } else {
             None
         };
-        let gw = x.apply_op2_no_bwd(
-            &gy,
-            &ConvFilter {
-                g: self.g,
-                f: self.f,
-            },
-        )?;
-        Ok((crate::tape::route(x, gx)?, crate::tape::route(w, Some(gw))?))
+        let gw = crate::tape::wanted(w)
+            .then(|| {
+                x.apply_op2_no_bwd(
+                    &gy,
+                    &ConvFilter {
+                        g: self.g,
+                        f: self.f,
+                    },
+                )
+            })
+            .transpose()?;
+        Ok((crate::tape::route(x, gx)?, crate::tape::route(w, gw)?))
     }
 }
 
@@ -1407,7 +1411,7 @@ impl CustomOp2 for ConvData {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let d_gy = if gy.track_op() {
+        let d_gy = if crate::tape::wanted(gy) {
             Some(grad.apply_op2_no_bwd(
                 w,
                 &Conv {
@@ -1418,17 +1422,18 @@ impl CustomOp2 for ConvData {
         } else {
             None
         };
-        let d_w = grad.apply_op2_no_bwd(
-            &gy.contiguous()?,
-            &ConvFilter {
-                g: self.g,
-                f: self.f,
-            },
-        )?;
-        Ok((
-            crate::tape::route(gy, d_gy)?,
-            crate::tape::route(w, Some(d_w))?,
-        ))
+        let d_w = crate::tape::wanted(w)
+            .then(|| {
+                grad.apply_op2_no_bwd(
+                    &gy.contiguous()?,
+                    &ConvFilter {
+                        g: self.g,
+                        f: self.f,
+                    },
+                )
+            })
+            .transpose()?;
+        Ok((crate::tape::route(gy, d_gy)?, crate::tape::route(w, d_w)?))
     }
 }
 

@@ -442,7 +442,7 @@ fn global_max_with(flat: &Tensor, own_kernel: bool) -> Result<Tensor> {
     let xd = flat.detach();
     let m = xd.max_keepdim(1)?;
     let value = m.squeeze(1)?;
-    crate::tape::node(&[flat], &value, move |g, _| {
+    crate::tape::node(&[flat], &value, move |g, _, _| {
         let hits = xd.broadcast_eq(&m)?.to_dtype(xd.dtype())?;
         let share = g.unsqueeze(1)?.div(&hits.sum_keepdim(1)?)?;
         Ok(vec![Some(hits.broadcast_mul(&share)?)])

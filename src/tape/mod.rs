@@ -6,8 +6,8 @@
 //! This module is the only one that touches candle's backpropagation internals.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use candle_core::{DType, Shape, Tensor, TensorId, Var};
@@ -146,7 +146,9 @@ impl GradientTape {
     /// `d target / d v` for every `v` in `sources`, in order. A non-scalar `target` is summed
     /// first, as `tf.GradientTape.gradient` does (so a per-sample loss vector works). A variable that
     /// `target` does not depend on gets a zero gradient (Keras returns `None`; zeros keep
-    /// `apply` simple and give the same update for SGD without momentum).
+    /// `apply` simple and give the same update for SGD without momentum). A variable listed twice
+    /// gets its gradient twice. As in TensorFlow, only the gradients asked for are computed: this
+    /// crate's layers skip the kernel and bias gradients of variables not in `sources`.
     ///
     /// # Errors
     /// A failing backward operation.
@@ -156,20 +158,21 @@ impl GradientTape {
         } else {
             target.clone()
         };
+        let wanted = sources.iter().map(|v| v.as_tensor().id()).collect();
         let (store, direct) = {
-            let _collect = Collecting::start();
+            let _collect = Collecting::start(wanted);
             let store = target.backward();
             (store, DIRECT.with(|d| d.borrow_mut().take()))
         };
         let store = store?;
-        let mut direct = direct.unwrap_or_default();
+        let direct = direct.map(|p| p.grads).unwrap_or_default();
         sources
             .iter()
             .map(|v| {
                 let t = v.as_tensor();
                 // A variable used by both kinds of op (a kernel in a Dense layer and in an L2
                 // penalty) has a part in each place.
-                match (store.get(t), direct.remove(&t.id())) {
+                match (store.get(t), direct.get(&t.id()).cloned()) {
                     (Some(a), Some(b)) => Ok((a + b)?),
                     (Some(g), None) => Ok(g.clone()),
                     (None, Some(g)) => Ok(g),
@@ -180,20 +183,54 @@ impl GradientTape {
     }
 }
 
+/// The backward pass of one [`GradientTape::gradient`] call.
+struct Pass {
+    /// Variables' gradients that this crate's ops handed over directly.
+    grads: HashMap<TensorId, Tensor>,
+    /// The variables whose gradients were asked for.
+    wanted: HashSet<TensorId>,
+}
+
 thread_local! {
-    /// Variables' gradients that this crate's ops handed over directly during the backward pass
-    /// now running on this thread (`None` when no [`GradientTape::gradient`] is running).
-    static DIRECT: RefCell<Option<HashMap<TensorId, Tensor>>> = const { RefCell::new(None) };
+    /// The backward pass now running on this thread (`None` when no
+    /// [`GradientTape::gradient`] is running).
+    static DIRECT: RefCell<Option<Pass>> = const { RefCell::new(None) };
 }
 
 /// Opens the direct gradient store for one backward pass and restores the previous one (a
 /// backward pass inside an op's backward) when dropped, on error too.
-struct Collecting(Option<HashMap<TensorId, Tensor>>);
+struct Collecting(Option<Pass>);
 
 impl Collecting {
-    fn start() -> Self {
-        Collecting(DIRECT.with(|d| d.borrow_mut().replace(HashMap::new())))
+    fn start(wanted: HashSet<TensorId>) -> Self {
+        let pass = Pass {
+            grads: HashMap::new(),
+            wanted,
+        };
+        Collecting(DIRECT.with(|d| d.borrow_mut().replace(pass)))
     }
+}
+
+/// Whether the backward pass now running needs the gradient of the op argument `arg`: `arg` is
+/// recorded, and it is not a variable left out of the [`GradientTape::gradient`] call's sources.
+///
+/// A variable is a leaf, so a gradient that was not asked for is read by nothing: as
+/// `tf.GradientTape`, which differentiates only along paths to its sources, this crate's ops
+/// skip it (a GAN's generator step asks for the generator's variables, and the
+/// discriminator's kernel gradients would cost as much as its input gradients). Outside the tape
+/// (candle's own `backward`) every recorded argument gets its gradient.
+pub(crate) fn wanted(arg: &Tensor) -> bool {
+    if !arg.track_op() {
+        return false;
+    }
+    if !arg.is_variable() {
+        return true;
+    }
+    DIRECT.with(|d| {
+        d.borrow()
+            .as_ref()
+            .is_none_or(|p| p.wanted.contains(&arg.id()))
+    })
 }
 
 impl Drop for Collecting {
@@ -226,10 +263,13 @@ pub(crate) fn route(arg: &Tensor, g: Option<Tensor>) -> candle_core::Result<Opti
     }
     DIRECT.with(|d| {
         let mut d = d.borrow_mut();
-        let Some(map) = d.as_mut() else {
+        let Some(pass) = d.as_mut() else {
             return Ok(Some(g));
         };
-        match map.entry(arg.id()) {
+        if !pass.wanted.contains(&arg.id()) {
+            return Ok(None);
+        }
+        match pass.grads.entry(arg.id()) {
             Entry::Occupied(mut e) => {
                 let sum = (e.get() + &g)?;
                 e.insert(sum);
@@ -242,13 +282,15 @@ pub(crate) fn route(arg: &Tensor, g: Option<Tensor>) -> candle_core::Result<Opti
     })
 }
 
-/// The gradients of a [`node`]'s arguments, from the gradient of its output and the output.
+/// The gradients of a [`node`]'s arguments, from the gradient of its output, the output, and
+/// which arguments need one ([`wanted`]; the others' places are read as `None`).
 pub(crate) type NodeBackward =
-    dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Vec<Option<Tensor>>> + Send + Sync;
+    dyn Fn(&Tensor, &Tensor, &[bool]) -> candle_core::Result<Vec<Option<Tensor>>> + Send + Sync;
 
 /// One node of the recorded graph for a computation done outside it: `value` was computed from
 /// `args` (one to three) on detached tensors, and `backward` gives, from the gradient of the
-/// output and the output itself, one gradient (or `None`) per argument. The output is a
+/// output, the output itself and which arguments need a gradient ([`wanted`], read when the
+/// backward pass runs), one gradient (or `None`) per argument. The output is a
 /// contiguous copy of `value` (a strided view such as an NCHW to NHWC permutation becomes that
 /// copy, at no extra cost); the node lets go of `value` once it is copied.
 ///
@@ -260,7 +302,7 @@ pub(crate) type NodeBackward =
 pub(crate) fn node(
     args: &[&Tensor],
     value: &Tensor,
-    backward: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Vec<Option<Tensor>>>
+    backward: impl Fn(&Tensor, &Tensor, &[bool]) -> candle_core::Result<Vec<Option<Tensor>>>
     + Send
     + Sync
     + 'static,
@@ -325,7 +367,8 @@ impl Node {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Vec<Option<Tensor>>> {
-        let gs = (self.backward)(grad, res)?;
+        let needs: Vec<bool> = args.iter().map(|a| wanted(a)).collect();
+        let gs = (self.backward)(grad, res, &needs)?;
         if gs.len() != self.arity {
             return Err(candle_core::Error::Msg(format!(
                 "a graph node's backward gave {} gradients for {} arguments",
@@ -333,7 +376,11 @@ impl Node {
                 self.arity
             )));
         }
-        args.iter().zip(gs).map(|(a, g)| route(a, g)).collect()
+        args.iter()
+            .zip(gs)
+            .zip(needs)
+            .map(|((a, g), need)| route(a, g.filter(|_| need)))
+            .collect()
     }
 }
 
@@ -452,7 +499,7 @@ mod tests {
             let x = (v.as_tensor() * 2.0).unwrap();
             let value = (x.detach() * w.as_tensor().detach()).unwrap().t().unwrap();
             let (xd, wd) = (x.detach(), w.as_tensor().detach());
-            let y = node(&[&x, w.as_tensor()], &value, move |g, _| {
+            let y = node(&[&x, w.as_tensor()], &value, move |g, _, _| {
                 let g = g.t()?;
                 Ok(vec![Some((&g * &wd)?), Some((&g * &xd)?)])
             })
@@ -479,7 +526,7 @@ mod tests {
         );
         // Nothing tracked: the value itself, contiguous.
         let c = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
-        let y = node(&[&c], &c.t().unwrap(), |_, _| Ok(vec![None])).unwrap();
+        let y = node(&[&c], &c.t().unwrap(), |_, _, _| Ok(vec![None])).unwrap();
         assert_eq!(
             y.to_vec2::<f32>().unwrap(),
             vec![vec![1.0, 3.0], vec![2.0, 4.0]]
@@ -534,5 +581,126 @@ mod tests {
         let store = loss_ours().backward().unwrap();
         let g = store.get(w.as_tensor()).expect("the kernel's gradient");
         assert!(crate::kernels::max_rel(g, &want[0]) < 1e-5);
+    }
+
+    /// A graph node is told which arguments need a gradient when the backward pass runs: not a
+    /// variable that the tape was not asked for (a GAN's generator step skips the
+    /// discriminator's kernel gradients), always a recorded intermediate; every argument under
+    /// candle's own `backward`.
+    #[test]
+    fn a_node_computes_only_the_gradients_asked_for() {
+        let (v, w) = (var("v", &[2, 3], 1.0), var("w", &[2, 3], 2.0));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let loss = || {
+            let x = (v.as_tensor() * 2.0).unwrap();
+            let (xd, wd) = (x.detach(), w.as_tensor().detach());
+            let value = (&xd * &wd).unwrap();
+            let seen = seen.clone();
+            node(&[&x, w.as_tensor()], &value, move |g, _, needs| {
+                seen.lock().unwrap().push(needs.to_vec());
+                Ok(vec![
+                    needs[0].then(|| g * &wd).transpose()?,
+                    needs[1].then(|| g * &xd).transpose()?,
+                ])
+            })
+            .unwrap()
+            .sum_all()
+            .unwrap()
+        };
+        let both = GradientTape::gradient(&loss(), &[v.clone(), w.clone()]).unwrap();
+        let only_v = GradientTape::gradient(&loss(), std::slice::from_ref(&v)).unwrap();
+        let only_w = GradientTape::gradient(&loss(), std::slice::from_ref(&w)).unwrap();
+        loss().backward().unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                vec![true, true],
+                vec![true, false],
+                vec![true, true],
+                vec![true, true]
+            ]
+        );
+        assert_eq!(
+            only_v[0].to_vec2::<f32>().unwrap(),
+            both[0].to_vec2::<f32>().unwrap()
+        );
+        assert_eq!(
+            only_w[0].to_vec2::<f32>().unwrap(),
+            both[1].to_vec2::<f32>().unwrap()
+        );
+        // A gradient that a node gives for a variable not asked for is dropped, not summed into
+        // the one that was asked for.
+        let g = GradientTape::gradient(&loss(), std::slice::from_ref(&v)).unwrap();
+        assert_eq!(
+            g[0].to_vec2::<f32>().unwrap(),
+            both[0].to_vec2::<f32>().unwrap()
+        );
+    }
+
+    /// Through a stack of Conv2DTranspose, Conv2D and Dense layers, on our CPU kernels and on
+    /// the other devices' path: the gradients of any subset of the variables (each one alone, each
+    /// layer's together) are those of the same variables when all are asked for, to the bit.
+    #[test]
+    fn a_subset_of_the_variables_gets_the_same_gradients() {
+        use crate::layers::{Conv2D, Conv2DTranspose, Dense, Layer};
+        let rand = |shape: &[usize], seed: u64| {
+            crate::random::set_random_seed(seed);
+            crate::random::uniform(shape, -1.0, 1.0, &Device::Cpu).unwrap()
+        };
+        for generic in [false, true] {
+            crate::kernels::FORCE.with(|f| f.set(generic));
+            let mut layers: Vec<Box<dyn Layer>> = vec![
+                Box::new(
+                    Conv2DTranspose::new(3, (4, 4))
+                        .strides(2)
+                        .padding("same")
+                        .unwrap()
+                        .activation("leaky_relu")
+                        .unwrap(),
+                ),
+                Box::new(
+                    Conv2D::new(4, (3, 3))
+                        .strides(2)
+                        .padding("same")
+                        .unwrap()
+                        .activation("relu")
+                        .unwrap(),
+                ),
+                Box::new(Dense::new(2).activation("sigmoid").unwrap()),
+            ];
+            let x = Variable::new("x", &rand(&[2, 5, 6, 2], 7), true).unwrap();
+            let mut h = x.as_tensor().clone();
+            for l in layers.iter_mut() {
+                h = l.call(&h, true).unwrap();
+            }
+            let loss = (&h * &rand(h.dims(), 8)).unwrap().sum_all().unwrap();
+            // Each variable alone, then each layer's together.
+            let groups: Vec<Vec<Variable>> = std::iter::once(x.clone())
+                .chain(layers.iter().flat_map(|l| l.variables()))
+                .map(|v| vec![v])
+                .chain(layers.iter().map(|l| l.variables()))
+                .collect();
+            // Every variable twice: a source listed twice gets its gradient twice.
+            let all: Vec<Variable> = groups.concat();
+            let full = GradientTape::gradient(&loss, &all).unwrap();
+            let mut at = 0;
+            for group in &groups {
+                let part = GradientTape::gradient(&loss, group).unwrap();
+                for (i, g) in part.iter().enumerate() {
+                    let (a, b) = (
+                        g.flatten_all().unwrap(),
+                        full[at + i].flatten_all().unwrap(),
+                    );
+                    assert_eq!(
+                        a.to_vec1::<f32>().unwrap(),
+                        b.to_vec1::<f32>().unwrap(),
+                        "path generic={generic}: {}",
+                        group[i].name()
+                    );
+                }
+                at += group.len();
+            }
+            crate::kernels::FORCE.with(|f| f.set(false));
+        }
     }
 }
