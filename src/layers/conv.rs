@@ -476,6 +476,7 @@ impl Conv2D {
         }
         if super::conv_generic::enabled() {
             let b = self.bias.as_ref().map(|b| b.as_tensor());
+            let (inner, after) = super::conv_generic::split_activation(act);
             let y = super::conv_generic::conv2d_layer(
                 &xp,
                 kernel.as_tensor(),
@@ -483,9 +484,10 @@ impl Conv2D {
                 (pads_h, pads_w),
                 s,
                 d,
+                inner,
             )?;
             let y = from_nhwc(&y, self.cfg.data_format)?;
-            return act.apply(&y).map(Some);
+            return after.apply(&y).map(Some);
         }
         let xp = xp
             .pad_with_zeros(1, pads_h.0, pads_h.1)?
@@ -752,17 +754,21 @@ impl Conv2DTranspose {
         }
         if super::conv_generic::enabled() {
             let b = self.bias.as_ref().map(|b| b.as_tensor());
+            let (inner, after) = super::conv_generic::split_activation(act);
             let y = super::conv_generic::conv_transpose2d_layer(
                 &xt,
                 kernel.as_tensor(),
                 b,
-                (self.crop_before(h, kh, oh), oh),
-                (self.crop_before(w, kw, ow), ow),
+                (
+                    (self.crop_before(h, kh, oh), oh),
+                    (self.crop_before(w, kw, ow), ow),
+                ),
                 s,
                 d,
+                inner,
             )?;
             let y = from_nhwc(&y, self.cfg.data_format)?;
-            return act.apply(&y);
+            return after.apply(&y);
         }
         // The full transposed convolution...
         let full = {

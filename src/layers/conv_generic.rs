@@ -11,6 +11,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use crate::Result;
+use crate::layers::Activation;
 
 /// Whether the layers use these ops off the CPU (the default), or candle's conv2d and
 /// conv_transpose2d with candle's backward (`FERROKERAS_CONV=candle`, read once: a switch for
@@ -46,12 +47,75 @@ fn dilate(x: &Tensor, s: usize) -> candle_core::Result<Tensor> {
         .narrow(3, 0, (w - 1) * s + 1)
 }
 
-/// The kernel mirrored along both spatial axes.
-fn flip(k: &Tensor) -> candle_core::Result<Tensor> {
-    let k = k.contiguous()?;
-    let (_, _, kh, kw) = k.dims4()?;
-    k.index_select(&crate::ops::indices(kh, true, k.device())?, 2)?
-        .index_select(&crate::ops::indices(kw, true, k.device())?, 3)
+/// The forward kernel of the `s`² output phases of a transposed convolution by `k` (in, out,
+/// kh, kw): phase `(p, q)`'s sub-kernel holds the taps `(p + s·j, q + s·l)` (zero past the
+/// kernel's end, `J = ceil(kh / s)` taps per phase), flipped, and the phases are stacked as output
+/// channels: `(s·s·out, in, J, Jw)`, phase-major. With `s = 1`, the flipped kernel in the forward
+/// layout (out, in, kh, kw).
+///
+/// One gather of `k`'s values (a selection of zeros after it when `s` does not divide the
+/// kernel), the indices made once per shape and device: a padding, a layout copy and two flips
+/// were six kernels or more on a GPU.
+fn phase_kernels(k: &Tensor, s: usize) -> candle_core::Result<Tensor> {
+    let (cin, cout, kh, kw) = k.dims4()?;
+    let (jh, jw) = (kh.div_ceil(s), kw.div_ceil(s));
+    let (idx, inside) = phase_indices([cin, cout, kh, kw, s], k.device())?;
+    let g = k.contiguous()?.flatten_all()?.index_select(&idx, 0)?;
+    let g = match inside {
+        Some(m) => m.where_cond(&g, &crate::ops::zeros_view(&g)?)?,
+        None => g,
+    };
+    g.reshape((s * s * cout, cin, jh, jw))
+}
+
+/// [`phase_kernels`]'s source index for each element, and which elements are taps of the kernel
+/// (`None` when all are), made once per `[in, out, kh, kw, s]` and device.
+fn phase_indices(
+    key: [usize; 5],
+    device: &candle_core::Device,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    type Cache = Vec<(candle_core::Device, [usize; 5], Tensor, Option<Tensor>)>;
+    static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, i, m)) = cache
+        .iter()
+        .find(|(d, k, _, _)| *k == key && d.same_device(device))
+    {
+        return Ok((i.clone(), m.clone()));
+    }
+    let [cin, cout, kh, kw, s] = key;
+    let (jh, jw) = (kh.div_ceil(s), kw.div_ceil(s));
+    let n = s * s * cout * cin * jh * jw;
+    let (mut idx, mut inside) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for p in 0..s {
+        for q in 0..s {
+            for o in 0..cout {
+                for i in 0..cin {
+                    for a in 0..jh {
+                        for b in 0..jw {
+                            let (r, c) = (p + s * (jh - 1 - a), q + s * (jw - 1 - b));
+                            let tap = r < kh && c < kw;
+                            let at = if tap {
+                                ((i * cout + o) * kh + r) * kw + c
+                            } else {
+                                0
+                            };
+                            idx.push(at as u32);
+                            inside.push(u8::from(tap));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mask = if inside.iter().all(|&t| t == 1) {
+        None
+    } else {
+        Some(Tensor::from_vec(inside, n, device)?)
+    };
+    let idx = Tensor::from_vec(idx, n, device)?;
+    cache.push((device.clone(), key, idx.clone(), mask.clone()));
+    Ok((idx, mask))
 }
 
 /// `conv2d(x, k)` with `padding` zeros on every side (pad `x` first for other paddings),
@@ -123,7 +187,7 @@ fn conv_transpose2d_dilated(
     let (eh, ew) = ((kh - 1) * dilation, (kw - 1) * dilation);
     let (p, ph, pw) = split_padding((eh, eh), (ew, ew));
     let xp = pad_hw(&dilate(x, stride)?, ph, pw)?;
-    let kf = flip(&k.transpose(0, 1)?)?;
+    let kf = phase_kernels(k, 1)?;
     conv2d(&xp, &kf, p, 1, dilation)
 }
 
@@ -139,19 +203,11 @@ fn conv_transpose2d_dilated(
 /// output's `(h - 1)·s + kh`, and the rows past it (zeros) are cut off.
 fn conv_transpose2d_phases(x: &Tensor, k: &Tensor, s: usize) -> Result<Tensor> {
     let (n, _, h, w) = x.dims4()?;
-    let (cin, cout, kh, kw) = k.dims4()?;
+    let (_, cout, kh, kw) = k.dims4()?;
     let (jh, jw) = (kh.div_ceil(s), kw.div_ceil(s));
-    // (in, out, J·s, Jw·s) -> (in, out, J, s, Jw, s) -> (s, s, out, in, J, Jw): the sub-kernel of
-    // phase (p, q) holds the taps (p + s·j, q + s·l).
-    let kp = k
-        .pad_with_zeros(2, 0, jh * s - kh)?
-        .pad_with_zeros(3, 0, jw * s - kw)?
-        .reshape((cin, cout, jh, s, jw, s))?
-        .permute((3, 5, 1, 0, 2, 4))?
-        .reshape((s * s * cout, cin, jh, jw))?;
     // A phase is a full correlation with its sub-kernel: pad by J - 1, flip the taps.
     let (p, ph, pw) = split_padding((jh - 1, jh - 1), (jw - 1, jw - 1));
-    let y = conv2d(&pad_hw(x, ph, pw)?, &flip(&kp)?, p, 1, 1)?;
+    let y = conv2d(&pad_hw(x, ph, pw)?, &phase_kernels(k, s)?, p, 1, 1)?;
     // (N, s·s·out, R, C) -> (N, out, R, s, C, s) -> (N, out, R·s, C·s), then the full size.
     let (r, c) = (h + jh - 1, w + jw - 1);
     let y = y
@@ -227,14 +283,42 @@ fn layer_grads(
     Ok(grads)
 }
 
+/// The part of a convolution layer's activation `act` that its graph node applies, and the part
+/// left to apply after it: the node takes the elementwise ones (the activation's ops then also
+/// turn the NCHW result into the node's NHWC output, and the activation is no node of its own,
+/// with its output copy and, in the backward pass, candle's accumulation of its input's
+/// gradient); softmax (over the last axis of the layer's data format) and GELU (differentiated by
+/// candle) are applied after.
+pub(crate) fn split_activation(act: Activation) -> (Activation, Activation) {
+    match act {
+        Activation::Softmax | Activation::Gelu => (Activation::Linear, act),
+        _ => (act, Activation::Linear),
+    }
+}
+
+/// The node's value: `act` of the NCHW result `y`, channels last, and what `act`'s backward
+/// needs besides the output.
+fn activated(act: Activation, y: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+    let y = y.permute((0, 2, 3, 1))?;
+    match act.forward_saving(&y)? {
+        Some(v) => Ok(v),
+        None => Err(crate::Error::value(format!(
+            "a convolution's graph node cannot apply the activation {}; apply it after the node",
+            act.name()
+        ))),
+    }
+}
+
 /// A `Conv2D` layer (channels last) as one node of the recorded graph ([`crate::tape::node`]):
 /// `x` (N, H, W, in) in the compute dtype, `kernel` the (kh, kw, in, out) variable, `bias` the
-/// (out) variable, `pads` the ((top, bottom), (left, right)) zero padding. The layout changes,
-/// the padding and the bias are done on detached tensors, so the backward pass pays candle's
-/// per-argument accumulation once, for `x`, and hands the variables' gradients to the tape.
+/// (out) variable, `pads` the ((top, bottom), (left, right)) zero padding, `act` an elementwise
+/// activation ([`split_activation`]). The layout changes, the padding, the bias and the
+/// activation are done on detached tensors, so the backward pass pays candle's per-argument
+/// accumulation once, for `x`, and hands the variables' gradients to the tape.
 ///
 /// # Errors
-/// Shapes that do not make a convolution, or a device failure.
+/// Shapes that do not make a convolution, an activation that is not elementwise, or a device
+/// failure.
 pub(crate) fn conv2d_layer(
     x: &Tensor,
     kernel: &Tensor,
@@ -242,6 +326,7 @@ pub(crate) fn conv2d_layer(
     pads: ((usize, usize), (usize, usize)),
     stride: usize,
     dilation: usize,
+    act: Activation,
 ) -> Result<Tensor> {
     let (s, d) = (stride, dilation);
     let dt = x.dtype();
@@ -261,7 +346,9 @@ pub(crate) fn conv2d_layer(
     let (kdt, bdt) = (kernel.dtype(), bias.map(|b| b.dtype()));
     let mut args = vec![x, kernel];
     args.extend(bias);
-    crate::tape::node(&args, &y.permute((0, 2, 3, 1))?, move |gy, _, needs| {
+    let (value, saved) = activated(act, &y)?;
+    crate::tape::node(&args, &value, move |gy, out, needs| {
+        let gy = &act.backward(gy, out, saved.as_ref())?;
         let gyn = gy.permute((0, 3, 1, 2))?.contiguous()?;
         let gx = if needs[0] {
             // The transposed convolution of the output gradient by the same kernel, over the
@@ -291,18 +378,18 @@ pub(crate) fn conv2d_layer(
 /// A `Conv2DTranspose` layer (channels last) as one node of the recorded graph, as
 /// [`conv2d_layer`]: `x` (N, H, W, in), `kernel` the (kh, kw, out, in) variable, `bias` (out);
 /// of the full transposed output, the window of `rows.1` rows from `rows.0` and `cols.1` columns
-/// from `cols.0` is kept (zeros past the full output's end).
+/// from `cols.0` is kept (zeros past the full output's end); `act` as there.
 ///
 /// # Errors
-/// Shapes that do not make a convolution, or a device failure.
+/// As [`conv2d_layer`].
 pub(crate) fn conv_transpose2d_layer(
     x: &Tensor,
     kernel: &Tensor,
     bias: Option<&Tensor>,
-    rows: (usize, usize),
-    cols: (usize, usize),
+    (rows, cols): ((usize, usize), (usize, usize)),
     stride: usize,
     dilation: usize,
+    act: Activation,
 ) -> Result<Tensor> {
     let (s, d) = (stride, dilation);
     let dt = x.dtype();
@@ -323,7 +410,9 @@ pub(crate) fn conv_transpose2d_layer(
     let (kdt, bdt) = (kernel.dtype(), bias.map(|b| b.dtype()));
     let mut args = vec![x, kernel];
     args.extend(bias);
-    crate::tape::node(&args, &y.permute((0, 2, 3, 1))?, move |gy, _, needs| {
+    let (value, saved) = activated(act, &y)?;
+    crate::tape::node(&args, &value, move |gy, out, needs| {
+        let gy = &act.backward(gy, out, saved.as_ref())?;
         // The gradient of the full output: the kept window's, zeros elsewhere.
         let gyn = gy.permute((0, 3, 1, 2))?;
         let gfull = gyn
@@ -554,6 +643,54 @@ mod tests {
         }
     }
 
+    /// The phases' kernel from one gather equals its construction from candle's ops: the kernel
+    /// zero padded to a multiple of the stride, split into phases, stacked and flipped (also
+    /// stride 1: the flipped kernel in the forward layout).
+    #[test]
+    fn phase_kernels_are_the_split_flipped_kernel() {
+        let flip = |k: &Tensor| {
+            let (_, _, kh, kw) = k.dims4().unwrap();
+            let dev = k.device();
+            k.contiguous()
+                .unwrap()
+                .index_select(&crate::ops::indices(kh, true, dev).unwrap(), 2)
+                .unwrap()
+                .index_select(&crate::ops::indices(kw, true, dev).unwrap(), 3)
+                .unwrap()
+        };
+        for (i, &(cin, cout, kh, kw, s)) in [
+            (3, 2, 4, 4, 2),
+            (2, 3, 3, 5, 2),
+            (1, 2, 5, 3, 3),
+            (2, 2, 3, 3, 1),
+            (2, 1, 1, 2, 2),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let k = rand(&[cin, cout, kh, kw], 300 + i as u64);
+            let (jh, jw) = (kh.div_ceil(s), kw.div_ceil(s));
+            let want = flip(
+                &k.pad_with_zeros(2, 0, jh * s - kh)
+                    .unwrap()
+                    .pad_with_zeros(3, 0, jw * s - kw)
+                    .unwrap()
+                    .reshape((cin, cout, jh, s, jw, s))
+                    .unwrap()
+                    .permute((3, 5, 1, 0, 2, 4))
+                    .unwrap()
+                    .reshape((s * s * cout, cin, jh, jw))
+                    .unwrap(),
+            );
+            let got = phase_kernels(&k, s).unwrap();
+            assert_eq!(got.dims(), want.dims(), "geometry {i}");
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(flat(&got), flat(&want), "geometry {i}");
+            // The second call (cached indices) gives the same.
+            assert_eq!(flat(&phase_kernels(&k, s).unwrap()), flat(&want));
+        }
+    }
+
     /// Conv2D and Conv2DTranspose layers (Keras "same"/"valid" padding, strides, bias,
     /// activation) give the same values and gradients through the other devices' path as through
     /// the CPU kernels.
@@ -561,7 +698,7 @@ mod tests {
     fn layers_agree_with_the_cpu_kernels() {
         use crate::layers::{Conv2D, Conv2DTranspose, Layer};
         type Make = fn() -> Box<dyn Layer>;
-        let makes: [Make; 5] = [
+        let makes: [Make; 8] = [
             || Box::new(Conv2D::new(3, (3, 3)).padding("same").unwrap().strides(2)),
             || Box::new(Conv2D::new(2, (3, 2)).activation("relu").unwrap()),
             || {
@@ -583,6 +720,25 @@ mod tests {
                 )
             },
             || Box::new(Conv2DTranspose::new(2, (3, 3)).strides(2)),
+            || {
+                Box::new(
+                    Conv2D::new(3, (3, 3))
+                        .padding("same")
+                        .unwrap()
+                        .strides(2)
+                        .activation("leaky_relu")
+                        .unwrap(),
+                )
+            },
+            || {
+                Box::new(
+                    Conv2DTranspose::new(2, (2, 3))
+                        .strides(2)
+                        .activation("sigmoid")
+                        .unwrap(),
+                )
+            },
+            || Box::new(Conv2D::new(3, (2, 2)).activation("softmax").unwrap()),
         ];
         for (i, make) in makes.iter().enumerate() {
             let x = rand(&[2, 7, 8, 3], 100 + i as u64);
