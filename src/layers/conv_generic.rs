@@ -413,23 +413,33 @@ pub(crate) fn conv_transpose2d_layer(
     let (value, saved) = activated(act, &y)?;
     crate::tape::node(&args, &value, move |gy, out, needs| {
         let gy = &act.backward(gy, out, saved.as_ref())?;
-        // The gradient of the full output: the kept window's, zeros elsewhere.
+        // The gradient of the full output: the kept window's, zeros elsewhere. When the window
+        // lies inside the full output, the zeros are padding: what all four sides share is the
+        // convolutions' own (Keras's "same" crops as much on each side), the rest padded here.
         let gyn = gy.permute((0, 3, 1, 2))?;
-        let gfull = gyn
-            .pad_with_zeros(2, rows.0, fh.saturating_sub(rows.0 + rows.1))?
-            .pad_with_zeros(3, cols.0, fw.saturating_sub(cols.0 + cols.1))?
-            .narrow(2, 0, fh)?
-            .narrow(3, 0, fw)?
-            .contiguous()?;
+        let (gfull, p) = if rows.0 + rows.1 <= fh && cols.0 + cols.1 <= fw {
+            let (p, ph, pw) = split_padding(
+                (rows.0, fh - rows.0 - rows.1),
+                (cols.0, fw - cols.0 - cols.1),
+            );
+            (pad_hw(&gyn, ph, pw)?.contiguous()?, p)
+        } else {
+            let g = gyn
+                .pad_with_zeros(2, rows.0, fh.saturating_sub(rows.0 + rows.1))?
+                .pad_with_zeros(3, cols.0, fw.saturating_sub(cols.0 + cols.1))?
+                .narrow(2, 0, fh)?
+                .narrow(3, 0, fw)?;
+            (g.contiguous()?, 0)
+        };
         let gx = if needs[0] {
             // The forward convolution that this layer transposes.
-            Some(gfull.conv2d(&k, 0, s, d, 1)?.permute((0, 2, 3, 1))?)
+            Some(gfull.conv2d(&k, p, s, d, 1)?.permute((0, 2, 3, 1))?)
         } else {
             None
         };
         // candle's kernel gradient of a transposed convolution.
         let gk = if needs[1] {
-            Some(swapped_conv(&gfull, &xn, 0, s, d)?)
+            Some(swapped_conv(&gfull, &xn, p, s, d)?)
         } else {
             None
         };
@@ -698,7 +708,7 @@ mod tests {
     fn layers_agree_with_the_cpu_kernels() {
         use crate::layers::{Conv2D, Conv2DTranspose, Layer};
         type Make = fn() -> Box<dyn Layer>;
-        let makes: [Make; 8] = [
+        let makes: [Make; 9] = [
             || Box::new(Conv2D::new(3, (3, 3)).padding("same").unwrap().strides(2)),
             || Box::new(Conv2D::new(2, (3, 2)).activation("relu").unwrap()),
             || {
@@ -739,6 +749,15 @@ mod tests {
                 )
             },
             || Box::new(Conv2D::new(3, (2, 2)).activation("softmax").unwrap()),
+            // A kernel shorter than the stride: Keras's "same" window ends past the full output.
+            || {
+                Box::new(
+                    Conv2DTranspose::new(2, (1, 3))
+                        .strides(2)
+                        .padding("same")
+                        .unwrap(),
+                )
+            },
         ];
         for (i, make) in makes.iter().enumerate() {
             let x = rand(&[2, 7, 8, 3], 100 + i as u64);
