@@ -54,12 +54,11 @@ pub(crate) fn leaky_relu(x: &Tensor, slope: f32) -> Result<Tensor> {
 /// (and `-x` for the targets): nine ops forward, six for the gradient, instead of nine nodes.
 pub(crate) fn sigmoid_stable_bce(x: &Tensor, z: &Tensor) -> Result<Tensor> {
     let x = &to_float(x)?;
-    let value = |x: &Tensor, z: &Tensor| -> candle_core::Result<Tensor> {
-        let softplus = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
-        (x.relu()? - (x * z)?)? + softplus
-    };
     let (xd, zd) = (x.detach(), z.detach());
-    crate::tape::node(&[x, z], &value(&xd, &zd)?, move |g, _, needs| {
+    // The sum is the node's own op.
+    let softplus = (xd.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    let value = crate::tape::NodeValue::add(&(xd.relu()? - (&xd * &zd)?)?, &softplus)?;
+    crate::tape::node(&[x, z], value, move |g, _, needs| {
         let gx = if needs[0] {
             Some(((sigmoid(&xd).map_err(candle_core::Error::wrap)? - &zd)? * g)?)
         } else {
@@ -81,8 +80,10 @@ pub(crate) fn softmax_ce_from_logits(target: &Tensor, x: &Tensor) -> Result<Tens
     let x = &to_float(x)?;
     let (xd, td) = (x.detach(), target.detach());
     let log_p = log_softmax_last(&xd)?;
-    let value = (&td * &log_p)?.sum(D::Minus1)?.neg()?;
-    crate::tape::node(&[x, target], &value, move |g, _, needs| {
+    // The negation is the node's own op.
+    let value =
+        crate::tape::NodeValue::unary(crate::tape::Unary::Neg, &(&td * &log_p)?.sum(D::Minus1)?);
+    crate::tape::node(&[x, target], value, move |g, _, needs| {
         let g = g.unsqueeze(D::Minus1)?;
         let gx = if needs[0] {
             let p = log_p.exp()?;

@@ -3,6 +3,7 @@
 use candle_core::Tensor;
 
 use super::{Layer, unique_name};
+use crate::tape::{NodeValue, Unary};
 use crate::{Error, Result};
 
 /// An activation function, by Keras name.
@@ -73,7 +74,7 @@ impl Activation {
         {
             // One node of the graph (see `tape::node`), differentiated from its output.
             let act = *self;
-            return crate::tape::node(&[x], &y, move |g, y, _| {
+            return crate::tape::node(&[x], y, move |g, y, _| {
                 Ok(vec![Some(act.backward(g, y, saved.as_ref())?)])
             });
         }
@@ -99,23 +100,28 @@ impl Activation {
         self.apply(&x.broadcast_add(bias)?)
     }
 
-    /// Off our CPU kernels: `self(z)` of a `z` whose graph is not recorded, from candle's ops,
-    /// with what [`Activation::backward`] needs besides the output (LeakyReLU's sign mask);
-    /// `None` for GELU, left to candle's own differentiation.
-    pub(crate) fn forward_saving(&self, z: &Tensor) -> Result<Option<(Tensor, Option<Tensor>)>> {
+    /// Off our CPU kernels: `self(z)` of a `z` whose graph is not recorded, from candle's ops, as
+    /// a graph node's value (its last op left to the node), with what [`Activation::backward`]
+    /// needs besides the output (LeakyReLU's sign mask); `None` for GELU, left to candle's own
+    /// differentiation.
+    pub(crate) fn forward_saving(&self, z: &Tensor) -> Result<Option<(NodeValue, Option<Tensor>)>> {
         use crate::ops;
+        let z = &ops::to_float(z)?;
         Ok(Some(match *self {
-            Activation::Linear => (z.clone(), None),
-            Activation::Relu => (z.relu()?, None),
+            Activation::Linear => (NodeValue::from(z), None),
+            Activation::Relu => (NodeValue::unary(Unary::Relu, z), None),
             Activation::LeakyRelu(s) => {
-                let z = &ops::to_float(z)?;
                 let positive = z.gt(&ops::zeros_view(z)?)?;
-                let y = positive.where_cond(z, &(z * s as f64)?)?;
+                let y = NodeValue::select(&positive, z, &(z * s as f64)?)?;
                 (y, Some(positive))
             }
-            Activation::Sigmoid => (ops::sigmoid(z)?, None),
-            Activation::Tanh => (z.tanh()?, None),
-            Activation::Softmax => (ops::softmax_last(z)?, None),
+            // 1 / (1 + exp(-z)), as `ops::sigmoid`.
+            Activation::Sigmoid => (
+                NodeValue::unary(Unary::Recip, &(z.neg()?.exp()? + 1.0)?),
+                None,
+            ),
+            Activation::Tanh => (NodeValue::unary(Unary::Tanh, z), None),
+            Activation::Softmax => (NodeValue::from(&ops::softmax_last(z)?), None),
             Activation::Gelu => return Ok(None),
         }))
     }

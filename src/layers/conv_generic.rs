@@ -298,7 +298,7 @@ pub(crate) fn split_activation(act: Activation) -> (Activation, Activation) {
 
 /// The node's value: `act` of the NCHW result `y`, channels last, and what `act`'s backward
 /// needs besides the output.
-fn activated(act: Activation, y: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+fn activated(act: Activation, y: &Tensor) -> Result<(crate::tape::NodeValue, Option<Tensor>)> {
     let y = y.permute((0, 2, 3, 1))?;
     match act.forward_saving(&y)? {
         Some(v) => Ok(v),
@@ -347,7 +347,7 @@ pub(crate) fn conv2d_layer(
     let mut args = vec![x, kernel];
     args.extend(bias);
     let (value, saved) = activated(act, &y)?;
-    crate::tape::node(&args, &value, move |gy, out, needs| {
+    crate::tape::node(&args, value, move |gy, out, needs| {
         let gy = &act.backward(gy, out, saved.as_ref())?;
         let gyn = gy.permute((0, 3, 1, 2))?.contiguous()?;
         let gx = if needs[0] {
@@ -411,7 +411,7 @@ pub(crate) fn conv_transpose2d_layer(
     let mut args = vec![x, kernel];
     args.extend(bias);
     let (value, saved) = activated(act, &y)?;
-    crate::tape::node(&args, &value, move |gy, out, needs| {
+    crate::tape::node(&args, value, move |gy, out, needs| {
         let gy = &act.backward(gy, out, saved.as_ref())?;
         // The gradient of the full output: the kept window's, zeros elsewhere. When the window
         // lies inside the full output, the zeros are padding: what all four sides share is the

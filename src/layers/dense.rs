@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::{Activation, Layer, unique_name};
-use crate::tape::Variable;
+use crate::tape::{NodeValue, Variable};
 use crate::{Error, Result};
 
 /// A weight penalty added to the model's losses (Keras's `regularizers.L1/L2/L1L2`).
@@ -247,16 +247,23 @@ fn dense_node(
     let x2 = x.detach().reshape(((), kernel.dims()[0]))?;
     let k = cast(&kernel.detach(), dt)?;
     let mut z = x2.matmul(&k)?;
-    if let Some(b) = bias {
-        z = z.broadcast_add(&cast(&b.detach(), dt)?)?;
-    }
-    let Some((y, saved)) = act.forward_saving(&z)? else {
-        return Ok(None);
+    let (y, saved) = match (bias, act) {
+        // The bias's addition is the node's own op.
+        (Some(b), Activation::Linear) => (NodeValue::add(&z, &cast(&b.detach(), dt)?)?, None),
+        _ => {
+            if let Some(b) = bias {
+                z = z.broadcast_add(&cast(&b.detach(), dt)?)?;
+            }
+            match act.forward_saving(&z)? {
+                Some(v) => v,
+                None => return Ok(None),
+            }
+        }
     };
     let (kdt, bdt) = (kernel.dtype(), bias.map(|b| b.dtype()));
     let mut args = vec![x, kernel];
     args.extend(bias);
-    let y = crate::tape::node(&args, &y, move |g, y, needs| {
+    let y = crate::tape::node(&args, y, move |g, y, needs| {
         let gz = act.backward(&g.reshape(((), units))?, y, saved.as_ref())?;
         let gx = if needs[0] {
             Some(gz.matmul(&k.t()?)?)

@@ -290,9 +290,10 @@ pub(crate) type NodeBackward =
 /// One node of the recorded graph for a computation done outside it: `value` was computed from
 /// `args` (one to three) on detached tensors, and `backward` gives, from the gradient of the
 /// output, the output itself and which arguments need a gradient ([`wanted`], read when the
-/// backward pass runs), one gradient (or `None`) per argument. The output is a
-/// contiguous copy of `value` (a strided view such as an NCHW to NHWC permutation becomes that
-/// copy, at no extra cost); the node lets go of `value` once it is copied.
+/// backward pass runs), one gradient (or `None`) per argument. The node runs the value's last
+/// op itself ([`NodeValue`]: an activation's selection, a bias's addition, ..., or a contiguous
+/// copy, which turns a strided view such as an NCHW to NHWC permutation into the output at no
+/// extra cost), and lets go of the value's tensors once it has run.
 ///
 /// What this saves off the CPU: candle's backward pass adds every gradient into a fresh zero
 /// tensor of its argument's shape (two kernels per edge of the graph), so a layer built from
@@ -301,17 +302,18 @@ pub(crate) type NodeBackward =
 /// gradients reach the tape directly ([`route`]).
 pub(crate) fn node(
     args: &[&Tensor],
-    value: &Tensor,
+    value: impl Into<NodeValue>,
     backward: impl Fn(&Tensor, &Tensor, &[bool]) -> candle_core::Result<Vec<Option<Tensor>>>
     + Send
     + Sync
     + 'static,
 ) -> Result<Tensor> {
+    let value = value.into();
     if !args.iter().any(|a| a.track_op()) {
-        return Ok(value.contiguous()?);
+        return value.materialize();
     }
     let op = Node {
-        value: std::sync::Mutex::new(Some(value.detach())),
+        value: std::sync::Mutex::new(Some(value)),
         arity: args.len(),
         backward: Arc::new(backward),
     };
@@ -328,15 +330,83 @@ pub(crate) fn node(
     })
 }
 
-struct Node {
-    value: std::sync::Mutex<Option<Tensor>>,
-    arity: usize,
-    backward: Arc<NodeBackward>,
+/// A [`node`]'s output, from tensors computed on detached tensors: the last op of the
+/// computation, which the node runs itself, so that its output is that op's result rather than
+/// a copy of it (one kernel and one buffer fewer per node off the CPU).
+pub(crate) enum NodeValue {
+    /// A contiguous copy of the tensor (a strided view, such as a permutation, becomes that copy).
+    Copy(Tensor),
+    /// `mask ? on_true : on_false` (`mask` u8), all of one shape.
+    Where(Tensor, Tensor, Tensor),
+    /// `a + b`, of one shape and dtype (either may be a broadcast view).
+    Add(Tensor, Tensor),
+    /// An elementwise op of one tensor.
+    Unary(Unary, Tensor),
 }
 
-impl Node {
-    /// The value, contiguous, on the storage of the device the op runs on.
-    fn fwd<S>(
+/// The elementwise ops that [`NodeValue::Unary`] runs.
+#[derive(Clone, Copy)]
+pub(crate) enum Unary {
+    Relu,
+    Tanh,
+    Recip,
+    Neg,
+}
+
+impl From<&Tensor> for NodeValue {
+    fn from(t: &Tensor) -> Self {
+        NodeValue::Copy(t.detach())
+    }
+}
+
+impl NodeValue {
+    /// `mask ? on_true : on_false`.
+    ///
+    /// # Errors
+    /// Tensors of different shapes, or values of different dtypes.
+    pub(crate) fn select(mask: &Tensor, on_true: &Tensor, on_false: &Tensor) -> Result<Self> {
+        same_shape("select", &[mask, on_true, on_false])?;
+        same_dtype("select", on_true, on_false)?;
+        Ok(NodeValue::Where(
+            mask.detach(),
+            on_true.detach(),
+            on_false.detach(),
+        ))
+    }
+
+    /// `a + b`; `b` broadcast to `a`'s shape.
+    ///
+    /// # Errors
+    /// A `b` that does not broadcast to `a`, or of another dtype.
+    pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Self> {
+        same_dtype("add", a, b)?;
+        Ok(NodeValue::Add(
+            a.detach(),
+            b.broadcast_as(a.shape())?.detach(),
+        ))
+    }
+
+    /// The elementwise `op` of `t`.
+    pub(crate) fn unary(op: Unary, t: &Tensor) -> Self {
+        NodeValue::Unary(op, t.detach())
+    }
+
+    /// The output with candle's tensor ops (nothing recorded).
+    fn materialize(&self) -> Result<Tensor> {
+        Ok(match self {
+            NodeValue::Copy(t) => t.contiguous()?,
+            NodeValue::Where(m, a, b) => m.where_cond(a, b)?,
+            NodeValue::Add(a, b) => (a + b)?,
+            NodeValue::Unary(Unary::Relu, t) => t.relu()?,
+            NodeValue::Unary(Unary::Tanh, t) => t.tanh()?,
+            NodeValue::Unary(Unary::Recip, t) => t.recip()?,
+            NodeValue::Unary(Unary::Neg, t) => t.neg()?,
+        })
+    }
+
+    /// The output on the storage of the device the op runs on: candle's own storage ops, as
+    /// its tensor ops call them.
+    fn run<S>(
         &self,
         pick: impl Fn(&candle_core::Storage) -> Option<&S>,
     ) -> candle_core::Result<(S, Shape)>
@@ -345,20 +415,100 @@ impl Node {
         S::Device: candle_core::backend::BackendDevice<Storage = S>,
     {
         use candle_core::backend::BackendDevice;
+        use candle_core::op;
+        match self {
+            NodeValue::Copy(t) => {
+                let (st, l) = t.storage_and_layout();
+                let src = pick(&st).ok_or_else(other_device)?;
+                // SAFETY: `copy_strided_src` writes every element of the new buffer.
+                let mut dst = unsafe { src.device().alloc_uninit(l.shape(), src.dtype())? };
+                src.copy_strided_src(&mut dst, 0, l)?;
+                Ok((dst, l.shape().clone()))
+            }
+            NodeValue::Where(m, a, b) => {
+                let ((sm, lm), (sa, la), (sb, lb)) = (
+                    m.storage_and_layout(),
+                    a.storage_and_layout(),
+                    b.storage_and_layout(),
+                );
+                let (pm, pa, pb) = (pick(&sm), pick(&sa), pick(&sb));
+                let (Some(pm), Some(pa), Some(pb)) = (pm, pa, pb) else {
+                    return Err(other_device());
+                };
+                Ok((pm.where_cond(lm, pa, la, pb, lb)?, lm.shape().clone()))
+            }
+            NodeValue::Add(a, b) => {
+                let ((sa, la), (sb, lb)) = (a.storage_and_layout(), b.storage_and_layout());
+                let (Some(pa), Some(pb)) = (pick(&sa), pick(&sb)) else {
+                    return Err(other_device());
+                };
+                Ok((pa.binary_impl::<op::Add>(pb, la, lb)?, la.shape().clone()))
+            }
+            NodeValue::Unary(u, t) => {
+                let (st, l) = t.storage_and_layout();
+                let src = pick(&st).ok_or_else(other_device)?;
+                let out = match u {
+                    Unary::Relu => src.unary_impl::<op::Relu>(l)?,
+                    Unary::Tanh => src.unary_impl::<op::Tanh>(l)?,
+                    Unary::Recip => src.unary_impl::<op::Recip>(l)?,
+                    Unary::Neg => src.unary_impl::<op::Neg>(l)?,
+                };
+                Ok((out, l.shape().clone()))
+            }
+        }
+    }
+}
+
+fn other_device() -> candle_core::Error {
+    candle_core::Error::Msg("a graph node's value is on another device".into())
+}
+
+fn same_shape(op: &str, ts: &[&Tensor]) -> Result<()> {
+    if ts.windows(2).any(|w| w[0].dims() != w[1].dims()) {
+        let shapes: Vec<_> = ts.iter().map(|t| format!("{:?}", t.dims())).collect();
+        return Err(Error::value(format!(
+            "a graph node's {op} needs tensors of one shape, received {}",
+            shapes.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+fn same_dtype(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.dtype() != b.dtype() {
+        return Err(Error::value(format!(
+            "a graph node's {op} needs values of one dtype, received {:?} and {:?}",
+            a.dtype(),
+            b.dtype()
+        )));
+    }
+    Ok(())
+}
+
+struct Node {
+    value: std::sync::Mutex<Option<NodeValue>>,
+    arity: usize,
+    backward: Arc<NodeBackward>,
+}
+
+impl Node {
+    /// The output, on the storage of the device the op runs on ([`NodeValue::run`]); the node lets
+    /// go of the value's tensors once it has run.
+    fn fwd<S>(
+        &self,
+        pick: impl Fn(&candle_core::Storage) -> Option<&S>,
+    ) -> candle_core::Result<(S, Shape)>
+    where
+        S: candle_core::backend::BackendStorage,
+        S::Device: candle_core::backend::BackendDevice<Storage = S>,
+    {
         let value = self
             .value
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .ok_or_else(|| candle_core::Error::Msg("a graph node runs once".into()))?;
-        let (storage, layout) = value.storage_and_layout();
-        let src = pick(&storage).ok_or_else(|| {
-            candle_core::Error::Msg("a graph node's value is on another device".into())
-        })?;
-        // SAFETY: `copy_strided_src` writes every element of the new buffer.
-        let mut dst = unsafe { src.device().alloc_uninit(layout.shape(), src.dtype())? };
-        src.copy_strided_src(&mut dst, 0, layout)?;
-        Ok((dst, layout.shape().clone()))
+        value.run(pick)
     }
 
     fn grads(
@@ -702,5 +852,62 @@ mod tests {
             }
             crate::kernels::FORCE.with(|f| f.set(false));
         }
+    }
+
+    /// Each kind of node value gives, as the node's output, what candle's tensor ops give for it
+    /// (strided and broadcast views included), and the same without anything recorded.
+    #[test]
+    fn node_values_run_as_candle_ops() {
+        let v = var("v", &[3, 4], 1.0);
+        let a = v.value().t().unwrap(); // a (4, 3) view
+        let b = (var("b", &[4, 3], 2.0).value() * 3.0).unwrap();
+        let row = var("r", &[3], 3.0).value();
+        let mask = a.gt(&crate::ops::zeros_view(&a).unwrap()).unwrap();
+        let plus_one = (b.abs().unwrap() + 1.0).unwrap();
+        let cases: Vec<(NodeValue, Tensor)> = vec![
+            (NodeValue::from(&a), a.contiguous().unwrap()),
+            (
+                NodeValue::select(&mask, &a, &b).unwrap(),
+                mask.where_cond(&a, &b).unwrap(),
+            ),
+            (
+                NodeValue::add(&a, &row).unwrap(),
+                a.broadcast_add(&row).unwrap(),
+            ),
+            (NodeValue::unary(Unary::Relu, &a), a.relu().unwrap()),
+            (NodeValue::unary(Unary::Tanh, &a), a.tanh().unwrap()),
+            (
+                NodeValue::unary(Unary::Recip, &plus_one),
+                plus_one.recip().unwrap(),
+            ),
+            (NodeValue::unary(Unary::Neg, &a), a.neg().unwrap()),
+        ];
+        for (i, (value, want)) in cases.into_iter().enumerate() {
+            let plain = value.materialize().unwrap();
+            let x = (v.as_tensor() * 1.0).unwrap();
+            let y = node(&[&x], value, |g, _, _| Ok(vec![Some(g.t()?)])).unwrap();
+            assert!(y.is_contiguous(), "case {i}");
+            for got in [&y, &plain] {
+                assert_eq!(
+                    got.to_vec2::<f32>().unwrap(),
+                    want.to_vec2::<f32>().unwrap(),
+                    "case {i}"
+                );
+            }
+            // The node is differentiated by its backward.
+            let g = GradientTape::gradient(&y, std::slice::from_ref(&v)).unwrap();
+            assert_eq!(g[0].dims(), &[3, 4]);
+        }
+        // Shapes or dtypes that do not go together are refused, with what was received.
+        let e = NodeValue::select(&mask, &a, &row)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("[4, 3]") && e.contains("[3]"), "{e}");
+        let e = NodeValue::add(&a, &a.to_dtype(DType::F64).unwrap())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("F32") && e.contains("F64"), "{e}");
     }
 }
