@@ -122,26 +122,49 @@ struct AccState {
     pending: Vec<Pending>,
 }
 
-/// One queued update: `values` holds (total, count) as a 2-vector when `weight` is `None`, else
-/// a one-element value to be multiplied by the host weight (the loss tracker's
-/// `value * batch_size`). `fetched` keeps the values once read from the device.
+/// One queued update: its `values` on the device (`kind` says what they are), and `fetched`,
+/// the values once read from the device.
 #[derive(Clone, Debug)]
 struct Pending {
     values: Tensor,
-    weight: Option<f64>,
+    kind: Queued,
     fetched: Arc<OnceLock<Vec<f32>>>,
 }
 
+/// What a [`Pending`] update's values are.
+#[derive(Clone, Copy, Debug)]
+enum Queued {
+    /// (total, count) as a 2-vector (sample-weighted updates).
+    Pair,
+    /// A one-element total; the count is known on the host (one per value).
+    Total(f64),
+    /// A one-element value to be multiplied by the host weight, which is also the count (the loss
+    /// tracker's `value * batch_size`).
+    Weighted(f64),
+}
+
 impl Pending {
-    fn new(values: Tensor, weight: Option<f64>) -> Self {
+    fn new(values: Tensor, kind: Queued) -> Self {
         Self {
             values,
-            weight,
+            kind,
             fetched: Arc::new(OnceLock::new()),
         }
     }
     fn len(&self) -> usize {
-        if self.weight.is_some() { 1 } else { 2 }
+        match self.kind {
+            Queued::Pair => 2,
+            Queued::Total(_) | Queued::Weighted(_) => 1,
+        }
+    }
+    /// (total, count) from the fetched values; NaN when they are missing.
+    fn pair(&self) -> (f64, f64) {
+        match (self.fetched.get(), self.kind) {
+            (Some(v), Queued::Pair) if v.len() == 2 => (v[0] as f64, v[1] as f64),
+            (Some(v), Queued::Total(n)) if v.len() == 1 => (v[0] as f64, n),
+            (Some(v), Queued::Weighted(w)) if v.len() == 1 => (v[0] as f64 * w, w),
+            _ => (f64::NAN, f64::NAN),
+        }
     }
 }
 
@@ -207,12 +230,8 @@ impl AccState {
             }
         }
         for p in &queued {
-            let pair = match (p.fetched.get(), p.weight) {
-                (Some(v), None) if v.len() == 2 => (v[0] as f64, v[1] as f64),
-                (Some(v), Some(w)) if v.len() == 1 => (v[0] as f64 * w, w),
-                _ => (f64::NAN, f64::NAN),
-            };
-            self.add(pair.0, pair.1);
+            let (total, count) = p.pair();
+            self.add(total, count);
         }
     }
     fn queue(&mut self, p: Pending) {
@@ -315,12 +334,15 @@ impl Accumulator {
         if queues(&values) {
             // Accelerator: queue the values, so the step's work is not waited for.
             let total = values.sum_all()?;
-            let count = match weight_sum {
-                Some(w) => w,
-                None => total.affine(0.0, values.dims().first().copied().unwrap_or(1) as f64)?,
+            let pending = match weight_sum {
+                Some(w) => Pending::new(Tensor::stack(&[total, w], 0)?, Queued::Pair),
+                // The count is the number of values: only the total waits on the device.
+                None => {
+                    let n = values.dims().first().copied().unwrap_or(1) as f64;
+                    Pending::new(total.reshape(1)?, Queued::Total(n))
+                }
             };
-            self.st()
-                .queue(Pending::new(Tensor::stack(&[total, count], 0)?, None));
+            self.st().queue(pending);
             return Ok(());
         }
         let weight_sum = match weight_sum {
@@ -343,7 +365,7 @@ impl Accumulator {
         let v = value.flatten_all()?.to_dtype(DType::F32)?;
         let st = self.st();
         if queues(&v) {
-            st.queue(Pending::new(v, Some(weight)));
+            st.queue(Pending::new(v, Queued::Weighted(weight)));
         } else {
             let x = v.to_vec1::<f32>()?[0] as f64;
             st.settle();
