@@ -16,12 +16,15 @@ m=json.load(sys.stdin)
 print(next(p["manifest_path"] for p in m["packages"] if p["name"]=="candle-core").rsplit("/",1)[0])')
 version=$(basename "$candle")
 mkdir -p "$work/src"
-if [ ! -f "$work/$version.patched" ]; then
+# Patched again when the patch changes.
+stamp="$work/$version.$(md5sum < scripts/kernel_count/patch_candle.py | cut -c1-12).patched"
+if [ ! -f "$stamp" ]; then
+  rm -f "$work"/*.patched
   rm -rf "$work/candle-core"
   cp -r "$candle" "$work/candle-core"
   chmod -R u+w "$work/candle-core"
   python3 scripts/kernel_count/patch_candle.py "$work/candle-core"
-  touch "$work/$version.patched"
+  touch "$stamp"
 fi
 cp scripts/kernel_count/main.rs "$work/src/main.rs"
 sed -i "s|#\[path = \"../../../examples/shared/gan.rs\"\]|#[path = \"$repo/examples/shared/gan.rs\"]|" "$work/src/main.rs"

@@ -18,12 +18,14 @@ mod gan;
 /// Prints the kernels per step (graph-node tallies apart) and, when collected, the call sites of
 /// the last `site_steps` steps.
 fn show(label: &str, counts: &BTreeMap<&'static str, u64>, steps: f64, site_steps: f64) {
-    // Host-device transfers and the pass-through clones of custom ops are not kernels.
+    // Host-device transfers, the pass-through clones of custom ops and the dispatch of a graph
+    // node (whose op is counted as itself) are not kernels.
     let not_kernel = |k: &str| {
         k.starts_with("node:")
             || matches!(
                 k,
-                "storage_from_slice"
+                "node-dispatch"
+                    | "storage_from_slice"
                     | "storage_from_cpu_storage"
                     | "storage_from_cpu_storage_owned"
                     | "to_cpu_storage"
