@@ -101,52 +101,59 @@ pub(crate) fn softmax_ce_from_logits(target: &Tensor, x: &Tensor) -> Result<Tens
     })
 }
 
-/// `0, 1, ..., n - 1` (or reversed) as u32 on `device`, made once per device, length and order:
-/// a copy from the host at every step would sit between the step's kernels on a GPU.
+/// Values made once per device and key (index tensors, constants) and kept for the process: a
+/// copy from the host at every step would sit between the step's kernels on a GPU.
+pub(crate) struct DeviceCache<K, V>(std::sync::Mutex<Vec<(candle_core::Device, K, V)>>);
+
+impl<K: PartialEq, V: Clone> DeviceCache<K, V> {
+    pub(crate) const fn new() -> Self {
+        Self(std::sync::Mutex::new(Vec::new()))
+    }
+
+    /// The value kept for `device` and `key`, made by `make` the first time.
+    pub(crate) fn get_or_make(
+        &self,
+        device: &candle_core::Device,
+        key: K,
+        make: impl FnOnce() -> candle_core::Result<V>,
+    ) -> candle_core::Result<V> {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, v)) = cache
+            .iter()
+            .find(|(d, k, _)| *k == key && d.same_device(device))
+        {
+            return Ok(v.clone());
+        }
+        let v = make()?;
+        cache.push((device.clone(), key, v.clone()));
+        Ok(v)
+    }
+}
+
+/// `0, 1, ..., n - 1` (or reversed) as u32 on `device`, made once per device, length and order
+/// ([`DeviceCache`]).
 pub(crate) fn indices(
     n: usize,
     reversed: bool,
     device: &candle_core::Device,
 ) -> candle_core::Result<Tensor> {
-    type Cache = Vec<(candle_core::Device, usize, bool, Tensor)>;
-    static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, _, _, t)) = cache
-        .iter()
-        .find(|(d, m, r, _)| *m == n && *r == reversed && d.same_device(device))
-    {
-        return Ok(t.clone());
-    }
-    let v: Vec<u32> = if reversed {
-        (0..n as u32).rev().collect()
-    } else {
-        (0..n as u32).collect()
-    };
-    let t = Tensor::from_vec(v, n, device)?;
-    cache.push((device.clone(), n, reversed, t.clone()));
-    Ok(t)
+    static CACHE: DeviceCache<(usize, bool), Tensor> = DeviceCache::new();
+    CACHE.get_or_make(device, (n, reversed), || {
+        let v: Vec<u32> = if reversed {
+            (0..n as u32).rev().collect()
+        } else {
+            (0..n as u32).collect()
+        };
+        Tensor::from_vec(v, n, device)
+    })
 }
 
 /// A zero of `like`'s dtype broadcast to its shape: a view of one value made once per device and
 /// dtype, for comparisons and selections against zero without a zero-filled buffer.
 pub(crate) fn zeros_view(like: &Tensor) -> candle_core::Result<Tensor> {
-    type Cache = Vec<(candle_core::Device, DType, Tensor)>;
-    static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
+    static CACHE: DeviceCache<DType, Tensor> = DeviceCache::new();
     let (device, dtype) = (like.device(), like.dtype());
-    let zero = {
-        let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-        match cache
-            .iter()
-            .find(|(d, t, _)| *t == dtype && d.same_device(device))
-        {
-            Some((_, _, z)) => z.clone(),
-            None => {
-                let z = Tensor::zeros((), dtype, device)?;
-                cache.push((device.clone(), dtype, z.clone()));
-                z
-            }
-        }
-    };
+    let zero = CACHE.get_or_make(device, dtype, || Tensor::zeros((), dtype, device))?;
     zero.broadcast_as(like.shape())
 }
 

@@ -74,15 +74,16 @@ fn phase_indices(
     key: [usize; 5],
     device: &candle_core::Device,
 ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-    type Cache = Vec<(candle_core::Device, [usize; 5], Tensor, Option<Tensor>)>;
-    static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, _, i, m)) = cache
-        .iter()
-        .find(|(d, k, _, _)| *k == key && d.same_device(device))
-    {
-        return Ok((i.clone(), m.clone()));
-    }
+    static CACHE: crate::ops::DeviceCache<[usize; 5], (Tensor, Option<Tensor>)> =
+        crate::ops::DeviceCache::new();
+    CACHE.get_or_make(device, key, || make_phase_indices(key, device))
+}
+
+/// [`phase_indices`]'s tensors, made on `device`.
+fn make_phase_indices(
+    key: [usize; 5],
+    device: &candle_core::Device,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
     let [cin, cout, kh, kw, s] = key;
     let (jh, jw) = (kh.div_ceil(s), kw.div_ceil(s));
     let n = s * s * cout * cin * jh * jw;
@@ -113,9 +114,7 @@ fn phase_indices(
     } else {
         Some(Tensor::from_vec(inside, n, device)?)
     };
-    let idx = Tensor::from_vec(idx, n, device)?;
-    cache.push((device.clone(), key, idx.clone(), mask.clone()));
-    Ok((idx, mask))
+    Ok((Tensor::from_vec(idx, n, device)?, mask))
 }
 
 /// `conv2d(x, k)` with `padding` zeros on every side (pad `x` first for other paddings),
