@@ -295,11 +295,10 @@ pub(crate) fn split_activation(act: Activation) -> (Activation, Activation) {
     }
 }
 
-/// The node's value: `act` of the NCHW result `y`, channels last, and what `act`'s backward
-/// needs besides the output.
+/// The node's value: `act` of the result `y` (channels last), and what `act`'s backward needs
+/// besides the output.
 fn activated(act: Activation, y: &Tensor) -> Result<(crate::tape::NodeValue, Option<Tensor>)> {
-    let y = y.permute((0, 2, 3, 1))?;
-    match act.forward_saving(&y)? {
+    match act.forward_saving(y)? {
         Some(v) => Ok(v),
         None => Err(crate::Error::value(format!(
             "a convolution's graph node cannot apply the activation {}; apply it after the node",
@@ -313,12 +312,33 @@ fn activated(act: Activation, y: &Tensor) -> Result<(crate::tape::NodeValue, Opt
 /// (out) variable, `pads` the ((top, bottom), (left, right)) zero padding, `act` an elementwise
 /// activation ([`split_activation`]). The layout changes, the padding, the bias and the
 /// activation are done on detached tensors, so the backward pass pays candle's per-argument
-/// accumulation once, for `x`, and hands the variables' gradients to the tape.
+/// accumulation once, for `x`, and hands the variables' gradients to the tape. By input pixel
+/// ([`conv2d_by_pixel`]) when that makes fewer values than the patches, else by patches.
 ///
 /// # Errors
 /// Shapes that do not make a convolution, an activation that is not elementwise, or a device
 /// failure.
 pub(crate) fn conv2d_layer(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    pads: ((usize, usize), (usize, usize)),
+    stride: usize,
+    dilation: usize,
+    act: Activation,
+) -> Result<Tensor> {
+    if let Some(g) = ByPixel::new(x, kernel, pads, stride, dilation)?
+        && by_pixel()
+        && g.fewer_values()
+    {
+        return conv2d_by_pixel(x, kernel, bias, g, act);
+    }
+    conv2d_by_patches(x, kernel, bias, pads, stride, dilation, act)
+}
+
+/// [`conv2d_layer`] as candle's `conv2d` (patches, or cuDNN), differentiated by forward
+/// convolutions.
+fn conv2d_by_patches(
     x: &Tensor,
     kernel: &Tensor,
     bias: Option<&Tensor>,
@@ -345,7 +365,7 @@ pub(crate) fn conv2d_layer(
     let (kdt, bdt) = (kernel.dtype(), bias.map(|b| b.dtype()));
     let mut args = vec![x, kernel];
     args.extend(bias);
-    let (value, saved) = activated(act, &y)?;
+    let (value, saved) = activated(act, &y.permute((0, 2, 3, 1))?)?;
     crate::tape::node(&args, value, move |gy, out, needs| {
         let gy = &act.backward(gy, out, saved.as_ref())?;
         let gyn = gy.permute((0, 3, 1, 2))?.contiguous()?;
@@ -371,6 +391,252 @@ pub(crate) fn conv2d_layer(
             None
         };
         layer_grads(gx, gk, (kh, kw, kdt), gy, bdt.map(|dt| (dt, needs[2])))
+    })
+}
+
+/// Whether a convolution to fewer values per input pixel than its patches hold runs by input
+/// pixel ([`conv2d_by_pixel`], the default), or always by patches (`FERROKERAS_CONV=im2col`, read
+/// once: a switch for measuring one against the other).
+fn by_pixel() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FERROKERAS_CONV").map_or(true, |v| v != "im2col"))
+}
+
+/// The shapes of a convolution layer's step by input pixel ([`conv2d_by_pixel`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct ByPixel {
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    f: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    dilation: usize,
+    top: usize,
+    left: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl ByPixel {
+    /// The geometry of `x` (N, H, W, in) convolved by `kernel` (kh, kw, in, out), or `None` when
+    /// the shapes make no convolution (the patches' path then says why) or its indices would not
+    /// fit in u32.
+    fn new(
+        x: &Tensor,
+        kernel: &Tensor,
+        ((top, bottom), (left, right)): ((usize, usize), (usize, usize)),
+        stride: usize,
+        dilation: usize,
+    ) -> Result<Option<Self>> {
+        let (n, h, w, c) = x.dims4()?;
+        let (kh, kw, kc, f) = kernel.dims4()?;
+        if kc != c || kh == 0 || kw == 0 || stride == 0 || dilation == 0 {
+            return Ok(None);
+        }
+        let (eh, ew) = ((kh - 1) * dilation + 1, (kw - 1) * dilation + 1);
+        let (ph, pw) = (h + top + bottom, w + left + right);
+        if ph < eh || pw < ew {
+            return Ok(None);
+        }
+        let (oh, ow) = ((ph - eh) / stride + 1, (pw - ew) / stride + 1);
+        let taps = kh * kw;
+        if (h * w).max(oh * ow).saturating_mul(taps) >= u32::MAX as usize {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            n,
+            h,
+            w,
+            c,
+            f,
+            kh,
+            kw,
+            stride,
+            dilation,
+            top,
+            left,
+            oh,
+            ow,
+        }))
+    }
+
+    fn taps(&self) -> usize {
+        self.kh * self.kw
+    }
+
+    /// Whether the products per input pixel (`taps · out` each) are fewer values than the patches
+    /// (`taps · in` per output position): the GAN's last convolution (128 channels to 1, 7x7)
+    /// makes 49 values per pixel instead of 6 272.
+    fn fewer_values(&self) -> bool {
+        self.h * self.w * self.f < self.oh * self.ow * self.c
+    }
+
+    /// For each output position and tap, the index (pixel · taps + tap) of the product that it
+    /// sums, and for each input pixel and tap, the output position that the pair feeds (u32::MAX,
+    /// candle's index for a zero, where none): made once per geometry and device.
+    fn indices(&self, device: &candle_core::Device) -> candle_core::Result<(Tensor, Tensor)> {
+        static CACHE: crate::ops::DeviceCache<ByPixel, (Tensor, Tensor)> =
+            crate::ops::DeviceCache::new();
+        // The indices do not depend on the batch or the channels.
+        let key = Self {
+            n: 0,
+            c: 0,
+            f: 0,
+            ..*self
+        };
+        CACHE.get_or_make(device, key, || {
+            let Self {
+                h,
+                w,
+                kh,
+                kw,
+                stride: s,
+                dilation: d,
+                top,
+                left,
+                oh,
+                ow,
+                ..
+            } = *self;
+            let taps = self.taps();
+            // The input row or column that tap `i` of output `o` reads, if inside.
+            let src = |o: usize, i: usize, pad: usize, len: usize| {
+                (o * s + i * d).checked_sub(pad).filter(|&q| q < len)
+            };
+            // The output row or column that tap `i` of input `p` feeds, if any.
+            let dst = |p: usize, i: usize, pad: usize, len: usize| {
+                (p + pad)
+                    .checked_sub(i * d)
+                    .filter(|q| q % s == 0 && q / s < len)
+                    .map(|q| q / s)
+            };
+            let mut gather = Vec::with_capacity(oh * ow * taps);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for i in 0..kh {
+                        for j in 0..kw {
+                            gather.push(match (src(oy, i, top, h), src(ox, j, left, w)) {
+                                (Some(y), Some(x)) => ((y * w + x) * taps + i * kw + j) as u32,
+                                _ => u32::MAX,
+                            });
+                        }
+                    }
+                }
+            }
+            let mut scatter = Vec::with_capacity(h * w * taps);
+            for py in 0..h {
+                for px in 0..w {
+                    for i in 0..kh {
+                        for j in 0..kw {
+                            scatter.push(match (dst(py, i, top, oh), dst(px, j, left, ow)) {
+                                (Some(y), Some(x)) => (y * ow + x) as u32,
+                                _ => u32::MAX,
+                            });
+                        }
+                    }
+                }
+            }
+            let (lg, ls) = (gather.len(), scatter.len());
+            Ok((
+                Tensor::from_vec(gather, lg, device)?,
+                Tensor::from_vec(scatter, ls, device)?,
+            ))
+        })
+    }
+}
+
+/// The sum over axis 2 of `t`, accumulated in float32 when `t` is a half type.
+fn sum_taps(t: &Tensor) -> candle_core::Result<Tensor> {
+    let dt = t.dtype();
+    if dt == candle_core::DType::F32 || dt == candle_core::DType::F64 {
+        t.sum(2)
+    } else {
+        t.to_dtype(candle_core::DType::F32)?.sum(2)?.to_dtype(dt)
+    }
+}
+
+/// [`conv2d_layer`] by input pixel ("kn2row"): one matrix product of the input's pixels
+/// (N·H·W, in) by the kernel as (in, taps·out), then each output the sum of the products that
+/// its window's taps give (one gather, one sum). The backward pass gathers, for each input pixel
+/// and tap, the output gradient that the pair fed, and both gradients are one product each with
+/// it. Buffers of `taps · out` values per input pixel, instead of patches of `taps · in` values
+/// per output position: for the GAN's last convolution (128 channels to 1, 7x7, 64 images of
+/// 28x28) 9.8 MB instead of 1.26 GB, forward and for the kernel gradient.
+fn conv2d_by_pixel(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    g: ByPixel,
+    act: Activation,
+) -> Result<Tensor> {
+    let dt = x.dtype();
+    let ByPixel {
+        n,
+        h,
+        w,
+        c,
+        f,
+        kh,
+        kw,
+        oh,
+        ow,
+        ..
+    } = g;
+    let taps = g.taps();
+    let (gather, scatter) = g.indices(x.device())?;
+    let xm = x.detach().reshape((n * h * w, c))?;
+    let wm = cast(kernel.detach(), dt)?
+        .permute((2, 0, 1, 3))?
+        .contiguous()?
+        .reshape((c, taps * f))?;
+    let z = xm.matmul(&wm)?.reshape((n, h * w * taps, f))?;
+    let y = z.index_select(&gather, 1)?.reshape((n, oh * ow, taps, f))?;
+    let mut y = sum_taps(&y)?.reshape((n, oh, ow, f))?;
+    if let Some(b) = bias {
+        y = y.broadcast_add(&cast(b.detach(), dt)?)?;
+    }
+    let (kdt, bdt) = (kernel.dtype(), bias.map(|b| b.dtype()));
+    let mut args = vec![x, kernel];
+    args.extend(bias);
+    let (value, saved) = activated(act, &y)?;
+    crate::tape::node(&args, value, move |gy, out, needs| {
+        let gy = &act.backward(gy, out, saved.as_ref())?;
+        // For each input pixel and tap, the gradient of the output that the pair fed.
+        let gs = if needs[0] || needs[1] {
+            Some(
+                gy.reshape((n, oh * ow, f))?
+                    .index_select(&scatter, 1)?
+                    .reshape((n * h * w, taps * f))?,
+            )
+        } else {
+            None
+        };
+        let (gx, gk) = match &gs {
+            Some(gs) => (
+                needs[0]
+                    .then(|| gs.matmul(&wm.t()?)?.reshape((n, h, w, c)))
+                    .transpose()?,
+                needs[1]
+                    .then(|| {
+                        let gk = xm.t()?.matmul(gs)?.reshape((c, kh, kw, f))?;
+                        cast(gk.permute((1, 2, 0, 3))?.contiguous()?, kdt)
+                    })
+                    .transpose()?,
+            ),
+            None => (None, None),
+        };
+        let mut grads = vec![gx, gk];
+        if let Some(bdt) = bdt {
+            grads.push(
+                needs[2]
+                    .then(|| cast(gy.sum((0, 1, 2))?, bdt))
+                    .transpose()?,
+            );
+        }
+        Ok(grads)
     })
 }
 
@@ -409,7 +675,7 @@ pub(crate) fn conv_transpose2d_layer(
     let (kdt, bdt) = (kernel.dtype(), bias.map(|b| b.dtype()));
     let mut args = vec![x, kernel];
     args.extend(bias);
-    let (value, saved) = activated(act, &y)?;
+    let (value, saved) = activated(act, &y.permute((0, 2, 3, 1))?)?;
     crate::tape::node(&args, value, move |gy, out, needs| {
         let gy = &act.backward(gy, out, saved.as_ref())?;
         // The gradient of the full output: the kept window's, zeros elsewhere. When the window
@@ -700,6 +966,85 @@ mod tests {
         }
     }
 
+    /// A convolution layer by input pixel gives the values and the three gradients (input,
+    /// kernel, bias) of the same layer by patches: strides, dilations, Keras's uneven "same"
+    /// padding, windows that reach no input pixel, several output channels, an activation, the
+    /// gradients asked for one at a time, and float16 (summed in float32).
+    #[test]
+    fn by_pixel_equals_by_patches() {
+        use crate::layers::Activation;
+        type Case = (
+            [usize; 4],
+            [usize; 2],
+            usize,
+            ((usize, usize), (usize, usize)),
+            usize,
+            usize,
+        );
+        // (x shape, kernel size, out channels, pads, stride, dilation)
+        let cases: [Case; 7] = [
+            ([2, 9, 8, 5], [7, 7], 1, ((3, 3), (3, 3)), 1, 1),
+            ([2, 7, 8, 3], [3, 3], 2, ((0, 1), (1, 1)), 2, 1),
+            ([1, 8, 7, 4], [3, 2], 3, ((2, 2), (0, 3)), 1, 2),
+            ([3, 6, 6, 2], [2, 2], 1, ((0, 0), (0, 0)), 1, 1),
+            ([2, 5, 9, 3], [4, 3], 1, ((1, 2), (0, 0)), 3, 1),
+            // Padding wider than the kernel: rows of outputs that read only zeros.
+            ([1, 4, 4, 3], [2, 2], 2, ((3, 2), (1, 4)), 1, 1),
+            ([2, 6, 5, 3], [1, 1], 2, ((0, 0), (0, 0)), 2, 1),
+        ];
+        let acts = [Activation::Linear, Activation::Relu, Activation::Sigmoid];
+        for (i, &(xs, [kh, kw], f, pads, s, d)) in cases.iter().enumerate() {
+            let act = acts[i % acts.len()];
+            let x = Variable::new("x", &rand(&xs, 10 + i as u64), true).unwrap();
+            let k = rand(&[kh, kw, xs[3], f], 20 + i as u64);
+            let k = Variable::new("k", &k, true).unwrap();
+            let b = Variable::new("b", &rand(&[f], 30 + i as u64), true).unwrap();
+            let g = ByPixel::new(x.as_tensor(), k.as_tensor(), pads, s, d)
+                .unwrap()
+                .unwrap();
+            let vars = [x.clone(), k.clone(), b.clone()];
+            let run = |by: bool, take: &[usize]| {
+                let (xt, kt, bt) = (x.as_tensor(), k.as_tensor(), Some(b.as_tensor()));
+                let y = if by {
+                    conv2d_by_pixel(xt, kt, bt, g, act).unwrap()
+                } else {
+                    conv2d_by_patches(xt, kt, bt, pads, s, d, act).unwrap()
+                };
+                let r = rand(y.dims(), 40 + i as u64);
+                let loss = (&y * &r).unwrap().sum_all().unwrap();
+                let wanted: Vec<Variable> = take.iter().map(|&j| vars[j].clone()).collect();
+                (y, GradientTape::gradient(&loss, &wanted).unwrap())
+            };
+            let (yp, gp) = run(false, &[0, 1, 2]);
+            let (yx, gx) = run(true, &[0, 1, 2]);
+            assert_eq!(yp.dims(), yx.dims(), "case {i}");
+            assert_eq!(yx.dims()[..3], [xs[0], g.oh, g.ow], "case {i}");
+            assert!(
+                max_rel(&yx, &yp) < 1e-5,
+                "case {i} values: {}",
+                max_rel(&yx, &yp)
+            );
+            for j in 0..3 {
+                assert!(max_rel(&gx[j], &gp[j]) < 1e-5, "case {i} gradient {j}");
+                let (_, alone) = run(true, &[j]);
+                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(flat(&alone[0]), flat(&gx[j]), "case {i} gradient {j} alone");
+            }
+            // Half precision: the same values within float16's rounding.
+            let half = |t: &Tensor| t.to_dtype(candle_core::DType::F16).unwrap();
+            let yh = conv2d_by_pixel(&half(x.as_tensor()), k.as_tensor(), None, g, act).unwrap();
+            let yh32 =
+                conv2d_by_patches(x.as_tensor(), k.as_tensor(), None, pads, s, d, act).unwrap();
+            assert_eq!(yh.dtype(), candle_core::DType::F16);
+            let yh = yh.to_dtype(candle_core::DType::F32).unwrap();
+            assert!(
+                max_rel(&yh, &yh32) < 1e-2,
+                "case {i} f16: {}",
+                max_rel(&yh, &yh32)
+            );
+        }
+    }
+
     /// Conv2D and Conv2DTranspose layers (Keras "same"/"valid" padding, strides, bias,
     /// activation) give the same values and gradients through the other devices' path as through
     /// the CPU kernels.
@@ -707,7 +1052,7 @@ mod tests {
     fn layers_agree_with_the_cpu_kernels() {
         use crate::layers::{Conv2D, Conv2DTranspose, Layer};
         type Make = fn() -> Box<dyn Layer>;
-        let makes: [Make; 9] = [
+        let makes: [Make; 10] = [
             || Box::new(Conv2D::new(3, (3, 3)).padding("same").unwrap().strides(2)),
             || Box::new(Conv2D::new(2, (3, 2)).activation("relu").unwrap()),
             || {
@@ -748,6 +1093,16 @@ mod tests {
                 )
             },
             || Box::new(Conv2D::new(3, (2, 2)).activation("softmax").unwrap()),
+            // To fewer channels than in: by input pixel (the GAN's last layer).
+            || {
+                Box::new(
+                    Conv2D::new(1, (7, 7))
+                        .padding("same")
+                        .unwrap()
+                        .activation("sigmoid")
+                        .unwrap(),
+                )
+            },
             // A kernel shorter than the stride: Keras's "same" window ends past the full output.
             || {
                 Box::new(
