@@ -53,68 +53,48 @@ fn dilate(x: &Tensor, s: usize) -> candle_core::Result<Tensor> {
 /// channels: `(s·s·out, in, J, Jw)`, phase-major. With `s = 1`, the flipped kernel in the forward
 /// layout (out, in, kh, kw).
 ///
-/// One gather of `k`'s values (a selection of zeros after it when `s` does not divide the
-/// kernel), the indices made once per shape and device: a padding, a layout copy and two flips
-/// were six kernels or more on a GPU.
+/// One gather of `k`'s values (candle's gather gives zero for the index u32::MAX: the taps past
+/// the kernel's end when `s` does not divide it), the indices made once per shape and device: a
+/// padding, a layout copy and two flips were six kernels or more on a GPU.
 fn phase_kernels(k: &Tensor, s: usize) -> candle_core::Result<Tensor> {
     let (cin, cout, kh, kw) = k.dims4()?;
     let (jh, jw) = (kh.div_ceil(s), kw.div_ceil(s));
-    let (idx, inside) = phase_indices([cin, cout, kh, kw, s], k.device())?;
-    let g = k.contiguous()?.flatten_all()?.index_select(&idx, 0)?;
-    let g = match inside {
-        Some(m) => m.where_cond(&g, &crate::ops::zeros_view(&g)?)?,
-        None => g,
-    };
-    g.reshape((s * s * cout, cin, jh, jw))
+    let idx = phase_indices([cin, cout, kh, kw, s], k.device())?;
+    k.contiguous()?
+        .flatten_all()?
+        .index_select(&idx, 0)?
+        .reshape((s * s * cout, cin, jh, jw))
 }
 
-/// [`phase_kernels`]'s source index for each element, and which elements are taps of the kernel
-/// (`None` when all are), made once per `[in, out, kh, kw, s]` and device.
-fn phase_indices(
-    key: [usize; 5],
-    device: &candle_core::Device,
-) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-    static CACHE: crate::ops::DeviceCache<[usize; 5], (Tensor, Option<Tensor>)> =
-        crate::ops::DeviceCache::new();
-    CACHE.get_or_make(device, key, || make_phase_indices(key, device))
-}
-
-/// [`phase_indices`]'s tensors, made on `device`.
-fn make_phase_indices(
-    key: [usize; 5],
-    device: &candle_core::Device,
-) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-    let [cin, cout, kh, kw, s] = key;
-    let (jh, jw) = (kh.div_ceil(s), kw.div_ceil(s));
-    let n = s * s * cout * cin * jh * jw;
-    let (mut idx, mut inside) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for p in 0..s {
-        for q in 0..s {
-            for o in 0..cout {
-                for i in 0..cin {
-                    for a in 0..jh {
-                        for b in 0..jw {
-                            let (r, c) = (p + s * (jh - 1 - a), q + s * (jw - 1 - b));
-                            let tap = r < kh && c < kw;
-                            let at = if tap {
-                                ((i * cout + o) * kh + r) * kw + c
-                            } else {
-                                0
-                            };
-                            idx.push(at as u32);
-                            inside.push(u8::from(tap));
+/// [`phase_kernels`]'s source index for each element (u32::MAX for a zero), made once per
+/// `[in, out, kh, kw, s]` and device.
+fn phase_indices(key: [usize; 5], device: &candle_core::Device) -> candle_core::Result<Tensor> {
+    static CACHE: crate::ops::DeviceCache<[usize; 5], Tensor> = crate::ops::DeviceCache::new();
+    CACHE.get_or_make(device, key, || {
+        let [cin, cout, kh, kw, s] = key;
+        let (jh, jw) = (kh.div_ceil(s), kw.div_ceil(s));
+        let n = s * s * cout * cin * jh * jw;
+        let mut idx = Vec::with_capacity(n);
+        for p in 0..s {
+            for q in 0..s {
+                for o in 0..cout {
+                    for i in 0..cin {
+                        for a in 0..jh {
+                            for b in 0..jw {
+                                let (r, c) = (p + s * (jh - 1 - a), q + s * (jw - 1 - b));
+                                idx.push(if r < kh && c < kw {
+                                    (((i * cout + o) * kh + r) * kw + c) as u32
+                                } else {
+                                    u32::MAX
+                                });
+                            }
                         }
                     }
                 }
             }
         }
-    }
-    let mask = if inside.iter().all(|&t| t == 1) {
-        None
-    } else {
-        Some(Tensor::from_vec(inside, n, device)?)
-    };
-    Ok((Tensor::from_vec(idx, n, device)?, mask))
+        Tensor::from_vec(idx, n, device)
+    })
 }
 
 /// `conv2d(x, k)` with `padding` zeros on every side (pad `x` first for other paddings),
@@ -222,6 +202,40 @@ fn conv_transpose2d_phases(x: &Tensor, k: &Tensor, s: usize) -> Result<Tensor> {
 fn pad_hw(x: &Tensor, ph: (usize, usize), pw: (usize, usize)) -> candle_core::Result<Tensor> {
     x.pad_with_zeros(2, ph.0, ph.1)?
         .pad_with_zeros(3, pw.0, pw.1)
+}
+
+/// `t` (N, H, W, C) as a contiguous NCHW tensor with `(top, bottom)` zero rows and `(left,
+/// right)` zero columns: one gather (u32::MAX gives a zero) with indices made once per shape and
+/// device, where a layout copy and two paddings (a zero fill and two copies each) were seven
+/// kernels on a GPU.
+fn nchw_padded(t: &Tensor, ph: (usize, usize), pw: (usize, usize)) -> candle_core::Result<Tensor> {
+    let (n, h, w, c) = t.dims4()?;
+    if ph == (0, 0) && pw == (0, 0) {
+        return t.permute((0, 3, 1, 2))?.contiguous();
+    }
+    let (hh, ww) = (h + ph.0 + ph.1, w + pw.0 + pw.1);
+    static CACHE: crate::ops::DeviceCache<[usize; 7], Tensor> = crate::ops::DeviceCache::new();
+    let key = [h, w, c, ph.0, ph.1, pw.0, pw.1];
+    let idx = CACHE.get_or_make(t.device(), key, || {
+        let mut idx = Vec::with_capacity(c * hh * ww);
+        for ch in 0..c {
+            for y in 0..hh {
+                for x in 0..ww {
+                    let (sy, sx) = (y.wrapping_sub(ph.0), x.wrapping_sub(pw.0));
+                    idx.push(if sy < h && sx < w {
+                        ((sy * w + sx) * c + ch) as u32
+                    } else {
+                        u32::MAX
+                    });
+                }
+            }
+        }
+        let len = idx.len();
+        Tensor::from_vec(idx, len, t.device())
+    })?;
+    t.reshape((n, h * w * c))?
+        .index_select(&idx, 1)?
+        .reshape((n, c, hh, ww))
 }
 
 /// `t` (N, C, H, W) cut or zero-extended to `rows` x `cols`.
@@ -354,7 +368,7 @@ fn conv2d_by_patches(
     // The padding every side shares is the convolution's own; the rest (Keras's "same" with a
     // stride pads one side more) goes into the NCHW copy.
     let (p, ph, pw) = split_padding(pads.0, pads.1);
-    let xn = pad_hw(&x.detach().permute((0, 3, 1, 2))?, ph, pw)?.contiguous()?;
+    let xn = nchw_padded(&x.detach(), ph, pw)?;
     let k = cast(kernel.detach(), dt)?
         .permute((3, 2, 0, 1))?
         .contiguous()?;
@@ -681,15 +695,15 @@ pub(crate) fn conv_transpose2d_layer(
         // The gradient of the full output: the kept window's, zeros elsewhere. When the window
         // lies inside the full output, the zeros are padding: what all four sides share is the
         // convolutions' own (Keras's "same" crops as much on each side), the rest padded here.
-        let gyn = gy.permute((0, 3, 1, 2))?;
         let (gfull, p) = if rows.0 + rows.1 <= fh && cols.0 + cols.1 <= fw {
             let (p, ph, pw) = split_padding(
                 (rows.0, fh - rows.0 - rows.1),
                 (cols.0, fw - cols.0 - cols.1),
             );
-            (pad_hw(&gyn, ph, pw)?.contiguous()?, p)
+            (nchw_padded(gy, ph, pw)?, p)
         } else {
-            let g = gyn
+            let g = gy
+                .permute((0, 3, 1, 2))?
                 .pad_with_zeros(2, rows.0, fh.saturating_sub(rows.0 + rows.1))?
                 .pad_with_zeros(3, cols.0, fw.saturating_sub(cols.0 + cols.1))?
                 .narrow(2, 0, fh)?
@@ -963,6 +977,37 @@ mod tests {
             assert_eq!(flat(&got), flat(&want), "geometry {i}");
             // The second call (cached indices) gives the same.
             assert_eq!(flat(&phase_kernels(&k, s).unwrap()), flat(&want));
+        }
+    }
+
+    /// The gathered padding equals candle's permute and zero padding, on contiguous and strided
+    /// inputs.
+    #[test]
+    fn gathered_padding_is_the_padded_layout_copy() {
+        let pads = [
+            ((0, 1), (0, 1)),
+            ((2, 0), (1, 3)),
+            ((0, 0), (0, 0)),
+            ((1, 1), (0, 0)),
+        ];
+        for (i, &(ph, pw)) in pads.iter().enumerate() {
+            let t = rand(&[2, 3, 5, 4], 60 + i as u64);
+            // A strided view with the same values: (N, W, H, C) transposed back.
+            let strided = t
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap();
+            let want = pad_hw(&t.permute((0, 3, 1, 2)).unwrap(), ph, pw).unwrap();
+            for input in [&t, &strided] {
+                let got = nchw_padded(input, ph, pw).unwrap();
+                assert_eq!(got.dims(), want.dims(), "pads {i}");
+                assert!(got.is_contiguous());
+                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(flat(&got), flat(&want), "pads {i}");
+            }
         }
     }
 
