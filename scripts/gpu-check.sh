@@ -166,6 +166,9 @@ run)
     # Strided transposed convolutions as convolutions of the zero-dilated input.
     echo "W4 with FERROKERAS_CONV=dilated:" | tee -a "$sum"
     FERROKERAS_CONV=dilated .gpu/bin/workloads --device cuda w4 2>&1 | tail -n 1 | tee -a "$sum" || status=1
+    # Every convolution by patches (the GAN's last one too, by input pixel otherwise).
+    echo "W4 with FERROKERAS_CONV=im2col:" | tee -a "$sum"
+    FERROKERAS_CONV=im2col .gpu/bin/workloads --device cuda w4 2>&1 | tail -n 1 | tee -a "$sum" || status=1
   fi
   if [ "${BENCH_LAYERS:-1}" != 0 ]; then
     # Where W4's step goes, layer by layer (forward, backward) and per optimizer update.
