@@ -15,7 +15,9 @@
 //! work `fit` does, written by hand as the peers' PyTorch loop is (W2: shuffled batches, loss and
 //! accuracy sums read once per epoch; W4: the same `train_step` on consecutive batches); W2 again
 //! on consecutive rows, both ways.
-//! `--policy mixed_bfloat16` (any Keras dtype policy name) sets the global dtype policy first.
+//! `--policy mixed_bfloat16` (any Keras dtype policy name) sets the global dtype policy first;
+//! `--tf32` lets float32 products on CUDA run in TensorFloat-32
+//! (`runtime::enable_tensor_float_32_execution`).
 //! `w4layers` (only when named) times W4's step layer by layer, forward and backward, and each
 //! optimizer's update, next to the whole step: where a device spends it.
 //! `--device cuda` (or `FERROKERAS_DEVICE=cuda`) runs them on the GPU in a `cuda` build, with the
@@ -552,6 +554,10 @@ fn main() -> Result<()> {
         let name = args.get(i + 1).map_or("float32", String::as_str);
         ferrokeras::mixed_precision::set_global_policy(name)?;
         println!("dtype policy: {name}");
+    }
+    if args.iter().any(|a| a == "--tf32") {
+        ferrokeras::runtime::enable_tensor_float_32_execution(true);
+        println!("float32 products in TensorFloat-32 (on CUDA)");
     }
     let picked: Vec<String> = args
         .iter()

@@ -139,7 +139,7 @@ run)
   cp .gpu/gan/generated_final.png "$out/" 2>/dev/null || true
   echo "== benchmarks: ferrokeras" | tee -a "$sum"
   # BENCH_F32=0 / RUN_TORCH=0 / BENCH_AB=0 / BENCH_LAYERS=0 / BENCH_CUDNN=0 / OWN_KERNELS=0 /
-  # BENCH_BF16=0 leave a part out (for a short rerun); BENCH_CANDLE=1 adds W4 on candle's own
+  # BENCH_TF32=0 / BENCH_BF16=0 leave a part out (for a short rerun); BENCH_CANDLE=1 adds W4 on candle's own
   # convolution ops.
   if [ "${BENCH_F32:-1}" != 0 ]; then
     .gpu/bin/workloads --device cuda w2 w4 gemm 2>&1 | tee -a "$sum" || status=1
@@ -194,6 +194,12 @@ run)
     done
     cat .gpu/logs/fused-*.log >> "$out/tests.log"
     FERROKERAS_CUDA_KERNELS=on .gpu/bin/workloads --device cuda w2 w4 w4layers 2>&1 | grep "^| [WGDs]" | tee -a "$sum" || status=1
+  fi
+  if [ "${BENCH_TF32:-1}" != 0 ]; then
+    # Float32 products (and, without cuDNN, convolutions) in TensorFloat-32, as PyTorch's cuDNN
+    # convolutions run by default.
+    echo "With --tf32:" | tee -a "$sum"
+    .gpu/bin/workloads --device cuda --tf32 w2 w4 2>&1 | grep "^| W" | tee -a "$sum" || status=1
   fi
   if [ "${BENCH_BF16:-1}" != 0 ]; then
     .gpu/bin/workloads --device cuda --policy mixed_bfloat16 w2 w4 2>&1 | tee -a "$sum" || status=1

@@ -114,6 +114,37 @@ pub fn cpu_kernels_enabled() -> bool {
     crate::kernels::enabled()
 }
 
+/// Lets float32 matrix products on a CUDA device run in TensorFloat-32 (TensorFlow's
+/// `tf.config.experimental.enable_tensor_float_32_execution`; PyTorch's
+/// `torch.backends.cuda.matmul.allow_tf32`): cuBLAS then rounds the products' inputs to 10
+/// mantissa bits and runs them on tensor cores (Ampere and later: several times the float32
+/// rate), accumulating in float32. This covers every product and, without cuDNN, every
+/// convolution (patches times kernel). Off by default, as in PyTorch and candle, so that a GPU's
+/// results match the CPU's within float32 rounding (TensorFlow turns it on by default). With the
+/// `cudnn` feature, cuDNN's convolutions use TensorFloat-32 as cuDNN's default math allows,
+/// whatever this setting (as PyTorch's convolutions do by default). No effect on the CPU.
+///
+/// ```
+/// ferrokeras::runtime::enable_tensor_float_32_execution(true);
+/// assert!(ferrokeras::runtime::tensor_float_32_execution_enabled());
+/// ferrokeras::runtime::enable_tensor_float_32_execution(false);
+/// assert!(!ferrokeras::runtime::tensor_float_32_execution_enabled());
+/// ```
+pub fn enable_tensor_float_32_execution(enabled: bool) {
+    TF32.store(enabled, std::sync::atomic::Ordering::Relaxed);
+    candle_core::cuda::set_gemm_reduced_precision_f32(enabled);
+}
+
+/// Whether float32 products on CUDA may run in TensorFloat-32
+/// ([`enable_tensor_float_32_execution`]; off by default).
+pub fn tensor_float_32_execution_enabled() -> bool {
+    TF32.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The setting of [`enable_tensor_float_32_execution`] (candle's own flag reads back only in a
+/// `cuda` build).
+static TF32: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Sets the device that layers put their weights on and that `fit`, `evaluate` and `predict`
 /// move batches to when a model has no weights yet (Keras places everything on the first GPU;
 /// here the choice is explicit).

@@ -218,3 +218,43 @@ fn mixed_float16_compile_wraps_the_optimizer_and_fit_trains() {
     assert!(losses[0] < 10.0, "{losses:?}");
     assert!(losses[4] < 0.5 * losses[0], "{losses:?}");
 }
+
+/// TensorFloat-32 (`runtime::enable_tensor_float_32_execution`): off by default; on a CUDA device
+/// it rounds float32 products' inputs to TF32 (results within 1e-2 of float32's, and visibly not
+/// float32's), and on the CPU it changes nothing.
+#[test]
+fn tensor_float_32_changes_only_cuda_products() {
+    let _g = serial();
+    assert!(!ferrokeras::runtime::tensor_float_32_execution_enabled());
+    let (m, k, n) = (128, 512, 96);
+    let a: Vec<f32> = (0..m * k).map(|i| ((i as f32) * 0.731).sin()).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| ((i as f32) * 0.377).cos()).collect();
+    let cpu = candle_core::Device::Cpu;
+    let product = |d: &candle_core::Device| {
+        let a = Tensor::from_slice(&a, (m, k), d).unwrap();
+        let b = Tensor::from_slice(&b, (k, n), d).unwrap();
+        a.matmul(&b).unwrap().to_device(&cpu).unwrap()
+    };
+    let rel = |x: &Tensor, y: &Tensor| {
+        let d = (x - y).unwrap().abs().unwrap().max_all().unwrap();
+        let s = y.abs().unwrap().max_all().unwrap();
+        d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap()
+    };
+    let reference = product(&cpu);
+    let full = product(&dev());
+    ferrokeras::runtime::enable_tensor_float_32_execution(true);
+    let tf32 = product(&dev());
+    ferrokeras::runtime::enable_tensor_float_32_execution(false);
+    assert!(
+        rel(&full, &reference) < 1e-5,
+        "float32: {}",
+        rel(&full, &reference)
+    );
+    if dev().is_cpu() {
+        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(bits(&tf32), bits(&reference));
+    } else {
+        let e = rel(&tf32, &reference);
+        assert!(e > 1e-5 && e < 1e-2, "TF32 against float32: {e}");
+    }
+}
