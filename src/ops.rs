@@ -53,19 +53,61 @@ pub(crate) fn leaky_relu(x: &Tensor, slope: f32) -> Result<Tensor> {
 /// One node of the recorded graph ([`crate::tape::node`]), differentiated as `sigmoid(x) - z`
 /// (and `-x` for the targets): nine ops forward, six for the gradient, instead of nine nodes.
 pub(crate) fn sigmoid_stable_bce(x: &Tensor, z: &Tensor) -> Result<Tensor> {
+    bce_node(x, z, false)
+}
+
+/// [`sigmoid_stable_bce`] reduced as a Keras loss reduces it without sample weights: the mean
+/// over the last axis, then the sum over the rest divided by its count (`sum_over_batch_size`),
+/// with the same ops as that reduction, so the same value. The reduction is inside the node: the
+/// backward pass has no gradient to accumulate for the elementwise values, the per-sample means
+/// and their sum (off the CPU, two kernels each, and each reduction's own backward op).
+pub(crate) fn sigmoid_stable_bce_mean(x: &Tensor, z: &Tensor) -> Result<Tensor> {
+    bce_node(x, z, true)
+}
+
+fn bce_node(x: &Tensor, z: &Tensor, mean: bool) -> Result<Tensor> {
     let x = &to_float(x)?;
     let (xd, zd) = (x.detach(), z.detach());
-    // The sum is the node's own op.
     let softplus = (xd.abs()?.neg()?.exp()? + 1.0)?.log()?;
-    let value = crate::tape::NodeValue::add(&(xd.relu()? - (&xd * &zd)?)?, &softplus)?;
+    let linear = (xd.relu()? - (&xd * &zd)?)?;
+    // The value, and the factors by which the gradient of the output becomes each element's.
+    let (value, scale) = if mean {
+        let per = (linear + softplus)?;
+        let (per, last) = match per.rank() {
+            0 => (per, 1.0),
+            r => {
+                let last = per.dims()[r - 1] as f64;
+                (per.mean(D::Minus1)?, last)
+            }
+        };
+        let n = per.elem_count().max(1) as f64;
+        let value = crate::tape::NodeValue::from(&(per.sum_all()? / n)?);
+        (value, Some((n, last)))
+    } else {
+        // The sum is the node's own op.
+        (crate::tape::NodeValue::add(&linear, &softplus)?, None)
+    };
     crate::tape::node(&[x, z], value, move |g, _, needs| {
+        let g = match scale {
+            // As the reduction's ops differentiate: the division by the count, then the mean's.
+            Some((n, last)) => {
+                let g = g.affine(1.0 / n, 0.0)?;
+                if last == 1.0 {
+                    g
+                } else {
+                    g.affine(1.0 / last, 0.0)?
+                }
+            }
+            None => g.clone(),
+        };
         let gx = if needs[0] {
-            Some(((sigmoid(&xd).map_err(candle_core::Error::wrap)? - &zd)? * g)?)
+            let d = (sigmoid(&xd).map_err(candle_core::Error::wrap)? - &zd)?;
+            Some(d.broadcast_mul(&g)?)
         } else {
             None
         };
         let gz = if needs[1] {
-            Some((xd.neg()? * g)?)
+            Some(xd.neg()?.broadcast_mul(&g)?)
         } else {
             None
         };
@@ -77,14 +119,37 @@ pub(crate) fn sigmoid_stable_bce(x: &Tensor, z: &Tensor) -> Result<Tensor> {
 /// differentiated as `softmax(x) · sum(target) - target` (and `-log_softmax(x)` for the
 /// targets), the softmax from the forward pass's log-probabilities.
 pub(crate) fn softmax_ce_from_logits(target: &Tensor, x: &Tensor) -> Result<Tensor> {
+    ce_node(target, x, false)
+}
+
+/// [`softmax_ce_from_logits`] reduced as a Keras loss reduces it without sample weights: the
+/// sum over the samples divided by their count, inside the node (as
+/// [`sigmoid_stable_bce_mean`]).
+pub(crate) fn softmax_ce_from_logits_mean(target: &Tensor, x: &Tensor) -> Result<Tensor> {
+    ce_node(target, x, true)
+}
+
+fn ce_node(target: &Tensor, x: &Tensor, mean: bool) -> Result<Tensor> {
     let x = &to_float(x)?;
     let (xd, td) = (x.detach(), target.detach());
     let log_p = log_softmax_last(&xd)?;
-    // The negation is the node's own op.
-    let value =
-        crate::tape::NodeValue::unary(crate::tape::Unary::Neg, &(&td * &log_p)?.sum(D::Minus1)?);
+    let sum = (&td * &log_p)?.sum(D::Minus1)?;
+    let (value, count) = if mean {
+        let n = sum.elem_count().max(1) as f64;
+        let value = crate::tape::NodeValue::from(&(sum.neg()?.sum_all()? / n)?);
+        (value, Some(n))
+    } else {
+        // The negation is the node's own op.
+        (
+            crate::tape::NodeValue::unary(crate::tape::Unary::Neg, &sum),
+            None,
+        )
+    };
     crate::tape::node(&[x, target], value, move |g, _, needs| {
-        let g = g.unsqueeze(D::Minus1)?;
+        let g = match count {
+            Some(n) => g.affine(1.0 / n, 0.0)?,
+            None => g.unsqueeze(D::Minus1)?,
+        };
         let gx = if needs[0] {
             let p = log_p.exp()?;
             let p = p.broadcast_mul(&td.sum_keepdim(D::Minus1)?)?;

@@ -10,7 +10,7 @@ pub use compiled::CompiledLoss;
 
 use candle_core::{D, DType, Tensor};
 
-use crate::ops::sigmoid_stable_bce;
+use crate::ops::{sigmoid_stable_bce, sigmoid_stable_bce_mean};
 use crate::{Error, Result};
 
 /// Clipping constant for probabilities (Keras's `backend.epsilon()`).
@@ -260,10 +260,7 @@ impl Loss for BinaryCrossentropy {
         "binary_crossentropy"
     }
     fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
-        let (mut t, p) = prepare(self.name(), y_true, y_pred)?;
-        if self.label_smoothing > 0.0 {
-            t = ((t * (1.0 - self.label_smoothing))? + 0.5 * self.label_smoothing)?;
-        }
+        let (t, p) = self.targets(y_true, y_pred)?;
         let per_elem = if self.from_logits {
             sigmoid_stable_bce(&p, &t)?
         } else {
@@ -273,6 +270,30 @@ impl Loss for BinaryCrossentropy {
             (pos + neg)?.neg()?
         };
         mean_last(&per_elem)
+    }
+    fn compute(
+        &self,
+        y_true: &Tensor,
+        y_pred: &Tensor,
+        sample_weight: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        if self.from_logits && sample_weight.is_none() {
+            // The same value as below, the reduction inside the loss's graph node.
+            let (t, p) = self.targets(y_true, y_pred)?;
+            return sigmoid_stable_bce_mean(&p, &t);
+        }
+        reduce_weighted(&self.call(y_true, y_pred)?, sample_weight)
+    }
+}
+
+impl BinaryCrossentropy {
+    /// The targets (smoothed) and the predictions, in float32 and of one shape.
+    fn targets(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (mut t, p) = prepare(self.name(), y_true, y_pred)?;
+        if self.label_smoothing > 0.0 {
+            t = ((t * (1.0 - self.label_smoothing))? + 0.5 * self.label_smoothing)?;
+        }
+        Ok((t, p))
     }
 }
 
@@ -325,6 +346,27 @@ impl Loss for CategoricalCrossentropy {
         "categorical_crossentropy"
     }
     fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
+        let (t, p) = self.targets(y_true, y_pred)?;
+        categorical_ce(&t, &p, self.from_logits)
+    }
+    fn compute(
+        &self,
+        y_true: &Tensor,
+        y_pred: &Tensor,
+        sample_weight: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        if self.from_logits && sample_weight.is_none() {
+            // The same value as below, the reduction inside the loss's graph node.
+            let (t, p) = self.targets(y_true, y_pred)?;
+            return crate::ops::softmax_ce_from_logits_mean(&t, &p);
+        }
+        reduce_weighted(&self.call(y_true, y_pred)?, sample_weight)
+    }
+}
+
+impl CategoricalCrossentropy {
+    /// The targets (smoothed) and the predictions, in float32 and of one shape with a class axis.
+    fn targets(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<(Tensor, Tensor)> {
         let (mut t, p) = prepare(self.name(), y_true, y_pred)?;
         if t.rank() == 0 {
             return Err(Error::value(
@@ -335,7 +377,7 @@ impl Loss for CategoricalCrossentropy {
             let k = t.dims()[t.rank() - 1] as f64;
             t = ((t * (1.0 - self.label_smoothing))? + self.label_smoothing / k)?;
         }
-        categorical_ce(&t, &p, self.from_logits)
+        Ok((t, p))
     }
 }
 
@@ -436,22 +478,7 @@ impl Loss for SparseCategoricalCrossentropy {
         "sparse_categorical_crossentropy"
     }
     fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
-        let mut t = y_true.clone();
-        if t.rank() == y_pred.rank() && t.rank() > 0 && t.dims()[t.rank() - 1] == 1 {
-            t = t.squeeze(t.rank() - 1)?;
-        }
-        if y_pred.rank() == 0
-            || t.rank() + 1 != y_pred.rank()
-            || t.dims() != &y_pred.dims()[..t.rank()]
-        {
-            return Err(Error::value(format!(
-                "sparse_categorical_crossentropy expects integer labels of shape (batch,) or (batch, 1) and predictions of shape (batch, classes). Received: y_true.shape={:?}, y_pred.shape={:?}",
-                y_true.dims(),
-                y_pred.dims()
-            )));
-        }
-        let k = y_pred.dims()[y_pred.rank() - 1];
-        let p = y_pred.to_dtype(DType::F32)?;
+        let (t, p, k) = sparse_targets(y_true, y_pred)?;
         if self.from_logits && k > 0 && crate::kernels::takes(&p) {
             // One op and a one-pass gradient on the CPU (same values as the ops below).
             let labels = checked_labels(&t.to_dtype(DType::F32)?, k)?;
@@ -462,6 +489,44 @@ impl Loss for SparseCategoricalCrossentropy {
         let oh = one_hot(&t, k)?;
         categorical_ce(&oh, &p, self.from_logits)
     }
+    fn compute(
+        &self,
+        y_true: &Tensor,
+        y_pred: &Tensor,
+        sample_weight: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        if self.from_logits && sample_weight.is_none() {
+            let (t, p, k) = sparse_targets(y_true, y_pred)?;
+            if !crate::kernels::takes(&p) {
+                // The same value as below, the reduction inside the loss's graph node (our CPU
+                // kernel, in `call`, is one op already).
+                return crate::ops::softmax_ce_from_logits_mean(&one_hot(&t, k)?, &p);
+            }
+        }
+        reduce_weighted(&self.call(y_true, y_pred)?, sample_weight)
+    }
+}
+
+/// Integer labels `(batch,)` (a trailing axis of one squeezed), the predictions in float32, and
+/// the number of classes.
+///
+/// # Errors
+/// Shapes that are not labels `(batch,)` or `(batch, 1)` for predictions `(batch, classes)`.
+fn sparse_targets(y_true: &Tensor, y_pred: &Tensor) -> Result<(Tensor, Tensor, usize)> {
+    let mut t = y_true.clone();
+    if t.rank() == y_pred.rank() && t.rank() > 0 && t.dims()[t.rank() - 1] == 1 {
+        t = t.squeeze(t.rank() - 1)?;
+    }
+    if y_pred.rank() == 0 || t.rank() + 1 != y_pred.rank() || t.dims() != &y_pred.dims()[..t.rank()]
+    {
+        return Err(Error::value(format!(
+            "sparse_categorical_crossentropy expects integer labels of shape (batch,) or (batch, 1) and predictions of shape (batch, classes). Received: y_true.shape={:?}, y_pred.shape={:?}",
+            y_true.dims(),
+            y_pred.dims()
+        )));
+    }
+    let k = y_pred.dims()[y_pred.rank() - 1];
+    Ok((t, y_pred.to_dtype(DType::F32)?, k))
 }
 
 /// Resolves a Keras loss shorthand (`"mse"`, `"binary_crossentropy"`, ...).
@@ -514,5 +579,73 @@ mod device_label_tests {
         for row in &oh[2..] {
             assert!(row.iter().all(|v| v.is_nan()), "{oh:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod reduced_node_tests {
+    use super::*;
+    use crate::GradientTape;
+    use crate::tape::Variable;
+    use candle_core::Device;
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        crate::random::set_random_seed(seed);
+        crate::random::uniform(shape, -3.0, 3.0, &Device::Cpu).unwrap()
+    }
+
+    fn bits(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// `compute` without sample weights (the reduction inside the loss's graph node) gives the
+    /// bits of `call` reduced by `reduce_weighted`: value, and the gradients for the predictions
+    /// and for the targets.
+    fn same_as_reduced(loss: &dyn Loss, y: &Tensor, p: &Tensor, what: &str) {
+        let (pv, yv) = (
+            Variable::new("p", p, true).unwrap(),
+            Variable::new("y", y, true).unwrap(),
+        );
+        let vars = [pv.clone(), yv.clone()];
+        let fused = loss.compute(yv.as_tensor(), pv.as_tensor(), None).unwrap();
+        let plain = reduce_weighted(&loss.call(yv.as_tensor(), pv.as_tensor()).unwrap(), None)
+            .unwrap();
+        assert_eq!(fused.dims(), &[] as &[usize], "{what}");
+        assert_eq!(bits(&fused), bits(&plain), "{what} value");
+        let gf = GradientTape::gradient(&fused, &vars).unwrap();
+        let gp = GradientTape::gradient(&plain, &vars).unwrap();
+        assert_eq!(bits(&gf[0]), bits(&gp[0]), "{what} prediction gradient");
+        assert_eq!(bits(&gf[1]), bits(&gp[1]), "{what} target gradient");
+    }
+
+    #[test]
+    fn reductions_inside_the_node_give_the_same_bits() {
+        let targets = |s: &[usize], seed| rand(s, seed).affine(1.0 / 6.0, 0.5).unwrap();
+        for (i, shape) in [[64, 1], [5, 3], [7, 4]].iter().enumerate() {
+            let (y, p) = (targets(shape, 1 + i as u64), rand(shape, 11 + i as u64));
+            let bce = BinaryCrossentropy::new().from_logits(true);
+            same_as_reduced(&bce, &y, &p, &format!("bce {shape:?}"));
+            let smooth = BinaryCrossentropy::new().from_logits(true).label_smoothing(0.1);
+            same_as_reduced(&smooth, &y, &p, &format!("bce smoothed {shape:?}"));
+            let cce = CategoricalCrossentropy::new().from_logits(true).label_smoothing(0.2);
+            same_as_reduced(&cce, &y, &p, &format!("cce {shape:?}"));
+        }
+        // Sparse labels on the other devices' path (on the CPU our kernel is one op already).
+        crate::kernels::FORCE.with(|f| f.set(true));
+        let labels = Tensor::new(&[2f32, 0.0, 1.0, 3.0, 3.0], &Device::Cpu).unwrap();
+        let p = rand(&[5, 4], 21);
+        let scce = SparseCategoricalCrossentropy::new().from_logits(true);
+        let pv = Variable::new("p", &p, true).unwrap();
+        let fused = scce.compute(&labels, pv.as_tensor(), None).unwrap();
+        let plain = reduce_weighted(&scce.call(&labels, pv.as_tensor()).unwrap(), None).unwrap();
+        assert_eq!(bits(&fused), bits(&plain));
+        let gf = GradientTape::gradient(&fused, std::slice::from_ref(&pv)).unwrap();
+        let gp = GradientTape::gradient(&plain, std::slice::from_ref(&pv)).unwrap();
+        assert_eq!(bits(&gf[0]), bits(&gp[0]));
+        // The labels' errors are those of `call`.
+        let bad = Tensor::new(&[[2f32], [0.0]], &Device::Cpu).unwrap();
+        let e = scce.compute(&bad, &p, None).unwrap_err().to_string();
+        assert!(e.contains("labels of shape (batch,) or (batch, 1)"), "{e}");
+        crate::kernels::FORCE.with(|f| f.set(false));
     }
 }
