@@ -608,8 +608,8 @@ mod reduced_node_tests {
         );
         let vars = [pv.clone(), yv.clone()];
         let fused = loss.compute(yv.as_tensor(), pv.as_tensor(), None).unwrap();
-        let plain = reduce_weighted(&loss.call(yv.as_tensor(), pv.as_tensor()).unwrap(), None)
-            .unwrap();
+        let plain =
+            reduce_weighted(&loss.call(yv.as_tensor(), pv.as_tensor()).unwrap(), None).unwrap();
         assert_eq!(fused.dims(), &[] as &[usize], "{what}");
         assert_eq!(bits(&fused), bits(&plain), "{what} value");
         let gf = GradientTape::gradient(&fused, &vars).unwrap();
@@ -625,9 +625,13 @@ mod reduced_node_tests {
             let (y, p) = (targets(shape, 1 + i as u64), rand(shape, 11 + i as u64));
             let bce = BinaryCrossentropy::new().from_logits(true);
             same_as_reduced(&bce, &y, &p, &format!("bce {shape:?}"));
-            let smooth = BinaryCrossentropy::new().from_logits(true).label_smoothing(0.1);
+            let smooth = BinaryCrossentropy::new()
+                .from_logits(true)
+                .label_smoothing(0.1);
             same_as_reduced(&smooth, &y, &p, &format!("bce smoothed {shape:?}"));
-            let cce = CategoricalCrossentropy::new().from_logits(true).label_smoothing(0.2);
+            let cce = CategoricalCrossentropy::new()
+                .from_logits(true)
+                .label_smoothing(0.2);
             same_as_reduced(&cce, &y, &p, &format!("cce {shape:?}"));
         }
         // Sparse labels on the other devices' path (on the CPU our kernel is one op already).
