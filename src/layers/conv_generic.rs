@@ -213,6 +213,10 @@ fn nchw_padded(t: &Tensor, ph: (usize, usize), pw: (usize, usize)) -> candle_cor
     if ph == (0, 0) && pw == (0, 0) {
         return t.permute((0, 3, 1, 2))?.contiguous();
     }
+    if h * w * c >= u32::MAX as usize {
+        // Images too large for u32 indices: the layout copy and the paddings.
+        return pad_hw(&t.permute((0, 3, 1, 2))?, ph, pw)?.contiguous();
+    }
     let (hh, ww) = (h + ph.0 + ph.1, w + pw.0 + pw.1);
     static CACHE: crate::ops::DeviceCache<[usize; 7], Tensor> = crate::ops::DeviceCache::new();
     let key = [h, w, c, ph.0, ph.1, pw.0, pw.1];
