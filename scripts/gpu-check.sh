@@ -138,9 +138,9 @@ run)
   python3 -c "print('GAN wall time: %.1f s' % ($end - $start))" | tee -a "$sum"
   cp .gpu/gan/generated_final.png "$out/" 2>/dev/null || true
   echo "== benchmarks: ferrokeras" | tee -a "$sum"
-  # BENCH_F32=0 / RUN_TORCH=0 / BENCH_AB=0 / BENCH_LAYERS=0 / BENCH_CUDNN=0 / OWN_KERNELS=0 /
-  # BENCH_TF32=0 / BENCH_BF16=0 leave a part out (for a short rerun); BENCH_CANDLE=1 adds W4 on candle's own
-  # convolution ops.
+  # BENCH_F32=0 / RUN_TORCH=0 / BENCH_AB=0 (cudarc's events, convolution paths) / BENCH_LAYERS=0 /
+  # BENCH_CUDNN=0 / OWN_KERNELS=0 / BENCH_TF32=0 / BENCH_BF16=0 leave a part out (for a short
+  # rerun); BENCH_CANDLE=1 adds W4 on candle's own convolution ops.
   if [ "${BENCH_F32:-1}" != 0 ]; then
     .gpu/bin/workloads --device cuda w2 w4 gemm 2>&1 | tee -a "$sum" || status=1
   fi
@@ -163,6 +163,10 @@ run)
     FERROKERAS_CONV=candle .gpu/bin/workloads --device cuda w4 2>&1 | tail -n 1 | tee -a "$sum" || status=1
   fi
   if [ "${BENCH_AB:-1}" != 0 ]; then
+    # cudarc's two events per buffer, which devices opened by this library go without
+    # (`runtime::device_from_name`): what keeping them costs.
+    echo "W2, W4 with FERROKERAS_CUDA_EVENTS=on:" | tee -a "$sum"
+    FERROKERAS_CUDA_EVENTS=on .gpu/bin/workloads --device cuda w2 w4 2>&1 | grep "^| W" | tee -a "$sum" || status=1
     # Strided transposed convolutions as convolutions of the zero-dilated input.
     echo "W4 with FERROKERAS_CONV=dilated:" | tee -a "$sum"
     FERROKERAS_CONV=dilated .gpu/bin/workloads --device cuda w4 2>&1 | tail -n 1 | tee -a "$sum" || status=1

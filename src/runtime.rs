@@ -51,7 +51,8 @@ static DEFAULT_DEVICE: RwLock<Option<Device>> = RwLock::new(None);
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 
 /// The device named by `name`: `"cpu"`, `"cuda"` (GPU 0), `"cuda:N"`, or `"auto"` (CUDA when
-/// this build has it and a GPU answers, else the CPU).
+/// this build has it and a GPU answers, else the CPU). A CUDA device opened here allocates without
+/// cudarc's per-buffer events (see [`cuda_event_tracking`]).
 ///
 /// ```
 /// let cpu = ferrokeras::runtime::device_from_name("cpu")?;
@@ -72,14 +73,16 @@ pub fn device_from_name(name: &str) -> crate::Result<Device> {
                 "device \"{name}\" asked for, but this build has no CUDA support; rebuild with `--features cuda` (or pick \"cpu\")"
             )));
         }
-        Device::new_cuda(ordinal).map_err(|e| {
+        let device = Device::new_cuda(ordinal).map_err(|e| {
             // candle's message may carry a backtrace after its first line.
             let e = e.to_string();
             let e = e.lines().next().unwrap_or("unknown error");
             crate::Error::value(format!(
                 "CUDA device {ordinal} could not be opened ({e}); check the driver with `nvidia-smi`, or pick \"cpu\""
             ))
-        })
+        })?;
+        single_stream_cuda(&device);
+        Ok(device)
     };
     match name.as_str() {
         "cpu" => Ok(Device::Cpu),
@@ -145,15 +148,63 @@ pub fn tensor_float_32_execution_enabled() -> bool {
 /// `cuda` build).
 static TF32: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Whether cudarc creates two CUDA events with each new buffer of `device`: its default, kept for
+/// a device that neither [`device_from_name`] nor [`set_default_device`] has seen, for one whose
+/// context runs several streams, and with `FERROKERAS_CUDA_EVENTS=on`. The events order a buffer's
+/// uses between streams; candle's device runs one, where cudarc never reads them, so this library
+/// turns them off (four driver calls fewer per op). Always `false` off CUDA.
+///
+/// ```
+/// assert!(!ferrokeras::runtime::cuda_event_tracking(&candle_core::Device::Cpu));
+/// ```
+pub fn cuda_event_tracking(device: &Device) -> bool {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => d.is_event_tracking(),
+        _ => false,
+    }
+}
+
+/// On a CUDA device whose context runs one stream (candle's `Device::new_cuda`: every op on the
+/// calling thread's default stream), turns off cudarc's event tracking, for the buffers allocated
+/// from then on.
+///
+/// cudarc creates two CUDA events with every buffer it allocates and destroys them with the
+/// buffer: four driver calls on the host per op, and an op is one kernel and one buffer on
+/// candle's CUDA backend. The events order the buffer's uses between streams, and cudarc reads
+/// them only when the context has more than one stream (`is_in_multi_stream_mode`); candle's
+/// device uses one, so they are never read. A program that starts more streams on the device's
+/// context itself orders the uses of buffers between them (cudarc's contract for buffers made
+/// without events); this is skipped when the context already runs several. The environment
+/// variable `FERROKERAS_CUDA_EVENTS=on` keeps the tracking (to compare).
+fn single_stream_cuda(device: &Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        let keep = std::env::var("FERROKERAS_CUDA_EVENTS").is_ok_and(|v| v == "on");
+        let stream = d.cuda_stream();
+        if !keep && d.is_event_tracking() && !stream.context().is_in_multi_stream_mode() {
+            // SAFETY: the context runs one stream, on which cudarc does not read a buffer's
+            // events (`is_managing_stream_synchronization` needs several streams); buffers made
+            // from now on have none. Ordering across streams, if the program starts more, is
+            // then the program's, as cudarc documents for buffers without events.
+            unsafe { d.disable_event_tracking() };
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = device;
+}
+
 /// Sets the device that layers put their weights on and that `fit`, `evaluate` and `predict`
 /// move batches to when a model has no weights yet (Keras places everything on the first GPU;
-/// here the choice is explicit).
+/// here the choice is explicit). A CUDA device given here allocates from then on without cudarc's
+/// per-buffer events (see [`cuda_event_tracking`]).
 ///
 /// ```
 /// ferrokeras::runtime::set_default_device(&candle_core::Device::Cpu);
 /// assert!(ferrokeras::runtime::default_device().is_cpu());
 /// ```
 pub fn set_default_device(device: &Device) {
+    single_stream_cuda(device);
     if let Ok(mut d) = DEFAULT_DEVICE.write() {
         *d = Some(device.clone());
     }

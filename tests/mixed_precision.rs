@@ -258,3 +258,25 @@ fn tensor_float_32_changes_only_cuda_products() {
         assert!(e > 1e-5 && e < 1e-2, "TF32 against float32: {e}");
     }
 }
+
+/// A CUDA device opened by name allocates its buffers without cudarc's two events each (four
+/// driver calls per op, read only when a context runs several streams), unless
+/// `FERROKERAS_CUDA_EVENTS=on`; a device made with candle's own constructor keeps cudarc's
+/// default until it is given to `set_default_device`, and a device without events computes.
+#[test]
+fn cuda_devices_opened_by_name_allocate_without_events() {
+    use ferrokeras::runtime::{cuda_event_tracking, default_device, device_from_name};
+    let keep = std::env::var("FERROKERAS_CUDA_EVENTS").is_ok_and(|v| v == "on");
+    let d = default_device();
+    assert_eq!(cuda_event_tracking(&d), d.is_cuda() && keep);
+    assert!(!cuda_event_tracking(&device_from_name("cpu").unwrap()));
+    if d.is_cuda() {
+        let raw = candle_core::Device::new_cuda(0).unwrap();
+        assert!(cuda_event_tracking(&raw), "cudarc tracks events by default");
+        let named = device_from_name("cuda").unwrap();
+        assert_eq!(cuda_event_tracking(&named), keep);
+        let t = Tensor::new(&[1f32, 2.0, 3.0], &named).unwrap();
+        let t = ((&t * 2.0).unwrap() + &t).unwrap().sum_all().unwrap();
+        assert_eq!(t.to_scalar::<f32>().unwrap(), 18.0);
+    }
+}
