@@ -70,13 +70,9 @@ impl Activation {
             return Ok(x.clone());
         }
         if x.track_op()
-            && let Some((y, saved)) = self.forward_saving(&x.detach())?
+            && let Some(y) = self.as_node(x)?
         {
-            // One node of the graph (see `tape::node`), differentiated from its output.
-            let act = *self;
-            return crate::tape::node(&[x], y, move |g, y, _| {
-                Ok(vec![Some(act.backward(g, y, saved.as_ref())?)])
-            });
+            return Ok(y);
         }
         Ok(match self {
             Activation::Linear => x.clone(),
@@ -87,6 +83,19 @@ impl Activation {
             Activation::LeakyRelu(slope) => crate::ops::leaky_relu(x, *slope)?,
             Activation::Gelu => x.gelu_erf()?,
         })
+    }
+
+    /// `self(x)` from candle's ops as one node of the graph (see `tape::node`), differentiated
+    /// from its output ([`Activation::backward`]); `None` for GELU.
+    fn as_node(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let Some((y, saved)) = self.forward_saving(&x.detach())? else {
+            return Ok(None);
+        };
+        let act = *self;
+        let y = crate::tape::node(&[x], y, move |g, y, _| {
+            Ok(vec![Some(act.backward(g, y, saved.as_ref())?)])
+        })?;
+        Ok(Some(y))
     }
 
     /// `self(x + bias)`, with `bias` over the last axis (one fused pass on the CPU).
@@ -102,14 +111,21 @@ impl Activation {
 
     /// Off our CPU kernels: `self(z)` of a `z` whose graph is not recorded, from candle's ops, as
     /// a graph node's value (its last op left to the node), with what [`Activation::backward`]
-    /// needs besides the output (LeakyReLU's sign mask); `None` for GELU, left to candle's own
-    /// differentiation.
+    /// needs besides the output (LeakyReLU's sign mask, for a slope of 0 or less); `None` for
+    /// GELU, left to candle's own differentiation.
     pub(crate) fn forward_saving(&self, z: &Tensor) -> Result<Option<(NodeValue, Option<Tensor>)>> {
         use crate::ops;
         let z = &ops::to_float(z)?;
         Ok(Some(match *self {
             Activation::Linear => (NodeValue::from(z), None),
             Activation::Relu => (NodeValue::unary(Unary::Relu, z), None),
+            // With a positive slope, `y` has the sign of `z`: one op on `z` and `s z` (the larger
+            // of the two up to a slope of 1, the smaller above; NaN only where `z` is), and the
+            // gradient's mask read from the output. A slope of 0 or less keeps the sign mask of
+            // `z` (`0 * inf` is NaN, and a negative slope flips the sign).
+            Activation::LeakyRelu(s) if s > 0.0 => {
+                (NodeValue::extremum(s <= 1.0, z, &(z * s as f64)?)?, None)
+            }
             Activation::LeakyRelu(s) => {
                 let positive = z.gt(&ops::zeros_view(z)?)?;
                 let y = NodeValue::select(&positive, z, &(z * s as f64)?)?;
@@ -141,6 +157,8 @@ impl Activation {
             Activation::Relu => y.gt(&zeros_view(y)?)?.where_cond(g, &zeros_view(g)?),
             Activation::LeakyRelu(s) => match saved {
                 Some(positive) => positive.where_cond(g, &(g * s as f64)?),
+                // A positive slope: `y > 0` exactly where `z > 0`.
+                None if s > 0.0 => y.gt(&zeros_view(y)?)?.where_cond(g, &(g * s as f64)?),
                 None => {
                     candle_core::bail!("leaky_relu: the sign mask of the forward pass is missing")
                 }
@@ -369,3 +387,88 @@ macro_rules! delegate_layer {
 }
 delegate_layer!(ReLU);
 delegate_layer!(LeakyReLU);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{GradientTape, Variable};
+    use candle_core::Device;
+
+    /// A node's backward pass reads the node's output as a value: the gradients of activations
+    /// differentiated from their output record no graph (a recorded gradient would make the
+    /// next convolution's gradient record its op, and copy its result, off the CPU kernels).
+    #[test]
+    fn node_gradients_record_no_graph() {
+        let z = Tensor::new(&[[-1.5f32, 0.5, 2.0], [0.0, -0.25, 1.0]], &Device::Cpu).unwrap();
+        for act in [
+            Activation::Relu,
+            Activation::LeakyRelu(0.2),
+            Activation::LeakyRelu(-0.2),
+            Activation::Sigmoid,
+            Activation::Tanh,
+            Activation::Softmax,
+        ] {
+            let x = Variable::new("z", &z, true).unwrap();
+            let y = act.as_node(x.as_tensor()).unwrap().unwrap();
+            let loss = y.sqr().unwrap().sum_all().unwrap();
+            let g = GradientTape::gradient(&loss, std::slice::from_ref(&x)).unwrap();
+            assert!(
+                !g[0].track_op(),
+                "{}: the gradient records a graph",
+                act.name()
+            );
+        }
+    }
+
+    /// LeakyReLU from candle's ops (the path off our CPU kernels) is one node: for a positive
+    /// slope the larger (slope up to 1) or the smaller (above 1) of `z` and `s z`, differentiated
+    /// from the output's sign; for a slope of 0 or less a selection by the sign of `z`. Every slope
+    /// gives TensorFlow's `z > 0 ? z : s z` and, for the gradient, `z > 0 ? g : s g` (the slope at
+    /// 0), infinities and NaN included.
+    #[test]
+    fn leaky_relu_node_is_the_selection_for_every_slope() {
+        let z = [
+            -3.0f32,
+            -1e-30,
+            -f32::MIN_POSITIVE,
+            -0.0,
+            0.0,
+            1e-30,
+            0.7,
+            5.0,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        let w: Vec<f32> = (0..z.len()).map(|i| 0.5 + i as f32 * 0.37).collect();
+        let same = |a: f32, b: f32| a == b || (a.is_nan() && b.is_nan());
+        for s in [-0.5f32, 0.0, 1e-3, 0.2, 0.3, 1.0, 2.5] {
+            let act = Activation::LeakyRelu(s);
+            let x = Variable::new("z", &Tensor::new(&z, &Device::Cpu).unwrap(), true).unwrap();
+            let y = act.as_node(x.as_tensor()).unwrap().unwrap();
+            let w_t = Tensor::new(w.as_slice(), &Device::Cpu).unwrap();
+            let loss = (&y * &w_t).unwrap().sum_all().unwrap();
+            let g = GradientTape::gradient(&loss, std::slice::from_ref(&x)).unwrap();
+            let (y, g) = (y.to_vec1::<f32>().unwrap(), g[0].to_vec1::<f32>().unwrap());
+            for i in 0..z.len() {
+                let positive = z[i] > 0.0;
+                let want_y = if positive { z[i] } else { z[i] * s };
+                let want_g = if positive { w[i] } else { w[i] * s };
+                assert!(
+                    same(y[i], want_y),
+                    "slope {s}, z {}: y {} against {want_y}",
+                    z[i],
+                    y[i]
+                );
+                assert!(
+                    same(g[i], want_g),
+                    "slope {s}, z {}: g {} against {want_g}",
+                    z[i],
+                    g[i]
+                );
+            }
+        }
+    }
+}

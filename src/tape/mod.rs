@@ -340,6 +340,10 @@ pub(crate) enum NodeValue {
     Where(Tensor, Tensor, Tensor),
     /// `a + b`, of one shape and dtype (either may be a broadcast view).
     Add(Tensor, Tensor),
+    /// The elementwise maximum of `a` and `b`, of one shape and dtype.
+    Max(Tensor, Tensor),
+    /// The elementwise minimum of `a` and `b`, of one shape and dtype.
+    Min(Tensor, Tensor),
     /// An elementwise op of one tensor.
     Unary(Unary, Tensor),
 }
@@ -386,6 +390,21 @@ impl NodeValue {
         ))
     }
 
+    /// The elementwise maximum (`max`) or minimum of `a` and `b`.
+    ///
+    /// # Errors
+    /// Tensors of different shapes or dtypes.
+    pub(crate) fn extremum(max: bool, a: &Tensor, b: &Tensor) -> Result<Self> {
+        same_shape(if max { "maximum" } else { "minimum" }, &[a, b])?;
+        same_dtype(if max { "maximum" } else { "minimum" }, a, b)?;
+        let (a, b) = (a.detach(), b.detach());
+        Ok(if max {
+            NodeValue::Max(a, b)
+        } else {
+            NodeValue::Min(a, b)
+        })
+    }
+
     /// The elementwise `op` of `t`.
     pub(crate) fn unary(op: Unary, t: &Tensor) -> Self {
         NodeValue::Unary(op, t.detach())
@@ -397,6 +416,8 @@ impl NodeValue {
             NodeValue::Copy(t) => t.contiguous()?,
             NodeValue::Where(m, a, b) => m.where_cond(a, b)?,
             NodeValue::Add(a, b) => (a + b)?,
+            NodeValue::Max(a, b) => a.maximum(b)?,
+            NodeValue::Min(a, b) => a.minimum(b)?,
             NodeValue::Unary(Unary::Relu, t) => t.relu()?,
             NodeValue::Unary(Unary::Tanh, t) => t.tanh()?,
             NodeValue::Unary(Unary::Recip, t) => t.recip()?,
@@ -437,12 +458,17 @@ impl NodeValue {
                 };
                 Ok((pm.where_cond(lm, pa, la, pb, lb)?, lm.shape().clone()))
             }
-            NodeValue::Add(a, b) => {
+            NodeValue::Add(a, b) | NodeValue::Max(a, b) | NodeValue::Min(a, b) => {
                 let ((sa, la), (sb, lb)) = (a.storage_and_layout(), b.storage_and_layout());
                 let (Some(pa), Some(pb)) = (pick(&sa), pick(&sb)) else {
                     return Err(other_device());
                 };
-                Ok((pa.binary_impl::<op::Add>(pb, la, lb)?, la.shape().clone()))
+                let out = match self {
+                    NodeValue::Max(..) => pa.binary_impl::<op::Maximum>(pb, la, lb)?,
+                    NodeValue::Min(..) => pa.binary_impl::<op::Minimum>(pb, la, lb)?,
+                    _ => pa.binary_impl::<op::Add>(pb, la, lb)?,
+                };
+                Ok((out, la.shape().clone()))
             }
             NodeValue::Unary(u, t) => {
                 let (st, l) = t.storage_and_layout();
@@ -518,7 +544,10 @@ impl Node {
         grad: &Tensor,
     ) -> candle_core::Result<Vec<Option<Tensor>>> {
         let needs: Vec<bool> = args.iter().map(|a| wanted(a)).collect();
-        let gs = (self.backward)(grad, res, &needs)?;
+        // The output as a value: a backward formula that reads it (an activation's derivative)
+        // must not record a graph of its own (a convolution of a recorded gradient would record
+        // its op and copy its result, and every recorded result keeps its inputs alive).
+        let gs = (self.backward)(grad, &res.detach(), &needs)?;
         if gs.len() != self.arity {
             return Err(candle_core::Error::Msg(format!(
                 "a graph node's backward gave {} gradients for {} arguments",
