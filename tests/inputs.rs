@@ -54,3 +54,47 @@ fn ndarray_npy_and_tensor_inputs_train_identically() {
         .to_string();
     assert!(missing.contains("nope.npy"), "{missing}");
 }
+
+/// `prefetch` prepares elements on another thread; on a GPU that thread queues its work on a
+/// stream of its own, and the consumer's thread on another. The elements reach the consumer
+/// finished: the source (fifty additions queued by this thread just before), then fifty more
+/// additions per element on the preparing thread, read at once on this thread, are exactly
+/// 100 everywhere (an element handed over before its work is done reads less).
+#[test]
+fn prefetched_elements_are_finished_on_the_consumers_thread() {
+    use candle_core::{DType, Tensor};
+    use ferrokeras::data::Dataset;
+    let dev = ferrokeras::runtime::default_device();
+    let width = 1 << 20;
+    let mut x = Tensor::zeros((6, width), DType::F32, &dev).unwrap();
+    for _ in 0..50 {
+        x = (x + 1.0).unwrap();
+    }
+    let ds = Dataset::from_tensor_slices(x)
+        .unwrap()
+        .map(|d| {
+            d.map(&mut |t| {
+                let mut t = t.clone();
+                for _ in 0..50 {
+                    t = (t + 1.0)?;
+                }
+                Ok(t)
+            })
+        })
+        .prefetch(2);
+    for round in 0..2 {
+        let mut n = 0;
+        for e in ds.iter() {
+            let t = e.unwrap().into_tensor().unwrap();
+            let v = t.to_vec1::<f32>().unwrap();
+            assert_eq!(v.len(), width);
+            let wrong = v.iter().filter(|&&x| x != 100.0).count();
+            assert_eq!(
+                wrong, 0,
+                "round {round}, element {n}: {wrong} values not yet 100"
+            );
+            n += 1;
+        }
+        assert_eq!(n, 6);
+    }
+}

@@ -79,8 +79,11 @@ impl Dataset {
     /// One element per index along the first axis of every tensor (Keras's
     /// `tf.data.Dataset.from_tensor_slices`): `x`, `(x, y)` or `(x, y, sample_weight)`.
     ///
+    /// Tensors on a GPU are finished first (the work this thread queued that computes them), so
+    /// that another thread (see [`Dataset::prefetch`]) can read their slices.
+    ///
     /// # Errors
-    /// Tensors with different first dimensions, or a scalar.
+    /// Tensors with different first dimensions, a scalar, or a failing device.
     pub fn from_tensor_slices(data: impl Into<Data>) -> Result<Self> {
         let data = data.into();
         let tensors = data.flatten();
@@ -97,6 +100,9 @@ impl Dataset {
                 data.describe()
             )));
         }
+        // The tensors may come from GPU work this thread just queued; the elements may be read
+        // on another thread (`prefetch`), whose stream would not wait for it.
+        finish_device_work(&data)?;
         let data = Arc::new(data);
         Ok(Self::indexed(Cardinality::Finite(n), move |_| {
             let data = data.clone();
@@ -241,14 +247,29 @@ impl Dataset {
     }
 
     /// Prepares up to `buffer_size` elements ahead on another thread while the consumer works.
+    ///
+    /// Elements on a GPU are safe to use on the consumer's thread: candle queues a thread's GPU
+    /// work on that thread's own stream, and streams do not wait for each other, so the
+    /// preparing thread finishes its work on each element's devices before handing it over. The
+    /// source's tensors must be finished too: [`Dataset::from_tensor_slices`] finishes its own,
+    /// and each new iteration finishes the work that the consumer's thread queued on the default
+    /// device ([`crate::runtime::default_device`]).
     pub fn prefetch(self, buffer_size: usize) -> Self {
         let buffer_size = buffer_size.max(1);
         let src = self.source.clone();
         Self::indexed(self.cardinality, move |k| {
             let (tx, rx) = mpsc::sync_channel::<Result<Data>>(buffer_size);
             let src = src.clone();
+            let ready = crate::runtime::default_device()
+                .synchronize()
+                .map_err(Error::from);
             std::thread::spawn(move || {
+                if let Err(e) = ready {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
                 for e in src(k) {
+                    let e = e.and_then(|d| finish_device_work(&d).map(|()| d));
                     if tx.send(e).is_err() {
                         break; // the consumer stopped early
                     }
@@ -257,6 +278,20 @@ impl Dataset {
             Box::new(rx.into_iter())
         })
     }
+}
+
+/// Waits until the work that this thread queued on the devices of `d`'s tensors (its stream on
+/// each GPU) is done; nothing to wait for on the CPU.
+fn finish_device_work(d: &Data) -> Result<()> {
+    let mut seen: Vec<&candle_core::Device> = Vec::new();
+    for t in d.flatten() {
+        let dev = t.device();
+        if !dev.is_cpu() && !seen.iter().any(|s| s.same_device(dev)) {
+            dev.synchronize()?;
+            seen.push(dev);
+        }
+    }
+    Ok(())
 }
 
 /// Stacks same-structured elements along a new first axis.
