@@ -58,8 +58,10 @@ impl PlotOptions {
     pub fn image_size(&self, panels: usize) -> (u32, u32) {
         let (cols, rows) = self.grid(panels);
         (
-            self.panel_width * cols as u32,
-            self.panel_height * rows as u32,
+            self.panel_width
+                .saturating_mul(u32::try_from(cols).unwrap_or(u32::MAX)),
+            self.panel_height
+                .saturating_mul(u32::try_from(rows).unwrap_or(u32::MAX)),
         )
     }
     fn grid(&self, panels: usize) -> (usize, usize) {
@@ -73,9 +75,18 @@ impl PlotOptions {
                 self.panel_width, self.panel_height, self.columns
             )));
         }
+        if self.panel_width > MAX_SIDE || self.panel_height > MAX_SIDE {
+            return Err(Error::value(format!(
+                "plot_history: panels must be at most {MAX_SIDE}x{MAX_SIDE} pixels. Received: panel_size=({}, {})",
+                self.panel_width, self.panel_height
+            )));
+        }
         Ok(())
     }
 }
+
+/// The largest side of a panel, and of the whole image, in pixels.
+const MAX_SIDE: u32 = 16384;
 
 /// The metrics [`plot_history`] draws, one panel each, in order: `loss` first, then the other
 /// training keys alphabetically, then `val_` keys that have no training counterpart (by their
@@ -164,6 +175,15 @@ pub fn plot_history_with(
         ));
     }
     let (width, height) = options.image_size(names.len());
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err(Error::value(format!(
+            "plot_history: {} panels of {}x{} in {} columns make an image of {width}x{height} pixels, more than {MAX_SIDE} on a side; use smaller panels or more columns",
+            names.len(),
+            options.panel_width,
+            options.panel_height,
+            options.columns
+        )));
+    }
     let mut canvas = Canvas::new(width, height);
     let (cols, _) = options.grid(names.len());
     for (i, name) in names.iter().enumerate() {

@@ -89,12 +89,24 @@ pub fn set_state(state: &[u8]) -> crate::Result<()> {
     Ok(())
 }
 
+/// The number of values of `shape`, or an error when it overflows.
+fn elem_count(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| {
+            crate::Error::value(format!(
+                "shape {shape:?} holds more values than a usize counts; pass a smaller shape"
+            ))
+        })
+}
+
 /// A float32 tensor of `shape` with values drawn uniformly from `[low, high)`.
 ///
 /// # Errors
-/// Fails only if the tensor cannot be created on `device`.
+/// A shape whose size overflows a `usize`, or a tensor that cannot be created on `device`.
 pub fn uniform(shape: &[usize], low: f32, high: f32, device: &Device) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
+    let n = elem_count(shape)?;
     let mut g = rng();
     let data: Vec<f32> = (0..n)
         .map(|_| g.gen_range(0.0f32..1.0) * (high - low) + low)
@@ -130,7 +142,7 @@ pub fn dropout_mask(shape: &[usize], keep: f32, device: &Device) -> Result<Tenso
             "the kept fraction of a dropout mask must be in (0, 1]; received {keep}"
         )));
     }
-    let n: usize = shape.iter().product();
+    let n = elem_count(shape)?;
     let scale = 1.0 / keep;
     // keep · 2³², computed in f64 (exact for an f32 `keep`); keep = 1 keeps every word.
     let threshold = (f64::from(keep) * 4_294_967_296.0) as u64;
@@ -168,9 +180,9 @@ pub fn dropout_mask(shape: &[usize], keep: f32, device: &Device) -> Result<Tenso
 /// ```
 ///
 /// # Errors
-/// Fails only if the tensor cannot be created on `device`.
+/// A shape whose size overflows a `usize`, or a tensor that cannot be created on `device`.
 pub fn normal(shape: &[usize], mean: f32, stddev: f32, device: &Device) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
+    let n = elem_count(shape)?;
     let mut g = rng();
     let data: Vec<f32> = (0..n)
         .map(|_| {

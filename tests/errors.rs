@@ -830,3 +830,255 @@ fn empty_batches_and_channelless_images_do_not_panic() {
         assert_eq!(z.tensor().unwrap().dims(), pooled.as_slice(), "{shape:?}");
     }
 }
+
+/// Pooling with a zero pool size or stride is refused wherever the layer meets its input: while
+/// a model is assembled (shape inference), when a saved configuration is loaded, and when called.
+#[test]
+fn pooling_with_zero_sizes() {
+    use ferrokeras::layers::{AveragePooling2D, MaxPooling2D};
+    let assembled = Sequential::new()
+        .input(&[8, 8, 1])
+        .add(MaxPooling2D::new((2, 2)).strides((2, 0)));
+    let msg = err_msg(
+        "MaxPooling2D strides (2, 0) in a Sequential",
+        assembled.compute_output_shape(&[8, 8, 1]),
+    );
+    assert_mentions(&msg, &["pool_size and strides must be >= 1", "(2, 0)"]);
+    let msg = err_msg(
+        "AveragePooling2D((0, 0)) applied to an Input",
+        AveragePooling2D::new((0, 0)).apply(&Input::new(&[8, 8, 1])),
+    );
+    assert_mentions(&msg, &["pool_size=(0, 0)"]);
+    let mut called = Sequential::new().add(MaxPooling2D::new((0, 2)));
+    let msg = err_msg(
+        "MaxPooling2D((0, 2)) called without a declared input",
+        called.call(&Data::from(zeros(&[1, 8, 8, 1])), false),
+    );
+    assert_mentions(&msg, &["pool_size=(0, 2)"]);
+    // A saved configuration with a zero stride loads, and is refused once it meets a shape.
+    let json = Sequential::new()
+        .input(&[8, 8, 1])
+        .add(MaxPooling2D::new((2, 2)))
+        .to_json()
+        .unwrap()
+        .replace("\"strides\":null", "\"strides\":[0,0]");
+    assert!(json.contains("[0,0]"), "{json}");
+    let msg = err_msg(
+        "a saved MaxPooling2D with strides 0",
+        Sequential::from_json(&json),
+    );
+    assert_mentions(&msg, &["strides=(0, 0)"]);
+}
+
+/// BatchNormalization over no features, or over an empty batch, gives the (empty) input back and
+/// leaves its moving statistics as they were (a mean over no rows would be NaN).
+#[test]
+fn batch_normalization_of_nothing() {
+    use ferrokeras::layers::{BatchNormalization, Layer};
+    let mut bn = BatchNormalization::new();
+    let y = bn.call(&zeros(&[4, 0]), true).unwrap();
+    assert_eq!(y.dims(), &[4, 0]);
+    let mut bn = BatchNormalization::new();
+    bn.call(&uniform(&[3, 2]), true).unwrap();
+    let before: Vec<Vec<f32>> = bn
+        .variables()
+        .iter()
+        .map(|v| v.value().to_vec1().unwrap())
+        .collect();
+    let y = bn.call(&zeros(&[0, 2]), true).unwrap();
+    assert_eq!(y.dims(), &[0, 2]);
+    let after: Vec<Vec<f32>> = bn
+        .variables()
+        .iter()
+        .map(|v| v.value().to_vec1().unwrap())
+        .collect();
+    assert_eq!(before, after);
+    assert!(after.iter().flatten().all(|v| v.is_finite()));
+}
+
+/// Compiled metrics built for two outputs and then given one say so.
+#[test]
+fn compiled_metrics_given_fewer_outputs() {
+    use ferrokeras::metrics::CompiledMetrics;
+    let mut m = CompiledMetrics::new(vec!["mae".into()]).unwrap();
+    let two = |t: &Tensor| Data::from(vec![t.clone(), t.clone()]);
+    let y = uniform(&[4, 1]);
+    m.update_state(&two(&y), &two(&y), None).unwrap();
+    let msg = err_msg(
+        "compiled metrics built for 2 outputs, updated with 1",
+        m.update_state(&Data::from(y.clone()), &Data::from(y), None),
+    );
+    assert_mentions(&msg, &["built for 2 outputs", "1 target(s)"]);
+}
+
+/// An optimizer state saved without AMSGrad (or momentum) loads into an optimizer that needs the
+/// slot, and its first update says which slot is missing instead of indexing past the slots.
+#[test]
+fn optimizer_state_missing_a_slot_that_the_settings_need() {
+    use ferrokeras::optimizers::{Adam, Optimizer, RmsProp};
+    let w = Variable::new("w", &uniform(&[3]), true).unwrap();
+    let g = [uniform(&[3])];
+    let mut plain = Adam::new(0.1);
+    plain.apply(&g, std::slice::from_ref(&w)).unwrap();
+    let state = plain.state().unwrap();
+    let mut ams = Adam::new(0.1).amsgrad(true);
+    ams.load_state(&state, std::slice::from_ref(&w)).unwrap();
+    let before = w.value().to_vec1::<f32>().unwrap();
+    let msg = err_msg(
+        "AMSGrad update from a state without vhat",
+        ams.apply(&g, std::slice::from_ref(&w)),
+    );
+    assert_mentions(&msg, &["`w`", "2 optimizer slot(s)", "need 3", "amsgrad"]);
+    assert_eq!(
+        w.value().to_vec1::<f32>().unwrap(),
+        before,
+        "nothing applied"
+    );
+    // RMSprop keeps velocity, momentum and average gradient; a hand-made state of velocity only.
+    let velocity: Vec<(String, Tensor)> = vec![("w/velocity".into(), uniform(&[3]))];
+    let mut rms = RmsProp::new(0.1).momentum(0.9);
+    rms.load_state(&velocity, std::slice::from_ref(&w)).unwrap();
+    let msg = err_msg(
+        "RMSprop with momentum from a velocity-only state",
+        rms.apply(&g, std::slice::from_ref(&w)),
+    );
+    assert_mentions(&msg, &["1 optimizer slot(s)", "need 3"]);
+}
+
+/// A caller-supplied sample order that is not one entry per sample is refused.
+#[test]
+fn array_adapter_batch_with_a_bad_order() {
+    use ferrokeras::data::ArrayAdapter;
+    let a = ArrayAdapter::new(
+        Data::from(uniform(&[10, 2])),
+        Some(Data::from(uniform(&[10, 1]))),
+        None,
+        4,
+    )
+    .unwrap();
+    let msg = err_msg("an empty order", a.batch(0, Some(&[])));
+    assert_mentions(&msg, &["10 samples", "received 0 entries"]);
+    let order: Vec<usize> = (0..10).map(|i| if i == 5 { 42 } else { i }).collect();
+    let msg = err_msg("an order with index 42", a.batch(1, Some(&order)));
+    assert_mentions(&msg, &["below 10", "42"]);
+    let msg = err_msg("batch usize::MAX", a.batch(usize::MAX, None));
+    assert_mentions(&msg, &["past the end", "3 batches"]);
+}
+
+/// Checkpoint path templates with a multi-byte character in the spec, or absurd widths, are
+/// unsupported specs, not panics.
+#[test]
+fn checkpoint_templates_with_odd_specs() {
+    use ferrokeras::callbacks::format_template;
+    let mut logs = Logs::new();
+    logs.insert("val_loss", 0.5);
+    for t in [
+        "m-{val_loss:.2é}",
+        "m-{epoch:070000d}",
+        "m-{val_loss:.70000f}",
+        "m-{epoch:0xd}",
+    ] {
+        let msg = err_msg(t, format_template(t, 1, None, &logs));
+        assert_mentions(&msg, &["unsupported format spec"]);
+    }
+    assert_eq!(
+        format_template("m-{epoch:03d}-{val_loss:.1f}", 7, None, &logs).unwrap(),
+        "m-007-0.5"
+    );
+}
+
+/// Huge buffer sizes cost only what the buffers hold, and a repeat count whose product
+/// overflows is an endless dataset.
+#[test]
+fn datasets_with_huge_buffers() {
+    use ferrokeras::data::{Cardinality, Dataset};
+    let ds = Dataset::from_tensor_slices(Data::from(uniform(&[5, 2]))).unwrap();
+    let n = |d: &Dataset| d.iter().collect::<Result<Vec<_>>>().unwrap().len();
+    assert_eq!(n(&ds.clone().shuffle(usize::MAX, Some(1))), 5);
+    assert_eq!(n(&ds.clone().batch(usize::MAX, false)), 1);
+    assert_eq!(n(&ds.clone().prefetch(usize::MAX)), 5);
+    assert_eq!(
+        ds.clone().repeat(Some(usize::MAX)).cardinality(),
+        Cardinality::Infinite
+    );
+    assert_eq!(ds.repeat(Some(3)).cardinality(), Cardinality::Finite(15));
+}
+
+/// Convolutions refuse zero strides even before they are built, and images of no height or
+/// width, with messages instead of an arithmetic panic.
+#[test]
+fn convolutions_of_empty_images_and_unbuilt_zero_strides() {
+    use ferrokeras::layers::{Conv2D, Conv2DTranspose, Layer};
+    let msg = err_msg(
+        "Conv2D strides 0, shape inference",
+        Conv2D::new(8, (3, 3))
+            .strides(0)
+            .compute_output_shape(&[28, 28, 1]),
+    );
+    assert_mentions(&msg, &["strides=0"]);
+    let msg = err_msg(
+        "Conv2DTranspose dilation 0, shape inference",
+        Conv2DTranspose::new(8, (3, 3))
+            .dilation_rate(0)
+            .compute_output_shape(&[7, 7, 1]),
+    );
+    assert_mentions(&msg, &["dilation_rate=0"]);
+    for same in [false, true] {
+        let conv = Conv2D::new(4, (3, 3));
+        let conv = if same {
+            conv.padding("same").unwrap()
+        } else {
+            conv
+        };
+        let mut m = Sequential::new().input(&[0, 8, 1]).add(conv);
+        let msg = err_msg(
+            "Conv2D on 0x8 images",
+            m.call(&Data::from(zeros(&[1, 0, 8, 1])), false),
+        );
+        assert_mentions(&msg, &["at least 1x1", "height 0 and width 8"]);
+    }
+    let mut t = Sequential::new()
+        .input(&[4, 0, 1])
+        .add(Conv2DTranspose::new(2, (3, 3)).strides(2).output_padding(1));
+    let msg = err_msg(
+        "Conv2DTranspose on 4x0 images",
+        t.call(&Data::from(zeros(&[1, 4, 0, 1])), false),
+    );
+    assert_mentions(&msg, &["height 4 and width 0"]);
+}
+
+/// Sizes that overflow: random tensors of too many values, an MNIST header announcing more pixels
+/// than a usize counts, a history plot too large to draw.
+#[test]
+fn sizes_that_overflow() {
+    let msg = err_msg(
+        "uniform of 2^40 x 2^40",
+        ferrokeras::random::uniform(&[1 << 40, 1 << 40], 0.0, 1.0, &cpu()),
+    );
+    assert_mentions(&msg, &["more values than a usize counts"]);
+    let msg = err_msg(
+        "normal of 2^40 x 2^40",
+        ferrokeras::random::normal(&[1 << 40, 1 << 40], 0.0, 1.0, &cpu()),
+    );
+    assert_mentions(&msg, &["more values than a usize counts"]);
+    let mut header = vec![0, 0, 8, 3];
+    for v in [u32::MAX; 3] {
+        header.extend_from_slice(&v.to_be_bytes());
+    }
+    header.extend_from_slice(&[0; 8]);
+    let msg = err_msg(
+        "MNIST header of 2^32 images of 2^32 x 2^32",
+        ferrokeras::datasets::mnist::parse_images(&header, "train images"),
+    );
+    assert_mentions(&msg, &["more than a usize counts", "8 bytes of pixels"]);
+    let mut h = History::default();
+    h.history.insert("loss".into(), vec![1.0, 0.5]);
+    let dir = std::env::temp_dir().join(format!("fk-plot-{}", std::process::id()));
+    let opts = ferrokeras::plot::PlotOptions::new().panel_size(u32::MAX, u32::MAX);
+    let msg = err_msg(
+        "a plot of 2^32 pixels a side",
+        ferrokeras::plot::plot_history_with(&h, dir.join("h.png"), &opts),
+    );
+    assert_mentions(&msg, &["at most 16384x16384"]);
+    assert!(!dir.join("h.png").exists());
+}

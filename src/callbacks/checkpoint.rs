@@ -65,10 +65,13 @@ pub fn format_template(
     Ok(out)
 }
 
+/// The widest field or the most digits a path template may ask for (a file name holds 255 bytes).
+const MAX_FIELD: usize = 255;
+
 fn format_spec(v: f64, spec: &str, template: &str) -> Result<String> {
     let bad = || {
         Error::value(format!(
-            "unsupported format spec `{spec}` in {template:?}; use d, 0Nd, .Nf or .Ne"
+            "unsupported format spec `{spec}` in {template:?}; use d, 0Nd, .Nf or .Ne (N at most {MAX_FIELD})"
         ))
     };
     if spec.is_empty() {
@@ -80,11 +83,15 @@ fn format_spec(v: f64, spec: &str, template: &str) -> Result<String> {
     }
     if let Some(w) = spec.strip_suffix('d') {
         let zero = w.starts_with('0');
+        let w = w.trim_start_matches('0');
         let width: usize = if w.is_empty() {
             0
         } else {
-            w.trim_start_matches('0').parse().unwrap_or(0)
+            w.parse().map_err(|_| bad())?
         };
+        if width > MAX_FIELD {
+            return Err(bad());
+        }
         let n = v.round() as i64;
         return Ok(if zero {
             format!("{n:0width$}")
@@ -93,8 +100,11 @@ fn format_spec(v: f64, spec: &str, template: &str) -> Result<String> {
         });
     }
     if let Some(p) = spec.strip_prefix('.') {
-        let (digits, kind) = p.split_at(p.len().saturating_sub(1));
+        let (digits, kind) = p.split_at(p.char_indices().last().map_or(0, |(i, _)| i));
         let digits: usize = digits.parse().map_err(|_| bad())?;
+        if digits > MAX_FIELD {
+            return Err(bad());
+        }
         return match kind {
             "f" => Ok(format!("{v:.digits$}")),
             "e" => {

@@ -230,7 +230,7 @@ impl ArrayAdapter {
     /// # Errors
     /// `i` past the last batch, or a slicing failure.
     pub fn batch(&self, i: usize, order: Option<&[usize]>) -> Result<Data> {
-        let start = i * self.batch_size;
+        let start = i.saturating_mul(self.batch_size);
         if start >= self.num_samples {
             return Err(Error::value(format!(
                 "batch {i} is past the end of the data ({} batches)",
@@ -238,6 +238,24 @@ impl ArrayAdapter {
             )));
         }
         let len = self.batch_size.min(self.num_samples - start);
+        if let Some(o) = order {
+            if o.len() != self.num_samples {
+                return Err(Error::value(format!(
+                    "the sample order must list each of the {} samples once; received {} entries",
+                    self.num_samples,
+                    o.len()
+                )));
+            }
+            if let Some(bad) = o[start..start + len]
+                .iter()
+                .find(|&&j| j >= self.num_samples)
+            {
+                return Err(Error::value(format!(
+                    "the sample order must hold indices below {}; received {bad}",
+                    self.num_samples
+                )));
+            }
+        }
         let index = match order {
             Some(o) => {
                 let idx: Vec<u32> = o[start..start + len].iter().map(|&i| i as u32).collect();

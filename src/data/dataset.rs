@@ -15,6 +15,10 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use super::Data;
 use crate::{Error, Result};
 
+/// The most slots a buffer reserves before it holds anything (a shuffle or batch buffer grows
+/// past it as elements arrive), so that a huge `buffer_size` costs only what it holds.
+const PREALLOC: usize = 4096;
+
 /// The number of elements of a dataset, when it can be known without iterating.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cardinality {
@@ -150,7 +154,7 @@ impl Dataset {
             let mut rng =
                 StdRng::seed_from_u64(base.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
             let mut input = src(k);
-            let mut buffer: Vec<Result<Data>> = Vec::with_capacity(buffer_size);
+            let mut buffer: Vec<Result<Data>> = Vec::with_capacity(buffer_size.min(PREALLOC));
             Box::new(std::iter::from_fn(move || {
                 while buffer.len() < buffer_size {
                     match input.next() {
@@ -180,7 +184,7 @@ impl Dataset {
         Self::indexed(card, move |k| {
             let mut input = src(k);
             Box::new(std::iter::from_fn(move || {
-                let mut items = Vec::with_capacity(batch_size);
+                let mut items = Vec::with_capacity(batch_size.min(PREALLOC));
                 for _ in 0..batch_size {
                     match input.next() {
                         Some(Ok(e)) => items.push(e),
@@ -230,7 +234,10 @@ impl Dataset {
     pub fn repeat(self, count: Option<usize>) -> Self {
         let card = match (self.cardinality, count) {
             (Cardinality::Finite(0), _) => Cardinality::Finite(0),
-            (Cardinality::Finite(n), Some(c)) => Cardinality::Finite(n * c),
+            // More elements than a usize counts: as good as endless.
+            (Cardinality::Finite(n), Some(c)) => n
+                .checked_mul(c)
+                .map_or(Cardinality::Infinite, Cardinality::Finite),
             (_, None) => Cardinality::Infinite,
             (c, Some(_)) => c,
         };
@@ -254,8 +261,10 @@ impl Dataset {
     /// source's tensors must be finished too: [`Dataset::from_tensor_slices`] finishes its own,
     /// and each new iteration finishes the work that the consumer's thread queued on the default
     /// device ([`crate::runtime::default_device`]).
+    ///
+    /// `buffer_size` is taken between 1 and 65 536 (a larger buffer is one of 65 536).
     pub fn prefetch(self, buffer_size: usize) -> Self {
-        let buffer_size = buffer_size.max(1);
+        let buffer_size = buffer_size.clamp(1, 1 << 16);
         let src = self.source.clone();
         Self::indexed(self.cardinality, move |k| {
             let (tx, rx) = mpsc::sync_channel::<Result<Data>>(buffer_size);

@@ -190,8 +190,10 @@ pub fn parse_images(bytes: &[u8], what: &str) -> Result<Tensor> {
         be_u32(bytes, 8) as usize,
         be_u32(bytes, 12) as usize,
     );
-    let expected = n * r * c;
-    if bytes.len() - 16 != expected {
+    let expected = n.checked_mul(r).and_then(|nr| nr.checked_mul(c));
+    if expected != Some(bytes.len() - 16) {
+        let expected =
+            expected.map_or_else(|| "more than a usize counts".to_string(), |e| e.to_string());
         return Err(Error::value(format!(
             "MNIST {what}: the header announces {n} images of {r}x{c} ({expected} bytes) but the file holds {} bytes of pixels (truncated or corrupt)",
             bytes.len() - 16

@@ -122,10 +122,21 @@ fn hwc(shape: &[usize], f: DataFormat, layer: &str) -> Result<(usize, usize, usi
                 .join(", ")
         )));
     }
-    Ok(match f {
+    let (h, w, c) = match f {
         DataFormat::ChannelsLast => (shape[0], shape[1], shape[2]),
         DataFormat::ChannelsFirst => (shape[1], shape[2], shape[0]),
-    })
+    };
+    if h == 0 || w == 0 {
+        return Err(Error::value(format!(
+            "layer \"{layer}\" needs images of at least 1x1; received height {h} and width {w} (input shape (None, {})); an empty batch or zero channels are fine, empty images are not",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok((h, w, c))
 }
 
 fn shape_of(h: usize, w: usize, c: usize, f: DataFormat) -> Vec<usize> {
@@ -562,6 +573,7 @@ impl Layer for Conv2D {
         self.call_with(x, act, Some(pool))
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        self.cfg.check(&self.name)?;
         let (h, w, _) = hwc(input_shape, self.cfg.data_format, &self.name)?;
         let (kh, kw) = self.cfg.kernel;
         let (s, d) = (self.cfg.strides, self.cfg.dilation);
@@ -826,6 +838,7 @@ impl Layer for Conv2DTranspose {
         self.call_with(x, then).map(Some)
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        self.cfg.check(&self.name)?;
         let (h, w, _) = hwc(input_shape, self.cfg.data_format, &self.name)?;
         let (oh, ow) = self.out_hw(h, w)?;
         Ok(shape_of(oh, ow, self.cfg.filters, self.cfg.data_format))

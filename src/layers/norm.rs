@@ -130,6 +130,11 @@ impl Layer for BatchNormalization {
                 x.dims()
             )));
         }
+        if x.elem_count() == 0 {
+            // An empty batch, or no features: nothing to normalize, and no statistics to fold into
+            // the moving averages (a mean over no rows would write NaN into them).
+            return Ok(x.clone());
+        }
         let rows = x.elem_count() / c;
         let flat = x.reshape((rows, c))?;
         let (mean, var) = if training {

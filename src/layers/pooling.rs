@@ -335,6 +335,17 @@ macro_rules! pool_layer {
             fn strides_or_pool(&self) -> (usize, usize) {
                 self.strides.unwrap_or(self.pool)
             }
+            /// The strides, once pool size and strides are known to be positive.
+            fn checked_strides(&self) -> Result<(usize, usize)> {
+                let s = self.strides_or_pool();
+                if self.pool.0 == 0 || self.pool.1 == 0 || s.0 == 0 || s.1 == 0 {
+                    return Err(Error::value(format!(
+                        "layer \"{}\": pool_size and strides must be >= 1; received pool_size={:?}, strides={s:?}; pass positive sizes, e.g. ({}, {})",
+                        self.name, self.pool, self.pool.0.max(1), self.pool.1.max(1)
+                    )));
+                }
+                Ok(s)
+            }
         }
         impl Layer for $ty {
             fn name(&self) -> &str {
@@ -345,10 +356,7 @@ macro_rules! pool_layer {
             }
             fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
                 check_rank4(&self.name, x)?;
-                let s = self.strides_or_pool();
-                if self.pool.0 == 0 || self.pool.1 == 0 || s.0 == 0 || s.1 == 0 {
-                    return Err(Error::value(format!("layer \"{}\": pool_size and strides must be >= 1; received pool_size={:?}, strides={s:?}", self.name, self.pool)));
-                }
+                let s = self.checked_strides()?;
                 let xt = to_nhwc(&x.to_dtype(DType::F32)?, self.data_format)?;
                 let y = pool_nhwc(&xt, self.pool, s, self.padding, $max)?;
                 from_nhwc(&y, self.data_format)
@@ -369,7 +377,7 @@ macro_rules! pool_layer {
             }
             fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
                 let (h, w, c) = hw_of(input_shape, self.data_format, &self.name)?;
-                let s = self.strides_or_pool();
+                let s = self.checked_strides()?;
                 let (oh, ow) = (out_len(h, self.pool.0, s.0, self.padding), out_len(w, self.pool.1, s.1, self.padding));
                 if oh == 0 || ow == 0 {
                     return Err(Error::value(format!("layer \"{}\": pool size {:?} is larger than the input ({h}x{w})", self.name, self.pool)));

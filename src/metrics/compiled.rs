@@ -198,6 +198,16 @@ impl CompiledMetrics {
                 y_pred.describe()
             )));
         }
+        let needed = self.built.iter().map(|e| e.output + 1).max().unwrap_or(0);
+        if ys.len() < needed {
+            return Err(Error::value(format!(
+                "the compiled metrics were built for {needed} outputs, but update_state received {} target(s) and {} prediction(s): y={}, y_pred={}; pass every output, in the order of the first update",
+                ys.len(),
+                ps.len(),
+                y.describe(),
+                y_pred.describe()
+            )));
+        }
         for e in self.built.iter_mut() {
             let sw = if e.weighted { sample_weight } else { None };
             e.metric.update_state(ys[e.output], ps[e.output], sw)?;

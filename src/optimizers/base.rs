@@ -327,6 +327,19 @@ impl Base {
                 )));
             }
         }
+        for v in vars {
+            if let Some(s) = self.slots.get(&v.id())
+                && s.len() < n_slots
+            {
+                return Err(Error::value(format!(
+                    "{name}: variable `{}` has {} optimizer slot(s) {:?} from a loaded state, but this optimizer's settings need {n_slots} {:?}; load a state saved with the same settings (e.g. amsgrad, momentum), or change the settings to match it",
+                    v.name(),
+                    s.len(),
+                    &self.slot_names[..s.len().min(self.slot_names.len())],
+                    &self.slot_names[..n_slots.min(self.slot_names.len())],
+                )));
+            }
+        }
         let mut grads = grads
             .iter()
             .zip(vars)
