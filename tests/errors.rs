@@ -1082,3 +1082,52 @@ fn sizes_that_overflow() {
     assert_mentions(&msg, &["at most 16384x16384"]);
     assert!(!dir.join("h.png").exists());
 }
+
+/// Zero sizes that used to be taken as 1 are refused: a dataset's batch or shuffle buffer of 0
+/// (when read, as the builders return no `Result`), `validation_freq` 0 and
+/// `validation_batch_size` 0.
+#[test]
+fn zero_sizes_that_are_not_one() {
+    use ferrokeras::data::Dataset;
+    let data = (uniform(&[6, 3]), uniform(&[6, 1]));
+    let ds = Dataset::from_tensor_slices(Data::from(vec![data.0.clone(), data.1.clone()])).unwrap();
+    let mut model = functional(3, 1, "mse");
+    let msg = err_msg(
+        "fit on a dataset batched by 0",
+        model.fit(ds.clone().batch(0, false), quiet()),
+    );
+    assert_mentions(&msg, &["Dataset::batch", "batch_size=0"]);
+    let msg = err_msg(
+        "a dataset shuffled with a buffer of 0",
+        ds.clone()
+            .shuffle(0, None)
+            .batch(2, false)
+            .iter()
+            .collect::<Result<Vec<_>>>(),
+    );
+    assert_mentions(&msg, &["Dataset::shuffle", "buffer_size=0"]);
+    let msg = err_msg(
+        "validation_freq 0",
+        model.fit(
+            data.clone(),
+            quiet().validation_data(data.clone()).validation_freq(0),
+        ),
+    );
+    assert_mentions(&msg, &["validation_freq", ">= 1", "validation_freq=0"]);
+    let msg = err_msg(
+        "validation_batch_size 0 with validation_split",
+        model.fit(
+            data.clone(),
+            quiet().validation_split(0.5).validation_batch_size(0),
+        ),
+    );
+    assert_mentions(&msg, &["validation_batch_size=0"]);
+    // Nothing was trained by the refused calls; a valid fit still runs.
+    let h = model
+        .fit(
+            data.clone(),
+            quiet().validation_data(data).validation_freq(2).epochs(2),
+        )
+        .unwrap();
+    assert_eq!(h.history["val_loss"].len(), 1);
+}

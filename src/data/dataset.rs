@@ -80,6 +80,14 @@ impl Dataset {
         }
     }
 
+    /// A dataset whose every iteration fails at once with `message` (for settings that can only
+    /// be refused when the dataset is read, as the builder methods return no `Result`).
+    fn failing(message: String) -> Self {
+        Self::indexed(Cardinality::Unknown, move |_| {
+            Box::new(std::iter::once(Err(Error::value(message.clone()))))
+        })
+    }
+
     /// One element per index along the first axis of every tensor (Keras's
     /// `tf.data.Dataset.from_tensor_slices`): `x`, `(x, y)` or `(x, y, sample_weight)`.
     ///
@@ -146,8 +154,14 @@ impl Dataset {
     /// random from the buffer, which is refilled from the input. Every iteration uses a new order;
     /// with a `seed` the sequence of orders repeats across runs (without one it follows the global
     /// seed of [`crate::random::set_random_seed`]).
+    ///
+    /// A `buffer_size` of 0 is refused when the dataset is read (as `tf.data` refuses it).
     pub fn shuffle(self, buffer_size: usize, seed: Option<u64>) -> Self {
-        let buffer_size = buffer_size.max(1);
+        if buffer_size == 0 {
+            return Self::failing(
+                "Dataset::shuffle: `buffer_size` must be >= 1. Received: buffer_size=0; use 1 to keep the order, or the number of elements for a full shuffle".into(),
+            );
+        }
         let base = seed.unwrap_or_else(|| crate::random::fork().r#gen());
         let src = self.source.clone();
         Self::indexed(self.cardinality, move |k| {
@@ -173,8 +187,14 @@ impl Dataset {
 
     /// Stacks consecutive elements into batches of `batch_size` (the last one smaller unless
     /// `drop_remainder`).
+    ///
+    /// A `batch_size` of 0 is refused when the dataset is read (as `tf.data` refuses it).
     pub fn batch(self, batch_size: usize, drop_remainder: bool) -> Self {
-        let batch_size = batch_size.max(1);
+        if batch_size == 0 {
+            return Self::failing(
+                "Dataset::batch: `batch_size` must be >= 1. Received: batch_size=0".into(),
+            );
+        }
         let card = match self.cardinality {
             Cardinality::Finite(n) if drop_remainder => Cardinality::Finite(n / batch_size),
             Cardinality::Finite(n) => Cardinality::Finite(n.div_ceil(batch_size)),

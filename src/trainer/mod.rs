@@ -191,6 +191,16 @@ impl<M: Model> Trainer<M> {
                 "`steps_per_epoch` must be >= 1. Received: steps_per_epoch=0",
             ));
         }
+        if validation_freq == 0 {
+            return Err(Error::value(
+                "`validation_freq` must be >= 1 (validate every N epochs). Received: validation_freq=0; leave out `validation_data` to train without validation",
+            ));
+        }
+        if validation_batch_size == Some(0) {
+            return Err(Error::value(
+                "`validation_batch_size` must be >= 1. Received: validation_batch_size=0",
+            ));
+        }
         let val_batch = validation_batch_size.unwrap_or(batch_size);
         let (mut train, split_val) = match data.kind {
             InputKind::Arrays { x, y } => {
@@ -347,7 +357,7 @@ impl<M: Model> Trainer<M> {
                 ));
             }
             epoch_logs = self.metrics_or_logs(logs);
-            let due = (epoch + 1) % validation_freq.max(1) == 0;
+            let due = (epoch + 1).is_multiple_of(validation_freq);
             if let (Some(v), true) = (val.as_mut(), due) {
                 let val_logs = self.run_test(
                     v,

@@ -330,20 +330,20 @@ impl FitOptions {
         self.validation_data = Some((data.into(), Some(sample_weight)));
         self
     }
-    /// Validate every N epochs (Keras's `validation_freq`).
+    /// Validate every N epochs (Keras's `validation_freq`; `fit` refuses 0).
     pub fn validation_freq(mut self, n: usize) -> Self {
-        self.validation_freq = n.max(1);
+        self.validation_freq = n;
         self
     }
     /// Also validate every `n` training steps (counted across epochs), beyond Keras's epoch-only
     /// `validation_freq`. The `val_` values reach the callbacks in that batch's
     /// `on_train_batch_end` logs and are kept in [`crate::callbacks::History::step_validation`];
-    /// the training metrics' running means are not disturbed.
+    /// the training metrics' running means are not disturbed. 0 turns it off (the default).
     pub fn validation_every_steps(mut self, n: usize) -> Self {
         self.validation_every_steps = (n > 0).then_some(n);
         self
     }
-    /// Batch size of validation (default: `batch_size`).
+    /// Batch size of validation (default: `batch_size`; `fit` refuses 0).
     pub fn validation_batch_size(mut self, n: usize) -> Self {
         self.validation_batch_size = Some(n);
         self
