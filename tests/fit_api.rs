@@ -532,13 +532,15 @@ fn validation_freq_initial_epoch_and_steps_per_epoch() -> Result<()> {
     assert_eq!(h.epoch, vec![2, 3, 4]);
     assert_eq!(h.get("loss").len(), 3);
 
-    // steps_per_epoch counts batches: 3 per epoch although the data holds 8 batches of 5.
+    // steps_per_epoch counts batches: 3 per epoch although the data holds 8 batches of 5. The
+    // stream continues across epochs, and the epoch during which it runs out ends there (Keras's
+    // EpochIterator): epochs of 3, 3, 2, then a new pass.
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
     let h = model.fit(
         (x, y),
         FitOptions::new()
-            .epochs(2)
+            .epochs(4)
             .batch_size(5)
             .steps_per_epoch(3)
             .verbose(0)
@@ -547,9 +549,10 @@ fn validation_freq_initial_epoch_and_steps_per_epoch() -> Result<()> {
                 Ok(())
             })),
     )?;
-    assert_eq!(*seen.lock().unwrap(), vec![0, 1, 2, 0, 1, 2]);
+    assert_eq!(*seen.lock().unwrap(), vec![0, 1, 2, 0, 1, 2, 0, 1, 0, 1, 2]);
     assert_eq!(h.params.steps, Some(3));
-    assert_eq!(h.batch_history["loss"].len(), 6);
+    assert_eq!(h.get("loss").len(), 4);
+    assert_eq!(h.batch_history["loss"].len(), 11);
     Ok(())
 }
 
@@ -899,6 +902,102 @@ fn weighted_metrics_use_sample_weights_and_metrics_ignore_them() -> Result<()> {
         wmae,
         1e-5,
         "weighted_mae",
+    );
+    Ok(())
+}
+
+/// A finite dataset with `steps_per_epoch`: the stream continues across epochs, the epoch during
+/// which it runs out ends there, the next starts a new pass, and every pass reads each element
+/// once (Keras's EpochIterator).
+#[test]
+fn steps_per_epoch_on_a_dataset_that_runs_out() -> Result<()> {
+    let _g = serial();
+    set_random_seed(8);
+    // 7 samples, the sample's index as its only feature, batches of 2: 4 batches per pass.
+    let x = Tensor::arange(0f32, 7.0, &candle_core::Device::Cpu)?.reshape((7, 1))?;
+    let y = x.zeros_like()?;
+    let ds = ferrokeras::data::Dataset::from_tensor_slices(Data::from(vec![x, y]))?.batch(2, false);
+    let firsts = Arc::new(Mutex::new(Vec::new()));
+    let f = firsts.clone();
+    /// The epoch of a training step and its inputs.
+    type EpochAndInputs = (usize, Vec<f32>);
+    struct Recorder {
+        inner: Sequential,
+        firsts: Arc<Mutex<Vec<EpochAndInputs>>>,
+    }
+    impl Model for Recorder {
+        fn call(&mut self, x: &Data, training: bool) -> Result<Data> {
+            self.inner.call(x, training)
+        }
+        fn variables(&self) -> Vec<Variable> {
+            self.inner.variables()
+        }
+        fn train_step(&mut self, ctx: &mut StepContext, data: &Data) -> Result<Logs> {
+            let (x, _, _) = data.unpack_xy()?;
+            self.firsts
+                .lock()
+                .unwrap()
+                .push((ctx.epoch(), to_vec(x.tensor()?)));
+            default_train_step(self, ctx, data)
+        }
+    }
+    let mut model = Recorder {
+        inner: mlp(1),
+        firsts: f,
+    }
+    .compile(Compile::new().optimizer("sgd").loss("mse"))?;
+    let h = model.fit(
+        ds,
+        FitOptions::new().epochs(4).steps_per_epoch(3).verbose(0),
+    )?;
+    let seen = firsts.lock().unwrap().clone();
+    let epochs: Vec<usize> = seen.iter().map(|(e, _)| *e).collect();
+    // Epochs of 3 and 1 steps (the pass of 4 batches ends), then 3 of a new pass, then its last
+    // one alone.
+    assert_eq!(epochs, vec![0, 0, 0, 1, 2, 2, 2, 3]);
+    let pass: Vec<f32> = vec![0., 1., 2., 3., 4., 5., 6.];
+    let flat: Vec<f32> = seen.iter().flat_map(|(_, v)| v.clone()).collect();
+    assert_eq!(flat[..7], pass[..], "the first pass, across epochs 1 and 2");
+    assert_eq!(flat[7..14], pass[..], "a new pass in epoch 3");
+    assert_eq!(h.get("loss").len(), 4);
+    Ok(())
+}
+
+/// Class weights weigh training only: with `validation_split`, `val_loss` is the plain
+/// evaluation of the held-out samples (Keras evaluates them without sample weights).
+#[test]
+fn class_weight_does_not_weigh_the_validation_split() -> Result<()> {
+    let _g = serial();
+    set_random_seed(9);
+    let (x, _) = regression(40, 4);
+    let labels: Vec<f32> = (0..40).map(|i| (i % 3 == 0) as u8 as f32).collect();
+    let y = Tensor::from_vec(labels, (40, 1), &candle_core::Device::Cpu)?;
+    let mut model = Sequential::new()
+        .input(&[4])
+        .add(Dense::new(1).activation("sigmoid")?)
+        .compile(
+            Compile::new()
+                .optimizer("adam")
+                .loss("binary_crossentropy")
+                .metrics(["accuracy"]),
+        )?;
+    let h = model.fit(
+        (x.clone(), y.clone()),
+        FitOptions::new()
+            .batch_size(8)
+            .validation_split(0.25)
+            .class_weight([(0, 0.2), (1, 5.0)])
+            .verbose(0),
+    )?;
+    let held_out = model.evaluate(
+        (x.narrow(0, 30, 10)?, y.narrow(0, 30, 10)?),
+        EvaluateOptions::new().verbose(0),
+    )?;
+    assert_close(
+        h.get("val_loss")[0],
+        held_out.get("loss").unwrap(),
+        1e-6,
+        "val_loss",
     );
     Ok(())
 }

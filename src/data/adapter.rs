@@ -163,7 +163,9 @@ impl ArrayAdapter {
     }
 
     /// Splits off the last `fraction` of the samples (before any shuffling), as Keras's
-    /// `validation_split`: returns `(train, validation)`.
+    /// `validation_split`: returns `(train, validation)`. Class weights stay with the training
+    /// part: as in Keras, they weigh training only (explicit sample weights are split with the
+    /// samples).
     ///
     /// # Errors
     /// `fraction` outside `[0, 1)`, or a split that leaves one side empty.
@@ -180,7 +182,7 @@ impl ArrayAdapter {
                 self.num_samples
             )));
         }
-        let part = |start: usize, len: usize| -> Result<ArrayAdapter> {
+        let part = |start: usize, len: usize, training: bool| -> Result<ArrayAdapter> {
             let cut = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(0, start, len)?) };
             Ok(ArrayAdapter {
                 x: self.x.map(&mut |t| cut(t))?,
@@ -192,14 +194,18 @@ impl ArrayAdapter {
                     Some(sw) => Some(cut(sw)?),
                     None => None,
                 },
-                class_weight: self.class_weight.clone(),
+                class_weight: if training {
+                    self.class_weight.clone()
+                } else {
+                    None
+                },
                 batch_size: self.batch_size,
                 num_samples: len,
             })
         };
         Ok((
-            part(0, split_at)?,
-            part(split_at, self.num_samples - split_at)?,
+            part(0, split_at, true)?,
+            part(split_at, self.num_samples - split_at, false)?,
         ))
     }
 

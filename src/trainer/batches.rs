@@ -83,9 +83,9 @@ impl Batches {
         }
     }
 
-    /// The next batch; when the current pass is over, `wrap` starts a new pass (a new shuffle),
-    /// otherwise `None` is returned.
-    pub(crate) fn next_batch(&mut self, wrap: bool) -> Option<Result<Data>> {
+    /// The next batch of the current pass (a new pass, with a new shuffle, after
+    /// [`Batches::restart`]); `None` when the pass is over.
+    pub(crate) fn next_batch(&mut self) -> Option<Result<Data>> {
         match self {
             Batches::Arrays {
                 adapter,
@@ -94,7 +94,7 @@ impl Batches {
                 cursor,
                 fresh,
             } => {
-                if *fresh || (wrap && *cursor >= adapter.steps()) {
+                if *fresh {
                     *order = shuffle.then(|| crate::random::permutation(adapter.num_samples()));
                     *cursor = 0;
                     *fresh = false;
@@ -121,14 +121,7 @@ impl Batches {
                 if iter.is_none() {
                     start(iter, taken);
                 }
-                let item = match iter.as_mut().and_then(|i| i.next()) {
-                    Some(b) => Some(b),
-                    None if wrap => {
-                        start(iter, taken);
-                        iter.as_mut().and_then(|i| i.next())
-                    }
-                    None => None,
-                };
+                let item = iter.as_mut().and_then(|i| i.next());
                 if item.is_some() {
                     *taken += 1;
                 }

@@ -288,6 +288,7 @@ impl<M: Model> Trainer<M> {
             train.resume(&r.position, r.position.consumed)?;
         }
         let mut epoch_logs = Logs::new();
+        let mut ran_out_warned = false;
         for epoch in start_epoch..epochs {
             // Mid-epoch resume: metrics and data position were restored, not started afresh.
             let mid = resume.as_ref().filter(|r| r.epoch == epoch && r.step > 0);
@@ -302,8 +303,30 @@ impl<M: Model> Trainer<M> {
             let mut logs = mid.map_or_else(Logs::new, |r| r.last_logs.clone());
             let mut step = mid.map_or(0, |r| r.step);
             while steps_per_epoch.is_none_or(|n| step < n) {
-                let Some(batch) = train.next_batch(steps_per_epoch.is_some()) else {
-                    break;
+                let batch = match train.next_batch() {
+                    Some(b) => b,
+                    // With `steps_per_epoch` the stream continues across epochs; as in Keras, an
+                    // epoch that finds the pass over starts a new one, and an epoch during which
+                    // it ends stops there (with a warning).
+                    None if steps_per_epoch.is_some() && step == 0 => {
+                        train.restart();
+                        match train.next_batch() {
+                            Some(b) => b,
+                            None => break,
+                        }
+                    }
+                    None => {
+                        if let Some(n) = steps_per_epoch
+                            && !ran_out_warned
+                        {
+                            ran_out_warned = true;
+                            eprintln!(
+                                "UserWarning: the training data ran out after {step} of the {n} steps of epoch {}: the epoch ends here, and the next one starts a new pass over the data. Give steps_per_epoch at most the batches in one pass (with a dataset, or use `.repeat()`) to keep every epoch whole.",
+                                epoch + 1
+                            );
+                        }
+                        break;
+                    }
                 };
                 let batch = self.on_model_device(batch?)?;
                 self.ctx.step = step;
@@ -523,7 +546,7 @@ impl<M: Model> Trainer<M> {
         let mut outputs = Vec::new();
         let mut step = 0;
         while steps.is_none_or(|n| step < n) {
-            let Some(batch) = batches.next_batch(false) else {
+            let Some(batch) = batches.next_batch() else {
                 break;
             };
             let batch = self.on_model_device(batch?)?;
@@ -635,7 +658,7 @@ impl<M: Model> Trainer<M> {
         let mut logs = Logs::new();
         let mut step = 0;
         while steps.is_none_or(|n| step < n) {
-            let Some(batch) = batches.next_batch(false) else {
+            let Some(batch) = batches.next_batch() else {
                 break;
             };
             let batch = self.on_model_device(batch?)?;

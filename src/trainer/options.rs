@@ -374,7 +374,11 @@ impl FitOptions {
         self.backup = Some(b);
         self
     }
-    /// Steps per epoch (default: one pass over the data). The data stream continues across epochs.
+    /// Steps per epoch (default: one pass over the data). As in Keras, the data stream continues
+    /// across epochs: an epoch begins where the previous one stopped, a new pass (reshuffled)
+    /// begins when an epoch finds the data used up, and an epoch during which the data runs out
+    /// ends there, with a warning (8 batches of data and `steps_per_epoch(3)` give epochs of 3, 3,
+    /// 2, 3, 3, 2, ... steps). A dataset that repeats forever never runs out.
     pub fn steps_per_epoch(mut self, n: usize) -> Self {
         self.steps_per_epoch = Some(n);
         self
