@@ -809,3 +809,40 @@ fn per_step_units() {
     assert_eq!(format_per_step(0.001), " 1ms/step");
     assert_eq!(format_per_step(0.000456), " 456us/step");
 }
+
+/// A dataset of unknown length: the first epoch counts steps as `N/Unknown` while it runs, and
+/// its final line, like every later epoch's, shows the full bar of the steps it learnt (Keras's
+/// `_finalize_progbar`).
+#[test]
+fn progbar_learns_the_length_of_an_unknown_epoch() -> Result<()> {
+    use ferrokeras::data::{Cardinality, Dataset};
+    let (x, y) = regression(10, 3);
+    let ds = Dataset::from_tensor_slices(Data::from(vec![x, y]))?.batch(4, false);
+    let unknown = Dataset::from_fn(Cardinality::Unknown, move || Box::new(ds.iter()));
+    let buf = SharedBuf::default();
+    let history = model().fit(
+        unknown,
+        FitOptions::new()
+            .epochs(2)
+            .verbose(0)
+            .callback(ProgbarLogger::to_writer(1, Box::new(buf.clone()))),
+    )?;
+    assert_eq!(history.params.steps, None);
+    let text = buf.text();
+    assert_plain(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    for epoch in 0..2 {
+        let pairs = parse_bar_line(lines[2 * epoch + 1], 3);
+        assert_eq!(pairs, expected_pairs(&history, epoch), "{text}");
+    }
+    Ok(())
+}
+
+/// A diverging run prints `nan`, as Python formats it.
+#[test]
+fn nan_values_print_as_python_does() {
+    assert_eq!(format_value(f64::NAN), "nan");
+    let line = format_verbose2(2, 2, 1.0, 0.5, &[("loss".to_string(), f64::NAN)]);
+    assert!(line.ends_with(" - loss: nan"), "{line}");
+}

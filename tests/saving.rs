@@ -236,6 +236,85 @@ fn model_checkpoint_save_best_only_writes_only_improvements() {
     assert_eq!(names, vec!["acc-1.safetensors", "acc-2.safetensors"]);
 }
 
+/// `save_best_only` decides as Keras 3's `MonitorCallback`: `"auto"` maximizes `val_auc` (not
+/// only accuracy-like names), refuses a name it cannot place, and an unknown mode falls back to
+/// `"auto"`; a monitored value missing from the logs saves anyway (with a warning), as Keras does.
+#[test]
+fn model_checkpoint_directions_and_missing_values() {
+    use ferrokeras::callbacks::{CallbackContext, ModelCheckpoint, Params};
+    let dir = tmp("directions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut m = model(1);
+    let mut compiled = StepContext::new();
+    let params = Params {
+        epochs: 3,
+        steps: Some(1),
+        verbose: 0,
+    };
+    let (mut stop, empty) = (false, Logs::new());
+    let mut run = |cb: &mut ModelCheckpoint, key: &str, values: &[f64]| -> Result<Vec<String>> {
+        for (epoch, v) in values.iter().enumerate() {
+            let logs: Logs = [("loss", 1.0), (key, *v)].into_iter().collect();
+            let mut ctx = CallbackContext::new(&mut m, &mut compiled, &params, &empty, &mut stop);
+            cb.on_epoch_begin(&mut ctx, epoch, &empty)?;
+            cb.on_epoch_end(&mut ctx, epoch, &logs)?;
+        }
+        Ok(cb
+            .saved()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect())
+    };
+    let best = |name: &str, monitor: &str, mode: &str| {
+        ModelCheckpoint::new(format!("{}/{name}-{{epoch}}.safetensors", dir.display()))
+            .monitor(monitor)
+            .mode(mode)
+            .save_best_only(true)
+            .save_weights_only(true)
+    };
+    let saved = run(
+        &mut best("auc", "val_auc", "auto"),
+        "val_auc",
+        &[0.6, 0.8, 0.7],
+    )
+    .unwrap();
+    assert_eq!(saved, vec!["auc-1.safetensors", "auc-2.safetensors"]);
+    let saved = run(
+        &mut best("side", "val_auc", "sideways"),
+        "val_auc",
+        &[0.6, 0.5, 0.9],
+    )
+    .unwrap();
+    assert_eq!(saved, vec!["side-1.safetensors", "side-3.safetensors"]);
+    let err = run(&mut best("score", "val_score", "auto"), "val_score", &[1.0])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("monitor=val_score") && err.contains("mode"),
+        "{err}"
+    );
+    let saved = run(
+        &mut best("score", "val_score", "min"),
+        "val_score",
+        &[1.0, 2.0],
+    )
+    .unwrap();
+    assert_eq!(saved, vec!["score-1.safetensors"]);
+    // The default monitor, val_loss, without validation data: every epoch is saved.
+    let mut no_val = ModelCheckpoint::new(format!("{}/noval-{{epoch}}.safetensors", dir.display()))
+        .save_best_only(true)
+        .save_weights_only(true);
+    let saved = run(&mut no_val, "loss", &[1.0, 0.5, 2.0]).unwrap();
+    assert_eq!(
+        saved,
+        vec![
+            "noval-1.safetensors",
+            "noval-2.safetensors",
+            "noval-3.safetensors"
+        ]
+    );
+}
+
 #[test]
 fn model_checkpoint_in_fit_writes_loadable_checkpoints() {
     use ferrokeras::callbacks::{ModelCheckpoint, SaveFreq};

@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+use std::collections::HashSet;
+
+use super::early_stopping::{Direction, Mode, parse_mode, resolve_direction, warn_once};
 use super::{Callback, CallbackContext};
 use crate::logs::Logs;
 use crate::{Error, Result};
@@ -138,7 +141,10 @@ fn format_spec(v: f64, spec: &str, template: &str) -> Result<String> {
 pub struct ModelCheckpoint {
     filepath: String,
     monitor: String,
-    mode_max: Option<bool>,
+    mode: Mode,
+    /// Resolved from `mode` on the first save that needs it (Keras's lazy `_set_monitor_op`).
+    direction: Option<Direction>,
+    warned: HashSet<String>,
     save_best_only: bool,
     save_weights_only: bool,
     save_freq: SaveFreq,
@@ -155,7 +161,9 @@ impl ModelCheckpoint {
         Self {
             filepath: filepath.into(),
             monitor: "val_loss".into(),
-            mode_max: None,
+            mode: Mode::Auto,
+            direction: None,
+            warned: HashSet::new(),
             save_best_only: false,
             save_weights_only: false,
             save_freq: SaveFreq::Epoch,
@@ -169,24 +177,26 @@ impl ModelCheckpoint {
     /// The log value that decides "best" (default `val_loss`).
     pub fn monitor(mut self, m: impl Into<String>) -> Self {
         self.monitor = m.into();
+        self.direction = None;
         self
     }
-    /// `"min"`, `"max"` or `"auto"` (max for accuracy-like names).
+    /// `"auto"` (the default), `"min"` or `"max"`: which values are better with
+    /// `save_best_only`. `"auto"` decides as [`super::EarlyStopping::mode`] does (lower is better
+    /// for `loss` and the error metrics, higher for accuracies, `auc`, `precision`, ...), and is
+    /// an error on the first save when the name does not tell; another string falls back to
+    /// `"auto"` with a warning, as in Keras.
     ///
-    /// # Errors
-    /// Another string.
-    pub fn mode(mut self, mode: &str) -> Result<Self> {
-        self.mode_max = match mode {
-            "min" => Some(false),
-            "max" => Some(true),
-            "auto" => None,
-            other => {
-                return Err(Error::value(format!(
-                    "ModelCheckpoint mode must be \"auto\", \"min\" or \"max\". Received: mode={other:?}"
-                )));
-            }
-        };
-        Ok(self)
+    /// ```
+    /// use ferrokeras::callbacks::ModelCheckpoint;
+    /// let cb = ModelCheckpoint::new("best.safetensors").monitor("val_score").mode("max");
+    /// # let _ = cb;
+    /// ```
+    pub fn mode(mut self, mode: &str) -> Self {
+        self.mode = parse_mode(mode, |m| {
+            format!("ModelCheckpoint mode '{m}' is unknown, fallback to auto mode.")
+        });
+        self.direction = None;
+        self
     }
     /// Save only when the monitored value improves.
     pub fn save_best_only(mut self, b: bool) -> Self {
@@ -218,9 +228,60 @@ impl ModelCheckpoint {
         &self.saved
     }
 
-    fn is_max(&self) -> bool {
-        self.mode_max
-            .unwrap_or_else(|| self.monitor.contains("acc") || self.monitor.starts_with("fmeasure"))
+    /// Keras's `ModelCheckpoint._should_save_model`: always without `save_best_only`; with it,
+    /// when the monitored value improves on the best so far, or (with a warning) when the logs
+    /// do not hold it.
+    fn should_save(&mut self, logs: &Logs, path: &std::path::Path) -> Result<bool> {
+        let epoch = self.epoch + 1;
+        if !self.save_best_only {
+            if self.verbose {
+                println!("\nEpoch {epoch}: saving model to {}", path.display());
+            }
+            return Ok(true);
+        }
+        let Some(current) = logs.get(&self.monitor) else {
+            warn_once(
+                &mut self.warned,
+                format!("Can save best model only with {} available.", self.monitor),
+            );
+            return Ok(true);
+        };
+        let direction = match self.direction {
+            Some(d) => d,
+            None => {
+                let d = resolve_direction(self.mode, &self.monitor, "ModelCheckpoint")?;
+                self.direction = Some(d);
+                d
+            }
+        };
+        // No threshold: the first value is compared with an infinitely bad one (a NaN is no
+        // improvement).
+        let best = self.best.unwrap_or(match direction {
+            Direction::Min => f64::INFINITY,
+            Direction::Max => f64::NEG_INFINITY,
+        });
+        let best_str = self
+            .best
+            .map_or_else(|| "None".to_string(), |b| format!("{b:.5}"));
+        if direction.is_improvement(current, Some(best), 0.0) {
+            if self.verbose {
+                println!(
+                    "\nEpoch {epoch}: {} improved from {best_str} to {current:.5}, saving model to {}",
+                    self.monitor,
+                    path.display()
+                );
+            }
+            self.best = Some(current);
+            Ok(true)
+        } else {
+            if self.verbose {
+                println!(
+                    "\nEpoch {epoch}: {} did not improve from {best_str}",
+                    self.monitor
+                );
+            }
+            Ok(false)
+        }
     }
 
     fn save(
@@ -229,51 +290,15 @@ impl ModelCheckpoint {
         batch: Option<usize>,
         logs: &Logs,
     ) -> Result<()> {
-        if self.save_best_only {
-            let Some(current) = logs.get(&self.monitor) else {
-                eprintln!(
-                    "Can save best model only with {} available, skipping.",
-                    self.monitor
-                );
-                return Ok(());
-            };
-            let better = match self.best {
-                None => !current.is_nan(),
-                Some(best) => {
-                    if self.is_max() {
-                        current > best
-                    } else {
-                        current < best
-                    }
-                }
-            };
-            if !better {
-                if self.verbose {
-                    println!(
-                        "\nEpoch {}: {} did not improve from {:.5}",
-                        self.epoch + 1,
-                        self.monitor,
-                        self.best.unwrap_or(f64::NAN)
-                    );
-                }
-                return Ok(());
-            }
-            if self.verbose {
-                println!(
-                    "\nEpoch {}: {} improved from {:.5} to {current:.5}, saving model",
-                    self.epoch + 1,
-                    self.monitor,
-                    self.best.unwrap_or(f64::INFINITY)
-                );
-            }
-            self.best = Some(current);
-        }
         let path = PathBuf::from(format_template(
             &self.filepath,
             self.epoch + 1,
             batch,
             logs,
         )?);
+        if !self.should_save(logs, &path)? {
+            return Ok(());
+        }
         if self.save_weights_only {
             crate::io::save_weights(ctx.model, &path)?;
         } else {
@@ -281,9 +306,9 @@ impl ModelCheckpoint {
             meta.insert("epoch".to_string(), (self.epoch + 1).to_string());
             crate::io::save_checkpoint(ctx.model, ctx.compiled, &path, &meta)?;
         }
-        if self.verbose && !self.save_best_only {
+        if self.verbose {
             println!(
-                "\nEpoch {}: saving model to {}",
+                "\nEpoch {}: finished saving model to {}",
                 self.epoch + 1,
                 path.display()
             );

@@ -19,6 +19,8 @@ use crate::logs::Logs;
 /// assert_eq!(format_value(0.2), "0.2000");
 /// assert_eq!(format_value(0.00012345), "1.2345e-04");
 /// assert_eq!(format_value(0.0), "0.0000e+00");
+/// assert_eq!(format_value(f64::NAN), "nan"); // Python's spelling, as a diverging run shows it
+/// assert_eq!(format_value(f64::NEG_INFINITY), "-inf");
 /// ```
 pub fn format_value(v: f64) -> String {
     if v.abs() > 1e-3 {
@@ -29,6 +31,9 @@ pub fn format_value(v: f64) -> String {
 }
 
 fn python_e(v: f64) -> String {
+    if v.is_nan() {
+        return "nan".into();
+    }
     if !v.is_finite() {
         return format!("{v}");
     }
@@ -230,6 +235,9 @@ pub struct ProgbarLogger {
     epochs: usize,
     step: usize,
     show_metrics: bool,
+    /// The steps of an epoch whose length was not known, learnt when the first epoch ended (Keras's
+    /// `_finalize_progbar`): later epochs draw a real bar.
+    learnt_steps: Option<usize>,
 }
 
 impl ProgbarLogger {
@@ -243,6 +251,7 @@ impl ProgbarLogger {
             epochs: 1,
             step: 0,
             show_metrics: true,
+            learnt_steps: None,
         }
     }
     /// A logger writing plain lines to `w` (tests, log files).
@@ -286,7 +295,21 @@ impl ProgbarLogger {
             bar.set_values(logs);
         }
         let now = Instant::now();
-        let per_step = bar.per_step(current, now);
+        // With verbose 2 Keras updates its bar only at the end, so the first step (often the
+        // slowest) is part of the average.
+        let per_step = if verbose == 2 {
+            if current == 0 {
+                0.0
+            } else {
+                (now - bar.start).as_secs_f64() / current as f64
+            }
+        } else {
+            bar.per_step(current, now)
+        };
+        if finalize && bar.target.is_none() {
+            // The pass is over: its length is known now.
+            bar.target = Some(current);
+        }
         if !finalize {
             if verbose != 1 || !dynamic {
                 return;
@@ -341,6 +364,7 @@ impl ProgbarLogger {
 impl Callback for ProgbarLogger {
     fn on_train_begin(&mut self, ctx: &mut CallbackContext<'_>, _logs: &Logs) -> Result<()> {
         self.epochs = ctx.params.epochs;
+        self.learnt_steps = None;
         Ok(())
     }
     fn on_epoch_begin(
@@ -352,7 +376,7 @@ impl Callback for ProgbarLogger {
         if self.epochs > 1 {
             self.write(&format!("Epoch {}/{}\n", epoch + 1, self.epochs));
         }
-        self.start(ctx.params.steps, true);
+        self.start(ctx.params.steps.or(self.learnt_steps), true);
         Ok(())
     }
     fn on_train_batch_end(
@@ -367,12 +391,15 @@ impl Callback for ProgbarLogger {
     }
     fn on_epoch_end(
         &mut self,
-        _ctx: &mut CallbackContext<'_>,
+        ctx: &mut CallbackContext<'_>,
         _epoch: usize,
         logs: &Logs,
     ) -> Result<()> {
         let step = self.step;
         self.update(step, logs, true);
+        if ctx.params.steps.is_none() && self.learnt_steps.is_none() && step > 0 {
+            self.learnt_steps = Some(step);
+        }
         self.bar = None;
         Ok(())
     }
