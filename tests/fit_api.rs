@@ -1001,3 +1001,47 @@ fn class_weight_does_not_weigh_the_validation_split() -> Result<()> {
     );
     Ok(())
 }
+
+/// `validation_steps` bounds validation, which makes a validation dataset that repeats forever
+/// usable; every validation reads the same first batches (an unshuffled dataset), so `val_loss`
+/// equals `evaluate` with as many steps.
+#[test]
+fn validation_steps_bound_an_endless_validation_dataset() -> Result<()> {
+    let _g = serial();
+    set_random_seed(10);
+    let (x, y) = regression(24, 4);
+    let (vx, vy) = regression(12, 4);
+    let val = ferrokeras::data::Dataset::from_tensor_slices(Data::from(vec![vx, vy]))?
+        .batch(4, false)
+        .repeat(None);
+    let mut model = compiled_mlp(4)?;
+    let h = model.fit(
+        (x, y),
+        FitOptions::new()
+            .epochs(2)
+            .batch_size(8)
+            .validation_data(val.clone())
+            .validation_steps(2)
+            .verbose(0),
+    )?;
+    assert_eq!(h.get("val_loss").len(), 2);
+    let logs = model.evaluate(val, EvaluateOptions::new().steps(2).verbose(0))?;
+    assert_close(
+        h.get("val_loss")[1],
+        logs.get("loss").unwrap(),
+        1e-6,
+        "val_loss",
+    );
+    let msg = model
+        .fit(
+            regression(8, 4),
+            FitOptions::new()
+                .validation_data(regression(4, 4))
+                .validation_steps(0)
+                .verbose(0),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("validation_steps=0"), "{msg}");
+    Ok(())
+}

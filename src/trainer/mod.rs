@@ -172,6 +172,7 @@ impl<M: Model> Trainer<M> {
             validation_data,
             validation_freq,
             validation_batch_size,
+            validation_steps,
             shuffle,
             class_weight,
             sample_weight,
@@ -194,6 +195,11 @@ impl<M: Model> Trainer<M> {
         if validation_freq == 0 {
             return Err(Error::value(
                 "`validation_freq` must be >= 1 (validate every N epochs). Received: validation_freq=0; leave out `validation_data` to train without validation",
+            ));
+        }
+        if validation_steps == Some(0) {
+            return Err(Error::value(
+                "`validation_steps` must be >= 1. Received: validation_steps=0; leave it out to validate on all of the validation data",
             ));
         }
         if validation_batch_size == Some(0) {
@@ -341,7 +347,7 @@ impl<M: Model> Trainer<M> {
                     let saved = self.metric_states();
                     let val_logs = self.run_test(
                         v,
-                        None,
+                        validation_steps,
                         &mut list,
                         &mut history,
                         &mut progbar,
@@ -384,7 +390,7 @@ impl<M: Model> Trainer<M> {
             if let (Some(v), true) = (val.as_mut(), due) {
                 let val_logs = self.run_test(
                     v,
-                    None,
+                    validation_steps,
                     &mut list,
                     &mut history,
                     &mut progbar,

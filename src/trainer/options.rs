@@ -250,6 +250,7 @@ pub struct FitOptions {
     pub(crate) validation_data: Option<(Inputs, Option<Tensor>)>,
     pub(crate) validation_freq: usize,
     pub(crate) validation_batch_size: Option<usize>,
+    pub(crate) validation_steps: Option<usize>,
     pub(crate) shuffle: bool,
     pub(crate) class_weight: Option<ClassWeight>,
     pub(crate) sample_weight: Option<Tensor>,
@@ -270,6 +271,7 @@ impl Default for FitOptions {
             validation_data: None,
             validation_freq: 1,
             validation_batch_size: None,
+            validation_steps: None,
             shuffle: true,
             class_weight: None,
             sample_weight: None,
@@ -341,6 +343,14 @@ impl FitOptions {
     /// the training metrics' running means are not disturbed. 0 turns it off (the default).
     pub fn validation_every_steps(mut self, n: usize) -> Self {
         self.validation_every_steps = (n > 0).then_some(n);
+        self
+    }
+    /// Validate on the first `n` batches of the validation data only (Keras's
+    /// `validation_steps`; default: all of it). Needed for validation data that repeats forever.
+    /// Each validation starts from the beginning of the data (a shuffled dataset draws a new
+    /// order), where Keras 3 goes on from where the previous validation stopped. `fit` refuses 0.
+    pub fn validation_steps(mut self, n: usize) -> Self {
+        self.validation_steps = Some(n);
         self
     }
     /// Batch size of validation (default: `batch_size`; `fit` refuses 0).
