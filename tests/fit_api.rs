@@ -148,8 +148,8 @@ fn functional_two_inputs_two_outputs() -> Result<()> {
     let ha = shared.apply(&a)?;
     let hb = shared.apply(&b)?;
     let h = Concatenate::new().apply_many(&[ha, hb])?;
-    let out1 = Dense::new(1).apply(&h)?;
-    let out2 = Dense::new(2).apply(&h)?;
+    let out1 = Dense::new(1).named("price").apply(&h)?;
+    let out2 = Dense::new(2).named("scores").apply(&h)?;
     let model = Functional::new(&[a, b], &[out1, out2])?;
 
     // The shared Dense is counted once: 3*4+4, then 8*1+1 and 8*2+2.
@@ -198,18 +198,32 @@ fn functional_two_inputs_two_outputs() -> Result<()> {
             .validation_split(0.25)
             .verbose(0),
     )?;
+    // Keras's keys: per-output metrics and losses after the output layers' names.
     let keys: Vec<&str> = history.history.keys().map(String::as_str).collect();
     assert_eq!(
         keys,
         vec![
             "loss",
-            "output_0_mae",
-            "output_1_mae",
+            "price_loss",
+            "price_mae",
+            "scores_loss",
+            "scores_mae",
             "val_loss",
-            "val_output_0_mae",
-            "val_output_1_mae"
+            "val_price_loss",
+            "val_price_mae",
+            "val_scores_loss",
+            "val_scores_mae"
         ]
     );
+    // The epoch's loss is the sum of the outputs' losses (the same batches, each weighted by
+    // its batch size).
+    for e in 0..3 {
+        for p in ["", "val_"] {
+            let sum = history.get(&format!("{p}price_loss"))[e]
+                + history.get(&format!("{p}scores_loss"))[e];
+            assert_close(history.get(&format!("{p}loss"))[e], sum, 1e-5, "loss = sum");
+        }
+    }
     assert!(history.history.values().all(|v| v.len() == 3));
 
     // predict returns one tensor per output, in output order.
@@ -219,7 +233,7 @@ fn functional_two_inputs_two_outputs() -> Result<()> {
     assert_eq!(parts[0].dims(), &[n, 1]);
     assert_eq!(parts[1].dims(), &[n, 2]);
 
-    // evaluate reports the loss summed over outputs and one metric per output.
+    // evaluate reports the loss summed over outputs, each output's loss and one metric per output.
     let logs = model.evaluate(
         Inputs::xy(x, y),
         EvaluateOptions::new().batch_size(n).verbose(0),
@@ -228,17 +242,15 @@ fn functional_two_inputs_two_outputs() -> Result<()> {
     let mae1 = (parts[1] - &y2)?.abs()?.mean_all()?.to_scalar::<f32>()? as f64;
     let mse = (parts[0] - &y1)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64
         + (parts[1] - &y2)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
+    let mse0 = (parts[0] - &y1)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
+    assert_close(logs.get("price_mae").unwrap(), mae0, 1e-5, "price_mae");
+    assert_close(logs.get("scores_mae").unwrap(), mae1, 1e-5, "scores_mae");
+    assert_close(logs.get("price_loss").unwrap(), mse0, 1e-5, "price_loss");
     assert_close(
-        logs.get("output_0_mae").unwrap(),
-        mae0,
+        logs.get("scores_loss").unwrap(),
+        mse - mse0,
         1e-5,
-        "output_0_mae",
-    );
-    assert_close(
-        logs.get("output_1_mae").unwrap(),
-        mae1,
-        1e-5,
-        "output_1_mae",
+        "scores_loss",
     );
     assert_close(logs.get("loss").unwrap(), mse, 1e-5, "loss");
     Ok(())

@@ -63,6 +63,31 @@ impl CompiledLoss {
         y_pred: &Data,
         sample_weight: Option<&Tensor>,
     ) -> Result<Tensor> {
+        sum(self.compute_each(y, y_pred, sample_weight)?)
+    }
+
+    /// Each output's loss, times its weight, in output order (their sum is [`CompiledLoss::compute`]).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::{Data, losses::{CompiledLoss, get}};
+    /// let loss = CompiledLoss::new(vec![get("mse").unwrap(), get("mae").unwrap()], Some(vec![1.0, 0.5])).unwrap();
+    /// let t = |v: f32| Data::from(Tensor::new(&[[v]], &Device::Cpu).unwrap());
+    /// let y = Data::Tuple(vec![t(1.0), t(1.0)]);
+    /// let p = Data::Tuple(vec![t(3.0), t(3.0)]);
+    /// let each: Vec<f32> = loss.compute_each(&y, &p, None).unwrap().iter()
+    ///     .map(|v| v.to_scalar::<f32>().unwrap()).collect();
+    /// assert_eq!(each, vec![4.0, 1.0]);
+    /// ```
+    ///
+    /// # Errors
+    /// As [`CompiledLoss::compute`].
+    pub fn compute_each(
+        &self,
+        y: &Data,
+        y_pred: &Data,
+        sample_weight: Option<&Tensor>,
+    ) -> Result<Vec<Tensor>> {
         let ys = y.flatten();
         let ps = y_pred.flatten();
         if ys.len() != ps.len() {
@@ -81,20 +106,26 @@ impl CompiledLoss {
                 ps.len()
             )));
         }
-        let mut total: Option<Tensor> = None;
+        let mut values = Vec::with_capacity(ps.len());
         for (i, (t, p)) in ys.iter().zip(ps.iter()).enumerate() {
             let loss = &self.losses[if self.losses.len() == 1 { 0 } else { i }];
             let mut value = loss.compute(t, p, sample_weight)?;
             if let Some(w) = &self.weights {
                 value = (value * w[if w.len() == 1 { 0 } else { i }])?;
             }
-            total = Some(match total {
-                Some(acc) => (acc + value)?,
-                None => value,
-            });
+            values.push(value);
         }
-        total.ok_or_else(|| Error::value("the model produced no output to compute a loss on"))
+        Ok(values)
     }
+}
+
+/// The sum of per-output losses.
+pub(crate) fn sum(values: Vec<Tensor>) -> Result<Tensor> {
+    let mut values = values.into_iter();
+    let first = values
+        .next()
+        .ok_or_else(|| Error::value("the model produced no output to compute a loss on"))?;
+    values.try_fold(first, |acc, v| Ok((acc + v)?))
 }
 
 impl Loss for CompiledLoss {

@@ -37,7 +37,9 @@ impl<M: Metric + 'static> From<M> for MetricSpec {
 /// Shorthands are resolved on the first update, from the shapes of targets and predictions, as Keras
 /// does: `"accuracy"` becomes binary accuracy when predictions have one column, sparse categorical
 /// accuracy when targets are labels, categorical accuracy otherwise (the name stays `"accuracy"`).
-/// With several outputs, every metric is tracked per output as `output_{i}_{name}`. Metrics given
+/// With several outputs, every metric is tracked per output as `{output}_{name}`, after the
+/// output layers' names (`output_{i}_{name}` where they are not known); unlike Keras 3, which wants
+/// one entry per output, a flat list applies every metric to every output. Metrics given
 /// as `metrics` ignore sample weights, as in Keras; `weighted_metrics` use them.
 ///
 /// ```
@@ -122,6 +124,20 @@ impl CompiledMetrics {
     /// # Errors
     /// An unknown shorthand, or a metric object given for a multi-output model.
     pub fn build(&mut self, y: &Data, y_pred: &Data) -> Result<()> {
+        let names: Vec<String> = match y_pred {
+            Data::Dict(items) => items.iter().map(|(k, _)| k.clone()).collect(),
+            _ => Vec::new(),
+        };
+        self.build_named(y, y_pred, &names)
+    }
+
+    /// [`CompiledMetrics::build`] with the outputs' names: with several outputs, a metric is
+    /// tracked per output as `{name}_{metric}` (Keras's names, after the output layers), or
+    /// `output_{i}_{metric}` when `output_names` does not name every output.
+    ///
+    /// # Errors
+    /// As [`CompiledMetrics::build`].
+    pub fn build_named(&mut self, y: &Data, y_pred: &Data, output_names: &[String]) -> Result<()> {
         if self.is_built {
             return Ok(());
         }
@@ -144,6 +160,8 @@ impl CompiledMetrics {
                     for (i, (t, p)) in ys.iter().zip(ps.iter()).enumerate() {
                         let display = if outputs == 1 {
                             name.clone()
+                        } else if output_names.len() == outputs {
+                            format!("{}_{name}", output_names[i])
                         } else {
                             format!("output_{i}_{name}")
                         };

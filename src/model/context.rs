@@ -19,6 +19,10 @@ pub struct StepContext {
     pub(crate) loss: Option<CompiledLoss>,
     pub(crate) metrics: CompiledMetrics,
     pub(crate) loss_tracker: Mean,
+    /// One `Mean("{output}_loss")` per output of a multi-output model with a compiled loss.
+    pub(crate) output_loss_trackers: Vec<Mean>,
+    /// Whether [`StepContext::build`] ran.
+    pub(crate) built: bool,
     pub(crate) epoch: usize,
     pub(crate) step: usize,
 }
@@ -37,6 +41,8 @@ impl StepContext {
             loss: None,
             metrics: CompiledMetrics::empty(),
             loss_tracker: Mean::new("loss"),
+            output_loss_trackers: Vec::new(),
+            built: false,
             epoch: 0,
             step: 0,
         }
@@ -74,15 +80,62 @@ impl StepContext {
         &mut self.loss_tracker
     }
 
-    /// The default metrics list: the loss tracker (when a loss is compiled) and the compiled
-    /// metrics, in Keras's order.
+    /// The default metrics list, in Keras's order: the loss tracker (when a loss is compiled),
+    /// the compiled metrics, then, for a model of several outputs, each output's loss
+    /// (`{output}_loss`, updated by [`crate::model::default_compute_loss`]).
     pub fn default_metrics(&mut self) -> Vec<&mut dyn Metric> {
         let mut out: Vec<&mut dyn Metric> = Vec::new();
         if self.loss.is_some() {
             out.push(&mut self.loss_tracker);
         }
         out.extend(self.metrics.metrics_mut());
+        out.extend(
+            self.output_loss_trackers
+                .iter_mut()
+                .map(|m| m as &mut dyn Metric),
+        );
         out
+    }
+
+    /// The per-output loss trackers of a multi-output model (empty until `fit` or `evaluate`
+    /// builds them from the first batch, or with one output).
+    pub fn output_loss_trackers(&mut self) -> &mut [Mean] {
+        &mut self.output_loss_trackers
+    }
+
+    /// Builds the compiled metrics and the per-output loss trackers from the first targets and
+    /// predictions, naming per-output values after `output_names` (or `output_{i}` when they do
+    /// not match the outputs). `fit` and `evaluate` call it before the first step; calling it
+    /// again is a no-op.
+    ///
+    /// # Errors
+    /// As [`CompiledMetrics::build`].
+    pub fn build(
+        &mut self,
+        y: &crate::Data,
+        y_pred: &crate::Data,
+        output_names: &[String],
+    ) -> Result<()> {
+        let outputs = y_pred.flatten().len();
+        let names: Vec<String> = match y_pred {
+            crate::Data::Dict(items) if items.len() == outputs => {
+                items.iter().map(|(k, _)| k.clone()).collect()
+            }
+            _ if output_names.len() == outputs => output_names.to_vec(),
+            _ => (0..outputs).map(|i| format!("output_{i}")).collect(),
+        };
+        self.metrics.build_named(y, y_pred, &names)?;
+        if self.built {
+            return Ok(());
+        }
+        if self.loss.is_some() && outputs > 1 {
+            self.output_loss_trackers = names
+                .iter()
+                .map(|n| Mean::new(format!("{n}_loss")))
+                .collect();
+        }
+        self.built = true;
+        Ok(())
     }
 
     /// The current epoch (0-based) inside `fit`.

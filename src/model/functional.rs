@@ -363,6 +363,15 @@ fn visit(
 }
 
 impl Model for Functional {
+    fn output_names(&self) -> Vec<String> {
+        self.outputs
+            .iter()
+            .map(|t| match &*t.node {
+                Node::Input { name } => name.clone(),
+                Node::Layer { layer, .. } => layer.lock().name().to_string(),
+            })
+            .collect()
+    }
     fn named_variables(&self) -> Vec<(String, Variable)> {
         super::structural_names(self.layers.iter().map(|l| {
             let l = l.lock();

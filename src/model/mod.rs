@@ -191,6 +191,13 @@ pub trait Model: Send {
         }
     }
 
+    /// The names of the model's outputs, in output order (Keras's `output_names`): a functional
+    /// model's output layers. Per-output metrics and losses are named after them
+    /// (`{output}_loss`, `{output}_mae`); empty (the default) names them `output_{i}`.
+    fn output_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Rows for `summary()` (empty for a model that does not describe its layers).
     fn summary_rows(&self) -> Vec<LayerSummary> {
         Vec::new()
@@ -336,6 +343,9 @@ impl<M: Model + ?Sized> Model for Box<M> {
     fn metrics<'a>(&'a mut self, ctx: &'a mut StepContext) -> Vec<&'a mut dyn Metric> {
         (**self).metrics(ctx)
     }
+    fn output_names(&self) -> Vec<String> {
+        (**self).output_names()
+    }
     fn summary_rows(&self) -> Vec<LayerSummary> {
         (**self).summary_rows()
     }
@@ -395,7 +405,16 @@ pub fn default_compute_loss<M: Model + ?Sized>(
                 "the compiled loss needs targets, but the data has no `y`: pass `(x, y)` to fit/evaluate, or compile without a loss",
             )
         })?;
-        total = Some(loss.compute(y, y_pred, sample_weight)?);
+        let values = loss.compute_each(y, y_pred, sample_weight)?;
+        // Keras's per-output loss trackers (`{output}_loss`), weighted by batch size.
+        let trackers = &mut ctx.output_loss_trackers;
+        if trackers.len() == values.len() && values.len() > 1 {
+            let batch = y_pred.flatten()[0].dims().first().copied().unwrap_or(1);
+            for (m, v) in trackers.iter_mut().zip(&values) {
+                m.update_tensor(&v.detach(), batch as f64)?;
+            }
+        }
+        total = Some(crate::losses::sum_losses(values)?);
     }
     for reg in model.losses()? {
         total = Some(match total {

@@ -681,13 +681,14 @@ impl<M: Model> Trainer<M> {
     /// Keras's symbolic build: resolves the compiled metrics from the first batch's targets and a
     /// forward pass in inference mode, so that every compiled metric exists before the first step.
     fn build_metrics(&mut self, batch: &Data) -> Result<()> {
-        if self.ctx.metrics.is_built() {
+        if self.ctx.built {
             return Ok(());
         }
         let (x, y, _) = batch.unpack()?;
         if let Some(y) = y {
             let y_pred = self.model.call(x, false)?.map(&mut |t| Ok(t.detach()))?;
-            self.ctx.metrics.build(y, &y_pred)?;
+            let names = self.model.output_names();
+            self.ctx.build(y, &y_pred, &names)?;
         }
         Ok(())
     }
