@@ -1057,3 +1057,31 @@ fn validation_steps_bound_an_endless_validation_dataset() -> Result<()> {
     assert!(msg.contains("validation_steps=0"), "{msg}");
     Ok(())
 }
+
+/// Compiled without a loss, a model whose only loss is a regularizer trains on it through the
+/// default step, and its logs report it as `loss` (Keras's loss tracker): the L2 penalty of the
+/// kernel as it was before each update, averaged over the epoch's batches.
+#[test]
+fn regularization_alone_is_reported_as_the_loss() -> Result<()> {
+    let _g = serial();
+    set_random_seed(11);
+    let mut model = Sequential::new()
+        .input(&[3])
+        .add(Dense::new(2).kernel_regularizer(ferrokeras::layers::Regularizer::L2(0.1)))
+        .compile(Compile::new().optimizer(Sgd::new(0.0)))?;
+    let k = model.get_weights()[0]
+        .sqr()?
+        .sum_all()?
+        .to_scalar::<f32>()? as f64
+        * 0.1;
+    let (x, y) = regression(8, 3);
+    let h = model.fit(
+        (x.clone(), y.clone()),
+        FitOptions::new().batch_size(4).verbose(0),
+    )?;
+    assert_eq!(h.history.keys().collect::<Vec<_>>(), vec!["loss"]);
+    assert_close(h.get("loss")[0], k, 1e-5, "loss");
+    let logs = model.evaluate((x, y), EvaluateOptions::new().verbose(0))?;
+    assert_close(logs.get("loss").unwrap(), k, 1e-5, "evaluate loss");
+    Ok(())
+}

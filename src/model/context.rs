@@ -19,6 +19,9 @@ pub struct StepContext {
     pub(crate) loss: Option<CompiledLoss>,
     pub(crate) metrics: CompiledMetrics,
     pub(crate) loss_tracker: Mean,
+    /// Whether a step has reached for the loss tracker (a model without a compiled loss whose
+    /// regularization losses the default steps track).
+    pub(crate) loss_tracker_used: bool,
     /// One `Mean("{output}_loss")` per output of a multi-output model with a compiled loss.
     pub(crate) output_loss_trackers: Vec<Mean>,
     /// Whether [`StepContext::build`] ran.
@@ -41,6 +44,7 @@ impl StepContext {
             loss: None,
             metrics: CompiledMetrics::empty(),
             loss_tracker: Mean::new("loss"),
+            loss_tracker_used: false,
             output_loss_trackers: Vec::new(),
             built: false,
             epoch: 0,
@@ -75,17 +79,21 @@ impl StepContext {
         &mut self.metrics
     }
 
-    /// The `Mean(name="loss")` that default steps update.
+    /// The `Mean(name="loss")` that default steps update. Once asked for, it is part of
+    /// [`StepContext::default_metrics`] even without a compiled loss (the default steps track a
+    /// model's regularization losses in it).
     pub fn loss_tracker(&mut self) -> &mut Mean {
+        self.loss_tracker_used = true;
         &mut self.loss_tracker
     }
 
-    /// The default metrics list, in Keras's order: the loss tracker (when a loss is compiled),
+    /// The default metrics list, in Keras's order: the loss tracker (when a loss is compiled, or
+    /// once a step updated it),
     /// the compiled metrics, then, for a model of several outputs, each output's loss
     /// (`{output}_loss`, updated by [`crate::model::default_compute_loss`]).
     pub fn default_metrics(&mut self) -> Vec<&mut dyn Metric> {
         let mut out: Vec<&mut dyn Metric> = Vec::new();
-        if self.loss.is_some() {
+        if self.loss.is_some() || self.loss_tracker_used {
             out.push(&mut self.loss_tracker);
         }
         out.extend(self.metrics.metrics_mut());
