@@ -253,6 +253,32 @@ fn functional_two_inputs_two_outputs() -> Result<()> {
         "scores_loss",
     );
     assert_close(logs.get("loss").unwrap(), mse, 1e-5, "loss");
+
+    // With loss weights the total weighs each output; the per-output losses are logged before
+    // their weights (Keras 3.7+).
+    let mut weighted = model.compile(
+        Compile::new()
+            .optimizer(Adam::new(0.01))
+            .losses(vec!["mse".into(), "mse".into()])
+            .loss_weights(vec![1.0, 0.25]),
+    )?;
+    let logs = weighted.evaluate(
+        Inputs::xy(Data::from(vec![xa, xb]), Data::from(vec![y1, y2])),
+        EvaluateOptions::new().batch_size(n).verbose(0),
+    )?;
+    assert_close(logs.get("price_loss").unwrap(), mse0, 1e-5, "price_loss");
+    assert_close(
+        logs.get("scores_loss").unwrap(),
+        mse - mse0,
+        1e-5,
+        "scores_loss",
+    );
+    assert_close(
+        logs.get("loss").unwrap(),
+        mse0 + 0.25 * (mse - mse0),
+        1e-5,
+        "weighted loss",
+    );
     Ok(())
 }
 

@@ -63,21 +63,41 @@ impl CompiledLoss {
         y_pred: &Data,
         sample_weight: Option<&Tensor>,
     ) -> Result<Tensor> {
-        sum(self.compute_each(y, y_pred, sample_weight)?)
+        self.weighted_sum(self.compute_each(y, y_pred, sample_weight)?)
     }
 
-    /// Each output's loss, times its weight, in output order (their sum is [`CompiledLoss::compute`]).
+    /// `sum(weight_i * values[i])` over the outputs' losses from [`CompiledLoss::compute_each`].
+    ///
+    /// # Errors
+    /// No value, or a weight list that does not match the values.
+    pub fn weighted_sum(&self, values: Vec<Tensor>) -> Result<Tensor> {
+        let values = match &self.weights {
+            None => values,
+            Some(w) => values
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| Ok((v * w[if w.len() == 1 { 0 } else { i }])?))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        sum(values)
+    }
+
+    /// Each output's loss, without its loss weight, in output order (Keras logs these as
+    /// `{output}_loss`; [`CompiledLoss::weighted_sum`] of them is [`CompiledLoss::compute`]).
     ///
     /// ```
     /// use candle_core::{Device, Tensor};
     /// use ferrokeras::{Data, losses::{CompiledLoss, get}};
     /// let loss = CompiledLoss::new(vec![get("mse").unwrap(), get("mae").unwrap()], Some(vec![1.0, 0.5])).unwrap();
+    /// // mse 4 and mae 2; the total weighs the second by 0.5.
     /// let t = |v: f32| Data::from(Tensor::new(&[[v]], &Device::Cpu).unwrap());
     /// let y = Data::Tuple(vec![t(1.0), t(1.0)]);
     /// let p = Data::Tuple(vec![t(3.0), t(3.0)]);
     /// let each: Vec<f32> = loss.compute_each(&y, &p, None).unwrap().iter()
     ///     .map(|v| v.to_scalar::<f32>().unwrap()).collect();
-    /// assert_eq!(each, vec![4.0, 1.0]);
+    /// assert_eq!(each, vec![4.0, 2.0]);
+    /// let total = loss.weighted_sum(loss.compute_each(&y, &p, None).unwrap()).unwrap();
+    /// assert_eq!(total.to_scalar::<f32>().unwrap(), 5.0);
     /// ```
     ///
     /// # Errors
@@ -109,11 +129,7 @@ impl CompiledLoss {
         let mut values = Vec::with_capacity(ps.len());
         for (i, (t, p)) in ys.iter().zip(ps.iter()).enumerate() {
             let loss = &self.losses[if self.losses.len() == 1 { 0 } else { i }];
-            let mut value = loss.compute(t, p, sample_weight)?;
-            if let Some(w) = &self.weights {
-                value = (value * w[if w.len() == 1 { 0 } else { i }])?;
-            }
-            values.push(value);
+            values.push(loss.compute(t, p, sample_weight)?);
         }
         Ok(values)
     }

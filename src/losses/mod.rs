@@ -7,7 +7,6 @@
 mod compiled;
 
 pub use compiled::CompiledLoss;
-pub(crate) use compiled::sum as sum_losses;
 
 use candle_core::{D, DType, Tensor};
 

@@ -399,14 +399,15 @@ pub fn default_compute_loss<M: Model + ?Sized>(
     sample_weight: Option<&Tensor>,
 ) -> Result<Tensor> {
     let mut total: Option<Tensor> = None;
-    if let Some(loss) = ctx.compiled_loss() {
+    if let Some(loss) = ctx.loss.as_ref() {
         let y = y.ok_or_else(|| {
             Error::value(
                 "the compiled loss needs targets, but the data has no `y`: pass `(x, y)` to fit/evaluate, or compile without a loss",
             )
         })?;
         let values = loss.compute_each(y, y_pred, sample_weight)?;
-        // Keras's per-output loss trackers (`{output}_loss`), weighted by batch size.
+        // Keras's per-output loss trackers (`{output}_loss`, before the loss weights), weighted
+        // by batch size.
         let trackers = &mut ctx.output_loss_trackers;
         if trackers.len() == values.len() && values.len() > 1 {
             let batch = y_pred.flatten()[0].dims().first().copied().unwrap_or(1);
@@ -414,7 +415,7 @@ pub fn default_compute_loss<M: Model + ?Sized>(
                 m.update_tensor(&v.detach(), batch as f64)?;
             }
         }
-        total = Some(crate::losses::sum_losses(values)?);
+        total = Some(loss.weighted_sum(values)?);
     }
     for reg in model.losses()? {
         total = Some(match total {
