@@ -30,6 +30,8 @@ mod inputs;
 mod keras_layer_parity;
 #[path = "keras_parity.rs"]
 mod keras_parity;
+#[path = "keras_semantics.rs"]
+mod keras_semantics;
 #[path = "mixed_precision.rs"]
 mod mixed_precision;
 #[path = "model_file.rs"]

@@ -37,7 +37,7 @@ pub trait Loss: Send {
     /// # Errors
     /// Incompatible shapes of `y_true` and `y_pred`.
     fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor>;
-    /// The scalar loss: `sum(values * sample_weight) / values.elem_count()`.
+    /// The scalar loss: `sum(values * sample_weight)` divided by the number of those products.
     ///
     /// # Errors
     /// Incompatible shapes, including a `sample_weight` that does not match the batch.
@@ -52,13 +52,26 @@ pub trait Loss: Send {
     }
 }
 
-/// `sum(values * sample_weight) / number of values` (Keras's `reduce_weighted_values` with
-/// `sum_over_batch_size`).
+/// `sum(values * sample_weight) / number of products` (Keras's `reduce_weighted_values` with
+/// `sum_over_batch_size`): the count is taken after the weights broadcast, so the scalar loss of
+/// rank-1 targets, weighted per sample, is divided by the number of samples.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::losses::reduce_weighted;
+/// let t = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();
+/// // Per-sample values: the sum of weighted values over the 4 samples.
+/// let l = reduce_weighted(&t(&[1., 2., 3., 4.]), Some(&t(&[1., 1., 0., 0.]))).unwrap();
+/// assert_eq!(l.to_scalar::<f32>().unwrap(), 0.75);
+/// // One value (a rank-1 target's loss) weighted by 4 samples: divided by 4, not 1.
+/// let one = Tensor::new(0.5f32, &Device::Cpu).unwrap();
+/// let l = reduce_weighted(&one, Some(&t(&[1., 1., 0., 0.]))).unwrap();
+/// assert_eq!(l.to_scalar::<f32>().unwrap(), 0.25);
+/// ```
 ///
 /// # Errors
 /// A `sample_weight` whose shape cannot broadcast to the values.
 pub fn reduce_weighted(values: &Tensor, sample_weight: Option<&Tensor>) -> Result<Tensor> {
-    let n = values.elem_count().max(1) as f64;
     let weighted = match sample_weight {
         Some(sw) => {
             let sw = sw.to_dtype(values.dtype())?;
@@ -74,6 +87,7 @@ pub fn reduce_weighted(values: &Tensor, sample_weight: Option<&Tensor>) -> Resul
         }
         None => values.clone(),
     };
+    let n = weighted.elem_count().max(1) as f64;
     Ok((weighted.sum_all()? / n)?)
 }
 

@@ -157,14 +157,29 @@ impl CompiledMetrics {
                     self.push(0, weighted, m);
                 }
                 MetricSpec::Name(name) => {
-                    for (i, (t, p)) in ys.iter().zip(ps.iter()).enumerate() {
-                        let display = if outputs == 1 {
-                            name.clone()
+                    // A weighted metric named as an unweighted one is `weighted_{name}`, after the
+                    // output's prefix (Keras's `{output}_weighted_{name}`).
+                    let display = |i: usize, base: &str| {
+                        if outputs == 1 {
+                            base.to_string()
                         } else if output_names.len() == outputs {
-                            format!("{}_{name}", output_names[i])
+                            format!("{}_{base}", output_names[i])
                         } else {
-                            format!("output_{i}_{name}")
-                        };
+                            format!("output_{i}_{base}")
+                        }
+                    };
+                    let clash = weighted
+                        && self
+                            .built
+                            .iter()
+                            .any(|e| !e.weighted && e.metric.name() == display(0, &name));
+                    let base = if clash {
+                        format!("weighted_{name}")
+                    } else {
+                        name.clone()
+                    };
+                    for (i, (t, p)) in ys.iter().zip(ps.iter()).enumerate() {
+                        let display = display(i, &base);
                         let m: Box<dyn Metric> = if name == "accuracy" || name == "acc" {
                             resolve_accuracy(t, p, display)
                         } else {

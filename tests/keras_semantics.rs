@@ -1,0 +1,175 @@
+//! Reductions and names that depend on shapes and on the model's outputs, against Keras 3
+//! (`tests/fixtures/keras_semantics.json`, made by `make_keras_semantics_fixtures.py`).
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+
+use ferrokeras::layers::Dense;
+use ferrokeras::losses::{BinaryCrossentropy, Huber, Loss, MeanAbsoluteError, MeanSquaredError};
+use ferrokeras::metrics::{Accuracy, BinaryAccuracy, Metric};
+use ferrokeras::model::LayerExt;
+use ferrokeras::{Compile, Data, EvaluateOptions, Functional, Input, Model, ModelExt};
+
+fn fixtures() -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+        .join("keras_semantics.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A JSON number or nested list as a float32 tensor.
+fn tensor(v: &Value) -> Tensor {
+    fn walk(v: &Value, shape: &mut Vec<usize>, depth: usize, out: &mut Vec<f32>) {
+        match v {
+            Value::Array(items) => {
+                if shape.len() == depth {
+                    shape.push(items.len());
+                }
+                for item in items {
+                    walk(item, shape, depth + 1, out);
+                }
+            }
+            other => out.push(other.as_f64().unwrap() as f32),
+        }
+    }
+    let (mut shape, mut values) = (Vec::new(), Vec::new());
+    walk(v, &mut shape, 0, &mut values);
+    Tensor::from_vec(values, shape.as_slice(), &Device::Cpu).unwrap()
+}
+
+fn close(what: &str, got: f64, want: f64, tol: f64) {
+    assert!(
+        (got - want).abs() <= tol * (1.0 + want.abs()),
+        "{what}: {got} vs Keras {want}"
+    );
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.to_scalar::<f32>().unwrap() as f64
+}
+
+/// Rank-1 targets weighted per sample: Keras divides the weighted sum by the number of weighted
+/// values (the batch size), as for `(n, 1)` columns.
+#[test]
+fn weighted_losses_of_rank_one_targets() {
+    let fx = &fixtures()["rank1_losses"];
+    let (y, p, sw) = (tensor(&fx["y"]), tensor(&fx["p"]), tensor(&fx["sw"]));
+    let col = |t: &Tensor| t.unsqueeze(1).unwrap();
+    let losses: Vec<(&str, Box<dyn Loss>)> = vec![
+        ("mse", Box::new(MeanSquaredError::new())),
+        ("mae", Box::new(MeanAbsoluteError::new())),
+        ("huber", Box::new(Huber::new(0.3))),
+        ("bce", Box::new(BinaryCrossentropy::new())),
+    ];
+    for (name, loss) in losses {
+        let want = &fx[name];
+        let got = scalar(&loss.compute(&y, &p, None).unwrap());
+        close(
+            &format!("{name} rank 1"),
+            got,
+            want["rank1"].as_f64().unwrap(),
+            1e-5,
+        );
+        let got = scalar(&loss.compute(&y, &p, Some(&sw)).unwrap());
+        close(
+            &format!("{name} rank 1 weighted"),
+            got,
+            want["rank1_weighted"].as_f64().unwrap(),
+            1e-5,
+        );
+        let got = scalar(&loss.compute(&col(&y), &col(&p), Some(&sw)).unwrap());
+        close(
+            &format!("{name} (n, 1) weighted"),
+            got,
+            want["column_weighted"].as_f64().unwrap(),
+            1e-5,
+        );
+    }
+}
+
+/// `Accuracy` and `BinaryAccuracy` over rank-1 batches of different sizes count samples, not
+/// batches (Keras 3's element-wise `accuracy`).
+#[test]
+fn accuracies_of_rank_one_batches() {
+    let fx = &fixtures()["rank1_accuracy"];
+    let mut acc = Accuracy::new();
+    for b in fx["accuracy_batches"].as_array().unwrap() {
+        acc.update_state(&tensor(&b[0]), &tensor(&b[1]), None)
+            .unwrap();
+    }
+    close(
+        "accuracy",
+        acc.result(),
+        fx["accuracy"].as_f64().unwrap(),
+        1e-6,
+    );
+    let mut bin = BinaryAccuracy::new();
+    for b in fx["binary_batches"].as_array().unwrap() {
+        bin.update_state(&tensor(&b[0]), &tensor(&b[1]), None)
+            .unwrap();
+    }
+    close(
+        "binary_accuracy",
+        bin.result(),
+        fx["binary_accuracy"].as_f64().unwrap(),
+        1e-6,
+    );
+}
+
+/// Two named outputs, a loss per output with loss weights, a metric and a weighted metric per
+/// output, evaluated with sample weights in batches of 4: Keras's log keys (`{output}_loss`
+/// before the loss weight, `{output}_mae`, `{output}_weighted_mae`) and values.
+#[test]
+fn multi_output_evaluation_logs() {
+    let fx = &fixtures()["multi_output"];
+    let inputs = Input::new(&[3]);
+    let h = Dense::new(4)
+        .activation("tanh")
+        .unwrap()
+        .named("hidden")
+        .apply(&inputs)
+        .unwrap();
+    let price = Dense::new(1).named("price").apply(&h).unwrap();
+    let scores = Dense::new(2).named("scores").apply(&h).unwrap();
+    let mut model = Functional::new(&[inputs], &[price, scores]).unwrap();
+    let weights: Vec<Tensor> = ["hidden", "price", "scores"]
+        .iter()
+        .flat_map(|l| fx["weights"][l].as_array().unwrap().iter().map(tensor))
+        .collect();
+    model.set_weights(&weights).unwrap();
+    let mut model = model
+        .compile(
+            Compile::new()
+                .optimizer("sgd")
+                .losses(vec!["mse".into(), "mse".into()])
+                .loss_weights(vec![1.0, 0.25])
+                .metrics(["mae"])
+                .weighted_metrics(["mae"]),
+        )
+        .unwrap();
+    let x = Data::from(tensor(&fx["x"]));
+    let y = Data::from(vec![tensor(&fx["y1"]), tensor(&fx["y2"])]);
+    let logs = model
+        .evaluate(
+            ferrokeras::trainer::Inputs::xy(x, y),
+            EvaluateOptions::new()
+                .batch_size(4)
+                .sample_weight(tensor(&fx["sw"]))
+                .verbose(0),
+        )
+        .unwrap();
+    let want = fx["logs"].as_object().unwrap();
+    let mut keys: Vec<&str> = logs.keys().collect();
+    keys.sort_unstable();
+    let mut want_keys: Vec<&str> = want.keys().map(String::as_str).collect();
+    want_keys.sort_unstable();
+    assert_eq!(keys, want_keys);
+    for (k, v) in want {
+        close(k, logs.get(k).unwrap(), v.as_f64().unwrap(), 1e-5);
+    }
+}
