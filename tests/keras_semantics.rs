@@ -173,3 +173,51 @@ fn multi_output_evaluation_logs() {
         close(k, logs.get(k).unwrap(), v.as_f64().unwrap(), 1e-5);
     }
 }
+
+/// `steps_per_epoch` beyond what is left of a pass: the epoch in which the data runs out ends
+/// there, and the next one starts a new pass (Keras's steps per epoch, counted by a callback).
+#[test]
+fn steps_per_epoch_when_the_data_runs_out() {
+    use std::sync::{Arc, Mutex};
+    let fx = &fixtures()["steps_per_epoch_runs_out"];
+    let n = fx["samples"].as_u64().unwrap() as usize;
+    let u = |k: &str| fx[k].as_u64().unwrap() as usize;
+    let x = ferrokeras::random::uniform(&[n, 2], -1.0, 1.0, &Device::Cpu).unwrap();
+    let y = ferrokeras::random::uniform(&[n, 1], -1.0, 1.0, &Device::Cpu).unwrap();
+    let mut model = ferrokeras::Sequential::new()
+        .input(&[2])
+        .add(Dense::new(1))
+        .compile(Compile::new().optimizer("sgd").loss("mse"))
+        .unwrap();
+    let steps = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let (begin, end) = (steps.clone(), steps.clone());
+    model
+        .fit(
+            (x, y),
+            ferrokeras::FitOptions::new()
+                .batch_size(u("batch_size"))
+                .epochs(u("epochs"))
+                .steps_per_epoch(u("steps_per_epoch"))
+                .shuffle(false)
+                .verbose(0)
+                .callback(
+                    ferrokeras::callbacks::LambdaCallback::new()
+                        .on_epoch_begin(move |_, _| {
+                            begin.lock().unwrap().push(0);
+                            Ok(())
+                        })
+                        .on_batch_end(move |_, _| {
+                            *end.lock().unwrap().last_mut().unwrap() += 1;
+                            Ok(())
+                        }),
+                ),
+        )
+        .unwrap();
+    let want: Vec<u64> = fx["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(*steps.lock().unwrap(), want);
+}
