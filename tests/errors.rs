@@ -1131,3 +1131,27 @@ fn zero_sizes_that_are_not_one() {
         .unwrap();
     assert_eq!(h.history["val_loss"].len(), 1);
 }
+
+/// Settings Keras refuses: a BinaryAccuracy threshold outside (0, 1), an SGD momentum outside
+/// [0, 1] (a negative one was plain SGD).
+#[test]
+fn thresholds_and_momenta_out_of_range() {
+    use ferrokeras::metrics::{BinaryAccuracy, Metric};
+    use ferrokeras::optimizers::{Optimizer, Sgd};
+    let y = Tensor::new(&[1f32, 0.0], &cpu()).unwrap();
+    for th in [0.0, 1.0, -0.5, f32::NAN] {
+        let mut m = BinaryAccuracy::new().threshold(th);
+        let msg = err_msg("BinaryAccuracy threshold", m.update_state(&y, &y, None));
+        assert_mentions(&msg, &["threshold", "(0, 1)"]);
+    }
+    let w = Variable::new("w", &uniform(&[2]), true).unwrap();
+    let before = w.value().to_vec1::<f32>().unwrap();
+    let msg = err_msg(
+        "SGD momentum -0.5",
+        Sgd::new(0.1)
+            .momentum(-0.5)
+            .apply(&[uniform(&[2])], std::slice::from_ref(&w)),
+    );
+    assert_mentions(&msg, &["momentum", "[0, 1]", "-0.5"]);
+    assert_eq!(w.value().to_vec1::<f32>().unwrap(), before);
+}

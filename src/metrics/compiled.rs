@@ -48,8 +48,12 @@ impl<M: Metric + 'static> From<M> for MetricSpec {
 /// let mut m = CompiledMetrics::new(vec!["accuracy".into()]).unwrap();
 /// let y = Tensor::new(&[2f32, 0.0], &Device::Cpu).unwrap();
 /// let p = Tensor::new(&[[0.1f32, 0.2, 0.7], [0.2, 0.7, 0.1]], &Device::Cpu).unwrap();
-/// m.update_state(&Data::from(y), &Data::from(p), None).unwrap();
+/// m.update_state(&Data::from(y.clone()), &Data::from(p.clone()), None).unwrap();
 /// assert_eq!(m.metrics()[0].result(), 0.5);
+/// // "ACC" is the same shorthand (any case), under the name given.
+/// let mut m = CompiledMetrics::new(vec!["ACC".into()]).unwrap();
+/// m.update_state(&Data::from(y), &Data::from(p), None).unwrap();
+/// assert_eq!((m.metrics()[0].name(), m.metrics()[0].result()), ("ACC", 0.5));
 /// ```
 pub struct CompiledMetrics {
     specs: Vec<(MetricSpec, bool)>,
@@ -86,7 +90,7 @@ impl CompiledMetrics {
             .collect();
         for (s, _) in &specs {
             if let MetricSpec::Name(n) = s
-                && !matches!(n.as_str(), "accuracy" | "acc")
+                && !is_accuracy_shorthand(n)
             {
                 super::get(n)?;
             }
@@ -180,7 +184,7 @@ impl CompiledMetrics {
                     };
                     for (i, (t, p)) in ys.iter().zip(ps.iter()).enumerate() {
                         let display = display(i, &base);
-                        let m: Box<dyn Metric> = if name == "accuracy" || name == "acc" {
+                        let m: Box<dyn Metric> = if is_accuracy_shorthand(&name) {
                             resolve_accuracy(t, p, display)
                         } else {
                             rename(super::get(&name)?, display)
@@ -327,4 +331,9 @@ impl Metric for Renamed {
     fn set_state(&mut self, state: &[f64]) -> Result<()> {
         self.inner.set_state(state)
     }
+}
+
+/// `"accuracy"` or `"acc"`, in any case (Keras compares `str(identifier).lower()`).
+fn is_accuracy_shorthand(name: &str) -> bool {
+    name.eq_ignore_ascii_case("accuracy") || name.eq_ignore_ascii_case("acc")
 }

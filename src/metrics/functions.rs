@@ -50,6 +50,11 @@ pub(super) fn per_sample(kind: Kind, y_true: &Tensor, y_pred: &Tensor) -> Result
             Ok(t.eq(&p)?.to_dtype(DType::F32)?)
         }
         Kind::Binary(th) => {
+            if !(th > 0.0 && th < 1.0) {
+                return Err(Error::value(format!(
+                    "BinaryAccuracy: invalid value for argument `threshold`. Expected a value in interval (0, 1). Received: threshold={th}"
+                )));
+            }
             let (t, p) = squeeze_or_expand_to_same_rank(&y_true, &y_pred)?;
             same_shape(&t, &p)?;
             let p = p.gt(th as f64)?.to_dtype(DType::F32)?;

@@ -753,7 +753,8 @@ wrapper_metric!(
 );
 
 impl BinaryAccuracy {
-    /// The probability above which a prediction counts as 1 (default 0.5).
+    /// The probability above which a prediction counts as 1 (default 0.5); a threshold outside
+    /// `(0, 1)` is refused at the first update, as Keras refuses it.
     pub fn threshold(mut self, threshold: f32) -> Self {
         self.kind = Kind::Binary(threshold);
         self
@@ -774,22 +775,38 @@ impl TopKCategoricalAccuracy {
 /// ```
 /// let m = ferrokeras::metrics::get("mae").unwrap();
 /// assert_eq!(m.name(), "mae");
+/// assert_eq!(ferrokeras::metrics::get("MSE").unwrap().name(), "MSE");
+/// // A class name: the class, with its own name.
+/// let m = ferrokeras::metrics::get("MeanSquaredError").unwrap();
+/// assert_eq!(m.name(), "mean_squared_error");
+/// assert_eq!(ferrokeras::metrics::get("BinaryAccuracy").unwrap().name(), "binary_accuracy");
+/// assert!(ferrokeras::metrics::get("meansquarederror").is_err());
 /// ```
 ///
 /// # Errors
 /// An unknown name.
 pub fn get(name: &str) -> Result<Box<dyn Metric>> {
     Ok(match name {
-        "mae" | "mean_absolute_error" => Box::new(MeanAbsoluteError::new().named(name)),
-        "mse" | "mean_squared_error" => Box::new(MeanSquaredError::new().named(name)),
+        // Function names and their aliases keep the given name, as Keras's wrappers do.
+        "mae" | "MAE" | "mean_absolute_error" => Box::new(MeanAbsoluteError::new().named(name)),
+        "mse" | "MSE" | "mean_squared_error" => Box::new(MeanSquaredError::new().named(name)),
         "rmse" | "root_mean_squared_error" => Box::new(RootMeanSquaredError::new().named(name)),
         "binary_accuracy" => Box::new(BinaryAccuracy::new()),
         "categorical_accuracy" => Box::new(CategoricalAccuracy::new()),
         "sparse_categorical_accuracy" => Box::new(SparseCategoricalAccuracy::new()),
         "top_k_categorical_accuracy" => Box::new(TopKCategoricalAccuracy::new()),
+        // Class names give the class with its default name.
+        "MeanAbsoluteError" => Box::new(MeanAbsoluteError::new()),
+        "MeanSquaredError" => Box::new(MeanSquaredError::new()),
+        "RootMeanSquaredError" => Box::new(RootMeanSquaredError::new()),
+        "Accuracy" => Box::new(Accuracy::new()),
+        "BinaryAccuracy" => Box::new(BinaryAccuracy::new()),
+        "CategoricalAccuracy" => Box::new(CategoricalAccuracy::new()),
+        "SparseCategoricalAccuracy" => Box::new(SparseCategoricalAccuracy::new()),
+        "TopKCategoricalAccuracy" => Box::new(TopKCategoricalAccuracy::new()),
         other => {
             return Err(Error::value(format!(
-                "Could not interpret metric identifier: {other:?}. Expected one of \"accuracy\", \"acc\", \"mae\", \"mse\", \"rmse\", \"binary_accuracy\", \"categorical_accuracy\", \"sparse_categorical_accuracy\", \"top_k_categorical_accuracy\", or a `Metric` object."
+                "Could not interpret metric identifier: {other:?}. Expected one of \"accuracy\", \"acc\", \"mae\", \"mse\", \"rmse\", \"binary_accuracy\", \"categorical_accuracy\", \"sparse_categorical_accuracy\", \"top_k_categorical_accuracy\", a class name such as \"MeanSquaredError\", or a `Metric` object."
             )));
         }
     })

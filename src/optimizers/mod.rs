@@ -369,7 +369,8 @@ impl Sgd {
             nesterov: false,
         }
     }
-    /// Momentum factor in `[0, 1]`.
+    /// Momentum factor in `[0, 1]` (another value is refused at the first update, as Keras
+    /// refuses it).
     pub fn momentum(mut self, momentum: f64) -> Self {
         self.momentum = momentum;
         self
@@ -389,6 +390,11 @@ impl Optimizer for Sgd {
     }
     fn apply(&mut self, grads: &[Tensor], vars: &[Variable]) -> Result<()> {
         let (mom, nesterov) = (self.momentum, self.nesterov);
+        if !(0.0..=1.0).contains(&mom) {
+            return Err(Error::value(format!(
+                "SGD: `momentum` must be a float between [0, 1]. Received: momentum={mom}"
+            )));
+        }
         let n_slots = usize::from(mom > 0.0);
         self.base
             .apply("SGD", n_slots, grads, vars, |g, w, slots, lr, _| {
