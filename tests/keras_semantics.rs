@@ -221,3 +221,33 @@ fn steps_per_epoch_when_the_data_runs_out() {
         .collect();
     assert_eq!(*steps.lock().unwrap(), want);
 }
+
+/// `weight_decay` on SGD (with momentum), RMSprop and Adam: Keras's decoupled decay before each
+/// update, step by step.
+#[test]
+fn weight_decay_on_every_optimizer() {
+    use ferrokeras::Variable;
+    use ferrokeras::optimizers::{Adam, Optimizer, RmsProp, Sgd};
+    let fx = &fixtures()["weight_decay"];
+    let grads: Vec<Tensor> = fx["grads"].as_array().unwrap().iter().map(tensor).collect();
+    let optimizers: Vec<(&str, Box<dyn Optimizer>)> = vec![
+        (
+            "sgd",
+            Box::new(Sgd::new(0.1).momentum(0.9).weight_decay(0.05)),
+        ),
+        ("rmsprop", Box::new(RmsProp::new(0.01).weight_decay(0.05))),
+        ("adam", Box::new(Adam::new(0.01).weight_decay(0.05))),
+    ];
+    for (name, mut opt) in optimizers {
+        let w = Variable::new("w", &tensor(&fx["w0"]), true).unwrap();
+        for (step, (g, want)) in grads.iter().zip(fx[name].as_array().unwrap()).enumerate() {
+            opt.apply(std::slice::from_ref(g), std::slice::from_ref(&w))
+                .unwrap();
+            let got = w.value().to_vec1::<f32>().unwrap();
+            let want = tensor(want).to_vec1::<f32>().unwrap();
+            for (a, b) in got.iter().zip(&want) {
+                close(&format!("{name} step {step}"), *a as f64, *b as f64, 1e-5);
+            }
+        }
+    }
+}

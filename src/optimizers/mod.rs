@@ -344,6 +344,15 @@ macro_rules! base_options {
     };
 }
 
+/// `w - w * weight_decay * lr` (Keras's `_apply_weight_decay`), or `w` without decay.
+fn decay(w: &Tensor, weight_decay: f64, lr: f64) -> Result<Tensor> {
+    Ok(if weight_decay != 0.0 {
+        (w - (w * (weight_decay * lr))?)?
+    } else {
+        w.clone()
+    })
+}
+
 /// Stochastic gradient descent with optional momentum and Nesterov momentum (Keras's `SGD`).
 ///
 /// `m = momentum m - lr g`; `w += m` (or `w += momentum m - lr g` with Nesterov); plain `w -= lr g`
@@ -358,6 +367,7 @@ pub struct Sgd {
     base: Base,
     momentum: f64,
     nesterov: bool,
+    weight_decay: f64,
 }
 
 impl Sgd {
@@ -367,7 +377,14 @@ impl Sgd {
             base: Base::new(learning_rate.into(), &["momentum"]),
             momentum: 0.0,
             nesterov: false,
+            weight_decay: 0.0,
         }
+    }
+    /// Decoupled weight decay, as Keras's `weight_decay` on every optimizer: `w -= w * weight_decay
+    /// * lr` before each update (0, the default, turns it off).
+    pub fn weight_decay(mut self, weight_decay: f64) -> Self {
+        self.weight_decay = weight_decay;
+        self
     }
     /// Momentum factor in `[0, 1]` (another value is refused at the first update, as Keras
     /// refuses it).
@@ -389,7 +406,7 @@ impl Optimizer for Sgd {
         "SGD"
     }
     fn apply(&mut self, grads: &[Tensor], vars: &[Variable]) -> Result<()> {
-        let (mom, nesterov) = (self.momentum, self.nesterov);
+        let (mom, nesterov, wd) = (self.momentum, self.nesterov, self.weight_decay);
         if !(0.0..=1.0).contains(&mom) {
             return Err(Error::value(format!(
                 "SGD: `momentum` must be a float between [0, 1]. Received: momentum={mom}"
@@ -398,6 +415,7 @@ impl Optimizer for Sgd {
         let n_slots = usize::from(mom > 0.0);
         self.base
             .apply("SGD", n_slots, grads, vars, |g, w, slots, lr, _| {
+                let w = &decay(w, wd, lr)?;
                 if mom > 0.0 {
                     let m = ((&slots[0] * mom)? - (g * lr)?)?;
                     slots[0] = m.clone();
@@ -445,6 +463,12 @@ impl Adam {
             name: "adam",
             flat: FlatSlots::default(),
         }
+    }
+    /// Decoupled weight decay `w -= w * weight_decay * lr` before each update (Keras's
+    /// `Adam(weight_decay=...)`; the name stays `adam`).
+    pub fn weight_decay(mut self, weight_decay: f64) -> Self {
+        self.weight_decay = weight_decay;
+        self
     }
     /// AdamW: Adam with decoupled weight decay `w -= w * weight_decay * lr` before each update
     /// (Keras default `weight_decay` 0.004).
@@ -610,6 +634,7 @@ pub struct RmsProp {
     momentum: f64,
     epsilon: f64,
     centered: bool,
+    weight_decay: f64,
 }
 
 impl RmsProp {
@@ -624,7 +649,14 @@ impl RmsProp {
             momentum: 0.0,
             epsilon: 1e-7,
             centered: false,
+            weight_decay: 0.0,
         }
+    }
+    /// Decoupled weight decay, as Keras's `weight_decay` on every optimizer: `w -= w * weight_decay
+    /// * lr` before each update (0, the default, turns it off).
+    pub fn weight_decay(mut self, weight_decay: f64) -> Self {
+        self.weight_decay = weight_decay;
+        self
     }
     /// Discount of the squared-gradient average.
     pub fn rho(mut self, v: f64) -> Self {
@@ -656,9 +688,11 @@ impl Optimizer for RmsProp {
     }
     fn apply(&mut self, grads: &[Tensor], vars: &[Variable]) -> Result<()> {
         let (rho, mom, eps, centered) = (self.rho, self.momentum, self.epsilon, self.centered);
+        let wd = self.weight_decay;
         // slots: velocity, momentum, average gradient
         self.base
             .apply("rmsprop", 3, grads, vars, |g, w, s, lr, _| {
+                let w = &decay(w, wd, lr)?;
                 let vel = ((&s[0] * rho)? + (g.sqr()? * (1.0 - rho))?)?;
                 s[0] = vel.clone();
                 let denom = if centered {
