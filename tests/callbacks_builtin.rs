@@ -600,20 +600,20 @@ fn csv_logger_separator_and_append() -> Result<()> {
     )?;
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
-        "epoch;acc;loss\r\n0;0.5;0.25\r\n0;0.75;0.125\r\n1;1.0;1e-07\r\n"
+        "epoch;acc;loss;val_acc;val_loss\r\n0;0.5;0.25;NA;NA\r\n0;0.75;0.125;NA;NA\r\n1;1.0;1e-07;NA;NA\r\n"
     );
     // Appending to an empty file writes the header.
     std::fs::write(&path, "").unwrap();
     drive(&mut CSVLogger::new(&path).append(true), &first)?;
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
-        "epoch,acc,loss\r\n0,0.5,0.25\r\n"
+        "epoch,acc,loss,val_acc,val_loss\r\n0,0.5,0.25,NA,NA\r\n"
     );
     // Without append, the file is rewritten.
     drive(&mut CSVLogger::new(&path), &second)?;
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
-        "epoch,acc,loss\r\n0,0.75,0.125\r\n1,1.0,1e-07\r\n"
+        "epoch,acc,loss,val_acc,val_loss\r\n0,0.75,0.125,NA,NA\r\n1,1.0,1e-07,NA,NA\r\n"
     );
     // A key holding the separator is quoted, as Python's csv module does.
     drive(
@@ -622,7 +622,7 @@ fn csv_logger_separator_and_append() -> Result<()> {
     )?;
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
-        "epoch,\"a,b\"\r\n0,1.0\r\n"
+        "epoch,\"a,b\",\"val_a,b\"\r\n0,1.0,NA\r\n"
     );
     // Python's csv needs a one-character delimiter.
     let err = drive(&mut CSVLogger::new(&path).separator("::"), &first)

@@ -73,7 +73,8 @@ fn quote(field: &str, sep: &str) -> String {
 
 /// Streams the epoch results to a CSV file (Keras's `keras.callbacks.CSVLogger`).
 ///
-/// The first epoch writes the header, `epoch` followed by the sorted log keys; every epoch then
+/// The first epoch writes the header, `epoch` followed by the sorted log keys (and, when that
+/// epoch has no validation values, a `val_` column for each key, as Keras adds them); every epoch then
 /// writes one row: the 0-based epoch and each value as Python prints a float (`0.1`, `1e-05`),
 /// `NA` for a key missing from that epoch. As with Python's `csv` module, rows end with `\r\n`
 /// and a field holding the separator is quoted. The file is flushed after every row, so a crash
@@ -91,7 +92,8 @@ fn quote(field: &str, sep: &str) -> String {
 /// let y = candle_core::Tensor::zeros((4, 1), candle_core::DType::F32, &candle_core::Device::Cpu)?;
 /// model.fit((x, y), FitOptions::new().epochs(2).verbose(0).callback(CSVLogger::new(&path)))?;
 /// let text = std::fs::read_to_string(&path).unwrap();
-/// assert!(text.starts_with("epoch,loss\r\n0,"));
+/// assert!(text.starts_with("epoch,loss,val_loss\r\n0,"));
+/// assert!(text.lines().nth(1).unwrap().ends_with(",NA"));
 /// assert_eq!(text.lines().count(), 3);
 /// # std::fs::remove_file(&path).unwrap();
 /// # Ok(()) }
@@ -194,7 +196,15 @@ impl Callback for CSVLogger {
         let keys = match &self.keys {
             Some(k) => k.clone(),
             None => {
-                let keys: Vec<String> = logs.keys().map(str::to_string).collect();
+                let mut keys: Vec<String> = logs.keys().map(str::to_string).collect();
+                keys.sort();
+                // As Keras: without validation values in the first epoch (none, or
+                // `validation_freq > 1`), the `val_` columns are added anyway, so that later
+                // validation values have a column (`NA` until then).
+                if !keys.iter().any(|k| k.starts_with("val_")) {
+                    let val: Vec<String> = keys.iter().map(|k| format!("val_{k}")).collect();
+                    keys.extend(val);
+                }
                 self.keys = Some(keys.clone());
                 if self.append_header {
                     let mut header = vec!["epoch".to_string()];
