@@ -128,13 +128,16 @@ impl ArrayAdapter {
         let y = y.tensor().map_err(|_| {
             Error::value("`class_weight` is only supported for models with a single output")
         })?;
-        let classes = class_indices(y)?;
-        let num_classes = if y.rank() >= 2 && y.dims()[y.rank() - 1] > 1 {
-            y.dims()[y.rank() - 1]
-        } else {
-            classes.iter().copied().max().map_or(0, |m| m + 1).max(2)
-        };
-        if let Some((&bad, _)) = class_weight.iter().find(|(k, _)| **k >= num_classes) {
+        class_indices(y)?;
+        // One-hot targets say how many classes there are: a key past them is a mistake. Labels
+        // do not (the data may lack the last classes), so extra keys are ignored there, as Keras
+        // ignores them.
+        let one_hot = y.rank() >= 2 && y.dims()[y.rank() - 1] > 1;
+        let num_classes = y.dims().last().copied().unwrap_or(0);
+        if let Some((&bad, _)) = class_weight
+            .iter()
+            .find(|(k, _)| one_hot && **k >= num_classes)
+        {
             return Err(Error::value(format!(
                 "`class_weight` has a weight for class {bad}, but the targets only have classes 0..{} ({} classes). Expected keys in 0..{}. Received: {:?}",
                 num_classes - 1,
