@@ -1111,3 +1111,61 @@ fn regularization_alone_is_reported_as_the_loss() -> Result<()> {
     assert_close(logs.get("loss").unwrap(), k, 1e-5, "evaluate loss");
     Ok(())
 }
+
+/// Each `fit` on the same shuffled dataset goes on with its next iteration (a new order, as a new
+/// `tf.data` iterator reshuffles), and a dataset built again with the same seed replays them.
+#[test]
+fn fits_on_one_dataset_go_on_with_new_orders() -> Result<()> {
+    let _g = serial();
+    struct Recorder {
+        inner: Sequential,
+        seen: Arc<Mutex<Vec<f32>>>,
+    }
+    impl Model for Recorder {
+        fn call(&mut self, x: &Data, training: bool) -> Result<Data> {
+            self.inner.call(x, training)
+        }
+        fn variables(&self) -> Vec<Variable> {
+            self.inner.variables()
+        }
+        fn train_step(&mut self, ctx: &mut StepContext, data: &Data) -> Result<Logs> {
+            let (x, _, _) = data.unpack_xy()?;
+            self.seen.lock().unwrap().extend(to_vec(x.tensor()?));
+            default_train_step(self, ctx, data)
+        }
+    }
+    let dataset = || -> Result<ferrokeras::data::Dataset> {
+        let x = Tensor::arange(0f32, 16.0, &candle_core::Device::Cpu)?.reshape((16, 1))?;
+        let y = x.zeros_like()?;
+        Ok(
+            ferrokeras::data::Dataset::from_tensor_slices(Data::from(vec![x, y]))?
+                .shuffle(16, Some(3))
+                .batch(16, false),
+        )
+    };
+    let orders = |ds: &ferrokeras::data::Dataset, fits: usize| -> Result<Vec<Vec<f32>>> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut model = Recorder {
+            inner: mlp(1),
+            seen: seen.clone(),
+        }
+        .compile(Compile::new().optimizer("sgd").loss("mse"))?;
+        let mut out = Vec::new();
+        for _ in 0..fits {
+            model.fit(ds.clone(), FitOptions::new().verbose(0))?;
+            out.push(std::mem::take(&mut *seen.lock().unwrap()));
+        }
+        Ok(out)
+    };
+    let first = orders(&dataset()?, 2)?;
+    assert_ne!(first[0], first[1], "the second fit reads a new order");
+    let mut sorted = first[1].clone();
+    sorted.sort_by(f32::total_cmp);
+    assert_eq!(sorted, (0..16).map(|i| i as f32).collect::<Vec<_>>());
+    assert_eq!(
+        orders(&dataset()?, 2)?,
+        first,
+        "the same seed, the same orders"
+    );
+    Ok(())
+}

@@ -134,6 +134,19 @@ impl Dataset {
         (self.source)(k)
     }
 
+    /// The iteration that the next [`Dataset::iter`] reads.
+    pub(crate) fn next_iteration(&self) -> u64 {
+        self.iterations.load(Ordering::Relaxed)
+    }
+
+    /// Records that iteration `k` was read: later iterations (by [`Dataset::iter`], or by the
+    /// next `fit` on this dataset) come after it, as a `tf.data` dataset reshuffles for every
+    /// new iterator.
+    pub(crate) fn mark_read(&self, k: u64) {
+        self.iterations
+            .fetch_max(k.saturating_add(1), Ordering::Relaxed);
+    }
+
     /// Iteration number `k` of this dataset (0-based), the same every time it is asked for.
     ///
     /// ```

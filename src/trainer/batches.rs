@@ -55,11 +55,14 @@ impl Batches {
                 "the dataset is empty (cardinality 0): there is nothing to train or evaluate on",
             ));
         }
+        // A dataset read before (an earlier `fit` or `evaluate`) goes on with its next iteration:
+        // a new shuffle order, as each new `tf.data` iterator has.
+        let next = ds.next_iteration();
         Ok(Batches::Dataset {
             ds,
             iter: None,
-            current: 0,
-            next: 0,
+            current: next,
+            next,
             taken: 0,
         })
     }
@@ -116,6 +119,7 @@ impl Batches {
                     *current = *next;
                     *next += 1;
                     *taken = 0;
+                    ds.mark_read(*current);
                     *iter = Some(Box::new(ds.iter_epoch(*current)));
                 };
                 if iter.is_none() {
@@ -196,6 +200,7 @@ impl Batches {
                 }
                 *current = pos.pass;
                 *next = pos.pass + 1;
+                ds.mark_read(pos.pass);
                 let mut it: DataIter = Box::new(ds.iter_epoch(pos.pass));
                 for _ in 0..consumed {
                     if let Some(Err(e)) = it.next() {

@@ -278,7 +278,10 @@ impl<M: Model> Trainer<M> {
             }};
         }
 
-        if let Some(first) = train.peek_first()? {
+        // The first batch builds the metrics (once: reading it starts a pass of the data).
+        if !self.ctx.built
+            && let Some(first) = train.peek_first()?
+        {
             let first = self.on_model_device(first)?;
             self.build_metrics(&first)?;
         }
@@ -654,7 +657,9 @@ impl<M: Model> Trainer<M> {
                 }
             }};
         }
-        if let Some(first) = batches.peek_first()? {
+        if !self.ctx.built
+            && let Some(first) = batches.peek_first()?
+        {
             let first = self.on_model_device(first)?;
             self.build_metrics(&first)?;
         }
