@@ -98,3 +98,65 @@ fn prefetched_elements_are_finished_on_the_consumers_thread() {
         assert_eq!(n, 6);
     }
 }
+
+/// Dict elements are batched by key, whatever order each element lists its keys in (as
+/// `tf.nest` sorts them); an element missing a key is an error.
+#[test]
+fn dict_elements_batch_by_key() {
+    use candle_core::{Device, Tensor};
+    use ferrokeras::data::{Cardinality, Dataset};
+    let s = |v: f32| Data::from(Tensor::new(v, &Device::Cpu).unwrap());
+    let elements = move |swap_second: bool, rename: bool| {
+        let ds = Dataset::from_fn(Cardinality::Finite(2), move || {
+            let a = Data::Dict(vec![("a".into(), s(1.0)), ("b".into(), s(10.0))]);
+            let b = if swap_second {
+                Data::Dict(vec![("b".into(), s(20.0)), ("a".into(), s(2.0))])
+            } else if rename {
+                Data::Dict(vec![("a".into(), s(2.0)), ("c".into(), s(20.0))])
+            } else {
+                Data::Dict(vec![("a".into(), s(2.0)), ("b".into(), s(20.0))])
+            };
+            Box::new(vec![Ok(a), Ok(b)].into_iter())
+        });
+        ds.batch(2, false).iter().next().unwrap()
+    };
+    for swap in [false, true] {
+        let batch = elements(swap, false).unwrap();
+        let Data::Dict(items) = batch else {
+            panic!("a dict")
+        };
+        let get = |k: &str| {
+            items
+                .iter()
+                .find(|(n, _)| n == k)
+                .unwrap()
+                .1
+                .tensor()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(get("a"), vec![1.0, 2.0], "swapped: {swap}");
+        assert_eq!(get("b"), vec![10.0, 20.0], "swapped: {swap}");
+    }
+    let err = elements(false, true).unwrap_err().to_string();
+    assert!(err.contains("no key \"b\""), "{err}");
+}
+
+/// `take` of a dataset of unknown length stays unknown, and repeating an empty dataset forever
+/// ends at once (as `tf.data`), instead of spinning.
+#[test]
+fn take_of_unknown_and_endless_repeat_of_nothing() {
+    use ferrokeras::data::{Cardinality, Dataset};
+    let empty = Dataset::from_fn(Cardinality::Unknown, || Box::new(std::iter::empty()));
+    assert_eq!(empty.clone().take(5).cardinality(), Cardinality::Unknown);
+    let forever = empty.repeat(None);
+    assert_eq!(forever.iter().count(), 0);
+    let one = Dataset::from_fn(Cardinality::Unknown, || {
+        Box::new(std::iter::once(Ok(Data::from(
+            candle_core::Tensor::new(1f32, &candle_core::Device::Cpu).unwrap(),
+        ))))
+    });
+    assert_eq!(one.clone().repeat(Some(3)).iter().count(), 3);
+    assert_eq!(one.repeat(None).take(7).iter().count(), 7);
+}

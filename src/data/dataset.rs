@@ -237,7 +237,9 @@ impl Dataset {
     pub fn take(self, n: usize) -> Self {
         let card = match self.cardinality {
             Cardinality::Finite(m) => Cardinality::Finite(m.min(n)),
-            _ => Cardinality::Finite(n),
+            Cardinality::Infinite => Cardinality::Finite(n),
+            // Fewer than `n` may come (as `tf.data`: still unknown).
+            Cardinality::Unknown => Cardinality::Unknown,
         };
         let src = self.source.clone();
         Self::indexed(card, move |k| Box::new(src(k).take(n)))
@@ -263,10 +265,11 @@ impl Dataset {
         })
     }
 
-    /// Repeats the dataset `count` times, or forever with `None`.
+    /// Repeats the dataset `count` times, or forever with `None`. A round that yields nothing
+    /// ends the repetition (as in `tf.data`: an empty dataset repeated forever is empty).
     pub fn repeat(self, count: Option<usize>) -> Self {
         let card = match (self.cardinality, count) {
-            (Cardinality::Finite(0), _) => Cardinality::Finite(0),
+            (Cardinality::Finite(0), _) | (_, Some(0)) => Cardinality::Finite(0),
             // More elements than a usize counts: as good as endless.
             (Cardinality::Finite(n), Some(c)) => n
                 .checked_mul(c)
@@ -278,11 +281,22 @@ impl Dataset {
         Self::indexed(card, move |k| {
             let src = src.clone();
             // Round r of iteration k is the inner dataset's iteration k * rounds + r.
-            let (rounds, span): (Box<dyn Iterator<Item = u64> + Send>, u64) = match count {
+            let (mut rounds, span): (Box<dyn Iterator<Item = u64> + Send>, u64) = match count {
                 Some(c) => (Box::new(0..c as u64), c as u64),
                 None => (Box::new(0..), 1 << 32),
             };
-            Box::new(rounds.flat_map(move |r| src(k.wrapping_mul(span).wrapping_add(r))))
+            let mut current: Option<ElementIter> = None;
+            Box::new(std::iter::from_fn(move || {
+                if let Some(item) = current.as_mut().and_then(|it| it.next()) {
+                    return Some(item);
+                }
+                let r = rounds.next()?;
+                let mut it = src(k.wrapping_mul(span).wrapping_add(r));
+                // An empty round ends the repetition (else an endless one would spin forever).
+                let item = it.next()?;
+                current = Some(it);
+                Some(item)
+            }))
         })
     }
 

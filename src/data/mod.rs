@@ -246,7 +246,19 @@ impl Data {
                     let column: Vec<Data> = parts
                         .iter()
                         .map(|p| match p {
-                            Data::Dict(v) if v.len() == items.len() => Ok(v[i].1.clone()),
+                            // By key, in whatever order each part holds them.
+                            Data::Dict(v) if v.len() == items.len() => v
+                                .get(i)
+                                .filter(|(name, _)| name == k)
+                                .or_else(|| v.iter().find(|(name, _)| name == k))
+                                .map(|(_, d)| d.clone())
+                                .ok_or_else(|| {
+                                    Error::value(format!(
+                                        "batches differ in structure: {} has no key {k:?} ({})",
+                                        p.describe(),
+                                        first.describe()
+                                    ))
+                                }),
                             other => Err(Error::value(format!(
                                 "batches differ in structure: {} vs {}",
                                 first.describe(),
