@@ -67,6 +67,40 @@ impl LambdaCallback {
         self.batch_end = Some(Box::new(f));
         self
     }
+    /// Keras 3's name for [`LambdaCallback::on_batch_begin`].
+    pub fn on_train_batch_begin(
+        self,
+        f: impl FnMut(usize, &Logs) -> Result<()> + Send + 'static,
+    ) -> Self {
+        self.on_batch_begin(f)
+    }
+    /// Keras 3's name for [`LambdaCallback::on_batch_end`].
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use ferrokeras::callbacks::LambdaCallback;
+    /// use ferrokeras::prelude::*;
+    /// # fn main() -> ferrokeras::Result<()> {
+    /// let batches = Arc::new(Mutex::new(0));
+    /// let b = batches.clone();
+    /// let mut model = Sequential::new().input(&[2]).add(Dense::new(1))
+    ///     .compile(Compile::new().optimizer("sgd").loss("mse"))?;
+    /// let x = candle_core::Tensor::zeros((10, 2), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    /// let y = candle_core::Tensor::zeros((10, 1), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    /// let cb = LambdaCallback::new().on_train_batch_end(move |_, _| {
+    ///     *b.lock().unwrap() += 1;
+    ///     Ok(())
+    /// });
+    /// model.fit((x, y), FitOptions::new().batch_size(4).verbose(0).callback(cb))?;
+    /// assert_eq!(*batches.lock().unwrap(), 3);
+    /// # Ok(()) }
+    /// ```
+    pub fn on_train_batch_end(
+        self,
+        f: impl FnMut(usize, &Logs) -> Result<()> + Send + 'static,
+    ) -> Self {
+        self.on_batch_end(f)
+    }
     /// Called at the start of training.
     pub fn on_train_begin(mut self, f: impl FnMut(&Logs) -> Result<()> + Send + 'static) -> Self {
         self.train_begin = Some(Box::new(f));
