@@ -947,3 +947,49 @@ fn terminate_on_nan_raise_error() {
     assert_eq!(probe.batches.lock().unwrap().len(), 3);
     assert_eq!(*probe.train_ends.lock().unwrap(), 0);
 }
+
+/// The learning-rate callbacks add `learning_rate` to the epoch's logs, as Keras does: History
+/// records the rate of each epoch (a float32 value, as Keras's variable holds it; for
+/// ReduceLROnPlateau the rate before that epoch's reduction), and a CSVLogger after them writes
+/// the column.
+#[test]
+fn learning_rate_reaches_history_and_later_callbacks() -> Result<()> {
+    let (x, y) = regression(8, 2);
+    let path = temp_file("lr.csv");
+    let mut model = tiny().compile(Compile::new().optimizer(Sgd::new(0.1)).loss("mse"))?;
+    let h = model.fit(
+        (x.clone(), y.clone()),
+        FitOptions::new()
+            .epochs(3)
+            .verbose(0)
+            .callback(LearningRateScheduler::new(|_, lr| lr * 0.5))
+            .callback(CSVLogger::new(&path)),
+    )?;
+    let f32s = |v: &[f64]| v.iter().map(|&x| f64::from(x as f32)).collect::<Vec<_>>();
+    assert_eq!(
+        h.get("learning_rate"),
+        f32s(&[0.05, 0.025, 0.0125]).as_slice()
+    );
+    let csv = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        csv.starts_with(
+            "epoch,learning_rate,loss,val_learning_rate,val_loss\r\n0,0.05000000074505806,"
+        ),
+        "{csv}"
+    );
+    // ReduceLROnPlateau logs the epoch's rate, before it reduces it (patience 0, and a min_delta
+    // no change meets: the first epoch sets the best, the second one cuts the rate).
+    let mut model = tiny().compile(Compile::new().optimizer(Sgd::new(0.1)).loss("mse"))?;
+    let h = model.fit(
+        (x, y.zeros_like()?),
+        FitOptions::new().epochs(3).verbose(0).callback(
+            ReduceLROnPlateau::new()
+                .monitor("loss")
+                .patience(0)
+                .min_delta(1e9)
+                .factor(0.5),
+        ),
+    )?;
+    assert_eq!(h.get("learning_rate"), f32s(&[0.1, 0.1, 0.05]).as_slice());
+    Ok(())
+}

@@ -5,10 +5,10 @@
 //! built with by a constant (Keras refuses to set the rate of an optimizer built with a
 //! `LearningRateSchedule`; the optimizer interface here cannot tell).
 //!
-//! Keras also writes `logs["learning_rate"]` at the end of every epoch, so that `History`, the
-//! progress bar and `CSVLogger` show it. Hooks here receive the logs read-only, so the rate is not
-//! added to them: read it from the optimizer (`ctx.compiled.optimizer()?.learning_rate()` in a
-//! callback, or `model.context().optimizer()?.learning_rate()` after `fit`).
+//! As in Keras, both add `learning_rate` to the logs at the end of every epoch
+//! ([`CallbackContext::add_log`]), so that `History`, the progress bar and the callbacks after
+//! them (`CSVLogger`) show it: the optimizer's rate as a float32 value, as Keras keeps it (for
+//! `ReduceLROnPlateau`, the rate of the epoch, before any reduction).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -96,6 +96,21 @@ impl Callback for LearningRateScheduler {
         }
         Ok(())
     }
+    fn on_epoch_end(
+        &mut self,
+        ctx: &mut CallbackContext<'_>,
+        _epoch: usize,
+        _logs: &Logs,
+    ) -> Result<()> {
+        log_learning_rate(ctx)
+    }
+}
+
+/// Adds the optimizer's learning rate to the epoch's logs, as Keras's float32 variable holds it.
+fn log_learning_rate(ctx: &mut CallbackContext<'_>) -> Result<()> {
+    let lr = ctx.compiled.optimizer()?.learning_rate();
+    ctx.add_log("learning_rate", f64::from(lr as f32));
+    Ok(())
 }
 
 struct PlateauInner {
@@ -330,6 +345,7 @@ impl Callback for ReduceLROnPlateau {
         epoch: usize,
         logs: &Logs,
     ) -> Result<()> {
+        log_learning_rate(ctx)?;
         let mut guard = lock(&self.inner);
         let s = &mut *guard;
         let direction = match s.direction {

@@ -51,6 +51,8 @@ pub struct CallbackContext<'a> {
     pub batch_values: &'a Logs,
     pub(crate) stop_training: &'a mut bool,
     pub(crate) in_fit: bool,
+    /// Values added to the epoch's logs by [`CallbackContext::add_log`].
+    pub(crate) added: Logs,
 }
 
 impl<'a> CallbackContext<'a> {
@@ -83,7 +85,34 @@ impl<'a> CallbackContext<'a> {
             batch_values,
             stop_training,
             in_fit: false,
+            added: Logs::new(),
         }
+    }
+    /// Adds a value to the epoch's logs from `on_epoch_end` (as a Keras callback writes
+    /// `logs[key]`, e.g. the learning-rate callbacks' `learning_rate`): inside `fit`, the
+    /// callbacks after this one, `History` and the progress bar see it. Elsewhere it is dropped.
+    ///
+    /// ```
+    /// use ferrokeras::callbacks::{Callback, CallbackContext};
+    /// use ferrokeras::prelude::*;
+    /// struct Tag;
+    /// impl Callback for Tag {
+    ///     fn on_epoch_end(&mut self, ctx: &mut CallbackContext, epoch: usize, _: &Logs) -> Result<()> {
+    ///         ctx.add_log("epoch_twice", 2.0 * epoch as f64);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # fn main() -> Result<()> {
+    /// let mut model = Sequential::new().input(&[2]).add(Dense::new(1))
+    ///     .compile(Compile::new().optimizer("sgd").loss("mse"))?;
+    /// let x = candle_core::Tensor::zeros((4, 2), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    /// let y = candle_core::Tensor::zeros((4, 1), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    /// let h = model.fit((x, y), FitOptions::new().epochs(2).verbose(0).callback(Tag))?;
+    /// assert_eq!(h.get("epoch_twice"), &[0.0, 2.0]);
+    /// # Ok(()) }
+    /// ```
+    pub fn add_log(&mut self, key: impl Into<String>, value: f64) {
+        self.added.insert(key, value);
     }
     /// Asks `fit` to stop after the current batch (Keras's `model.stop_training = True`).
     pub fn stop_training(&mut self) {
@@ -191,6 +220,22 @@ impl CallbackList {
     /// An empty list.
     pub fn new() -> Self {
         Self::default()
+    }
+    /// `on_epoch_end` of each callback in turn, each seeing the values that the callbacks before
+    /// it added with [`CallbackContext::add_log`], which end up in `logs`.
+    pub(crate) fn on_epoch_end_adding(
+        &mut self,
+        ctx: &mut CallbackContext<'_>,
+        epoch: usize,
+        logs: &mut Logs,
+    ) -> Result<()> {
+        for cb in self.callbacks.iter_mut() {
+            cb.on_epoch_end(ctx, epoch, logs)?;
+            for (k, v) in std::mem::take(&mut ctx.added).iter() {
+                logs.insert(k, v);
+            }
+        }
+        Ok(())
     }
     /// Appends a callback.
     pub fn push(&mut self, cb: Box<dyn Callback>) {

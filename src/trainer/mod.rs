@@ -269,6 +269,7 @@ impl<M: Model> Trainer<M> {
                     batch_values: $batch_values,
                     stop_training: &mut stop,
                     in_fit: true,
+                    added: Logs::new(),
                 };
                 list.$name(&mut cbx, $($arg),*)?;
                 history.$name(&mut cbx, $($arg),*)?;
@@ -402,7 +403,24 @@ impl<M: Model> Trainer<M> {
                 )?;
                 epoch_logs.extend_prefixed(&val_logs, "val_");
             }
-            hook!(&no_logs, on_epoch_end(epoch, &epoch_logs));
+            {
+                // As `hook!`, with the values callbacks add to the epoch's logs (Keras's
+                // learning-rate callbacks write `learning_rate`) reaching the later ones.
+                let mut cbx = CallbackContext {
+                    model: &mut self.model,
+                    compiled: &mut self.ctx,
+                    params: &params,
+                    batch_values: &no_logs,
+                    stop_training: &mut stop,
+                    in_fit: true,
+                    added: Logs::new(),
+                };
+                list.on_epoch_end_adding(&mut cbx, epoch, &mut epoch_logs)?;
+                history.on_epoch_end(&mut cbx, epoch, &epoch_logs)?;
+                if let Some(p) = progbar.as_mut() {
+                    p.on_epoch_end(&mut cbx, epoch, &epoch_logs)?;
+                }
+            }
             if let Some(b) = &backup {
                 history.settle();
                 b.save(
@@ -544,6 +562,7 @@ impl<M: Model> Trainer<M> {
                     batch_values: &no_logs,
                     stop_training: &mut stop,
                     in_fit: false,
+                    added: Logs::new(),
                 };
                 list.$name(&mut cbx, $($arg),*)?;
                 if let Some(p) = progbar.as_mut() {
@@ -649,6 +668,7 @@ impl<M: Model> Trainer<M> {
                     batch_values: &no_logs,
                     stop_training: &mut *stop,
                     in_fit,
+                    added: Logs::new(),
                 };
                 list.$name(&mut cbx, $($arg),*)?;
                 history.$name(&mut cbx, $($arg),*)?;
