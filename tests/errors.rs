@@ -691,7 +691,17 @@ fn add_of_mismatched_shapes() {
         "Add of (3,) and (4,)",
         Add::new().apply_many(&[Input::new(&[3]), Input::new(&[4])]),
     );
-    assert_mentions(&msg, &["same shape", "[3]", "[4]"]);
+    assert_mentions(&msg, &["incompatible shapes", "[3]", "[4]"]);
+    let msg = err_msg(
+        "Add of (4, 5) and (5,)",
+        Add::new().apply_many(&[Input::new(&[4, 5]), Input::new(&[5])]),
+    );
+    assert_mentions(&msg, &["same rank", "[4, 5]", "[5]"]);
+    // Axes of size 1 broadcast, as Keras's merge layers do.
+    let sum = Add::new()
+        .apply_many(&[Input::new(&[4, 5]), Input::new(&[1, 5])])
+        .unwrap();
+    assert_eq!(sum.shape(), &[4, 5]);
     let msg = err_msg(
         "Add call on (2, 3) and (2, 4)",
         Add::new().call_many(&[zeros(&[2, 3]), zeros(&[2, 4])], false),
@@ -1168,4 +1178,35 @@ fn thresholds_and_momenta_out_of_range() {
     );
     assert_mentions(&msg, &["momentum", "[0, 1]", "-0.5"]);
     assert_eq!(w.value().to_vec1::<f32>().unwrap(), before);
+}
+
+/// Keras refuses strides and dilation both above 1 in a convolution, and two layers of one name
+/// in a functional model.
+#[test]
+fn strided_dilated_convolutions_and_duplicate_names() {
+    use ferrokeras::layers::{Conv2D, Conv2DTranspose};
+    let msg = err_msg(
+        "Conv2D strides 2 dilation 2",
+        Conv2D::new(2, (3, 3))
+            .strides(2)
+            .dilation_rate(2)
+            .apply(&Input::new(&[9, 9, 1])),
+    );
+    assert_mentions(&msg, &["`strides > 1`", "strides=2", "dilation_rate=2"]);
+    let msg = err_msg(
+        "Conv2DTranspose strides 2 dilation 2",
+        Conv2DTranspose::new(2, (3, 3))
+            .strides(2)
+            .dilation_rate(2)
+            .apply(&Input::new(&[4, 4, 1])),
+    );
+    assert_mentions(&msg, &["`strides > 1`"]);
+    let x = Input::new(&[3]);
+    let a = Dense::new(2).named("same").apply(&x).unwrap();
+    let b = Dense::new(2).named("same").apply(&a).unwrap();
+    let msg = err_msg(
+        "two layers named same",
+        Functional::new(&[x], &[b]).map(|_| ()),
+    );
+    assert_mentions(&msg, &["\"same\" is used 2 times"]);
 }

@@ -251,3 +251,52 @@ fn weight_decay_on_every_optimizer() {
         }
     }
 }
+
+/// `get_weights` goes layer by layer, each layer's trainable weights then its non-trainable ones
+/// (Keras's `model.weights`), so lists pass between the two.
+#[test]
+fn get_weights_goes_layer_by_layer() {
+    use ferrokeras::layers::BatchNormalization;
+    let fx = &fixtures()["weights_order"];
+    let model = ferrokeras::Sequential::new()
+        .input(&[3])
+        .add(Dense::new(4))
+        .add(BatchNormalization::new())
+        .add(Dense::new(2));
+    let shapes: Vec<Vec<usize>> = model
+        .get_weights()
+        .iter()
+        .map(|w| w.dims().to_vec())
+        .collect();
+    let want: Vec<Vec<usize>> = fx["shapes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s.as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect()
+        })
+        .collect();
+    assert_eq!(shapes, want);
+    let names: Vec<String> = model
+        .variables()
+        .iter()
+        .map(|v| v.name().rsplit('/').next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "kernel",
+            "bias",
+            "gamma",
+            "beta",
+            "moving_mean",
+            "moving_variance",
+            "kernel",
+            "bias"
+        ]
+    );
+}

@@ -257,6 +257,12 @@ impl ConvConfig {
                 self.filters, self.kernel, self.strides, self.dilation
             )));
         }
+        if self.strides > 1 && self.dilation > 1 {
+            return Err(Error::value(format!(
+                "layer \"{layer}\": `strides > 1` not supported in conjunction with `dilation_rate > 1`. Received: strides={} and dilation_rate={}",
+                self.strides, self.dilation
+            )));
+        }
         Ok(())
     }
 }

@@ -165,12 +165,25 @@ impl Layer for Add {
         let first = shapes
             .first()
             .ok_or_else(|| Error::value("Add needs at least one input"))?;
-        if shapes.iter().any(|s| s != first) {
-            return Err(Error::value(format!(
-                "Inputs of an `Add` layer must have the same shape. Received: input_shape={shapes:?}"
-            )));
+        // Keras's element-wise merge: axes of size 1 broadcast, other sizes must agree.
+        let mut out = first.clone();
+        for s in &shapes[1..] {
+            if s.len() != out.len() {
+                return Err(Error::value(format!(
+                    "Inputs of an `Add` layer must have the same rank. Received: input_shape={shapes:?}"
+                )));
+            }
+            for (o, &d) in out.iter_mut().zip(s) {
+                if *o == 1 {
+                    *o = d;
+                } else if d != 1 && d != *o {
+                    return Err(Error::value(format!(
+                        "Inputs of an `Add` layer have incompatible shapes (sizes other than 1 must agree). Received: input_shape={shapes:?}"
+                    )));
+                }
+            }
         }
-        Ok(first.clone())
+        Ok(out)
     }
     fn config(&self) -> Option<serde_json::Value> {
         Some(serde_json::json!({"name": self.name}))

@@ -240,6 +240,23 @@ impl Functional {
                 layers.push(layer.clone());
             }
         }
+        // Saving, loading and per-output logs go by name: two layers may not share one.
+        let mut names: Vec<String> = inputs
+            .iter()
+            .filter_map(|t| match &*t.node {
+                Node::Input { name } => Some(name.clone()),
+                Node::Layer { .. } => None,
+            })
+            .collect();
+        names.extend(layers.iter().map(|l| l.lock().name().to_string()));
+        for (i, n) in names.iter().enumerate() {
+            let count = names.iter().filter(|m| *m == n).count();
+            if count > 1 && !names[..i].contains(n) {
+                return Err(Error::value(format!(
+                    "The name \"{n}\" is used {count} times in the model. All layer names should be unique; rename one with `.named(...)`."
+                )));
+            }
+        }
         Ok(Self {
             name: unique_name("functional"),
             inputs: inputs.to_vec(),
@@ -269,7 +286,7 @@ impl Functional {
         Model::call(self, x, training)
     }
 
-    /// Every variable, trainable first (same as [`Model::variables`]).
+    /// Every variable, layer by layer (same as [`Model::variables`]; Keras's `weights` order).
     pub fn variables(&self) -> Vec<Variable> {
         Model::variables(self)
     }
@@ -396,9 +413,9 @@ impl Model for Functional {
             .iter()
             .flat_map(|l| l.lock().variables())
             .collect();
-        let (mut t, n): (Vec<_>, Vec<_>) = all.into_iter().partition(Variable::trainable);
-        t.extend(n);
-        t
+        // Layer by layer, each layer's own order (Keras's `model.weights`, which `get_weights`
+        // and `set_weights` follow).
+        all
     }
     fn name(&self) -> &str {
         &self.name

@@ -153,7 +153,7 @@ impl Sequential {
         Model::call(self, x, training)
     }
 
-    /// Every variable, trainable first (same as [`Model::variables`]).
+    /// Every variable, layer by layer (same as [`Model::variables`]; Keras's `weights` order).
     pub fn variables(&self) -> Vec<Variable> {
         Model::variables(self)
     }
@@ -375,9 +375,9 @@ impl Layer for Sequential {
     }
     fn variables(&self) -> Vec<Variable> {
         let all: Vec<Variable> = self.layers.iter().flat_map(|l| l.variables()).collect();
-        let (mut t, n): (Vec<_>, Vec<_>) = all.into_iter().partition(Variable::trainable);
-        t.extend(n);
-        t
+        // Layer by layer, each layer's own order (Keras's `model.weights`, which `get_weights`
+        // and `set_weights` follow).
+        all
     }
     fn losses(&self) -> Result<Vec<Tensor>> {
         let mut out = Vec::new();
