@@ -1169,3 +1169,49 @@ fn fits_on_one_dataset_go_on_with_new_orders() -> Result<()> {
     );
     Ok(())
 }
+
+/// A frozen layer (Keras's `layer.trainable = False`) keeps its weights through `fit`, counts as
+/// non-trainable in `summary`, and a frozen BatchNormalization runs in inference mode: its moving
+/// statistics stay, and training-mode output equals inference-mode output.
+#[test]
+fn frozen_layers_keep_their_weights() -> Result<()> {
+    let _g = serial();
+    set_random_seed(12);
+    use ferrokeras::layers::{BatchNormalization, Layer};
+    let (x, y) = regression(32, 4);
+    let mut model = Sequential::new()
+        .input(&[4])
+        .add(Dense::new(6).activation("relu")?)
+        .add(BatchNormalization::new())
+        .add(Dense::new(1))
+        .compile(Compile::new().optimizer(Adam::new(0.05)).loss("mse"))?;
+    model.layers()[0].set_trainable(false);
+    model.layers()[1].set_trainable(false);
+    assert_eq!(model.trainable_variables().len(), 2);
+    assert!(
+        model.summary().contains(" Trainable params: 7 "),
+        "{}",
+        model.summary()
+    );
+    let before = snapshot(&*model);
+    model.fit(
+        (x.clone(), y),
+        FitOptions::new().epochs(2).batch_size(8).verbose(0),
+    )?;
+    let after = snapshot(&*model);
+    // Dense 0 (kernel, bias) and BN (gamma, beta, moving mean, moving variance) unchanged; the
+    // last Dense trained.
+    for i in 0..6 {
+        assert_eq!(to_vec(&before[i]), to_vec(&after[i]), "weight {i}");
+    }
+    assert_ne!(to_vec(&before[6]), to_vec(&after[6]));
+    let bn = &mut model.layers_mut()[1];
+    let h = ferrokeras::random::uniform(&[5, 6], 0.0, 2.0, &candle_core::Device::Cpu)?;
+    let trained = bn.call(&h, true)?;
+    let inferred = bn.call(&h, false)?;
+    assert_eq!(to_vec(&trained), to_vec(&inferred));
+    // Unfrozen, it trains again.
+    model.layers()[0].set_trainable(true);
+    assert_eq!(model.trainable_variables().len(), 4);
+    Ok(())
+}

@@ -152,6 +152,23 @@ pub trait Layer: Send {
     fn variables(&self) -> Vec<Variable> {
         Vec::new()
     }
+    /// Freezes (`false`) or unfreezes (`true`) the layer's variables (Keras's `layer.trainable`):
+    /// `fit` leaves frozen ones alone, and a frozen `BatchNormalization` runs in inference mode,
+    /// as in Keras. It acts on the variables the layer has: call it once the layer is built (a
+    /// model given its input shape, or after a first call).
+    ///
+    /// ```
+    /// use ferrokeras::prelude::*;
+    /// let model = Sequential::new().input(&[4]).add(Dense::new(3)).add(Dense::new(1));
+    /// model.layers()[0].set_trainable(false);
+    /// assert_eq!(model.trainable_variables().len(), 2); // the second layer's kernel and bias
+    /// assert_eq!(Model::non_trainable_variables(&model).len(), 2);
+    /// ```
+    fn set_trainable(&self, trainable: bool) {
+        for v in self.variables() {
+            v.set_trainable(trainable);
+        }
+    }
     /// The variables an optimizer updates.
     fn trainable_variables(&self) -> Vec<Variable> {
         self.variables()

@@ -137,6 +137,9 @@ impl Layer for BatchNormalization {
         }
         let rows = x.elem_count() / c;
         let flat = x.reshape((rows, c))?;
+        // A frozen layer normalizes with its moving statistics, and leaves them alone, even in
+        // training (Keras's `BatchNormalization` with `trainable=False`).
+        let training = training && gamma.trainable();
         let (mean, var) = if training {
             let mean = flat.mean_keepdim(0)?;
             let var = flat.broadcast_sub(&mean)?.sqr()?.mean_keepdim(0)?;

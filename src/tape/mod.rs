@@ -31,6 +31,9 @@ pub struct Variable {
     var: Var,
     name: Arc<str>,
     trainable: bool,
+    /// Set by [`Variable::set_trainable`] (Keras's `layer.trainable = False`), shared by every
+    /// clone of the variable.
+    frozen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Variable {
@@ -40,7 +43,7 @@ impl std::fmt::Debug for Variable {
             "Variable({}, shape={:?}, trainable={})",
             self.name,
             self.var.dims(),
-            self.trainable
+            self.trainable()
         )
     }
 }
@@ -56,15 +59,36 @@ impl Variable {
             var: Var::from_tensor(&init.detach().contiguous()?)?,
             name: name.into(),
             trainable,
+            frozen: Arc::default(),
         })
     }
     /// The structural name, e.g. `"dense_1/kernel"`.
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// Whether optimizers update it (`False` for BatchNormalization's moving statistics).
+    /// Whether optimizers update it: `false` for BatchNormalization's moving statistics, and for
+    /// a variable frozen with [`Variable::set_trainable`].
     pub fn trainable(&self) -> bool {
-        self.trainable
+        self.trainable && !self.frozen.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    /// Freezes (`false`) or unfreezes (`true`) the variable, for every clone of it (the layer's,
+    /// the model's): a frozen variable is left out of `trainable_variables`, so `fit` does not
+    /// update it, and counts as non-trainable in `summary`. A variable created non-trainable
+    /// (moving statistics) stays so. See [`crate::layers::Layer::set_trainable`].
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::Variable;
+    /// let v = Variable::new("w", &Tensor::new(&[1f32], &Device::Cpu).unwrap(), true).unwrap();
+    /// let same = v.clone();
+    /// v.set_trainable(false);
+    /// assert!(!same.trainable());
+    /// v.set_trainable(true);
+    /// assert!(same.trainable());
+    /// ```
+    pub fn set_trainable(&self, trainable: bool) {
+        self.frozen
+            .store(!trainable, std::sync::atomic::Ordering::Relaxed);
     }
     /// The tensor to compute with: operations on it are recorded for gradients.
     pub fn as_tensor(&self) -> &Tensor {
