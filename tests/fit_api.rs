@@ -944,6 +944,47 @@ fn weighted_metrics_use_sample_weights_and_metrics_ignore_them() -> Result<()> {
     Ok(())
 }
 
+/// The epoch of a training step and its inputs.
+type EpochAndInputs = (usize, Vec<f32>);
+
+/// A model that records the epoch and the inputs of every training step, then takes the
+/// default step.
+struct InputRecorder {
+    inner: Sequential,
+    steps: Arc<Mutex<Vec<EpochAndInputs>>>,
+}
+
+impl InputRecorder {
+    /// The model, and the steps it records.
+    fn new(inner: Sequential) -> (Self, Arc<Mutex<Vec<EpochAndInputs>>>) {
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        (
+            Self {
+                inner,
+                steps: steps.clone(),
+            },
+            steps,
+        )
+    }
+}
+
+impl Model for InputRecorder {
+    fn call(&mut self, x: &Data, training: bool) -> Result<Data> {
+        self.inner.call(x, training)
+    }
+    fn variables(&self) -> Vec<Variable> {
+        self.inner.variables()
+    }
+    fn train_step(&mut self, ctx: &mut StepContext, data: &Data) -> Result<Logs> {
+        let (x, _, _) = data.unpack_xy()?;
+        self.steps
+            .lock()
+            .unwrap()
+            .push((ctx.epoch(), to_vec(x.tensor()?)));
+        default_train_step(self, ctx, data)
+    }
+}
+
 /// A finite dataset with `steps_per_epoch`: the stream continues across epochs, the epoch during
 /// which it runs out ends there, the next starts a new pass, and every pass reads each element
 /// once (Keras's EpochIterator).
@@ -955,35 +996,8 @@ fn steps_per_epoch_on_a_dataset_that_runs_out() -> Result<()> {
     let x = Tensor::arange(0f32, 7.0, &candle_core::Device::Cpu)?.reshape((7, 1))?;
     let y = x.zeros_like()?;
     let ds = ferrokeras::data::Dataset::from_tensor_slices(Data::from(vec![x, y]))?.batch(2, false);
-    let firsts = Arc::new(Mutex::new(Vec::new()));
-    let f = firsts.clone();
-    /// The epoch of a training step and its inputs.
-    type EpochAndInputs = (usize, Vec<f32>);
-    struct Recorder {
-        inner: Sequential,
-        firsts: Arc<Mutex<Vec<EpochAndInputs>>>,
-    }
-    impl Model for Recorder {
-        fn call(&mut self, x: &Data, training: bool) -> Result<Data> {
-            self.inner.call(x, training)
-        }
-        fn variables(&self) -> Vec<Variable> {
-            self.inner.variables()
-        }
-        fn train_step(&mut self, ctx: &mut StepContext, data: &Data) -> Result<Logs> {
-            let (x, _, _) = data.unpack_xy()?;
-            self.firsts
-                .lock()
-                .unwrap()
-                .push((ctx.epoch(), to_vec(x.tensor()?)));
-            default_train_step(self, ctx, data)
-        }
-    }
-    let mut model = Recorder {
-        inner: mlp(1),
-        firsts: f,
-    }
-    .compile(Compile::new().optimizer("sgd").loss("mse"))?;
+    let (model, firsts) = InputRecorder::new(mlp(1));
+    let mut model = model.compile(Compile::new().optimizer("sgd").loss("mse"))?;
     let h = model.fit(
         ds,
         FitOptions::new().epochs(4).steps_per_epoch(3).verbose(0),
@@ -1117,23 +1131,6 @@ fn regularization_alone_is_reported_as_the_loss() -> Result<()> {
 #[test]
 fn fits_on_one_dataset_go_on_with_new_orders() -> Result<()> {
     let _g = serial();
-    struct Recorder {
-        inner: Sequential,
-        seen: Arc<Mutex<Vec<f32>>>,
-    }
-    impl Model for Recorder {
-        fn call(&mut self, x: &Data, training: bool) -> Result<Data> {
-            self.inner.call(x, training)
-        }
-        fn variables(&self) -> Vec<Variable> {
-            self.inner.variables()
-        }
-        fn train_step(&mut self, ctx: &mut StepContext, data: &Data) -> Result<Logs> {
-            let (x, _, _) = data.unpack_xy()?;
-            self.seen.lock().unwrap().extend(to_vec(x.tensor()?));
-            default_train_step(self, ctx, data)
-        }
-    }
     let dataset = || -> Result<ferrokeras::data::Dataset> {
         let x = Tensor::arange(0f32, 16.0, &candle_core::Device::Cpu)?.reshape((16, 1))?;
         let y = x.zeros_like()?;
@@ -1144,16 +1141,13 @@ fn fits_on_one_dataset_go_on_with_new_orders() -> Result<()> {
         )
     };
     let orders = |ds: &ferrokeras::data::Dataset, fits: usize| -> Result<Vec<Vec<f32>>> {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let mut model = Recorder {
-            inner: mlp(1),
-            seen: seen.clone(),
-        }
-        .compile(Compile::new().optimizer("sgd").loss("mse"))?;
+        let (model, seen) = InputRecorder::new(mlp(1));
+        let mut model = model.compile(Compile::new().optimizer("sgd").loss("mse"))?;
         let mut out = Vec::new();
         for _ in 0..fits {
             model.fit(ds.clone(), FitOptions::new().verbose(0))?;
-            out.push(std::mem::take(&mut *seen.lock().unwrap()));
+            let steps = std::mem::take(&mut *seen.lock().unwrap());
+            out.push(steps.into_iter().flat_map(|(_, v)| v).collect());
         }
         Ok(out)
     };

@@ -259,10 +259,10 @@ impl<M: Model> Trainer<M> {
         let mut stop = false;
         let no_logs = Logs::new();
 
-        // Dispatches one hook to the user callbacks, then History, then the progress bar (Keras's order).
-        macro_rules! hook {
-            ($batch_values:expr, $name:ident($($arg:expr),*)) => {{
-                let mut cbx = CallbackContext {
+        // The context the callbacks of one hook share.
+        macro_rules! callback_context {
+            ($batch_values:expr) => {
+                CallbackContext {
                     model: &mut self.model,
                     compiled: &mut self.ctx,
                     params: &params,
@@ -270,7 +270,13 @@ impl<M: Model> Trainer<M> {
                     stop_training: &mut stop,
                     in_fit: true,
                     added: Logs::new(),
-                };
+                }
+            };
+        }
+        // Dispatches one hook to the user callbacks, then History, then the progress bar (Keras's order).
+        macro_rules! hook {
+            ($batch_values:expr, $name:ident($($arg:expr),*)) => {{
+                let mut cbx = callback_context!($batch_values);
                 list.$name(&mut cbx, $($arg),*)?;
                 history.$name(&mut cbx, $($arg),*)?;
                 if let Some(p) = progbar.as_mut() {
@@ -406,15 +412,7 @@ impl<M: Model> Trainer<M> {
             {
                 // As `hook!`, with the values callbacks add to the epoch's logs (Keras's
                 // learning-rate callbacks write `learning_rate`) reaching the later ones.
-                let mut cbx = CallbackContext {
-                    model: &mut self.model,
-                    compiled: &mut self.ctx,
-                    params: &params,
-                    batch_values: &no_logs,
-                    stop_training: &mut stop,
-                    in_fit: true,
-                    added: Logs::new(),
-                };
+                let mut cbx = callback_context!(&no_logs);
                 list.on_epoch_end_adding(&mut cbx, epoch, &mut epoch_logs)?;
                 history.on_epoch_end(&mut cbx, epoch, &epoch_logs)?;
                 if let Some(p) = progbar.as_mut() {
