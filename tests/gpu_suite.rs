@@ -26,6 +26,8 @@ mod gan_resume;
 mod gradcheck;
 #[path = "inputs.rs"]
 mod inputs;
+#[path = "keras_activations.rs"]
+mod keras_activations;
 #[path = "keras_layer_parity.rs"]
 mod keras_layer_parity;
 #[path = "keras_parity.rs"]

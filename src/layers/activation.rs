@@ -31,25 +31,100 @@ pub enum Activation {
     LeakyRelu(f32),
     /// Exact GELU `0.5 x (1 + erf(x / sqrt 2))` (Keras's default, `approximate=False`).
     Gelu,
+    /// `x` if `x > 0` else `exp(x) - 1` (Keras's `alpha` 1).
+    Elu,
+    /// `scale * elu(x, alpha)` with Keras's constants (`alpha` 1.67326324, `scale` 1.05070098).
+    Selu,
+    /// `log(1 + exp(x))`.
+    Softplus,
+    /// `x / (1 + |x|)`.
+    Softsign,
+    /// `x * sigmoid(x)` (`"silu"`, also named `"swish"`).
+    Silu,
+    /// `clip(x / 6 + 0.5, 0, 1)`.
+    HardSigmoid,
+    /// `x * hard_sigmoid(x)` (`"hard_silu"`, also named `"hard_swish"`).
+    HardSilu,
+    /// `exp(x)`.
+    Exponential,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+    /// `x * tanh(softplus(x))`.
+    Mish,
+    /// `x - log(sum(exp(x)))` over the last axis.
+    LogSoftmax,
+    /// `-softplus(-x)`.
+    LogSigmoid,
+    /// `clip(x, -1, 1)`.
+    HardTanh,
+    /// `x - tanh(x)`.
+    TanhShrink,
+    /// `x - 0.5` above 0.5, `x + 0.5` below -0.5, else 0.
+    SoftShrink,
+    /// `x` where `|x| > 0.5`, else 0.
+    HardShrink,
+    /// `(x + sqrt(x^2 + 4)) / 2`.
+    Squareplus,
+    /// 0 up to -1, `(x + 1)^2 / 4` between -1 and 1, `x` from 1.
+    SparsePlus,
+    /// 0 up to -1, `(x + 1) / 2` between -1 and 1, 1 from 1.
+    SparseSigmoid,
+    /// `max(0, x) + min(0, exp(x) - 1)` (Keras's `alpha` 1).
+    Celu,
 }
+
+/// Every activation by its Keras name, aliases last.
+const NAMES: [(&str, Activation); 29] = [
+    ("linear", Activation::Linear),
+    ("relu", Activation::Relu),
+    ("sigmoid", Activation::Sigmoid),
+    ("tanh", Activation::Tanh),
+    ("softmax", Activation::Softmax),
+    ("leaky_relu", Activation::LeakyRelu(0.2)),
+    ("gelu", Activation::Gelu),
+    ("elu", Activation::Elu),
+    ("selu", Activation::Selu),
+    ("softplus", Activation::Softplus),
+    ("softsign", Activation::Softsign),
+    ("silu", Activation::Silu),
+    ("hard_sigmoid", Activation::HardSigmoid),
+    ("hard_silu", Activation::HardSilu),
+    ("exponential", Activation::Exponential),
+    ("relu6", Activation::Relu6),
+    ("mish", Activation::Mish),
+    ("log_softmax", Activation::LogSoftmax),
+    ("log_sigmoid", Activation::LogSigmoid),
+    ("hard_tanh", Activation::HardTanh),
+    ("tanh_shrink", Activation::TanhShrink),
+    ("soft_shrink", Activation::SoftShrink),
+    ("hard_shrink", Activation::HardShrink),
+    ("squareplus", Activation::Squareplus),
+    ("sparse_plus", Activation::SparsePlus),
+    ("sparse_sigmoid", Activation::SparseSigmoid),
+    ("celu", Activation::Celu),
+    // Aliases.
+    ("swish", Activation::Silu),
+    ("hard_swish", Activation::HardSilu),
+];
+
+/// SELU's constants, as Keras writes them.
+const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
+const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
 
 impl std::str::FromStr for Activation {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "linear" | "" => Activation::Linear,
-            "relu" => Activation::Relu,
-            "sigmoid" => Activation::Sigmoid,
-            "tanh" => Activation::Tanh,
-            "softmax" => Activation::Softmax,
-            "leaky_relu" => Activation::LeakyRelu(0.2),
-            "gelu" => Activation::Gelu,
-            other => {
-                return Err(Error::value(format!(
-                    "Could not interpret activation function identifier: {other:?}. Expected one of \"linear\", \"relu\", \"sigmoid\", \"tanh\", \"softmax\", \"leaky_relu\", \"gelu\"."
-                )));
-            }
-        })
+        if s.is_empty() {
+            return Ok(Activation::Linear);
+        }
+        if let Some((_, a)) = NAMES.iter().find(|(n, _)| *n == s) {
+            return Ok(*a);
+        }
+        let known: Vec<String> = NAMES.iter().map(|(n, _)| format!("{n:?}")).collect();
+        Err(Error::value(format!(
+            "Could not interpret activation function identifier: {s:?}. Expected one of {}.",
+            known.join(", ")
+        )))
     }
 }
 
@@ -82,6 +157,8 @@ impl Activation {
             Activation::Softmax => crate::ops::softmax_last(x)?,
             Activation::LeakyRelu(slope) => crate::ops::leaky_relu(x, *slope)?,
             Activation::Gelu => x.gelu_erf()?,
+            Activation::LogSoftmax => crate::ops::log_softmax_last(x)?,
+            other => other.eval_elementwise(x)?,
         })
     }
 
@@ -138,7 +215,13 @@ impl Activation {
             ),
             Activation::Tanh => (NodeValue::unary(Unary::Tanh, z), None),
             Activation::Softmax => (NodeValue::from(&ops::softmax_last(z)?), None),
+            Activation::LogSoftmax => (NodeValue::from(&ops::log_softmax_last(z)?), None),
             Activation::Gelu => return Ok(None),
+            // The rest are differentiated from their input.
+            other => (
+                NodeValue::from(&other.eval_elementwise(z)?),
+                Some(z.clone()),
+            ),
         }))
     }
 
@@ -172,7 +255,142 @@ impl Activation {
                 let dot = (g * y)?.sum_keepdim(candle_core::D::Minus1)?;
                 y * g.broadcast_sub(&dot)?
             }
+            // g - softmax·Σ g over the last axis, softmax = exp(y)
+            Activation::LogSoftmax => {
+                let total = g.sum_keepdim(candle_core::D::Minus1)?;
+                g - y.exp()?.broadcast_mul(&total)?
+            }
             Activation::Gelu => candle_core::bail!("gelu is differentiated by candle's ops"),
+            other => match saved {
+                Some(z) => g * other.derivative(z, y)?,
+                None => {
+                    candle_core::bail!("{}: the input of the forward pass is missing", other.name())
+                }
+            },
+        }
+    }
+
+    /// The value of an elementwise activation other than ReLU, LeakyReLU, sigmoid, tanh and
+    /// GELU, from candle's ops (not recorded: [`Activation::forward_saving`] makes it a node).
+    fn eval_elementwise(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        use crate::ops::zeros_view;
+        let z = &z.detach();
+        // `max(z, 0) + log(1 + exp(-|z|))`: no overflow for large `z`.
+        let softplus = |z: &Tensor| -> candle_core::Result<Tensor> {
+            z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?
+        };
+        let sigmoid = |z: &Tensor| (z.neg()?.exp()? + 1.0)?.recip();
+        // `exp(min(z, 0)) - 1`, `z` where positive.
+        let elu = |z: &Tensor| -> candle_core::Result<Tensor> {
+            let negative = (z.minimum(0.0)?.exp()? - 1.0)?;
+            z.gt(&zeros_view(z)?)?.where_cond(z, &negative)
+        };
+        let hard_sigmoid = |z: &Tensor| z.affine(1.0 / 6.0, 0.5)?.clamp(0.0, 1.0);
+        match *self {
+            Activation::Elu => elu(z),
+            Activation::Selu => {
+                let negative = (z.minimum(0.0)?.exp()? - 1.0)?.affine(SELU_ALPHA, 0.0)?;
+                z.gt(&zeros_view(z)?)?
+                    .where_cond(z, &negative)?
+                    .affine(SELU_SCALE, 0.0)
+            }
+            Activation::Softplus => softplus(z),
+            Activation::Softsign => z / (z.abs()? + 1.0)?,
+            Activation::Silu => z * sigmoid(z)?,
+            Activation::HardSigmoid => hard_sigmoid(z),
+            Activation::HardSilu => z * hard_sigmoid(z)?,
+            Activation::Exponential => z.exp(),
+            Activation::Relu6 => z.clamp(0.0, 6.0),
+            Activation::Mish => z * softplus(z)?.tanh()?,
+            Activation::LogSigmoid => softplus(&z.neg()?)?.neg(),
+            Activation::HardTanh => z.clamp(-1.0, 1.0),
+            Activation::TanhShrink => z - z.tanh()?,
+            Activation::SoftShrink => {
+                let kept = z.abs()?.gt(0.5)?;
+                let shrunk = (z - z.sign()?.affine(0.5, 0.0)?)?;
+                kept.where_cond(&shrunk, &zeros_view(z)?)
+            }
+            Activation::HardShrink => z.abs()?.gt(0.5)?.where_cond(z, &zeros_view(z)?),
+            Activation::Squareplus => (z + (z.sqr()? + 4.0)?.sqrt()?)?.affine(0.5, 0.0),
+            Activation::SparsePlus => {
+                let middle = (z + 1.0)?.sqr()?.affine(0.25, 0.0)?;
+                let above = z.ge(1.0)?.where_cond(z, &middle)?;
+                z.le(-1.0)?.where_cond(&zeros_view(z)?, &above)
+            }
+            Activation::SparseSigmoid => z.affine(0.5, 0.5)?.clamp(0.0, 1.0),
+            Activation::Celu => elu(z),
+            other => candle_core::bail!("{} is not evaluated elementwise here", other.name()),
+        }
+    }
+
+    /// `d self(z) / dz` of an activation of [`Activation::eval_elementwise`], from its input `z`
+    /// and output `y`. At the corners, JAX's values (the backend of Keras's reference values):
+    /// ReLU6 and hard sigmoid have slope 0 there, hard tanh 1, sparse sigmoid 1/4.
+    fn derivative(&self, z: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+        use crate::ops::zeros_view;
+        let ones = || z.ones_like();
+        let zeros = || zeros_view(z);
+        let sigmoid = |z: &Tensor| (z.neg()?.exp()? + 1.0)?.recip();
+        // 1 strictly inside (lo, hi), else 0.
+        let inside = |lo: f64, hi: f64| -> candle_core::Result<Tensor> {
+            (z.gt(lo)? * z.lt(hi)?)?.to_dtype(z.dtype())
+        };
+        match *self {
+            // 1 above 0, else exp(z) (= y + 1).
+            Activation::Elu | Activation::Celu => z
+                .gt(&zeros()?)?
+                .where_cond(&ones()?, &z.minimum(0.0)?.exp()?),
+            Activation::Selu => z.gt(&zeros()?)?.where_cond(
+                &ones()?.affine(SELU_SCALE, 0.0)?,
+                &z.minimum(0.0)?
+                    .exp()?
+                    .affine(SELU_SCALE * SELU_ALPHA, 0.0)?,
+            ),
+            Activation::Softplus => sigmoid(z),
+            // 1 / (1 + |z|)^2
+            Activation::Softsign => (z.abs()? + 1.0)?.sqr()?.recip(),
+            // σ (1 + z (1 - σ))
+            Activation::Silu => {
+                let s = sigmoid(z)?;
+                &s * ((z * s.affine(-1.0, 1.0)?)? + 1.0)?
+            }
+            Activation::HardSigmoid => inside(-3.0, 3.0)?.affine(1.0 / 6.0, 0.0),
+            // hard_sigmoid(z) + z·hard_sigmoid'(z)
+            Activation::HardSilu => {
+                let hs = z.affine(1.0 / 6.0, 0.5)?.clamp(0.0, 1.0)?;
+                hs + (z * inside(-3.0, 3.0)?)?.affine(1.0 / 6.0, 0.0)?
+            }
+            Activation::Exponential => Ok(y.clone()),
+            Activation::Relu6 => inside(0.0, 6.0),
+            // t + z (1 - t²) σ, t = tanh(softplus(z)) = y / z where z ≠ 0
+            Activation::Mish => {
+                let sp = (z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+                let t = sp.tanh()?;
+                let slope = ((z * t.sqr()?.affine(-1.0, 1.0)?)? * sigmoid(z)?)?;
+                t + slope
+            }
+            // σ(-z)
+            Activation::LogSigmoid => sigmoid(&z.neg()?),
+            // 1 on [-1, 1], its ends included (JAX's selection).
+            Activation::HardTanh => (z.ge(-1.0)? * z.le(1.0)?)?.to_dtype(z.dtype()),
+            // tanh²(z)
+            Activation::TanhShrink => z.tanh()?.sqr(),
+            Activation::SoftShrink | Activation::HardShrink => {
+                z.abs()?.gt(0.5)?.to_dtype(z.dtype())
+            }
+            // (1 + z / sqrt(z² + 4)) / 2
+            Activation::Squareplus => (z / (z.sqr()? + 4.0)?.sqrt()?)?.affine(0.5, 0.5),
+            Activation::SparsePlus => {
+                let middle = (z + 1.0)?.affine(0.5, 0.0)?;
+                let above = z.ge(1.0)?.where_cond(&ones()?, &middle)?;
+                z.le(-1.0)?.where_cond(&zeros()?, &above)
+            }
+            // 1/2 inside, and the mean of the one-sided slopes (1/4) at the ends, as JAX's clip.
+            Activation::SparseSigmoid => {
+                let ends = (z.eq(-1.0)? + z.eq(1.0)?)?.to_dtype(z.dtype())?;
+                inside(-1.0, 1.0)?.affine(0.5, 0.0)? + ends.affine(0.25, 0.0)?
+            }
+            other => candle_core::bail!("{} has no elementwise derivative here", other.name()),
         }
     }
 
@@ -185,20 +403,18 @@ impl Activation {
             Activation::Sigmoid => Act::Sigmoid,
             Activation::Tanh => Act::Tanh,
             Activation::LeakyRelu(s) => Act::Leaky(s),
-            Activation::Softmax | Activation::Gelu => return None,
+            _ => return None,
         })
     }
 
     /// The Keras name.
     pub fn name(&self) -> &'static str {
         match self {
-            Activation::Linear => "linear",
-            Activation::Relu => "relu",
-            Activation::Sigmoid => "sigmoid",
-            Activation::Tanh => "tanh",
-            Activation::Softmax => "softmax",
             Activation::LeakyRelu(_) => "leaky_relu",
-            Activation::Gelu => "gelu",
+            other => NAMES
+                .iter()
+                .find(|(_, a)| a == other)
+                .map_or("linear", |(n, _)| n),
         }
     }
 }
@@ -400,14 +616,12 @@ mod tests {
     #[test]
     fn node_gradients_record_no_graph() {
         let z = Tensor::new(&[[-1.5f32, 0.5, 2.0], [0.0, -0.25, 1.0]], &Device::Cpu).unwrap();
-        for act in [
-            Activation::Relu,
-            Activation::LeakyRelu(0.2),
-            Activation::LeakyRelu(-0.2),
-            Activation::Sigmoid,
-            Activation::Tanh,
-            Activation::Softmax,
-        ] {
+        let acts = NAMES
+            .iter()
+            .map(|(_, a)| *a)
+            .chain([Activation::LeakyRelu(-0.2)])
+            .filter(|a| *a != Activation::Gelu);
+        for act in acts {
             let x = Variable::new("z", &z, true).unwrap();
             let y = act.as_node(x.as_tensor()).unwrap().unwrap();
             let loss = y.sqr().unwrap().sum_all().unwrap();
@@ -417,6 +631,37 @@ mod tests {
                 "{}: the gradient records a graph",
                 act.name()
             );
+        }
+    }
+
+    /// Every activation runs in bfloat16 and float16 (mixed precision) and keeps the dtype, with
+    /// its gradient.
+    #[test]
+    fn activations_run_in_half_precision() {
+        let z = Tensor::new(&[[-1.5f32, 0.5, 2.0], [0.0, -0.25, 1.0]], &Device::Cpu).unwrap();
+        for dt in [candle_core::DType::BF16, candle_core::DType::F16] {
+            for (name, act) in NAMES {
+                let x = Variable::new("z", &z.to_dtype(dt).unwrap(), true).unwrap();
+                let y = act.apply(x.as_tensor()).unwrap();
+                assert_eq!(y.dtype(), dt, "{name}");
+                let want = act.apply(&z).unwrap().to_vec2::<f32>().unwrap();
+                let got = y.to_dtype(candle_core::DType::F32).unwrap();
+                for (g, w) in got
+                    .to_vec2::<f32>()
+                    .unwrap()
+                    .iter()
+                    .flatten()
+                    .zip(want.iter().flatten())
+                {
+                    assert!(
+                        (g - w).abs() <= 0.02 * (1.0 + w.abs()),
+                        "{name} {dt:?}: {g} vs {w}"
+                    );
+                }
+                let loss = y.sum_all().unwrap();
+                let g = GradientTape::gradient(&loss, std::slice::from_ref(&x)).unwrap();
+                assert_eq!(g[0].dtype(), dt, "{name}");
+            }
         }
     }
 

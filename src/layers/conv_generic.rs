@@ -308,7 +308,9 @@ fn layer_grads(
 /// candle) are applied after.
 pub(crate) fn split_activation(act: Activation) -> (Activation, Activation) {
     match act {
-        Activation::Softmax | Activation::Gelu => (Activation::Linear, act),
+        Activation::Softmax | Activation::LogSoftmax | Activation::Gelu => {
+            (Activation::Linear, act)
+        }
         _ => (act, Activation::Linear),
     }
 }

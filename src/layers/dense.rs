@@ -389,6 +389,12 @@ mod tests {
             Activation::Softmax,
             Activation::LeakyRelu(0.2),
             Activation::Gelu,
+            Activation::Elu,
+            Activation::Silu,
+            Activation::Mish,
+            Activation::Relu6,
+            Activation::LogSoftmax,
+            Activation::HardSilu,
         ];
         for (i, act) in acts.into_iter().enumerate() {
             for (shape, bias) in [(vec![6, 5], true), (vec![2, 3, 5], false)] {
