@@ -300,3 +300,112 @@ fn get_weights_goes_layer_by_layer() {
         ]
     );
 }
+
+/// A functional model lists its layers as Keras does, by depth from the outputs (deeper first,
+/// ties in the order a walk from the outputs meets them): `layers`, the weights (`get_weights`
+/// order) and the `get_config` layer list, for a short and a deep branch, two inputs at
+/// different depths, and a layer shared at two depths.
+#[test]
+fn functional_layers_are_listed_in_keras_order() {
+    use ferrokeras::layers::{Add, Concatenate};
+    use ferrokeras::model::SharedLayer;
+    let fx = &fixtures()["layer_order"];
+    let dense = |units: usize, name: &str| Dense::new(units).named(name);
+    let mut models: Vec<(&str, Functional)> = Vec::new();
+
+    let x = Input::named(&[4], "x");
+    let short = dense(2, "short").apply(&x).unwrap();
+    let deep = dense(5, "deep_2")
+        .apply(&dense(3, "deep_1").apply(&x).unwrap())
+        .unwrap();
+    let cat = Concatenate::new()
+        .named("cat")
+        .apply_many(&[short, deep])
+        .unwrap();
+    let y = dense(1, "out").apply(&cat).unwrap();
+    models.push(("branches", Functional::new(&[x], &[y]).unwrap()));
+
+    let a = Input::named(&[4], "a");
+    let b = Input::named(&[6], "b");
+    let h = dense(7, "h2")
+        .apply(&dense(3, "h1").apply(&a).unwrap())
+        .unwrap();
+    let cat = Concatenate::new()
+        .named("cat")
+        .apply_many(&[b.clone(), h])
+        .unwrap();
+    let y = dense(1, "out").apply(&cat).unwrap();
+    models.push(("two_inputs", Functional::new(&[a, b], &[y]).unwrap()));
+
+    let x = Input::named(&[3], "x");
+    let shared = SharedLayer::new(dense(3, "shared"));
+    let h = shared
+        .apply(&dense(3, "mid").apply(&shared.apply(&x).unwrap()).unwrap())
+        .unwrap();
+    let side = dense(3, "side").apply(&x).unwrap();
+    let sum = Add::new().named("add").apply_many(&[side, h]).unwrap();
+    let y = dense(2, "out").apply(&sum).unwrap();
+    models.push(("shared", Functional::new(&[x], &[y]).unwrap()));
+
+    for (name, model) in models {
+        let want = &fx[name];
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_string())
+                .collect()
+        };
+        let config = model.get_config().unwrap();
+        let listed: Vec<String> = config["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            listed,
+            strings(&want["config_layers"]),
+            "{name}: get_config"
+        );
+        let layers: Vec<String> = model
+            .layers()
+            .iter()
+            .map(|l| l.lock().name().to_string())
+            .collect();
+        let mut keras_layers = strings(&want["layers"]);
+        keras_layers.retain(|l| !["x", "a", "b"].contains(&l.as_str()));
+        assert_eq!(layers, keras_layers, "{name}: layers");
+        let shapes: Vec<Vec<usize>> = model
+            .variables()
+            .iter()
+            .map(|v| v.value().dims().to_vec())
+            .collect();
+        let keras_shapes: Vec<Vec<usize>> = want["shapes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                s.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap() as usize)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(shapes, keras_shapes, "{name}: weights");
+        // The summary lists the inputs where Keras does.
+        let text = Model::summary(&model);
+        let positions: Vec<usize> = strings(&want["layers"])
+            .iter()
+            .map(|l| {
+                text.find(&format!("{l} ("))
+                    .unwrap_or_else(|| panic!("{name}: {l} missing"))
+            })
+            .collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "{name}: summary order\n{text}"
+        );
+    }
+}

@@ -202,9 +202,11 @@ pub struct Functional {
     name: String,
     inputs: Vec<KerasTensor>,
     outputs: Vec<KerasTensor>,
-    /// Layer nodes in execution order.
-    order: Vec<KerasTensor>,
-    layers: Vec<SharedLayer>,
+    /// Every node (inputs and layer applications) in execution order.
+    order: Box<[KerasTensor]>,
+    /// The inputs and layers in Keras's order ([`keras_order`]), each by its first node.
+    listed: Box<[KerasTensor]>,
+    layers: Box<[SharedLayer]>,
 }
 
 impl Functional {
@@ -229,17 +231,18 @@ impl Functional {
         }
         let mut order = Vec::new();
         let mut seen = HashMap::new();
+        let mut first_visit = HashMap::new();
         for o in outputs {
-            visit(o, inputs, &mut seen, &mut order)?;
+            visit(o, inputs, &mut seen, &mut first_visit, &mut order)?;
         }
-        let mut layers: Vec<SharedLayer> = Vec::new();
-        for t in &order {
-            if let Node::Layer { layer, .. } = &*t.node
-                && !layers.iter().any(|l| l.ptr() == layer.ptr())
-            {
-                layers.push(layer.clone());
-            }
-        }
+        let listed = keras_order(&order, inputs, &first_visit);
+        let layers: Vec<SharedLayer> = listed
+            .iter()
+            .filter_map(|t| match &*t.node {
+                Node::Layer { layer, .. } => Some(layer.clone()),
+                Node::Input { .. } => None,
+            })
+            .collect();
         // Saving, loading and per-output logs go by name: two layers may not share one.
         let mut names: Vec<String> = inputs
             .iter()
@@ -261,8 +264,9 @@ impl Functional {
             name: unique_name("functional"),
             inputs: inputs.to_vec(),
             outputs: outputs.to_vec(),
-            order,
-            layers,
+            order: order.into(),
+            listed: listed.into(),
+            layers: layers.into(),
         })
     }
 
@@ -272,7 +276,23 @@ impl Functional {
         self
     }
 
-    /// The layers, in the order they first run.
+    /// The layers (inputs left out), in Keras's order: by depth, the ones farthest from the
+    /// outputs first; at equal depth, in the order a walk from the outputs first meets them.
+    /// `variables`, `get_weights` and `summary` follow it, so weight lists pass between Keras
+    /// and ferrokeras for branched graphs too.
+    ///
+    /// ```
+    /// use ferrokeras::prelude::*;
+    /// # fn main() -> ferrokeras::Result<()> {
+    /// let x = Input::new(&[4]);
+    /// let short = Dense::new(2).named("short").apply(&x)?;
+    /// let deep = Dense::new(2).named("deep_2").apply(&Dense::new(2).named("deep_1").apply(&x)?)?;
+    /// let y = Concatenate::new().apply_many(&[short, deep])?;
+    /// let model = Functional::new(&[x], &[y])?;
+    /// let names: Vec<String> = model.layers().iter().map(|l| l.lock().name().to_string()).collect();
+    /// assert_eq!(names[..3], ["deep_1", "short", "deep_2"]);
+    /// # Ok(()) }
+    /// ```
     pub fn layers(&self) -> &[SharedLayer] {
         &self.layers
     }
@@ -350,15 +370,30 @@ impl Functional {
     }
 }
 
+/// The key of the operation that computes `t`: its layer (shared layers have one key), or the
+/// input itself.
+fn op_key(t: &KerasTensor) -> usize {
+    match &*t.node {
+        Node::Layer { layer, .. } => layer.ptr(),
+        Node::Input { .. } => t.id(),
+    }
+}
+
+/// Walks from `t` to the inputs, appending each node after the nodes it reads (`order`, an
+/// execution order) and numbering each operation when first met (`first_visit`, Keras's
+/// traversal index).
 fn visit(
     t: &KerasTensor,
     inputs: &[KerasTensor],
     seen: &mut HashMap<usize, ()>,
+    first_visit: &mut HashMap<usize, usize>,
     order: &mut Vec<KerasTensor>,
 ) -> Result<()> {
     if seen.contains_key(&t.id()) {
         return Ok(());
     }
+    let n = first_visit.len();
+    first_visit.entry(op_key(t)).or_insert(n);
     match &*t.node {
         Node::Input { name } => {
             if !inputs.iter().any(|i| i.id() == t.id()) {
@@ -370,13 +405,58 @@ fn visit(
         }
         Node::Layer { inputs: args, .. } => {
             for a in args {
-                visit(a, inputs, seen, order)?;
+                visit(a, inputs, seen, first_visit, order)?;
             }
         }
     }
     seen.insert(t.id(), ());
     order.push(t.clone());
     Ok(())
+}
+
+/// The operations (inputs and layers, each by its first node in `order`) as Keras's
+/// `map_graph` lists them: a node's depth is the longest path from it to an output (an output
+/// node's is 0), an operation's the largest of its nodes' (which deepens the nodes that feed
+/// it); deeper operations come first, and equal depths go by `first_visit`. An input that no
+/// output uses comes last, at depth 0, before the operations first met.
+fn keras_order(
+    order: &[KerasTensor],
+    inputs: &[KerasTensor],
+    first_visit: &HashMap<usize, usize>,
+) -> Vec<KerasTensor> {
+    let mut node_depth: HashMap<usize, usize> = HashMap::new();
+    let mut op_depth: HashMap<usize, usize> = HashMap::new();
+    let mut first_node: HashMap<usize, KerasTensor> = HashMap::new();
+    for t in order.iter().rev() {
+        let key = op_key(t);
+        let depth = node_depth
+            .get(&t.id())
+            .copied()
+            .unwrap_or(0)
+            .max(op_depth.get(&key).copied().unwrap_or(0));
+        op_depth.insert(key, depth);
+        node_depth.insert(t.id(), depth);
+        if let Node::Layer { inputs: args, .. } = &*t.node {
+            for a in args {
+                let d = node_depth.entry(a.id()).or_insert(0);
+                *d = (*d).max(depth + 1);
+            }
+        }
+    }
+    for t in order {
+        first_node.entry(op_key(t)).or_insert_with(|| t.clone());
+    }
+    let mut ops: Vec<(usize, i64, KerasTensor)> = first_node
+        .into_iter()
+        .map(|(key, t)| (op_depth[&key], first_visit[&key] as i64, t))
+        .collect();
+    for i in inputs {
+        if !op_depth.contains_key(&i.id()) {
+            ops.push((0, -1, i.clone()));
+        }
+    }
+    ops.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    ops.into_iter().map(|(_, _, t)| t).collect()
 }
 
 impl Model for Functional {
@@ -428,32 +508,23 @@ impl Model for Functional {
         Ok(out)
     }
     fn summary_rows(&self) -> Vec<LayerSummary> {
-        let mut rows: Vec<LayerSummary> = self
-            .inputs
-            .iter()
-            .map(|i| LayerSummary {
-                name: match &*i.node {
-                    Node::Input { name } => format!("{name} (InputLayer)"),
-                    Node::Layer { .. } => String::new(),
-                },
-                output_shape: i.shape.clone(),
-                params: 0,
-            })
-            .collect();
-        let mut done: Vec<usize> = Vec::new();
-        for t in &self.order {
-            if let Node::Layer { layer, .. } = &*t.node {
-                if done.contains(&layer.ptr()) {
-                    continue;
-                }
-                done.push(layer.ptr());
-                let l = layer.lock();
-                rows.push(LayerSummary {
-                    name: format!("{} ({})", l.name(), l.class_name()),
+        let mut rows = Vec::new();
+        for t in &self.listed {
+            rows.push(match &*t.node {
+                Node::Input { name } => LayerSummary {
+                    name: format!("{name} (InputLayer)"),
                     output_shape: t.shape.clone(),
-                    params: l.count_params(),
-                });
-            }
+                    params: 0,
+                },
+                Node::Layer { layer, .. } => {
+                    let l = layer.lock();
+                    LayerSummary {
+                        name: format!("{} ({})", l.name(), l.class_name()),
+                        output_shape: t.shape.clone(),
+                        params: l.count_params(),
+                    }
+                }
+            });
         }
         rows
     }
@@ -604,9 +675,9 @@ fn ref_json((name, node): &(String, usize)) -> Value {
 }
 
 impl Functional {
-    /// The architecture as Keras's `get_config()`: the model's name, its layers (inputs first as
-    /// `InputLayer` entries, then every layer once, in the order they first run) with the nodes
-    /// each is applied at, and the input and output tensors. See
+    /// The architecture as Keras's `get_config()`: the model's name, its layers (the inputs as
+    /// `InputLayer` entries, and every layer once, in Keras's order: see [`Functional::layers`])
+    /// with the nodes each is applied at, and the input and output tensors. See
     /// [`crate::io::save_model`] for the format.
     ///
     /// ```
@@ -641,19 +712,22 @@ impl Functional {
             }
             Ok(())
         };
-        let mut entries = Vec::new();
+        let mut inputs: HashMap<usize, Value> = HashMap::new();
         for i in &self.inputs {
             let Node::Input { name } = &*i.node else {
                 return Err(Error::state("internal: a functional input is not an Input"));
             };
             unique(name)?;
             refs.insert(i.id(), (name.clone(), 0));
-            entries.push(json!({
-                "class_name": "InputLayer",
-                "name": name,
-                "config": {"name": name, "batch_shape": batch_shape_json(&i.shape)},
-                "inbound_nodes": [],
-            }));
+            inputs.insert(
+                i.id(),
+                json!({
+                    "class_name": "InputLayer",
+                    "name": name,
+                    "config": {"name": name, "batch_shape": batch_shape_json(&i.shape)},
+                    "inbound_nodes": [],
+                }),
+            );
         }
         let mut nodes: HashMap<usize, Vec<Value>> = HashMap::new();
         for t in &self.order {
@@ -672,13 +746,20 @@ impl Functional {
                 refs.insert(t.id(), (layer.lock().name().to_string(), index));
             }
         }
-        for layer in &self.layers {
-            let l = layer.lock();
-            unique(l.name())?;
-            let mut entry = crate::layers::serialize(&**l)?;
-            entry["name"] = json!(l.name());
-            entry["inbound_nodes"] = Value::Array(nodes.remove(&layer.ptr()).unwrap_or_default());
-            entries.push(entry);
+        let mut entries = Vec::new();
+        for t in &self.listed {
+            match &*t.node {
+                Node::Input { .. } => entries.extend(inputs.remove(&t.id())),
+                Node::Layer { layer, .. } => {
+                    let l = layer.lock();
+                    unique(l.name())?;
+                    let mut entry = crate::layers::serialize(&**l)?;
+                    entry["name"] = json!(l.name());
+                    entry["inbound_nodes"] =
+                        Value::Array(nodes.remove(&layer.ptr()).unwrap_or_default());
+                    entries.push(entry);
+                }
+            }
         }
         let tensor_refs = |ts: &[KerasTensor]| -> Result<Vec<Value>> {
             ts.iter()
