@@ -455,7 +455,7 @@ impl ActivationLayer {
     }
     /// Overrides the generated name.
     pub fn named(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        crate::layers::rename(&mut self.name, name.into());
         self
     }
     /// A dtype policy of its own, by name: the input is cast to its compute dtype first. Under

@@ -330,7 +330,7 @@ macro_rules! conv_builders {
         }
         /// Overrides the generated name.
         pub fn named(mut self, name: impl Into<String>) -> Self {
-            self.name = name.into();
+            crate::layers::rename(&mut self.name, name.into());
             self
         }
         /// The kernel, once built.

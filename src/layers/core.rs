@@ -34,7 +34,7 @@ impl Concatenate {
     }
     /// Overrides the generated name.
     pub fn named(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        crate::layers::rename(&mut self.name, name.into());
         self
     }
     fn resolve_axis(&self, rank: usize) -> Result<usize> {
@@ -127,7 +127,7 @@ impl Add {
     }
     /// Overrides the generated name.
     pub fn named(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        crate::layers::rename(&mut self.name, name.into());
         self
     }
 }

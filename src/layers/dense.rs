@@ -134,11 +134,19 @@ impl Dense {
     }
     /// Overrides the generated name.
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        crate::layers::rename(&mut self.name, name.into());
         self
     }
     /// Overrides the generated name (the same as [`Dense::name`], under the name the other layers
-    /// use).
+    /// use). A name given right after `new` leaves the automatic one unused, as in Keras:
+    ///
+    /// ```
+    /// use ferrokeras::layers::{Dense, Layer};
+    /// let head = Dense::new(1).named("head");
+    /// assert_eq!(Layer::name(&head), "head");
+    /// assert_eq!(Layer::name(&Dense::new(1)), "dense");
+    /// assert_eq!(Layer::name(&Dense::new(1)), "dense_1");
+    /// ```
     pub fn named(self, name: impl Into<String>) -> Self {
         self.name(name)
     }

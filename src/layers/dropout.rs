@@ -39,7 +39,7 @@ impl Dropout {
     }
     /// Overrides the generated name.
     pub fn named(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        crate::layers::rename(&mut self.name, name.into());
         self
     }
 }

@@ -319,7 +319,39 @@ pub fn unique_name(prefix: &str) -> String {
         format!("{prefix}_{n}")
     };
     *n += 1;
+    let issued = (prefix.to_string(), name.clone(), *n);
+    LAST_ISSUED.with(|last| *last.borrow_mut() = Some(issued));
     name
+}
+
+thread_local! {
+    /// The last name [`unique_name`] gave on this thread: its prefix, the name and the prefix's
+    /// count just after.
+    static LAST_ISSUED: std::cell::RefCell<Option<(String, String, usize)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Replaces an automatic name by the user's (the layers' and models' `named`). When `old` is
+/// the last name [`unique_name`] gave, it is given back, so `Dense::new(4).named("head")` does
+/// not use up `dense`: as in Keras, where `Dense(4, name="head")` never draws an automatic name,
+/// the next `Dense::new` is still `dense`. Only while no other name of that prefix was given
+/// since (on any thread).
+pub(crate) fn rename(old: &mut String, new: String) {
+    let mut counts = config::name_counts()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    LAST_ISSUED.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((prefix, name, after)) = last.as_ref()
+            && name == old
+            && let Some(n) = counts.get_mut(prefix)
+            && *n == *after
+        {
+            *n -= 1;
+            *last = None;
+        }
+    });
+    *old = new;
 }
 
 /// Marks `name` as taken, so that [`unique_name`] never returns it later: after reserving
@@ -366,4 +398,33 @@ pub(crate) fn check_input(layer: &str, x: &Tensor, expected: &[usize]) -> Result
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod naming_tests {
+    use super::*;
+
+    /// `named` right after `new` gives the automatic name back, as Keras never draws one for a
+    /// named layer; a name given since, or a second rename, keeps the count.
+    #[test]
+    fn named_layers_leave_the_automatic_names() {
+        let mut a = unique_name("naming_probe");
+        assert_eq!(a, "naming_probe");
+        rename(&mut a, "head".into());
+        assert_eq!(a, "head");
+        assert_eq!(unique_name("naming_probe"), "naming_probe");
+        let mut b = unique_name("naming_probe");
+        assert_eq!(b, "naming_probe_1");
+        let c = unique_name("naming_probe");
+        rename(&mut b, "body".into());
+        assert_eq!(c, "naming_probe_2");
+        assert_eq!(unique_name("naming_probe"), "naming_probe_3");
+        let mut d = unique_name("naming_probe");
+        rename(&mut d, "x".into());
+        rename(&mut d, "y".into());
+        assert_eq!(unique_name("naming_probe"), "naming_probe_4");
+        // Through a layer and a model.
+        let head = crate::layers::Dense::new(1).named("naming_head");
+        assert_eq!(crate::layers::Layer::name(&head), "naming_head");
+    }
 }

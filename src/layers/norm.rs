@@ -69,7 +69,7 @@ impl BatchNormalization {
     }
     /// Overrides the generated name.
     pub fn named(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        crate::layers::rename(&mut self.name, name.into());
         self
     }
 }

@@ -329,7 +329,7 @@ macro_rules! pool_layer {
             }
             /// Overrides the generated name.
             pub fn named(mut self, name: impl Into<String>) -> Self {
-                self.name = name.into();
+                crate::layers::rename(&mut self.name, name.into());
                 self
             }
             fn strides_or_pool(&self) -> (usize, usize) {
@@ -476,7 +476,7 @@ macro_rules! global_pool {
             }
             /// Overrides the generated name.
             pub fn named(mut self, name: impl Into<String>) -> Self {
-                self.name = name.into();
+                crate::layers::rename(&mut self.name, name.into());
                 self
             }
         }
@@ -568,7 +568,7 @@ impl UpSampling2D {
     }
     /// Overrides the generated name.
     pub fn named(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        crate::layers::rename(&mut self.name, name.into());
         self
     }
 }

@@ -26,7 +26,7 @@ impl Flatten {
     }
     /// Overrides the generated name.
     pub fn named(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        crate::layers::rename(&mut self.name, name.into());
         self
     }
 }
@@ -93,7 +93,7 @@ impl Reshape {
     }
     /// Overrides the generated name.
     pub fn named(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        crate::layers::rename(&mut self.name, name.into());
         self
     }
 

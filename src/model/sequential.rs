@@ -56,7 +56,7 @@ impl Sequential {
 
     /// Sets the name.
     pub fn named(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        crate::layers::rename(&mut self.name, name.into());
         self
     }
 
