@@ -735,6 +735,37 @@ fn learning_rate_scheduler_keras_example() -> Result<()> {
     Ok(())
 }
 
+/// An optimizer built with a schedule keeps it: `fit` stops with Keras's error instead of
+/// replacing the schedule by a constant.
+#[test]
+fn learning_rate_scheduler_refuses_an_optimizer_with_a_schedule() -> Result<()> {
+    use ferrokeras::optimizers::ExponentialDecay;
+    let (x, y) = regression(16, 3);
+    let schedule = ExponentialDecay::new(0.1, 10, 0.5)?;
+    let mut model = Sequential::new()
+        .input(&[3])
+        .add(Dense::new(1))
+        .compile(Compile::new().optimizer(Sgd::new(schedule)).loss("mse"))?;
+    let err = model
+        .fit(
+            (x, y),
+            FitOptions::new()
+                .epochs(2)
+                .verbose(0)
+                .callback(LearningRateScheduler::new(|_, lr| lr * 0.5)),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("hence its learning rate is not settable"),
+        "{err}"
+    );
+    // The schedule still rules.
+    let lr = model.context().optimizer()?.learning_rate();
+    assert!((lr - 0.1).abs() < 1e-12, "{lr}");
+    Ok(())
+}
+
 #[test]
 fn learning_rate_scheduler_needs_an_optimizer() {
     let mut model = tiny();

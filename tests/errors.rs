@@ -1210,3 +1210,21 @@ fn strided_dilated_convolutions_and_duplicate_names() {
     );
     assert_mentions(&msg, &["\"same\" is used 2 times"]);
 }
+
+/// A schedule over 0 steps is refused when built, with Keras's message (it used to run as 1).
+#[test]
+fn schedules_over_zero_steps() {
+    use ferrokeras::optimizers::{
+        CosineDecay, ExponentialDecay, InverseTimeDecay, PolynomialDecay,
+    };
+    let errors = [
+        ExponentialDecay::new(0.1, 0, 0.5).err(),
+        PolynomialDecay::new(0.1, 0, 0.0).err(),
+        InverseTimeDecay::new(0.1, 0, 0.5).err(),
+        CosineDecay::new(0.1, 0).err(),
+    ];
+    for e in errors {
+        let e = e.expect("decay_steps 0 accepted").to_string();
+        assert!(e.contains("`decay_steps` must be > 0"), "{e}");
+    }
+}

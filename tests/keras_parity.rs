@@ -557,6 +557,7 @@ fn optimizer_from_case(name: &str, cfg: &Value) -> Box<dyn Optimizer> {
                 cfg_f64(cfg, "decay_steps") as u64,
                 cfg_f64(cfg, "decay_rate"),
             )
+            .unwrap()
             .staircase(cfg_bool(cfg, "staircase"));
             Box::new(adam_like(Adam::new(schedule)))
         }

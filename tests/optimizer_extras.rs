@@ -209,6 +209,7 @@ fn schedule_from(class: &str, cfg: &Value) -> Box<dyn LearningRateSchedule> {
                 c.u64("decay_steps").expect("decay_steps"),
                 c.req("end_learning_rate"),
             )
+            .unwrap()
             .power(c.req("power"))
             .cycle(c.bool("cycle")),
         ),
@@ -218,6 +219,7 @@ fn schedule_from(class: &str, cfg: &Value) -> Box<dyn LearningRateSchedule> {
                 c.u64("decay_steps").expect("decay_steps"),
                 c.req("decay_rate"),
             )
+            .unwrap()
             .staircase(c.bool("staircase")),
         ),
         "ExponentialDecay" => Box::new(
@@ -226,6 +228,7 @@ fn schedule_from(class: &str, cfg: &Value) -> Box<dyn LearningRateSchedule> {
                 c.u64("decay_steps").expect("decay_steps"),
                 c.req("decay_rate"),
             )
+            .unwrap()
             .staircase(c.bool("staircase")),
         ),
         "CosineDecay" => Box::new(
@@ -233,6 +236,7 @@ fn schedule_from(class: &str, cfg: &Value) -> Box<dyn LearningRateSchedule> {
                 c.req("initial_learning_rate"),
                 c.u64("decay_steps").expect("decay_steps"),
             )
+            .unwrap()
             .alpha(c.req("alpha"))
             .warmup_target(c.f64("warmup_target"))
             .warmup_steps(c.u64("warmup_steps").unwrap_or(0)),
@@ -521,7 +525,10 @@ fn state_round_trip_is_bit_identical() {
         "adamw schedule",
         &|| {
             Box::new(Adam::adamw(
-                CosineDecay::new(0.0, 5).warmup_target(0.01).warmup_steps(2),
+                CosineDecay::new(0.0, 5)
+                    .unwrap()
+                    .warmup_target(0.01)
+                    .warmup_steps(2),
                 0.1,
             ))
         },
@@ -554,7 +561,7 @@ fn state_round_trip_is_bit_identical() {
         "adam accumulation + ema overwrite",
         &|| {
             Box::new(
-                Adam::new(PolynomialDecay::new(0.01, 6, 0.001).power(2.0))
+                Adam::new(PolynomialDecay::new(0.01, 6, 0.001).unwrap().power(2.0))
                     .global_clipnorm(1.0)
                     .gradient_accumulation_steps(3)
                     .use_ema(true)

@@ -1,9 +1,8 @@
 //! Learning-rate callbacks: `LearningRateScheduler` and `ReduceLROnPlateau`.
 //!
 //! Both change the compiled optimizer's learning rate through
-//! [`crate::optimizers::Optimizer::set_learning_rate`], which replaces a schedule the optimizer was
-//! built with by a constant (Keras refuses to set the rate of an optimizer built with a
-//! `LearningRateSchedule`; the optimizer interface here cannot tell).
+//! [`crate::optimizers::Optimizer::set_learning_rate`], so `fit` stops with Keras's error when the
+//! optimizer was built with a `LearningRateSchedule` (its rate follows the schedule).
 //!
 //! As in Keras, both add `learning_rate` to the logs at the end of every epoch
 //! ([`CallbackContext::add_log`]), so that `History`, the progress bar and the callbacks after
@@ -86,7 +85,7 @@ impl Callback for LearningRateScheduler {
     ) -> Result<()> {
         let optimizer = ctx.compiled.optimizer()?;
         let lr = (self.schedule)(epoch, optimizer.learning_rate());
-        optimizer.set_learning_rate(lr);
+        optimizer.set_learning_rate(lr)?;
         if self.verbose > 0 {
             println!(
                 "\nEpoch {}: LearningRateScheduler setting learning rate to {}.",
@@ -380,7 +379,7 @@ impl Callback for ReduceLROnPlateau {
                 // Keras keeps the rate in a float32 variable and compares with `np.float32(min_lr)`.
                 if (old_lr as f32) > (s.min_lr as f32) {
                     let new_lr = (old_lr * s.factor).max(s.min_lr);
-                    optimizer.set_learning_rate(new_lr);
+                    optimizer.set_learning_rate(new_lr)?;
                     if s.verbose > 0 {
                         println!(
                             "\nEpoch {}: ReduceLROnPlateau reducing learning rate to {}.",

@@ -137,6 +137,19 @@ impl Base {
         self.lr.at(self.iterations)
     }
 
+    /// Replaces a constant rate; a schedule is refused, with Keras's message.
+    pub(super) fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
+        match self.lr {
+            super::LearningRate::Constant(_) => {
+                self.lr = super::LearningRate::Constant(lr);
+                Ok(())
+            }
+            super::LearningRate::Schedule(_) => Err(Error::value(
+                "This optimizer was created with a `LearningRateSchedule` object as its `learning_rate` constructor argument, hence its learning rate is not settable. If you need the learning rate to be settable, you should instantiate the optimizer with a float `learning_rate` argument.",
+            )),
+        }
+    }
+
     pub(super) fn state(&self) -> Result<Vec<(String, Tensor)>> {
         let dev = candle_core::Device::Cpu;
         let mut out = vec![(

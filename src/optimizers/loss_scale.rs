@@ -132,7 +132,7 @@ impl Optimizer for LossScaleOptimizer {
     fn learning_rate(&self) -> f64 {
         self.inner.learning_rate()
     }
-    fn set_learning_rate(&mut self, lr: f64) {
+    fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
         self.inner.set_learning_rate(lr)
     }
     fn iterations(&self) -> u64 {

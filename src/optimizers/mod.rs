@@ -13,7 +13,7 @@
 //! use candle_core::{Device, Tensor};
 //! use ferrokeras::Variable;
 //! use ferrokeras::optimizers::{Adam, CosineDecay, Optimizer};
-//! let schedule = CosineDecay::new(0.0, 100).warmup_target(1e-3).warmup_steps(10);
+//! let schedule = CosineDecay::new(0.0, 100).unwrap().warmup_target(1e-3).warmup_steps(10);
 //! let mut opt = Adam::new(schedule).global_clipnorm(1.0).use_ema(true);
 //! let w = Variable::new("w", &Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap(), true).unwrap();
 //! opt.apply(&[Tensor::new(&[0.5f32, -0.5], &Device::Cpu).unwrap()], &[w.clone()]).unwrap();
@@ -40,12 +40,12 @@ use crate::{Error, Result};
 use base::{Base, FlatSlots, offsets};
 
 /// A learning rate: a constant or a schedule of the iteration count. Optimizers take either
-/// (`Adam::new(1e-3)`, `Adam::new(ExponentialDecay::new(1e-3, 1000, 0.9))`).
+/// (`Adam::new(1e-3)`, `Adam::new(ExponentialDecay::new(1e-3, 1000, 0.9)?)`).
 ///
 /// ```
 /// use ferrokeras::optimizers::{InverseTimeDecay, LearningRate};
 /// assert_eq!(LearningRate::from(0.01).at(7), 0.01);
-/// let lr = LearningRate::from(InverseTimeDecay::new(0.1, 1, 1.0));
+/// let lr = LearningRate::from(InverseTimeDecay::new(0.1, 1, 1.0).unwrap());
 /// assert!((lr.at(1) - 0.05).abs() < 1e-12);
 /// ```
 #[derive(Clone)]
@@ -108,8 +108,21 @@ pub trait Optimizer: Send {
     }
     /// The learning rate for the next update.
     fn learning_rate(&self) -> f64;
-    /// Replaces the learning rate with a constant.
-    fn set_learning_rate(&mut self, lr: f64);
+    /// Sets the learning rate (Keras's `optimizer.learning_rate = lr`), as `LearningRateScheduler`
+    /// and `ReduceLROnPlateau` do.
+    ///
+    /// ```
+    /// use ferrokeras::optimizers::{Adam, ExponentialDecay, Optimizer};
+    /// let mut adam = Adam::new(1e-3);
+    /// adam.set_learning_rate(1e-4).unwrap();
+    /// assert_eq!(adam.learning_rate(), 1e-4);
+    /// let mut scheduled = Adam::new(ExponentialDecay::new(1e-3, 100, 0.9).unwrap());
+    /// assert!(scheduled.set_learning_rate(1e-4).unwrap_err().to_string().contains("not settable"));
+    /// ```
+    ///
+    /// # Errors
+    /// An optimizer built with a schedule, as in Keras: its rate follows the schedule.
+    fn set_learning_rate(&mut self, lr: f64) -> Result<()>;
     /// Number of updates applied so far (Keras's `optimizer.iterations`). With
     /// `gradient_accumulation_steps(n)` this is the number of `apply` calls divided by `n`.
     fn iterations(&self) -> u64;
@@ -180,8 +193,8 @@ macro_rules! optimizer_common {
         fn learning_rate(&self) -> f64 {
             self.base.learning_rate()
         }
-        fn set_learning_rate(&mut self, lr: f64) {
-            self.base.lr = LearningRate::Constant(lr);
+        fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
+            self.base.set_learning_rate(lr)
         }
         fn iterations(&self) -> u64 {
             self.base.updates()

@@ -20,12 +20,23 @@ pub trait LearningRateSchedule: Send + Sync {
     fn at(&self, step: u64) -> f64;
 }
 
+/// `decay_steps`, refused when 0 as Keras refuses it.
+fn positive_decay_steps(decay_steps: u64) -> Result<u64> {
+    if decay_steps == 0 {
+        return Err(Error::value(
+            "Argument `decay_steps` must be > 0. Received: decay_steps=0",
+        ));
+    }
+    Ok(decay_steps)
+}
+
 /// `initial * decay_rate ^ (step / decay_steps)` (floored exponent with `staircase`), Keras's
 /// `ExponentialDecay`.
 ///
 /// ```
 /// use ferrokeras::optimizers::{ExponentialDecay, LearningRateSchedule};
-/// let s = ExponentialDecay::new(0.1, 10, 0.5);
+/// let s = ExponentialDecay::new(0.1, 10, 0.5).unwrap();
+/// assert!(ExponentialDecay::new(0.1, 0, 0.5).is_err());
 /// assert!((s.at(10) - 0.05).abs() < 1e-12);
 /// assert!((s.staircase(true).at(15) - 0.05).abs() < 1e-12);
 /// ```
@@ -38,14 +49,17 @@ pub struct ExponentialDecay {
 }
 
 impl ExponentialDecay {
-    /// A decaying schedule (a `decay_steps` of 0 is treated as 1).
-    pub fn new(initial_learning_rate: f64, decay_steps: u64, decay_rate: f64) -> Self {
-        Self {
+    /// A decaying schedule.
+    ///
+    /// # Errors
+    /// A `decay_steps` of 0 (Keras's message).
+    pub fn new(initial_learning_rate: f64, decay_steps: u64, decay_rate: f64) -> Result<Self> {
+        Ok(Self {
             initial: initial_learning_rate,
-            decay_steps: decay_steps.max(1),
+            decay_steps: positive_decay_steps(decay_steps)?,
             decay_rate,
             staircase: false,
-        }
+        })
     }
     /// Decay in discrete steps.
     pub fn staircase(mut self, staircase: bool) -> Self {
@@ -121,10 +135,10 @@ impl LearningRateSchedule for PiecewiseConstantDecay {
 ///
 /// ```
 /// use ferrokeras::optimizers::{LearningRateSchedule, PolynomialDecay};
-/// let s = PolynomialDecay::new(0.1, 10, 0.01);
+/// let s = PolynomialDecay::new(0.1, 10, 0.01).unwrap();
 /// assert!((s.at(5) - 0.055).abs() < 1e-12); // linear by default (power 1)
 /// assert!((s.at(50) - 0.01).abs() < 1e-12);
-/// let c = PolynomialDecay::new(0.1, 10, 0.0).power(2.0).cycle(true);
+/// let c = PolynomialDecay::new(0.1, 10, 0.0).unwrap().power(2.0).cycle(true);
 /// assert!((c.at(15) - 0.1 * 0.25 * 0.25).abs() < 1e-12); // decays over 20 steps now
 /// ```
 #[derive(Clone, Debug)]
@@ -137,16 +151,22 @@ pub struct PolynomialDecay {
 }
 
 impl PolynomialDecay {
-    /// A linear decay (power 1, no cycling; Keras's default `end_learning_rate` is 0.0001). A
-    /// `decay_steps` of 0 is treated as 1, as in [`ExponentialDecay`].
-    pub fn new(initial_learning_rate: f64, decay_steps: u64, end_learning_rate: f64) -> Self {
-        Self {
+    /// A linear decay (power 1, no cycling; Keras's default `end_learning_rate` is 0.0001).
+    ///
+    /// # Errors
+    /// A `decay_steps` of 0 (Keras's message).
+    pub fn new(
+        initial_learning_rate: f64,
+        decay_steps: u64,
+        end_learning_rate: f64,
+    ) -> Result<Self> {
+        Ok(Self {
             initial: initial_learning_rate,
-            decay_steps: decay_steps.max(1),
+            decay_steps: positive_decay_steps(decay_steps)?,
             end: end_learning_rate,
             power: 1.0,
             cycle: false,
-        }
+        })
     }
     /// The power of the polynomial (default 1).
     pub fn power(mut self, power: f64) -> Self {
@@ -184,7 +204,7 @@ impl LearningRateSchedule for PolynomialDecay {
 ///
 /// ```
 /// use ferrokeras::optimizers::{InverseTimeDecay, LearningRateSchedule};
-/// let s = InverseTimeDecay::new(0.1, 2, 0.5);
+/// let s = InverseTimeDecay::new(0.1, 2, 0.5).unwrap();
 /// assert!((s.at(2) - 0.1 / 1.5).abs() < 1e-12);
 /// assert!((s.staircase(true).at(3) - 0.1 / 1.5).abs() < 1e-12);
 /// ```
@@ -197,15 +217,17 @@ pub struct InverseTimeDecay {
 }
 
 impl InverseTimeDecay {
-    /// A continuous inverse-time decay (a `decay_steps` of 0 is treated as 1, as in
-    /// [`ExponentialDecay`]).
-    pub fn new(initial_learning_rate: f64, decay_steps: u64, decay_rate: f64) -> Self {
-        Self {
+    /// A continuous inverse-time decay.
+    ///
+    /// # Errors
+    /// A `decay_steps` of 0 (Keras's message).
+    pub fn new(initial_learning_rate: f64, decay_steps: u64, decay_rate: f64) -> Result<Self> {
+        Ok(Self {
             initial: initial_learning_rate,
-            decay_steps: decay_steps.max(1),
+            decay_steps: positive_decay_steps(decay_steps)?,
             decay_rate,
             staircase: false,
-        }
+        })
     }
     /// Decay in discrete steps.
     pub fn staircase(mut self, staircase: bool) -> Self {
@@ -233,10 +255,10 @@ impl LearningRateSchedule for InverseTimeDecay {
 ///
 /// ```
 /// use ferrokeras::optimizers::{CosineDecay, LearningRateSchedule};
-/// let s = CosineDecay::new(0.1, 10).alpha(0.1);
+/// let s = CosineDecay::new(0.1, 10).unwrap().alpha(0.1);
 /// assert!((s.at(5) - 0.055).abs() < 1e-12);
 /// assert!((s.at(100) - 0.01).abs() < 1e-12);
-/// let w = CosineDecay::new(0.0, 10).warmup_target(0.1).warmup_steps(4);
+/// let w = CosineDecay::new(0.0, 10).unwrap().warmup_target(0.1).warmup_steps(4);
 /// assert!((w.at(2) - 0.05).abs() < 1e-12); // halfway up the ramp
 /// assert!((w.at(4) - 0.1).abs() < 1e-12); // the decay starts from the target
 /// assert!(w.at(14).abs() < 1e-12);
@@ -251,16 +273,18 @@ pub struct CosineDecay {
 }
 
 impl CosineDecay {
-    /// A cosine decay to 0 (`alpha` 0) without warmup (a `decay_steps` of 0 is treated as 1, as
-    /// in [`ExponentialDecay`]).
-    pub fn new(initial_learning_rate: f64, decay_steps: u64) -> Self {
-        Self {
+    /// A cosine decay to 0 (`alpha` 0) without warmup.
+    ///
+    /// # Errors
+    /// A `decay_steps` of 0 (Keras's message).
+    pub fn new(initial_learning_rate: f64, decay_steps: u64) -> Result<Self> {
+        Ok(Self {
             initial: initial_learning_rate,
-            decay_steps: decay_steps.max(1),
+            decay_steps: positive_decay_steps(decay_steps)?,
             alpha: 0.0,
             warmup_target: None,
             warmup_steps: 0,
-        }
+        })
     }
     /// The final learning rate as a fraction of the decay's starting value (default 0).
     pub fn alpha(mut self, alpha: f64) -> Self {
