@@ -25,8 +25,9 @@ type Schedule = Box<dyn FnMut(usize, f64) -> f64 + Send>;
 /// Sets the optimizer's learning rate at the start of every epoch from a function of the 0-based
 /// epoch and the current rate (Keras's `keras.callbacks.LearningRateScheduler`).
 ///
-/// With `verbose(1)` it prints `Epoch N: LearningRateScheduler setting learning rate to LR.`
-/// (the rate as Python prints a float).
+/// The function receives the current rate as Keras's float32 variable holds it (0.1 arrives as
+/// 0.10000000149011612). With `verbose(1)` it prints `Epoch N: LearningRateScheduler setting
+/// learning rate to LR.` (the function's result as Python prints a float, so Keras's messages).
 ///
 /// ```
 /// use ferrokeras::callbacks::LearningRateScheduler;
@@ -84,7 +85,8 @@ impl Callback for LearningRateScheduler {
         _logs: &Logs,
     ) -> Result<()> {
         let optimizer = ctx.compiled.optimizer()?;
-        let lr = (self.schedule)(epoch, optimizer.learning_rate());
+        // The current rate as Keras reads it from its float32 variable.
+        let lr = (self.schedule)(epoch, f64::from(optimizer.learning_rate() as f32));
         optimizer.set_learning_rate(lr)?;
         if self.verbose > 0 {
             println!(
@@ -135,7 +137,8 @@ struct PlateauInner {
 /// At every epoch end: during a cooldown the counter goes down and `wait` is reset; a value better
 /// than the best by more than `min_delta` becomes the best and resets `wait`; otherwise, outside a
 /// cooldown, `wait` grows and once it reaches `patience` the rate becomes
-/// `max(lr * factor, min_lr)` (if `lr` is still above `min_lr` in float32, as Keras compares),
+/// `max(lr * factor, min_lr)`, `lr` read as Keras's float32 variable holds it (if it is still
+/// above `min_lr` in float32, as Keras compares),
 /// a cooldown of `cooldown` epochs starts and `wait` is reset.
 ///
 /// A missing monitored key gives a `UserWarning` line on stderr; an unknown name in `"auto"`
@@ -158,7 +161,8 @@ struct PlateauInner {
 ///     cb.on_epoch_end(&mut ctx, epoch, &[("loss", loss)].into_iter().collect())?;
 /// }
 /// let lr = ctx.compiled.optimizer()?.learning_rate();
-/// assert!((lr - 0.01).abs() < 1e-12); // reduced once, at the plateau of epoch 1
+/// // Reduced once, at the plateau of epoch 1, from the float32 rate as Keras reads it.
+/// assert_eq!(lr, f64::from(0.1f32) * 0.1); // 0.010000000149011612
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -375,7 +379,8 @@ impl Callback for ReduceLROnPlateau {
             s.wait += 1;
             if s.wait >= s.patience {
                 let optimizer = ctx.compiled.optimizer()?;
-                let old_lr = optimizer.learning_rate();
+                // As Keras reads it from its float32 variable.
+                let old_lr = f64::from(optimizer.learning_rate() as f32);
                 // Keras keeps the rate in a float32 variable and compares with `np.float32(min_lr)`.
                 if (old_lr as f32) > (s.min_lr as f32) {
                     let new_lr = (old_lr * s.factor).max(s.min_lr);
