@@ -328,14 +328,58 @@ fn evaluate_and_predict_call_their_hooks() -> Result<()> {
     Ok(())
 }
 
-/// A callback that checks what the context offers at the start of training.
-struct ParamsProbe(Arc<Mutex<Option<Params>>>);
+/// A callback that checks what the context offers at the start of training, and during
+/// validation.
+#[derive(Clone, Default)]
+struct ParamsProbe(Arc<Mutex<Option<Params>>>, Arc<Mutex<Vec<Params>>>);
 
 impl Callback for ParamsProbe {
     fn on_train_begin(&mut self, ctx: &mut CallbackContext<'_>, _logs: &Logs) -> Result<()> {
         *self.0.lock().unwrap() = Some(ctx.params.clone());
         Ok(())
     }
+    fn on_test_begin(&mut self, ctx: &mut CallbackContext<'_>, _logs: &Logs) -> Result<()> {
+        self.1.lock().unwrap().push(ctx.params.clone());
+        Ok(())
+    }
+}
+
+/// Validation inside `fit` keeps `fit`'s params (Keras runs it with `fit`'s CallbackList);
+/// `evaluate` has its own.
+#[test]
+fn validation_in_fit_keeps_the_fit_params() -> Result<()> {
+    let (x, y) = regression(10, 3);
+    let (xv, yv) = regression(7, 3);
+    let probe = ParamsProbe::default();
+    let mut m = model();
+    m.fit(
+        (x, y),
+        FitOptions::new()
+            .epochs(2)
+            .batch_size(4)
+            .verbose(0)
+            .validation_data((xv.clone(), yv.clone()))
+            .callback(probe.clone()),
+    )?;
+    let fit_params = Params {
+        epochs: 2,
+        steps: Some(3),
+        verbose: 0,
+    };
+    assert_eq!(
+        *probe.1.lock().unwrap(),
+        vec![fit_params.clone(), fit_params]
+    );
+    let probe = ParamsProbe::default();
+    m.evaluate(
+        (xv, yv),
+        EvaluateOptions::new()
+            .batch_size(4)
+            .verbose(0)
+            .callback(probe.clone()),
+    )?;
+    assert_eq!(probe.1.lock().unwrap()[0].steps, Some(2));
+    Ok(())
 }
 
 #[test]
@@ -348,7 +392,7 @@ fn callbacks_see_the_loop_params() -> Result<()> {
             .epochs(3)
             .batch_size(4)
             .verbose(0)
-            .callback(ParamsProbe(seen.clone())),
+            .callback(ParamsProbe(seen.clone(), Default::default())),
     )?;
     assert_eq!(
         *seen.lock().unwrap(),

@@ -654,6 +654,9 @@ impl<M: Model> Trainer<M> {
         // Inside `fit`, a callback asking to stop during validation stops `fit` after the epoch
         // (Keras's `model.stop_training`); `evaluate` has its own flag.
         let in_fit = fit_stop.is_some();
+        // Inside `fit` the callbacks keep `fit`'s parameters, as Keras's validation reuses
+        // `fit`'s CallbackList.
+        let test_params = if in_fit { params.clone() } else { test_params };
         let mut own_stop = false;
         let stop = fit_stop.unwrap_or(&mut own_stop);
         let no_logs = Logs::new();
