@@ -1054,6 +1054,79 @@ fn class_weight_does_not_weigh_the_validation_split() -> Result<()> {
     Ok(())
 }
 
+/// `class_weight` with a dataset weighs each batch by its labels, as Keras maps it over a
+/// `tf.data.Dataset`: the same history and weights as the same batches from arrays (sparse and
+/// one-hot labels); a dataset that already yields sample weights is refused.
+#[test]
+fn class_weight_over_a_dataset_weighs_each_batch() -> Result<()> {
+    let _g = serial();
+    let (x, _) = regression(24, 4);
+    let sparse: Vec<f32> = (0..24).map(|i| (i % 3) as f32).collect();
+    let sparse = Tensor::from_vec(sparse, (24, 1), &candle_core::Device::Cpu)?;
+    let one_hot = {
+        let rows: Vec<Vec<f32>> = (0..24)
+            .map(|i| (0..3).map(|c| (i % 3 == c) as u8 as f32).collect())
+            .collect();
+        Tensor::new(rows, &candle_core::Device::Cpu)?
+    };
+    let cw = [(0, 0.5), (1, 2.0), (2, 3.0)];
+    for (y, loss) in [
+        (sparse, "sparse_categorical_crossentropy"),
+        (one_hot, "categorical_crossentropy"),
+    ] {
+        let run = |data: ferrokeras::trainer::Inputs| -> Result<(Vec<f64>, Vec<Vec<f32>>)> {
+            set_random_seed(11);
+            let mut model = Sequential::new()
+                .input(&[4])
+                .add(Dense::new(3).activation("softmax")?)
+                .compile(Compile::new().optimizer("sgd").loss(loss))?;
+            let h = model.fit(
+                data,
+                FitOptions::new()
+                    .epochs(2)
+                    .batch_size(8)
+                    .shuffle(false)
+                    .class_weight(cw)
+                    .verbose(0),
+            )?;
+            let w = model.variables()[0]
+                .value()
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            Ok((h.get("loss").to_vec(), vec![w]))
+        };
+        let from_arrays = run((x.clone(), y.clone()).into())?;
+        let ds = ferrokeras::data::Dataset::from_tensor_slices(Data::from(vec![x.clone(), y]))?
+            .batch(8, false);
+        let from_dataset = run(ds.into())?;
+        assert_eq!(from_arrays.0.len(), 2);
+        for (a, b) in from_arrays.0.iter().zip(&from_dataset.0) {
+            assert_close(*b, *a, 1e-6, loss);
+        }
+        for (a, b) in from_arrays.1[0].iter().zip(&from_dataset.1[0]) {
+            assert!((a - b).abs() < 1e-6, "{loss}: weights {a} vs {b}");
+        }
+    }
+    // A dataset with sample weights and class weights.
+    let sw = Tensor::ones(24, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    let y = Tensor::zeros((24, 1), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    let ds =
+        ferrokeras::data::Dataset::from_tensor_slices(Data::from(vec![x, y, sw]))?.batch(8, false);
+    let mut model = Sequential::new()
+        .input(&[4])
+        .add(Dense::new(1))
+        .compile(Compile::new().optimizer("sgd").loss("mse"))?;
+    let err = model
+        .fit(ds, FitOptions::new().class_weight([(0, 2.0)]).verbose(0))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("You cannot `class_weight` and `sample_weight`"),
+        "{err}"
+    );
+    Ok(())
+}
+
 /// `validation_steps` bounds validation, which makes a validation dataset that repeats forever
 /// usable; every validation reads the same first batches (an unshuffled dataset), so `val_loss`
 /// equals `evaluate` with as many steps.

@@ -293,15 +293,54 @@ impl ArrayAdapter {
             None => None,
         };
         if let (Some(cw), Some(y)) = (&self.class_weight, &y) {
-            let classes = class_indices(y.tensor()?)?;
-            let w: Vec<f32> = classes
-                .iter()
-                .map(|c| cw.get(c).copied().unwrap_or(1.0))
-                .collect();
-            sw = Some(Tensor::from_vec(w, classes.len(), y.tensor()?.device())?);
+            sw = Some(class_weights_of(cw, y.tensor()?)?);
         }
         Ok(Data::pack(x, y, sw))
     }
+}
+
+/// The weight of every sample of the batch of targets `y`: its class's, 1 for a class without
+/// one (Keras's `class_weight_to_sample_weights`).
+fn class_weights_of(cw: &ClassWeight, y: &Tensor) -> Result<Tensor> {
+    let classes = class_indices(y)?;
+    let w: Vec<f32> = classes
+        .iter()
+        .map(|c| cw.get(c).copied().unwrap_or(1.0))
+        .collect();
+    Ok(Tensor::from_vec(w, classes.len(), y.device())?)
+}
+
+/// `class_weight` over a dataset of batches (Keras maps it over a `tf.data.Dataset`): each
+/// `(x, y)` element becomes `(x, y, sample_weight)`.
+///
+/// # Errors
+/// When an element is read: an element without targets, with several outputs, or that already
+/// has sample weights (Keras's messages).
+pub(crate) fn class_weight_dataset(
+    ds: super::Dataset,
+    class_weight: ClassWeight,
+) -> super::Dataset {
+    ds.map(move |element| {
+        let (x, y, sw) = element.unpack()?;
+        if sw.is_some() {
+            return Err(Error::value(
+                "You cannot `class_weight` and `sample_weight` at the same time: the dataset yields `(x, y, sample_weight)`. Fold the class weights into its sample weights instead.",
+            ));
+        }
+        let y = y.ok_or_else(|| {
+            Error::value(format!(
+                "`class_weight` needs targets to look up each sample's class: the dataset yields {}; make it yield (x, y) batches",
+                element.describe()
+            ))
+        })?;
+        let Data::Tensor(t) = y else {
+            return Err(Error::value(
+                "`class_weight` is only supported for Models with a single output.",
+            ));
+        };
+        let sw = class_weights_of(&class_weight, t)?;
+        Ok(Data::pack(x.clone(), Some(y.clone()), Some(sw)))
+    })
 }
 
 /// The class index of every sample: argmax of one-hot rows, else the (rounded) label.

@@ -10,6 +10,7 @@ mod adapter;
 mod convert;
 mod dataset;
 
+pub(crate) use adapter::class_weight_dataset;
 pub use adapter::{ArrayAdapter, ClassWeight};
 pub use convert::{NdElement, from_ndarray, read_npy, to_f32_tensor};
 pub use dataset::{Cardinality, Dataset};

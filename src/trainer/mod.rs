@@ -227,7 +227,6 @@ impl<M: Model> Trainer<M> {
             InputKind::Dataset(ds) => {
                 let unsupported = [
                     (sample_weight.is_some(), "sample_weight"),
-                    (class_weight.is_some(), "class_weight"),
                     (validation_split > 0.0, "validation_split"),
                 ];
                 if let Some((_, name)) = unsupported.iter().find(|(set, _)| *set) {
@@ -235,6 +234,10 @@ impl<M: Model> Trainer<M> {
                         "`{name}` is only supported for array inputs; with a dataset, make it yield `(x, y, sample_weight)` and pass validation data as `validation_data`"
                     )));
                 }
+                let ds = match class_weight {
+                    Some(cw) => crate::data::class_weight_dataset(ds, cw),
+                    None => ds,
+                };
                 (Batches::dataset(ds)?, None)
             }
         };

@@ -363,7 +363,8 @@ impl FitOptions {
         self.shuffle = s;
         self
     }
-    /// Weights per class, turned into sample weights from `y`.
+    /// Weights per class, turned into sample weights from `y` (of the arrays, or of each batch of
+    /// a dataset; a class without a weight weighs 1). The validation data is not weighted.
     pub fn class_weight(mut self, cw: impl IntoIterator<Item = (usize, f32)>) -> Self {
         self.class_weight = Some(cw.into_iter().collect());
         self
