@@ -28,6 +28,8 @@ mod gradcheck;
 mod inputs;
 #[path = "keras_activations.rs"]
 mod keras_activations;
+#[path = "keras_json.rs"]
+mod keras_json;
 #[path = "keras_layer_parity.rs"]
 mod keras_layer_parity;
 #[path = "keras_parity.rs"]

@@ -353,8 +353,11 @@ fn functional_with_two_inputs_a_shared_layer_and_two_outputs_round_trips() {
         .iter()
         .find(|l| l["name"] == "tower")
         .unwrap();
-    assert_eq!(entry["inbound_nodes"][0], json!([["features", 0, 0]]));
-    let second = entry["inbound_nodes"][1][0][0].as_str().unwrap();
+    let history =
+        |node: usize| entry["inbound_nodes"][node]["args"][0]["config"]["keras_history"].clone();
+    assert_eq!(history(0), json!(["features", 0, 0]));
+    let second = history(1);
+    let second = second[0].as_str().unwrap();
     assert!(second.starts_with("dense"), "{second}");
     assert_eq!(
         c["input_layers"],
@@ -617,14 +620,25 @@ fn unknown_classes_and_malformed_json_are_errors() {
     let x = Input::named(&[2], "x");
     let y = Dense::new(1).named("y").apply(&x).unwrap();
     let fj = Functional::new(&[x], &[y]).unwrap().to_json().unwrap();
+    let history = "\"keras_history\":[\"x\",0,0]";
+    assert!(fj.contains(history), "{fj}");
     let err = err_of(model_from_json(
-        &fj.replace("[[[\"x\",0,0]]]", "[[[\"z\",0,0]]]"),
+        &fj.replace(history, "\"keras_history\":[\"z\",0,0]"),
     ));
     assert!(err.contains("[\"z\",0,0]") && err.contains("`y`"), "{err}");
     let err = err_of(model_from_json(
-        &fj.replace("[[[\"x\",0,0]]]", "[[[\"x\",0]]]"),
+        &fj.replace(history, "\"keras_history\":[\"x\",0]"),
     ));
     assert!(err.contains("[layer_name, node_index, 0]"), "{err}");
+    // The older node format, a list of references, still reads.
+    let legacy = fj.replace(
+        &format!(
+            "{{\"args\":[{{\"class_name\":\"__keras_tensor__\",\"config\":{{\"dtype\":\"float32\",{history},\"shape\":[null,2]}}}}],\"kwargs\":{{}}}}"
+        ),
+        "[[\"x\",0,0]]",
+    );
+    assert!(!legacy.contains("__keras_tensor__"), "{legacy}");
+    assert!(model_from_json(&legacy).is_ok());
 }
 
 #[test]
@@ -668,7 +682,7 @@ fn files_without_an_architecture_or_with_a_bad_one_are_errors() {
     save_model(&model, &path).unwrap();
     let file = ferrokeras::io::read_tensors(&path).unwrap();
     assert_eq!(file.metadata["format"], "ferrokeras.model");
-    assert_eq!(file.metadata["format_version"], "1");
+    assert_eq!(file.metadata["format_version"], "2");
     let with_config = |config: &str| {
         let mut f = file.clone();
         f.metadata.insert("model_config".into(), config.into());
@@ -696,11 +710,11 @@ fn files_without_an_architecture_or_with_a_bad_one_are_errors() {
     assert!(err.contains("do not match its architecture"), "{err}");
     // A newer format version.
     let mut newer = file.clone();
-    newer.metadata.insert("format_version".into(), "2".into());
+    newer.metadata.insert("format_version".into(), "3".into());
     let p = tmp("newer.safetensors");
     ferrokeras::io::write_tensors(&p, &newer).unwrap();
     let err = err_of(load_model(&p));
-    assert!(err.contains("format version 2"), "{err}");
+    assert!(err.contains("format version 3"), "{err}");
 }
 
 #[test]

@@ -20,7 +20,7 @@ pub const MODEL_CONFIG_KEY: &str = "model_config";
 /// The `format` metadata of a model file.
 pub const MODEL_FORMAT: &str = "ferrokeras.model";
 /// The version of the model file format that this crate writes and reads.
-pub const MODEL_FORMAT_VERSION: u32 = 1;
+pub const MODEL_FORMAT_VERSION: u32 = 2;
 
 /// A model whose architecture can be described as JSON and rebuilt: [`Sequential`],
 /// [`Functional`] and [`LoadedModel`].
@@ -34,13 +34,13 @@ pub trait SavableModel: Model {
 
 impl SavableModel for Sequential {
     fn model_config(&self) -> Result<Value> {
-        Ok(serde_json::json!({"class_name": "Sequential", "config": self.get_config()?}))
+        Ok(crate::model::model_json("Sequential", self.get_config()?))
     }
 }
 
 impl SavableModel for Functional {
     fn model_config(&self) -> Result<Value> {
-        Ok(serde_json::json!({"class_name": "Functional", "config": self.get_config()?}))
+        Ok(crate::model::model_json("Functional", self.get_config()?))
     }
 }
 
@@ -222,25 +222,33 @@ pub fn model_from_json(json_text: &str) -> Result<LoadedModel> {
 ///   `batch_normalization/moving_mean`, ...), exactly as [`save_weights`](super::save_weights)
 ///   writes them, so the file also loads with [`load_weights`](super::load_weights) into a model
 ///   built in code;
-/// - string metadata: `format` = `ferrokeras.model`, `format_version` = `1`, `model_config` =
+/// - string metadata: `format` = `ferrokeras.model`, `format_version` = `2`, `model_config` =
 ///   the architecture as compact JSON, and the data checksum every ferrokeras file carries.
 ///
-/// `model_config` is Keras-like, `{"class_name": "Sequential" | "Functional", "config": {...}}`:
-/// - Sequential: `{"name": "sequential", "layers": [{"class_name": "InputLayer", "config":
-///   {"batch_shape": [null, 784]}}, {"class_name": "Dense", "config": {"name": "dense", "units":
-///   64, "activation": "relu", "use_bias": true, "kernel_regularizer": null, "bias_regularizer":
-///   null}}, ...]}` (the `InputLayer` entry is present when the input shape is known).
-/// - Functional: `{"name": ..., "layers": [...], "input_layers": [...], "output_layers": [...]}`.
-///   Each layer entry is `{"class_name", "name", "config", "inbound_nodes"}`: inputs first
-///   (`InputLayer`, config `{"name", "batch_shape"}`, no nodes), then every layer once, in the
-///   order it first runs. `inbound_nodes` lists each application of the layer (a shared layer
-///   has several), in order; a node is the list of tensors it takes, each a reference
-///   `[layer_name, node_index, 0]` to the output of node `node_index` of layer `layer_name` (an
-///   input is node 0 of its `InputLayer`). `input_layers` and `output_layers` are such references.
+/// `model_config` is Keras 3's JSON (`model.to_json()`), which Keras's `model_from_json` reads:
+/// `{"module": "keras", "class_name": "Sequential", "config": {...}, "registered_name": null}`
+/// (Functional: module `keras.src.models.functional`, `registered_name` `"Functional"`).
+/// - Sequential: `{"name", "trainable", "dtype", "layers": [...], "build_input_shape"}`; the
+///   first entry is the `InputLayer` when the input shape is known, its config `{"batch_shape":
+///   [null, 784], "dtype": "float32", "sparse": false, "ragged": false, "optional": false}`.
+/// - Functional: `{"name", "trainable", "layers": [...], "input_layers": [...],
+///   "output_layers": [...]}`. Each layer entry also has `"name"` and `"inbound_nodes"`, in
+///   Keras's order ([`Functional::layers`], inputs included). `inbound_nodes` lists each
+///   application of the layer (a shared layer has several), in order; a node is `{"args":
+///   [x], "kwargs": {}}`, `x` the tensor it takes (a list of them for `Concatenate`/`Add`), each
+///   `{"class_name": "__keras_tensor__", "config": {"shape", "dtype", "keras_history":
+///   [layer_name, node_index, 0]}}`, the output of node `node_index` of layer `layer_name` (an
+///   input is node 0 of its `InputLayer`). `input_layers` and `output_layers` are such
+///   references. The older node form, a list of references, is read too.
 ///
-/// Layer configs are what [`Layer::config`](crate::layers::Layer::config) returns: the
-/// constructor arguments under Keras's names, with regularizers as `{"class_name": "L2",
-/// "config": {"l2": 0.01}}`.
+/// Each layer entry is `{"module": "keras.layers", "class_name", "config", "registered_name":
+/// null}`; the config is what [`Layer::config`](crate::layers::Layer::config) returns, the
+/// constructor arguments under Keras's names (regularizers as `{"class_name": "L2", "config":
+/// {"l2": 0.01}}`), plus `trainable` and `dtype`, a `DTypePolicy` object. Reading also takes what
+/// Keras writes that ferrokeras has no setting for: initializers (Keras's defaults silently,
+/// others with a warning, as the layer starts from the defaults), and constraints, `groups`,
+/// `center`/`scale`, ... at their default values only (another value is an error). A layer whose
+/// `trainable` is false is frozen once built.
 ///
 /// ```
 /// use ferrokeras::prelude::*;

@@ -492,6 +492,9 @@ impl Layer for ActivationLayer {
             None => self.activation.apply(x),
         }
     }
+    fn dtype_policy_name(&self) -> Option<String> {
+        self.policy.as_ref().map(|p| p.name().to_string())
+    }
     fn as_activation(&self) -> Option<Activation> {
         // With a policy of its own the cast comes first: not fused into the previous layer.
         self.policy.is_none().then_some(self.activation)
@@ -597,6 +600,9 @@ macro_rules! delegate_layer {
             }
             fn as_activation(&self) -> Option<Activation> {
                 self.0.as_activation()
+            }
+            fn dtype_policy_name(&self) -> Option<String> {
+                self.0.dtype_policy_name()
             }
         }
     };

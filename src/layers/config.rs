@@ -125,7 +125,7 @@ pub fn from_config(class_name: &str, config: &Value) -> Result<Box<dyn Layer>> {
                 .get(class_name)
                 .copied();
             match ctor {
-                Some(ctor) => ctor(config)?,
+                Some(ctor) => ctor(&without_common_keys(config))?,
                 None => {
                     let registered: Vec<String> = registry()
                         .lock()
@@ -150,21 +150,47 @@ pub fn from_config(class_name: &str, config: &Value) -> Result<Box<dyn Layer>> {
     Ok(layer)
 }
 
-/// A layer's `{"class_name": ..., "config": {...}}` (Keras's `keras.layers.serialize`).
+/// A layer's `{"module": "keras.layers", "class_name": ..., "config": {...}, "registered_name":
+/// null}`, as Keras 3's `keras.layers.serialize` writes it: the config ([`Layer::config`]) with
+/// Keras's `trainable` (false once every variable is frozen) and `dtype` (the layer's policy,
+/// or the global one) added. A registered class of your own gets its class name as
+/// `registered_name` and no module.
 ///
 /// ```
-/// use ferrokeras::layers::{Dropout, serialize, deserialize};
+/// use ferrokeras::layers::{Dropout, Layer, serialize, deserialize};
 /// let v = serialize(&Dropout::new(0.25).unwrap()).unwrap();
+/// assert_eq!(v["module"], "keras.layers");
 /// assert_eq!(v["class_name"], "Dropout");
 /// assert_eq!(v["config"]["rate"], 0.25);
-/// assert_eq!(deserialize(&v).unwrap().config().unwrap(), v["config"]);
+/// assert_eq!(v["config"]["trainable"], true);
+/// assert_eq!(v["config"]["dtype"]["config"]["name"], "float32");
+/// assert_eq!(serialize(deserialize(&v).unwrap().as_ref()).unwrap(), v);
 /// ```
 ///
 /// # Errors
 /// A layer whose [`Layer::config`] is `None`; the message names its class.
 pub fn serialize(layer: &dyn Layer) -> Result<Value> {
     match layer.config() {
-        Some(config) => Ok(json!({"class_name": layer.class_name(), "config": config})),
+        Some(mut config) => {
+            if let Some(map) = config.as_object_mut() {
+                map.insert("trainable".into(), json!(layer_trainable(layer)));
+                let policy = layer
+                    .dtype_policy_name()
+                    .unwrap_or_else(|| crate::mixed_precision::global_policy().name().to_string());
+                map.insert("dtype".into(), dtype_policy_json(&policy));
+            }
+            let class = layer.class_name();
+            Ok(if BUILTIN_LAYERS.contains(&class) {
+                json!({
+                    "module": "keras.layers",
+                    "class_name": class,
+                    "config": config,
+                    "registered_name": null,
+                })
+            } else {
+                json!({"class_name": class, "config": config, "registered_name": class})
+            })
+        }
         None if matches!(layer.class_name(), "Sequential" | "Functional") => {
             Err(Error::value(format!(
                 "cannot save layer `{}` of class `{}`: nested models are not supported by model saving; save the inner model on its own, or rebuild the outer model in code and use `save_weights`",
@@ -204,14 +230,74 @@ pub fn deserialize(value: &Value) -> Result<Box<dyn Layer>> {
     from_config(class, config)
 }
 
+/// Whether a layer counts as trainable in its saved config (Keras's `layer.trainable`): `false`
+/// once every variable it has is frozen.
+fn layer_trainable(layer: &dyn Layer) -> bool {
+    let vars = layer.variables();
+    vars.is_empty() || vars.iter().any(|v| v.trainable())
+}
+
+/// A dtype policy as Keras 3 writes it.
+pub(crate) fn dtype_policy_json(name: &str) -> Value {
+    json!({
+        "module": "keras",
+        "class_name": "DTypePolicy",
+        "config": {"name": name},
+        "registered_name": null,
+    })
+}
+
+/// The config without the keys [`serialize`] adds to every layer's (`trainable`, `dtype`), for
+/// the constructor of a registered class, which reads only its own.
+fn without_common_keys(config: &Value) -> Value {
+    let mut config = config.clone();
+    if let Some(map) = config.as_object_mut() {
+        map.remove("trainable");
+        map.remove("dtype");
+    }
+    config
+}
+
+/// Whether a layer's saved config says it is frozen (`"trainable": false`); model loaders
+/// freeze such layers once built.
+pub(crate) fn config_frozen(config: &Value) -> bool {
+    config.get("trainable") == Some(&Value::Bool(false))
+}
+
+/// Warns once per message (for Keras options read but not honoured).
+fn warn_once(message: String) {
+    static SEEN: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(|| Mutex::new(std::collections::HashSet::new()));
+    if seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(message.clone())
+    {
+        eprintln!("UserWarning: {message}");
+    }
+}
+
 fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
+    if !BUILTIN_LAYERS.contains(&class) {
+        return Ok(None);
+    }
     let mut c = ConfigReader::new(&format!("layer class `{class}`"), config)?;
     let name = c.opt_string("name")?;
+    // Keys every Keras 3 layer config carries: `trainable` (applied by the model loaders once
+    // the layer is built) and `dtype` (a policy of its own where the layer has one).
+    c.bool_or("trainable", true)?;
+    let own_policy = c
+        .dtype_policy("dtype")?
+        .filter(|p| *p != crate::mixed_precision::global_policy().name());
+    c.keras_options(class, name.as_deref().unwrap_or(class))?;
     let layer: Box<dyn Layer> = match class {
         "Dense" => {
             let mut d = Dense::new(c.req_usize("units")?)
                 .with_activation(c.activation("activation")?)
                 .use_bias(c.bool_or("use_bias", true)?);
+            if let Some(p) = &own_policy {
+                d = d.dtype(p)?;
+            }
             if let Some(r) = c.regularizer("kernel_regularizer")? {
                 d = d.kernel_regularizer(r);
             }
@@ -222,11 +308,11 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
         }
         "Activation" => {
             let a = c.activation("activation")?;
-            Box::new(named(
-                ActivationLayer::from_activation(a),
-                name,
-                ActivationLayer::named,
-            ))
+            let mut l = ActivationLayer::from_activation(a);
+            if let Some(p) = &own_policy {
+                l = l.dtype(p)?;
+            }
+            Box::new(named(l, name, ActivationLayer::named))
         }
         "ReLU" => Box::new(named(ReLU::new(), name, ReLU::named)),
         "LeakyReLU" => {
@@ -260,8 +346,12 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
             let activation = c.activation("activation")?;
             let use_bias = c.bool_or("use_bias", true)?;
             let data_format = c.data_format("data_format")?;
+            let policy = own_policy
+                .clone()
+                .unwrap_or_else(|| crate::mixed_precision::global_policy().name().to_string());
             if class == "Conv2D" {
                 let mut l = Conv2D::new(filters, kernel)
+                    .dtype(&policy)?
                     .strides(strides)
                     .dilation_rate(dilation)
                     .use_bias(use_bias)
@@ -275,6 +365,7 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
             } else {
                 let output_padding = c.opt_square("output_padding")?;
                 let mut l = Conv2DTranspose::new(filters, kernel)
+                    .dtype(&policy)?
                     .strides(strides)
                     .dilation_rate(dilation)
                     .use_bias(use_bias)
@@ -516,7 +607,7 @@ impl<'a> ConfigReader<'a> {
         }
     }
 
-    fn bool_or(&mut self, key: &str, default: bool) -> Result<bool> {
+    pub(crate) fn bool_or(&mut self, key: &str, default: bool) -> Result<bool> {
         match self.get(key) {
             None => Ok(default),
             Some(Value::Bool(b)) => Ok(*b),
@@ -634,6 +725,167 @@ impl<'a> ConfigReader<'a> {
             Some(Value::String(s)) if s == "channels_first" => Ok(DataFormat::ChannelsFirst),
             Some(other) => Err(self.invalid(key, "\"channels_last\" or \"channels_first\"", other)),
         }
+    }
+
+    /// A dtype policy: its name (`"float32"`), or Keras 3's object
+    /// `{"class_name": "DTypePolicy", "config": {"name": "float32"}}`.
+    pub(crate) fn dtype_policy(&mut self, key: &str) -> Result<Option<String>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let name = match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(m) => match m.get("class_name").and_then(Value::as_str) {
+                Some("DTypePolicy" | "FloatDTypePolicy") => m
+                    .get("config")
+                    .and_then(|c| c.get("name"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                _ => None,
+            },
+            _ => None,
+        };
+        let name = name.ok_or_else(|| {
+            self.invalid(
+                key,
+                "a dtype policy name such as \"float32\", or {\"class_name\": \"DTypePolicy\", \"config\": {\"name\": ...}}",
+                v,
+            )
+        })?;
+        crate::mixed_precision::DTypePolicy::new(&name)
+            .map_err(|e| Error::value(format!("invalid config of {}: `{key}`: {e}", self.what)))?;
+        Ok(Some(name))
+    }
+
+    /// A key Keras writes that ferrokeras supports at one value only (Keras's default): absent,
+    /// `null` or `allowed` pass; anything else is an error that says what is supported.
+    pub(crate) fn fixed(&mut self, key: &str, allowed: Value) -> Result<()> {
+        match self.get(key) {
+            None => Ok(()),
+            Some(v) if *v == allowed => Ok(()),
+            Some(v) => Err(self.invalid(
+                key,
+                &format!("{allowed} (the only value ferrokeras supports)"),
+                v,
+            )),
+        }
+    }
+
+    /// An initializer key: Keras's default for it passes silently; another initializer is read
+    /// with a warning, as the layer starts from the default (weights loaded afterwards replace
+    /// them anyway).
+    fn initializer(&mut self, key: &str, default: &str, layer: &str) -> Result<()> {
+        let Some(v) = self.get(key) else {
+            return Ok(());
+        };
+        let class = match v {
+            Value::String(s) => s.clone(),
+            Value::Object(m) => match m.get("class_name").and_then(Value::as_str) {
+                Some(c) => c.to_string(),
+                None => {
+                    return Err(self.invalid(key, "an initializer name or object", v));
+                }
+            },
+            other => return Err(self.invalid(key, "an initializer name or object", other)),
+        };
+        let snake: String = default
+            .chars()
+            .enumerate()
+            .flat_map(|(i, ch)| {
+                let sep = (i > 0 && ch.is_ascii_uppercase()).then_some('_');
+                sep.into_iter()
+                    .chain(std::iter::once(ch.to_ascii_lowercase()))
+            })
+            .collect();
+        if class != default && class != snake {
+            warn_once(format!(
+                "layer `{layer}`: `{key}` {class} is not supported; its initial values follow Keras's default {default} (loaded weights replace them)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The Keras 3 options of `class` that ferrokeras reads without a setting of its own:
+    /// initializers, constraints, and options supported at their default only.
+    fn keras_options(&mut self, class: &str, layer: &str) -> Result<()> {
+        let nulls: &[&str] = match class {
+            "Dense" => &[
+                "kernel_constraint",
+                "bias_constraint",
+                "activity_regularizer",
+                "quantization_config",
+                "lora_rank",
+            ],
+            "Conv2D" | "Conv2DTranspose" => &[
+                "kernel_constraint",
+                "bias_constraint",
+                "activity_regularizer",
+                "kernel_regularizer",
+                "bias_regularizer",
+            ],
+            "BatchNormalization" => &[
+                "beta_regularizer",
+                "gamma_regularizer",
+                "beta_constraint",
+                "gamma_constraint",
+                "renorm_clipping",
+            ],
+            "Dropout" => &["noise_shape"],
+            "ReLU" => &["max_value"],
+            _ => &[],
+        };
+        for key in nulls {
+            self.fixed(key, Value::Null)?;
+        }
+        match class {
+            "Dense" | "Conv2D" | "Conv2DTranspose" => {
+                self.initializer("kernel_initializer", "GlorotUniform", layer)?;
+                self.initializer("bias_initializer", "Zeros", layer)?;
+                if class == "Conv2D" {
+                    self.fixed("groups", json!(1))?;
+                }
+                if class == "Dense" {
+                    self.fixed("lora_alpha", Value::Null)?;
+                }
+            }
+            "BatchNormalization" => {
+                self.initializer("beta_initializer", "Zeros", layer)?;
+                self.initializer("gamma_initializer", "Ones", layer)?;
+                self.initializer("moving_mean_initializer", "Zeros", layer)?;
+                self.initializer("moving_variance_initializer", "Ones", layer)?;
+                self.fixed("center", json!(true))?;
+                self.fixed("scale", json!(true))?;
+                self.fixed("synchronized", json!(false))?;
+                self.fixed("renorm", json!(false))?;
+                // Read only with `renorm`.
+                self.get("renorm_momentum");
+            }
+            "ReLU" => {
+                for key in ["negative_slope", "threshold"] {
+                    if let Some(v) = self.get(key)
+                        && v.as_f64() != Some(0.0)
+                    {
+                        return Err(self.invalid(key, "0 (the only value ferrokeras's ReLU supports; use LeakyReLU for a slope)", v));
+                    }
+                }
+            }
+            "Dropout" => {
+                if let Some(v) = self.get("seed") {
+                    if !v.is_u64() && !v.is_i64() {
+                        return Err(self.invalid("seed", "an integer or null", v));
+                    }
+                    warn_once(format!(
+                        "layer `{layer}`: Dropout's `seed` is not supported; it draws from the global generator (`ferrokeras::random::set_random_seed`)"
+                    ));
+                }
+            }
+            "Flatten" => self.fixed("data_format", json!("channels_last"))?,
+            "GlobalMaxPooling2D" | "GlobalAveragePooling2D" => {
+                self.fixed("keepdims", json!(false))?;
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// A Keras activation name, or `{"name": "leaky_relu", "negative_slope": s}`.

@@ -604,6 +604,9 @@ impl Layer for Conv2D {
     fn config(&self) -> Option<serde_json::Value> {
         Some(serde_json::Value::Object(self.cfg.json(&self.name)))
     }
+    fn dtype_policy_name(&self) -> Option<String> {
+        Some(self.cfg.policy.name().to_string())
+    }
 }
 
 /// Transposed 2D convolution, Keras's `layers.Conv2DTranspose`.
@@ -855,6 +858,9 @@ impl Layer for Conv2DTranspose {
             .chain(self.bias.iter())
             .cloned()
             .collect()
+    }
+    fn dtype_policy_name(&self) -> Option<String> {
+        Some(self.cfg.policy.name().to_string())
     }
     fn config(&self) -> Option<serde_json::Value> {
         let mut map = self.cfg.json(&self.name);

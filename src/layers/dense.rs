@@ -366,6 +366,9 @@ impl Layer for Dense {
         }
         Ok(out)
     }
+    fn dtype_policy_name(&self) -> Option<String> {
+        Some(self.policy.name().to_string())
+    }
     fn config(&self) -> Option<serde_json::Value> {
         Some(serde_json::json!({
             "name": self.name,

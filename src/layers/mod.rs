@@ -218,6 +218,13 @@ pub trait Layer: Send {
     fn config(&self) -> Option<serde_json::Value> {
         None
     }
+    /// The name of the layer's own dtype policy (Keras's `layer.dtype_policy`), for the layers
+    /// that have one (`Dense`, the convolutions, an `Activation` given `dtype`); `None`, the
+    /// default, for a layer that computes in the dtype of its input. Saving writes it as the
+    /// layer's `dtype`.
+    fn dtype_policy_name(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One row of `summary()`.
@@ -296,6 +303,9 @@ impl<L: Layer + ?Sized> Layer for Box<L> {
     }
     fn config(&self) -> Option<serde_json::Value> {
         (**self).config()
+    }
+    fn dtype_policy_name(&self) -> Option<String> {
+        (**self).dtype_policy_name()
     }
 }
 

@@ -598,8 +598,70 @@ pub(crate) fn input_layer_config(
         .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
         .collect::<Option<Vec<usize>>>()
         .ok_or_else(bad)?;
+    // Keras 3's other InputLayer keys, at the values ferrokeras supports (an input of any
+    // numeric dtype is taken as it comes).
+    if let Some(v) = r.get("dtype")
+        && !v.is_string()
+    {
+        return Err(r.invalid("dtype", "a dtype name such as \"float32\"", v));
+    }
+    for key in ["sparse", "ragged", "optional"] {
+        r.fixed(key, Value::Bool(false))?;
+    }
     r.finish()?;
     Ok((name, shape))
+}
+
+/// The `InputLayer` config ferrokeras writes, as Keras 3 does (without a name for a
+/// Sequential model's input, which Keras names itself).
+pub(crate) fn input_layer_json(name: Option<&str>, shape: &[usize]) -> Value {
+    let mut config = json!({
+        "batch_shape": batch_shape_json(shape),
+        "dtype": "float32",
+        "sparse": false,
+        "ragged": false,
+        "optional": false,
+    });
+    if let Some(n) = name {
+        config["name"] = json!(n);
+    }
+    config
+}
+
+/// A model's JSON as Keras 3 writes it: `{"module", "class_name", "config", "registered_name"}`.
+pub(crate) fn model_json(class: &str, config: Value) -> Value {
+    match class {
+        "Functional" => json!({
+            "module": "keras.src.models.functional",
+            "class_name": "Functional",
+            "config": config,
+            "registered_name": "Functional",
+        }),
+        _ => json!({
+            "module": "keras",
+            "class_name": class,
+            "config": config,
+            "registered_name": null,
+        }),
+    }
+}
+
+/// The layers of a loaded model that their configs freeze (`"trainable": false`), by name.
+pub(crate) fn frozen_in_config(layers: &[Value]) -> Vec<String> {
+    layers
+        .iter()
+        .filter_map(|entry| {
+            let config = entry.get("config")?;
+            crate::layers::config::config_frozen(config)
+                .then(|| {
+                    config
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .flatten()
+        })
+        .collect()
 }
 
 /// The `class_name` of a `{"class_name": ..., "config": ...}` object (a model's or a layer's).
@@ -670,6 +732,65 @@ fn tensor_ref(v: &Value, what: &str) -> Result<(String, usize)> {
     }
 }
 
+/// `input_layers` / `output_layers`: a list of tensor references, or one reference
+/// `["x", 0, 0]` (Keras 3 writes a model of one input or output so).
+fn tensor_list(list: &[Value]) -> Vec<Value> {
+    match list {
+        [Value::String(_), ..] => vec![Value::Array(list.to_vec())],
+        _ => list.to_vec(),
+    }
+}
+
+/// The tensors one node of a layer takes: Keras 3's `{"args": [x or [x, ...]], "kwargs": {}}`,
+/// each `x` a `{"class_name": "__keras_tensor__", "config": {"keras_history": [layer, node,
+/// 0]}}`, or the older list of `[layer, node, 0]` references.
+fn node_refs(node: &Value, what: &str) -> Result<NodeRefs> {
+    if let Some(list) = node.as_array() {
+        return list
+            .iter()
+            .map(|a| match a.as_array().map(Vec::as_slice) {
+                // `[layer, node, tensor, kwargs]` with no keyword arguments.
+                Some([n, i, t, kw]) if kw.as_object().is_some_and(|m| m.is_empty()) => {
+                    tensor_ref(&json!([n, i, t]), what)
+                }
+                _ => tensor_ref(a, what),
+            })
+            .collect();
+    }
+    let bad = || {
+        Error::value(format!(
+            "invalid {what}: expected {{\"args\": [tensor or list of tensors], \"kwargs\": {{}}}}; received {}",
+            short(node)
+        ))
+    };
+    let map = node.as_object().ok_or_else(bad)?;
+    if let Some(kwargs) = map.get("kwargs").and_then(Value::as_object)
+        && let Some((k, v)) = kwargs.iter().find(|(_, v)| !v.is_null())
+    {
+        return Err(Error::value(format!(
+            "invalid {what}: the call's keyword argument `{k}` ({}) is not supported; a node takes its input tensors only",
+            short(v)
+        )));
+    }
+    if map.keys().any(|k| k != "args" && k != "kwargs") {
+        return Err(bad());
+    }
+    let keras_tensor = |v: &Value| -> Result<(String, usize)> {
+        match (
+            v.get("class_name").and_then(Value::as_str),
+            v.get("config").and_then(|c| c.get("keras_history")),
+        ) {
+            (Some("__keras_tensor__"), Some(history)) => tensor_ref(history, what),
+            _ => Err(bad()),
+        }
+    };
+    match map.get("args").and_then(Value::as_array).map(Vec::as_slice) {
+        Some([Value::Array(xs)]) => xs.iter().map(keras_tensor).collect(),
+        Some([x]) => Ok(vec![keras_tensor(x)?]),
+        _ => Err(bad()),
+    }
+}
+
 fn ref_json((name, node): &(String, usize)) -> Value {
     json!([name, node, 0])
 }
@@ -689,10 +810,10 @@ impl Functional {
     /// let model = Functional::new(&[x], &[y])?.named("twice");
     /// let c = model.get_config()?;
     /// assert_eq!(c["name"], "twice");
-    /// assert_eq!(c["layers"][1]["inbound_nodes"], serde_json::json!([
-    ///     [["features", 0, 0]],
-    ///     [["shared", 0, 0]],
-    /// ]));
+    /// // Keras 3's nodes: the call's arguments, each input a `__keras_tensor__` with its history.
+    /// let nodes = &c["layers"][1]["inbound_nodes"];
+    /// assert_eq!(nodes[0]["args"][0]["config"]["keras_history"], serde_json::json!(["features", 0, 0]));
+    /// assert_eq!(nodes[1]["args"][0]["config"]["keras_history"], serde_json::json!(["shared", 0, 0]));
     /// assert_eq!(c["output_layers"], serde_json::json!([["shared", 1, 0]]));
     /// # Ok(()) }
     /// ```
@@ -722,9 +843,11 @@ impl Functional {
             inputs.insert(
                 i.id(),
                 json!({
+                    "module": "keras.layers",
                     "class_name": "InputLayer",
+                    "config": input_layer_json(Some(name), &i.shape),
+                    "registered_name": null,
                     "name": name,
-                    "config": {"name": name, "batch_shape": batch_shape_json(&i.shape)},
                     "inbound_nodes": [],
                 }),
             );
@@ -732,17 +855,32 @@ impl Functional {
         let mut nodes: HashMap<usize, Vec<Value>> = HashMap::new();
         for t in &self.order {
             if let Node::Layer { layer, inputs } = &*t.node {
-                let args = inputs
+                // Keras 3's node: the call's arguments, the input tensor (or the list of them,
+                // for a merge layer) as `__keras_tensor__` objects.
+                let mut args = inputs
                     .iter()
                     .map(|x| {
-                        refs.get(&x.id()).map(ref_json).ok_or_else(|| {
+                        let r = refs.get(&x.id()).ok_or_else(|| {
                             Error::state("internal: functional graph listed out of order")
-                        })
+                        })?;
+                        Ok(json!({
+                            "class_name": "__keras_tensor__",
+                            "config": {
+                                "shape": batch_shape_json(&x.shape),
+                                "dtype": "float32",
+                                "keras_history": ref_json(r),
+                            },
+                        }))
                     })
                     .collect::<Result<Vec<Value>>>()?;
+                let arg = if args.len() == 1 {
+                    args.remove(0)
+                } else {
+                    Value::Array(args)
+                };
                 let list = nodes.entry(layer.ptr()).or_default();
                 let index = list.len();
-                list.push(Value::Array(args));
+                list.push(json!({"args": [arg], "kwargs": {}}));
                 refs.insert(t.id(), (layer.lock().name().to_string(), index));
             }
         }
@@ -772,6 +910,7 @@ impl Functional {
         };
         Ok(json!({
             "name": self.name,
+            "trainable": true,
             "layers": entries,
             "input_layers": tensor_refs(&self.inputs)?,
             "output_layers": tensor_refs(&self.outputs)?,
@@ -798,7 +937,7 @@ impl Functional {
     /// # Errors
     /// See [`Functional::get_config`].
     pub fn to_json(&self) -> Result<String> {
-        Ok(json!({"class_name": "Functional", "config": self.get_config()?}).to_string())
+        Ok(model_json("Functional", self.get_config()?).to_string())
     }
 
     /// Rebuilds a model from [`Functional::to_json`]'s output: the same layers (names included),
@@ -833,8 +972,12 @@ impl Functional {
             v.as_array().ok_or_else(|| r.invalid(key, "a list", v))
         };
         let layers = list("layers")?;
-        let input_refs = list("input_layers")?;
-        let output_refs = list("output_layers")?;
+        let input_refs = &tensor_list(list("input_layers")?);
+        let output_refs = &tensor_list(list("output_layers")?);
+        // Keras 3's model keys: the model itself is not frozen here (its layers say so), and a
+        // policy of its own is the global one's business.
+        r.bool_or("trainable", true)?;
+        r.dtype_policy("dtype")?;
         r.finish()?;
         let model_name = name.clone().unwrap_or_else(|| "functional".into());
 
@@ -868,11 +1011,15 @@ impl Functional {
                 Some(v) => v.as_array().map(Vec::as_slice).ok_or_else(|| {
                     e.invalid(
                         "inbound_nodes",
-                        "a list of nodes, each a list of [layer_name, node_index, 0]",
+                        "a list of nodes, each {\"args\": [...], \"kwargs\": {}} or a list of [layer_name, node_index, 0]",
                         v,
                     )
                 })?,
             };
+            // Keras 3's entry keys, not needed to rebuild the layer.
+            for key in ["module", "registered_name", "build_config"] {
+                e.get(key);
+            }
             e.finish()?;
             let layer_name = if class == "InputLayer" {
                 let (cfg_name, shape) =
@@ -901,17 +1048,7 @@ impl Functional {
                 let shared = SharedLayer::from_box(layer);
                 for (index, node) in inbound.iter().enumerate() {
                     let node_what = format!("node {index} of layer `{name}`");
-                    let args = node
-                        .as_array()
-                        .ok_or_else(|| {
-                            Error::value(format!(
-                                "invalid {node_what}: expected a list of tensor references [layer_name, node_index, 0]; received {}",
-                                short(node)
-                            ))
-                        })?
-                        .iter()
-                        .map(|a| tensor_ref(a, &node_what))
-                        .collect::<Result<NodeRefs>>()?;
+                    let args = node_refs(node, &node_what)?;
                     if args.is_empty() {
                         return Err(Error::value(format!(
                             "invalid {node_what}: a node takes at least one tensor"
@@ -988,6 +1125,13 @@ impl Functional {
         if let Some(n) = name {
             crate::layers::reserve_name(&n);
             model = model.named(n);
+        }
+        let frozen = frozen_in_config(layers);
+        for layer in model.layers() {
+            let layer = layer.lock();
+            if frozen.iter().any(|n| n == layer.name()) {
+                layer.set_trainable(false);
+            }
         }
         Ok(model)
     }

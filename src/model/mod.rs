@@ -10,6 +10,7 @@ mod sequential;
 mod summary;
 
 pub use context::StepContext;
+pub(crate) use functional::model_json;
 pub use functional::{Functional, Input, KerasTensor, LayerExt, SharedLayer};
 pub use sequential::Sequential;
 pub use summary::format_summary;

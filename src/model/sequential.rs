@@ -4,7 +4,10 @@ use candle_core::Tensor;
 use serde_json::{Value, json};
 
 use super::Model;
-use super::functional::{batch_shape_json, class_name_of, input_layer_config, model_json_config};
+use super::functional::{
+    batch_shape_json, class_name_of, frozen_in_config, input_layer_config, input_layer_json,
+    model_json, model_json_config,
+};
 use crate::data::Data;
 use crate::layers::config::{ConfigReader, short};
 use crate::layers::{Layer, LayerSummary, check_input, unique_name};
@@ -31,9 +34,11 @@ use crate::{Error, Result};
 pub struct Sequential {
     name: String,
     layers: Vec<Box<dyn Layer>>,
-    input_shape: Option<Vec<usize>>,
+    input_shape: Option<Box<[usize]>>,
     shapes: Vec<Vec<usize>>,
-    error: Option<String>,
+    error: Option<Box<str>>,
+    /// Layers a loaded config froze (`"trainable": false`), frozen once built.
+    freeze_when_built: Box<[String]>,
 }
 
 impl Default for Sequential {
@@ -51,6 +56,7 @@ impl Sequential {
             input_shape: None,
             shapes: Vec::new(),
             error: None,
+            freeze_when_built: Box::default(),
         }
     }
 
@@ -62,7 +68,7 @@ impl Sequential {
 
     /// Declares the input shape (batch axis excluded), as `keras.Input(shape=...)`.
     pub fn input(mut self, shape: &[usize]) -> Self {
-        self.input_shape = Some(shape.to_vec());
+        self.input_shape = Some(shape.into());
         self.shapes.clear();
         self.try_build_pending();
         self
@@ -103,7 +109,7 @@ impl Sequential {
         while self.shapes.len() < self.layers.len() {
             let i = self.shapes.len();
             let in_shape = if i == 0 {
-                input.clone()
+                input.to_vec()
             } else {
                 self.shapes[i - 1].clone()
             };
@@ -112,14 +118,22 @@ impl Sequential {
                 .build(&in_shape)
                 .and_then(|_| layer.compute_output_shape(&in_shape));
             match r {
-                Ok(s) => self.shapes.push(s),
+                Ok(s) => {
+                    if self.freeze_when_built.iter().any(|n| n == layer.name()) {
+                        layer.set_trainable(false);
+                    }
+                    self.shapes.push(s)
+                }
                 Err(e) => {
-                    self.error = Some(format!(
-                        "Sequential model \"{}\": layer \"{}\" cannot take input shape {}: {e}",
-                        self.name,
-                        layer.name(),
-                        super::summary::shape_str(&in_shape)
-                    ));
+                    self.error = Some(
+                        format!(
+                            "Sequential model \"{}\": layer \"{}\" cannot take input shape {}: {e}",
+                            self.name,
+                            layer.name(),
+                            super::summary::shape_str(&in_shape)
+                        )
+                        .into(),
+                    );
                     return;
                 }
             }
@@ -139,7 +153,7 @@ impl Sequential {
         }
         self.try_build_pending();
         match &self.error {
-            Some(e) => Err(Error::value(e.clone())),
+            Some(e) => Err(Error::value(e.to_string())),
             None => Ok(()),
         }
     }
@@ -204,14 +218,27 @@ impl Sequential {
         let mut layers = Vec::new();
         if let Some(shape) = &self.input_shape {
             layers.push(json!({
+                "module": "keras.layers",
                 "class_name": "InputLayer",
-                "config": {"batch_shape": batch_shape_json(shape)},
+                "config": input_layer_json(None, shape),
+                "registered_name": null,
             }));
         }
         for l in &self.layers {
             layers.push(crate::layers::serialize(l.as_ref())?);
         }
-        Ok(json!({"name": self.name, "layers": layers}))
+        let mut config = json!({
+            "name": self.name,
+            "trainable": true,
+            "dtype": crate::layers::config::dtype_policy_json(
+                crate::mixed_precision::global_policy().name()
+            ),
+            "layers": layers,
+        });
+        if let Some(shape) = &self.input_shape {
+            config["build_input_shape"] = batch_shape_json(shape);
+        }
+        Ok(config)
     }
 
     /// The architecture as JSON, `{"class_name": "Sequential", "config": <get_config>}` (Keras's
@@ -235,7 +262,7 @@ impl Sequential {
     /// # Errors
     /// See [`Sequential::get_config`].
     pub fn to_json(&self) -> Result<String> {
-        Ok(json!({"class_name": "Sequential", "config": self.get_config()?}).to_string())
+        Ok(model_json("Sequential", self.get_config()?).to_string())
     }
 
     /// Rebuilds a model from [`Sequential::to_json`]'s output, with newly initialized weights
@@ -265,6 +292,19 @@ impl Sequential {
                 .map(Vec::as_slice)
                 .ok_or_else(|| r.invalid("layers", "a list of layer entries", v))?,
         };
+        // Keras 3's model keys: the input shape of a model built without an `InputLayer` entry.
+        r.bool_or("trainable", true)?;
+        r.dtype_policy("dtype")?;
+        let build_shape = match r.get("build_input_shape") {
+            None => None,
+            Some(v) => Some(
+                input_layer_config(
+                    "the `build_input_shape` of model class `Sequential`",
+                    &json!({ "batch_shape": v }),
+                )?
+                .1,
+            ),
+        };
         r.finish()?;
         let mut model = match name {
             Some(n) => {
@@ -275,10 +315,12 @@ impl Sequential {
                     input_shape: None,
                     shapes: Vec::new(),
                     error: None,
+                    freeze_when_built: Box::default(),
                 }
             }
             None => Self::new(),
         };
+        model.freeze_when_built = frozen_in_config(layers).into();
         for (i, entry) in layers.iter().enumerate() {
             let at = format!("layer entry {i} of Sequential model \"{}\"", model.name);
             let class = class_name_of(&at, entry)?;
@@ -302,6 +344,11 @@ impl Sequential {
                 .map_err(|e| Error::value(format!("{at}: {e}")))?;
             model.push(layer);
         }
+        if model.input_shape.is_none()
+            && let Some(shape) = build_shape
+        {
+            model = model.input(&shape);
+        }
         if model.input_shape.is_some() {
             model.build()?;
         }
@@ -318,13 +365,13 @@ impl Layer for Sequential {
     }
     fn build(&mut self, input_shape: &[usize]) -> Result<()> {
         if self.input_shape.is_none() {
-            self.input_shape = Some(input_shape.to_vec());
+            self.input_shape = Some(input_shape.into());
         }
         Sequential::build(self)
     }
     fn call(&mut self, x: &Tensor, training: bool) -> Result<Tensor> {
         if let Some(e) = &self.error {
-            return Err(Error::value(e.clone()));
+            return Err(Error::value(e.to_string()));
         }
         match &self.input_shape {
             Some(s) => check_input(&self.name, x, s)?,
@@ -332,7 +379,7 @@ impl Layer for Sequential {
                 if x.rank() == 0 {
                     return Err(Error::value("Sequential input needs a batch axis"));
                 }
-                self.input_shape = Some(x.dims()[1..].to_vec());
+                self.input_shape = Some(x.dims()[1..].into());
                 Sequential::build(self)?;
             }
         }
