@@ -71,6 +71,63 @@ fn row(name: &str, shape: &str, params: &str) -> String {
     format!("│ {name:<31} │ {shape:<22} │ {params:>13} │")
 }
 
+/// A functional model prints as Keras 3.15.1 prints it: a shared layer gets the "Connected to"
+/// column with each node's input (`shared[1][0]` is its second application), a plain chain
+/// the three-column table with its input row.
+#[test]
+fn functional_summaries_are_the_keras_3_tables() -> Result<()> {
+    let x = Input::named(&[4], "x");
+    let shared = SharedLayer::new(Dense::new(4).named("shared"));
+    let h = shared.apply(&Dense::new(4).named("mid").apply(&shared.apply(&x)?)?)?;
+    let y = Dense::new(2).named("out").apply(&h)?;
+    let twice = Functional::new(&[x], &[y])?.named("twice");
+    assert_eq!(
+        Model::summary(&twice),
+        "\
+Model: \"twice\"
+┏━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━┓
+┃ Layer (type)        ┃ Output Shape      ┃    Param # ┃ Connected to      ┃
+┡━━━━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━┩
+│ x (InputLayer)      │ (None, 4)         │          0 │ -                 │
+├─────────────────────┼───────────────────┼────────────┼───────────────────┤
+│ shared (Dense)      │ (None, 4)         │         20 │ x[0][0],          │
+│                     │                   │            │ mid[0][0]         │
+├─────────────────────┼───────────────────┼────────────┼───────────────────┤
+│ mid (Dense)         │ (None, 4)         │         20 │ shared[0][0]      │
+├─────────────────────┼───────────────────┼────────────┼───────────────────┤
+│ out (Dense)         │ (None, 2)         │         10 │ shared[1][0]      │
+└─────────────────────┴───────────────────┴────────────┴───────────────────┘
+ Total params: 50 (200.00 B)
+ Trainable params: 50 (200.00 B)
+ Non-trainable params: 0 (0.00 B)
+"
+    );
+    let x = Input::named(&[4], "x");
+    let y = Dense::new(2)
+        .named("out")
+        .apply(&Dense::new(3).named("h").apply(&x)?)?;
+    let chain = Functional::new(&[x], &[y])?.named("chain");
+    assert_eq!(
+        Model::summary(&chain),
+        "\
+Model: \"chain\"
+┏━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━┓
+┃ Layer (type)                    ┃ Output Shape           ┃       Param # ┃
+┡━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━┩
+│ x (InputLayer)                  │ (None, 4)              │             0 │
+├─────────────────────────────────┼────────────────────────┼───────────────┤
+│ h (Dense)                       │ (None, 3)              │            15 │
+├─────────────────────────────────┼────────────────────────┼───────────────┤
+│ out (Dense)                     │ (None, 2)              │             8 │
+└─────────────────────────────────┴────────────────────────┴───────────────┘
+ Total params: 23 (92.00 B)
+ Trainable params: 23 (92.00 B)
+ Non-trainable params: 0 (0.00 B)
+"
+    );
+    Ok(())
+}
+
 #[test]
 fn sequential_summary_is_the_keras_3_table() -> Result<()> {
     let _g = serial();

@@ -228,6 +228,12 @@ pub trait Layer: Send {
 }
 
 /// One row of `summary()`.
+///
+/// ```
+/// use ferrokeras::layers::LayerSummary;
+/// let row = LayerSummary::new("dense (Dense)", &[64], 50240);
+/// assert!(row.built && row.connected_to.is_empty());
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerSummary {
     /// `"dense (Dense)"`.
@@ -236,6 +242,25 @@ pub struct LayerSummary {
     pub output_shape: Vec<usize>,
     /// Parameter count.
     pub params: usize,
+    /// Whether the layer is built; Keras prints `?` and `0 (unbuilt)` for one that is not.
+    pub built: bool,
+    /// The tensors the layer takes, as Keras's "Connected to" column names them
+    /// (`dense[0][0]`), for a functional model that is not a plain chain of layers (the table
+    /// then has that column); empty otherwise.
+    pub connected_to: Vec<String>,
+}
+
+impl LayerSummary {
+    /// A built layer's row, without connections.
+    pub fn new(name: impl Into<String>, output_shape: &[usize], params: usize) -> Self {
+        Self {
+            name: name.into(),
+            output_shape: output_shape.to_vec(),
+            params,
+            built: true,
+            connected_to: Vec::new(),
+        }
+    }
 }
 
 impl<L: Layer + ?Sized> Layer for Box<L> {

@@ -424,9 +424,29 @@ fn keras_order(
     inputs: &[KerasTensor],
     first_visit: &HashMap<usize, usize>,
 ) -> Vec<KerasTensor> {
+    let (_, op_depth) = depths(order);
+    let mut first_node: HashMap<usize, KerasTensor> = HashMap::new();
+    for t in order {
+        first_node.entry(op_key(t)).or_insert_with(|| t.clone());
+    }
+    let mut ops: Vec<(usize, i64, KerasTensor)> = first_node
+        .into_iter()
+        .map(|(key, t)| (op_depth[&key], first_visit[&key] as i64, t))
+        .collect();
+    for i in inputs {
+        if !op_depth.contains_key(&i.id()) {
+            ops.push((0, -1, i.clone()));
+        }
+    }
+    ops.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    ops.into_iter().map(|(_, _, t)| t).collect()
+}
+
+/// The depth of every node (by tensor id) and operation (by [`op_key`]), as [`keras_order`]
+/// describes them.
+fn depths(order: &[KerasTensor]) -> (HashMap<usize, usize>, HashMap<usize, usize>) {
     let mut node_depth: HashMap<usize, usize> = HashMap::new();
     let mut op_depth: HashMap<usize, usize> = HashMap::new();
-    let mut first_node: HashMap<usize, KerasTensor> = HashMap::new();
     for t in order.iter().rev() {
         let key = op_key(t);
         let depth = node_depth
@@ -443,20 +463,50 @@ fn keras_order(
             }
         }
     }
-    for t in order {
-        first_node.entry(op_key(t)).or_insert_with(|| t.clone());
-    }
-    let mut ops: Vec<(usize, i64, KerasTensor)> = first_node
-        .into_iter()
-        .map(|(key, t)| (op_depth[&key], first_visit[&key] as i64, t))
-        .collect();
-    for i in inputs {
-        if !op_depth.contains_key(&i.id()) {
-            ops.push((0, -1, i.clone()));
+    (node_depth, op_depth)
+}
+
+impl Functional {
+    /// Whether Keras prints the model as a plain chain (no "Connected to" column): one node at
+    /// every depth, no node taking several tensors, no layer applied twice.
+    fn sequential_like(&self) -> bool {
+        let (node_depth, _) = depths(&self.order);
+        let mut per_depth: HashMap<usize, usize> = HashMap::new();
+        let mut per_layer: HashMap<usize, usize> = HashMap::new();
+        for t in self.order.iter() {
+            *per_depth.entry(node_depth[&t.id()]).or_insert(0) += 1;
+            if let Node::Layer { layer, inputs } = &*t.node {
+                *per_layer.entry(layer.ptr()).or_insert(0) += 1;
+                if inputs.len() > 1 {
+                    return false;
+                }
+            }
         }
+        per_depth.values().all(|n| *n == 1) && per_layer.values().all(|n| *n == 1)
     }
-    ops.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    ops.into_iter().map(|(_, _, t)| t).collect()
+
+    /// Keras's "Connected to" cell of every operation (by [`op_key`]): each node's input tensors
+    /// as `name[node_index][0]`.
+    fn connections(&self) -> HashMap<usize, Vec<String>> {
+        let mut refs: HashMap<usize, String> = HashMap::new();
+        let mut nodes_of: HashMap<usize, usize> = HashMap::new();
+        let mut out: HashMap<usize, Vec<String>> = HashMap::new();
+        for t in self.order.iter() {
+            match &*t.node {
+                Node::Input { name } => {
+                    refs.insert(t.id(), format!("{name}[0][0]"));
+                }
+                Node::Layer { layer, inputs } => {
+                    let cell = out.entry(layer.ptr()).or_default();
+                    cell.extend(inputs.iter().filter_map(|x| refs.get(&x.id()).cloned()));
+                    let n = nodes_of.entry(layer.ptr()).or_insert(0);
+                    refs.insert(t.id(), format!("{}[{n}][0]", layer.lock().name()));
+                    *n += 1;
+                }
+            }
+        }
+        out
+    }
 }
 
 impl Model for Functional {
@@ -508,23 +558,29 @@ impl Model for Functional {
         Ok(out)
     }
     fn summary_rows(&self) -> Vec<LayerSummary> {
+        let connections = (!self.sequential_like()).then(|| self.connections());
         let mut rows = Vec::new();
-        for t in &self.listed {
-            rows.push(match &*t.node {
-                Node::Input { name } => LayerSummary {
-                    name: format!("{name} (InputLayer)"),
-                    output_shape: t.shape.clone(),
-                    params: 0,
-                },
+        for t in self.listed.iter() {
+            let mut row = match &*t.node {
+                Node::Input { name } => {
+                    LayerSummary::new(format!("{name} (InputLayer)"), &t.shape, 0)
+                }
                 Node::Layer { layer, .. } => {
                     let l = layer.lock();
-                    LayerSummary {
-                        name: format!("{} ({})", l.name(), l.class_name()),
-                        output_shape: t.shape.clone(),
-                        params: l.count_params(),
-                    }
+                    LayerSummary::new(
+                        format!("{} ({})", l.name(), l.class_name()),
+                        &t.shape,
+                        l.count_params(),
+                    )
                 }
-            });
+            };
+            if let Some(c) = &connections {
+                row.connected_to = match c.get(&op_key(t)) {
+                    Some(refs) if !refs.is_empty() => refs.clone(),
+                    _ => vec!["-".to_string()],
+                };
+            }
+            rows.push(row);
         }
         rows
     }

@@ -437,10 +437,15 @@ impl Layer for Sequential {
         self.layers
             .iter()
             .enumerate()
-            .map(|(i, l)| LayerSummary {
-                name: format!("{} ({})", l.name(), l.class_name()),
-                output_shape: self.shapes.get(i).cloned().unwrap_or_default(),
-                params: l.count_params(),
+            .map(|(i, l)| {
+                let name = format!("{} ({})", l.name(), l.class_name());
+                match self.shapes.get(i) {
+                    Some(shape) => LayerSummary::new(name, shape, l.count_params()),
+                    None => LayerSummary {
+                        built: false,
+                        ..LayerSummary::new(name, &[], 0)
+                    },
+                }
             })
             .collect()
     }
