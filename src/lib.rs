@@ -38,6 +38,7 @@ pub mod callbacks;
 pub mod data;
 pub mod datasets;
 mod error;
+pub mod initializers;
 pub mod io;
 mod kernels;
 pub mod layers;

@@ -298,6 +298,12 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
             if let Some(p) = &own_policy {
                 d = d.dtype(p)?;
             }
+            if let Some(i) = c.initializer_of("kernel_initializer")? {
+                d = d.with_kernel_initializer(i);
+            }
+            if let Some(i) = c.initializer_of("bias_initializer")? {
+                d = d.with_bias_initializer(i);
+            }
             if let Some(r) = c.regularizer("kernel_regularizer")? {
                 d = d.kernel_regularizer(r);
             }
@@ -349,9 +355,17 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
             let policy = own_policy
                 .clone()
                 .unwrap_or_else(|| crate::mixed_precision::global_policy().name().to_string());
+            let kernel_init = c
+                .initializer_of("kernel_initializer")?
+                .unwrap_or_else(crate::initializers::Initializer::glorot_uniform);
+            let bias_init = c
+                .initializer_of("bias_initializer")?
+                .unwrap_or(crate::initializers::Initializer::Zeros);
             if class == "Conv2D" {
                 let mut l = Conv2D::new(filters, kernel)
                     .dtype(&policy)?
+                    .with_kernel_initializer(kernel_init)
+                    .with_bias_initializer(bias_init)
                     .strides(strides)
                     .dilation_rate(dilation)
                     .use_bias(use_bias)
@@ -366,6 +380,8 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                 let output_padding = c.opt_square("output_padding")?;
                 let mut l = Conv2DTranspose::new(filters, kernel)
                     .dtype(&policy)?
+                    .with_kernel_initializer(kernel_init)
+                    .with_bias_initializer(bias_init)
                     .strides(strides)
                     .dilation_rate(dilation)
                     .use_bias(use_bias)
@@ -771,6 +787,18 @@ impl<'a> ConfigReader<'a> {
         }
     }
 
+    /// An initializer the layer takes (`Dense`, the convolutions).
+    fn initializer_of(&mut self, key: &str) -> Result<Option<crate::initializers::Initializer>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => crate::initializers::Initializer::from_json(v)
+                .map(Some)
+                .map_err(|e| {
+                    Error::value(format!("invalid config of {}: `{key}`: {e}", self.what))
+                }),
+        }
+    }
+
     /// An initializer key: Keras's default for it passes silently; another initializer is read
     /// with a warning, as the layer starts from the default (weights loaded afterwards replace
     /// them anyway).
@@ -839,8 +867,6 @@ impl<'a> ConfigReader<'a> {
         }
         match class {
             "Dense" | "Conv2D" | "Conv2DTranspose" => {
-                self.initializer("kernel_initializer", "GlorotUniform", layer)?;
-                self.initializer("bias_initializer", "Zeros", layer)?;
                 if class == "Conv2D" {
                     self.fixed("groups", json!(1))?;
                 }

@@ -159,6 +159,8 @@ struct ConvConfig {
     data_format: DataFormat,
     device: Device,
     policy: DTypePolicy,
+    kernel_initializer: crate::initializers::Initializer,
+    bias_initializer: crate::initializers::Initializer,
 }
 
 /// The compute dtype of a half-precision policy for a CPU input (`None` otherwise).
@@ -197,16 +199,14 @@ fn input_hwc(
 }
 
 impl ConvConfig {
-    /// A glorot-uniform kernel of `shape` (fans from the receptive field times the last two axes,
-    /// as Keras computes them) and, with `use_bias`, a zero bias.
+    /// The kernel of `shape` from its initializer (glorot-uniform by default; fans from the
+    /// receptive field times the last two axes, as Keras computes them) and, with `use_bias`, the
+    /// bias (zeros by default).
     fn variables(&self, layer: &str, shape: [usize; 4]) -> Result<(Variable, Option<Variable>)> {
-        let receptive = shape[0] * shape[1];
-        let (fan_in, fan_out) = (receptive * shape[2], receptive * shape[3]);
-        let limit = (6.0 / (fan_in + fan_out) as f32).sqrt();
-        let k = crate::random::uniform(&shape, -limit, limit, &self.device)?;
+        let k = self.kernel_initializer.init(&shape, &self.device)?;
         let kernel = Variable::new(format!("{layer}/kernel"), &k, true)?;
         let bias = if self.use_bias {
-            let b = Tensor::zeros(self.filters, DType::F32, &self.device)?;
+            let b = self.bias_initializer.init(&[self.filters], &self.device)?;
             Some(Variable::new(format!("{layer}/bias"), &b, true)?)
         } else {
             None
@@ -226,6 +226,8 @@ impl ConvConfig {
             data_format: DataFormat::ChannelsLast,
             device: crate::runtime::default_device(),
             policy: crate::mixed_precision::global_policy(),
+            kernel_initializer: crate::initializers::Initializer::glorot_uniform(),
+            bias_initializer: crate::initializers::Initializer::Zeros,
         }
     }
     /// The configuration shared by both layers, with Keras's keys.
@@ -240,6 +242,8 @@ impl ConvConfig {
             "dilation_rate": [self.dilation, self.dilation],
             "activation": super::config::activation_json(self.activation),
             "use_bias": self.use_bias,
+            "kernel_initializer": self.kernel_initializer.to_json(),
+            "bias_initializer": self.bias_initializer.to_json(),
         }) else {
             unreachable!("json! of an object literal is an object")
         };
@@ -303,6 +307,32 @@ macro_rules! conv_builders {
         /// Whether to add a bias (default true).
         pub fn use_bias(mut self, b: bool) -> Self {
             self.cfg.use_bias = b;
+            self
+        }
+        /// How the kernel starts, by Keras name (`"he_normal"`; default `"glorot_uniform"`).
+        ///
+        /// # Errors
+        /// An unknown name.
+        pub fn kernel_initializer(mut self, name: &str) -> Result<Self> {
+            self.cfg.kernel_initializer = name.parse()?;
+            Ok(self)
+        }
+        /// How the bias starts, by Keras name (default `"zeros"`).
+        ///
+        /// # Errors
+        /// An unknown name.
+        pub fn bias_initializer(mut self, name: &str) -> Result<Self> {
+            self.cfg.bias_initializer = name.parse()?;
+            Ok(self)
+        }
+        /// Sets the kernel's initializer.
+        pub fn with_kernel_initializer(mut self, init: crate::initializers::Initializer) -> Self {
+            self.cfg.kernel_initializer = init;
+            self
+        }
+        /// Sets the bias's initializer.
+        pub fn with_bias_initializer(mut self, init: crate::initializers::Initializer) -> Self {
+            self.cfg.bias_initializer = init;
             self
         }
         /// Channels-last (default) or channels-first inputs.

@@ -3,6 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::{Activation, Layer, unique_name};
+use crate::initializers::Initializer;
 use crate::tape::{NodeValue, Variable};
 use crate::{Error, Result};
 
@@ -73,6 +74,8 @@ pub struct Dense {
     use_bias: bool,
     kernel_regularizer: Option<Regularizer>,
     bias_regularizer: Option<Regularizer>,
+    kernel_initializer: Initializer,
+    bias_initializer: Initializer,
     kernel: Option<Variable>,
     bias: Option<Variable>,
     device: Device,
@@ -89,6 +92,8 @@ impl Dense {
             use_bias: true,
             kernel_regularizer: None,
             bias_regularizer: None,
+            kernel_initializer: Initializer::glorot_uniform(),
+            bias_initializer: Initializer::Zeros,
             kernel: None,
             bias: None,
             device: crate::runtime::default_device(),
@@ -120,6 +125,40 @@ impl Dense {
     /// Whether to add a bias (default true).
     pub fn use_bias(mut self, use_bias: bool) -> Self {
         self.use_bias = use_bias;
+        self
+    }
+    /// How the kernel starts, by Keras name (`"he_normal"`; default `"glorot_uniform"`).
+    ///
+    /// ```
+    /// use ferrokeras::layers::{Dense, Layer};
+    /// let mut d = Dense::new(3).kernel_initializer("zeros").unwrap().bias_initializer("ones").unwrap();
+    /// d.build(&[2]).unwrap();
+    /// assert_eq!(d.variables()[0].value().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    /// assert_eq!(d.variables()[1].value().sum_all().unwrap().to_scalar::<f32>().unwrap(), 3.0);
+    /// ```
+    ///
+    /// # Errors
+    /// An unknown name.
+    pub fn kernel_initializer(mut self, name: &str) -> Result<Self> {
+        self.kernel_initializer = name.parse()?;
+        Ok(self)
+    }
+    /// How the bias starts, by Keras name (default `"zeros"`).
+    ///
+    /// # Errors
+    /// An unknown name.
+    pub fn bias_initializer(mut self, name: &str) -> Result<Self> {
+        self.bias_initializer = name.parse()?;
+        Ok(self)
+    }
+    /// Sets the kernel's initializer.
+    pub fn with_kernel_initializer(mut self, init: Initializer) -> Self {
+        self.kernel_initializer = init;
+        self
+    }
+    /// Sets the bias's initializer.
+    pub fn with_bias_initializer(mut self, init: Initializer) -> Self {
+        self.bias_initializer = init;
         self
     }
     /// Penalty on the kernel, added to the model's losses.
@@ -315,11 +354,12 @@ impl Layer for Dense {
                 self.name, self.units
             )));
         }
-        let limit = (6.0 / (fan_in + self.units) as f32).sqrt();
-        let k = crate::random::uniform(&[fan_in, self.units], -limit, limit, &self.device)?;
+        let k = self
+            .kernel_initializer
+            .init(&[fan_in, self.units], &self.device)?;
         self.kernel = Some(Variable::new(format!("{}/kernel", self.name), &k, true)?);
         if self.use_bias {
-            let b = Tensor::zeros(self.units, DType::F32, &self.device)?;
+            let b = self.bias_initializer.init(&[self.units], &self.device)?;
             self.bias = Some(Variable::new(format!("{}/bias", self.name), &b, true)?);
         }
         Ok(())
@@ -375,6 +415,8 @@ impl Layer for Dense {
             "units": self.units,
             "activation": super::config::activation_json(self.activation),
             "use_bias": self.use_bias,
+            "kernel_initializer": self.kernel_initializer.to_json(),
+            "bias_initializer": self.bias_initializer.to_json(),
             "kernel_regularizer": super::config::regularizer_json(self.kernel_regularizer),
             "bias_regularizer": super::config::regularizer_json(self.bias_regularizer),
         }))
