@@ -1339,3 +1339,46 @@ fn frozen_layers_keep_their_weights() -> Result<()> {
     assert_eq!(model.trainable_variables().len(), 4);
     Ok(())
 }
+
+/// A convolution's kernel regularizer adds `l2 · Σ k²` to the loss `evaluate` reports (as a
+/// Dense layer's does), and survives the model's JSON.
+#[test]
+fn convolution_regularizers_add_to_the_loss() -> Result<()> {
+    use ferrokeras::layers::{Conv2D, Flatten, Regularizer};
+    let _g = serial();
+    set_random_seed(12);
+    let x = ferrokeras::random::uniform(&[4, 5, 5, 1], -1.0, 1.0, &candle_core::Device::Cpu)?;
+    let y = ferrokeras::random::uniform(&[4, 18], -1.0, 1.0, &candle_core::Device::Cpu)?;
+    let make = |l2: Option<f32>| -> Result<Sequential> {
+        let mut conv = Conv2D::new(2, (3, 3)).named("conv");
+        if let Some(l2) = l2 {
+            conv = conv.kernel_regularizer(Regularizer::L2(l2));
+        }
+        Ok(Sequential::new()
+            .input(&[5, 5, 1])
+            .add(conv)
+            .add(Flatten::new()))
+    };
+    let plain = make(None)?;
+    let mut regularized = make(Some(0.01))?;
+    regularized.set_weights(&plain.get_weights())?;
+    let kernel = plain.get_weights()[0]
+        .sqr()?
+        .sum_all()?
+        .to_scalar::<f32>()? as f64;
+    let mut losses = Vec::new();
+    for m in [plain, regularized] {
+        let json = m.to_json()?;
+        let mut m = m.compile(Compile::new().optimizer("sgd").loss("mse"))?;
+        let logs = m.evaluate((x.clone(), y.clone()), EvaluateOptions::new().verbose(0))?;
+        losses.push(logs.get("loss").unwrap());
+        assert_eq!(Sequential::from_json(&json)?.to_json()?, json);
+    }
+    assert_close(
+        losses[1],
+        losses[0] + 0.01 * kernel,
+        1e-5,
+        "regularized loss",
+    );
+    Ok(())
+}

@@ -355,6 +355,8 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
             let policy = own_policy
                 .clone()
                 .unwrap_or_else(|| crate::mixed_precision::global_policy().name().to_string());
+            let kernel_reg = c.regularizer("kernel_regularizer")?;
+            let bias_reg = c.regularizer("bias_regularizer")?;
             let kernel_init = c
                 .initializer_of("kernel_initializer")?
                 .unwrap_or_else(crate::initializers::Initializer::glorot_uniform);
@@ -364,6 +366,7 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
             if class == "Conv2D" {
                 let mut l = Conv2D::new(filters, kernel)
                     .dtype(&policy)?
+                    .maybe_regularizers(kernel_reg, bias_reg)
                     .with_kernel_initializer(kernel_init)
                     .with_bias_initializer(bias_init)
                     .strides(strides)
@@ -380,6 +383,7 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                 let output_padding = c.opt_square("output_padding")?;
                 let mut l = Conv2DTranspose::new(filters, kernel)
                     .dtype(&policy)?
+                    .maybe_regularizers(kernel_reg, bias_reg)
                     .with_kernel_initializer(kernel_init)
                     .with_bias_initializer(bias_init)
                     .strides(strides)
@@ -848,8 +852,6 @@ impl<'a> ConfigReader<'a> {
                 "kernel_constraint",
                 "bias_constraint",
                 "activity_regularizer",
-                "kernel_regularizer",
-                "bias_regularizer",
             ],
             "BatchNormalization" => &[
                 "beta_regularizer",

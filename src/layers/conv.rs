@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::im2col::{Conv, ConvData, Geometry};
 use super::pooling::{PoolFusion, max_pool_geometry};
-use super::{Activation, Layer, unique_name};
+use super::{Activation, Layer, Regularizer, unique_name};
 use crate::kernels::conv_act::{Direction, conv_bias_activation, conv_bias_activation_pool};
 use crate::tape::Variable;
 use crate::{Error, Result};
@@ -161,6 +161,8 @@ struct ConvConfig {
     policy: DTypePolicy,
     kernel_initializer: crate::initializers::Initializer,
     bias_initializer: crate::initializers::Initializer,
+    kernel_regularizer: Option<Regularizer>,
+    bias_regularizer: Option<Regularizer>,
 }
 
 /// The compute dtype of a half-precision policy for a CPU input (`None` otherwise).
@@ -228,7 +230,20 @@ impl ConvConfig {
             policy: crate::mixed_precision::global_policy(),
             kernel_initializer: crate::initializers::Initializer::glorot_uniform(),
             bias_initializer: crate::initializers::Initializer::Zeros,
+            kernel_regularizer: None,
+            bias_regularizer: None,
         }
+    }
+    /// The regularization penalties of the built variables (Keras's `layer.losses`).
+    fn penalties(&self, kernel: Option<&Variable>, bias: Option<&Variable>) -> Result<Vec<Tensor>> {
+        let mut out = Vec::new();
+        if let (Some(r), Some(k)) = (&self.kernel_regularizer, kernel) {
+            out.push(r.penalty(k.as_tensor())?);
+        }
+        if let (Some(r), Some(b)) = (&self.bias_regularizer, bias) {
+            out.push(r.penalty(b.as_tensor())?);
+        }
+        Ok(out)
     }
     /// The configuration shared by both layers, with Keras's keys.
     fn json(&self, name: &str) -> serde_json::Map<String, serde_json::Value> {
@@ -244,6 +259,8 @@ impl ConvConfig {
             "use_bias": self.use_bias,
             "kernel_initializer": self.kernel_initializer.to_json(),
             "bias_initializer": self.bias_initializer.to_json(),
+            "kernel_regularizer": super::config::regularizer_json(self.kernel_regularizer),
+            "bias_regularizer": super::config::regularizer_json(self.bias_regularizer),
         }) else {
             unreachable!("json! of an object literal is an object")
         };
@@ -324,6 +341,33 @@ macro_rules! conv_builders {
         pub fn bias_initializer(mut self, name: &str) -> Result<Self> {
             self.cfg.bias_initializer = name.parse()?;
             Ok(self)
+        }
+        /// Penalty on the kernel, added to the model's losses.
+        ///
+        /// ```
+        /// use ferrokeras::layers::{Conv2D, Layer, Regularizer};
+        /// let mut c = Conv2D::new(2, (3, 3)).kernel_regularizer(Regularizer::L2(0.01));
+        /// c.build(&[5, 5, 1]).unwrap();
+        /// assert_eq!(c.losses().unwrap().len(), 1);
+        /// ```
+        pub fn kernel_regularizer(mut self, r: Regularizer) -> Self {
+            self.cfg.kernel_regularizer = Some(r);
+            self
+        }
+        /// Penalty on the bias, added to the model's losses.
+        pub fn bias_regularizer(mut self, r: Regularizer) -> Self {
+            self.cfg.bias_regularizer = Some(r);
+            self
+        }
+        /// Both regularizers where given (reading a config).
+        pub(crate) fn maybe_regularizers(
+            mut self,
+            kernel: Option<Regularizer>,
+            bias: Option<Regularizer>,
+        ) -> Self {
+            self.cfg.kernel_regularizer = kernel;
+            self.cfg.bias_regularizer = bias;
+            self
         }
         /// Sets the kernel's initializer.
         pub fn with_kernel_initializer(mut self, init: crate::initializers::Initializer) -> Self {
@@ -631,6 +675,9 @@ impl Layer for Conv2D {
             .cloned()
             .collect()
     }
+    fn losses(&self) -> Result<Vec<Tensor>> {
+        self.cfg.penalties(self.kernel.as_ref(), self.bias.as_ref())
+    }
     fn config(&self) -> Option<serde_json::Value> {
         Some(serde_json::Value::Object(self.cfg.json(&self.name)))
     }
@@ -888,6 +935,9 @@ impl Layer for Conv2DTranspose {
             .chain(self.bias.iter())
             .cloned()
             .collect()
+    }
+    fn losses(&self) -> Result<Vec<Tensor>> {
+        self.cfg.penalties(self.kernel.as_ref(), self.bias.as_ref())
     }
     fn dtype_policy_name(&self) -> Option<String> {
         Some(self.cfg.policy.name().to_string())
