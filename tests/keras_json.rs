@@ -73,7 +73,7 @@ fn outputs(model: &mut LoadedModel, x: &Tensor) -> Vec<Tensor> {
 /// Layer names and whether each is trainable (`false` once every variable it has is frozen).
 fn trainable_flags(model: &LoadedModel) -> Vec<(String, bool)> {
     let flag =
-        |vars: Vec<ferrokeras::Variable>| vars.is_empty() || vars.iter().any(|v| v.trainable());
+        |vars: Vec<ferrokeras::Variable>| vars.is_empty() || vars.iter().any(|v| !v.is_frozen());
     match model {
         LoadedModel::Sequential(m) => m
             .layers()
@@ -196,13 +196,13 @@ fn ferrokeras_model_json_is_what_keras_read() {
 fn unsupported_keras_options_are_errors() {
     let fx = read("keras_json.json");
     let mlp = fx["models"]["mlp"]["json"].as_str().unwrap();
-    assert!(mlp.contains("\"center\": true"), "{mlp}");
-    let err = model_from_json(&mlp.replace("\"center\": true", "\"center\": false"))
+    assert!(mlp.contains("\"renorm\": false"), "{mlp}");
+    let err = model_from_json(&mlp.replace("\"renorm\": false", "\"renorm\": true"))
         .map(|_| ())
-        .expect_err("center false accepted")
+        .expect_err("renorm accepted")
         .to_string();
     assert!(
-        err.contains("BatchNormalization") && err.contains("`center`") && err.contains("true"),
+        err.contains("BatchNormalization") && err.contains("`renorm`") && err.contains("false"),
         "{err}"
     );
     let conv = fx["models"]["convnet"]["json"].as_str().unwrap();

@@ -231,10 +231,10 @@ pub fn deserialize(value: &Value) -> Result<Box<dyn Layer>> {
 }
 
 /// Whether a layer counts as trainable in its saved config (Keras's `layer.trainable`): `false`
-/// once every variable it has is frozen.
+/// once every variable it has is frozen ([`Layer::set_trainable`]).
 fn layer_trainable(layer: &dyn Layer) -> bool {
     let vars = layer.variables();
-    vars.is_empty() || vars.iter().any(|v| v.trainable())
+    vars.is_empty() || vars.iter().any(|v| !v.is_frozen())
 }
 
 /// A dtype policy as Keras 3 writes it.
@@ -468,10 +468,14 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
             }
             let momentum = c.f64_or("momentum", 0.99)?;
             let epsilon = c.f64_or("epsilon", 1e-3)?;
+            let center = c.bool_or("center", true)?;
+            let scale = c.bool_or("scale", true)?;
             Box::new(named(
                 BatchNormalization::new()
                     .momentum(momentum)
-                    .epsilon(epsilon),
+                    .epsilon(epsilon)
+                    .center(center)
+                    .scale(scale),
                 name,
                 BatchNormalization::named,
             ))
@@ -881,8 +885,6 @@ impl<'a> ConfigReader<'a> {
                 self.initializer("gamma_initializer", "Ones", layer)?;
                 self.initializer("moving_mean_initializer", "Zeros", layer)?;
                 self.initializer("moving_variance_initializer", "Ones", layer)?;
-                self.fixed("center", json!(true))?;
-                self.fixed("scale", json!(true))?;
                 self.fixed("synchronized", json!(false))?;
                 self.fixed("renorm", json!(false))?;
                 // Read only with `renorm`.

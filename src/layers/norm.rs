@@ -9,7 +9,7 @@ use crate::{Error, Result};
 /// Keras's `layers.BatchNormalization` over the last axis: in training, normalizes with the batch
 /// statistics and updates the moving statistics (`moving = moving * momentum + batch * (1 -
 /// momentum)`); in inference, uses the moving statistics. The moving statistics are non-trainable
-/// variables.
+/// variables. Without `center` there is no offset `beta`; without `scale` no factor `gamma`.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -25,6 +25,8 @@ pub struct BatchNormalization {
     name: String,
     momentum: f64,
     epsilon: f64,
+    center: bool,
+    scale: bool,
     gamma: Option<Variable>,
     beta: Option<Variable>,
     moving_mean: Option<Variable>,
@@ -45,6 +47,8 @@ impl BatchNormalization {
             name: unique_name("batch_normalization"),
             momentum: 0.99,
             epsilon: 1e-3,
+            center: true,
+            scale: true,
             gamma: None,
             beta: None,
             moving_mean: None,
@@ -60,6 +64,23 @@ impl BatchNormalization {
     /// Variance epsilon.
     pub fn epsilon(mut self, e: f64) -> Self {
         self.epsilon = e;
+        self
+    }
+    /// Whether to add the learned offset `beta` (default true; Keras's `center`).
+    ///
+    /// ```
+    /// use ferrokeras::layers::{BatchNormalization, Layer};
+    /// let mut bn = BatchNormalization::new().center(false).scale(false);
+    /// bn.build(&[3]).unwrap();
+    /// assert_eq!(bn.variables().len(), 2); // the moving statistics only
+    /// ```
+    pub fn center(mut self, center: bool) -> Self {
+        self.center = center;
+        self
+    }
+    /// Whether to multiply by the learned factor `gamma` (default true; Keras's `scale`).
+    pub fn scale(mut self, scale: bool) -> Self {
+        self.scale = scale;
         self
     }
     /// The device variables are created on.
@@ -82,7 +103,7 @@ impl Layer for BatchNormalization {
         "BatchNormalization"
     }
     fn build(&mut self, input_shape: &[usize]) -> Result<()> {
-        if self.gamma.is_some() {
+        if self.moving_mean.is_some() {
             return Ok(());
         }
         let c = *input_shape.last().ok_or_else(|| {
@@ -93,8 +114,12 @@ impl Layer for BatchNormalization {
         })?;
         let ones = Tensor::ones(c, DType::F32, &self.device)?;
         let zeros = Tensor::zeros(c, DType::F32, &self.device)?;
-        self.gamma = Some(Variable::new(format!("{}/gamma", self.name), &ones, true)?);
-        self.beta = Some(Variable::new(format!("{}/beta", self.name), &zeros, true)?);
+        if self.scale {
+            self.gamma = Some(Variable::new(format!("{}/gamma", self.name), &ones, true)?);
+        }
+        if self.center {
+            self.beta = Some(Variable::new(format!("{}/beta", self.name), &zeros, true)?);
+        }
         self.moving_mean = Some(Variable::new(
             format!("{}/moving_mean", self.name),
             &zeros,
@@ -116,17 +141,15 @@ impl Layer for BatchNormalization {
             )));
         }
         self.build(&x.dims()[1..])?;
-        let (Some(gamma), Some(beta), Some(mm), Some(mv)) =
-            (&self.gamma, &self.beta, &self.moving_mean, &self.moving_var)
-        else {
+        let (Some(mm), Some(mv)) = (&self.moving_mean, &self.moving_var) else {
             return Err(Error::state("BatchNormalization not built"));
         };
         let c = x.dims()[x.rank() - 1];
-        if c != gamma.elem_count() {
+        if c != mm.elem_count() {
             return Err(Error::value(format!(
                 "Input 0 of layer \"{}\" is incompatible with the layer: expected axis -1 of input shape to have value {}, but received input with shape {:?}",
                 self.name,
-                gamma.elem_count(),
+                mm.elem_count(),
                 x.dims()
             )));
         }
@@ -139,7 +162,7 @@ impl Layer for BatchNormalization {
         let flat = x.reshape((rows, c))?;
         // A frozen layer normalizes with its moving statistics, and leaves them alone, even in
         // training (Keras's `BatchNormalization` with `trainable=False`).
-        let training = training && gamma.trainable();
+        let training = training && !mm.is_frozen();
         let (mean, var) = if training {
             let mean = flat.mean_keepdim(0)?;
             let var = flat.broadcast_sub(&mean)?.sqr()?.mean_keepdim(0)?;
@@ -151,11 +174,13 @@ impl Layer for BatchNormalization {
             (mm.value().unsqueeze(0)?, mv.value().unsqueeze(0)?)
         };
         let inv = (var + self.epsilon)?.sqrt()?.recip()?;
-        let y = flat
-            .broadcast_sub(&mean)?
-            .broadcast_mul(&inv)?
-            .broadcast_mul(&gamma.as_tensor().unsqueeze(0)?)?
-            .broadcast_add(&beta.as_tensor().unsqueeze(0)?)?;
+        let mut y = flat.broadcast_sub(&mean)?.broadcast_mul(&inv)?;
+        if let Some(gamma) = &self.gamma {
+            y = y.broadcast_mul(&gamma.as_tensor().unsqueeze(0)?)?;
+        }
+        if let Some(beta) = &self.beta {
+            y = y.broadcast_add(&beta.as_tensor().unsqueeze(0)?)?;
+        }
         Ok(y.reshape(x.dims())?)
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
@@ -174,6 +199,50 @@ impl Layer for BatchNormalization {
             "axis": -1,
             "momentum": self.momentum,
             "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without `center` and `scale` the output is the standardized input,
+    /// `(x - mean) / sqrt(var + eps)`; with them a trained `gamma`/`beta` still applies; the
+    /// variables are Keras's (gamma, beta, moving mean, moving variance, missing ones left out).
+    #[test]
+    fn center_and_scale_are_optional() {
+        let x = Tensor::new(&[[1f32, 2.0], [3.0, 6.0], [5.0, 1.0]], &Device::Cpu).unwrap();
+        let mut bare = BatchNormalization::new().center(false).scale(false);
+        let y = bare.call(&x, true).unwrap().to_vec2::<f32>().unwrap();
+        let cols = [[1f32, 3.0, 5.0], [2.0, 6.0, 1.0]];
+        for (j, col) in cols.iter().enumerate() {
+            let mean = col.iter().sum::<f32>() / 3.0;
+            let var = col.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / 3.0;
+            for (i, v) in col.iter().enumerate() {
+                let want = (v - mean) / (var + 1e-3).sqrt();
+                assert!((y[i][j] - want).abs() < 1e-5, "{} vs {want}", y[i][j]);
+            }
+        }
+        let names: Vec<String> = bare
+            .variables()
+            .iter()
+            .map(|v| v.name().to_string())
+            .collect();
+        assert_eq!(names.len(), 2);
+        assert!(names[0].ends_with("moving_mean") && names[1].ends_with("moving_variance"));
+        let mut no_scale = BatchNormalization::new().scale(false);
+        no_scale.build(&[2]).unwrap();
+        let vars = no_scale.variables();
+        assert_eq!(vars.len(), 3);
+        assert!(vars[0].name().ends_with("beta"));
+        vars[0]
+            .assign(&Tensor::new(&[10f32, 20.0], &Device::Cpu).unwrap())
+            .unwrap();
+        let y2 = no_scale.call(&x, true).unwrap().to_vec2::<f32>().unwrap();
+        assert!((y2[0][0] - (y[0][0] + 10.0)).abs() < 1e-4);
+        assert!((y2[2][1] - (y[2][1] + 20.0)).abs() < 1e-4);
     }
 }

@@ -90,6 +90,11 @@ impl Variable {
         self.frozen
             .store(!trainable, std::sync::atomic::Ordering::Relaxed);
     }
+    /// Whether [`Variable::set_trainable`] froze it (a variable created non-trainable, such as a
+    /// moving statistic, is frozen only when its layer is).
+    pub fn is_frozen(&self) -> bool {
+        self.frozen.load(std::sync::atomic::Ordering::Relaxed)
+    }
     /// The tensor to compute with: operations on it are recorded for gradients.
     pub fn as_tensor(&self) -> &Tensor {
         self.var.as_tensor()
