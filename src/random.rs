@@ -134,6 +134,17 @@ pub fn uniform(shape: &[usize], low: f32, high: f32, device: &Device) -> Result<
 /// # Errors
 /// `keep` outside `(0, 1]`, or a failure to create the tensor on `device`.
 pub fn dropout_mask(shape: &[usize], keep: f32, device: &Device) -> Result<Tensor> {
+    let seed: u64 = rng().r#gen();
+    dropout_mask_from(shape, keep, seed, device)
+}
+
+/// [`dropout_mask`] from a given seed (a `Dropout` layer with a seed of its own).
+pub(crate) fn dropout_mask_from(
+    shape: &[usize],
+    keep: f32,
+    seed: u64,
+    device: &Device,
+) -> Result<Tensor> {
     use rand::rngs::SmallRng;
     use rayon::prelude::*;
     const BLOCK: usize = 1 << 14;
@@ -146,7 +157,6 @@ pub fn dropout_mask(shape: &[usize], keep: f32, device: &Device) -> Result<Tenso
     let scale = 1.0 / keep;
     // keep · 2³², computed in f64 (exact for an f32 `keep`); keep = 1 keeps every word.
     let threshold = (f64::from(keep) * 4_294_967_296.0) as u64;
-    let seed: u64 = rng().r#gen();
     let mut data: Vec<f32> = Vec::with_capacity(n);
     data.spare_capacity_mut()[..n]
         .par_chunks_mut(BLOCK)

@@ -327,9 +327,39 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
         }
         "Dropout" => {
             let rate = c.req_f32("rate")?;
-            Box::new(named(Dropout::new(rate)?, name, Dropout::named))
+            let mut d = Dropout::new(rate)?;
+            if let Some(v) = c.get("seed") {
+                d = d.seed(
+                    v.as_u64()
+                        .ok_or_else(|| c.invalid("seed", "a non-negative integer or null", v))?,
+                );
+            }
+            if let Some(v) = c.get("noise_shape") {
+                let shape = v
+                    .as_array()
+                    .and_then(|dims| {
+                        dims.iter()
+                            .map(|d| match d {
+                                Value::Null => Some(None),
+                                d => d.as_u64().and_then(|n| usize::try_from(n).ok()).map(Some),
+                            })
+                            .collect::<Option<Vec<Option<usize>>>>()
+                    })
+                    .ok_or_else(|| {
+                        c.invalid(
+                            "noise_shape",
+                            "a list of sizes or nulls, batch axis included",
+                            v,
+                        )
+                    })?;
+                d = d.noise_shape(&shape);
+            }
+            Box::new(named(d, name, Dropout::named))
         }
-        "Flatten" => Box::new(named(Flatten::new(), name, Flatten::named)),
+        "Flatten" => {
+            let f = c.data_format("data_format")?;
+            Box::new(named(Flatten::new().data_format(f), name, Flatten::named))
+        }
         "Reshape" => {
             let target = c.req_i64_list("target_shape")?;
             Box::new(named(Reshape::new(&target), name, Reshape::named))
@@ -864,7 +894,6 @@ impl<'a> ConfigReader<'a> {
                 "gamma_constraint",
                 "renorm_clipping",
             ],
-            "Dropout" => &["noise_shape"],
             "ReLU" => &["max_value"],
             _ => &[],
         };
@@ -899,17 +928,6 @@ impl<'a> ConfigReader<'a> {
                     }
                 }
             }
-            "Dropout" => {
-                if let Some(v) = self.get("seed") {
-                    if !v.is_u64() && !v.is_i64() {
-                        return Err(self.invalid("seed", "an integer or null", v));
-                    }
-                    warn_once(format!(
-                        "layer `{layer}`: Dropout's `seed` is not supported; it draws from the global generator (`ferrokeras::random::set_random_seed`)"
-                    ));
-                }
-            }
-            "Flatten" => self.fixed("data_format", json!("channels_last"))?,
             "GlobalMaxPooling2D" | "GlobalAveragePooling2D" => {
                 self.fixed("keepdims", json!(false))?;
             }

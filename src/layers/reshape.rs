@@ -2,10 +2,12 @@
 
 use candle_core::Tensor;
 
-use super::{Layer, unique_name};
+use super::{DataFormat, Layer, unique_name};
 use crate::{Error, Result};
 
-/// Flattens every axis but the batch axis.
+/// Flattens every axis but the batch axis. With channels-first inputs
+/// (`data_format(DataFormat::ChannelsFirst)`) the channels axis is moved last first, so that the
+/// features come in the order a channels-last model gives them (Keras's `data_format`).
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -15,6 +17,7 @@ use crate::{Error, Result};
 /// ```
 pub struct Flatten {
     name: String,
+    data_format: DataFormat,
 }
 
 impl Flatten {
@@ -22,7 +25,22 @@ impl Flatten {
     pub fn new() -> Self {
         Self {
             name: unique_name("flatten"),
+            data_format: DataFormat::ChannelsLast,
         }
+    }
+    /// The layout of the inputs (default channels last).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::layers::{DataFormat, Flatten, Layer};
+    /// // One sample, 2 channels of 1x2 pixels: [[a, b]], [[c, d]] flattens to a, c, b, d.
+    /// let x = Tensor::new(&[[[[1f32, 2.0]], [[3.0, 4.0]]]], &Device::Cpu).unwrap();
+    /// let mut f = Flatten::new().data_format(DataFormat::ChannelsFirst);
+    /// assert_eq!(f.call(&x, false).unwrap().to_vec2::<f32>().unwrap(), vec![vec![1.0, 3.0, 2.0, 4.0]]);
+    /// ```
+    pub fn data_format(mut self, f: DataFormat) -> Self {
+        self.data_format = f;
+        self
     }
     /// Overrides the generated name.
     pub fn named(mut self, name: impl Into<String>) -> Self {
@@ -52,6 +70,11 @@ impl Layer for Flatten {
         }
         let n = x.dims()[0];
         let rest: usize = x.dims()[1..].iter().product();
+        if self.data_format == DataFormat::ChannelsFirst && x.rank() > 2 {
+            let mut axes: Vec<usize> = (0..x.rank()).collect();
+            axes[1..].rotate_left(1);
+            return Ok(x.permute(axes)?.contiguous()?.reshape((n, rest))?);
+        }
         Ok(x.reshape((n, rest))?)
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
@@ -66,7 +89,10 @@ impl Layer for Flatten {
         Ok(vec![n])
     }
     fn config(&self) -> Option<serde_json::Value> {
-        Some(serde_json::json!({"name": self.name}))
+        Some(serde_json::json!({
+            "name": self.name,
+            "data_format": super::config::data_format_json(self.data_format),
+        }))
     }
 }
 

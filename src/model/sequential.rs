@@ -87,6 +87,35 @@ impl Sequential {
         self.try_build_pending();
     }
 
+    /// Removes the last layer and returns it (Keras's `model.pop()`); the model's output is then
+    /// the previous layer's.
+    ///
+    /// ```
+    /// use ferrokeras::prelude::*;
+    /// let mut model = Sequential::new().input(&[4]).add(Dense::new(8)).add(Dense::new(2));
+    /// let last = model.pop().unwrap();
+    /// assert_eq!(last.class_name(), "Dense");
+    /// assert_eq!(model.layers().len(), 1);
+    /// model.pop().unwrap();
+    /// assert!(model.pop().err().unwrap().to_string().contains("no layers"));
+    /// ```
+    ///
+    /// # Errors
+    /// A model without layers.
+    pub fn pop(&mut self) -> Result<Box<dyn Layer>> {
+        let layer = self.layers.pop().ok_or_else(|| {
+            Error::value(format!(
+                "There are no layers in the model \"{}\": nothing to pop.",
+                self.name
+            ))
+        })?;
+        self.shapes.truncate(self.layers.len());
+        // A layer that failed to build is gone: build what is left again.
+        self.error = None;
+        self.try_build_pending();
+        Ok(layer)
+    }
+
     /// The layers.
     pub fn layers(&self) -> &[Box<dyn Layer>] {
         &self.layers
