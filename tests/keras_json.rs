@@ -91,13 +91,13 @@ fn trainable_flags(model: &LoadedModel) -> Vec<(String, bool)> {
     }
 }
 
-/// Keras's JSON of five models reads here; with Keras's weights the predictions are Keras's, and
+/// Keras's JSON of six models (channels-first layers among them) reads here; with Keras's weights the predictions are Keras's, and
 /// a layer Keras froze is frozen.
 #[test]
 fn keras_model_json_reads_with_keras_predictions() {
     let fx = read("keras_json.json");
     let models = fx["models"].as_object().unwrap();
-    assert_eq!(models.len(), 5);
+    assert_eq!(models.len(), 6);
     for (name, case) in models {
         let mut model = load(case);
         let ys = outputs(&mut model, &tensor(&case["x"]));

@@ -489,13 +489,6 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
         }
         "BatchNormalization" => {
             let axis = c.isize_or("axis", -1)?;
-            if axis != -1 {
-                return Err(c.invalid(
-                    "axis",
-                    "-1 (only the last axis is supported)",
-                    &json!(axis),
-                ));
-            }
             let momentum = c.f64_or("momentum", 0.99)?;
             let epsilon = c.f64_or("epsilon", 1e-3)?;
             let center = c.bool_or("center", true)?;
@@ -505,7 +498,8 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                     .momentum(momentum)
                     .epsilon(epsilon)
                     .center(center)
-                    .scale(scale),
+                    .scale(scale)
+                    .axis(axis),
                 name,
                 BatchNormalization::named,
             ))

@@ -27,6 +27,8 @@ pub struct BatchNormalization {
     epsilon: f64,
     center: bool,
     scale: bool,
+    /// The features axis (Keras's `axis`, -1 by default; 1 for channels-first images).
+    axis: isize,
     gamma: Option<Variable>,
     beta: Option<Variable>,
     moving_mean: Option<Variable>,
@@ -49,6 +51,7 @@ impl BatchNormalization {
             epsilon: 1e-3,
             center: true,
             scale: true,
+            axis: -1,
             gamma: None,
             beta: None,
             moving_mean: None,
@@ -65,6 +68,40 @@ impl BatchNormalization {
     pub fn epsilon(mut self, e: f64) -> Self {
         self.epsilon = e;
         self
+    }
+    /// The features axis, counted with the batch axis (Keras's `axis`: -1 by default, 1 after a
+    /// channels-first convolution); statistics are taken over every other axis.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::layers::{BatchNormalization, Layer};
+    /// let mut bn = BatchNormalization::new().axis(1);
+    /// let x = ferrokeras::random::uniform(&[4, 3, 5, 5], 0.0, 1.0, &Device::Cpu).unwrap();
+    /// let y = bn.call(&x, true).unwrap();
+    /// assert_eq!(bn.variables()[0].value().dims(), &[3]); // one gamma per channel
+    /// let channel_mean = y.mean_keepdim(0).unwrap().mean_keepdim(2).unwrap().mean_keepdim(3).unwrap();
+    /// assert!(channel_mean.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-5);
+    /// ```
+    pub fn axis(mut self, axis: isize) -> Self {
+        self.axis = axis;
+        self
+    }
+    /// The features axis of an input of `rank` (batch included), if valid.
+    fn resolve_axis(&self, rank: usize) -> Result<usize> {
+        let a = if self.axis < 0 {
+            rank as isize + self.axis
+        } else {
+            self.axis
+        };
+        if a <= 0 || a >= rank as isize {
+            return Err(Error::value(format!(
+                "layer \"{}\": `axis` {} is not a features axis of inputs of rank {rank} (batch included); expected 1..{} or a negative index",
+                self.name,
+                self.axis,
+                rank.saturating_sub(1)
+            )));
+        }
+        Ok(a as usize)
     }
     /// Whether to add the learned offset `beta` (default true; Keras's `center`).
     ///
@@ -106,12 +143,13 @@ impl Layer for BatchNormalization {
         if self.moving_mean.is_some() {
             return Ok(());
         }
-        let c = *input_shape.last().ok_or_else(|| {
-            Error::value(format!(
+        if input_shape.is_empty() {
+            return Err(Error::value(format!(
                 "layer \"{}\" needs inputs with a feature axis",
                 self.name
-            ))
-        })?;
+            )));
+        }
+        let c = input_shape[self.resolve_axis(input_shape.len() + 1)? - 1];
         let ones = Tensor::ones(c, DType::F32, &self.device)?;
         let zeros = Tensor::zeros(c, DType::F32, &self.device)?;
         if self.scale {
@@ -141,6 +179,43 @@ impl Layer for BatchNormalization {
             )));
         }
         self.build(&x.dims()[1..])?;
+        let axis = self.resolve_axis(x.rank())?;
+        if axis + 1 != x.rank() {
+            // The features axis moved last, normalized, and moved back.
+            let mut to_last: Vec<usize> = (0..x.rank()).collect();
+            to_last[axis..].rotate_left(1);
+            let mut back: Vec<usize> = (0..x.rank()).collect();
+            back[axis..].rotate_right(1);
+            let last = self.normalize(&x.permute(to_last)?.contiguous()?, training)?;
+            return Ok(last.permute(back)?.contiguous()?);
+        }
+        self.normalize(x, training)
+    }
+    fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        Ok(input_shape.to_vec())
+    }
+    fn variables(&self) -> Vec<Variable> {
+        [&self.gamma, &self.beta, &self.moving_mean, &self.moving_var]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+    fn config(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "name": self.name,
+            "axis": self.axis,
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+        }))
+    }
+}
+
+impl BatchNormalization {
+    /// Normalizes `x` over every axis but the last.
+    fn normalize(&mut self, x: &Tensor, training: bool) -> Result<Tensor> {
         let (Some(mm), Some(mv)) = (&self.moving_mean, &self.moving_var) else {
             return Err(Error::state("BatchNormalization not built"));
         };
@@ -182,26 +257,6 @@ impl Layer for BatchNormalization {
             y = y.broadcast_add(&beta.as_tensor().unsqueeze(0)?)?;
         }
         Ok(y.reshape(x.dims())?)
-    }
-    fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
-        Ok(input_shape.to_vec())
-    }
-    fn variables(&self) -> Vec<Variable> {
-        [&self.gamma, &self.beta, &self.moving_mean, &self.moving_var]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect()
-    }
-    fn config(&self) -> Option<serde_json::Value> {
-        Some(serde_json::json!({
-            "name": self.name,
-            "axis": -1,
-            "momentum": self.momentum,
-            "epsilon": self.epsilon,
-            "center": self.center,
-            "scale": self.scale,
-        }))
     }
 }
 
