@@ -64,6 +64,11 @@ impl StepContext {
         })
     }
 
+    /// The compiled optimizer, if any, to read.
+    pub fn optimizer_ref(&self) -> Option<&(dyn Optimizer + 'static)> {
+        self.optimizer.as_deref()
+    }
+
     /// Whether an optimizer was compiled.
     pub fn has_optimizer(&self) -> bool {
         self.optimizer.is_some()

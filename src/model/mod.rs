@@ -14,6 +14,7 @@ pub(crate) use functional::model_json;
 pub use functional::{Functional, Input, KerasTensor, LayerExt, SharedLayer};
 pub use sequential::Sequential;
 pub use summary::format_summary;
+pub(crate) use summary::format_summary_with_optimizer;
 
 use candle_core::Tensor;
 

@@ -88,6 +88,18 @@ pub fn format_summary(
     trainable: &[Variable],
     non_trainable: &[Variable],
 ) -> String {
+    format_summary_with_optimizer(name, rows, trainable, non_trainable, None)
+}
+
+/// [`format_summary`] of a compiled model whose optimizer holds `optimizer` values: Keras counts
+/// them in the total and prints them on a line of their own.
+pub(crate) fn format_summary_with_optimizer(
+    name: &str,
+    rows: &[LayerSummary],
+    trainable: &[Variable],
+    non_trainable: &[Variable],
+    optimizer: Option<usize>,
+) -> String {
     let connected = rows.iter().any(|r| !r.connected_to.is_empty());
     // Keras's columns (line length 88, or 108 with connections) as rich fits them to 80
     // columns; each width includes a space of padding on both sides.
@@ -152,10 +164,11 @@ pub fn format_summary(
     s += &bar('└', '─', '┴', '┘');
     let count = |vs: &[Variable]| vs.iter().map(Variable::elem_count).sum::<usize>();
     let (t, n) = (count(trainable), count(non_trainable));
+    let total = t + n + optimizer.unwrap_or(0);
     s += &format!(
         " Total params: {} ({})\n",
-        thousands(t + n),
-        human_bytes((t + n) * 4)
+        thousands(total),
+        human_bytes(total * 4)
     );
     s += &format!(
         " Trainable params: {} ({})\n",
@@ -167,6 +180,13 @@ pub fn format_summary(
         thousands(n),
         human_bytes(n * 4)
     );
+    if let Some(o) = optimizer {
+        s += &format!(
+            " Optimizer params: {} ({})\n",
+            thousands(o),
+            human_bytes(o * 4)
+        );
+    }
     s
 }
 

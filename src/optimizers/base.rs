@@ -150,6 +150,24 @@ impl Base {
         }
     }
 
+    /// Keras's count of the optimizer's variables' values, once an update ran (see
+    /// `Optimizer::variable_count`).
+    pub(super) fn variable_count(&self) -> Option<usize> {
+        if self.iterations == 0 {
+            return None;
+        }
+        let rate = usize::from(matches!(self.lr, super::LearningRate::Constant(_)));
+        let slots: usize = self
+            .slots
+            .values()
+            .flatten()
+            .chain(self.accumulators.values())
+            .chain(self.emas.values())
+            .map(Tensor::elem_count)
+            .sum();
+        Some(1 + rate + slots)
+    }
+
     pub(super) fn state(&self) -> Result<Vec<(String, Tensor)>> {
         let dev = candle_core::Device::Cpu;
         let mut out = vec![(

@@ -138,6 +138,11 @@ impl Optimizer for LossScaleOptimizer {
     fn iterations(&self) -> u64 {
         self.inner.iterations()
     }
+    fn variable_count(&self) -> Option<usize> {
+        // Keras's LossScaleOptimizer adds its own iteration count, learning rate, step counter
+        // and scale to the inner optimizer's.
+        self.inner.variable_count().map(|n| n + 4)
+    }
     fn state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut s = self.inner.state()?;
         let dev = candle_core::Device::Cpu;

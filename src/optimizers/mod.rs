@@ -126,6 +126,25 @@ pub trait Optimizer: Send {
     /// Number of updates applied so far (Keras's `optimizer.iterations`). With
     /// `gradient_accumulation_steps(n)` this is the number of `apply` calls divided by `n`.
     fn iterations(&self) -> u64;
+    /// How many values the optimizer's variables hold once it has applied an update, as Keras
+    /// counts `optimizer.variables` for the summary's "Optimizer params" line: the iteration
+    /// count, the learning rate (unless a schedule), and every slot, accumulator and average.
+    /// `None` before the first update, or for an optimizer that does not say (the default).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::Variable;
+    /// use ferrokeras::optimizers::{Adam, Optimizer};
+    /// let w = Variable::new("w", &Tensor::zeros((4, 3), candle_core::DType::F32, &Device::Cpu)?, true)?;
+    /// let mut adam = Adam::new(1e-3);
+    /// assert_eq!(adam.variable_count(), None);
+    /// adam.apply(&[Tensor::ones((4, 3), candle_core::DType::F32, &Device::Cpu)?], &[w])?;
+    /// assert_eq!(adam.variable_count(), Some(2 + 2 * 12)); // iterations, rate, m and v
+    /// # Ok::<(), ferrokeras::Error>(())
+    /// ```
+    fn variable_count(&self) -> Option<usize> {
+        None
+    }
     /// The optimizer's state for checkpoints, sorted by name: `("iterations", scalar)` (the raw
     /// number of `apply` calls, Keras's `optimizer._iterations`) and one
     /// `("{variable name}/{slot name}", tensor)` per slot (e.g. `"dense/kernel/m"`), including
@@ -198,6 +217,9 @@ macro_rules! optimizer_common {
         }
         fn iterations(&self) -> u64 {
             self.base.updates()
+        }
+        fn variable_count(&self) -> Option<usize> {
+            self.base.variable_count()
         }
         fn state(&self) -> Result<Vec<(String, Tensor)>> {
             self.base.state()

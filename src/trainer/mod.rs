@@ -143,6 +143,34 @@ impl<M: Model> Trainer<M> {
         &mut self.model
     }
 
+    /// The model's summary as Keras prints it for a compiled model: the table, and, once the
+    /// optimizer has applied an update, its variables in the total and on an "Optimizer params"
+    /// line.
+    ///
+    /// ```
+    /// use ferrokeras::prelude::*;
+    /// # fn main() -> ferrokeras::Result<()> {
+    /// let mut model = Sequential::new().input(&[4]).add(Dense::new(3))
+    ///     .compile(Compile::new().optimizer("adam").loss("mse"))?;
+    /// assert!(!model.summary().contains("Optimizer params"));
+    /// let (x, y) = (candle_core::Tensor::zeros((2, 4), candle_core::DType::F32, &candle_core::Device::Cpu)?,
+    ///     candle_core::Tensor::zeros((2, 3), candle_core::DType::F32, &candle_core::Device::Cpu)?);
+    /// model.fit((x, y), FitOptions::new().verbose(0))?;
+    /// // Keras 3.15.1 prints these for the same model after `fit`.
+    /// assert!(model.summary().contains(" Total params: 47 (188.00 B)\n"));
+    /// assert!(model.summary().contains(" Optimizer params: 32 (128.00 B)\n"));
+    /// # Ok(()) }
+    /// ```
+    pub fn summary(&self) -> String {
+        crate::model::format_summary_with_optimizer(
+            self.model.name(),
+            &self.model.summary_rows(),
+            &self.model.trainable_variables(),
+            &self.model.non_trainable_variables(),
+            self.ctx.optimizer_ref().and_then(|o| o.variable_count()),
+        )
+    }
+
     /// The compiled state.
     pub fn context(&mut self) -> &mut StepContext {
         &mut self.ctx
