@@ -749,3 +749,63 @@ fn loaded_model_matches_on_kind() {
         Some("LoadedModel::Sequential")
     );
 }
+
+/// A model file of format 1 named a branched functional model's weights by the order its layers
+/// first run; format 2 names them in Keras's order. A format-1 file still loads each weight into
+/// its own layer, even where two layers have weights of one shape.
+#[test]
+fn format_one_files_keep_their_weight_names() {
+    let _g = serial();
+    let x = Input::named(&[4], "x");
+    let (a, b, c) = (Dense::new(2), Dense::new(2), Dense::new(2));
+    let (na, nb) = (Layer::name(&a).to_string(), Layer::name(&b).to_string());
+    let short = a.apply(&x).unwrap();
+    let deep = c.apply(&b.apply(&x).unwrap()).unwrap();
+    let y = Concatenate::new().apply_many(&[short, deep]).unwrap();
+    let mut model = Functional::new(&[x], &[y]).unwrap();
+    // Keras's order puts the deeper branch's first layer first.
+    let order: Vec<String> = model
+        .layers()
+        .iter()
+        .map(|l| l.lock().name().to_string())
+        .collect();
+    assert_eq!(order[..2], [nb.clone(), na.clone()]);
+    let path = tmp("format-one.safetensors");
+    save_model(&model, &path).unwrap();
+
+    // The same model as format 1 wrote it: layers listed as they first run (a, b, c), and the
+    // weights named by that order, so `dense` is a's and `dense_1` b's.
+    let mut file = ferrokeras::io::read_tensors(&path).unwrap();
+    file.metadata.insert("format_version".into(), "1".into());
+    let mut config: Value = serde_json::from_str(&file.metadata["model_config"]).unwrap();
+    let layers = config["config"]["layers"].as_array_mut().unwrap();
+    let pos = |layers: &Vec<Value>, n: &str| layers.iter().position(|e| e["name"] == n).unwrap();
+    let (ia, ib) = (pos(layers, &na), pos(layers, &nb));
+    layers.swap(ia, ib);
+    file.metadata
+        .insert("model_config".into(), config.to_string());
+    let swapped: std::collections::BTreeMap<String, Tensor> = file
+        .tensors
+        .iter()
+        .map(|(k, t)| {
+            let k = if let Some(rest) = k.strip_prefix("dense/") {
+                format!("dense_1/{rest}")
+            } else if let Some(rest) = k.strip_prefix("dense_1/") {
+                format!("dense/{rest}")
+            } else {
+                k.clone()
+            };
+            (k, t.clone())
+        })
+        .collect();
+    file.tensors = swapped;
+    let old = tmp("format-one-edited.safetensors");
+    ferrokeras::io::write_tensors(&old, &file).unwrap();
+
+    let mut loaded = load_model(&old).unwrap();
+    let input = Data::from(uniform(&[3, 4]));
+    assert_eq!(
+        values(&loaded.call(&input, false).unwrap()),
+        values(&model.call(&input, false).unwrap())
+    );
+}

@@ -325,7 +325,31 @@ pub fn load_model(path: impl AsRef<Path>) -> Result<LoadedModel> {
             path.display()
         ))
     })?;
-    assign_exact(&model, &file.tensors, path)?;
+    let vars = match (
+        &model,
+        file.metadata.get("format_version").map(String::as_str),
+    ) {
+        // Format 1 listed a functional model's layers in the order they first run, and named
+        // the weights by that order; format 2 lists them in Keras's order.
+        (LoadedModel::Functional(m), Some("1")) => {
+            let listed: Vec<&str> = value["config"]["layers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["class_name"] != "InputLayer")
+                .filter_map(|e| e["config"]["name"].as_str().or(e["name"].as_str()))
+                .collect();
+            let layers = m.layers();
+            crate::model::structural_names(listed.iter().filter_map(|name| {
+                layers.iter().find_map(|l| {
+                    let l = l.lock();
+                    (l.name() == *name).then(|| (l.name().to_string(), l.variables()))
+                })
+            }))
+        }
+        _ => model.named_variables(),
+    };
+    assign_exact(vars, &file.tensors, path)?;
     Ok(model)
 }
 
@@ -375,8 +399,11 @@ fn architecture_of<'a>(file: &'a TensorFile, path: &Path) -> Result<&'a str> {
 
 /// Assigns every tensor to the variable of the same structural name, after checking that the
 /// names are exactly the model's and every shape matches (nothing is assigned otherwise).
-fn assign_exact(model: &dyn Model, tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
-    let vars = model.named_variables();
+fn assign_exact(
+    vars: Vec<(String, Variable)>,
+    tensors: &BTreeMap<String, Tensor>,
+    path: &Path,
+) -> Result<()> {
     let mismatch = |why: String| {
         Error::value(format!(
             "the weights in `{}` do not match its architecture: {why}",
