@@ -91,24 +91,28 @@ fn trainable_flags(model: &LoadedModel) -> Vec<(String, bool)> {
     }
 }
 
-/// Keras's JSON of six models (channels-first layers among them) reads here; with Keras's weights the predictions are Keras's, and
+/// Keras's JSON of seven models (channels-first layers and bfloat16 policies among them) reads
+/// here; with Keras's weights the predictions are Keras's, and
 /// a layer Keras froze is frozen.
 #[test]
 fn keras_model_json_reads_with_keras_predictions() {
     let fx = read("keras_json.json");
     let models = fx["models"].as_object().unwrap();
-    assert_eq!(models.len(), 6);
+    assert_eq!(models.len(), 7);
     for (name, case) in models {
         let mut model = load(case);
         let ys = outputs(&mut model, &tensor(&case["x"]));
         let want = case["y"].as_array().unwrap();
         assert_eq!(ys.len(), want.len(), "{name}: outputs");
+        // bfloat16 layers round differently from JAX's: a looser tolerance there.
+        let tol = if name == "mixed" { 2e-2 } else { 1e-4 };
         for (got, want) in ys.iter().zip(want) {
             let want = tensor(want);
             assert_eq!(got.dims(), want.dims(), "{name}: shape");
+            assert_eq!(got.dtype(), candle_core::DType::F32, "{name}: output dtype");
             for (g, w) in flat(got).iter().zip(flat(&want)) {
                 assert!(
-                    (g - w).abs() <= 1e-5 + 1e-4 * w.abs(),
+                    (g - w).abs() <= tol / 10.0 + tol * w.abs(),
                     "{name}: {g} vs Keras {w}"
                 );
             }
@@ -184,7 +188,11 @@ fn ferrokeras_model_json_is_what_keras_read() {
             .zip(want.as_array().unwrap())
         {
             for (g, w) in flat(&tensor(got)).iter().zip(flat(&tensor(want))) {
-                assert!((g - w).abs() <= 1e-5 + 1e-5 * w.abs(), "{name}: {g} vs {w}");
+                let tol = if name == "mixed" { 2e-2 } else { 1e-5 };
+                assert!(
+                    (g - w).abs() <= tol / 10.0 + tol * w.abs(),
+                    "{name}: {g} vs {w}"
+                );
             }
         }
     }

@@ -244,7 +244,8 @@ pub fn model_from_json(json_text: &str) -> Result<LoadedModel> {
 /// Each layer entry is `{"module": "keras.layers", "class_name", "config", "registered_name":
 /// null}`; the config is what [`Layer::config`](crate::layers::Layer::config) returns, the
 /// constructor arguments under Keras's names (regularizers as `{"class_name": "L2", "config":
-/// {"l2": 0.01}}`), plus `trainable` and `dtype`, a `DTypePolicy` object. Reading also takes what
+/// {"l2": 0.01}}`), plus `trainable` and, for a layer with a policy of its own (`Dense`, the
+/// convolutions, an `Activation` given one), `dtype`, a `DTypePolicy` object. Reading also takes what
 /// Keras writes that ferrokeras has no setting for: initializers (Keras's defaults silently,
 /// others with a warning, as the layer starts from the defaults), and constraints, `groups`,
 /// `center`/`scale`, ... at their default values only (another value is an error). A layer whose

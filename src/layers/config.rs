@@ -152,8 +152,8 @@ pub fn from_config(class_name: &str, config: &Value) -> Result<Box<dyn Layer>> {
 
 /// A layer's `{"module": "keras.layers", "class_name": ..., "config": {...}, "registered_name":
 /// null}`, as Keras 3's `keras.layers.serialize` writes it: the config ([`Layer::config`]) with
-/// Keras's `trainable` (false once every variable is frozen) and `dtype` (the layer's policy,
-/// or the global one) added. A registered class of your own gets its class name as
+/// Keras's `trainable` (false once every variable is frozen) and, for a layer with a policy of
+/// its own ([`Layer::dtype_policy_name`]), `dtype` added. A registered class of your own gets its class name as
 /// `registered_name` and no module.
 ///
 /// ```
@@ -163,7 +163,9 @@ pub fn from_config(class_name: &str, config: &Value) -> Result<Box<dyn Layer>> {
 /// assert_eq!(v["class_name"], "Dropout");
 /// assert_eq!(v["config"]["rate"], 0.25);
 /// assert_eq!(v["config"]["trainable"], true);
-/// assert_eq!(v["config"]["dtype"]["config"]["name"], "float32");
+/// assert!(v["config"].get("dtype").is_none()); // Dropout computes in its input's dtype
+/// let d = serialize(&ferrokeras::layers::Dense::new(2)).unwrap();
+/// assert_eq!(d["config"]["dtype"]["config"]["name"], "float32");
 /// assert_eq!(serialize(deserialize(&v).unwrap().as_ref()).unwrap(), v);
 /// ```
 ///
@@ -174,10 +176,11 @@ pub fn serialize(layer: &dyn Layer) -> Result<Value> {
         Some(mut config) => {
             if let Some(map) = config.as_object_mut() {
                 map.insert("trainable".into(), json!(layer_trainable(layer)));
-                let policy = layer
-                    .dtype_policy_name()
-                    .unwrap_or_else(|| crate::mixed_precision::global_policy().name().to_string());
-                map.insert("dtype".into(), dtype_policy_json(&policy));
+                // Only a policy of its own: a layer without one computes in its input's dtype,
+                // and Keras gives it the global policy.
+                if let Some(policy) = layer.dtype_policy_name() {
+                    map.insert("dtype".into(), dtype_policy_json(&policy));
+                }
             }
             let class = layer.class_name();
             Ok(if BUILTIN_LAYERS.contains(&class) {
@@ -286,8 +289,9 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
     // Keys every Keras 3 layer config carries: `trainable` (applied by the model loaders once
     // the layer is built) and `dtype` (a policy of its own where the layer has one).
     c.bool_or("trainable", true)?;
-    let own_policy = c
-        .dtype_policy("dtype")?
+    let policy = c.dtype_policy("dtype")?;
+    let own_policy = policy
+        .clone()
         .filter(|p| *p != crate::mixed_precision::global_policy().name());
     c.keras_options(class, name.as_deref().unwrap_or(class))?;
     let layer: Box<dyn Layer> = match class {
@@ -315,7 +319,9 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
         "Activation" => {
             let a = c.activation("activation")?;
             let mut l = ActivationLayer::from_activation(a);
-            if let Some(p) = &own_policy {
+            // Kept even when it is the global policy: a float32 activation after bfloat16
+            // layers casts up (Keras's advice for a model's last activation).
+            if let Some(p) = &policy {
                 l = l.dtype(p)?;
             }
             Box::new(named(l, name, ActivationLayer::named))
