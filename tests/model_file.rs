@@ -809,3 +809,50 @@ fn format_one_files_keep_their_weight_names() {
         values(&model.call(&input, false).unwrap())
     );
 }
+
+/// Weights files written before layer lists followed Keras's order (no `weight_names`
+/// metadata) named a branched functional model's weights by the order its layers first run;
+/// `load_weights` reads them under those names, and files written now under Keras's.
+#[test]
+fn weights_files_without_weight_names_use_the_run_order() {
+    let _g = serial();
+    let build = || {
+        let x = Input::named(&[4], "x");
+        let (a, b, c) = (Dense::new(2), Dense::new(2), Dense::new(2));
+        let short = a.apply(&x).unwrap();
+        let deep = c.apply(&b.apply(&x).unwrap()).unwrap();
+        let y = Concatenate::new().apply_many(&[short, deep]).unwrap();
+        Functional::new(&[x], &[y]).unwrap()
+    };
+    let mut model = build();
+    let input = Data::from(uniform(&[3, 4]));
+    let want = values(&model.call(&input, false).unwrap());
+    let path = tmp("order.weights.safetensors");
+    ferrokeras::io::save_weights(&model, &path).unwrap();
+    let mut copy = build();
+    ferrokeras::io::load_weights(&mut copy, &path).unwrap();
+    assert_eq!(values(&copy.call(&input, false).unwrap()), want);
+
+    // As an older version wrote it: no metadata, `dense` the first layer to run (a), `dense_1`
+    // the next (b).
+    let mut file = ferrokeras::io::read_tensors(&path).unwrap();
+    assert_eq!(file.metadata["weight_names"], "keras_order");
+    file.metadata.remove("weight_names");
+    file.tensors = file
+        .tensors
+        .into_iter()
+        .map(|(k, t)| {
+            let k = match k.split_once('/') {
+                Some(("dense", rest)) => format!("dense_1/{rest}"),
+                Some(("dense_1", rest)) => format!("dense/{rest}"),
+                _ => k,
+            };
+            (k, t)
+        })
+        .collect();
+    let old = tmp("order-old.weights.safetensors");
+    ferrokeras::io::write_tensors(&old, &file).unwrap();
+    let mut copy = build();
+    ferrokeras::io::load_weights(&mut copy, &old).unwrap();
+    assert_eq!(values(&copy.call(&input, false).unwrap()), want);
+}

@@ -201,6 +201,22 @@ pub fn load_optimizer_state(
     opt.load_state(&state, &vars)
 }
 
+/// The metadata key that says how a file names its weights; files without it come from before
+/// layer lists followed Keras's order ([`Model::legacy_named_variables`]).
+pub(crate) const WEIGHT_NAMES_KEY: &str = "weight_names";
+/// Its value: structural names in Keras's layer order.
+pub(crate) const WEIGHT_NAMES: &str = "keras_order";
+
+/// The model's variables under the names `file` gives them.
+fn names_for(model: &dyn Model, file: &TensorFile) -> Vec<(String, crate::Variable)> {
+    match file.metadata.get(WEIGHT_NAMES_KEY) {
+        Some(_) => model.named_variables(),
+        None => model
+            .legacy_named_variables()
+            .unwrap_or_else(|| model.named_variables()),
+    }
+}
+
 /// Saves every variable of `model` to a safetensors file (`"dense_1/kernel"` → tensor).
 ///
 /// ```
@@ -221,6 +237,8 @@ pub fn save_weights(model: &dyn Model, path: impl AsRef<Path>) -> Result<()> {
     }
     file.metadata
         .insert("format".into(), "ferrokeras.weights".into());
+    file.metadata
+        .insert(WEIGHT_NAMES_KEY.into(), WEIGHT_NAMES.into());
     write_tensors(path.as_ref(), &file)
 }
 
@@ -233,7 +251,7 @@ pub fn save_weights(model: &dyn Model, path: impl AsRef<Path>) -> Result<()> {
 pub fn load_weights(model: &mut dyn Model, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
     let file = read_tensors(path)?;
-    let vars = model.named_variables();
+    let vars = names_for(model, &file);
     if let Some(extra) = file.tensors.keys().find(|k| {
         !k.starts_with("optimizer/")
             && !k.starts_with("model_state/")
@@ -273,6 +291,8 @@ pub fn checkpoint_file(model: &dyn Model, compiled: &StepContext) -> Result<Tens
     }
     file.metadata
         .insert("format".into(), "ferrokeras.checkpoint".into());
+    file.metadata
+        .insert(WEIGHT_NAMES_KEY.into(), WEIGHT_NAMES.into());
     Ok(file)
 }
 
@@ -286,7 +306,7 @@ pub fn restore_checkpoint_file(
     file: &TensorFile,
     path: &Path,
 ) -> Result<()> {
-    let named = model.named_variables();
+    let named = names_for(model, file);
     assign_by_name(&named, &file.tensors, path)?;
     let strip = |prefix: &str| -> Vec<(String, Tensor)> {
         file.tensors

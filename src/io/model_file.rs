@@ -180,6 +180,9 @@ impl Model for LoadedModel {
     fn named_variables(&self) -> Vec<(String, Variable)> {
         self.inner().named_variables()
     }
+    fn legacy_named_variables(&self) -> Option<Vec<(String, Variable)>> {
+        self.inner().legacy_named_variables()
+    }
 }
 
 /// Rebuilds a model from its JSON architecture (Keras's `keras.models.model_from_json`), with
@@ -288,6 +291,10 @@ pub fn save_model(model: &dyn SavableModel, path: impl AsRef<Path>) -> Result<()
     file.metadata.insert("format".into(), MODEL_FORMAT.into());
     file.metadata
         .insert("format_version".into(), MODEL_FORMAT_VERSION.to_string());
+    file.metadata.insert(
+        super::checkpoint::WEIGHT_NAMES_KEY.into(),
+        super::checkpoint::WEIGHT_NAMES.into(),
+    );
     file.metadata
         .insert(MODEL_CONFIG_KEY.into(), config.to_string());
     write_tensors(path, &file)

@@ -525,6 +525,28 @@ impl Model for Functional {
             (l.name().to_string(), l.variables())
         }))
     }
+    fn legacy_named_variables(&self) -> Option<Vec<(String, Variable)>> {
+        // The layers in the order they first run.
+        let mut run: Vec<SharedLayer> = Vec::new();
+        for t in self.order.iter() {
+            if let Node::Layer { layer, .. } = &*t.node
+                && !run.iter().any(|l| l.ptr() == layer.ptr())
+            {
+                run.push(layer.clone());
+            }
+        }
+        let legacy = super::structural_names(run.iter().map(|l| {
+            let l = l.lock();
+            (l.name().to_string(), l.variables())
+        }));
+        let same = |a: &[(String, Variable)], b: &[(String, Variable)]| {
+            a.iter().all(|(name, v)| {
+                b.iter()
+                    .any(|(n, w)| n == name && w.as_tensor().id() == v.as_tensor().id())
+            })
+        };
+        (!same(&legacy, &self.named_variables())).then_some(legacy)
+    }
     fn call(&mut self, x: &Data, training: bool) -> Result<Data> {
         let xs: Vec<Tensor> = match x {
             Data::Tensor(t) => vec![t.clone()],

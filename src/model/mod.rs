@@ -225,6 +225,15 @@ pub trait Model: Send {
             .collect()
     }
 
+    /// The structural names that weights and checkpoint files written before layer lists
+    /// followed Keras's order gave the variables, where they differ from
+    /// [`Model::named_variables`] (a branched functional model, whose layers were then listed in
+    /// the order they first run); `None` (the default) when they are the same. Loading such a
+    /// file (it lacks the `weight_names` metadata) uses them, so each weight reaches its layer.
+    fn legacy_named_variables(&self) -> Option<Vec<(String, Variable)>> {
+        None
+    }
+
     /// State besides the variables that a checkpoint must keep (e.g. the optimizers a GAN holds in
     /// its own fields): named tensors. Empty by default.
     ///
@@ -356,6 +365,9 @@ impl<M: Model + ?Sized> Model for Box<M> {
     }
     fn named_variables(&self) -> Vec<(String, Variable)> {
         (**self).named_variables()
+    }
+    fn legacy_named_variables(&self) -> Option<Vec<(String, Variable)>> {
+        (**self).legacy_named_variables()
     }
     fn load_extra_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
         (**self).load_extra_state(state)
