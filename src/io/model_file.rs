@@ -248,11 +248,11 @@ pub fn model_from_json(json_text: &str) -> Result<LoadedModel> {
 /// null}`; the config is what [`Layer::config`](crate::layers::Layer::config) returns, the
 /// constructor arguments under Keras's names (regularizers as `{"class_name": "L2", "config":
 /// {"l2": 0.01}}`), plus `trainable` and, for a layer with a policy of its own (`Dense`, the
-/// convolutions, an `Activation` given one), `dtype`, a `DTypePolicy` object. Reading also takes what
-/// Keras writes that ferrokeras has no setting for: initializers (Keras's defaults silently,
-/// others with a warning, as the layer starts from the defaults), and constraints, `groups`,
-/// `center`/`scale`, ... at their default values only (another value is an error). A layer whose
-/// `trainable` is false is frozen once built.
+/// convolutions, an `Activation` given one), `dtype`, a `DTypePolicy` object; initializers are
+/// Keras's objects ([`crate::initializers::Initializer::to_json`]). Reading also takes what Keras
+/// writes that ferrokeras has no setting for (constraints, `groups`, `renorm`, ...) at their
+/// default values only: another value is an error. A layer whose `trainable` is false is frozen
+/// once built.
 ///
 /// ```
 /// use ferrokeras::prelude::*;

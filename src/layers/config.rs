@@ -267,19 +267,6 @@ pub(crate) fn config_frozen(config: &Value) -> bool {
     config.get("trainable") == Some(&Value::Bool(false))
 }
 
-/// Warns once per message (for Keras options read but not honoured).
-fn warn_once(message: String) {
-    static SEEN: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
-    let seen = SEEN.get_or_init(|| Mutex::new(std::collections::HashSet::new()));
-    if seen
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(message.clone())
-    {
-        eprintln!("UserWarning: {message}");
-    }
-}
-
 fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
     if !BUILTIN_LAYERS.contains(&class) {
         return Ok(None);
@@ -293,7 +280,7 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
     let own_policy = policy
         .clone()
         .filter(|p| *p != crate::mixed_precision::global_policy().name());
-    c.keras_options(class, name.as_deref().unwrap_or(class))?;
+    c.keras_options(class)?;
     let layer: Box<dyn Layer> = match class {
         "Dense" => {
             let mut d = Dense::new(c.req_usize("units")?)
@@ -499,13 +486,31 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
             let epsilon = c.f64_or("epsilon", 1e-3)?;
             let center = c.bool_or("center", true)?;
             let scale = c.bool_or("scale", true)?;
+            let mut inits = [
+                crate::initializers::Initializer::Ones,
+                crate::initializers::Initializer::Zeros,
+                crate::initializers::Initializer::Zeros,
+                crate::initializers::Initializer::Ones,
+            ];
+            let keys = [
+                "gamma_initializer",
+                "beta_initializer",
+                "moving_mean_initializer",
+                "moving_variance_initializer",
+            ];
+            for (slot, key) in inits.iter_mut().zip(keys) {
+                if let Some(i) = c.initializer_of(key)? {
+                    *slot = i;
+                }
+            }
             Box::new(named(
                 BatchNormalization::new()
                     .momentum(momentum)
                     .epsilon(epsilon)
                     .center(center)
                     .scale(scale)
-                    .axis(axis),
+                    .axis(axis)
+                    .initializers(inits),
                 name,
                 BatchNormalization::named,
             ))
@@ -837,43 +842,9 @@ impl<'a> ConfigReader<'a> {
         }
     }
 
-    /// An initializer key: Keras's default for it passes silently; another initializer is read
-    /// with a warning, as the layer starts from the default (weights loaded afterwards replace
-    /// them anyway).
-    fn initializer(&mut self, key: &str, default: &str, layer: &str) -> Result<()> {
-        let Some(v) = self.get(key) else {
-            return Ok(());
-        };
-        let class = match v {
-            Value::String(s) => s.clone(),
-            Value::Object(m) => match m.get("class_name").and_then(Value::as_str) {
-                Some(c) => c.to_string(),
-                None => {
-                    return Err(self.invalid(key, "an initializer name or object", v));
-                }
-            },
-            other => return Err(self.invalid(key, "an initializer name or object", other)),
-        };
-        let snake: String = default
-            .chars()
-            .enumerate()
-            .flat_map(|(i, ch)| {
-                let sep = (i > 0 && ch.is_ascii_uppercase()).then_some('_');
-                sep.into_iter()
-                    .chain(std::iter::once(ch.to_ascii_lowercase()))
-            })
-            .collect();
-        if class != default && class != snake {
-            warn_once(format!(
-                "layer `{layer}`: `{key}` {class} is not supported; its initial values follow Keras's default {default} (loaded weights replace them)"
-            ));
-        }
-        Ok(())
-    }
-
-    /// The Keras 3 options of `class` that ferrokeras reads without a setting of its own:
-    /// initializers, constraints, and options supported at their default only.
-    fn keras_options(&mut self, class: &str, layer: &str) -> Result<()> {
+    /// The Keras 3 options of `class` that ferrokeras supports at their default only
+    /// (constraints, `groups`, `renorm`, ...): another value is an error.
+    fn keras_options(&mut self, class: &str) -> Result<()> {
         let nulls: &[&str] = match class {
             "Dense" => &[
                 "kernel_constraint",
@@ -910,10 +881,6 @@ impl<'a> ConfigReader<'a> {
                 }
             }
             "BatchNormalization" => {
-                self.initializer("beta_initializer", "Zeros", layer)?;
-                self.initializer("gamma_initializer", "Ones", layer)?;
-                self.initializer("moving_mean_initializer", "Zeros", layer)?;
-                self.initializer("moving_variance_initializer", "Ones", layer)?;
                 self.fixed("synchronized", json!(false))?;
                 self.fixed("renorm", json!(false))?;
                 // Read only with `renorm`.

@@ -1,8 +1,9 @@
 //! `BatchNormalization`.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::{Layer, unique_name};
+use crate::initializers::Initializer;
 use crate::tape::Variable;
 use crate::{Error, Result};
 
@@ -29,6 +30,8 @@ pub struct BatchNormalization {
     scale: bool,
     /// The features axis (Keras's `axis`, -1 by default; 1 for channels-first images).
     axis: isize,
+    /// gamma, beta, moving mean, moving variance (Keras's ones, zeros, zeros, ones).
+    initializers: [Initializer; 4],
     gamma: Option<Variable>,
     beta: Option<Variable>,
     moving_mean: Option<Variable>,
@@ -52,6 +55,12 @@ impl BatchNormalization {
             center: true,
             scale: true,
             axis: -1,
+            initializers: [
+                Initializer::Ones,
+                Initializer::Zeros,
+                Initializer::Zeros,
+                Initializer::Ones,
+            ],
             gamma: None,
             beta: None,
             moving_mean: None,
@@ -103,6 +112,23 @@ impl BatchNormalization {
         }
         Ok(a as usize)
     }
+    /// How `gamma`, `beta`, the moving mean and the moving variance start (Keras's
+    /// `gamma_initializer`, `beta_initializer`, `moving_mean_initializer`,
+    /// `moving_variance_initializer`; by default ones, zeros, zeros, ones).
+    ///
+    /// ```
+    /// use ferrokeras::initializers::Initializer;
+    /// use ferrokeras::layers::{BatchNormalization, Layer};
+    /// let mut bn = BatchNormalization::new().initializers([
+    ///     Initializer::Constant(0.5), Initializer::Zeros, Initializer::Zeros, Initializer::Ones,
+    /// ]);
+    /// bn.build(&[2]).unwrap();
+    /// assert_eq!(bn.variables()[0].value().to_vec1::<f32>().unwrap(), vec![0.5, 0.5]);
+    /// ```
+    pub fn initializers(mut self, initializers: [Initializer; 4]) -> Self {
+        self.initializers = initializers;
+        self
+    }
     /// Whether to add the learned offset `beta` (default true; Keras's `center`).
     ///
     /// ```
@@ -150,22 +176,29 @@ impl Layer for BatchNormalization {
             )));
         }
         let c = input_shape[self.resolve_axis(input_shape.len() + 1)? - 1];
-        let ones = Tensor::ones(c, DType::F32, &self.device)?;
-        let zeros = Tensor::zeros(c, DType::F32, &self.device)?;
+        let init = |i: usize| self.initializers[i].init(&[c], &self.device);
         if self.scale {
-            self.gamma = Some(Variable::new(format!("{}/gamma", self.name), &ones, true)?);
+            self.gamma = Some(Variable::new(
+                format!("{}/gamma", self.name),
+                &init(0)?,
+                true,
+            )?);
         }
         if self.center {
-            self.beta = Some(Variable::new(format!("{}/beta", self.name), &zeros, true)?);
+            self.beta = Some(Variable::new(
+                format!("{}/beta", self.name),
+                &init(1)?,
+                true,
+            )?);
         }
         self.moving_mean = Some(Variable::new(
             format!("{}/moving_mean", self.name),
-            &zeros,
+            &init(2)?,
             false,
         )?);
         self.moving_var = Some(Variable::new(
             format!("{}/moving_variance", self.name),
-            &ones,
+            &init(3)?,
             false,
         )?);
         Ok(())
@@ -209,6 +242,10 @@ impl Layer for BatchNormalization {
             "epsilon": self.epsilon,
             "center": self.center,
             "scale": self.scale,
+            "gamma_initializer": self.initializers[0].to_json(),
+            "beta_initializer": self.initializers[1].to_json(),
+            "moving_mean_initializer": self.initializers[2].to_json(),
+            "moving_variance_initializer": self.initializers[3].to_json(),
         }))
     }
 }
