@@ -409,3 +409,65 @@ fn functional_layers_are_listed_in_keras_order() {
         );
     }
 }
+
+/// Keras's other losses, by name: the unweighted and sample-weighted values, the gradient with
+/// respect to `y_pred`, and the metric of the same function after two updates (the second
+/// weighted), against Keras.
+#[test]
+fn more_losses_and_their_metrics_match_keras() {
+    use ferrokeras::{GradientTape, Variable};
+    let fx = &fixtures()["more_losses"];
+    let cases = fx.as_object().unwrap();
+    assert_eq!(cases.len(), 9);
+    for (name, case) in cases {
+        let loss = ferrokeras::losses::get(name).unwrap();
+        assert_eq!(loss.name(), case["loss_name"].as_str().unwrap());
+        let (t, p, sw) = (
+            tensor(&case["y_true"]),
+            tensor(&case["y_pred"]),
+            tensor(&case["sample_weight"]),
+        );
+        let tol = 2e-5;
+        close(
+            name,
+            scalar(&loss.compute(&t, &p, None).unwrap()),
+            case["loss"].as_f64().unwrap(),
+            tol,
+        );
+        let v = Variable::new("p", &p, true).unwrap();
+        let weighted = loss.compute(&t, v.as_tensor(), Some(&sw)).unwrap();
+        close(
+            name,
+            scalar(&weighted),
+            case["weighted_loss"].as_f64().unwrap(),
+            tol,
+        );
+        let g = GradientTape::gradient(&weighted, std::slice::from_ref(&v)).unwrap();
+        let got = g[0].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want = tensor(&case["grad"])
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            close(&format!("{name} gradient"), *a as f64, *b as f64, 1e-4);
+        }
+        let metric_name = case["metric_name"].as_str().unwrap();
+        let mut metric = ferrokeras::metrics::get(metric_name).unwrap();
+        assert_eq!(metric.name(), metric_name);
+        metric.update_state(&t, &p, None).unwrap();
+        let (t2, p2) = (
+            t.narrow(0, 0, 2).unwrap(),
+            (p.narrow(0, 0, 2).unwrap() * 0.9).unwrap(),
+        );
+        metric
+            .update_state(&t2, &p2, Some(&sw.narrow(0, 0, 2).unwrap()))
+            .unwrap();
+        close(
+            &format!("{name} metric"),
+            metric.result(),
+            case["metric"].as_f64().unwrap(),
+            tol,
+        );
+    }
+}

@@ -5,8 +5,14 @@
 //! the weights), exactly as Keras does.
 
 mod compiled;
+mod more;
 
 pub use compiled::CompiledLoss;
+pub(crate) use more::Function;
+pub use more::{
+    CategoricalHinge, CosineSimilarity, Hinge, KLDivergence, LogCosh, MeanAbsolutePercentageError,
+    MeanSquaredLogarithmicError, Poisson, SquaredHinge,
+};
 
 use candle_core::{D, DType, Tensor};
 
@@ -565,9 +571,22 @@ pub fn get(name: &str) -> Result<Box<dyn Loss>> {
         "sparse_categorical_crossentropy" | "SparseCategoricalCrossentropy" => {
             Box::new(SparseCategoricalCrossentropy::new())
         }
+        "msle" | "mean_squared_logarithmic_error" | "MeanSquaredLogarithmicError" => {
+            Box::new(MeanSquaredLogarithmicError)
+        }
+        "mape" | "mean_absolute_percentage_error" | "MeanAbsolutePercentageError" => {
+            Box::new(MeanAbsolutePercentageError)
+        }
+        "kld" | "kl_divergence" | "KLDivergence" => Box::new(KLDivergence),
+        "poisson" | "Poisson" => Box::new(Poisson),
+        "log_cosh" | "LogCosh" => Box::new(LogCosh),
+        "cosine_similarity" | "CosineSimilarity" => Box::new(CosineSimilarity),
+        "hinge" | "Hinge" => Box::new(Hinge),
+        "squared_hinge" | "SquaredHinge" => Box::new(SquaredHinge),
+        "categorical_hinge" | "CategoricalHinge" => Box::new(CategoricalHinge),
         other => {
             return Err(Error::value(format!(
-                "Could not interpret loss identifier: {other:?}. Expected one of \"mse\", \"mae\", \"huber\", \"binary_crossentropy\", \"categorical_crossentropy\", \"sparse_categorical_crossentropy\", or a `Loss` object."
+                "Could not interpret loss identifier: {other:?}. Expected one of \"mse\", \"mae\", \"huber\", \"binary_crossentropy\", \"categorical_crossentropy\", \"sparse_categorical_crossentropy\", \"msle\", \"mape\", \"kld\", \"poisson\", \"log_cosh\", \"cosine_similarity\", \"hinge\", \"squared_hinge\", \"categorical_hinge\" (or their class names), or a `Loss` object."
             )));
         }
     })

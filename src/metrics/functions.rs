@@ -85,6 +85,7 @@ pub(super) fn per_sample(kind: Kind, y_true: &Tensor, y_pred: &Tensor) -> Result
             let m = t.eq(&p)?.to_dtype(DType::F32)?;
             Ok(if reshape { m.reshape(org_shape)? } else { m })
         }
+        Kind::Loss(f) => f.per_sample("metric", &y_true, &y_pred),
         Kind::TopK(k) => {
             same_shape(&y_true, &y_pred)?;
             let label = y_true.argmax_keepdim(D::Minus1)?;

@@ -611,6 +611,8 @@ enum Kind {
     Categorical,
     SparseCategorical,
     TopK(usize),
+    /// One of the loss functions of the same name ([`crate::losses`]).
+    Loss(crate::losses::Function),
 }
 
 macro_rules! wrapper_metric {
@@ -679,6 +681,90 @@ macro_rules! wrapper_metric {
     };
 }
 
+wrapper_metric!(
+    /// Mean of the squared logarithmic error ([`crate::losses::MeanSquaredLogarithmicError`]).
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{MeanSquaredLogarithmicError, Metric};
+    /// assert_eq!(MeanSquaredLogarithmicError::new().name(), "mean_squared_logarithmic_error");
+    /// ```
+    MeanSquaredLogarithmicError, "mean_squared_logarithmic_error",
+    Kind::Loss(crate::losses::Function::MeanSquaredLogarithmicError)
+);
+wrapper_metric!(
+    /// Mean of the absolute percentage error ([`crate::losses::MeanAbsolutePercentageError`]).
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{MeanAbsolutePercentageError, Metric};
+    /// assert_eq!(MeanAbsolutePercentageError::new().name(), "mean_absolute_percentage_error");
+    /// ```
+    MeanAbsolutePercentageError, "mean_absolute_percentage_error",
+    Kind::Loss(crate::losses::Function::MeanAbsolutePercentageError)
+);
+wrapper_metric!(
+    /// Mean KL divergence ([`crate::losses::KLDivergence`]).
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{KLDivergence, Metric};
+    /// assert_eq!(KLDivergence::new().name(), "kl_divergence");
+    /// ```
+    KLDivergence, "kl_divergence", Kind::Loss(crate::losses::Function::KlDivergence)
+);
+wrapper_metric!(
+    /// Mean Poisson loss ([`crate::losses::Poisson`]).
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{Metric, Poisson};
+    /// assert_eq!(Poisson::new().name(), "poisson");
+    /// ```
+    Poisson, "poisson", Kind::Loss(crate::losses::Function::Poisson)
+);
+wrapper_metric!(
+    /// Mean log-cosh error ([`crate::losses::LogCosh`]); Keras names it `logcosh`.
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{LogCoshError, Metric};
+    /// assert_eq!(LogCoshError::new().name(), "logcosh");
+    /// ```
+    LogCoshError, "logcosh", Kind::Loss(crate::losses::Function::LogCosh)
+);
+wrapper_metric!(
+    /// Mean cosine similarity of `y_true` and `y_pred` (1 for the same direction; the loss of
+    /// the same name is its negative).
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{CosineSimilarity, Metric};
+    /// assert_eq!(CosineSimilarity::new().name(), "cosine_similarity");
+    /// ```
+    CosineSimilarity, "cosine_similarity", Kind::Loss(crate::losses::Function::CosineSimilarity)
+);
+wrapper_metric!(
+    /// Mean hinge loss ([`crate::losses::Hinge`]).
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{Hinge, Metric};
+    /// assert_eq!(Hinge::new().name(), "hinge");
+    /// ```
+    Hinge, "hinge", Kind::Loss(crate::losses::Function::Hinge)
+);
+wrapper_metric!(
+    /// Mean squared hinge loss ([`crate::losses::SquaredHinge`]).
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{Metric, SquaredHinge};
+    /// assert_eq!(SquaredHinge::new().name(), "squared_hinge");
+    /// ```
+    SquaredHinge, "squared_hinge", Kind::Loss(crate::losses::Function::SquaredHinge)
+);
+wrapper_metric!(
+    /// Mean categorical hinge loss ([`crate::losses::CategoricalHinge`]).
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{CategoricalHinge, Metric};
+    /// assert_eq!(CategoricalHinge::new().name(), "categorical_hinge");
+    /// ```
+    CategoricalHinge, "categorical_hinge", Kind::Loss(crate::losses::Function::CategoricalHinge)
+);
 wrapper_metric!(
     /// Mean of `|y_pred - y_true|` (Keras name `mean_absolute_error`).
     ///
@@ -804,9 +890,31 @@ pub fn get(name: &str) -> Result<Box<dyn Metric>> {
         "CategoricalAccuracy" => Box::new(CategoricalAccuracy::new()),
         "SparseCategoricalAccuracy" => Box::new(SparseCategoricalAccuracy::new()),
         "TopKCategoricalAccuracy" => Box::new(TopKCategoricalAccuracy::new()),
+        "msle" | "mean_squared_logarithmic_error" => {
+            Box::new(MeanSquaredLogarithmicError::new().named(name))
+        }
+        "mape" | "mean_absolute_percentage_error" => {
+            Box::new(MeanAbsolutePercentageError::new().named(name))
+        }
+        "kld" | "kl_divergence" => Box::new(KLDivergence::new().named(name)),
+        "poisson" => Box::new(Poisson::new()),
+        "logcosh" | "log_cosh_error" => Box::new(LogCoshError::new().named(name)),
+        "cosine_similarity" => Box::new(CosineSimilarity::new()),
+        "hinge" => Box::new(Hinge::new()),
+        "squared_hinge" => Box::new(SquaredHinge::new()),
+        "categorical_hinge" => Box::new(CategoricalHinge::new()),
+        "MeanSquaredLogarithmicError" => Box::new(MeanSquaredLogarithmicError::new()),
+        "MeanAbsolutePercentageError" => Box::new(MeanAbsolutePercentageError::new()),
+        "KLDivergence" => Box::new(KLDivergence::new()),
+        "Poisson" => Box::new(Poisson::new()),
+        "LogCoshError" => Box::new(LogCoshError::new()),
+        "CosineSimilarity" => Box::new(CosineSimilarity::new()),
+        "Hinge" => Box::new(Hinge::new()),
+        "SquaredHinge" => Box::new(SquaredHinge::new()),
+        "CategoricalHinge" => Box::new(CategoricalHinge::new()),
         other => {
             return Err(Error::value(format!(
-                "Could not interpret metric identifier: {other:?}. Expected one of \"accuracy\", \"acc\", \"mae\", \"mse\", \"rmse\", \"binary_accuracy\", \"categorical_accuracy\", \"sparse_categorical_accuracy\", \"top_k_categorical_accuracy\", a class name such as \"MeanSquaredError\", or a `Metric` object."
+                "Could not interpret metric identifier: {other:?}. Expected one of \"accuracy\", \"acc\", \"mae\", \"mse\", \"rmse\", \"binary_accuracy\", \"categorical_accuracy\", \"sparse_categorical_accuracy\", \"top_k_categorical_accuracy\", \"msle\", \"mape\", \"kld\", \"poisson\", \"logcosh\", \"cosine_similarity\", \"hinge\", \"squared_hinge\", \"categorical_hinge\", a class name such as \"MeanSquaredError\", or a `Metric` object."
             )));
         }
     })
