@@ -471,3 +471,39 @@ fn more_losses_and_their_metrics_match_keras() {
         );
     }
 }
+
+/// `Precision` and `Recall` at two thresholds, after each of two sample-weighted updates (a
+/// (4, 1) batch, then a (2, 3) one: the weight of a sample weighs each of its values).
+#[test]
+fn precision_and_recall_match_keras() {
+    use ferrokeras::metrics::{Precision, Recall};
+    let fx = &fixtures()["confusion_metrics"];
+    let batches: Vec<(Tensor, Tensor, Tensor)> = fx["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (tensor(&b[0]), tensor(&b[1]), tensor(&b[2])))
+        .collect();
+    for th in [0.5f32, 0.3] {
+        let metrics: [(&str, Box<dyn Metric>); 2] = [
+            (
+                "Precision",
+                Box::new(Precision::new().threshold(th).unwrap()),
+            ),
+            ("Recall", Box::new(Recall::new().threshold(th).unwrap())),
+        ];
+        for (class, mut m) in metrics {
+            let want = &fx[format!("{class}@{th}")];
+            for (i, (t, p, w)) in batches.iter().enumerate() {
+                m.update_state(t, p, Some(w)).unwrap();
+                close(
+                    &format!("{class}@{th} after {}", i + 1),
+                    m.result(),
+                    want[i].as_f64().unwrap(),
+                    1e-6,
+                );
+            }
+        }
+    }
+    assert!(Precision::new().threshold(1.5).is_err());
+}

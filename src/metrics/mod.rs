@@ -6,9 +6,11 @@
 //! of its last update alone ([`Metric::batch_result`]) so that callbacks can see per-batch values.
 
 mod compiled;
+mod confusion;
 mod functions;
 
 pub use compiled::{CompiledMetrics, MetricSpec};
+pub use confusion::{Precision, Recall};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -903,6 +905,8 @@ pub fn get(name: &str) -> Result<Box<dyn Metric>> {
         "hinge" => Box::new(Hinge::new()),
         "squared_hinge" => Box::new(SquaredHinge::new()),
         "categorical_hinge" => Box::new(CategoricalHinge::new()),
+        "precision" | "Precision" => Box::new(Precision::new()),
+        "recall" | "Recall" => Box::new(Recall::new()),
         "MeanSquaredLogarithmicError" => Box::new(MeanSquaredLogarithmicError::new()),
         "MeanAbsolutePercentageError" => Box::new(MeanAbsolutePercentageError::new()),
         "KLDivergence" => Box::new(KLDivergence::new()),
@@ -914,7 +918,7 @@ pub fn get(name: &str) -> Result<Box<dyn Metric>> {
         "CategoricalHinge" => Box::new(CategoricalHinge::new()),
         other => {
             return Err(Error::value(format!(
-                "Could not interpret metric identifier: {other:?}. Expected one of \"accuracy\", \"acc\", \"mae\", \"mse\", \"rmse\", \"binary_accuracy\", \"categorical_accuracy\", \"sparse_categorical_accuracy\", \"top_k_categorical_accuracy\", \"msle\", \"mape\", \"kld\", \"poisson\", \"logcosh\", \"cosine_similarity\", \"hinge\", \"squared_hinge\", \"categorical_hinge\", a class name such as \"MeanSquaredError\", or a `Metric` object."
+                "Could not interpret metric identifier: {other:?}. Expected one of \"accuracy\", \"acc\", \"mae\", \"mse\", \"rmse\", \"binary_accuracy\", \"categorical_accuracy\", \"sparse_categorical_accuracy\", \"top_k_categorical_accuracy\", \"msle\", \"mape\", \"kld\", \"poisson\", \"logcosh\", \"cosine_similarity\", \"hinge\", \"squared_hinge\", \"categorical_hinge\", \"precision\", \"recall\", a class name such as \"MeanSquaredError\", or a `Metric` object."
             )));
         }
     })
