@@ -507,3 +507,33 @@ fn precision_and_recall_match_keras() {
     }
     assert!(Precision::new().threshold(1.5).is_err());
 }
+
+/// `AUC` (ROC, interpolated) with 200 and 10 thresholds after each of two weighted updates of
+/// 64 random scores, against Keras.
+#[test]
+fn auc_matches_keras() {
+    use ferrokeras::metrics::AUC;
+    let fx = &fixtures()["confusion_metrics"];
+    let b = &fx["auc_batches"];
+    let (t, p, w) = (tensor(&b[0]), tensor(&b[1]), tensor(&b[2]));
+    for n in [200usize, 10] {
+        let mut m = AUC::with_thresholds(n).unwrap();
+        let want = &fx[format!("AUC@{n}")];
+        for (i, (start, len)) in [(0, 40), (40, 24)].into_iter().enumerate() {
+            m.update_state(
+                &t.narrow(0, start, len).unwrap(),
+                &p.narrow(0, start, len).unwrap(),
+                Some(&w.narrow(0, start, len).unwrap()),
+            )
+            .unwrap();
+            close(
+                &format!("AUC@{n} after {}", i + 1),
+                m.result(),
+                want[i].as_f64().unwrap(),
+                1e-5,
+            );
+        }
+    }
+    assert_eq!(ferrokeras::metrics::get("auc").unwrap().name(), "auc");
+    assert!(AUC::with_thresholds(1).is_err());
+}

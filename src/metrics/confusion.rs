@@ -24,42 +24,9 @@ fn count(
     y_pred: &Tensor,
     sample_weight: Option<&Tensor>,
 ) -> Result<Counts> {
-    let (t, p) = squeeze_or_expand_to_same_rank(
-        &y_true.detach().to_dtype(DType::F32)?,
-        &y_pred.detach().to_dtype(DType::F32)?,
-    )?;
-    if t.dims() != p.dims() {
-        return Err(Error::value(format!(
-            "metric `{name}`: y_true and y_pred must have the same shape. Received: y_true.shape={:?}, y_pred.shape={:?}",
-            y_true.dims(),
-            y_pred.dims()
-        )));
-    }
-    let n = p.dims().first().copied().unwrap_or(1);
-    let t = t.flatten_all()?.to_vec1::<f32>()?;
-    let p = p.flatten_all()?.to_vec1::<f32>()?;
-    let per_sample = p.len().checked_div(n).unwrap_or(0);
-    let w: Option<Vec<f32>> = match sample_weight {
-        None => None,
-        Some(sw) => {
-            let w = sw.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-            if w.len() != n && w.len() != p.len() {
-                return Err(Error::value(format!(
-                    "metric `{name}`: sample_weight of shape {:?} does not fit predictions of shape {:?}; expected one weight per sample or per value",
-                    sw.dims(),
-                    y_pred.dims()
-                )));
-            }
-            Some(w)
-        }
-    };
+    let (t, p, w) = flat_weighted(name, y_true, y_pred, sample_weight)?;
     let mut c = Counts::default();
-    for (i, (label, pred)) in t.iter().zip(&p).enumerate() {
-        let weight = match &w {
-            None => 1.0,
-            Some(w) if w.len() == p.len() => f64::from(w[i]),
-            Some(w) => f64::from(w[i / per_sample.max(1)]),
-        };
+    for ((label, pred), weight) in t.iter().zip(&p).zip(w) {
         match (*label != 0.0, *pred > threshold) {
             (true, true) => c.tp += weight,
             (false, true) => c.fp += weight,
@@ -202,3 +169,167 @@ confusion_metric!(
     "recall",
     |c| ratio(c.tp, c.fn_)
 );
+
+/// The area under the ROC curve (Keras's `metrics.AUC()` with its defaults: 200 thresholds
+/// spread evenly over `[0, 1]`, interpolated trapezoids, labels flattened): true and false
+/// positive rates from weighted counts at each threshold.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::metrics::{AUC, Metric};
+/// let mut m = AUC::new();
+/// let t = Tensor::new(&[0f32, 0.0, 1.0, 1.0], &Device::Cpu).unwrap();
+/// let p = Tensor::new(&[0.1f32, 0.4, 0.35, 0.8], &Device::Cpu).unwrap();
+/// m.update_state(&t, &p, None).unwrap();
+/// assert!((m.result() - 0.75).abs() < 1e-6);
+/// ```
+#[derive(Clone, Debug)]
+pub struct AUC {
+    name: String,
+    thresholds: Vec<f32>,
+    /// Per threshold: true positives, false positives, true negatives, false negatives.
+    counts: Vec<[f64; 4]>,
+}
+
+impl AUC {
+    /// The ROC AUC with 200 thresholds, named `auc`.
+    pub fn new() -> Self {
+        Self::with_thresholds(200).expect("200 thresholds are valid")
+    }
+
+    /// With `num_thresholds` thresholds (Keras's `num_thresholds`): 0 - eps, the evenly spaced
+    /// `i / (num_thresholds - 1)`, and 1 + eps.
+    ///
+    /// # Errors
+    /// Fewer than 2 thresholds.
+    pub fn with_thresholds(num_thresholds: usize) -> Result<Self> {
+        if num_thresholds < 2 {
+            return Err(Error::value(format!(
+                "Argument `num_thresholds` must be an integer > 1. Received: num_thresholds={num_thresholds}"
+            )));
+        }
+        let n = num_thresholds;
+        let mut thresholds = vec![(0.0 - 1e-7) as f32];
+        thresholds.extend((0..n - 2).map(|i| ((i + 1) as f64 / (n - 1) as f64) as f32));
+        thresholds.push((1.0 + 1e-7) as f32);
+        Ok(Self {
+            name: "auc".to_string(),
+            thresholds,
+            counts: vec![[0.0; 4]; n],
+        })
+    }
+
+    /// The same metric under another name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+}
+
+impl Default for AUC {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metric for AUC {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn update_state(
+        &mut self,
+        y_true: &Tensor,
+        y_pred: &Tensor,
+        sample_weight: Option<&Tensor>,
+    ) -> Result<()> {
+        let (t, p, w) = flat_weighted(&self.name, y_true, y_pred, sample_weight)?;
+        for ((label, pred), weight) in t.iter().zip(&p).zip(&w) {
+            let positive = *label != 0.0;
+            for (th, c) in self.thresholds.iter().zip(self.counts.iter_mut()) {
+                let slot = match (positive, pred > th) {
+                    (true, true) => 0,
+                    (false, true) => 1,
+                    (false, false) => 2,
+                    (true, false) => 3,
+                };
+                c[slot] += weight;
+            }
+        }
+        Ok(())
+    }
+    fn result(&self) -> f64 {
+        let div = |a: f64, b: f64| if b == 0.0 { 0.0 } else { a / b };
+        let rates: Vec<(f64, f64)> = self
+            .counts
+            .iter()
+            .map(|[tp, fp, tn, fn_]| (div(*fp, fp + tn), div(*tp, tp + fn_)))
+            .collect();
+        rates
+            .windows(2)
+            .map(|w| (w[0].0 - w[1].0) * (w[0].1 + w[1].1) / 2.0)
+            .sum()
+    }
+    fn reset_state(&mut self) {
+        self.counts.iter_mut().for_each(|c| *c = [0.0; 4]);
+    }
+    fn state(&self) -> Vec<f64> {
+        self.counts.iter().flatten().copied().collect()
+    }
+    fn set_state(&mut self, state: &[f64]) -> Result<()> {
+        if state.len() != 4 * self.counts.len() {
+            return Err(Error::value(format!(
+                "metric `{}` keeps {} values (4 counts per threshold); received {}",
+                self.name,
+                4 * self.counts.len(),
+                state.len()
+            )));
+        }
+        for (c, s) in self.counts.iter_mut().zip(state.chunks_exact(4)) {
+            c.copy_from_slice(s);
+        }
+        Ok(())
+    }
+}
+
+/// Labels, predictions and per-value weights, flattened (a weight per sample weighs each of the
+/// sample's values).
+fn flat_weighted(
+    name: &str,
+    y_true: &Tensor,
+    y_pred: &Tensor,
+    sample_weight: Option<&Tensor>,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f64>)> {
+    let (t, p) = squeeze_or_expand_to_same_rank(
+        &y_true.detach().to_dtype(DType::F32)?,
+        &y_pred.detach().to_dtype(DType::F32)?,
+    )?;
+    if t.dims() != p.dims() {
+        return Err(Error::value(format!(
+            "metric `{name}`: y_true and y_pred must have the same shape. Received: y_true.shape={:?}, y_pred.shape={:?}",
+            y_true.dims(),
+            y_pred.dims()
+        )));
+    }
+    let n = p.dims().first().copied().unwrap_or(1);
+    let t = t.flatten_all()?.to_vec1::<f32>()?;
+    let p = p.flatten_all()?.to_vec1::<f32>()?;
+    let per_sample = p.len().checked_div(n).unwrap_or(0).max(1);
+    let w = match sample_weight {
+        None => vec![1.0; p.len()],
+        Some(sw) => {
+            let w = sw.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            if w.len() == p.len() {
+                w.iter().map(|x| f64::from(*x)).collect()
+            } else if w.len() == n {
+                (0..p.len()).map(|i| f64::from(w[i / per_sample])).collect()
+            } else {
+                return Err(Error::value(format!(
+                    "metric `{name}`: sample_weight of shape {:?} does not fit predictions of shape {:?}; expected one weight per sample or per value",
+                    sw.dims(),
+                    y_pred.dims()
+                )));
+            }
+        }
+    };
+    Ok((t, p, w))
+}

@@ -10,7 +10,7 @@ mod confusion;
 mod functions;
 
 pub use compiled::{CompiledMetrics, MetricSpec};
-pub use confusion::{Precision, Recall};
+pub use confusion::{AUC, Precision, Recall};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -907,6 +907,7 @@ pub fn get(name: &str) -> Result<Box<dyn Metric>> {
         "categorical_hinge" => Box::new(CategoricalHinge::new()),
         "precision" | "Precision" => Box::new(Precision::new()),
         "recall" | "Recall" => Box::new(Recall::new()),
+        "auc" | "AUC" => Box::new(AUC::new()),
         "MeanSquaredLogarithmicError" => Box::new(MeanSquaredLogarithmicError::new()),
         "MeanAbsolutePercentageError" => Box::new(MeanAbsolutePercentageError::new()),
         "KLDivergence" => Box::new(KLDivergence::new()),
@@ -918,7 +919,7 @@ pub fn get(name: &str) -> Result<Box<dyn Metric>> {
         "CategoricalHinge" => Box::new(CategoricalHinge::new()),
         other => {
             return Err(Error::value(format!(
-                "Could not interpret metric identifier: {other:?}. Expected one of \"accuracy\", \"acc\", \"mae\", \"mse\", \"rmse\", \"binary_accuracy\", \"categorical_accuracy\", \"sparse_categorical_accuracy\", \"top_k_categorical_accuracy\", \"msle\", \"mape\", \"kld\", \"poisson\", \"logcosh\", \"cosine_similarity\", \"hinge\", \"squared_hinge\", \"categorical_hinge\", \"precision\", \"recall\", a class name such as \"MeanSquaredError\", or a `Metric` object."
+                "Could not interpret metric identifier: {other:?}. Expected one of \"accuracy\", \"acc\", \"mae\", \"mse\", \"rmse\", \"binary_accuracy\", \"categorical_accuracy\", \"sparse_categorical_accuracy\", \"top_k_categorical_accuracy\", \"msle\", \"mape\", \"kld\", \"poisson\", \"logcosh\", \"cosine_similarity\", \"hinge\", \"squared_hinge\", \"categorical_hinge\", \"precision\", \"recall\", \"auc\", a class name such as \"MeanSquaredError\", or a `Metric` object."
             )));
         }
     })
