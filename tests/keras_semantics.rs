@@ -537,3 +537,39 @@ fn auc_matches_keras() {
     assert_eq!(ferrokeras::metrics::get("auc").unwrap().name(), "auc");
     assert!(AUC::with_thresholds(1).is_err());
 }
+
+/// The cross-entropy metrics (of probabilities) after an unweighted and a weighted update.
+#[test]
+fn crossentropy_metrics_match_keras() {
+    let fx = &fixtures()["confusion_metrics"];
+    let b = &fx["crossentropy_batches"];
+    let (probs, ids, one_hot, binary, sw) = (
+        tensor(&b[0]),
+        tensor(&b[1]),
+        tensor(&b[2]),
+        tensor(&b[3]),
+        tensor(&b[4]),
+    );
+    for (class, t) in [
+        ("BinaryCrossentropy", binary),
+        ("CategoricalCrossentropy", one_hot),
+        ("SparseCategoricalCrossentropy", ids),
+    ] {
+        let want = &fx[class];
+        let mut m = ferrokeras::metrics::get(class).unwrap();
+        assert_eq!(m.name(), want["name"].as_str().unwrap());
+        m.update_state(
+            &t.narrow(0, 0, 4).unwrap(),
+            &probs.narrow(0, 0, 4).unwrap(),
+            None,
+        )
+        .unwrap();
+        m.update_state(
+            &t.narrow(0, 4, 2).unwrap(),
+            &probs.narrow(0, 4, 2).unwrap(),
+            Some(&sw.narrow(0, 4, 2).unwrap()),
+        )
+        .unwrap();
+        close(class, m.result(), want["result"].as_f64().unwrap(), 1e-5);
+    }
+}

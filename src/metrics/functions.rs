@@ -86,6 +86,14 @@ pub(super) fn per_sample(kind: Kind, y_true: &Tensor, y_pred: &Tensor) -> Result
             Ok(if reshape { m.reshape(org_shape)? } else { m })
         }
         Kind::Loss(f) => f.per_sample("metric", &y_true, &y_pred),
+        Kind::Crossentropy(which) => {
+            use crate::losses::Loss;
+            match which {
+                0 => crate::losses::BinaryCrossentropy::new().call(&y_true, &y_pred),
+                1 => crate::losses::CategoricalCrossentropy::new().call(&y_true, &y_pred),
+                _ => crate::losses::SparseCategoricalCrossentropy::new().call(&y_true, &y_pred),
+            }
+        }
         Kind::TopK(k) => {
             same_shape(&y_true, &y_pred)?;
             let label = y_true.argmax_keepdim(D::Minus1)?;

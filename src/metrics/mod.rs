@@ -615,6 +615,8 @@ enum Kind {
     TopK(usize),
     /// One of the loss functions of the same name ([`crate::losses`]).
     Loss(crate::losses::Function),
+    /// Binary (0), categorical (1) or sparse categorical (2) cross-entropy of probabilities.
+    Crossentropy(u8),
 }
 
 macro_rules! wrapper_metric {
@@ -683,6 +685,33 @@ macro_rules! wrapper_metric {
     };
 }
 
+wrapper_metric!(
+    /// Mean binary cross-entropy of probabilities ([`crate::losses::BinaryCrossentropy`]).
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{BinaryCrossentropy, Metric};
+    /// assert_eq!(BinaryCrossentropy::new().name(), "binary_crossentropy");
+    /// ```
+    BinaryCrossentropy, "binary_crossentropy", Kind::Crossentropy(0)
+);
+wrapper_metric!(
+    /// Mean categorical cross-entropy of probabilities and one-hot targets.
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{CategoricalCrossentropy, Metric};
+    /// assert_eq!(CategoricalCrossentropy::new().name(), "categorical_crossentropy");
+    /// ```
+    CategoricalCrossentropy, "categorical_crossentropy", Kind::Crossentropy(1)
+);
+wrapper_metric!(
+    /// Mean categorical cross-entropy of probabilities and integer targets.
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{Metric, SparseCategoricalCrossentropy};
+    /// assert_eq!(SparseCategoricalCrossentropy::new().name(), "sparse_categorical_crossentropy");
+    /// ```
+    SparseCategoricalCrossentropy, "sparse_categorical_crossentropy", Kind::Crossentropy(2)
+);
 wrapper_metric!(
     /// Mean of the squared logarithmic error ([`crate::losses::MeanSquaredLogarithmicError`]).
     ///
@@ -908,6 +937,12 @@ pub fn get(name: &str) -> Result<Box<dyn Metric>> {
         "precision" | "Precision" => Box::new(Precision::new()),
         "recall" | "Recall" => Box::new(Recall::new()),
         "auc" | "AUC" => Box::new(AUC::new()),
+        "bce" | "binary_crossentropy" => Box::new(BinaryCrossentropy::new().named(name)),
+        "categorical_crossentropy" => Box::new(CategoricalCrossentropy::new()),
+        "sparse_categorical_crossentropy" => Box::new(SparseCategoricalCrossentropy::new()),
+        "BinaryCrossentropy" => Box::new(BinaryCrossentropy::new()),
+        "CategoricalCrossentropy" => Box::new(CategoricalCrossentropy::new()),
+        "SparseCategoricalCrossentropy" => Box::new(SparseCategoricalCrossentropy::new()),
         "MeanSquaredLogarithmicError" => Box::new(MeanSquaredLogarithmicError::new()),
         "MeanAbsolutePercentageError" => Box::new(MeanAbsolutePercentageError::new()),
         "KLDivergence" => Box::new(KLDivergence::new()),
@@ -919,7 +954,7 @@ pub fn get(name: &str) -> Result<Box<dyn Metric>> {
         "CategoricalHinge" => Box::new(CategoricalHinge::new()),
         other => {
             return Err(Error::value(format!(
-                "Could not interpret metric identifier: {other:?}. Expected one of \"accuracy\", \"acc\", \"mae\", \"mse\", \"rmse\", \"binary_accuracy\", \"categorical_accuracy\", \"sparse_categorical_accuracy\", \"top_k_categorical_accuracy\", \"msle\", \"mape\", \"kld\", \"poisson\", \"logcosh\", \"cosine_similarity\", \"hinge\", \"squared_hinge\", \"categorical_hinge\", \"precision\", \"recall\", \"auc\", a class name such as \"MeanSquaredError\", or a `Metric` object."
+                "Could not interpret metric identifier: {other:?}. Expected one of \"accuracy\", \"acc\", \"mae\", \"mse\", \"rmse\", \"binary_accuracy\", \"categorical_accuracy\", \"sparse_categorical_accuracy\", \"top_k_categorical_accuracy\", \"msle\", \"mape\", \"kld\", \"poisson\", \"logcosh\", \"cosine_similarity\", \"hinge\", \"squared_hinge\", \"categorical_hinge\", \"precision\", \"recall\", \"auc\", \"binary_crossentropy\", \"categorical_crossentropy\", \"sparse_categorical_crossentropy\", a class name such as \"MeanSquaredError\", or a `Metric` object."
             )));
         }
     })
