@@ -538,7 +538,8 @@ fn auc_matches_keras() {
     assert!(AUC::with_thresholds(1).is_err());
 }
 
-/// The cross-entropy metrics (of probabilities) after an unweighted and a weighted update.
+/// The cross-entropy metrics (of probabilities), and the sparse top-2 accuracy, after an
+/// unweighted and a weighted update.
 #[test]
 fn crossentropy_metrics_match_keras() {
     let fx = &fixtures()["confusion_metrics"];
@@ -553,7 +554,7 @@ fn crossentropy_metrics_match_keras() {
     for (class, t) in [
         ("BinaryCrossentropy", binary),
         ("CategoricalCrossentropy", one_hot),
-        ("SparseCategoricalCrossentropy", ids),
+        ("SparseCategoricalCrossentropy", ids.clone()),
     ] {
         let want = &fx[class];
         let mut m = ferrokeras::metrics::get(class).unwrap();
@@ -572,4 +573,19 @@ fn crossentropy_metrics_match_keras() {
         .unwrap();
         close(class, m.result(), want["result"].as_f64().unwrap(), 1e-5);
     }
+    let mut top2 = ferrokeras::metrics::SparseTopKCategoricalAccuracy::new().k(2);
+    top2.update_state(
+        &ids.narrow(0, 0, 4).unwrap(),
+        &probs.narrow(0, 0, 4).unwrap(),
+        None,
+    )
+    .unwrap();
+    top2.update_state(
+        &ids.narrow(0, 4, 2).unwrap(),
+        &probs.narrow(0, 4, 2).unwrap(),
+        Some(&sw.narrow(0, 4, 2).unwrap()),
+    )
+    .unwrap();
+    let want = fx["SparseTopKCategoricalAccuracy@2"].as_f64().unwrap();
+    close("SparseTopKCategoricalAccuracy", top2.result(), want, 1e-6);
 }

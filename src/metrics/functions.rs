@@ -85,6 +85,41 @@ pub(super) fn per_sample(kind: Kind, y_true: &Tensor, y_pred: &Tensor) -> Result
             let m = t.eq(&p)?.to_dtype(DType::F32)?;
             Ok(if reshape { m.reshape(org_shape)? } else { m })
         }
+        Kind::SparseTopK(k) => {
+            // Labels of shape (batch,) or (batch, 1); a prediction's rank is 1 + the number of
+            // scores above the label's (Keras's `in_top_k`).
+            let classes = y_pred.dims().last().copied().unwrap_or(0);
+            let p = y_pred.reshape(((), classes))?;
+            let t = y_true.flatten_all()?;
+            if t.dims()[0] != p.dims()[0] {
+                return Err(Error::value(format!(
+                    "sparse top-k accuracy expects one label per row of predictions. Received: y_true.shape={:?}, y_pred.shape={:?}",
+                    y_true.dims(),
+                    y_pred.dims()
+                )));
+            }
+            let labels = t.to_vec1::<f32>()?;
+            if let Some(bad) = labels
+                .iter()
+                .find(|c| !(**c >= 0.0 && (**c as usize) < classes))
+            {
+                return Err(Error::value(format!(
+                    "sparse top-k accuracy: label {bad} is not a class index in 0..{classes}"
+                )));
+            }
+            let index = t.to_dtype(DType::U32)?.unsqueeze(1)?;
+            let at_label = p.gather(&index, 1)?;
+            let greater = p
+                .broadcast_gt(&at_label)?
+                .to_dtype(DType::F32)?
+                .sum(D::Minus1)?;
+            let hit = greater.lt(k as f64)?.to_dtype(DType::F32)?;
+            Ok(if y_true.rank() > 1 {
+                hit.reshape(y_true.dims())?
+            } else {
+                hit
+            })
+        }
         Kind::Loss(f) => f.per_sample("metric", &y_true, &y_pred),
         Kind::Crossentropy(which) => {
             use crate::losses::Loss;

@@ -613,6 +613,7 @@ enum Kind {
     Categorical,
     SparseCategorical,
     TopK(usize),
+    SparseTopK(usize),
     /// One of the loss functions of the same name ([`crate::losses`]).
     Loss(crate::losses::Function),
     /// Binary (0), categorical (1) or sparse categorical (2) cross-entropy of probabilities.
@@ -868,6 +869,28 @@ wrapper_metric!(
     /// ```
     TopKCategoricalAccuracy, "top_k_categorical_accuracy", Kind::TopK(5)
 );
+wrapper_metric!(
+    /// Fraction of samples whose integer target is among the `k` highest scores (default 5).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::metrics::{Metric, SparseTopKCategoricalAccuracy};
+    /// let mut m = SparseTopKCategoricalAccuracy::new().k(2);
+    /// let y = Tensor::new(&[[2f32], [0.0]], &Device::Cpu).unwrap();
+    /// let p = Tensor::new(&[[0.1f32, 0.5, 0.4], [0.2, 0.3, 0.5]], &Device::Cpu).unwrap();
+    /// m.update_state(&y, &p, None).unwrap();
+    /// assert_eq!(m.result(), 0.5); // class 2 is second in the first row, class 0 last in the second
+    /// ```
+    SparseTopKCategoricalAccuracy, "sparse_top_k_categorical_accuracy", Kind::SparseTopK(5)
+);
+
+impl SparseTopKCategoricalAccuracy {
+    /// How many top scores count (default 5).
+    pub fn k(mut self, k: usize) -> Self {
+        self.kind = Kind::SparseTopK(k);
+        self
+    }
+}
 
 impl BinaryAccuracy {
     /// The probability above which a prediction counts as 1 (default 0.5); a threshold outside
@@ -912,6 +935,7 @@ pub fn get(name: &str) -> Result<Box<dyn Metric>> {
         "categorical_accuracy" => Box::new(CategoricalAccuracy::new()),
         "sparse_categorical_accuracy" => Box::new(SparseCategoricalAccuracy::new()),
         "top_k_categorical_accuracy" => Box::new(TopKCategoricalAccuracy::new()),
+        "sparse_top_k_categorical_accuracy" => Box::new(SparseTopKCategoricalAccuracy::new()),
         // Class names give the class with its default name.
         "MeanAbsoluteError" => Box::new(MeanAbsoluteError::new()),
         "MeanSquaredError" => Box::new(MeanSquaredError::new()),
@@ -921,6 +945,7 @@ pub fn get(name: &str) -> Result<Box<dyn Metric>> {
         "CategoricalAccuracy" => Box::new(CategoricalAccuracy::new()),
         "SparseCategoricalAccuracy" => Box::new(SparseCategoricalAccuracy::new()),
         "TopKCategoricalAccuracy" => Box::new(TopKCategoricalAccuracy::new()),
+        "SparseTopKCategoricalAccuracy" => Box::new(SparseTopKCategoricalAccuracy::new()),
         "msle" | "mean_squared_logarithmic_error" => {
             Box::new(MeanSquaredLogarithmicError::new().named(name))
         }
@@ -954,7 +979,7 @@ pub fn get(name: &str) -> Result<Box<dyn Metric>> {
         "CategoricalHinge" => Box::new(CategoricalHinge::new()),
         other => {
             return Err(Error::value(format!(
-                "Could not interpret metric identifier: {other:?}. Expected one of \"accuracy\", \"acc\", \"mae\", \"mse\", \"rmse\", \"binary_accuracy\", \"categorical_accuracy\", \"sparse_categorical_accuracy\", \"top_k_categorical_accuracy\", \"msle\", \"mape\", \"kld\", \"poisson\", \"logcosh\", \"cosine_similarity\", \"hinge\", \"squared_hinge\", \"categorical_hinge\", \"precision\", \"recall\", \"auc\", \"binary_crossentropy\", \"categorical_crossentropy\", \"sparse_categorical_crossentropy\", a class name such as \"MeanSquaredError\", or a `Metric` object."
+                "Could not interpret metric identifier: {other:?}. Expected one of \"accuracy\", \"acc\", \"mae\", \"mse\", \"rmse\", \"binary_accuracy\", \"categorical_accuracy\", \"sparse_categorical_accuracy\", \"top_k_categorical_accuracy\", \"sparse_top_k_categorical_accuracy\", \"msle\", \"mape\", \"kld\", \"poisson\", \"logcosh\", \"cosine_similarity\", \"hinge\", \"squared_hinge\", \"categorical_hinge\", \"precision\", \"recall\", \"auc\", \"binary_crossentropy\", \"categorical_crossentropy\", \"sparse_categorical_crossentropy\", a class name such as \"MeanSquaredError\", or a `Metric` object."
             )));
         }
     })
