@@ -1046,3 +1046,68 @@ fn learning_rate_reaches_history_and_later_callbacks() -> Result<()> {
     assert_eq!(h.get("learning_rate"), f32s(&[0.1, 0.1, 0.05]).as_slice());
     Ok(())
 }
+
+// ------------------------------------------------------------------------------------------------
+// SwapEMAWeights
+// ------------------------------------------------------------------------------------------------
+
+/// Validation runs on the moving average of the weights: the last `val_loss` is the loss of
+/// the weights `fit` leaves (the averages, put in place at the end as Keras does), and training
+/// itself is unchanged (the same averages with and without the callback). Without `use_ema`,
+/// `fit` stops with Keras's message.
+#[test]
+fn swap_ema_weights_validates_on_the_averages() -> Result<()> {
+    use ferrokeras::callbacks::SwapEMAWeights;
+    use ferrokeras::optimizers::Adam;
+    let (x, y) = regression(32, 3);
+    let (xv, yv) = regression(12, 3);
+    let run = |swap: bool| -> Result<(History, Vec<f32>, f64)> {
+        ferrokeras::random::set_random_seed(21);
+        let mut model = Sequential::new().input(&[3]).add(Dense::new(1)).compile(
+            Compile::new()
+                .optimizer(Adam::new(0.05).use_ema(true).ema_momentum(0.9))
+                .loss("mse"),
+        )?;
+        let mut options = FitOptions::new()
+            .epochs(3)
+            .batch_size(8)
+            .shuffle(false)
+            .verbose(0)
+            .validation_data((xv.clone(), yv.clone()));
+        if swap {
+            options = options.callback(SwapEMAWeights::new());
+        }
+        let h = model.fit((x.clone(), y.clone()), options)?;
+        let w = model.get_weights()[0].flatten_all()?.to_vec1::<f32>()?;
+        let eval = model.evaluate((xv.clone(), yv.clone()), EvaluateOptions::new().verbose(0))?;
+        Ok((h, w, eval.get("loss").unwrap()))
+    };
+    let (with, w_with, eval_with) = run(true)?;
+    let (without, w_without, _) = run(false)?;
+    assert_eq!(w_with, w_without);
+    let last = |h: &History| *h.get("val_loss").last().unwrap();
+    assert!(
+        (last(&with) - eval_with).abs() < 1e-6,
+        "{} vs {eval_with}",
+        last(&with)
+    );
+    assert!((last(&without) - eval_with).abs() > 1e-6);
+    assert_eq!(with.get("loss"), without.get("loss"));
+
+    let mut plain = Sequential::new()
+        .input(&[3])
+        .add(Dense::new(1))
+        .compile(Compile::new().optimizer(Adam::new(0.05)).loss("mse"))?;
+    let err = plain
+        .fit(
+            (x, y),
+            FitOptions::new()
+                .verbose(0)
+                .validation_data((xv, yv))
+                .callback(SwapEMAWeights::new()),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("use_ema"), "{err}");
+    Ok(())
+}

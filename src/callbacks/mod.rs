@@ -10,6 +10,7 @@ mod history;
 mod lambda;
 mod lr;
 pub mod progbar;
+mod swap_ema;
 pub mod tensorboard;
 mod terminate_on_nan;
 
@@ -20,6 +21,7 @@ pub use history::History;
 pub use lambda::LambdaCallback;
 pub use lr::{LearningRateScheduler, ReduceLROnPlateau};
 pub use progbar::ProgbarLogger;
+pub use swap_ema::SwapEMAWeights;
 pub use tensorboard::{TensorBoard, UpdateFreq};
 pub use terminate_on_nan::TerminateOnNaN;
 

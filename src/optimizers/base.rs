@@ -517,6 +517,41 @@ impl Base {
         Ok(())
     }
 
+    /// Swaps every variable with its moving average (`SwapEMAWeights`).
+    pub(super) fn swap_ema(&mut self, vars: &[Variable]) -> Result<()> {
+        self.need_ema()?;
+        for v in vars {
+            if let Some(avg) = self.emas.get_mut(&v.id()) {
+                let current = v.value().copy()?;
+                v.assign(avg)?;
+                *avg = current;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets every moving average to its variable's value (`SwapEMAWeights` at the end of `fit`,
+    /// with the averages in the model).
+    pub(super) fn copy_to_ema(&mut self, vars: &[Variable]) -> Result<()> {
+        self.need_ema()?;
+        for v in vars {
+            if let Some(avg) = self.emas.get_mut(&v.id()) {
+                *avg = v.value().copy()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn need_ema(&self) -> Result<()> {
+        if self.opts.use_ema {
+            Ok(())
+        } else {
+            Err(Error::value(
+                "SwapEMAWeights must be used when `use_ema=True` is set on the optimizer. Received: use_ema=False. Build the optimizer with `.use_ema(true)`.",
+            ))
+        }
+    }
+
     /// Keras's `finalize_variable_values`: with `use_ema`, the variables take their moving averages.
     pub(super) fn finalize_variable_values(&self, vars: &[Variable]) -> Result<()> {
         if self.opts.use_ema {

@@ -193,4 +193,10 @@ impl Optimizer for LossScaleOptimizer {
     fn finalize_variable_values(&mut self, vars: &[Variable]) -> Result<()> {
         self.inner.finalize_variable_values(vars)
     }
+    fn swap_ema_weights(&mut self, vars: &[Variable]) -> Result<()> {
+        self.inner.swap_ema_weights(vars)
+    }
+    fn copy_weights_to_ema(&mut self, vars: &[Variable]) -> Result<()> {
+        self.inner.copy_weights_to_ema(vars)
+    }
 }

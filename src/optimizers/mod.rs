@@ -196,6 +196,43 @@ pub trait Optimizer: Send {
         let _ = vars;
         Ok(())
     }
+    /// Swaps each of `vars` with its moving average (`use_ema`), as Keras's `SwapEMAWeights`
+    /// callback does around evaluation; swapping twice restores both.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::Variable;
+    /// use ferrokeras::optimizers::{Optimizer, Sgd};
+    /// let w = Variable::new("w", &Tensor::new(&[0f32], &Device::Cpu)?, true)?;
+    /// let mut sgd = Sgd::new(1.0).use_ema(true).ema_momentum(0.5);
+    /// for _ in 0..2 {
+    ///     sgd.apply(&[Tensor::new(&[-1f32], &Device::Cpu)?], &[w.clone()])?;
+    /// }
+    /// sgd.swap_ema_weights(&[w.clone()])?; // w: 2 -> its average 1.5
+    /// assert_eq!(w.value().to_vec1::<f32>()?, vec![1.5]);
+    /// sgd.swap_ema_weights(&[w.clone()])?;
+    /// assert_eq!(w.value().to_vec1::<f32>()?, vec![2.0]);
+    /// # Ok::<(), ferrokeras::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// An optimizer without `use_ema` (the default here: it keeps no averages).
+    fn swap_ema_weights(&mut self, vars: &[Variable]) -> Result<()> {
+        let _ = vars;
+        Err(Error::value(
+            "SwapEMAWeights must be used when `use_ema=True` is set on the optimizer; this optimizer keeps no moving averages.",
+        ))
+    }
+    /// Sets each moving average to its variable's current value.
+    ///
+    /// # Errors
+    /// As [`Optimizer::swap_ema_weights`].
+    fn copy_weights_to_ema(&mut self, vars: &[Variable]) -> Result<()> {
+        let _ = vars;
+        Err(Error::value(
+            "SwapEMAWeights must be used when `use_ema=True` is set on the optimizer; this optimizer keeps no moving averages.",
+        ))
+    }
     /// The loss to differentiate: the loss itself, or the loss times the loss scale for a
     /// [`LossScaleOptimizer`] (Keras's `optimizer.scale_loss`). The default `train_step` calls it;
     /// so should a custom one that may run under `mixed_float16`.
@@ -230,6 +267,12 @@ macro_rules! optimizer_common {
         }
         fn finalize_variable_values(&mut self, vars: &[Variable]) -> Result<()> {
             self.base.finalize_variable_values(vars)
+        }
+        fn swap_ema_weights(&mut self, vars: &[Variable]) -> Result<()> {
+            self.base.swap_ema(vars)
+        }
+        fn copy_weights_to_ema(&mut self, vars: &[Variable]) -> Result<()> {
+            self.base.copy_to_ema(vars)
         }
     };
 }
