@@ -144,6 +144,26 @@ const VARIANCE_SCALING: [(&str, &str, f64, FanMode, Distribution); 6] = [
     ),
 ];
 
+/// `VarianceScaling`'s `mode` and `distribution` values, by Keras name.
+const MODES: [(&str, FanMode); 3] = [
+    ("fan_in", FanMode::FanIn),
+    ("fan_out", FanMode::FanOut),
+    ("fan_avg", FanMode::FanAvg),
+];
+const DISTRIBUTIONS: [(&str, Distribution); 3] = [
+    ("truncated_normal", Distribution::TruncatedNormal),
+    ("untruncated_normal", Distribution::UntruncatedNormal),
+    ("uniform", Distribution::Uniform),
+];
+
+/// The Keras name of a `mode` or `distribution` value.
+fn keras_name<T: PartialEq>(table: &[(&'static str, T)], value: &T) -> &'static str {
+    table
+        .iter()
+        .find(|(_, v)| v == value)
+        .map_or("", |(n, _)| n)
+}
+
 const NAMES: &str = "\"zeros\", \"ones\", \"constant\", \"random_uniform\", \"random_normal\", \"truncated_normal\", \"variance_scaling\", \"glorot_uniform\", \"glorot_normal\", \"he_uniform\", \"he_normal\", \"lecun_uniform\", \"lecun_normal\" (or their Keras class names)";
 
 impl std::str::FromStr for Initializer {
@@ -225,26 +245,22 @@ impl Initializer {
                         .unwrap_or(default)
                         .to_string()
                 };
-                let mode = match text("mode", "fan_in").as_str() {
-                    "fan_in" => FanMode::FanIn,
-                    "fan_out" => FanMode::FanOut,
-                    "fan_avg" => FanMode::FanAvg,
-                    other => {
-                        return Err(Error::value(format!(
-                            "initializer VarianceScaling: `mode` must be \"fan_in\", \"fan_out\" or \"fan_avg\"; received {other:?}"
-                        )));
-                    }
-                };
-                let distribution = match text("distribution", "truncated_normal").as_str() {
-                    "truncated_normal" => Distribution::TruncatedNormal,
-                    "untruncated_normal" => Distribution::UntruncatedNormal,
-                    "uniform" => Distribution::Uniform,
-                    other => {
-                        return Err(Error::value(format!(
-                            "initializer VarianceScaling: `distribution` must be \"truncated_normal\", \"untruncated_normal\" or \"uniform\"; received {other:?}"
-                        )));
-                    }
-                };
+                let mode = text("mode", "fan_in");
+                let mode = MODES.iter().find(|(n, _)| *n == mode).map(|(_, m)| *m).ok_or_else(|| {
+                    Error::value(format!(
+                        "initializer VarianceScaling: `mode` must be \"fan_in\", \"fan_out\" or \"fan_avg\"; received {mode:?}"
+                    ))
+                })?;
+                let dist = text("distribution", "truncated_normal");
+                let distribution = DISTRIBUTIONS
+                    .iter()
+                    .find(|(n, _)| *n == dist)
+                    .map(|(_, d)| *d)
+                    .ok_or_else(|| {
+                        Error::value(format!(
+                            "initializer VarianceScaling: `distribution` must be \"truncated_normal\", \"untruncated_normal\" or \"uniform\"; received {dist:?}"
+                        ))
+                    })?;
                 let scale = get("scale", 1.0)?;
                 if scale <= 0.0 {
                     return Err(Error::value(format!(
@@ -325,16 +341,8 @@ impl Initializer {
                 class,
             } => {
                 if *class == "VarianceScaling" {
-                    let mode = match mode {
-                        FanMode::FanIn => "fan_in",
-                        FanMode::FanOut => "fan_out",
-                        FanMode::FanAvg => "fan_avg",
-                    };
-                    let distribution = match distribution {
-                        Distribution::TruncatedNormal => "truncated_normal",
-                        Distribution::UntruncatedNormal => "untruncated_normal",
-                        Distribution::Uniform => "uniform",
-                    };
+                    let mode = keras_name(&MODES, mode);
+                    let distribution = keras_name(&DISTRIBUTIONS, distribution);
                     (
                         "VarianceScaling",
                         json!({"scale": scale, "mode": mode, "distribution": distribution, "seed": seed}),

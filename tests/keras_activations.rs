@@ -2,22 +2,19 @@
 //! (`tests/fixtures/keras_activations.json`, made by `make_keras_activation_fixtures.py`), on
 //! their own and inside a Dense layer.
 
-use std::path::PathBuf;
-
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 
 use ferrokeras::layers::{Activation, ActivationLayer, Dense, Layer};
 use ferrokeras::{GradientTape, Variable};
 
+// Reads its fixture only; the rows helper below builds its tensors.
+#[allow(dead_code)]
+#[path = "support/fixtures.rs"]
+mod support;
+
 fn fixtures() -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
-        .join("keras_activations.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
+    support::read("keras_activations.json")
 }
 
 fn rows(v: &Value) -> Vec<Vec<f32>> {

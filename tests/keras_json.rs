@@ -4,47 +4,15 @@
 //! JSON ferrokeras writes for the same models (`ferrokeras_json.json`) was read by Keras's
 //! `model_from_json`, which gave the same predictions.
 
-use std::path::PathBuf;
-
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde_json::Value;
 
 use ferrokeras::io::{LoadedModel, SavableModel, model_from_json};
 use ferrokeras::{Data, Model};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
-        .join(name)
-}
-
-fn read(name: &str) -> Value {
-    let path = fixture(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-/// A JSON number or nested list as a float32 tensor.
-fn tensor(v: &Value) -> Tensor {
-    fn walk(v: &Value, shape: &mut Vec<usize>, depth: usize, out: &mut Vec<f32>) {
-        match v {
-            Value::Array(items) => {
-                if shape.len() == depth {
-                    shape.push(items.len());
-                }
-                for item in items {
-                    walk(item, shape, depth + 1, out);
-                }
-            }
-            other => out.push(other.as_f64().unwrap() as f32),
-        }
-    }
-    let (mut shape, mut values) = (Vec::new(), Vec::new());
-    walk(v, &mut shape, 0, &mut values);
-    Tensor::from_vec(values, shape.as_slice(), &Device::Cpu).unwrap()
-}
+#[path = "support/fixtures.rs"]
+mod fixtures;
+use fixtures::{read, tensor};
 
 fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
@@ -146,7 +114,7 @@ fn ferrokeras_model_json_is_what_keras_read() {
         );
     }
     if std::env::var_os("FERROKERAS_WRITE_JSON_FIXTURES").is_some() {
-        let path = fixture("ferrokeras_json.json");
+        let path = fixtures::path("ferrokeras_json.json");
         let text = serde_json::to_string_pretty(&Value::Object(written)).unwrap() + "\n";
         std::fs::write(&path, text).unwrap();
         return;

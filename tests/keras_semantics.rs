@@ -1,8 +1,6 @@
 //! Reductions and names that depend on shapes and on the model's outputs, against Keras 3
 //! (`tests/fixtures/keras_semantics.json`, made by `make_keras_semantics_fixtures.py`).
 
-use std::path::PathBuf;
-
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 
@@ -12,34 +10,12 @@ use ferrokeras::metrics::{Accuracy, BinaryAccuracy, Metric};
 use ferrokeras::model::LayerExt;
 use ferrokeras::{Compile, Data, EvaluateOptions, Functional, Input, Model, ModelExt};
 
-fn fixtures() -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
-        .join("keras_semantics.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
+#[path = "support/fixtures.rs"]
+mod support;
+use support::tensor;
 
-/// A JSON number or nested list as a float32 tensor.
-fn tensor(v: &Value) -> Tensor {
-    fn walk(v: &Value, shape: &mut Vec<usize>, depth: usize, out: &mut Vec<f32>) {
-        match v {
-            Value::Array(items) => {
-                if shape.len() == depth {
-                    shape.push(items.len());
-                }
-                for item in items {
-                    walk(item, shape, depth + 1, out);
-                }
-            }
-            other => out.push(other.as_f64().unwrap() as f32),
-        }
-    }
-    let (mut shape, mut values) = (Vec::new(), Vec::new());
-    walk(v, &mut shape, 0, &mut values);
-    Tensor::from_vec(values, shape.as_slice(), &Device::Cpu).unwrap()
+fn fixtures() -> Value {
+    support::read("keras_semantics.json")
 }
 
 fn close(what: &str, got: f64, want: f64, tol: f64) {

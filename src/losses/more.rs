@@ -90,14 +90,15 @@ fn to_f32(t: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// Keras's `convert_binary_labels_to_hinge`: labels all in {0, 1} become -1 and 1.
+/// Keras's `convert_binary_labels_to_hinge`: labels all in {0, 1} become -1 and 1. Decided on
+/// the labels' device (no read back to the host in a training step).
 fn hinge_labels(t: &Tensor) -> Result<Tensor> {
-    let values = t.flatten_all()?.to_vec1::<f32>()?;
-    Ok(if values.iter().all(|v| *v == 0.0 || *v == 1.0) {
-        t.affine(2.0, -1.0)?
-    } else {
-        t.clone()
-    })
+    if t.elem_count() == 0 {
+        return Ok(t.clone());
+    }
+    let binary = t.eq(0.0)?.maximum(&t.eq(1.0)?)?.flatten_all()?.min(0)?;
+    let binary = binary.broadcast_as(t.shape())?;
+    Ok(binary.where_cond(&t.affine(2.0, -1.0)?, t)?)
 }
 
 macro_rules! more_loss {
