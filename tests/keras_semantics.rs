@@ -514,6 +514,39 @@ fn auc_matches_keras() {
     assert!(AUC::with_thresholds(1).is_err());
 }
 
+/// `AUC` counts as Keras does where predictions leave `[0, 1]` (clipped: -0.5 is above the
+/// first threshold, 1.5 not above the last) or sit on a threshold (1/3 is not above 1/3): the
+/// four counts at every threshold, and the area.
+#[test]
+fn auc_counts_at_the_edges_match_keras() {
+    use ferrokeras::metrics::AUC;
+    let fx = &fixtures()["confusion_metrics"];
+    let b = &fx["auc_edge_batch"];
+    let (t, p, w) = (tensor(&b[0]), tensor(&b[1]), tensor(&b[2]));
+    for n in [3usize, 4] {
+        let mut m = AUC::with_thresholds(n).unwrap();
+        m.update_state(&t, &p, Some(&w)).unwrap();
+        let want = &fx[format!("AUC_edge_counts@{n}")];
+        let state = m.state();
+        for (kind, name) in ["tp", "fp", "tn", "fn"].iter().enumerate() {
+            let got: Vec<f64> = (0..n).map(|i| state[4 * i + kind]).collect();
+            let want: Vec<f64> = want[kind]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(got, want, "AUC@{n} {name}");
+        }
+        close(
+            &format!("AUC_edge@{n}"),
+            m.result(),
+            fx[format!("AUC_edge@{n}")].as_f64().unwrap(),
+            1e-6,
+        );
+    }
+}
+
 /// The cross-entropy metrics (of probabilities), and the sparse top-2 accuracy, after an
 /// unweighted and a weighted update.
 #[test]

@@ -153,12 +153,6 @@ impl Pending {
             fetched: Arc::new(OnceLock::new()),
         }
     }
-    fn len(&self) -> usize {
-        match self.kind {
-            Queued::Pair => 2,
-            Queued::Total(_) | Queued::Weighted(_) => 1,
-        }
-    }
     /// (total, count) from the fetched values; NaN when they are missing.
     fn pair(&self) -> (f64, f64) {
         match (self.fetched.get(), self.kind) {
@@ -190,6 +184,36 @@ pub fn device_reads() -> usize {
     DEVICE_READS.load(Ordering::Relaxed)
 }
 
+/// Reads the values of every queued update not read yet, in one transfer (one of
+/// [`device_reads`]); each update's values land in its `fetched`. A failed transfer leaves them
+/// unset (the metric's result is then NaN, never a panic).
+fn fetch_queued<'a>(queued: impl IntoIterator<Item = (&'a Tensor, &'a OnceLock<Vec<f32>>)>) {
+    let unread: Vec<_> = queued
+        .into_iter()
+        .filter(|(_, fetched)| fetched.get().is_none())
+        .collect();
+    if unread.is_empty() {
+        return;
+    }
+    DEVICE_READS.fetch_add(1, Ordering::Relaxed);
+    let values = unread
+        .iter()
+        .map(|(t, _)| t.flatten_all()?.to_dtype(DType::F32))
+        .collect::<candle_core::Result<Vec<_>>>()
+        .and_then(|f| Tensor::cat(&f, 0))
+        .and_then(|t| t.to_vec1::<f32>());
+    if let Ok(v) = values {
+        let mut at = 0;
+        for (t, fetched) in unread {
+            let n = t.elem_count();
+            if let Some(part) = v.get(at..at + n) {
+                let _ = fetched.set(part.to_vec());
+            }
+            at += n;
+        }
+    }
+}
+
 /// Whether updates on `t`'s device are queued: off the CPU, or on it when the CPU takes the
 /// other devices' path (`FERROKERAS_KERNELS=candle`).
 fn queues(t: &Tensor) -> bool {
@@ -209,28 +233,7 @@ impl AccState {
             return;
         }
         let queued = std::mem::take(&mut self.pending);
-        let unread: Vec<&Pending> = queued
-            .iter()
-            .filter(|p| p.fetched.get().is_none())
-            .collect();
-        if !unread.is_empty() {
-            DEVICE_READS.fetch_add(1, Ordering::Relaxed);
-            let values = unread
-                .iter()
-                .map(|p| p.values.flatten_all()?.to_dtype(DType::F32))
-                .collect::<candle_core::Result<Vec<_>>>()
-                .and_then(|f| Tensor::cat(&f, 0))
-                .and_then(|t| t.to_vec1::<f32>());
-            if let Ok(v) = values {
-                let mut at = 0;
-                for p in unread {
-                    if let Some(part) = v.get(at..at + p.len()) {
-                        let _ = p.fetched.set(part.to_vec());
-                    }
-                    at += p.len();
-                }
-            }
-        }
+        fetch_queued(queued.iter().map(|p| (&p.values, &*p.fetched)));
         for p in &queued {
             let (total, count) = p.pair();
             self.add(total, count);
