@@ -856,3 +856,115 @@ fn weights_files_without_weight_names_use_the_run_order() {
     ferrokeras::io::load_weights(&mut copy, &old).unwrap();
     assert_eq!(values(&copy.call(&input, false).unwrap()), want);
 }
+
+/// A model of one's own made of parts ([`Model::submodels`]): its weights are named
+/// `{part}/{the part's name}`, and a weights file from before layer lists followed Keras's
+/// order still loads each weight into its layer inside a branched functional part.
+#[test]
+fn models_made_of_parts_name_and_load_their_parts_weights() {
+    let _g = serial();
+    struct Composite {
+        body: Functional,
+        head: Sequential,
+    }
+    impl Model for Composite {
+        fn call(&mut self, x: &Data, training: bool) -> ferrokeras::Result<Data> {
+            let h = self.body.call(x, training)?;
+            self.head.call(&h, training)
+        }
+        fn variables(&self) -> Vec<Variable> {
+            let mut v = self.body.variables();
+            v.extend(self.head.variables());
+            v
+        }
+        fn submodels(&self) -> Vec<(&str, &dyn Model)> {
+            vec![("body", &self.body), ("head", &self.head)]
+        }
+    }
+    let build = || {
+        let x = Input::named(&[4], "x");
+        let (a, b, c) = (Dense::new(2), Dense::new(2), Dense::new(2));
+        let short = a.apply(&x).unwrap();
+        let deep = c.apply(&b.apply(&x).unwrap()).unwrap();
+        let y = Concatenate::new().apply_many(&[short, deep]).unwrap();
+        Composite {
+            body: Functional::new(&[x], &[y]).unwrap(),
+            head: Sequential::new().input(&[4]).add(Dense::new(1)),
+        }
+    };
+    let mut model = build();
+    let names: Vec<String> = model
+        .named_variables()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "body/dense/kernel",
+            "body/dense/bias",
+            "body/dense_1/kernel",
+            "body/dense_1/bias",
+            "body/dense_2/kernel",
+            "body/dense_2/bias",
+            "head/dense/kernel",
+            "head/dense/bias"
+        ]
+    );
+    let input = Data::from(uniform(&[3, 4]));
+    let want = values(&model.call(&input, false).unwrap());
+    let path = tmp("parts.weights.safetensors");
+    ferrokeras::io::save_weights(&model, &path).unwrap();
+    let mut copy = build();
+    ferrokeras::io::load_weights(&mut copy, &path).unwrap();
+    assert_eq!(values(&copy.call(&input, false).unwrap()), want);
+
+    // As an older version wrote it: the body's first two layers named by the order they run.
+    let mut file = ferrokeras::io::read_tensors(&path).unwrap();
+    file.metadata.remove("weight_names");
+    file.tensors = file
+        .tensors
+        .into_iter()
+        .map(|(k, t)| {
+            let k = match k.split_once('/') {
+                Some(("body", rest)) if rest.starts_with("dense/") => {
+                    format!("body/dense_1/{}", &rest[6..])
+                }
+                Some(("body", rest)) if rest.starts_with("dense_1/") => {
+                    format!("body/dense/{}", &rest[8..])
+                }
+                _ => k,
+            };
+            (k, t)
+        })
+        .collect();
+    let old = tmp("parts-old.weights.safetensors");
+    ferrokeras::io::write_tensors(&old, &file).unwrap();
+    let mut copy = build();
+    ferrokeras::io::load_weights(&mut copy, &old).unwrap();
+    assert_eq!(values(&copy.call(&input, false).unwrap()), want);
+
+    // A wrapper whose one part is named "": the part's own names.
+    struct Wrapper(Functional);
+    impl Model for Wrapper {
+        fn call(&mut self, x: &Data, training: bool) -> ferrokeras::Result<Data> {
+            self.0.call(x, training)
+        }
+        fn variables(&self) -> Vec<Variable> {
+            self.0.variables()
+        }
+        fn submodels(&self) -> Vec<(&str, &dyn Model)> {
+            vec![("", &self.0)]
+        }
+    }
+    let wrapper = Wrapper(build().body);
+    let names = |v: Vec<(String, Variable)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+    assert_eq!(
+        names(wrapper.named_variables()),
+        names(wrapper.0.named_variables())
+    );
+    assert_eq!(
+        names(wrapper.legacy_named_variables().unwrap()),
+        names(wrapper.0.legacy_named_variables().unwrap())
+    );
+}

@@ -101,17 +101,13 @@ impl Model for Gan {
         "gan"
     }
 
-    // Checkpoints name the two networks' variables by structure, and keep both optimizers.
-    fn named_variables(&self) -> Vec<(String, Variable)> {
-        let prefixed = |p: &str, m: &Sequential| -> Vec<(String, Variable)> {
-            m.named_variables()
-                .into_iter()
-                .map(|(n, v)| (format!("{p}/{n}"), v))
-                .collect()
-        };
-        let mut out = prefixed("discriminator", &self.discriminator);
-        out.extend(prefixed("generator", &self.generator));
-        out
+    // Checkpoints name the two networks' variables by structure (`discriminator/...`,
+    // `generator/...`), and keep both optimizers.
+    fn submodels(&self) -> Vec<(&str, &dyn Model)> {
+        vec![
+            ("discriminator", &self.discriminator),
+            ("generator", &self.generator),
+        ]
     }
 
     fn extra_state(&self) -> Result<Vec<(String, Tensor)>> {

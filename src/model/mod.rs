@@ -215,14 +215,49 @@ pub trait Model: Send {
         )
     }
 
+    /// The models this model is made of, each with a name: a GAN's `discriminator` and
+    /// `generator`. None by default. A model that lists them gets structural names for saving
+    /// and loading from its parts ([`Model::named_variables`], and for older files
+    /// [`Model::legacy_named_variables`]) without writing either. A part named `""` lends its
+    /// names unprefixed: a model that wraps one functional model (the guide's `CustomModel`)
+    /// saves the weights under the same names as that model.
+    ///
+    /// ```
+    /// use ferrokeras::prelude::*;
+    /// struct Pair { a: Sequential, b: Sequential }
+    /// impl Model for Pair {
+    ///     fn call(&mut self, x: &Data, training: bool) -> ferrokeras::Result<Data> {
+    ///         let h = self.a.call(x, training)?;
+    ///         self.b.call(&h, training)
+    ///     }
+    ///     fn variables(&self) -> Vec<Variable> {
+    ///         let mut v = self.a.variables();
+    ///         v.extend(self.b.variables());
+    ///         v
+    ///     }
+    ///     fn submodels(&self) -> Vec<(&str, &dyn Model)> {
+    ///         vec![("encoder", &self.a), ("decoder", &self.b)]
+    ///     }
+    /// }
+    /// let pair = Pair {
+    ///     a: Sequential::new().input(&[3]).add(Dense::new(2)),
+    ///     b: Sequential::new().input(&[2]).add(Dense::new(1)),
+    /// };
+    /// let names: Vec<String> = pair.named_variables().into_iter().map(|(n, _)| n).collect();
+    /// assert_eq!(names, ["encoder/dense/kernel", "encoder/dense/bias",
+    ///                    "decoder/dense/kernel", "decoder/dense/bias"]);
+    /// ```
+    fn submodels(&self) -> Vec<(&str, &dyn Model)> {
+        Vec::new()
+    }
+
     /// Every variable with its structural name, used by saving and loading: a name that depends on
     /// the model's structure only (`dense_1/kernel` is the second `Dense` of this model), not on how
-    /// many layers the process created before. By default, the variables' own names.
+    /// many layers the process created before. By default: the variables of each of
+    /// [`Model::submodels`] as `{part}/{its structural name}`, then any other variable under its
+    /// own name.
     fn named_variables(&self) -> Vec<(String, Variable)> {
-        self.variables()
-            .into_iter()
-            .map(|v| (v.name().to_string(), v))
-            .collect()
+        compose_named(self, |m| m.named_variables())
     }
 
     /// The structural names that weights and checkpoint files written before layer lists
@@ -230,8 +265,21 @@ pub trait Model: Send {
     /// [`Model::named_variables`] (a branched functional model, whose layers were then listed in
     /// the order they first run); `None` (the default) when they are the same. Loading such a
     /// file (it lacks the `weight_names` metadata) uses them, so each weight reaches its layer.
+    ///
+    /// By default: those of [`Model::submodels`], composed as [`Model::named_variables`] composes
+    /// theirs, where one of them has any.
     fn legacy_named_variables(&self) -> Option<Vec<(String, Variable)>> {
-        None
+        if self
+            .submodels()
+            .iter()
+            .all(|(_, m)| m.legacy_named_variables().is_none())
+        {
+            return None;
+        }
+        Some(compose_named(self, |m| {
+            m.legacy_named_variables()
+                .unwrap_or_else(|| m.named_variables())
+        }))
     }
 
     /// State besides the variables that a checkpoint must keep (e.g. the optimizers a GAN holds in
@@ -369,9 +417,34 @@ impl<M: Model + ?Sized> Model for Box<M> {
     fn legacy_named_variables(&self) -> Option<Vec<(String, Variable)>> {
         (**self).legacy_named_variables()
     }
+    fn submodels(&self) -> Vec<(&str, &dyn Model)> {
+        (**self).submodels()
+    }
     fn load_extra_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
         (**self).load_extra_state(state)
     }
+}
+
+/// The variables of `model`'s submodels named `{part}/{name}` (`names` gives a part's names), then
+/// the model's other variables under their own names.
+fn compose_named<M: Model + ?Sized>(
+    model: &M,
+    names: impl Fn(&dyn Model) -> Vec<(String, Variable)>,
+) -> Vec<(String, Variable)> {
+    let mut out: Vec<(String, Variable)> = Vec::new();
+    for (part, m) in model.submodels() {
+        out.extend(names(m).into_iter().map(|(n, v)| match part {
+            "" => (n, v),
+            _ => (format!("{part}/{n}"), v),
+        }));
+    }
+    let named: std::collections::HashSet<_> = out.iter().map(|(_, v)| v.id()).collect();
+    for v in model.variables() {
+        if !named.contains(&v.id()) {
+            out.push((v.name().to_string(), v));
+        }
+    }
+    out
 }
 
 /// Structural names for the variables of `layers` (in order): each layer gets a name unique within
