@@ -1382,3 +1382,53 @@ fn convolution_regularizers_add_to_the_loss() -> Result<()> {
     );
     Ok(())
 }
+
+/// `train_on_batch`, `test_on_batch` and `predict_on_batch` as Keras 3 gives them (checked with
+/// Keras 3.15.1, JAX backend, on this model: kernel of ones, no bias, SGD at rate 0): each call
+/// resets the metrics, so its logs are its batch's values; a sample weight weighs the loss over
+/// the batch size and the metric over the weights.
+#[test]
+fn on_batch_methods_report_their_batch_as_keras_does() {
+    let _g = serial();
+    let dev = ferrokeras::runtime::default_device();
+    let t = |v: &[f32], shape: (usize, usize)| Tensor::from_vec(v.to_vec(), shape, &dev).unwrap();
+    let model = Sequential::new().input(&[2]).add(
+        Dense::new(1)
+            .kernel_initializer("ones")
+            .unwrap()
+            .bias_initializer("zeros")
+            .unwrap(),
+    );
+    let mut model = Trainer::new(model)
+        .compile(
+            Compile::new()
+                .optimizer(Sgd::new(0.0))
+                .loss("mse")
+                .metrics(["mae"]),
+        )
+        .unwrap();
+    let (x1, x2) = (t(&[1., 0., 0., 1.], (2, 2)), t(&[2., 0., 0., 2.], (2, 2)));
+    let y = t(&[0., 0.], (2, 1));
+    let pairs = |l: &Logs| {
+        l.iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect::<Vec<_>>()
+    };
+    let want = |loss: f64, mae: f64| vec![("loss".to_string(), loss), ("mae".to_string(), mae)];
+    let logs = model.train_on_batch((x1.clone(), y.clone())).unwrap();
+    assert_eq!(pairs(&logs), want(1.0, 1.0));
+    let logs = model.train_on_batch((x2.clone(), y.clone())).unwrap();
+    assert_eq!(pairs(&logs), want(4.0, 2.0));
+    let logs = model.test_on_batch((x1.clone(), y.clone())).unwrap();
+    assert_eq!(pairs(&logs), want(1.0, 1.0));
+    let logs = model.test_on_batch((x2.clone(), y.clone())).unwrap();
+    assert_eq!(pairs(&logs), want(4.0, 2.0));
+    let sw = Tensor::from_vec(vec![1f32, 0.0], 2, &dev).unwrap();
+    let logs = model.train_on_batch((x1.clone(), y.clone(), sw)).unwrap();
+    assert_eq!(pairs(&logs), want(0.5, 1.0));
+    let pred = model.predict_on_batch(x2).unwrap();
+    assert_eq!(to_vec(pred.tensor().unwrap()), [2.0, 2.0]);
+    // Without targets, a compiled loss has nothing to compare with.
+    let err = model.test_on_batch(x1).unwrap_err().to_string();
+    assert!(err.contains("targets"), "{err}");
+}

@@ -656,13 +656,64 @@ impl<M: Model> Trainer<M> {
         crate::io::load_checkpoint(&mut self.model, &mut self.ctx, path)
     }
 
-    /// Runs one step on one batch outside `fit` (Keras's `train_on_batch`); returns its logs.
+    /// Runs one training step on one batch outside `fit` (Keras's `train_on_batch`): `x`,
+    /// `(x, y)` or `(x, y, sample_weight)`, moved to the model's device. As in Keras 3 the
+    /// metrics are reset first, so the logs are this batch's values (the loss before the
+    /// update).
+    ///
+    /// ```
+    /// use ferrokeras::prelude::*;
+    /// use candle_core::{Device, Tensor};
+    /// let model = Sequential::new().input(&[2]).add(Dense::new(1));
+    /// let mut model = Trainer::new(model)
+    ///     .compile(Compile::new().optimizer("sgd").loss("mse").metrics(["mae"]))
+    ///     .unwrap();
+    /// let x = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &Device::Cpu).unwrap();
+    /// let y = Tensor::new(&[[1f32], [0.0]], &Device::Cpu).unwrap();
+    /// let logs = model.train_on_batch((x.clone(), y.clone())).unwrap();
+    /// assert_eq!(logs.keys().collect::<Vec<_>>(), ["loss", "mae"]);
+    /// let after = model.test_on_batch((x.clone(), y)).unwrap();
+    /// assert!(after.get("loss").unwrap() < logs.get("loss").unwrap());
+    /// assert_eq!(model.predict_on_batch(x).unwrap().tensor().unwrap().dims(), &[2, 1]);
+    /// ```
     ///
     /// # Errors
     /// Any error of the step.
     pub fn train_on_batch(&mut self, batch: impl Into<Data>) -> Result<Logs> {
-        let batch = batch.into();
-        self.model.train_step(&mut self.ctx, &batch)
+        let batch = self.on_model_device(batch.into())?;
+        self.build_metrics(&batch)?;
+        self.model.reset_metrics(&mut self.ctx);
+        let logs = self.model.train_step(&mut self.ctx, &batch)?;
+        Ok(self.metrics_or_logs(logs))
+    }
+
+    /// Runs one evaluation step on one batch (Keras's `test_on_batch`): `(x, y)` or
+    /// `(x, y, sample_weight)`; the metrics are reset first, as in Keras 3. See
+    /// [`Trainer::train_on_batch`].
+    ///
+    /// # Errors
+    /// Any error of the step.
+    pub fn test_on_batch(&mut self, batch: impl Into<Data>) -> Result<Logs> {
+        let batch = self.on_model_device(batch.into())?;
+        self.build_metrics(&batch)?;
+        self.model.reset_metrics(&mut self.ctx);
+        let logs = self.model.test_step(&mut self.ctx, &batch)?;
+        Ok(self.metrics_or_logs(logs))
+    }
+
+    /// The model's predictions for one batch of inputs through its `predict_step` (Keras's
+    /// `predict_on_batch`). See [`Trainer::train_on_batch`].
+    ///
+    /// # Errors
+    /// Any error of the step.
+    pub fn predict_on_batch(&mut self, x: impl Into<Data>) -> Result<Data> {
+        let x = self.on_model_device(Data::pack(x.into(), None, None))?;
+        self.model.predict_step(&mut self.ctx, &x)
+    }
+
+    /// Resets every metric of the model (Keras's `model.reset_metrics()`).
+    pub fn reset_metrics(&mut self) {
+        self.model.reset_metrics(&mut self.ctx);
     }
 
     #[allow(clippy::too_many_arguments)]
