@@ -834,3 +834,90 @@ fn chunked_convolutions_match_per_image_results() {
     }
     finish(&[&g]);
 }
+
+/// A layer built from the Keras config stored with a fixture case (what `model_from_json`
+/// reads), built for the case's input.
+fn layer_from_keras_config(class: &str, case: &Value, input_shape: &[usize]) -> Box<dyn Layer> {
+    let mut layer = ferrokeras::layers::from_config(class, &case["keras_config"])
+        .unwrap_or_else(|e| panic!("{class} from Keras's config: {e}"));
+    layer.build(input_shape).expect("build");
+    layer
+}
+
+#[test]
+fn layer_normalization_matches_keras() {
+    let fx = fixtures();
+    let cases = cases(&fx, "layer_norm");
+    assert_eq!(cases.len(), 3, "expected 3 LayerNormalization cases");
+    let mut fwd = Group::new("layer_norm forward");
+    let mut bwd = Group::new("layer_norm gradients");
+    for case in cases {
+        let x = tensor(&case["x"]);
+        let mut layer = layer_from_keras_config("LayerNormalization", case, &x.dims()[1..]);
+        let vars = layer.variables();
+        assert_eq!(vars.len(), 2, "gamma, beta");
+        for (v, key) in vars.iter().zip(["gamma", "beta"]) {
+            v.assign(&tensor(&case[key])).expect("assign");
+        }
+        check_case(
+            &mut fwd,
+            &mut bwd,
+            name_of(case),
+            layer.as_mut(),
+            case,
+            &vars,
+            &["grad_x", "grad_gamma", "grad_beta"],
+            true,
+            "y",
+        );
+    }
+    finish(&[&fwd, &bwd]);
+}
+
+/// Rows looked up as Keras looks them up, the table's gradient (rows of a repeated id add
+/// up, rows never looked up get zero), and ids out of range refused with the range.
+#[test]
+fn embedding_matches_keras() {
+    let fx = fixtures();
+    let case = &cases(&fx, "embedding")[0];
+    let ids = tensor(&case["ids"]);
+    let mut layer = layer_from_keras_config("Embedding", case, &ids.dims()[1..]);
+    let table = layer.variables();
+    assert_eq!(table.len(), 1);
+    table[0].assign(&tensor(&case["embeddings"])).unwrap();
+    let mut fwd = Group::new("embedding forward");
+    let mut bwd = Group::new("embedding gradient");
+    for dtype in [DType::F32, DType::U32, DType::I64] {
+        let y = layer.call(&ids.to_dtype(dtype).unwrap(), true).unwrap();
+        fwd.close_t(
+            &format!("ids as {dtype:?}"),
+            &y,
+            &tensor(&case["y"]),
+            FWD_RTOL,
+            FWD_ATOL,
+        );
+        let loss = objective(&y, &tensor(&case["upstream"])).unwrap();
+        let g = GradientTape::gradient(&loss, &table).unwrap();
+        bwd.close_t(
+            &format!("ids as {dtype:?}"),
+            &g[0],
+            &tensor(&case["grad_embeddings"]),
+            GRAD_RTOL,
+            GRAD_ATOL,
+        );
+    }
+    finish(&[&fwd, &bwd]);
+    let dev = ferrokeras::runtime::default_device();
+    if dev.is_cpu() {
+        for bad in [10f32, -1.0] {
+            let err = layer
+                .call(&Tensor::new(&[[1f32, bad]], &dev).unwrap(), false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("ids must be in [0, 10)") && err.contains(&format!("id {bad}")),
+                "{err}"
+            );
+        }
+    }
+}

@@ -250,9 +250,21 @@ fn every_builtin_layer_config_round_trips() {
                 .kernel_regularizer(Regularizer::L1L2 { l1: 0.5, l2: 0.25 }),
         ),
         Box::new(Dropout::new(0.75).unwrap()),
+        Box::new(
+            ferrokeras::layers::Embedding::new(100, 6)
+                .embeddings_initializer(ferrokeras::initializers::Initializer::Constant(0.5))
+                .embeddings_regularizer(Regularizer::L2(0.125)),
+        ),
         Box::new(Flatten::new()),
         Box::new(GlobalAveragePooling2D::new().data_format(DataFormat::ChannelsFirst)),
         Box::new(GlobalMaxPooling2D::new()),
+        Box::new(
+            ferrokeras::layers::LayerNormalization::new()
+                .axes(&[1, -1])
+                .epsilon(0.25)
+                .center(false)
+                .regularizers(Some(Regularizer::L1(0.5)), None),
+        ),
         Box::new(LeakyReLU::new(0.01)),
         Box::new(MaxPooling2D::new((2, 3))),
         Box::new(ReLU::new()),
@@ -967,4 +979,74 @@ fn models_made_of_parts_name_and_load_their_parts_weights() {
         names(wrapper.legacy_named_variables().unwrap()),
         names(wrapper.0.legacy_named_variables().unwrap())
     );
+}
+
+/// A text-style model (Embedding, LayerNormalization) trains with `fit`, saves and loads with
+/// the same predictions, and its JSON rebuilds the same layers.
+#[test]
+fn embedding_and_layer_normalization_train_save_and_load() {
+    use ferrokeras::layers::{Embedding, LayerNormalization};
+    let _g = serial();
+    ferrokeras::random::set_random_seed(3);
+    let dev = ferrokeras::runtime::default_device();
+    // Sequences of 5 ids in [0, 8); the label says whether id 3 occurs.
+    let (n, len) = (256, 5);
+    let ids: Vec<f32> = (0..n * len).map(|i| ((i * 7 + i / 3) % 8) as f32).collect();
+    let labels: Vec<f32> = ids
+        .chunks(len)
+        .map(|s| s.contains(&3.0) as u8 as f32)
+        .collect();
+    let x = Tensor::from_vec(ids, (n, len), &dev).unwrap();
+    let y = Tensor::from_vec(labels, (n, 1), &dev).unwrap();
+    let model = Sequential::new()
+        .input(&[len])
+        .add(Embedding::new(8, 4))
+        .add(LayerNormalization::new())
+        .add(Flatten::new())
+        .add(Dense::new(1).activation("sigmoid").unwrap());
+    let mut trainer = Trainer::new(model)
+        .compile(
+            Compile::new()
+                .optimizer(Adam::new(0.05))
+                .loss("binary_crossentropy")
+                .metrics(["accuracy"]),
+        )
+        .unwrap();
+    let h = trainer
+        .fit(
+            (x.clone(), y),
+            FitOptions::new().epochs(15).batch_size(32).verbose(0),
+        )
+        .unwrap();
+    let acc = h.get("accuracy");
+    assert!(acc[acc.len() - 1] > 0.95, "accuracy {acc:?}");
+
+    let model = trainer.model();
+    let path = tmp("embedding.safetensors");
+    save_model(model, &path).unwrap();
+    let mut loaded = load_model(&path).unwrap();
+    let names: Vec<(String, Vec<usize>)> = loaded
+        .named_variables()
+        .into_iter()
+        .map(|(n, v)| (n, v.value().dims().to_vec()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("embedding/embeddings".to_string(), vec![8, 4]),
+            ("layer_normalization/gamma".to_string(), vec![4]),
+            ("layer_normalization/beta".to_string(), vec![4]),
+            ("dense/kernel".to_string(), vec![20, 1]),
+            ("dense/bias".to_string(), vec![1]),
+        ]
+    );
+    let input = Data::from(x.narrow(0, 0, 16).unwrap());
+    let mut original = model_from_json(&model.to_json().unwrap()).unwrap();
+    assert_eq!(original.variables().len(), 5);
+    let trained = trainer.model_mut();
+    assert_eq!(
+        values(&loaded.call(&input, false).unwrap()),
+        values(&trained.call(&input, false).unwrap())
+    );
+    assert!(original.call(&input, false).is_ok());
 }

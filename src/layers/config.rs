@@ -13,9 +13,9 @@ use serde_json::{Map, Value, json};
 
 use super::{
     Activation, ActivationLayer, Add, AveragePooling2D, BatchNormalization, Concatenate, Conv2D,
-    Conv2DTranspose, DataFormat, Dense, Dropout, Flatten, GlobalAveragePooling2D,
-    GlobalMaxPooling2D, Layer, LeakyReLU, MaxPooling2D, Padding, ReLU, Regularizer, Reshape,
-    UpSampling2D, reserve_name,
+    Conv2DTranspose, DataFormat, Dense, Dropout, Embedding, Flatten, GlobalAveragePooling2D,
+    GlobalMaxPooling2D, Layer, LayerNormalization, LeakyReLU, MaxPooling2D, Padding, ReLU,
+    Regularizer, Reshape, UpSampling2D, reserve_name,
 };
 use crate::{Error, Result};
 
@@ -30,9 +30,11 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "Conv2DTranspose",
     "Dense",
     "Dropout",
+    "Embedding",
     "Flatten",
     "GlobalAveragePooling2D",
     "GlobalMaxPooling2D",
+    "LayerNormalization",
     "LeakyReLU",
     "MaxPooling2D",
     "ReLU",
@@ -515,6 +517,56 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                 BatchNormalization::named,
             ))
         }
+        "Embedding" => {
+            let mut e = Embedding::new(c.req_usize("input_dim")?, c.req_usize("output_dim")?);
+            if let Some(p) = &own_policy {
+                e = e.dtype(p)?;
+            }
+            if let Some(i) = c.initializer_of("embeddings_initializer")? {
+                e = e.embeddings_initializer(i);
+            }
+            if let Some(r) = c.regularizer("embeddings_regularizer")? {
+                e = e.embeddings_regularizer(r);
+            }
+            Box::new(named(e, name, Embedding::named))
+        }
+        "LayerNormalization" => {
+            let axes: Vec<isize> = match c.get("axis") {
+                None => vec![-1],
+                Some(v) => {
+                    let int = |v: &Value| v.as_i64().and_then(|n| isize::try_from(n).ok());
+                    match v {
+                        Value::Array(items) => items.iter().map(int).collect::<Option<Vec<_>>>(),
+                        v => int(v).map(|a| vec![a]),
+                    }
+                    .ok_or_else(|| c.invalid("axis", "an integer or a list of integers", v))?
+                }
+            };
+            let epsilon = c.f64_or("epsilon", 1e-3)?;
+            let center = c.bool_or("center", true)?;
+            let scale = c.bool_or("scale", true)?;
+            let gamma = c
+                .initializer_of("gamma_initializer")?
+                .unwrap_or(crate::initializers::Initializer::Ones);
+            let beta = c
+                .initializer_of("beta_initializer")?
+                .unwrap_or(crate::initializers::Initializer::Zeros);
+            let (gr, br) = (
+                c.regularizer("gamma_regularizer")?,
+                c.regularizer("beta_regularizer")?,
+            );
+            Box::new(named(
+                LayerNormalization::new()
+                    .axes(&axes)
+                    .epsilon(epsilon)
+                    .center(center)
+                    .scale(scale)
+                    .initializers(gamma, beta)
+                    .regularizers(gr, br),
+                name,
+                LayerNormalization::named,
+            ))
+        }
         _ => return Ok(None),
     };
     c.finish()?;
@@ -865,6 +917,15 @@ impl<'a> ConfigReader<'a> {
                 "gamma_constraint",
                 "renorm_clipping",
             ],
+            "LayerNormalization" => &["beta_constraint", "gamma_constraint"],
+            "Embedding" => &[
+                "embeddings_constraint",
+                "activity_regularizer",
+                "quantization_config",
+                "lora_rank",
+                "lora_alpha",
+                "input_length",
+            ],
             "ReLU" => &["max_value"],
             _ => &[],
         };
@@ -893,6 +954,20 @@ impl<'a> ConfigReader<'a> {
                     {
                         return Err(self.invalid(key, "0 (the only value ferrokeras's ReLU supports; use LeakyReLU for a slope)", v));
                     }
+                }
+            }
+            "Embedding" => {
+                self.fixed("mask_zero", json!(false))?;
+            }
+            "LayerNormalization" => {
+                if let Some(v) = self.get("rms_scaling")
+                    && v != &json!(false)
+                {
+                    return Err(self.invalid(
+                        "rms_scaling",
+                        "false (Keras deprecates `rms_scaling=True`, which scales by the variance)",
+                        v,
+                    ));
                 }
             }
             "GlobalMaxPooling2D" | "GlobalAveragePooling2D" => {

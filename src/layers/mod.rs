@@ -14,6 +14,7 @@ mod conv_generic;
 mod core;
 mod dense;
 mod dropout;
+mod embedding;
 pub(crate) mod im2col;
 mod norm;
 mod pooling;
@@ -27,7 +28,8 @@ pub use conv::{Conv2D, Conv2DTranspose, DataFormat, Padding};
 pub use core::{Add, Concatenate};
 pub use dense::{Dense, Regularizer};
 pub use dropout::Dropout;
-pub use norm::BatchNormalization;
+pub use embedding::Embedding;
+pub use norm::{BatchNormalization, LayerNormalization};
 pub use pooling::{
     AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D, PoolFusion,
     UpSampling2D,

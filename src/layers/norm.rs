@@ -1,6 +1,6 @@
-//! `BatchNormalization`.
+//! `BatchNormalization` and `LayerNormalization`.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::{Layer, unique_name};
 use crate::initializers::Initializer;
@@ -294,6 +294,263 @@ impl BatchNormalization {
             y = y.broadcast_add(&beta.as_tensor().unsqueeze(0)?)?;
         }
         Ok(y.reshape(x.dims())?)
+    }
+}
+
+/// Keras's `layers.LayerNormalization`: each sample normalized over `axis` (the last by
+/// default) with its own mean and variance, `(x - mean) / sqrt(var + epsilon) * gamma + beta`,
+/// computed in float32 whatever the input's dtype (the output has the input's dtype). `gamma`
+/// and `beta` have the shape of the normalized axes.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::layers::{Layer, LayerNormalization};
+/// let mut ln = LayerNormalization::new();
+/// let x = Tensor::new(&[[1f32, 2.0, 3.0], [10.0, 10.0, 40.0]], &Device::Cpu).unwrap();
+/// let y = ln.call(&x, true).unwrap().to_vec2::<f32>().unwrap();
+/// assert!(y.iter().all(|row| row.iter().sum::<f32>().abs() < 1e-5)); // zero mean per sample
+/// assert!((y[0][2] - 1.2238).abs() < 1e-3); // 1 / sqrt(2/3 + 1e-3)
+/// assert_eq!(ln.variables().len(), 2); // gamma, beta
+/// ```
+pub struct LayerNormalization {
+    name: String,
+    /// The normalized axes, counted with the batch axis (negative from the end).
+    axes: Vec<isize>,
+    epsilon: f64,
+    center: bool,
+    scale: bool,
+    /// gamma, beta (Keras's ones, zeros).
+    initializers: [Initializer; 2],
+    regularizers: [Option<super::Regularizer>; 2],
+    gamma: Option<Variable>,
+    beta: Option<Variable>,
+    built: bool,
+    device: Device,
+}
+
+impl Default for LayerNormalization {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LayerNormalization {
+    /// Keras defaults: the last axis, epsilon 1e-3, with `gamma` and `beta`.
+    pub fn new() -> Self {
+        Self {
+            name: unique_name("layer_normalization"),
+            axes: vec![-1],
+            epsilon: 1e-3,
+            center: true,
+            scale: true,
+            initializers: [Initializer::Ones, Initializer::Zeros],
+            regularizers: [None, None],
+            gamma: None,
+            beta: None,
+            built: false,
+            device: crate::runtime::default_device(),
+        }
+    }
+    /// The axis to normalize over, counted with the batch axis (Keras's `axis`: -1 by default).
+    pub fn axis(self, axis: isize) -> Self {
+        self.axes(&[axis])
+    }
+    /// Several axes to normalize over together (Keras's `axis=[1, 2]`).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::layers::{Layer, LayerNormalization};
+    /// let mut ln = LayerNormalization::new().axes(&[1, 2]);
+    /// let x = ferrokeras::random::uniform(&[2, 3, 4], 0.0, 1.0, &Device::Cpu).unwrap();
+    /// let y = ln.call(&x, true).unwrap();
+    /// assert_eq!(ln.variables()[0].value().dims(), &[3, 4]);
+    /// let per_sample = y.flatten_from(1).unwrap().mean(1).unwrap().to_vec1::<f32>().unwrap();
+    /// assert!(per_sample.iter().all(|m| m.abs() < 1e-5));
+    /// ```
+    pub fn axes(mut self, axes: &[isize]) -> Self {
+        self.axes = axes.to_vec();
+        self
+    }
+    /// Variance epsilon (default 1e-3).
+    pub fn epsilon(mut self, e: f64) -> Self {
+        self.epsilon = e;
+        self
+    }
+    /// Whether to add the learned offset `beta` (default true; Keras's `center`).
+    pub fn center(mut self, center: bool) -> Self {
+        self.center = center;
+        self
+    }
+    /// Whether to multiply by the learned factor `gamma` (default true; Keras's `scale`).
+    pub fn scale(mut self, scale: bool) -> Self {
+        self.scale = scale;
+        self
+    }
+    /// How `gamma` and `beta` start (Keras's `gamma_initializer`, `beta_initializer`; by
+    /// default ones and zeros).
+    pub fn initializers(mut self, gamma: Initializer, beta: Initializer) -> Self {
+        self.initializers = [gamma, beta];
+        self
+    }
+    /// Penalties on `gamma` and `beta` (Keras's `gamma_regularizer`, `beta_regularizer`).
+    pub fn regularizers(
+        mut self,
+        gamma: Option<super::Regularizer>,
+        beta: Option<super::Regularizer>,
+    ) -> Self {
+        self.regularizers = [gamma, beta];
+        self
+    }
+    /// The device variables are created on.
+    pub fn device(mut self, d: &Device) -> Self {
+        self.device = d.clone();
+        self
+    }
+    /// Overrides the generated name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        crate::layers::rename(&mut self.name, name.into());
+        self
+    }
+    /// The normalized axes of an input of `rank` (batch included), sorted, if valid.
+    fn resolve_axes(&self, rank: usize) -> Result<Vec<usize>> {
+        let mut out = Vec::with_capacity(self.axes.len());
+        for &axis in &self.axes {
+            let a = if axis < 0 { rank as isize + axis } else { axis };
+            if a <= 0 || a >= rank as isize {
+                return Err(Error::value(format!(
+                    "layer \"{}\": axis {axis} is not a normalizable axis of inputs of rank {rank} (batch included); expected 1..{} or a negative index. Received: axis={:?}",
+                    self.name,
+                    rank.saturating_sub(1),
+                    self.axes
+                )));
+            }
+            out.push(a as usize);
+        }
+        out.sort_unstable();
+        out.dedup();
+        if out.is_empty() {
+            return Err(Error::value(format!(
+                "layer \"{}\": `axis` names no axis; pass at least one",
+                self.name
+            )));
+        }
+        Ok(out)
+    }
+}
+
+impl Layer for LayerNormalization {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn class_name(&self) -> &str {
+        "LayerNormalization"
+    }
+    fn build(&mut self, input_shape: &[usize]) -> Result<()> {
+        if self.built {
+            return Ok(());
+        }
+        let axes = self.resolve_axes(input_shape.len() + 1)?;
+        let shape: Vec<usize> = axes.iter().map(|a| input_shape[a - 1]).collect();
+        let init = |i: usize| self.initializers[i].init(&shape, &self.device);
+        if self.scale {
+            self.gamma = Some(Variable::new(
+                format!("{}/gamma", self.name),
+                &init(0)?,
+                true,
+            )?);
+        }
+        if self.center {
+            self.beta = Some(Variable::new(
+                format!("{}/beta", self.name),
+                &init(1)?,
+                true,
+            )?);
+        }
+        self.built = true;
+        Ok(())
+    }
+    fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
+        if x.rank() < 2 {
+            return Err(Error::value(format!(
+                "layer \"{}\" needs a batch axis and at least one more; received shape {:?}",
+                self.name,
+                x.dims()
+            )));
+        }
+        self.build(&x.dims()[1..])?;
+        let axes = self.resolve_axes(x.rank())?;
+        let mut broadcast = vec![1; x.rank()];
+        for &a in &axes {
+            broadcast[a] = x.dims()[a];
+        }
+        let param = |v: &Option<Variable>| -> Result<Option<Tensor>> {
+            let Some(v) = v else { return Ok(None) };
+            let t = v.as_tensor();
+            let want: Vec<usize> = axes.iter().map(|&a| broadcast[a]).collect();
+            if t.dims() != want.as_slice() {
+                return Err(Error::value(format!(
+                    "Input 0 of layer \"{}\" is incompatible with the layer: expected the normalized axes {axes:?} of the input to have sizes {:?}, but received input with shape {:?}",
+                    self.name,
+                    t.dims(),
+                    x.dims()
+                )));
+            }
+            Ok(Some(t.to_dtype(DType::F32)?.reshape(broadcast.as_slice())?))
+        };
+        let (gamma, beta) = (param(&self.gamma)?, param(&self.beta)?);
+        if x.elem_count() == 0 {
+            return Ok(x.clone());
+        }
+        let x32 = x.to_dtype(DType::F32)?;
+        let mean = x32.mean_keepdim(axes.as_slice())?;
+        let centered = x32.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(axes.as_slice())?;
+        let mut y = centered.broadcast_mul(&(var + self.epsilon)?.sqrt()?.recip()?)?;
+        if let Some(g) = gamma {
+            y = y.broadcast_mul(&g)?;
+        }
+        if let Some(b) = beta {
+            y = y.broadcast_add(&b)?;
+        }
+        Ok(y.to_dtype(x.dtype())?)
+    }
+    fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        self.resolve_axes(input_shape.len() + 1)?;
+        Ok(input_shape.to_vec())
+    }
+    fn variables(&self) -> Vec<Variable> {
+        [&self.gamma, &self.beta]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+    fn losses(&self) -> Result<Vec<Tensor>> {
+        let mut out = Vec::new();
+        for (r, v) in self.regularizers.iter().zip([&self.gamma, &self.beta]) {
+            if let (Some(r), Some(v)) = (r, v) {
+                out.push(r.penalty(v.as_tensor())?);
+            }
+        }
+        Ok(out)
+    }
+    fn config(&self) -> Option<serde_json::Value> {
+        let axis = match self.axes.as_slice() {
+            [a] => serde_json::json!(a),
+            many => serde_json::json!(many),
+        };
+        Some(serde_json::json!({
+            "name": self.name,
+            "axis": axis,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "rms_scaling": false,
+            "gamma_initializer": self.initializers[0].to_json(),
+            "beta_initializer": self.initializers[1].to_json(),
+            "gamma_regularizer": super::config::regularizer_json(self.regularizers[0]),
+            "beta_regularizer": super::config::regularizer_json(self.regularizers[1]),
+        }))
     }
 }
 
