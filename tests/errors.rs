@@ -1039,14 +1039,14 @@ fn convolutions_of_empty_images_and_unbuilt_zero_strides() {
             .strides(0)
             .compute_output_shape(&[28, 28, 1]),
     );
-    assert_mentions(&msg, &["strides=0"]);
+    assert_mentions(&msg, &["strides=(0, 0)"]);
     let msg = err_msg(
         "Conv2DTranspose dilation 0, shape inference",
         Conv2DTranspose::new(8, (3, 3))
-            .dilation_rate(0)
+            .dilation_rate((1, 0))
             .compute_output_shape(&[7, 7, 1]),
     );
-    assert_mentions(&msg, &["dilation_rate=0"]);
+    assert_mentions(&msg, &["dilation_rate=(1, 0)"]);
     for same in [false, true] {
         let conv = Conv2D::new(4, (3, 3));
         let conv = if same {
@@ -1192,7 +1192,10 @@ fn strided_dilated_convolutions_and_duplicate_names() {
             .dilation_rate(2)
             .apply(&Input::new(&[9, 9, 1])),
     );
-    assert_mentions(&msg, &["`strides > 1`", "strides=2", "dilation_rate=2"]);
+    assert_mentions(
+        &msg,
+        &["`strides > 1`", "strides=(2, 2)", "dilation_rate=(2, 2)"],
+    );
     let msg = err_msg(
         "Conv2DTranspose strides 2 dilation 2",
         Conv2DTranspose::new(2, (3, 3))

@@ -120,13 +120,6 @@ fn cfg_pair(cfg: &Value, key: &str) -> (usize, usize) {
     (n(0), n(1))
 }
 
-/// A square pair (the convolution layers take one stride / dilation for both axes).
-fn cfg_square(cfg: &Value, key: &str) -> usize {
-    let (a, b) = cfg_pair(cfg, key);
-    assert_eq!(a, b, "`{key}` must be square for ferrokeras: {cfg}");
-    a
-}
-
 fn data_format(cfg: &Value) -> DataFormat {
     match cfg_str(cfg, "data_format") {
         "channels_last" => DataFormat::ChannelsLast,
@@ -429,10 +422,10 @@ fn fd_check(
 
 fn conv2d_from(cfg: &Value) -> Conv2D {
     Conv2D::new(cfg_usize(cfg, "filters"), cfg_pair(cfg, "kernel_size"))
-        .strides(cfg_square(cfg, "strides"))
+        .strides(cfg_pair(cfg, "strides"))
         .padding(cfg_str(cfg, "padding"))
         .expect("padding")
-        .dilation_rate(cfg_square(cfg, "dilation_rate"))
+        .dilation_rate(cfg_pair(cfg, "dilation_rate"))
         .activation(cfg_str(cfg, "activation"))
         .expect("activation")
         .data_format(data_format(cfg))
@@ -440,15 +433,17 @@ fn conv2d_from(cfg: &Value) -> Conv2D {
 
 fn conv2d_transpose_from(cfg: &Value) -> Conv2DTranspose {
     let mut layer = Conv2DTranspose::new(cfg_usize(cfg, "filters"), cfg_pair(cfg, "kernel_size"))
-        .strides(cfg_square(cfg, "strides"))
+        .strides(cfg_pair(cfg, "strides"))
         .padding(cfg_str(cfg, "padding"))
         .expect("padding")
-        .dilation_rate(cfg_square(cfg, "dilation_rate"))
+        .dilation_rate(cfg_pair(cfg, "dilation_rate"))
         .activation(cfg_str(cfg, "activation"))
         .expect("activation")
         .data_format(data_format(cfg));
-    if !cfg["output_padding"].is_null() {
-        layer = layer.output_padding(cfg_usize(cfg, "output_padding"));
+    if let Some(p) = cfg["output_padding"].as_u64() {
+        layer = layer.output_padding(p as usize);
+    } else if !cfg["output_padding"].is_null() {
+        layer = layer.output_padding(cfg_pair(cfg, "output_padding"));
     }
     layer
 }
@@ -525,7 +520,7 @@ const CONV_GRADS: [&str; 3] = ["grad_x", "grad_kernel", "grad_bias"];
 fn conv2d_matches_keras() {
     let fx = fixtures();
     let cases = cases(&fx, "conv2d");
-    assert_eq!(cases.len(), 14, "expected 14 Conv2D cases");
+    assert_eq!(cases.len(), 18, "expected 18 Conv2D cases");
     let mut fwd = Group::new("conv2d forward");
     let mut bwd = Group::new("conv2d gradients");
     for case in cases {
@@ -553,7 +548,7 @@ fn conv2d_matches_keras() {
 fn conv2d_transpose_matches_keras() {
     let fx = fixtures();
     let cases = cases(&fx, "conv2d_transpose");
-    assert_eq!(cases.len(), 12, "expected 12 Conv2DTranspose cases");
+    assert_eq!(cases.len(), 16, "expected 16 Conv2DTranspose cases");
     let mut fwd = Group::new("conv2d_transpose forward");
     let mut bwd = Group::new("conv2d_transpose gradients");
     for case in cases {

@@ -237,8 +237,8 @@ fn every_builtin_layer_config_round_trips() {
         ),
         Box::new(
             Conv2DTranspose::new(5, (4, 4))
-                .strides(2)
-                .output_padding(1)
+                .strides((2, 3))
+                .output_padding((1, 2))
                 .activation("sigmoid")
                 .unwrap(),
         ),

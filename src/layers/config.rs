@@ -371,9 +371,9 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
         "Conv2D" | "Conv2DTranspose" => {
             let filters = c.req_usize("filters")?;
             let kernel = c.req_pair("kernel_size")?;
-            let strides = c.square_or("strides", 1)?;
+            let strides = c.pair_or("strides", (1, 1))?;
             let padding = c.padding("padding")?;
-            let dilation = c.square_or("dilation_rate", 1)?;
+            let dilation = c.pair_or("dilation_rate", (1, 1))?;
             let activation = c.activation("activation")?;
             let use_bias = c.bool_or("use_bias", true)?;
             let data_format = c.data_format("data_format")?;
@@ -405,7 +405,7 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                 }
                 Box::new(l)
             } else {
-                let output_padding = c.opt_square("output_padding")?;
+                let output_padding = c.opt_pair("output_padding")?;
                 let mut l = Conv2DTranspose::new(filters, kernel)
                     .dtype(&policy)?
                     .maybe_regularizers(kernel_reg, bias_reg)
@@ -797,28 +797,6 @@ impl<'a> ConfigReader<'a> {
             None => Ok(None),
             Some(v) => self.pair_of(key, v).map(Some),
         }
-    }
-
-    /// A pair with equal entries (square strides, dilation, output padding).
-    fn opt_square(&mut self, key: &str) -> Result<Option<usize>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => {
-                let (a, b) = self.pair_of(key, v)?;
-                if a != b {
-                    return Err(self.invalid(
-                        key,
-                        "equal along both axes (only square values are supported)",
-                        v,
-                    ));
-                }
-                Ok(Some(a))
-            }
-        }
-    }
-
-    fn square_or(&mut self, key: &str, default: usize) -> Result<usize> {
-        self.opt_square(key).map(|s| s.unwrap_or(default))
     }
 
     fn padding(&mut self, key: &str) -> Result<Padding> {

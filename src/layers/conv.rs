@@ -47,6 +47,38 @@ impl std::str::FromStr for Padding {
     }
 }
 
+/// A size along height and width: one number for both (`2`), or `(height, width)`, as Keras
+/// takes `strides=2` or `strides=(2, 1)`.
+///
+/// ```
+/// use ferrokeras::layers::Size2;
+/// assert_eq!(2.pair(), (2, 2));
+/// assert_eq!((2, 1).pair(), (2, 1));
+/// assert_eq!([3, 1].pair(), (3, 1));
+/// ```
+pub trait Size2 {
+    /// `(height, width)`.
+    fn pair(self) -> (usize, usize);
+}
+
+impl Size2 for usize {
+    fn pair(self) -> (usize, usize) {
+        (self, self)
+    }
+}
+
+impl Size2 for (usize, usize) {
+    fn pair(self) -> (usize, usize) {
+        self
+    }
+}
+
+impl Size2 for [usize; 2] {
+    fn pair(self) -> (usize, usize) {
+        (self[0], self[1])
+    }
+}
+
 /// `(before, after)` padding of one spatial axis for a forward convolution.
 pub(crate) fn same_padding(
     input: usize,
@@ -151,9 +183,11 @@ fn shape_of(h: usize, w: usize, c: usize, f: DataFormat) -> Vec<usize> {
 struct ConvConfig {
     filters: usize,
     kernel: (usize, usize),
-    strides: usize,
+    /// Along height and width.
+    strides: (usize, usize),
     padding: Padding,
-    dilation: usize,
+    /// Along height and width.
+    dilation: (usize, usize),
     activation: Activation,
     use_bias: bool,
     data_format: DataFormat,
@@ -220,9 +254,9 @@ impl ConvConfig {
         Self {
             filters,
             kernel,
-            strides: 1,
+            strides: (1, 1),
             padding: Padding::Valid,
-            dilation: 1,
+            dilation: (1, 1),
             activation: Activation::Linear,
             use_bias: true,
             data_format: DataFormat::ChannelsLast,
@@ -251,10 +285,10 @@ impl ConvConfig {
             "name": name,
             "filters": self.filters,
             "kernel_size": [self.kernel.0, self.kernel.1],
-            "strides": [self.strides, self.strides],
+            "strides": [self.strides.0, self.strides.1],
             "padding": super::config::padding_json(self.padding),
             "data_format": super::config::data_format_json(self.data_format),
-            "dilation_rate": [self.dilation, self.dilation],
+            "dilation_rate": [self.dilation.0, self.dilation.1],
             "activation": super::config::activation_json(self.activation),
             "use_bias": self.use_bias,
             "kernel_initializer": self.kernel_initializer.to_json(),
@@ -267,32 +301,40 @@ impl ConvConfig {
         map
     }
     fn check(&self, layer: &str) -> Result<()> {
+        let (s, d) = (self.strides, self.dilation);
         if self.filters == 0
             || self.kernel.0 == 0
             || self.kernel.1 == 0
-            || self.strides == 0
-            || self.dilation == 0
+            || s.0 == 0
+            || s.1 == 0
+            || d.0 == 0
+            || d.1 == 0
         {
             return Err(Error::value(format!(
-                "layer \"{layer}\": filters, kernel_size, strides and dilation_rate must be >= 1. Received: filters={}, kernel_size={:?}, strides={}, dilation_rate={}",
-                self.filters, self.kernel, self.strides, self.dilation
+                "layer \"{layer}\": filters, kernel_size, strides and dilation_rate must be >= 1. Received: filters={}, kernel_size={:?}, strides={s:?}, dilation_rate={d:?}",
+                self.filters, self.kernel
             )));
         }
-        if self.strides > 1 && self.dilation > 1 {
+        if (s.0 > 1 || s.1 > 1) && (d.0 > 1 || d.1 > 1) {
             return Err(Error::value(format!(
-                "layer \"{layer}\": `strides > 1` not supported in conjunction with `dilation_rate > 1`. Received: strides={} and dilation_rate={}",
-                self.strides, self.dilation
+                "layer \"{layer}\": `strides > 1` not supported in conjunction with `dilation_rate > 1`. Received: strides={s:?} and dilation_rate={d:?}"
             )));
         }
         Ok(())
+    }
+    /// Stride and dilation when both are the same along height and width (the fast paths).
+    fn square(&self) -> Option<(usize, usize)> {
+        let (s, d) = (self.strides, self.dilation);
+        (s.0 == s.1 && d.0 == d.1).then_some((s.0, d.0))
     }
 }
 
 macro_rules! conv_builders {
     () => {
-        /// Square strides (Keras's `strides=(s, s)`).
-        pub fn strides(mut self, s: usize) -> Self {
-            self.cfg.strides = s;
+        /// Strides: one for both axes (`strides(2)`, Keras's `strides=2`) or `(height,
+        /// width)` (`strides((2, 1))`).
+        pub fn strides(mut self, s: impl Size2) -> Self {
+            self.cfg.strides = s.pair();
             self
         }
         /// `"valid"` or `"same"`.
@@ -303,9 +345,9 @@ macro_rules! conv_builders {
             self.cfg.padding = p.parse()?;
             Ok(self)
         }
-        /// Dilation rate of the kernel.
-        pub fn dilation_rate(mut self, d: usize) -> Self {
-            self.cfg.dilation = d;
+        /// Dilation rate of the kernel: one for both axes, or `(height, width)`.
+        pub fn dilation_rate(mut self, d: impl Size2) -> Self {
+            self.cfg.dilation = d.pair();
             self
         }
         /// Activation by Keras name.
@@ -482,32 +524,50 @@ impl Conv2D {
             kernel.shape().dims()[2],
         )?;
         let (kh, kw) = self.cfg.kernel;
-        let (s, d) = (self.cfg.strides, self.cfg.dilation);
-        if conv_out(h, kh, s, d, self.cfg.padding).is_none()
-            || conv_out(w, kw, s, d, self.cfg.padding).is_none()
-        {
+        let ((sh, sw), (dh, dw)) = (self.cfg.strides, self.cfg.dilation);
+        let (Some(oh), Some(ow)) = (
+            conv_out(h, kh, sh, dh, self.cfg.padding),
+            conv_out(w, kw, sw, dw, self.cfg.padding),
+        ) else {
             return Err(Error::value(format!(
-                "layer \"{}\": the input ({h}x{w}) is smaller than the kernel ({kh}x{kw}, dilation {d}) with \"valid\" padding",
-                self.name
+                "layer \"{}\": the input ({h}x{w}) is smaller than the kernel ({kh}x{kw}, dilation {:?}) with \"valid\" padding",
+                self.name, self.cfg.dilation
             )));
-        }
+        };
         let dt = self.cfg.policy.compute_dtype();
         let xp = to_nhwc(&x.to_dtype(dt)?, self.cfg.data_format)?;
         let (pads_h, pads_w) = match self.cfg.padding {
-            Padding::Same => (same_padding(h, kh, s, d), same_padding(w, kw, s, d)),
+            Padding::Same => (same_padding(h, kh, sh, dh), same_padding(w, kw, sw, dw)),
             Padding::Valid => ((0, 0), (0, 0)),
         };
         let f = self.cfg.filters;
+        let Some((s, d)) = self.cfg.square() else {
+            // Strides or dilation that differ between the axes: candle's convolution at stride 1
+            // with the kernel dilated by zeros, then every `stride`-th output kept.
+            if pool.is_some() {
+                return Ok(None);
+            }
+            let k = self.cfg.policy.cast(kernel.as_tensor())?;
+            let k = dilate(&dilate(&k, 0, dh)?, 1, dw)?;
+            let xn = xp
+                .pad_with_zeros(1, pads_h.0, pads_h.1)?
+                .pad_with_zeros(2, pads_w.0, pads_w.1)?
+                .permute((0, 3, 1, 2))?
+                .contiguous()?;
+            let y = xn.conv2d(&k.permute((3, 2, 0, 1))?.contiguous()?, 0, 1, 1, 1)?;
+            let mut y = subsample(&subsample(&y, 2, sh, oh)?, 3, sw, ow)?;
+            if let Some(b) = &self.bias {
+                let b = self.cfg.policy.cast(b.as_tensor())?;
+                y = y.broadcast_add(&b.reshape((1, f, 1, 1))?)?;
+            }
+            let y = from_nhwc(&y.permute((0, 2, 3, 1))?, self.cfg.data_format)?;
+            return act.apply(&y).map(Some);
+        };
         if crate::kernels::takes(&xp) {
             // Patches (zeros for the padding), then one matrix product with the (kh*kw*in, out)
             // kernel; bias and activation in one pass over the result.
             let xp = xp.contiguous()?;
             let (n, _, _, c) = xp.dims4()?;
-            let (hp, wp) = (h + pads_h.0 + pads_h.1, w + pads_w.0 + pads_w.1);
-            let (oh, ow) = (
-                (hp - (kh - 1) * d - 1) / s + 1,
-                (wp - (kw - 1) * d - 1) / s + 1,
-            );
             let g = Geometry {
                 n,
                 h,
@@ -656,10 +716,10 @@ impl Layer for Conv2D {
         self.cfg.check(&self.name)?;
         let (h, w, _) = hwc(input_shape, self.cfg.data_format, &self.name)?;
         let (kh, kw) = self.cfg.kernel;
-        let (s, d) = (self.cfg.strides, self.cfg.dilation);
+        let ((sh, sw), (dh, dw)) = (self.cfg.strides, self.cfg.dilation);
         match (
-            conv_out(h, kh, s, d, self.cfg.padding),
-            conv_out(w, kw, s, d, self.cfg.padding),
+            conv_out(h, kh, sh, dh, self.cfg.padding),
+            conv_out(w, kw, sw, dw, self.cfg.padding),
         ) {
             (Some(oh), Some(ow)) => Ok(shape_of(oh, ow, self.cfg.filters, self.cfg.data_format)),
             _ => Err(Error::value(format!(
@@ -701,7 +761,8 @@ impl Layer for Conv2D {
 pub struct Conv2DTranspose {
     name: String,
     cfg: ConvConfig,
-    output_padding: Option<usize>,
+    /// Along height and width.
+    output_padding: Option<(usize, usize)>,
     kernel: Option<Variable>,
     bias: Option<Variable>,
 }
@@ -717,14 +778,16 @@ impl Conv2DTranspose {
             bias: None,
         }
     }
-    /// Extra rows/columns on the output's far side (must be smaller than the stride).
-    pub fn output_padding(mut self, p: usize) -> Self {
-        self.output_padding = Some(p);
+    /// Extra rows/columns on the output's far side (must be smaller than the stride): one for
+    /// both axes, or `(height, width)`.
+    pub fn output_padding(mut self, p: impl Size2) -> Self {
+        self.output_padding = Some(p.pair());
         self
     }
     conv_builders!();
 
-    /// Keeps `out` positions of the full transposed output along `axis`.
+    /// Keeps `out` positions of the full transposed output along `axis` (1: height, 2: width,
+    /// of an NHWC tensor).
     fn crop(
         &self,
         t: Tensor,
@@ -733,7 +796,7 @@ impl Conv2DTranspose {
         kernel: usize,
         out: usize,
     ) -> Result<Tensor> {
-        let before = self.crop_before(input, kernel, out);
+        let before = self.crop_before(axis - 1, input, kernel, out);
         let avail = t.dims()[axis];
         let t = if before + out > avail {
             t.pad_with_zeros(axis, 0, before + out - avail)?
@@ -743,11 +806,12 @@ impl Conv2DTranspose {
         Ok(t.narrow(axis, before, out)?)
     }
 
-    /// Where the kept window of the full transposed output starts along an axis.
-    fn crop_before(&self, input: usize, kernel: usize, out: usize) -> usize {
-        let (s, d) = (self.cfg.strides, self.cfg.dilation);
+    /// Where the kept window of the full transposed output starts along spatial axis `axis`
+    /// (0: height, 1: width).
+    fn crop_before(&self, axis: usize, input: usize, kernel: usize, out: usize) -> usize {
+        let (s, d, op) = self.along(axis);
         let keff = (kernel - 1) * d + 1;
-        match (self.cfg.padding, self.output_padding) {
+        match (self.cfg.padding, op) {
             // Keras: the forward convolution's "same" padding `2 * (keff / 2) - op`, split with
             // the smaller half first (so output padding also moves the window, not only its end).
             (Padding::Same, Some(op)) => (2 * (keff / 2)).saturating_sub(op) / 2,
@@ -756,20 +820,31 @@ impl Conv2DTranspose {
         }
     }
 
+    /// Stride, dilation and output padding along spatial axis `axis` (0: height, 1: width).
+    fn along(&self, axis: usize) -> (usize, usize, Option<usize>) {
+        let pick = |p: (usize, usize)| if axis == 0 { p.0 } else { p.1 };
+        (
+            pick(self.cfg.strides),
+            pick(self.cfg.dilation),
+            self.output_padding.map(pick),
+        )
+    }
+
     fn out_hw(&self, h: usize, w: usize) -> Result<(usize, usize)> {
         if let Some(op) = self.output_padding
-            && op >= self.cfg.strides
+            && (op.0 >= self.cfg.strides.0 || op.1 >= self.cfg.strides.1)
         {
             return Err(Error::value(format!(
-                "layer \"{}\": `output_padding` must be smaller than `strides`. Received: output_padding={op}, strides={}",
+                "layer \"{}\": `output_padding` must be smaller than `strides`. Received: output_padding={op:?}, strides={:?}",
                 self.name, self.cfg.strides
             )));
         }
         let (kh, kw) = self.cfg.kernel;
-        let (s, d) = (self.cfg.strides, self.cfg.dilation);
+        let (sh, dh, oph) = self.along(0);
+        let (sw, dw, opw) = self.along(1);
         Ok((
-            transpose_out(h, kh, s, d, self.cfg.padding, self.output_padding),
-            transpose_out(w, kw, s, d, self.cfg.padding, self.output_padding),
+            transpose_out(h, kh, sh, dh, self.cfg.padding, oph),
+            transpose_out(w, kw, sw, dw, self.cfg.padding, opw),
         ))
     }
 
@@ -796,11 +871,35 @@ impl Conv2DTranspose {
         )?;
         let (oh, ow) = self.out_hw(h, w)?;
         let (kh, kw) = self.cfg.kernel;
-        let (s, d) = (self.cfg.strides, self.cfg.dilation);
         let dt = self.cfg.policy.compute_dtype();
         let xt = to_nhwc(&x.to_dtype(dt)?, self.cfg.data_format)?.contiguous()?;
         let f = self.cfg.filters;
         let n = xt.dims()[0];
+        let Some((s, d)) = self.cfg.square() else {
+            // Strides or dilation that differ between the axes: the input spread out by the
+            // strides (zeros between its pixels), then candle's stride-1 convolution with the
+            // kernel dilated, flipped, and its channels swapped; then Keras's window.
+            let ((sh, sw), (dh, dw)) = (self.cfg.strides, self.cfg.dilation);
+            let k = self.cfg.policy.cast(kernel.as_tensor())?;
+            let k = flip(&flip(&dilate(&dilate(&k, 0, dh)?, 1, dw)?, 0)?, 1)?;
+            let (kh_eff, kw_eff) = (k.dims()[0], k.dims()[1]);
+            let xn = dilate(&dilate(&xt, 1, sh)?, 2, sw)?
+                .pad_with_zeros(1, kh_eff - 1, kh_eff - 1)?
+                .pad_with_zeros(2, kw_eff - 1, kw_eff - 1)?
+                .permute((0, 3, 1, 2))?
+                .contiguous()?;
+            // (kh, kw, filters, in) → (filters, in, kh, kw)
+            let full = xn
+                .conv2d(&k.permute((2, 3, 0, 1))?.contiguous()?, 0, 1, 1, 1)?
+                .permute((0, 2, 3, 1))?;
+            let y = self.crop(full, 1, h, kh, oh)?;
+            let mut y = self.crop(y, 2, w, kw, ow)?;
+            if let Some(b) = &self.bias {
+                y = y.broadcast_add(&self.cfg.policy.cast(b.as_tensor())?)?;
+            }
+            let y = from_nhwc(&y, self.cfg.data_format)?;
+            return act.apply(&y);
+        };
         if crate::kernels::takes(&xt) {
             // The input gradient of the forward convolution this layer transposes: every input
             // pixel spreads its kernel-sized patch, and the window Keras keeps starts at that
@@ -817,8 +916,8 @@ impl Conv2DTranspose {
                 kw,
                 stride: s,
                 dilation: d,
-                pad_t: self.crop_before(h, kh, oh),
-                pad_l: self.crop_before(w, kw, ow),
+                pad_t: self.crop_before(0, h, kh, oh),
+                pad_l: self.crop_before(1, w, kw, ow),
                 oh: h,
                 ow: w,
             };
@@ -858,8 +957,8 @@ impl Conv2DTranspose {
                 kernel.as_tensor(),
                 b,
                 (
-                    (self.crop_before(h, kh, oh), oh),
-                    (self.crop_before(w, kw, ow), ow),
+                    (self.crop_before(0, h, kh, oh), oh),
+                    (self.crop_before(1, w, kw, ow), ow),
                 ),
                 s,
                 d,
@@ -947,12 +1046,48 @@ impl Layer for Conv2DTranspose {
         map.insert(
             "output_padding".into(),
             match self.output_padding {
-                Some(p) => serde_json::json!([p, p]),
+                Some((a, b)) => serde_json::json!([a, b]),
                 None => serde_json::Value::Null,
             },
         );
         Some(serde_json::Value::Object(map))
     }
+}
+
+/// `t` with `rate - 1` zeros between neighbours along `axis` (length `(len - 1) * rate + 1`):
+/// a kernel dilated, or an input spread out by a transposed convolution's stride.
+fn dilate(t: &Tensor, axis: usize, rate: usize) -> Result<Tensor> {
+    let len = t.dims()[axis];
+    if rate == 1 || len == 0 {
+        return Ok(t.clone());
+    }
+    let t = t.unsqueeze(axis + 1)?;
+    let mut zeros_shape = t.dims().to_vec();
+    zeros_shape[axis + 1] = rate - 1;
+    let zeros = Tensor::zeros(zeros_shape, t.dtype(), t.device())?;
+    let mut shape = t.dims().to_vec();
+    shape.remove(axis + 1);
+    shape[axis] = len * rate;
+    let spread = Tensor::cat(&[&t, &zeros], axis + 1)?.reshape(shape)?;
+    Ok(spread.narrow(axis, 0, (len - 1) * rate + 1)?)
+}
+
+/// Every `step`-th position along `axis`, `count` of them from the first.
+fn subsample(t: &Tensor, axis: usize, step: usize, count: usize) -> Result<Tensor> {
+    if step == 1 {
+        return Ok(t.narrow(axis, 0, count)?);
+    }
+    let ids: Vec<u32> = (0..count).map(|i| (i * step) as u32).collect();
+    let ids = Tensor::from_vec(ids, count, t.device())?;
+    Ok(t.contiguous()?.index_select(&ids, axis)?)
+}
+
+/// `t` reversed along `axis`.
+fn flip(t: &Tensor, axis: usize) -> Result<Tensor> {
+    let len = t.dims()[axis];
+    let ids: Vec<u32> = (0..len as u32).rev().collect();
+    let ids = Tensor::from_vec(ids, len, t.device())?;
+    Ok(t.contiguous()?.index_select(&ids, axis)?)
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ pub use activation::{Activation, ActivationLayer, LeakyReLU, ReLU};
 pub use config::{
     BUILTIN_LAYERS, LayerConstructor, deserialize, from_config, register_layer, serialize,
 };
-pub use conv::{Conv2D, Conv2DTranspose, DataFormat, Padding};
+pub use conv::{Conv2D, Conv2DTranspose, DataFormat, Padding, Size2};
 pub use core::{Add, Concatenate};
 pub use dense::{Dense, Regularizer};
 pub use dropout::Dropout;
