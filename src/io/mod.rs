@@ -1,6 +1,7 @@
 //! Files on disk: written atomically (temporary file, fsync, rename), never left half-written.
 
 mod checkpoint;
+mod keras_file;
 mod model_file;
 
 pub use checkpoint::{
@@ -8,6 +9,7 @@ pub use checkpoint::{
     optimizer_state, read_tensors, restore_checkpoint_file, save_checkpoint, save_weights,
     write_tensors,
 };
+pub use keras_file::{KERAS_FORMAT_VERSION, load_keras, save_keras};
 pub use model_file::{
     LoadedModel, MODEL_CONFIG_KEY, MODEL_FORMAT, MODEL_FORMAT_VERSION, SavableModel, load_model,
     model_from_json, save_model,

@@ -30,17 +30,37 @@ pub trait SavableModel: Model {
     /// # Errors
     /// A layer that cannot describe itself; the message names it and its class.
     fn model_config(&self) -> Result<Value>;
+
+    /// Keras's `model.layers`, each as (class name, layer name, variables): a functional
+    /// model's inputs (`InputLayer`) and layers in Keras's order, a Sequential model's layers.
+    /// Keras's own files (`.keras`) address weights by this list.
+    fn keras_layers(&self) -> Vec<(String, String, Vec<Variable>)>;
 }
 
 impl SavableModel for Sequential {
     fn model_config(&self) -> Result<Value> {
         Ok(crate::model::model_json("Sequential", self.get_config()?))
     }
+    fn keras_layers(&self) -> Vec<(String, String, Vec<Variable>)> {
+        self.layers()
+            .iter()
+            .map(|l| {
+                (
+                    l.class_name().to_string(),
+                    l.name().to_string(),
+                    l.variables(),
+                )
+            })
+            .collect()
+    }
 }
 
 impl SavableModel for Functional {
     fn model_config(&self) -> Result<Value> {
         Ok(crate::model::model_json("Functional", self.get_config()?))
+    }
+    fn keras_layers(&self) -> Vec<(String, String, Vec<Variable>)> {
+        self.keras_layer_list()
     }
 }
 
@@ -49,6 +69,12 @@ impl SavableModel for LoadedModel {
         match self {
             LoadedModel::Sequential(m) => m.model_config(),
             LoadedModel::Functional(m) => m.model_config(),
+        }
+    }
+    fn keras_layers(&self) -> Vec<(String, String, Vec<Variable>)> {
+        match self {
+            LoadedModel::Sequential(m) => m.keras_layers(),
+            LoadedModel::Functional(m) => m.keras_layers(),
         }
     }
 }
@@ -212,7 +238,8 @@ pub fn model_from_json(json_text: &str) -> Result<LoadedModel> {
 }
 
 /// Saves a whole model, architecture and weights, in one safetensors file (format below).
-/// [`load_model`] rebuilds it without the code that built it.
+/// [`load_model`] rebuilds it without the code that built it. A path ending in `.keras` gets
+/// Keras 3's own format instead ([`super::save_keras`]), which Keras's `load_model` reads.
 ///
 /// A compiled model ([`Trainer`](crate::Trainer)) is saved through its model:
 /// `save_model(trainer.model(), path)`. The optimizer state and the compile options are not saved
@@ -278,6 +305,9 @@ pub fn model_from_json(json_text: &str) -> Result<LoadedModel> {
 /// name, or an unwritable path.
 pub fn save_model(model: &dyn SavableModel, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
+    if is_keras_path(path) {
+        return super::save_keras(model, path);
+    }
     let config = model.model_config()?;
     let mut file = TensorFile::default();
     for (name, v) in model.named_variables() {
@@ -300,9 +330,16 @@ pub fn save_model(model: &dyn SavableModel, path: impl AsRef<Path>) -> Result<()
     write_tensors(path, &file)
 }
 
+/// Whether `path` names a Keras `.keras` file.
+fn is_keras_path(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("keras"))
+}
+
 /// Loads a model saved by [`save_model`]: rebuilds the architecture from the file's JSON (layers
 /// from the registry [`crate::layers::from_config`], names restored), builds it, and assigns the
-/// saved weights. Predictions equal the saved model's exactly.
+/// saved weights. Predictions equal the saved model's exactly. A `.keras` file (a zip archive,
+/// from Keras's `model.save` or [`super::save_keras`]) is read by [`super::load_keras`].
 ///
 /// Returns a [`LoadedModel`]: an enum of the two savable classes, which implements [`Model`]
 /// itself. The model lives on the CPU. Building draws initial values from the global random
@@ -319,6 +356,15 @@ pub fn save_model(model: &dyn SavableModel, path: impl AsRef<Path>) -> Result<()
 /// differently shaped tensor is named).
 pub fn load_model(path: impl AsRef<Path>) -> Result<LoadedModel> {
     let path = path.as_ref();
+    let zip_magic = || {
+        let mut magic = [0u8; 4];
+        std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok_and(|()| &magic == b"PK\x03\x04")
+    };
+    if is_keras_path(path) || zip_magic() {
+        return super::load_keras(path);
+    }
     let file = read_tensors(path)?;
     let json = architecture_of(&file, path)?;
     let value: Value = serde_json::from_str(json).map_err(|e| {

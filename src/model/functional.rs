@@ -297,6 +297,25 @@ impl Functional {
         &self.layers
     }
 
+    /// Keras's `model.layers`: the inputs (class `InputLayer`) and the layers in Keras's order,
+    /// each as (class name, layer name, variables).
+    pub(crate) fn keras_layer_list(&self) -> Vec<(String, String, Vec<Variable>)> {
+        self.listed
+            .iter()
+            .map(|t| match &*t.node {
+                Node::Input { name } => ("InputLayer".to_string(), name.clone(), Vec::new()),
+                Node::Layer { layer, .. } => {
+                    let l = layer.lock();
+                    (
+                        l.class_name().to_string(),
+                        l.name().to_string(),
+                        l.variables(),
+                    )
+                }
+            })
+            .collect()
+    }
+
     /// The forward pass (same as [`Model::call`]; here so that it resolves with both the `Layer`
     /// and `Model` traits in scope).
     ///
