@@ -1,7 +1,8 @@
 //! Guide section 5, "Wrapping up: an end-to-end GAN example": a discriminator and a generator, a
 //! `GAN` model with its own `compile` (two optimizers and a loss) and its own `train_step`, fitted
 //! on all 70,000 MNIST digits with the usual `fit`, progress bar and callbacks. A callback writes a
-//! PNG grid of generated digits at the end of each epoch and at the end of training.
+//! PNG grid of generated digits at the end of each epoch and at the end of training; the trained
+//! generator is saved as `generator.keras`, which Keras loads.
 //!
 //! Run: `cargo run --release --example 05_gan -- [--steps 100] [--epochs 1] [--out gan_output]
 //! [--seed 1337] [--mnist-dir DIR] [--device cpu|cuda|auto]`
@@ -166,5 +167,10 @@ fn main() -> Result<()> {
         dataset,
         FitOptions::new().epochs(args.epochs).callback(grid),
     )?;
+    // The trained generator in Keras's own format: `keras.saving.load_model(...)` in Python
+    // reads it, and `ferrokeras::io::load_model` here.
+    let saved = args.out.join("generator.keras");
+    ferrokeras::io::save_keras(&gan.generator, &saved)?;
+    println!("saved the generator to {}", saved.display());
     Ok(())
 }

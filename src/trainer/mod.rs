@@ -83,6 +83,34 @@ impl<M: Model> DerefMut for Trainer<M> {
     }
 }
 
+impl<M: crate::io::SavableModel> Trainer<M> {
+    /// Saves the model, architecture and weights (Keras's `model.save`): in Keras 3's own
+    /// format for a path ending in `.keras` (Keras's `keras.saving.load_model` reads it), else
+    /// as ferrokeras's model file; both load with [`crate::io::load_model`]. The optimizer state
+    /// is not saved ([`Trainer::save_checkpoint`] keeps it, to resume training).
+    ///
+    /// ```
+    /// use ferrokeras::prelude::*;
+    /// # fn main() -> ferrokeras::Result<()> {
+    /// let model = Sequential::new().input(&[3]).add(Dense::new(1));
+    /// let trainer = model.compile(Compile::new().optimizer("adam").loss("mse"))?;
+    /// let path = std::env::temp_dir().join("ferrokeras-doc-trainer-save.keras");
+    /// trainer.save(&path)?;
+    /// let loaded = ferrokeras::io::load_model(&path)?;
+    /// let values = |ws: Vec<candle_core::Tensor>| -> Vec<Vec<f32>> {
+    ///     ws.iter().map(|w| w.flatten_all().unwrap().to_vec1().unwrap()).collect()
+    /// };
+    /// assert_eq!(values(loaded.get_weights()), values(trainer.get_weights()));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// A layer that cannot describe itself, or an unwritable path.
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        crate::io::save_model(&self.model, path)
+    }
+}
+
 impl<M: Model> Trainer<M> {
     /// A model with nothing compiled (enough for a step that brings its own optimizers).
     pub fn new(model: M) -> Self {
