@@ -59,14 +59,14 @@ fn trainable_flags(model: &LoadedModel) -> Vec<(String, bool)> {
     }
 }
 
-/// Keras's JSON of eight models (channels-first layers, bfloat16 policies, an embedding among them) reads
+/// Keras's JSON of ten models (channels-first layers, bfloat16 policies, an embedding, 1-D convolutions among them) reads
 /// here; with Keras's weights the predictions are Keras's, and
 /// a layer Keras froze is frozen.
 #[test]
 fn keras_model_json_reads_with_keras_predictions() {
     let fx = read("keras_json.json");
     let models = fx["models"].as_object().unwrap();
-    assert_eq!(models.len(), 8);
+    assert_eq!(models.len(), 10);
     for (name, case) in models {
         let mut model = load(case);
         let ys = outputs(&mut model, &tensor(&case["x"]));

@@ -916,3 +916,53 @@ fn embedding_matches_keras() {
         }
     }
 }
+
+/// Conv1D (valid, same with stride 2, causal with dilation 2, channels-first), ZeroPadding2D,
+/// Cropping2D, Rescaling and the global 1-D poolings, each built from Keras's own config:
+/// outputs and gradients (input and weights) against Keras.
+#[test]
+fn more_layers_match_keras() {
+    let fx = fixtures();
+    let cases = cases(&fx, "more_layers");
+    assert_eq!(cases.len(), 10, "expected 10 cases");
+    let mut fwd = Group::new("more layers forward");
+    let mut bwd = Group::new("more layers gradients");
+    for case in cases {
+        let x = tensor(&case["x"]);
+        let class = case["class"].as_str().unwrap();
+        let mut layer = layer_from_keras_config(class, case, &x.dims()[1..]);
+        let vars = layer.variables();
+        let weights = case["weights"].as_array().unwrap();
+        assert_eq!(vars.len(), weights.len(), "{}", name_of(case));
+        for (v, w) in vars.iter().zip(weights) {
+            v.assign(&tensor(w)).expect("assign");
+        }
+        // The gradient keys: the input's, then one per weight (stored as a list).
+        let mut case = case.clone();
+        let mut keys = vec!["grad_x".to_string()];
+        for (i, g) in case["grad_weights"]
+            .as_array()
+            .unwrap()
+            .clone()
+            .iter()
+            .enumerate()
+        {
+            let key = format!("grad_w{i}");
+            case[&key] = g.clone();
+            keys.push(key);
+        }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        check_case(
+            &mut fwd,
+            &mut bwd,
+            name_of(&case),
+            layer.as_mut(),
+            &case,
+            &vars,
+            &keys,
+            true,
+            "y",
+        );
+    }
+    finish(&[&fwd, &bwd]);
+}

@@ -225,6 +225,20 @@ fn every_builtin_layer_config_round_trips() {
         Box::new(BatchNormalization::new().momentum(0.5).epsilon(0.01)),
         Box::new(Concatenate::new().axis(1)),
         Box::new(
+            ferrokeras::layers::Conv1D::new(3, 5)
+                .strides(2)
+                .padding("causal")
+                .unwrap()
+                .activation("tanh")
+                .unwrap()
+                .data_format(DataFormat::ChannelsFirst)
+                .kernel_regularizer(Regularizer::L2(0.5)),
+        ),
+        Box::new(
+            ferrokeras::layers::Cropping2D::new(((1, 2), (0, 3)))
+                .data_format(DataFormat::ChannelsFirst),
+        ),
+        Box::new(
             Conv2D::new(7, (2, 5))
                 .strides(3)
                 .padding("same")
@@ -256,7 +270,12 @@ fn every_builtin_layer_config_round_trips() {
                 .embeddings_regularizer(Regularizer::L2(0.125)),
         ),
         Box::new(Flatten::new()),
+        Box::new(
+            ferrokeras::layers::GlobalAveragePooling1D::new()
+                .data_format(DataFormat::ChannelsFirst),
+        ),
         Box::new(GlobalAveragePooling2D::new().data_format(DataFormat::ChannelsFirst)),
+        Box::new(ferrokeras::layers::GlobalMaxPooling1D::new()),
         Box::new(GlobalMaxPooling2D::new()),
         Box::new(
             ferrokeras::layers::LayerNormalization::new()
@@ -268,8 +287,10 @@ fn every_builtin_layer_config_round_trips() {
         Box::new(LeakyReLU::new(0.01)),
         Box::new(MaxPooling2D::new((2, 3))),
         Box::new(ReLU::new()),
+        Box::new(ferrokeras::layers::Rescaling::new(0.25, -1.5)),
         Box::new(Reshape::new(&[-1, 4, 2])),
         Box::new(UpSampling2D::new((3, 1)).data_format(DataFormat::ChannelsFirst)),
+        Box::new(ferrokeras::layers::ZeroPadding2D::new((2, 3))),
     ];
     let mut classes: Vec<&str> = layers.iter().map(|l| l.class_name()).collect();
     classes.sort();

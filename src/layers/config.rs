@@ -12,10 +12,11 @@ use std::sync::{Mutex, OnceLock};
 use serde_json::{Map, Value, json};
 
 use super::{
-    Activation, ActivationLayer, Add, AveragePooling2D, BatchNormalization, Concatenate, Conv2D,
-    Conv2DTranspose, DataFormat, Dense, Dropout, Embedding, Flatten, GlobalAveragePooling2D,
-    GlobalMaxPooling2D, Layer, LayerNormalization, LeakyReLU, MaxPooling2D, Padding, ReLU,
-    Regularizer, Reshape, UpSampling2D, reserve_name,
+    Activation, ActivationLayer, Add, AveragePooling2D, BatchNormalization, Concatenate, Conv1D,
+    Conv2D, Conv2DTranspose, Cropping2D, DataFormat, Dense, Dropout, Embedding, Flatten,
+    GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D, Layer,
+    LayerNormalization, LeakyReLU, MaxPooling2D, Padding, ReLU, Regularizer, Rescaling, Reshape,
+    UpSampling2D, ZeroPadding2D, reserve_name,
 };
 use crate::{Error, Result};
 
@@ -26,20 +27,26 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "AveragePooling2D",
     "BatchNormalization",
     "Concatenate",
+    "Conv1D",
     "Conv2D",
     "Conv2DTranspose",
+    "Cropping2D",
     "Dense",
     "Dropout",
     "Embedding",
     "Flatten",
+    "GlobalAveragePooling1D",
     "GlobalAveragePooling2D",
+    "GlobalMaxPooling1D",
     "GlobalMaxPooling2D",
     "LayerNormalization",
     "LeakyReLU",
     "MaxPooling2D",
     "ReLU",
+    "Rescaling",
     "Reshape",
     "UpSampling2D",
+    "ZeroPadding2D",
 ];
 
 /// A constructor for a registered layer class: builds the layer from its configuration.
@@ -517,6 +524,106 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                 BatchNormalization::named,
             ))
         }
+        "Conv1D" => {
+            let single = |c: &mut ConfigReader, key: &str| -> Result<Option<usize>> {
+                match c.get(key) {
+                    None => Ok(None),
+                    Some(v) => {
+                        let n = match v {
+                            Value::Array(items) if items.len() == 1 => items[0].as_u64(),
+                            v => v.as_u64(),
+                        };
+                        n.and_then(|n| usize::try_from(n).ok())
+                            .map(Some)
+                            .ok_or_else(|| c.invalid(key, "an integer or a list of one integer", v))
+                    }
+                }
+            };
+            let kernel_size = single(&mut c, "kernel_size")?.ok_or_else(|| {
+                c.invalid(
+                    "kernel_size",
+                    "an integer or a list of one integer",
+                    &Value::Null,
+                )
+            })?;
+            let mut l = Conv1D::new(c.req_usize("filters")?, kernel_size)
+                .strides(single(&mut c, "strides")?.unwrap_or(1))
+                .dilation_rate(single(&mut c, "dilation_rate")?.unwrap_or(1))
+                .with_activation(c.activation("activation")?)
+                .use_bias(c.bool_or("use_bias", true)?)
+                .data_format(c.data_format("data_format")?);
+            if let Some(p) = c.get("padding") {
+                let p = p
+                    .as_str()
+                    .ok_or_else(|| c.invalid("padding", "\"valid\", \"same\" or \"causal\"", p))?;
+                l = l.padding(p)?;
+            }
+            if let Some(p) = &own_policy {
+                l = l.dtype(p)?;
+            }
+            if let Some(i) = c.initializer_of("kernel_initializer")? {
+                l = l.with_kernel_initializer(i);
+            }
+            if let Some(i) = c.initializer_of("bias_initializer")? {
+                l = l.with_bias_initializer(i);
+            }
+            if let Some(r) = c.regularizer("kernel_regularizer")? {
+                l = l.kernel_regularizer(r);
+            }
+            if let Some(r) = c.regularizer("bias_regularizer")? {
+                l = l.bias_regularizer(r);
+            }
+            Box::new(named(l, name, Conv1D::named))
+        }
+        "GlobalMaxPooling1D" => {
+            let f = c.data_format("data_format")?;
+            Box::new(named(
+                GlobalMaxPooling1D::new().data_format(f),
+                name,
+                GlobalMaxPooling1D::named,
+            ))
+        }
+        "GlobalAveragePooling1D" => {
+            let f = c.data_format("data_format")?;
+            Box::new(named(
+                GlobalAveragePooling1D::new().data_format(f),
+                name,
+                GlobalAveragePooling1D::named,
+            ))
+        }
+        "ZeroPadding2D" | "Cropping2D" => {
+            let key = if class == "ZeroPadding2D" {
+                "padding"
+            } else {
+                "cropping"
+            };
+            let sides = match c.get(key) {
+                None if class == "ZeroPadding2D" => ((1, 1), (1, 1)),
+                None => ((0, 0), (0, 0)),
+                Some(v) => c.sides_of(key, v)?,
+            };
+            let f = c.data_format("data_format")?;
+            if class == "ZeroPadding2D" {
+                Box::new(named(
+                    ZeroPadding2D::new(sides).data_format(f),
+                    name,
+                    ZeroPadding2D::named,
+                ))
+            } else {
+                Box::new(named(
+                    Cropping2D::new(sides).data_format(f),
+                    name,
+                    Cropping2D::named,
+                ))
+            }
+        }
+        "Rescaling" => {
+            let mut l = Rescaling::new(c.f64_or("scale", 1.0)?, c.f64_or("offset", 0.0)?);
+            if let Some(p) = &own_policy {
+                l = l.dtype(p)?;
+            }
+            Box::new(named(l, name, Rescaling::named))
+        }
         "Embedding" => {
             let mut e = Embedding::new(c.req_usize("input_dim")?, c.req_usize("output_dim")?);
             if let Some(p) = &own_policy {
@@ -767,6 +874,28 @@ impl<'a> ConfigReader<'a> {
             .ok_or_else(|| self.invalid(key, "a list of integers", v))
     }
 
+    /// `((top, bottom), (left, right))` from an integer, `[rows, columns]`, or
+    /// `[[top, bottom], [left, right]]`, as Keras writes `padding` and `cropping`.
+    fn sides_of(&self, key: &str, v: &Value) -> Result<((usize, usize), (usize, usize))> {
+        let bad = || {
+            self.invalid(
+                key,
+                "an integer, a list of two integers, or two lists of two integers",
+                v,
+            )
+        };
+        if let Some(items) = v.as_array()
+            && items.len() == 2
+            && items.iter().all(Value::is_array)
+        {
+            let a = self.pair_of(key, &items[0]).map_err(|_| bad())?;
+            let b = self.pair_of(key, &items[1]).map_err(|_| bad())?;
+            return Ok((a, b));
+        }
+        let (r, c) = self.pair_of(key, v).map_err(|_| bad())?;
+        Ok(((r, r), (c, c)))
+    }
+
     /// A pair `[a, b]`, or one integer `a` meaning `[a, a]`, as Keras accepts.
     fn pair_of(&self, key: &str, v: &Value) -> Result<(usize, usize)> {
         let bad = || self.invalid(key, "an integer or a list of two integers", v);
@@ -896,6 +1025,11 @@ impl<'a> ConfigReader<'a> {
                 "renorm_clipping",
             ],
             "LayerNormalization" => &["beta_constraint", "gamma_constraint"],
+            "Conv1D" => &[
+                "kernel_constraint",
+                "bias_constraint",
+                "activity_regularizer",
+            ],
             "Embedding" => &[
                 "embeddings_constraint",
                 "activity_regularizer",
@@ -948,8 +1082,14 @@ impl<'a> ConfigReader<'a> {
                     ));
                 }
             }
-            "GlobalMaxPooling2D" | "GlobalAveragePooling2D" => {
+            "GlobalMaxPooling2D"
+            | "GlobalAveragePooling2D"
+            | "GlobalMaxPooling1D"
+            | "GlobalAveragePooling1D" => {
                 self.fixed("keepdims", json!(false))?;
+            }
+            "Conv1D" => {
+                self.fixed("groups", json!(1))?;
             }
             _ => {}
         }

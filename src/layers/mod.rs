@@ -10,6 +10,7 @@
 mod activation;
 pub(crate) mod config;
 mod conv;
+mod conv1d;
 mod conv_generic;
 mod core;
 mod dense;
@@ -17,6 +18,7 @@ mod dropout;
 mod embedding;
 pub(crate) mod im2col;
 mod norm;
+mod padding;
 mod pooling;
 mod reshape;
 
@@ -25,14 +27,16 @@ pub use config::{
     BUILTIN_LAYERS, LayerConstructor, deserialize, from_config, register_layer, serialize,
 };
 pub use conv::{Conv2D, Conv2DTranspose, DataFormat, Padding, Size2};
+pub use conv1d::Conv1D;
 pub use core::{Add, Concatenate};
 pub use dense::{Dense, Regularizer};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use norm::{BatchNormalization, LayerNormalization};
+pub use padding::{Cropping2D, Rescaling, Sides, ZeroPadding2D};
 pub use pooling::{
-    AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D, PoolFusion,
-    UpSampling2D,
+    AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalMaxPooling1D,
+    GlobalMaxPooling2D, MaxPooling2D, PoolFusion, UpSampling2D,
 };
 pub use reshape::{Flatten, Reshape};
 

@@ -538,6 +538,105 @@ global_pool!(
     GlobalAveragePooling2D, "global_average_pooling2d", "GlobalAveragePooling2D", false
 );
 
+macro_rules! global_pool_1d {
+    ($(#[$doc:meta])* $ty:ident, $prefix:expr, $class:expr, $max:expr) => {
+        $(#[$doc])*
+        pub struct $ty {
+            name: String,
+            data_format: DataFormat,
+        }
+        impl $ty {
+            /// A global pooling layer over the steps of `(batch, steps, features)` inputs.
+            pub fn new() -> Self {
+                Self { name: unique_name($prefix), data_format: DataFormat::ChannelsLast }
+            }
+            /// Channels-last (default: `(batch, steps, features)`) or channels-first
+            /// (`(batch, features, steps)`).
+            pub fn data_format(mut self, f: DataFormat) -> Self {
+                self.data_format = f;
+                self
+            }
+            /// Overrides the generated name.
+            pub fn named(mut self, name: impl Into<String>) -> Self {
+                crate::layers::rename(&mut self.name, name.into());
+                self
+            }
+        }
+        impl Default for $ty {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+        impl Layer for $ty {
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn class_name(&self) -> &str {
+                $class
+            }
+            fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
+                if x.rank() != 3 {
+                    return Err(Error::value(format!(
+                        "Input 0 of layer \"{}\" is incompatible with the layer: expected ndim=3 (batch, steps, features), found ndim={}. Full shape received: {:?}",
+                        self.name,
+                        x.rank(),
+                        x.dims()
+                    )));
+                }
+                let flat = match self.data_format {
+                    DataFormat::ChannelsLast => x.clone(),
+                    DataFormat::ChannelsFirst => x.transpose(1, 2)?,
+                };
+                if $max { global_max(&flat) } else { Ok(flat.mean(1)?) }
+            }
+            fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+                match (input_shape, self.data_format) {
+                    ([_, c], DataFormat::ChannelsLast) | ([c, _], DataFormat::ChannelsFirst) => {
+                        Ok(vec![*c])
+                    }
+                    _ => Err(Error::value(format!(
+                        "layer \"{}\" needs inputs of shape (batch, steps, features); received (None, {input_shape:?})",
+                        self.name
+                    ))),
+                }
+            }
+            fn config(&self) -> Option<serde_json::Value> {
+                Some(serde_json::json!({
+                    "name": self.name,
+                    "data_format": super::config::data_format_json(self.data_format),
+                    "keepdims": false,
+                }))
+            }
+        }
+    };
+}
+
+global_pool_1d!(
+    /// Keras's `layers.GlobalMaxPooling1D`: the maximum over the steps (a gradient split
+    /// evenly between tied maxima, as Keras's).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::layers::{GlobalMaxPooling1D, Layer};
+    /// let x = Tensor::new(&[[[1f32, 5.0], [3.0, 2.0]]], &Device::Cpu).unwrap();
+    /// let y = GlobalMaxPooling1D::new().call(&x, false).unwrap();
+    /// assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![3.0, 5.0]]);
+    /// ```
+    GlobalMaxPooling1D, "global_max_pooling1d", "GlobalMaxPooling1D", true
+);
+global_pool_1d!(
+    /// Keras's `layers.GlobalAveragePooling1D`: the mean over the steps.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::layers::{GlobalAveragePooling1D, Layer};
+    /// let x = Tensor::new(&[[[1f32, 5.0], [3.0, 2.0]]], &Device::Cpu).unwrap();
+    /// let y = GlobalAveragePooling1D::new().call(&x, false).unwrap();
+    /// assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![2.0, 3.5]]);
+    /// ```
+    GlobalAveragePooling1D, "global_average_pooling1d", "GlobalAveragePooling1D", false
+);
+
 /// Keras's `layers.UpSampling2D` (nearest neighbour): repeats rows and columns.
 ///
 /// ```
