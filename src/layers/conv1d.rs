@@ -276,8 +276,9 @@ impl Layer for Conv1D {
             .cast(kernel.as_tensor())?
             .permute((2, 1, 0))?
             .contiguous()?;
-        // As a convolution of one-row images: candle's 1-D convolution gave wrong gradients for
-        // batches of more than one sequence (checked against Keras), its 2-D one does not.
+        // As a convolution of one-row images: the gradients of candle's 1-D convolution did not
+        // match Keras's for batches of more than one sequence (the first sequence's did); those
+        // of its 2-D convolution do (`tests/keras_layer_parity.rs`).
         let mut y = xc
             .unsqueeze(2)?
             .conv2d(&k.unsqueeze(2)?, 0, self.strides, self.dilation, 1)?
