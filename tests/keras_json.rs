@@ -31,8 +31,24 @@ fn load(case: &Value) -> LoadedModel {
     model
 }
 
-fn outputs(model: &mut LoadedModel, x: &Tensor) -> Vec<Tensor> {
-    match model.call(&Data::from(x.clone()), false).unwrap() {
+/// A case's input batch: one tensor, or a tuple for a model of several inputs.
+fn input(case: &Value) -> Data {
+    if case["x_list"].as_bool() == Some(true) {
+        Data::from(
+            case["x"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(tensor)
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        Data::from(tensor(&case["x"]))
+    }
+}
+
+fn outputs(model: &mut LoadedModel, x: &Data) -> Vec<Tensor> {
+    match model.call(x, false).unwrap() {
         Data::Tensor(t) => vec![t],
         other => other.flatten().into_iter().cloned().collect(),
     }
@@ -59,17 +75,17 @@ fn trainable_flags(model: &LoadedModel) -> Vec<(String, bool)> {
     }
 }
 
-/// Keras's JSON of ten models (channels-first layers, bfloat16 policies, an embedding, 1-D convolutions among them) reads
+/// Keras's JSON of eleven models (channels-first layers, bfloat16 policies, an embedding, 1-D convolutions among them) reads
 /// here; with Keras's weights the predictions are Keras's, and
 /// a layer Keras froze is frozen.
 #[test]
 fn keras_model_json_reads_with_keras_predictions() {
     let fx = read("keras_json.json");
     let models = fx["models"].as_object().unwrap();
-    assert_eq!(models.len(), 10);
+    assert_eq!(models.len(), 11);
     for (name, case) in models {
         let mut model = load(case);
-        let ys = outputs(&mut model, &tensor(&case["x"]));
+        let ys = outputs(&mut model, &input(case));
         let want = case["y"].as_array().unwrap();
         assert_eq!(ys.len(), want.len(), "{name}: outputs");
         // bfloat16 layers round differently from JAX's: a looser tolerance there.
@@ -230,12 +246,7 @@ fn keras_files_load_with_keras_predictions() {
     for (name, case) in fx["models"].as_object().unwrap() {
         let mut model = load_keras_file(name);
         let tol = if name == "mixed" { 2e-2 } else { 1e-4 };
-        close_outputs(
-            name,
-            &outputs(&mut model, &tensor(&case["x"])),
-            &case["y"],
-            tol,
-        );
+        close_outputs(name, &outputs(&mut model, &input(case)), &case["y"], tol);
         let keras_flags = case["trainable"].as_object().unwrap();
         for (layer, trainable) in trainable_flags(&model) {
             assert_eq!(
@@ -301,7 +312,7 @@ fn ferrokeras_keras_files_are_what_keras_read() {
         // And ferrokeras reads its own file back to the same predictions.
         let mut again = ferrokeras::io::load_keras(&path).unwrap();
         let mut original = load_keras_file(name);
-        let x = tensor(&fx["models"][name]["x"]);
+        let x = input(&fx["models"][name]);
         for (a, b) in outputs(&mut again, &x)
             .iter()
             .zip(outputs(&mut original, &x))
@@ -327,7 +338,7 @@ fn keras_files_through_save_model_and_bad_archives() {
     let renamed = dir.join("mlp.bin");
     std::fs::copy(&path, &renamed).unwrap();
     let mut loaded = ferrokeras::io::load_model(&renamed).unwrap();
-    let x = tensor(&read("keras_json.json")["models"]["mlp"]["x"]);
+    let x = input(&read("keras_json.json")["models"]["mlp"]);
     let mut original = load_keras_file("mlp");
     assert_eq!(
         flat(&outputs(&mut loaded, &x)[0]),

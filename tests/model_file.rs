@@ -215,6 +215,11 @@ fn every_builtin_layer_config_round_trips() {
             0.125,
         ))),
         Box::new(ferrokeras::layers::Add::new()),
+        Box::new(ferrokeras::layers::Average::new()),
+        Box::new(ferrokeras::layers::Maximum::new()),
+        Box::new(ferrokeras::layers::Minimum::new()),
+        Box::new(ferrokeras::layers::Multiply::new()),
+        Box::new(ferrokeras::layers::Subtract::new()),
         Box::new(
             AveragePooling2D::new((3, 2))
                 .strides((1, 2))

@@ -12,11 +12,11 @@ use std::sync::{Mutex, OnceLock};
 use serde_json::{Map, Value, json};
 
 use super::{
-    Activation, ActivationLayer, Add, AveragePooling2D, BatchNormalization, Concatenate, Conv1D,
-    Conv2D, Conv2DTranspose, Cropping2D, DataFormat, Dense, Dropout, Embedding, Flatten,
+    Activation, ActivationLayer, Add, Average, AveragePooling2D, BatchNormalization, Concatenate,
+    Conv1D, Conv2D, Conv2DTranspose, Cropping2D, DataFormat, Dense, Dropout, Embedding, Flatten,
     GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D, Layer,
-    LayerNormalization, LeakyReLU, MaxPooling2D, Padding, ReLU, Regularizer, Rescaling, Reshape,
-    UpSampling2D, ZeroPadding2D, reserve_name,
+    LayerNormalization, LeakyReLU, MaxPooling2D, Maximum, Minimum, Multiply, Padding, ReLU,
+    Regularizer, Rescaling, Reshape, Subtract, UpSampling2D, ZeroPadding2D, reserve_name,
 };
 use crate::{Error, Result};
 
@@ -24,6 +24,7 @@ use crate::{Error, Result};
 pub const BUILTIN_LAYERS: &[&str] = &[
     "Activation",
     "Add",
+    "Average",
     "AveragePooling2D",
     "BatchNormalization",
     "Concatenate",
@@ -42,9 +43,13 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "LayerNormalization",
     "LeakyReLU",
     "MaxPooling2D",
+    "Maximum",
+    "Minimum",
+    "Multiply",
     "ReLU",
     "Rescaling",
     "Reshape",
+    "Subtract",
     "UpSampling2D",
     "ZeroPadding2D",
 ];
@@ -375,6 +380,11 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
             ))
         }
         "Add" => Box::new(named(Add::new(), name, Add::named)),
+        "Subtract" => Box::new(named(Subtract::new(), name, Subtract::named)),
+        "Multiply" => Box::new(named(Multiply::new(), name, Multiply::named)),
+        "Average" => Box::new(named(Average::new(), name, Average::named)),
+        "Maximum" => Box::new(named(Maximum::new(), name, Maximum::named)),
+        "Minimum" => Box::new(named(Minimum::new(), name, Minimum::named)),
         "Conv2D" | "Conv2DTranspose" => {
             let filters = c.req_usize("filters")?;
             let kernel = c.req_pair("kernel_size")?;

@@ -162,30 +162,183 @@ impl Layer for Add {
         Ok(input_shape.to_vec())
     }
     fn compute_output_shape_many(&self, shapes: &[Vec<usize>]) -> Result<Vec<usize>> {
-        let first = shapes
-            .first()
-            .ok_or_else(|| Error::value("Add needs at least one input"))?;
-        // Keras's element-wise merge: axes of size 1 broadcast, other sizes must agree.
-        let mut out = first.clone();
-        for s in &shapes[1..] {
-            if s.len() != out.len() {
-                return Err(Error::value(format!(
-                    "Inputs of an `Add` layer must have the same rank. Received: input_shape={shapes:?}"
-                )));
-            }
-            for (o, &d) in out.iter_mut().zip(s) {
-                if *o == 1 {
-                    *o = d;
-                } else if d != 1 && d != *o {
-                    return Err(Error::value(format!(
-                        "Inputs of an `Add` layer have incompatible shapes (sizes other than 1 must agree). Received: input_shape={shapes:?}"
-                    )));
-                }
-            }
-        }
-        Ok(out)
+        merge_shape("Add", shapes)
     }
     fn config(&self) -> Option<serde_json::Value> {
         Some(serde_json::json!({"name": self.name}))
     }
 }
+
+/// The output shape of Keras's element-wise merge layers: axes of size 1 broadcast, other sizes
+/// must agree.
+fn merge_shape(class: &str, shapes: &[Vec<usize>]) -> Result<Vec<usize>> {
+    let first = shapes
+        .first()
+        .ok_or_else(|| Error::value(format!("{class} needs at least one input")))?;
+    let mut out = first.clone();
+    for s in &shapes[1..] {
+        if s.len() != out.len() {
+            return Err(Error::value(format!(
+                "Inputs of a `{class}` layer must have the same rank. Received: input_shape={shapes:?}"
+            )));
+        }
+        for (o, &d) in out.iter_mut().zip(s) {
+            if *o == 1 {
+                *o = d;
+            } else if d != 1 && d != *o {
+                return Err(Error::value(format!(
+                    "Inputs of a `{class}` layer have incompatible shapes (sizes other than 1 must agree). Received: input_shape={shapes:?}"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+macro_rules! merge_layer {
+    ($(#[$doc:meta])* $ty:ident, $prefix:expr, $class:expr, $two_only:expr, |$xs:ident| $merge:expr) => {
+        $(#[$doc])*
+        pub struct $ty {
+            name: String,
+        }
+        impl $ty {
+            #[doc = concat!("A `", $class, "` layer.")]
+            pub fn new() -> Self {
+                Self { name: unique_name($prefix) }
+            }
+            /// Overrides the generated name.
+            pub fn named(mut self, name: impl Into<String>) -> Self {
+                crate::layers::rename(&mut self.name, name.into());
+                self
+            }
+            fn check_count(&self, n: usize) -> Result<()> {
+                if $two_only && n != 2 {
+                    return Err(Error::value(format!(
+                        "A `{}` layer should be called on exactly 2 inputs. Received: {n} inputs (layer \"{}\")",
+                        $class, self.name
+                    )));
+                }
+                if n == 0 {
+                    return Err(Error::value(format!(
+                        "layer \"{}\" ({}) needs at least one input",
+                        self.name, $class
+                    )));
+                }
+                Ok(())
+            }
+        }
+        impl Default for $ty {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+        impl Layer for $ty {
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn class_name(&self) -> &str {
+                $class
+            }
+            fn call(&mut self, x: &Tensor, training: bool) -> Result<Tensor> {
+                self.call_many(std::slice::from_ref(x), training)
+            }
+            fn call_many(&mut self, xs: &[Tensor], _training: bool) -> Result<Tensor> {
+                self.check_count(xs.len())?;
+                let $xs = xs;
+                Ok($merge)
+            }
+            fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+                self.check_count(1)?;
+                Ok(input_shape.to_vec())
+            }
+            fn compute_output_shape_many(&self, shapes: &[Vec<usize>]) -> Result<Vec<usize>> {
+                self.check_count(shapes.len())?;
+                merge_shape($class, shapes)
+            }
+            fn config(&self) -> Option<serde_json::Value> {
+                Some(serde_json::json!({"name": self.name}))
+            }
+        }
+    };
+}
+
+/// `f(acc, x)` over the inputs, from the first.
+fn fold(
+    xs: &[Tensor],
+    f: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> Result<Tensor> {
+    let mut acc = xs[0].clone();
+    for x in &xs[1..] {
+        acc = f(&acc, x)?;
+    }
+    Ok(acc)
+}
+
+merge_layer!(
+    /// Keras's `layers.Subtract`: the first of two inputs minus the second.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::layers::{Layer, Subtract};
+    /// let a = Tensor::new(&[[5f32, 1.0]], &Device::Cpu).unwrap();
+    /// let b = Tensor::new(&[[2f32, 3.0]], &Device::Cpu).unwrap();
+    /// let d = Subtract::new().call_many(&[a.clone(), b], false).unwrap();
+    /// assert_eq!(d.to_vec2::<f32>().unwrap(), vec![vec![3.0, -2.0]]);
+    /// assert!(Subtract::new().call_many(&[a], false).is_err());
+    /// ```
+    Subtract, "subtract", "Subtract", true, |xs| xs[0].broadcast_sub(&xs[1])?
+);
+merge_layer!(
+    /// Keras's `layers.Multiply`: the element-wise product of the inputs.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::layers::{Layer, Multiply};
+    /// let a = Tensor::new(&[[5f32, 1.0]], &Device::Cpu).unwrap();
+    /// let b = Tensor::new(&[[2f32, 3.0]], &Device::Cpu).unwrap();
+    /// let p = Multiply::new().call_many(&[a, b], false).unwrap();
+    /// assert_eq!(p.to_vec2::<f32>().unwrap(), vec![vec![10.0, 3.0]]);
+    /// ```
+    Multiply, "multiply", "Multiply", false, |xs| fold(xs, |a, b| a.broadcast_mul(b))?
+);
+merge_layer!(
+    /// Keras's `layers.Average`: the element-wise mean of the inputs.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::layers::{Average, Layer};
+    /// let a = Tensor::new(&[[5f32, 1.0]], &Device::Cpu).unwrap();
+    /// let b = Tensor::new(&[[2f32, 3.0]], &Device::Cpu).unwrap();
+    /// let m = Average::new().call_many(&[a, b], false).unwrap();
+    /// assert_eq!(m.to_vec2::<f32>().unwrap(), vec![vec![3.5, 2.0]]);
+    /// ```
+    Average, "average", "Average", false,
+    |xs| (fold(xs, |a, b| a.broadcast_add(b))? / xs.len() as f64)?
+);
+merge_layer!(
+    /// Keras's `layers.Maximum`: the element-wise maximum of the inputs (a gradient split
+    /// evenly between tied inputs).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::layers::{Layer, Maximum};
+    /// let a = Tensor::new(&[[5f32, 1.0]], &Device::Cpu).unwrap();
+    /// let b = Tensor::new(&[[2f32, 3.0]], &Device::Cpu).unwrap();
+    /// let m = Maximum::new().call_many(&[a, b], false).unwrap();
+    /// assert_eq!(m.to_vec2::<f32>().unwrap(), vec![vec![5.0, 3.0]]);
+    /// ```
+    Maximum, "maximum", "Maximum", false, |xs| fold(xs, |a, b| a.broadcast_maximum(b))?
+);
+merge_layer!(
+    /// Keras's `layers.Minimum`: the element-wise minimum of the inputs.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::layers::{Layer, Minimum};
+    /// let a = Tensor::new(&[[5f32, 1.0]], &Device::Cpu).unwrap();
+    /// let b = Tensor::new(&[[2f32, 3.0]], &Device::Cpu).unwrap();
+    /// let m = Minimum::new().call_many(&[a, b], false).unwrap();
+    /// assert_eq!(m.to_vec2::<f32>().unwrap(), vec![vec![2.0, 1.0]]);
+    /// ```
+    Minimum, "minimum", "Minimum", false, |xs| fold(xs, |a, b| a.broadcast_minimum(b))?
+);

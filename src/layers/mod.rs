@@ -28,7 +28,7 @@ pub use config::{
 };
 pub use conv::{Conv2D, Conv2DTranspose, DataFormat, Padding, Size2};
 pub use conv1d::Conv1D;
-pub use core::{Add, Concatenate};
+pub use core::{Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract};
 pub use dense::{Dense, Regularizer};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
