@@ -216,6 +216,13 @@ fn every_builtin_layer_config_round_trips() {
         ))),
         Box::new(ferrokeras::layers::Add::new()),
         Box::new(ferrokeras::layers::Average::new()),
+        Box::new(
+            ferrokeras::layers::AveragePooling1D::new(3)
+                .strides(2)
+                .padding("same")
+                .unwrap(),
+        ),
+        Box::new(ferrokeras::layers::MaxPooling1D::new(2).data_format(DataFormat::ChannelsFirst)),
         Box::new(ferrokeras::layers::Maximum::new()),
         Box::new(ferrokeras::layers::Minimum::new()),
         Box::new(ferrokeras::layers::Multiply::new()),

@@ -12,11 +12,12 @@ use std::sync::{Mutex, OnceLock};
 use serde_json::{Map, Value, json};
 
 use super::{
-    Activation, ActivationLayer, Add, Average, AveragePooling2D, BatchNormalization, Concatenate,
-    Conv1D, Conv2D, Conv2DTranspose, Cropping2D, DataFormat, Dense, Dropout, Embedding, Flatten,
-    GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D, Layer,
-    LayerNormalization, LeakyReLU, MaxPooling2D, Maximum, Minimum, Multiply, Padding, ReLU,
-    Regularizer, Rescaling, Reshape, Subtract, UpSampling2D, ZeroPadding2D, reserve_name,
+    Activation, ActivationLayer, Add, Average, AveragePooling1D, AveragePooling2D,
+    BatchNormalization, Concatenate, Conv1D, Conv2D, Conv2DTranspose, Cropping2D, DataFormat,
+    Dense, Dropout, Embedding, Flatten, GlobalAveragePooling1D, GlobalAveragePooling2D,
+    GlobalMaxPooling1D, GlobalMaxPooling2D, Layer, LayerNormalization, LeakyReLU, MaxPooling1D,
+    MaxPooling2D, Maximum, Minimum, Multiply, Padding, ReLU, Regularizer, Rescaling, Reshape,
+    Subtract, UpSampling2D, ZeroPadding2D, reserve_name,
 };
 use crate::{Error, Result};
 
@@ -25,6 +26,7 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "Activation",
     "Add",
     "Average",
+    "AveragePooling1D",
     "AveragePooling2D",
     "BatchNormalization",
     "Concatenate",
@@ -42,6 +44,7 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "GlobalMaxPooling2D",
     "LayerNormalization",
     "LeakyReLU",
+    "MaxPooling1D",
     "MaxPooling2D",
     "Maximum",
     "Minimum",
@@ -535,21 +538,7 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
             ))
         }
         "Conv1D" => {
-            let single = |c: &mut ConfigReader, key: &str| -> Result<Option<usize>> {
-                match c.get(key) {
-                    None => Ok(None),
-                    Some(v) => {
-                        let n = match v {
-                            Value::Array(items) if items.len() == 1 => items[0].as_u64(),
-                            v => v.as_u64(),
-                        };
-                        n.and_then(|n| usize::try_from(n).ok())
-                            .map(Some)
-                            .ok_or_else(|| c.invalid(key, "an integer or a list of one integer", v))
-                    }
-                }
-            };
-            let kernel_size = single(&mut c, "kernel_size")?.ok_or_else(|| {
+            let kernel_size = c.opt_single("kernel_size")?.ok_or_else(|| {
                 c.invalid(
                     "kernel_size",
                     "an integer or a list of one integer",
@@ -557,8 +546,8 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                 )
             })?;
             let mut l = Conv1D::new(c.req_usize("filters")?, kernel_size)
-                .strides(single(&mut c, "strides")?.unwrap_or(1))
-                .dilation_rate(single(&mut c, "dilation_rate")?.unwrap_or(1))
+                .strides(c.opt_single("strides")?.unwrap_or(1))
+                .dilation_rate(c.opt_single("dilation_rate")?.unwrap_or(1))
                 .with_activation(c.activation("activation")?)
                 .use_bias(c.bool_or("use_bias", true)?)
                 .data_format(c.data_format("data_format")?);
@@ -584,6 +573,25 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                 l = l.bias_regularizer(r);
             }
             Box::new(named(l, name, Conv1D::named))
+        }
+        "MaxPooling1D" | "AveragePooling1D" => {
+            let pool = c.opt_single("pool_size")?.unwrap_or(2);
+            let strides = c.opt_single("strides")?;
+            let padding = padding_str(c.padding("padding")?);
+            let f = c.data_format("data_format")?;
+            if class == "MaxPooling1D" {
+                let mut l = MaxPooling1D::new(pool).padding(padding)?.data_format(f);
+                if let Some(s) = strides {
+                    l = l.strides(s);
+                }
+                Box::new(named(l, name, MaxPooling1D::named))
+            } else {
+                let mut l = AveragePooling1D::new(pool).padding(padding)?.data_format(f);
+                if let Some(s) = strides {
+                    l = l.strides(s);
+                }
+                Box::new(named(l, name, AveragePooling1D::named))
+            }
         }
         "GlobalMaxPooling1D" => {
             let f = c.data_format("data_format")?;
@@ -882,6 +890,23 @@ impl<'a> ConfigReader<'a> {
         v.as_array()
             .and_then(|a| a.iter().map(Value::as_i64).collect::<Option<Vec<_>>>())
             .ok_or_else(|| self.invalid(key, "a list of integers", v))
+    }
+
+    /// One integer, or a list of one (a 1-D layer's `kernel_size`, `strides`, `pool_size`);
+    /// `None` when absent or null.
+    fn opt_single(&mut self, key: &str) -> Result<Option<usize>> {
+        match self.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => {
+                let n = match v {
+                    Value::Array(items) if items.len() == 1 => items[0].as_u64(),
+                    v => v.as_u64(),
+                };
+                n.and_then(|n| usize::try_from(n).ok())
+                    .map(Some)
+                    .ok_or_else(|| self.invalid(key, "an integer or a list of one integer", v))
+            }
+        }
     }
 
     /// `((top, bottom), (left, right))` from an integer, `[rows, columns]`, or

@@ -35,8 +35,8 @@ pub use embedding::Embedding;
 pub use norm::{BatchNormalization, LayerNormalization};
 pub use padding::{Cropping2D, Rescaling, Sides, ZeroPadding2D};
 pub use pooling::{
-    AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalMaxPooling1D,
-    GlobalMaxPooling2D, MaxPooling2D, PoolFusion, UpSampling2D,
+    AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
+    GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPooling1D, MaxPooling2D, PoolFusion, UpSampling2D,
 };
 pub use reshape::{Flatten, Reshape};
 

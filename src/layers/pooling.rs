@@ -538,6 +538,147 @@ global_pool!(
     GlobalAveragePooling2D, "global_average_pooling2d", "GlobalAveragePooling2D", false
 );
 
+macro_rules! pool_layer_1d {
+    ($(#[$doc:meta])* $ty:ident, $inner:ident, $prefix:expr, $class:expr) => {
+        $(#[$doc])*
+        pub struct $ty {
+            name: String,
+            pool: usize,
+            strides: Option<usize>,
+            padding: Padding,
+            data_format: DataFormat,
+        }
+        impl $ty {
+            /// A pooling layer over windows of `pool_size` steps; strides default to the pool
+            /// size.
+            pub fn new(pool_size: usize) -> Self {
+                Self {
+                    name: unique_name($prefix),
+                    pool: pool_size,
+                    strides: None,
+                    padding: Padding::Valid,
+                    data_format: DataFormat::ChannelsLast,
+                }
+            }
+            /// The step between windows.
+            pub fn strides(mut self, s: usize) -> Self {
+                self.strides = Some(s);
+                self
+            }
+            /// `"valid"` or `"same"`.
+            ///
+            /// # Errors
+            /// Another string.
+            pub fn padding(mut self, p: &str) -> Result<Self> {
+                self.padding = p.parse()?;
+                Ok(self)
+            }
+            /// Channels-last (default: `(batch, steps, features)`) or channels-first.
+            pub fn data_format(mut self, f: DataFormat) -> Self {
+                self.data_format = f;
+                self
+            }
+            /// Overrides the generated name.
+            pub fn named(mut self, name: impl Into<String>) -> Self {
+                crate::layers::rename(&mut self.name, name.into());
+                self
+            }
+            /// The same pooling over one-row images (the 2-D layer does the work; built
+            /// directly, so that no layer name is drawn).
+            fn as_2d(&self) -> $inner {
+                $inner {
+                    name: self.name.clone(),
+                    pool: (1, self.pool),
+                    strides: Some((1, self.strides.unwrap_or(self.pool))),
+                    padding: self.padding,
+                    data_format: self.data_format,
+                }
+            }
+            /// The axis a row of one is added at: before the steps.
+            fn row_axis(&self) -> usize {
+                match self.data_format {
+                    DataFormat::ChannelsLast => 1,
+                    DataFormat::ChannelsFirst => 2,
+                }
+            }
+        }
+        impl Layer for $ty {
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn class_name(&self) -> &str {
+                $class
+            }
+            fn call(&mut self, x: &Tensor, training: bool) -> Result<Tensor> {
+                if x.rank() != 3 {
+                    return Err(Error::value(format!(
+                        "Input 0 of layer \"{}\" is incompatible with the layer: expected ndim=3 (batch, steps, features), found ndim={}. Full shape received: {:?}",
+                        self.name,
+                        x.rank(),
+                        x.dims()
+                    )));
+                }
+                let axis = self.row_axis();
+                let y = self.as_2d().call(&x.unsqueeze(axis)?, training)?;
+                Ok(y.squeeze(axis)?)
+            }
+            fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+                if input_shape.len() != 2 {
+                    return Err(Error::value(format!(
+                        "layer \"{}\" needs inputs of shape (batch, steps, features); received (None, {input_shape:?})",
+                        self.name
+                    )));
+                }
+                let axis = self.row_axis() - 1;
+                let mut shape = input_shape.to_vec();
+                shape.insert(axis, 1);
+                let mut out = self.as_2d().compute_output_shape(&shape)?;
+                out.remove(axis);
+                Ok(out)
+            }
+            fn config(&self) -> Option<serde_json::Value> {
+                let padding = match self.padding {
+                    Padding::Valid => "valid",
+                    Padding::Same => "same",
+                };
+                Some(serde_json::json!({
+                    "name": self.name,
+                    "pool_size": [self.pool],
+                    "strides": [self.strides.unwrap_or(self.pool)],
+                    "padding": padding,
+                    "data_format": super::config::data_format_json(self.data_format),
+                }))
+            }
+        }
+    };
+}
+
+pool_layer_1d!(
+    /// Keras's `layers.MaxPooling1D`: the maximum of each window of steps.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::layers::{Layer, MaxPooling1D};
+    /// let x = Tensor::new(&[[[1f32], [4.0], [2.0], [3.0], [9.0]]], &Device::Cpu).unwrap();
+    /// let y = MaxPooling1D::new(2).call(&x, false).unwrap();
+    /// assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![4.0, 3.0]);
+    /// ```
+    MaxPooling1D, MaxPooling2D, "max_pooling1d", "MaxPooling1D"
+);
+pool_layer_1d!(
+    /// Keras's `layers.AveragePooling1D`: the mean of each window of steps ("same" padding
+    /// averages only the steps inside).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::layers::{AveragePooling1D, Layer};
+    /// let x = Tensor::new(&[[[1f32], [4.0], [2.0], [3.0], [9.0]]], &Device::Cpu).unwrap();
+    /// let y = AveragePooling1D::new(2).padding("same").unwrap().call(&x, false).unwrap();
+    /// assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![2.5, 2.5, 9.0]);
+    /// ```
+    AveragePooling1D, AveragePooling2D, "average_pooling1d", "AveragePooling1D"
+);
+
 macro_rules! global_pool_1d {
     ($(#[$doc:meta])* $ty:ident, $prefix:expr, $class:expr, $max:expr) => {
         $(#[$doc])*
