@@ -301,6 +301,7 @@ fn every_builtin_layer_config_round_trips() {
         Box::new(ReLU::new()),
         Box::new(ferrokeras::layers::Rescaling::new(0.25, -1.5)),
         Box::new(Reshape::new(&[-1, 4, 2])),
+        Box::new(ferrokeras::layers::Softmax::new().axis(1)),
         Box::new(UpSampling2D::new((3, 1)).data_format(DataFormat::ChannelsFirst)),
         Box::new(ferrokeras::layers::ZeroPadding2D::new((2, 3))),
     ];

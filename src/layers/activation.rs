@@ -610,6 +610,83 @@ macro_rules! delegate_layer {
 delegate_layer!(ReLU);
 delegate_layer!(LeakyReLU);
 
+/// Keras's `layers.Softmax`: the softmax over `axis` (the last by default; counted with the
+/// batch axis, negative from the end).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::layers::{Layer, Softmax};
+/// let x = Tensor::new(&[[[0f32, 0.0], [2.0, 0.0]]], &Device::Cpu).unwrap();
+/// let y = Softmax::new().axis(1).call(&x, false).unwrap();
+/// let sums = y.sum(1).unwrap().to_vec2::<f32>().unwrap();
+/// assert!(sums[0].iter().all(|s| (s - 1.0).abs() < 1e-6)); // each column sums to 1
+/// ```
+pub struct Softmax {
+    name: String,
+    axis: isize,
+}
+
+impl Softmax {
+    /// The softmax over the last axis.
+    pub fn new() -> Self {
+        Self {
+            name: unique_name("softmax"),
+            axis: -1,
+        }
+    }
+    /// The axis to normalize over.
+    pub fn axis(mut self, axis: isize) -> Self {
+        self.axis = axis;
+        self
+    }
+    /// Overrides the generated name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        crate::layers::rename(&mut self.name, name.into());
+        self
+    }
+}
+
+impl Default for Softmax {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Layer for Softmax {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn class_name(&self) -> &str {
+        "Softmax"
+    }
+    fn call(&mut self, x: &Tensor, _training: bool) -> Result<Tensor> {
+        let rank = x.rank();
+        let a = if self.axis < 0 {
+            rank as isize + self.axis
+        } else {
+            self.axis
+        };
+        if a < 0 || a >= rank as isize {
+            return Err(Error::value(format!(
+                "layer \"{}\": axis {} is out of range for inputs of rank {rank} (batch included); expected 0..{rank} or a negative index",
+                self.name, self.axis
+            )));
+        }
+        let a = a as usize;
+        if a + 1 == rank {
+            return crate::ops::softmax_last(x);
+        }
+        let y = crate::ops::softmax_last(&x.transpose(a, rank - 1)?.contiguous()?)?;
+        Ok(y.transpose(a, rank - 1)?.contiguous()?)
+    }
+    fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        Ok(input_shape.to_vec())
+    }
+    fn config(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({"name": self.name, "axis": self.axis}))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use super::{
     Dense, Dropout, Embedding, Flatten, GlobalAveragePooling1D, GlobalAveragePooling2D,
     GlobalMaxPooling1D, GlobalMaxPooling2D, Layer, LayerNormalization, LeakyReLU, MaxPooling1D,
     MaxPooling2D, Maximum, Minimum, Multiply, Padding, ReLU, Regularizer, Rescaling, Reshape,
-    Subtract, UpSampling2D, ZeroPadding2D, reserve_name,
+    Softmax, Subtract, UpSampling2D, ZeroPadding2D, reserve_name,
 };
 use crate::{Error, Result};
 
@@ -52,6 +52,7 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "ReLU",
     "Rescaling",
     "Reshape",
+    "Softmax",
     "Subtract",
     "UpSampling2D",
     "ZeroPadding2D",
@@ -331,6 +332,23 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
             Box::new(named(l, name, ActivationLayer::named))
         }
         "ReLU" => Box::new(named(ReLU::new(), name, ReLU::named)),
+        "Softmax" => {
+            let axis = match c.get("axis").cloned() {
+                Some(Value::Array(items)) if items.len() == 1 => items[0]
+                    .as_i64()
+                    .and_then(|a| isize::try_from(a).ok())
+                    .ok_or_else(|| c.invalid("axis", "an integer", &items[0]))?,
+                Some(v @ Value::Array(_)) => {
+                    return Err(c.invalid(
+                        "axis",
+                        "one axis (a softmax over several axes is not supported)",
+                        &v,
+                    ));
+                }
+                _ => c.isize_or("axis", -1)?,
+            };
+            Box::new(named(Softmax::new().axis(axis), name, Softmax::named))
+        }
         "LeakyReLU" => {
             let slope = c.f32_or("negative_slope", 0.3)?;
             Box::new(named(LeakyReLU::new(slope), name, LeakyReLU::named))

@@ -22,7 +22,7 @@ mod padding;
 mod pooling;
 mod reshape;
 
-pub use activation::{Activation, ActivationLayer, LeakyReLU, ReLU};
+pub use activation::{Activation, ActivationLayer, LeakyReLU, ReLU, Softmax};
 pub use config::{
     BUILTIN_LAYERS, LayerConstructor, deserialize, from_config, register_layer, serialize,
 };
