@@ -918,14 +918,14 @@ fn embedding_matches_keras() {
 }
 
 /// Conv1D (valid, same with stride 2, causal with dilation 2, channels-first), ZeroPadding2D,
-/// Cropping2D, Rescaling, the 1-D poolings and Softmax over a middle axis, each built from
-/// Keras's own config:
-/// outputs and gradients (input and weights) against Keras.
+/// Cropping2D, Rescaling, the 1-D poolings, Softmax over a middle axis, RepeatVector, Permute
+/// and UpSampling1D, each built from Keras's own config: outputs and gradients (input and
+/// weights) against Keras.
 #[test]
 fn more_layers_match_keras() {
     let fx = fixtures();
     let cases = cases(&fx, "more_layers");
-    assert_eq!(cases.len(), 14, "expected 14 cases");
+    assert_eq!(cases.len(), 18, "expected 18 cases");
     let mut fwd = Group::new("more layers forward");
     let mut bwd = Group::new("more layers gradients");
     for case in cases {

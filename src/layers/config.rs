@@ -16,8 +16,8 @@ use super::{
     BatchNormalization, Concatenate, Conv1D, Conv2D, Conv2DTranspose, Cropping2D, DataFormat,
     Dense, Dropout, Embedding, Flatten, GlobalAveragePooling1D, GlobalAveragePooling2D,
     GlobalMaxPooling1D, GlobalMaxPooling2D, Layer, LayerNormalization, LeakyReLU, MaxPooling1D,
-    MaxPooling2D, Maximum, Minimum, Multiply, Padding, ReLU, Regularizer, Rescaling, Reshape,
-    Softmax, Subtract, UpSampling2D, ZeroPadding2D, reserve_name,
+    MaxPooling2D, Maximum, Minimum, Multiply, Padding, Permute, ReLU, Regularizer, RepeatVector,
+    Rescaling, Reshape, Softmax, Subtract, UpSampling1D, UpSampling2D, ZeroPadding2D, reserve_name,
 };
 use crate::{Error, Result};
 
@@ -49,11 +49,14 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "Maximum",
     "Minimum",
     "Multiply",
+    "Permute",
     "ReLU",
+    "RepeatVector",
     "Rescaling",
     "Reshape",
     "Softmax",
     "Subtract",
+    "UpSampling1D",
     "UpSampling2D",
     "ZeroPadding2D",
 ];
@@ -387,6 +390,29 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
         "Flatten" => {
             let f = c.data_format("data_format")?;
             Box::new(named(Flatten::new().data_format(f), name, Flatten::named))
+        }
+        "RepeatVector" => Box::new(named(
+            RepeatVector::new(c.req_usize("n")?),
+            name,
+            RepeatVector::named,
+        )),
+        "UpSampling1D" => Box::new(named(
+            UpSampling1D::new(c.opt_single("size")?.unwrap_or(2)),
+            name,
+            UpSampling1D::named,
+        )),
+        "Permute" => {
+            let v = c.required("dims")?.clone();
+            let dims = v
+                .as_array()
+                .and_then(|items| {
+                    items
+                        .iter()
+                        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .ok_or_else(|| c.invalid("dims", "a list of axis numbers from 1", &v))?;
+            Box::new(named(Permute::new(&dims), name, Permute::named))
         }
         "Reshape" => {
             let target = c.req_i64_list("target_shape")?;

@@ -38,7 +38,7 @@ pub use pooling::{
     AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
     GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPooling1D, MaxPooling2D, PoolFusion, UpSampling2D,
 };
-pub use reshape::{Flatten, Reshape};
+pub use reshape::{Flatten, Permute, RepeatVector, Reshape, UpSampling1D};
 
 use candle_core::Tensor;
 
