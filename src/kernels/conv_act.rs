@@ -424,18 +424,22 @@ mod tests {
                     Direction::Forward => vec![g.n, g.h, g.w, g.c],
                     Direction::Transposed => vec![g.n * g.oh * g.ow, f],
                 };
-                let x = Variable::new("x", &Tensor::randn(0f32, 1.0, xshape, &dev).unwrap(), true)
-                    .unwrap();
+                let x = Variable::new(
+                    "x",
+                    &crate::kernels::fixed_randn(1.0, xshape, &dev).unwrap(),
+                    true,
+                )
+                .unwrap();
                 let w = Variable::new(
                     "w",
-                    &Tensor::randn(0f32, 1.0, (g.kh * g.kw * g.c, f), &dev).unwrap(),
+                    &crate::kernels::fixed_randn(1.0, (g.kh * g.kw * g.c, f), &dev).unwrap(),
                     true,
                 )
                 .unwrap();
                 let channels = if dir == Direction::Forward { f } else { g.c };
                 let b = Variable::new(
                     "b",
-                    &Tensor::randn(0f32, 1.0, channels, &dev).unwrap(),
+                    &crate::kernels::fixed_randn(1.0, channels, &dev).unwrap(),
                     true,
                 )
                 .unwrap();
@@ -474,7 +478,7 @@ mod tests {
                 let case = format!("{dir:?} {act:?}");
                 assert_eq!(ours.dims(), theirs.dims(), "{case}");
                 assert!(max_rel(&ours, &theirs) < 1e-5, "forward {case}");
-                let up = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+                let up = crate::kernels::fixed_randn(1.0, ours.dims(), &dev).unwrap();
                 let g1 = GradientTape::gradient(&(&ours * &up).unwrap().sum_all().unwrap(), &vars)
                     .unwrap();
                 let g2 =
@@ -503,14 +507,17 @@ mod tests {
             .add(LeakyReLU::new(0.2))
             .add(Conv2D::new(2, (3, 3)).padding("same").unwrap())
             .add(LeakyReLU::new(0.3));
-        check_fusion(seq, Tensor::randn(0f32, 1.0, (2, 5, 5, 4), &dev).unwrap());
+        check_fusion(
+            seq,
+            crate::kernels::fixed_randn(1.0, (2, 5, 5, 4), &dev).unwrap(),
+        );
         let seq = crate::Sequential::new()
             .input(&[6])
             .add(crate::layers::Dense::new(4))
             .add(LeakyReLU::new(0.2))
             .add(crate::layers::Dense::new(3))
             .add(crate::layers::ReLU::new());
-        check_fusion(seq, Tensor::randn(0f32, 1.0, (5, 6), &dev).unwrap());
+        check_fusion(seq, crate::kernels::fixed_randn(1.0, (5, 6), &dev).unwrap());
         // Convolution (+ activation) + max pooling, as the MNIST convnet: its own activation,
         // an activation layer, odd sizes with "same" pooling, and overlapping windows.
         let seq = crate::Sequential::new()
@@ -527,7 +534,7 @@ mod tests {
             .add(Conv2D::new(2, (1, 1)).activation("tanh").unwrap())
             .add(crate::layers::MaxPooling2D::new((2, 2)).strides((1, 1)));
         // Rounded inputs and weights: windows with tied maxima.
-        let x = Tensor::randn(0f32, 2.0, (3, 12, 12, 2), &dev)
+        let x = crate::kernels::fixed_randn(2.0, (3, 12, 12, 2), &dev)
             .unwrap()
             .round()
             .unwrap();
@@ -550,7 +557,7 @@ mod tests {
                 .input(&[11, 11, 3])
                 .add(Conv2D::new(5, (3, 3)).activation(act).unwrap())
                 .add(crate::layers::MaxPooling2D::new((2, 2)));
-            let x = Tensor::randn(0f32, 2.0, (13, 11, 11, 3), &dev)
+            let x = crate::kernels::fixed_randn(2.0, (13, 11, 11, 3), &dev)
                 .unwrap()
                 .round()
                 .unwrap();
@@ -558,7 +565,7 @@ mod tests {
                 seq.build().unwrap();
                 for v in seq.trainable_variables() {
                     let t = v.as_tensor();
-                    let r = Tensor::randn(0f32, 1.5, t.dims(), t.device()).unwrap();
+                    let r = crate::kernels::fixed_randn(1.5, t.dims(), t.device()).unwrap();
                     v.assign(&r.round().unwrap()).unwrap();
                 }
             }
@@ -577,7 +584,7 @@ mod tests {
         let fused = seq.forward(&x, true).unwrap();
         let mut vars = seq.trainable_variables();
         vars.push(xv);
-        let up = Tensor::randn(0f32, 1.0, fused.dims(), fused.device()).unwrap();
+        let up = crate::kernels::fixed_randn(1.0, fused.dims(), fused.device()).unwrap();
         let loss = |y: &Tensor| (y * &up).unwrap().sum_all().unwrap();
         let gf = GradientTape::gradient(&loss(&fused), &vars).unwrap();
         let mut h = x.clone();

@@ -480,7 +480,12 @@ mod tests {
         let dev = Device::Cpu;
         // One chunk, and several with a short last one.
         for n in [7, 3 * CHUNK + 5] {
-            let x = Variable::new("x", &Tensor::randn(0f32, 1.0, n, &dev).unwrap(), true).unwrap();
+            let x = Variable::new(
+                "x",
+                &crate::kernels::fixed_randn(1.0, n, &dev).unwrap(),
+                true,
+            )
+            .unwrap();
             let mask = crate::random::dropout_mask(&[n], 0.6, &dev).unwrap();
             let ours = mask_mul(x.as_tensor(), &mask).unwrap().unwrap();
             let theirs = x.as_tensor().mul(&mask).unwrap();
@@ -488,7 +493,7 @@ mod tests {
                 ours.to_vec1::<f32>().unwrap(),
                 theirs.to_vec1::<f32>().unwrap()
             );
-            let up = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+            let up = crate::kernels::fixed_randn(1.0, n, &dev).unwrap();
             let grad = |y: &Tensor| {
                 let loss = (y * &up).unwrap().sum_all().unwrap();
                 GradientTape::gradient(&loss, std::slice::from_ref(&x))
@@ -550,13 +555,17 @@ mod tests {
             for (rows, f) in [(1, 1), (7, 3), (129, 33), (3000, 17)] {
                 let x = Variable::new(
                     "x",
-                    &Tensor::randn(0f32, 2.0, (rows, f), &dev).unwrap(),
+                    &crate::kernels::fixed_randn(2.0, (rows, f), &dev).unwrap(),
                     true,
                 )
                 .unwrap();
-                let b =
-                    Variable::new("b", &Tensor::randn(0f32, 1.0, f, &dev).unwrap(), true).unwrap();
-                let up = Tensor::randn(0f32, 1.0, (rows, f), &dev).unwrap();
+                let b = Variable::new(
+                    "b",
+                    &crate::kernels::fixed_randn(1.0, f, &dev).unwrap(),
+                    true,
+                )
+                .unwrap();
+                let up = crate::kernels::fixed_randn(1.0, (rows, f), &dev).unwrap();
                 let vars = [x.clone(), b.clone()];
                 let ours = bias_activation(x.as_tensor(), b.as_tensor(), act)
                     .unwrap()
@@ -592,8 +601,11 @@ mod tests {
     #[test]
     fn non_contiguous_inputs_and_other_dtypes() {
         let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (5, 4), &dev).unwrap().t().unwrap();
-        let b = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
+        let x = crate::kernels::fixed_randn(1.0, (5, 4), &dev)
+            .unwrap()
+            .t()
+            .unwrap();
+        let b = crate::kernels::fixed_randn(1.0, 5, &dev).unwrap();
         let ours = bias_activation(&x, &b, Act::Relu).unwrap().unwrap();
         assert!(max_rel(&ours, &reference(&x, Some(&b), Act::Relu)) < 1e-6);
         let xd = x.to_dtype(candle_core::DType::F64).unwrap();

@@ -132,13 +132,17 @@ mod tests {
         for (rows, k, n) in [(1, 1, 1), (3, 5, 2), (128, 784, 256), (33, 17, 65)] {
             let x = Variable::new(
                 "x",
-                &Tensor::randn(0f32, 1.0, (rows, k), &dev).unwrap(),
+                &crate::kernels::fixed_randn(1.0, (rows, k), &dev).unwrap(),
                 true,
             )
             .unwrap();
-            let w =
-                Variable::new("w", &Tensor::randn(0f32, 1.0, (k, n), &dev).unwrap(), true).unwrap();
-            let up = Tensor::randn(0f32, 1.0, (rows, n), &dev).unwrap();
+            let w = Variable::new(
+                "w",
+                &crate::kernels::fixed_randn(1.0, (k, n), &dev).unwrap(),
+                true,
+            )
+            .unwrap();
+            let up = crate::kernels::fixed_randn(1.0, (rows, n), &dev).unwrap();
             let ours = linear(x.as_tensor(), w.as_tensor()).unwrap();
             let theirs = x.as_tensor().matmul(w.as_tensor()).unwrap();
             assert!(max_rel(&ours, &theirs) < 1e-5, "{rows}x{k}x{n}");

@@ -28,6 +28,43 @@ pub(crate) fn enabled() -> bool {
 
 #[cfg(test)]
 thread_local! {
+    /// Tests: how many [`fixed_randn`] tensors this thread has drawn.
+    static FIXED_DRAWS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Tests: normal values (mean 0, `std`) of `shape`, the same at every run. The n-th draw of a
+/// test's thread comes from a generator seeded with `n` and the shape, so a test's inputs never
+/// change between runs, and no two draws of one test are alike.
+#[cfg(test)]
+pub(crate) fn fixed_randn(
+    std: f32,
+    shape: impl Into<candle_core::Shape>,
+    dev: &candle_core::Device,
+) -> candle_core::Result<candle_core::Tensor> {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let shape = shape.into();
+    let n = FIXED_DRAWS.with(|c| {
+        let n = c.get();
+        c.set(n + 1);
+        n
+    });
+    let seed = shape
+        .dims()
+        .iter()
+        .fold(n.wrapping_mul(0x9E37_79B9_7F4A_7C15), |h, d| {
+            (h ^ *d as u64).wrapping_mul(0x0100_0000_01B3)
+        });
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let normal = rand_distr::Normal::new(0f32, std).map_err(candle_core::Error::wrap)?;
+    let values: Vec<f32> = (0..shape.elem_count())
+        .map(|_| normal.sample(&mut rng))
+        .collect();
+    candle_core::Tensor::from_vec(values, shape, dev)
+}
+
+#[cfg(test)]
+thread_local! {
     /// Tests: this thread's ops take the other devices' path on the CPU too.
     pub(crate) static FORCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

@@ -1577,17 +1577,17 @@ mod tests {
             blocked += usize::from(g.plan(f).1);
             let xv = Variable::new(
                 "x",
-                &Tensor::randn(0f32, 1.0, (n, h, w, c), &dev).unwrap(),
+                &crate::kernels::fixed_randn(1.0, (n, h, w, c), &dev).unwrap(),
                 true,
             )
             .unwrap();
             let kv = Variable::new(
                 "k",
-                &Tensor::randn(0f32, 1.0, (kh, kw, c, f), &dev).unwrap(),
+                &crate::kernels::fixed_randn(1.0, (kh, kw, c, f), &dev).unwrap(),
                 true,
             )
             .unwrap();
-            let up = Tensor::randn(0f32, 1.0, (n, g.oh, g.ow, f), &dev).unwrap();
+            let up = crate::kernels::fixed_randn(1.0, (n, g.oh, g.ow, f), &dev).unwrap();
             // ours (the kernel variable itself, read as its (kh·kw·c, f) matrix)
             let y = xv
                 .as_tensor()
@@ -1624,7 +1624,7 @@ mod tests {
             assert!(max_rel(&t_rows, &t_ours) < 1e-6, "data op on rows {case}");
             let t_theirs = GradientTape::gradient(&loss, std::slice::from_ref(&xv)).unwrap();
             assert!(max_rel(&t_ours, &t_theirs[0]) < 1e-5, "data op {case}");
-            let up2 = Tensor::randn(0f32, 1.0, (n, h, w, c), &dev).unwrap();
+            let up2 = crate::kernels::fixed_randn(1.0, (n, h, w, c), &dev).unwrap();
             let l2 = (&t_ours * &up2).unwrap().sum_all().unwrap();
             let g2 = GradientTape::gradient(&l2, &[gyv.clone(), kv.clone()]).unwrap();
             // d/d(gy) <ConvData(gy), up2> = Conv(up2); d/dk = ConvFilter(up2, gy).
@@ -1661,9 +1661,9 @@ mod tests {
                 (false, true, true),
                 (true, true, true),
             ] {
-                let a = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
-                let b = Tensor::randn(0f32, 1.0, (k, n), &dev).unwrap();
-                let c0 = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
+                let a = crate::kernels::fixed_randn(1.0, (m, k), &dev).unwrap();
+                let b = crate::kernels::fixed_randn(1.0, (k, n), &dev).unwrap();
+                let c0 = crate::kernels::fixed_randn(1.0, (m, n), &dev).unwrap();
                 let stored = |t: &Tensor, tr: bool| -> Vec<f32> {
                     let t = if tr {
                         t.t().unwrap().contiguous().unwrap()
@@ -1716,8 +1716,8 @@ mod tests {
         };
         assert!(g.patch_len() * f * 4 > BLOCK_KERNEL_BYTES);
         assert!(g.rows_per_image() > FILTER_SUM_ROWS);
-        let x = Tensor::randn(0f32, 1.0, (n, h, h, c), &dev).unwrap();
-        let gy = Tensor::randn(0f32, 1.0, (n, h, h, f), &dev).unwrap();
+        let x = crate::kernels::fixed_randn(1.0, (n, h, h, c), &dev).unwrap();
+        let gy = crate::kernels::fixed_randn(1.0, (n, h, h, f), &dev).unwrap();
         let kv = Variable::new(
             "k",
             &Tensor::zeros((3, 3, c, f), candle_core::DType::F32, &dev).unwrap(),
@@ -1906,9 +1906,9 @@ mod tests {
             ow: 3,
         };
         let f = 5;
-        let x = Tensor::randn(0f32, 1.0, (2, 7, 7, 2), &dev).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (18, f), &dev).unwrap();
-        let gy = Tensor::randn(0f32, 1.0, (2, 3, 3, f), &dev).unwrap();
+        let x = crate::kernels::fixed_randn(1.0, (2, 7, 7, 2), &dev).unwrap();
+        let w = crate::kernels::fixed_randn(1.0, (18, f), &dev).unwrap();
+        let gy = crate::kernels::fixed_randn(1.0, (2, 3, 3, f), &dev).unwrap();
         let y = x.apply_op2_no_bwd(&w, &Conv { g, f }).unwrap();
         let gx = gy.apply_op2_no_bwd(&w, &ConvData { g, f }).unwrap();
         let lhs = (&y * &gy)

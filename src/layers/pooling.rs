@@ -874,7 +874,7 @@ mod kernel_tests {
             (6, 9, 2, (2, 2), (3, 2), Padding::Same),
         ] {
             // Rounded values, so that windows hold tied maxima.
-            let x = (Tensor::randn(0f32, 2.0, (3, h, w, c), &dev).unwrap())
+            let x = (crate::kernels::fixed_randn(2.0, (3, h, w, c), &dev).unwrap())
                 .round()
                 .unwrap();
             let xv = Variable::new("x", &x, true).unwrap();
@@ -884,7 +884,7 @@ mod kernel_tests {
             let case = format!("{h}x{w}x{c} {pool:?} {strides:?} {padding:?}");
             assert_eq!(ours.dims(), theirs.dims(), "{case}");
             assert!(max_rel(&ours, &theirs) < 1e-6, "forward {case}");
-            let up = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+            let up = crate::kernels::fixed_randn(1.0, ours.dims(), &dev).unwrap();
             let g1 = GradientTape::gradient(
                 &(&ours * &up).unwrap().sum_all().unwrap(),
                 std::slice::from_ref(&xv),
@@ -904,7 +904,7 @@ mod kernel_tests {
         let dev = Device::Cpu;
         for (n, p, c) in [(1, 1, 1), (3, 4, 5), (2, 49, 128), (4, 9, 17), (5, 1, 3)] {
             // Rounded values, so that columns hold tied maxima (the gradient is split evenly).
-            let x = (Tensor::randn(0f32, 1.5, (n, p, c), &dev).unwrap())
+            let x = (crate::kernels::fixed_randn(1.5, (n, p, c), &dev).unwrap())
                 .round()
                 .unwrap();
             let xv = Variable::new("x", &x, true).unwrap();
@@ -913,7 +913,7 @@ mod kernel_tests {
             let case = format!("{n}x{p}x{c}");
             assert_eq!(ours.dims(), &[n, c], "{case}");
             assert!(max_rel(&ours, &theirs) < 1e-6, "forward {case}");
-            let up = Tensor::randn(0f32, 1.0, (n, c), &dev).unwrap();
+            let up = crate::kernels::fixed_randn(1.0, (n, c), &dev).unwrap();
             let grad = |y: &Tensor| {
                 GradientTape::gradient(
                     &(y * &up).unwrap().sum_all().unwrap(),
