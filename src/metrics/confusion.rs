@@ -117,11 +117,20 @@ impl Tally {
         st.last = None;
         st.pending.clear();
     }
-    fn set(&mut self, counts: &[f64]) {
+    /// Restores counts saved by `state`, of the tally's length (`what` names them).
+    fn set(&mut self, metric: &str, counts: &[f64], what: &str) -> Result<()> {
         let st = self.st();
+        if counts.len() != st.counts.len() {
+            return Err(Error::value(format!(
+                "metric `{metric}` keeps {} values ({what}); received {}",
+                st.counts.len(),
+                counts.len()
+            )));
+        }
         st.counts = counts.to_vec();
         st.last = None;
         st.pending.clear();
+        Ok(())
     }
 }
 
@@ -131,6 +140,35 @@ impl Clone for Tally {
             state: Mutex::new(self.settled()),
         }
     }
+}
+
+/// The [`Metric`] methods of a metric whose state is a [`Tally`] (`self.tally`) and whose value
+/// is `Self::value(counts)`; `what` names the counts in the error of a state of the wrong length.
+macro_rules! tally_methods {
+    ($what:expr) => {
+        fn result(&self) -> f64 {
+            Self::value(&self.tally.settled().counts)
+        }
+        fn reset_state(&mut self) {
+            self.tally.reset();
+        }
+        fn batch_result(&self) -> Option<f64> {
+            self.tally.settled().last.map(|c| Self::value(&c))
+        }
+        fn deferred_result(&self) -> Option<DeferredValue> {
+            self.tally.deferred(|st| Self::value(&st.counts))
+        }
+        fn deferred_batch_result(&self) -> Option<DeferredValue> {
+            self.tally
+                .deferred(|st| st.last.as_deref().map_or(f64::NAN, Self::value))
+        }
+        fn state(&self) -> Vec<f64> {
+            self.tally.settled().counts
+        }
+        fn set_state(&mut self, state: &[f64]) -> Result<()> {
+            self.tally.set(&self.name, state, $what)
+        }
+    };
 }
 
 /// The counts of one batch at `threshold`, `[tp, fp, fn]`: a prediction above `threshold` is
@@ -221,36 +259,9 @@ macro_rules! confusion_metric {
                 let batch = count(&self.name, self.threshold, y_true, y_pred, sample_weight)?;
                 self.tally.add(batch)
             }
-            fn result(&self) -> f64 {
-                Self::value(&self.tally.settled().counts)
-            }
-            fn reset_state(&mut self) {
-                self.tally.reset();
-            }
-            fn batch_result(&self) -> Option<f64> {
-                self.tally.settled().last.map(|c| Self::value(&c))
-            }
-            fn deferred_result(&self) -> Option<DeferredValue> {
-                self.tally.deferred(|st| Self::value(&st.counts))
-            }
-            fn deferred_batch_result(&self) -> Option<DeferredValue> {
-                self.tally
-                    .deferred(|st| st.last.as_deref().map_or(f64::NAN, Self::value))
-            }
-            fn state(&self) -> Vec<f64> {
-                self.tally.settled().counts
-            }
-            fn set_state(&mut self, state: &[f64]) -> Result<()> {
-                if state.len() != 3 {
-                    return Err(Error::value(format!(
-                        "metric `{}` keeps 3 values (true positives, false positives, false negatives); received {}",
-                        self.name,
-                        state.len()
-                    )));
-                }
-                self.tally.set(state);
-                Ok(())
-            }
+            tally_methods!(
+                "true positives, false positives, false negatives"
+            );
         }
     };
 }
@@ -413,37 +424,7 @@ impl Metric for AUC {
         let batch = self.count(y_true, y_pred, sample_weight)?;
         self.tally.add(batch)
     }
-    fn result(&self) -> f64 {
-        Self::value(&self.tally.settled().counts)
-    }
-    fn reset_state(&mut self) {
-        self.tally.reset();
-    }
-    fn batch_result(&self) -> Option<f64> {
-        self.tally.settled().last.map(|c| Self::value(&c))
-    }
-    fn deferred_result(&self) -> Option<DeferredValue> {
-        self.tally.deferred(|st| Self::value(&st.counts))
-    }
-    fn deferred_batch_result(&self) -> Option<DeferredValue> {
-        self.tally
-            .deferred(|st| st.last.as_deref().map_or(f64::NAN, Self::value))
-    }
-    fn state(&self) -> Vec<f64> {
-        self.tally.settled().counts
-    }
-    fn set_state(&mut self, state: &[f64]) -> Result<()> {
-        if state.len() != 4 * self.num_thresholds {
-            return Err(Error::value(format!(
-                "metric `{}` keeps {} values (4 counts per threshold); received {}",
-                self.name,
-                4 * self.num_thresholds,
-                state.len()
-            )));
-        }
-        self.tally.set(state);
-        Ok(())
-    }
+    tally_methods!("4 counts per threshold");
 }
 
 /// One batch, flattened, on its device in float32: the weight of each value where its label is
