@@ -95,6 +95,16 @@ pub enum Initializer {
         /// `"VarianceScaling"`.
         class: &'static str,
     },
+    /// Keras's `Orthogonal` (the default recurrent kernel of `LSTM`, `GRU` and `SimpleRNN`):
+    /// the Q factor of a normal matrix's QR decomposition, signs fixed so that R's diagonal is
+    /// positive, times `gain`. The values are viewed as a matrix of `prod(shape[..-1])` rows
+    /// and `shape[-1]` columns, whose rows (if fewer) or columns (otherwise) are orthonormal.
+    Orthogonal {
+        /// The factor applied to the orthogonal matrix.
+        gain: f32,
+        /// A seed of its own.
+        seed: Option<u64>,
+    },
 }
 
 /// The named cases of [`Initializer::VarianceScaling`]: class, snake name, scale, mode,
@@ -164,7 +174,7 @@ fn keras_name<T: PartialEq>(table: &[(&'static str, T)], value: &T) -> &'static 
         .map_or("", |(n, _)| n)
 }
 
-const NAMES: &str = "\"zeros\", \"ones\", \"constant\", \"random_uniform\", \"random_normal\", \"truncated_normal\", \"variance_scaling\", \"glorot_uniform\", \"glorot_normal\", \"he_uniform\", \"he_normal\", \"lecun_uniform\", \"lecun_normal\" (or their Keras class names)";
+const NAMES: &str = "\"zeros\", \"ones\", \"constant\", \"orthogonal\", \"random_uniform\", \"random_normal\", \"truncated_normal\", \"variance_scaling\", \"glorot_uniform\", \"glorot_normal\", \"he_uniform\", \"he_normal\", \"lecun_uniform\", \"lecun_normal\" (or their Keras class names)";
 
 impl std::str::FromStr for Initializer {
     type Err = Error;
@@ -222,6 +232,10 @@ impl Initializer {
             "Zeros" | "zeros" => Initializer::Zeros,
             "Ones" | "ones" => Initializer::Ones,
             "Constant" | "constant" => Initializer::Constant(get("value", 0.0)? as f32),
+            "Orthogonal" | "orthogonal" => Initializer::Orthogonal {
+                gain: get("gain", 1.0)? as f32,
+                seed,
+            },
             "RandomUniform" | "random_uniform" => Initializer::RandomUniform {
                 minval: get("minval", -0.05)? as f32,
                 maxval: get("maxval", 0.05)? as f32,
@@ -325,6 +339,9 @@ impl Initializer {
                 "RandomUniform",
                 json!({"minval": f(*minval), "maxval": f(*maxval), "seed": seed}),
             ),
+            Initializer::Orthogonal { gain, seed } => {
+                ("Orthogonal", json!({"seed": seed, "gain": f(*gain)}))
+            }
             Initializer::RandomNormal { mean, stddev, seed } => (
                 "RandomNormal",
                 json!({"mean": f(*mean), "stddev": f(*stddev), "seed": seed}),
@@ -392,6 +409,7 @@ impl Initializer {
             Initializer::RandomNormal { mean, stddev, seed } => {
                 normal(shape, *mean, *stddev, false, seed, device)?
             }
+            Initializer::Orthogonal { gain, seed } => orthogonal(shape, *gain, seed, device)?,
             Initializer::TruncatedNormal { mean, stddev, seed } => {
                 normal(shape, *mean, *stddev, true, seed, device)?
             }
@@ -480,6 +498,46 @@ fn normal(
     Ok(Tensor::from_vec(data, shape, device)?)
 }
 
+/// Keras's `Orthogonal`: `a`, normal of shape `(max(rows, cols), min(rows, cols))`, gives Q
+/// of `a = QR` with R's diagonal made positive, which is what Gram-Schmidt on `a`'s columns
+/// computes (in f64 here: the matrices are small, and no linear-algebra crate is needed);
+/// transposed when the rows are fewer.
+fn orthogonal(shape: &[usize], gain: f32, seed: &Option<u64>, device: &Device) -> Result<Tensor> {
+    let cols = shape.last().copied().unwrap_or(1);
+    let rows = count(shape)? / cols.max(1);
+    if rows == 0 || cols == 0 {
+        return Ok(Tensor::zeros(shape, DType::F32, device)?);
+    }
+    let (m, n) = (rows.max(cols), rows.min(cols));
+    let a = normal(&[m, n], 0.0, 1.0, false, seed, &Device::Cpu)?.to_vec2::<f32>()?;
+    // q[j]: column j of Q.
+    let mut q: Vec<Vec<f64>> = Vec::with_capacity(n);
+    for j in 0..n {
+        let mut v: Vec<f64> = a.iter().map(|row| f64::from(row[j])).collect();
+        for prev in &q {
+            let dot: f64 = prev.iter().zip(&v).map(|(p, x)| p * x).sum();
+            v.iter_mut().zip(prev).for_each(|(x, p)| *x -= dot * p);
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            v.iter_mut().for_each(|x| *x /= norm);
+        }
+        q.push(v);
+    }
+    let g = f64::from(gain);
+    // Row-major `rows x cols`: Q (m x n) itself, or its transpose when rows < cols.
+    let data: Vec<f32> = if rows >= cols {
+        (0..m)
+            .flat_map(|i| q.iter().map(move |col| (g * col[i]) as f32))
+            .collect()
+    } else {
+        q.iter()
+            .flat_map(|col| col.iter().map(|x| (g * x) as f32))
+            .collect()
+    };
+    Ok(Tensor::from_vec(data, shape, device)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,6 +622,46 @@ mod tests {
                 .to_string()
                 .contains("fan_sideways")
         );
-        assert!("Orthogonal".parse::<Initializer>().is_err());
+        assert!("Identity".parse::<Initializer>().is_err());
+    }
+
+    /// Orthogonal rows or columns (whichever are fewer), scaled by the gain; seeds repeat.
+    #[test]
+    fn orthogonal_is_orthonormal() {
+        let init = Initializer::from_json(
+            &json!({"class_name": "Orthogonal", "config": {"gain": 2.0, "seed": 7}}),
+        )
+        .unwrap();
+        assert_eq!(init.to_json()["config"], json!({"seed": 7, "gain": 2.0}));
+        for shape in [vec![5usize, 20], vec![20, 5], vec![2, 3, 6], vec![4, 4]] {
+            let t = init.init(&shape, &Device::Cpu).unwrap();
+            assert_eq!(t.dims(), &shape[..]);
+            let cols = *shape.last().unwrap();
+            let m = t.reshape(((), cols)).unwrap();
+            let (r, c) = m.dims2().unwrap();
+            let gram = if r < c {
+                m.matmul(&m.t().unwrap())
+            } else {
+                m.t().unwrap().matmul(&m)
+            }
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+            for (i, row) in gram.iter().enumerate() {
+                for (j, v) in row.iter().enumerate() {
+                    let want = if i == j { 4.0 } else { 0.0 };
+                    assert!((v - want).abs() < 1e-4, "{shape:?}: gram[{i}][{j}] = {v}");
+                }
+            }
+            assert_eq!(
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                init.init(&shape, &Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            );
+        }
     }
 }

@@ -44,6 +44,8 @@ mod model_file;
 mod optimizer_extras;
 #[path = "plot.rs"]
 mod plot;
+#[path = "recurrent.rs"]
+mod recurrent;
 #[path = "resume.rs"]
 mod resume;
 #[path = "saving.rs"]

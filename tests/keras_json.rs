@@ -75,14 +75,14 @@ fn trainable_flags(model: &LoadedModel) -> Vec<(String, bool)> {
     }
 }
 
-/// Keras's JSON of eleven models (channels-first layers, bfloat16 policies, an embedding, 1-D convolutions among them) reads
+/// Keras's JSON of twelve models (channels-first layers, bfloat16 policies, an embedding, 1-D convolutions and recurrent layers among them) reads
 /// here; with Keras's weights the predictions are Keras's, and
 /// a layer Keras froze is frozen.
 #[test]
 fn keras_model_json_reads_with_keras_predictions() {
     let fx = read("keras_json.json");
     let models = fx["models"].as_object().unwrap();
-    assert_eq!(models.len(), 11);
+    assert_eq!(models.len(), 12);
     for (name, case) in models {
         let mut model = load(case);
         let ys = outputs(&mut model, &input(case));

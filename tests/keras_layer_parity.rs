@@ -926,8 +926,23 @@ fn more_layers_match_keras() {
     let fx = fixtures();
     let cases = cases(&fx, "more_layers");
     assert_eq!(cases.len(), 18, "expected 18 cases");
-    let mut fwd = Group::new("more layers forward");
-    let mut bwd = Group::new("more layers gradients");
+    config_built_cases_match(cases, "more layers");
+}
+
+/// SimpleRNN, LSTM and GRU, built from Keras's configs, against Keras's outputs and gradients.
+#[test]
+fn recurrent_layers_match_keras() {
+    let fx = fixtures();
+    let cases = cases(&fx, "recurrent");
+    assert_eq!(cases.len(), 9, "expected 9 cases");
+    config_built_cases_match(cases, "recurrent");
+}
+
+/// Cases with `keras_config`, `weights`, `y`, `grad_x` and `grad_weights`: the layer is built
+/// from Keras's config and given Keras's weights.
+fn config_built_cases_match(cases: &[Value], group: &str) {
+    let mut fwd = Group::new(format!("{group} forward"));
+    let mut bwd = Group::new(format!("{group} gradients"));
     for case in cases {
         let x = tensor(&case["x"]);
         let class = case["class"].as_str().unwrap();

@@ -290,6 +290,35 @@ fn every_builtin_layer_config_round_trips() {
         Box::new(ferrokeras::layers::GlobalMaxPooling1D::new()),
         Box::new(GlobalMaxPooling2D::new()),
         Box::new(
+            ferrokeras::layers::GRU::new(3)
+                .reset_after(false)
+                .go_backwards(true)
+                .recurrent_activation("hard_sigmoid")
+                .unwrap()
+                .recurrent_dropout(0.25)
+                .unwrap()
+                .seed(5),
+        ),
+        Box::new(
+            ferrokeras::layers::LSTM::new(4)
+                .return_sequences(true)
+                .unit_forget_bias(false)
+                .use_bias(false)
+                .dropout(0.5)
+                .unwrap()
+                .recurrent_initializer(ferrokeras::initializers::Initializer::Orthogonal {
+                    gain: 2.0,
+                    seed: Some(1),
+                })
+                .recurrent_regularizer(Regularizer::L2(0.5)),
+        ),
+        Box::new(
+            ferrokeras::layers::SimpleRNN::new(2)
+                .activation("relu")
+                .unwrap()
+                .bias_regularizer(Regularizer::L1(0.25)),
+        ),
+        Box::new(
             ferrokeras::layers::LayerNormalization::new()
                 .axes(&[1, -1])
                 .epsilon(0.25)
@@ -333,6 +362,17 @@ fn every_builtin_layer_config_round_trips() {
     let c = ferrokeras::layers::from_config("Conv2D", &json!({"filters": 2, "kernel_size": 3}))
         .unwrap();
     assert_eq!(c.config().unwrap()["kernel_size"], json!([3, 3]));
+    // An RNN option ferrokeras does not support is refused by name.
+    let err = ferrokeras::layers::from_config("LSTM", &json!({"units": 2, "return_state": true}))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("return_state"), "{err}");
+    let err = ferrokeras::layers::from_config("GRU", &json!({"units": 2, "stateful": true}))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("stateful"), "{err}");
 }
 
 /// Two inputs, a layer shared by both branches (its second node takes the output of a layer listed

@@ -4,11 +4,13 @@
 //! The weights file holds, for each entry of Keras's `model.layers` (a functional model's
 //! inputs included), a group `layers/{key}/vars` with the layer's variables as datasets `0`,
 //! `1`, ... in Keras's order (trainable first, as created: a `Dense`'s kernel then bias; a
-//! `BatchNormalization`'s gamma, beta, moving mean, moving variance). `{key}` is the layer's
-//! class name in snake case, numbered when it repeats (`dense`, `dense_1`, `conv2d`), not the
-//! layer's own name, which is kept as the group's `name` attribute. Zip archives use Keras's
-//! uncompressed entries when written and are read stored or deflated. HDF5 is read and written
-//! by the `hdf5-pure` crate (pure Rust; no system HDF5 library to install).
+//! `BatchNormalization`'s gamma, beta, moving mean, moving variance); a layer built around a
+//! cell (Keras's RNNs) keeps them in `layers/{key}/cell/vars` and an empty `layers/{key}/vars`.
+//! `{key}` is the layer's class name in snake case, numbered when it repeats (`dense`,
+//! `dense_1`, `conv2d`), not the layer's own name, which is kept as the group's `name`
+//! attribute. Zip archives use Keras's uncompressed entries when written and are read stored
+//! or deflated. HDF5 is read and written by the `hdf5-pure` crate (pure Rust; no system HDF5
+//! library to install).
 
 use std::collections::HashMap;
 use std::io::{Cursor, Read, Write};
@@ -18,8 +20,7 @@ use candle_core::{DType, Tensor};
 use hdf5_pure::{AttrValue, FileBuilder};
 use serde_json::{Value, json};
 
-use super::model_file::{LoadedModel, SavableModel};
-use crate::tape::Variable;
+use super::model_file::{KerasLayer, LoadedModel, SavableModel};
 use crate::{Error, Result};
 
 /// The Keras version whose `.keras` layout this module writes (in `metadata.json`).
@@ -55,12 +56,12 @@ fn snake_case(class: &str) -> String {
 }
 
 /// Each layer's key in the weights file (`dense`, `dense_1`, ...), in list order.
-fn layer_keys(layers: &[(String, String, Vec<Variable>)]) -> Vec<String> {
+fn layer_keys(layers: &[KerasLayer]) -> Vec<String> {
     let mut used: HashMap<String, usize> = HashMap::new();
     layers
         .iter()
-        .map(|(class, _, _)| {
-            let base = snake_case(class);
+        .map(|l| {
+            let base = snake_case(&l.class);
             match used.get_mut(&base) {
                 Some(n) => {
                     *n += 1;
@@ -138,11 +139,27 @@ fn weights_h5(model: &dyn SavableModel) -> Result<Vec<u8>> {
     let keys = layer_keys(&layers);
     let mut file = FileBuilder::new();
     let mut group = file.create_group("layers");
-    for ((_, name, vars), key) in layers.iter().zip(&keys) {
+    for (l, key) in layers.iter().zip(&keys) {
         let mut layer = group.create_group(key);
-        let mut store = layer.create_group("vars");
-        store.set_attr("name", AttrValue::String(name.clone()));
-        for (i, v) in vars.iter().enumerate() {
+        // A layer built around a cell (Keras's RNNs) keeps its variables in the cell's group
+        // and an empty `vars` of its own.
+        let mut cell = l.cell.map(|c| (c, layer.create_group("cell")));
+        let mut store = match &mut cell {
+            Some((c, g)) => {
+                let mut own = layer.create_group("vars");
+                own.set_attr("name", AttrValue::String(l.name.clone()));
+                layer.add_group(own.finish());
+                let mut store = g.create_group("vars");
+                store.set_attr("name", AttrValue::String(c.to_string()));
+                store
+            }
+            None => {
+                let mut store = layer.create_group("vars");
+                store.set_attr("name", AttrValue::String(l.name.clone()));
+                store
+            }
+        };
+        for (i, v) in l.variables.iter().enumerate() {
             let t = v.value().to_dtype(DType::F32)?;
             let shape: Vec<u64> = t.dims().iter().map(|d| *d as u64).collect();
             let values = t.flatten_all()?.to_vec1::<f32>()?;
@@ -151,7 +168,13 @@ fn weights_h5(model: &dyn SavableModel) -> Result<Vec<u8>> {
                 .with_f32_data(&values)
                 .with_shape(&shape);
         }
-        layer.add_group(store.finish());
+        match cell {
+            Some((_, mut g)) => {
+                g.add_group(store.finish());
+                layer.add_group(g.finish());
+            }
+            None => layer.add_group(store.finish()),
+        }
         group.add_group(layer.finish());
     }
     file.add_group(group.finish());
@@ -208,8 +231,12 @@ pub fn load_keras(path: impl AsRef<Path>) -> Result<LoadedModel> {
         .map_err(|e| not_keras(format!("`model.weights.h5` is not HDF5 ({e})")))?;
     let layers = model.keras_layers();
     let keys = layer_keys(&layers);
-    for ((class, name, vars), key) in layers.iter().zip(&keys) {
-        let group = format!("layers/{key}/vars");
+    for (l, key) in layers.iter().zip(&keys) {
+        let (class, name, vars) = (&l.class, &l.name, &l.variables);
+        let group = match l.cell {
+            Some(_) => format!("layers/{key}/cell/vars"),
+            None => format!("layers/{key}/vars"),
+        };
         let stored: Vec<String> = match h5.group(&group) {
             Ok(g) => g.datasets().map_err(|e| {
                 not_keras(format!("cannot list `{group}` in `model.weights.h5` ({e})"))
@@ -280,9 +307,14 @@ mod tests {
         ] {
             assert_eq!(snake_case(class), key, "{class}");
         }
-        let layers: Vec<(String, String, Vec<Variable>)> = ["Dense", "Conv2D", "Dense", "Dense"]
+        let layers: Vec<KerasLayer> = ["Dense", "Conv2D", "Dense", "Dense"]
             .iter()
-            .map(|c| (c.to_string(), String::new(), Vec::new()))
+            .map(|c| KerasLayer {
+                class: c.to_string(),
+                name: String::new(),
+                variables: Vec::new(),
+                cell: None,
+            })
             .collect();
         assert_eq!(
             layer_keys(&layers),

@@ -11,8 +11,8 @@ pub use checkpoint::{
 };
 pub use keras_file::{KERAS_FORMAT_VERSION, load_keras, save_keras};
 pub use model_file::{
-    LoadedModel, MODEL_CONFIG_KEY, MODEL_FORMAT, MODEL_FORMAT_VERSION, SavableModel, load_model,
-    model_from_json, save_model,
+    KerasLayer, LoadedModel, MODEL_CONFIG_KEY, MODEL_FORMAT, MODEL_FORMAT_VERSION, SavableModel,
+    load_model, model_from_json, save_model,
 };
 
 use std::fs;

@@ -31,27 +31,45 @@ pub trait SavableModel: Model {
     /// A layer that cannot describe itself; the message names it and its class.
     fn model_config(&self) -> Result<Value>;
 
-    /// Keras's `model.layers`, each as (class name, layer name, variables): a functional
-    /// model's inputs (`InputLayer`) and layers in Keras's order, a Sequential model's layers.
-    /// Keras's own files (`.keras`) address weights by this list.
-    fn keras_layers(&self) -> Vec<(String, String, Vec<Variable>)>;
+    /// Keras's `model.layers`: a functional model's inputs (`InputLayer`) and layers in
+    /// Keras's order, a Sequential model's layers. Keras's own files (`.keras`) address
+    /// weights by this list.
+    fn keras_layers(&self) -> Vec<KerasLayer>;
+}
+
+/// One entry of [`SavableModel::keras_layers`].
+#[derive(Clone)]
+pub struct KerasLayer {
+    /// The Keras class (`"Dense"`).
+    pub class: String,
+    /// The layer's name.
+    pub name: String,
+    /// Its variables, in Keras's order.
+    pub variables: Vec<Variable>,
+    /// The cell sublayer that holds the variables in Keras's files ([`Layer::keras_cell`]).
+    ///
+    /// [`Layer::keras_cell`]: crate::layers::Layer::keras_cell
+    pub cell: Option<&'static str>,
+}
+
+impl KerasLayer {
+    /// The entry of `layer`.
+    pub fn of(layer: &dyn crate::layers::Layer) -> Self {
+        Self {
+            class: layer.class_name().to_string(),
+            name: layer.name().to_string(),
+            variables: layer.variables(),
+            cell: layer.keras_cell(),
+        }
+    }
 }
 
 impl SavableModel for Sequential {
     fn model_config(&self) -> Result<Value> {
         Ok(crate::model::model_json("Sequential", self.get_config()?))
     }
-    fn keras_layers(&self) -> Vec<(String, String, Vec<Variable>)> {
-        self.layers()
-            .iter()
-            .map(|l| {
-                (
-                    l.class_name().to_string(),
-                    l.name().to_string(),
-                    l.variables(),
-                )
-            })
-            .collect()
+    fn keras_layers(&self) -> Vec<KerasLayer> {
+        self.layers().iter().map(|l| KerasLayer::of(&**l)).collect()
     }
 }
 
@@ -59,7 +77,7 @@ impl SavableModel for Functional {
     fn model_config(&self) -> Result<Value> {
         Ok(crate::model::model_json("Functional", self.get_config()?))
     }
-    fn keras_layers(&self) -> Vec<(String, String, Vec<Variable>)> {
+    fn keras_layers(&self) -> Vec<KerasLayer> {
         self.keras_layer_list()
     }
 }
@@ -71,7 +89,7 @@ impl SavableModel for LoadedModel {
             LoadedModel::Functional(m) => m.model_config(),
         }
     }
-    fn keras_layers(&self) -> Vec<(String, String, Vec<Variable>)> {
+    fn keras_layers(&self) -> Vec<KerasLayer> {
         match self {
             LoadedModel::Sequential(m) => m.keras_layers(),
             LoadedModel::Functional(m) => m.keras_layers(),

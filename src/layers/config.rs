@@ -13,11 +13,12 @@ use serde_json::{Map, Value, json};
 
 use super::{
     Activation, ActivationLayer, Add, Average, AveragePooling1D, AveragePooling2D,
-    BatchNormalization, Concatenate, Conv1D, Conv2D, Conv2DTranspose, Cropping2D, DataFormat,
-    Dense, Dropout, Embedding, Flatten, GlobalAveragePooling1D, GlobalAveragePooling2D,
-    GlobalMaxPooling1D, GlobalMaxPooling2D, Layer, LayerNormalization, LeakyReLU, MaxPooling1D,
-    MaxPooling2D, Maximum, Minimum, Multiply, Padding, Permute, ReLU, Regularizer, RepeatVector,
-    Rescaling, Reshape, Softmax, Subtract, UpSampling1D, UpSampling2D, ZeroPadding2D, reserve_name,
+    BatchNormalization, CellKind, Concatenate, Conv1D, Conv2D, Conv2DTranspose, Cropping2D,
+    DataFormat, Dense, Dropout, Embedding, Flatten, GRU, GlobalAveragePooling1D,
+    GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D, LSTM, Layer,
+    LayerNormalization, LeakyReLU, MaxPooling1D, MaxPooling2D, Maximum, Minimum, Multiply, Padding,
+    Permute, ReLU, Recurrent, Regularizer, RepeatVector, Rescaling, Reshape, SimpleRNN, Softmax,
+    Subtract, UpSampling1D, UpSampling2D, ZeroPadding2D, reserve_name,
 };
 use crate::{Error, Result};
 
@@ -38,10 +39,12 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "Dropout",
     "Embedding",
     "Flatten",
+    "GRU",
     "GlobalAveragePooling1D",
     "GlobalAveragePooling2D",
     "GlobalMaxPooling1D",
     "GlobalMaxPooling2D",
+    "LSTM",
     "LayerNormalization",
     "LeakyReLU",
     "MaxPooling1D",
@@ -54,6 +57,7 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "RepeatVector",
     "Rescaling",
     "Reshape",
+    "SimpleRNN",
     "Softmax",
     "Subtract",
     "UpSampling1D",
@@ -736,10 +740,82 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                 LayerNormalization::named,
             ))
         }
+        "SimpleRNN" => {
+            let l: SimpleRNN = recurrent_from(&mut c, name, own_policy.as_deref())?;
+            Box::new(l)
+        }
+        "LSTM" => {
+            let l: LSTM = recurrent_from(&mut c, name, own_policy.as_deref())?;
+            Box::new(l.unit_forget_bias(c.bool_or("unit_forget_bias", true)?))
+        }
+        "GRU" => {
+            let l: GRU = recurrent_from(&mut c, name, own_policy.as_deref())?;
+            Box::new(l.reset_after(c.bool_or("reset_after", true)?))
+        }
         _ => return Ok(None),
     };
     c.finish()?;
     Ok(Some(layer))
+}
+
+/// The options `SimpleRNN`, `LSTM` and `GRU` share.
+fn recurrent_from<C: CellKind>(
+    c: &mut ConfigReader,
+    name: Option<String>,
+    policy: Option<&str>,
+) -> Result<Recurrent<C>> {
+    let mut l = Recurrent::<C>::new(c.req_usize("units")?)
+        .return_sequences(c.bool_or("return_sequences", false)?)
+        .go_backwards(c.bool_or("go_backwards", false)?)
+        .use_bias(c.bool_or("use_bias", true)?)
+        .with_activation(match c.get("activation") {
+            None => Activation::Tanh,
+            Some(_) => c.activation("activation")?,
+        });
+    if C::GATES > 1
+        && let Some(v) = c.get("recurrent_activation")
+    {
+        let a = v
+            .as_str()
+            .ok_or_else(|| c.invalid("recurrent_activation", "an activation name", v))?;
+        l = l.recurrent_activation(a)?;
+    }
+    if let Some(p) = policy {
+        l = l.dtype(p)?;
+    }
+    if let Some(i) = c.initializer_of("kernel_initializer")? {
+        l = l.kernel_initializer(i);
+    }
+    if let Some(i) = c.initializer_of("recurrent_initializer")? {
+        l = l.recurrent_initializer(i);
+    }
+    if let Some(i) = c.initializer_of("bias_initializer")? {
+        l = l.bias_initializer(i);
+    }
+    if let Some(r) = c.regularizer("kernel_regularizer")? {
+        l = l.kernel_regularizer(r);
+    }
+    if let Some(r) = c.regularizer("recurrent_regularizer")? {
+        l = l.recurrent_regularizer(r);
+    }
+    if let Some(r) = c.regularizer("bias_regularizer")? {
+        l = l.bias_regularizer(r);
+    }
+    let dropout = c.f32_or("dropout", 0.0)?;
+    let recurrent_dropout = c.f32_or("recurrent_dropout", 0.0)?;
+    // Keras clips both rates into [0, 1].
+    l = l
+        .dropout(dropout.clamp(0.0, 0.999_999))?
+        .recurrent_dropout(recurrent_dropout.clamp(0.0, 0.999_999))?;
+    if C::GATES > 1
+        && let Some(v) = c.get("seed")
+    {
+        let seed = v
+            .as_u64()
+            .ok_or_else(|| c.invalid("seed", "a non-negative integer or null", v))?;
+        l = l.seed(seed);
+    }
+    Ok(named(l, name, Recurrent::named))
 }
 
 fn named<L>(layer: L, name: Option<String>, set: fn(L, String) -> L) -> L {
@@ -1104,6 +1180,12 @@ impl<'a> ConfigReader<'a> {
                 "renorm_clipping",
             ],
             "LayerNormalization" => &["beta_constraint", "gamma_constraint"],
+            "SimpleRNN" | "LSTM" | "GRU" => &[
+                "kernel_constraint",
+                "recurrent_constraint",
+                "bias_constraint",
+                "activity_regularizer",
+            ],
             "Conv1D" => &[
                 "kernel_constraint",
                 "bias_constraint",
@@ -1169,6 +1251,14 @@ impl<'a> ConfigReader<'a> {
             }
             "Conv1D" => {
                 self.fixed("groups", json!(1))?;
+            }
+            "SimpleRNN" | "LSTM" | "GRU" => {
+                self.fixed("return_state", json!(false))?;
+                self.fixed("stateful", json!(false))?;
+                // Unrolling changes how the loop is compiled, not its numbers; masks are not
+                // supported, so the output for masked steps does not arise.
+                self.bool_or("unroll", false)?;
+                self.bool_or("zero_output_for_mask", false)?;
             }
             _ => {}
         }

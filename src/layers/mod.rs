@@ -20,6 +20,7 @@ pub(crate) mod im2col;
 mod norm;
 mod padding;
 mod pooling;
+mod recurrent;
 mod reshape;
 
 pub use activation::{Activation, ActivationLayer, LeakyReLU, ReLU, Softmax};
@@ -37,6 +38,9 @@ pub use padding::{Cropping2D, Rescaling, Sides, ZeroPadding2D};
 pub use pooling::{
     AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
     GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPooling1D, MaxPooling2D, PoolFusion, UpSampling2D,
+};
+pub use recurrent::{
+    CellKind, GRU, GruCell, LSTM, LstmCell, Recurrent, SimpleRNN, SimpleRnnCell, StepKind,
 };
 pub use reshape::{Flatten, Permute, RepeatVector, Reshape, UpSampling1D};
 
@@ -153,6 +157,12 @@ pub trait Layer: Send {
                 shapes.len()
             ))),
         }
+    }
+    /// The name of the cell sublayer under which Keras's weight files (`.keras`,
+    /// `model.weights.h5`) keep this layer's variables (`"lstm_cell"` for `LSTM`); `None`, the
+    /// default, keeps them under the layer itself.
+    fn keras_cell(&self) -> Option<&'static str> {
+        None
     }
     /// Every variable, trainable first, in creation order (Keras's `weights`).
     fn variables(&self) -> Vec<Variable> {
@@ -313,6 +323,9 @@ impl<L: Layer + ?Sized> Layer for Box<L> {
     }
     fn compute_output_shape_many(&self, shapes: &[Vec<usize>]) -> Result<Vec<usize>> {
         (**self).compute_output_shape_many(shapes)
+    }
+    fn keras_cell(&self) -> Option<&'static str> {
+        (**self).keras_cell()
     }
     fn variables(&self) -> Vec<Variable> {
         (**self).variables()

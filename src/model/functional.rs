@@ -299,19 +299,17 @@ impl Functional {
 
     /// Keras's `model.layers`: the inputs (class `InputLayer`) and the layers in Keras's order,
     /// each as (class name, layer name, variables).
-    pub(crate) fn keras_layer_list(&self) -> Vec<(String, String, Vec<Variable>)> {
+    pub(crate) fn keras_layer_list(&self) -> Vec<crate::io::KerasLayer> {
         self.listed
             .iter()
             .map(|t| match &*t.node {
-                Node::Input { name } => ("InputLayer".to_string(), name.clone(), Vec::new()),
-                Node::Layer { layer, .. } => {
-                    let l = layer.lock();
-                    (
-                        l.class_name().to_string(),
-                        l.name().to_string(),
-                        l.variables(),
-                    )
-                }
+                Node::Input { name } => crate::io::KerasLayer {
+                    class: "InputLayer".to_string(),
+                    name: name.clone(),
+                    variables: Vec::new(),
+                    cell: None,
+                },
+                Node::Layer { layer, .. } => crate::io::KerasLayer::of(&*layer.lock()),
             })
             .collect()
     }
@@ -861,8 +859,13 @@ fn node_refs(node: &Value, what: &str) -> Result<NodeRefs> {
         ))
     };
     let map = node.as_object().ok_or_else(bad)?;
+    // A recorded `training` flag (Keras's RNNs record `training: false`) is replaced by the
+    // model's own at run time, as Keras does whenever the model is called with `training`
+    // set, which fit, evaluate and predict always do.
     if let Some(kwargs) = map.get("kwargs").and_then(Value::as_object)
-        && let Some((k, v)) = kwargs.iter().find(|(_, v)| !v.is_null())
+        && let Some((k, v)) = kwargs
+            .iter()
+            .find(|(k, v)| !(v.is_null() || (*k == "training" && v.is_boolean())))
     {
         return Err(Error::value(format!(
             "invalid {what}: the call's keyword argument `{k}` ({}) is not supported; a node takes its input tensors only",
