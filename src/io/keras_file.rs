@@ -17,10 +17,11 @@ use std::io::{Cursor, Read, Write};
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
-use hdf5_pure::{AttrValue, FileBuilder};
+use hdf5_pure::{AttrValue, FileBuilder, GroupBuilder};
 use serde_json::{Value, json};
 
 use super::model_file::{KerasLayer, LoadedModel, SavableModel};
+use crate::layers::KerasVars;
 use crate::{Error, Result};
 
 /// The Keras version whose `.keras` layout this module writes (in `metadata.json`).
@@ -132,8 +133,8 @@ pub fn save_keras(model: &dyn SavableModel, path: impl AsRef<Path>) -> Result<()
     super::write_atomic(path, &bytes)
 }
 
-/// The weights file: `layers/{key}/vars/{i}` for every layer, and the model's own (empty)
-/// `vars`.
+/// The weights file: `layers/{key}/vars/{i}` for every layer (deeper for layers made of
+/// sublayers, [`crate::layers::Layer::keras_vars`]), and the model's own (empty) `vars`.
 fn weights_h5(model: &dyn SavableModel) -> Result<Vec<u8>> {
     let layers = model.keras_layers();
     let keys = layer_keys(&layers);
@@ -141,40 +142,12 @@ fn weights_h5(model: &dyn SavableModel) -> Result<Vec<u8>> {
     let mut group = file.create_group("layers");
     for (l, key) in layers.iter().zip(&keys) {
         let mut layer = group.create_group(key);
-        // A layer built around a cell (Keras's RNNs) keeps its variables in the cell's group
-        // and an empty `vars` of its own.
-        let mut cell = l.cell.map(|c| (c, layer.create_group("cell")));
-        let mut store = match &mut cell {
-            Some((c, g)) => {
-                let mut own = layer.create_group("vars");
-                own.set_attr("name", AttrValue::String(l.name.clone()));
-                layer.add_group(own.finish());
-                let mut store = g.create_group("vars");
-                store.set_attr("name", AttrValue::String(c.to_string()));
-                store
-            }
-            None => {
-                let mut store = layer.create_group("vars");
-                store.set_attr("name", AttrValue::String(l.name.clone()));
-                store
-            }
-        };
-        for (i, v) in l.variables.iter().enumerate() {
-            let t = v.value().to_dtype(DType::F32)?;
-            let shape: Vec<u64> = t.dims().iter().map(|d| *d as u64).collect();
-            let values = t.flatten_all()?.to_vec1::<f32>()?;
-            store
-                .create_dataset(&i.to_string())
-                .with_f32_data(&values)
-                .with_shape(&shape);
-        }
-        match cell {
-            Some((_, mut g)) => {
-                g.add_group(store.finish());
-                layer.add_group(g.finish());
-            }
-            None => layer.add_group(store.finish()),
-        }
+        let paths: Vec<(Vec<&str>, &KerasVars)> = l
+            .groups
+            .iter()
+            .map(|g| (g.path.split('/').collect(), g))
+            .collect();
+        add_groups(&mut layer, &paths)?;
         group.add_group(layer.finish());
     }
     file.add_group(group.finish());
@@ -187,6 +160,42 @@ fn weights_h5(model: &dyn SavableModel) -> Result<Vec<u8>> {
             model.name()
         ))
     })
+}
+
+/// Writes under `parent` the groups at `paths` (what is left of each path, and its
+/// variables), in the order they first appear: a path's last part holds the variables as
+/// datasets `0`, `1`, ... and the `name` attribute.
+fn add_groups(parent: &mut GroupBuilder, paths: &[(Vec<&str>, &KerasVars)]) -> Result<()> {
+    let mut firsts: Vec<&str> = Vec::new();
+    for (p, _) in paths {
+        if let Some(f) = p.first()
+            && !firsts.contains(f)
+        {
+            firsts.push(f);
+        }
+    }
+    for first in firsts {
+        let mut g = parent.create_group(first);
+        let mut deeper = Vec::new();
+        for (p, vars) in paths.iter().filter(|(p, _)| p.first() == Some(&first)) {
+            if p.len() > 1 {
+                deeper.push((p[1..].to_vec(), *vars));
+                continue;
+            }
+            g.set_attr("name", AttrValue::String(vars.name.clone()));
+            for (i, v) in vars.variables.iter().enumerate() {
+                let t = v.value().to_dtype(DType::F32)?;
+                let shape: Vec<u64> = t.dims().iter().map(|d| *d as u64).collect();
+                let values = t.flatten_all()?.to_vec1::<f32>()?;
+                g.create_dataset(&i.to_string())
+                    .with_f32_data(&values)
+                    .with_shape(&shape);
+            }
+        }
+        add_groups(&mut g, &deeper)?;
+        parent.add_group(g.finish());
+    }
+    Ok(())
 }
 
 /// Loads a Keras 3 `.keras` file, written by Keras (`model.save("model.keras")`) or by
@@ -232,57 +241,75 @@ pub fn load_keras(path: impl AsRef<Path>) -> Result<LoadedModel> {
     let layers = model.keras_layers();
     let keys = layer_keys(&layers);
     for (l, key) in layers.iter().zip(&keys) {
-        let (class, name, vars) = (&l.class, &l.name, &l.variables);
-        let group = match l.cell {
-            Some(_) => format!("layers/{key}/cell/vars"),
-            None => format!("layers/{key}/vars"),
-        };
-        let stored: Vec<String> = match h5.group(&group) {
-            Ok(g) => g.datasets().map_err(|e| {
-                not_keras(format!("cannot list `{group}` in `model.weights.h5` ({e})"))
-            })?,
-            Err(_) if vars.is_empty() => Vec::new(),
-            Err(_) => {
-                return Err(Error::value(format!(
-                    "`{}` holds no weights for layer \"{name}\" ({class}): `model.weights.h5` has no group `{group}`; the file's architecture and weights do not match",
-                    path.display()
-                )));
-            }
-        };
-        if stored.len() != vars.len() {
-            return Err(Error::value(format!(
-                "layer \"{name}\" ({class}) has {} variables, but `{}` stores {} for it under `{group}`; is the layer built? (a Sequential model needs an input shape)",
-                vars.len(),
-                path.display(),
-                stored.len()
-            )));
-        }
-        for (i, v) in vars.iter().enumerate() {
-            let dataset = format!("{group}/{i}");
-            let read = || -> std::result::Result<(Vec<usize>, Vec<f32>), hdf5_pure::Error> {
-                let d = h5.dataset(&dataset)?;
-                let shape = d.shape()?.iter().map(|s| *s as usize).collect();
-                Ok((shape, d.read_f32()?))
-            };
-            let (shape, values) = read().map_err(|e| {
-                not_keras(format!(
-                    "cannot read `{dataset}` in `model.weights.h5` ({e})"
-                ))
-            })?;
-            if shape != v.shape().dims() {
-                return Err(Error::value(format!(
-                    "the weights in `{}` do not match its architecture: `{dataset}` (layer \"{name}\", variable `{}`) has shape {shape:?}, the layer expects {:?}",
-                    path.display(),
-                    v.name(),
-                    v.shape().dims()
-                )));
-            }
-            let t = Tensor::from_vec(values, shape, v.as_tensor().device())?
-                .to_dtype(v.as_tensor().dtype())?;
-            v.assign(&t)?;
+        for g in &l.groups {
+            read_group(&h5, &format!("layers/{key}/{}", g.path), l, g, path)?;
         }
     }
     Ok(model)
+}
+
+/// Assigns the variables of `vars` (one group of layer `l`) from the datasets of `group`.
+fn read_group(
+    h5: &hdf5_pure::File,
+    group: &str,
+    l: &KerasLayer,
+    vars: &KerasVars,
+    path: &Path,
+) -> Result<()> {
+    let (class, name) = (&l.class, &l.name);
+    let not_keras = |what: String| {
+        Error::value(format!(
+            "`{}` is not a Keras model file: {what}",
+            path.display()
+        ))
+    };
+    if vars.variables.is_empty() {
+        return Ok(());
+    }
+    let stored: Vec<String> = match h5.group(group) {
+        Ok(g) => g
+            .datasets()
+            .map_err(|e| not_keras(format!("cannot list `{group}` in `model.weights.h5` ({e})")))?,
+        Err(_) => {
+            return Err(Error::value(format!(
+                "`{}` holds no weights for layer \"{name}\" ({class}): `model.weights.h5` has no group `{group}`; the file's architecture and weights do not match",
+                path.display()
+            )));
+        }
+    };
+    if stored.len() != vars.variables.len() {
+        return Err(Error::value(format!(
+            "layer \"{name}\" ({class}) has {} variables, but `{}` stores {} for it under `{group}`; is the layer built? (a Sequential model needs an input shape)",
+            vars.variables.len(),
+            path.display(),
+            stored.len()
+        )));
+    }
+    for (i, v) in vars.variables.iter().enumerate() {
+        let dataset = format!("{group}/{i}");
+        let read = || -> std::result::Result<(Vec<usize>, Vec<f32>), hdf5_pure::Error> {
+            let d = h5.dataset(&dataset)?;
+            let shape = d.shape()?.iter().map(|s| *s as usize).collect();
+            Ok((shape, d.read_f32()?))
+        };
+        let (shape, values) = read().map_err(|e| {
+            not_keras(format!(
+                "cannot read `{dataset}` in `model.weights.h5` ({e})"
+            ))
+        })?;
+        if shape != v.shape().dims() {
+            return Err(Error::value(format!(
+                "the weights in `{}` do not match its architecture: `{dataset}` (layer \"{name}\", variable `{}`) has shape {shape:?}, the layer expects {:?}",
+                path.display(),
+                v.name(),
+                v.shape().dims()
+            )));
+        }
+        let t = Tensor::from_vec(values, shape, v.as_tensor().device())?
+            .to_dtype(v.as_tensor().dtype())?;
+        v.assign(&t)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -312,8 +339,7 @@ mod tests {
             .map(|c| KerasLayer {
                 class: c.to_string(),
                 name: String::new(),
-                variables: Vec::new(),
-                cell: None,
+                groups: Vec::new(),
             })
             .collect();
         assert_eq!(

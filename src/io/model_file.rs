@@ -44,12 +44,10 @@ pub struct KerasLayer {
     pub class: String,
     /// The layer's name.
     pub name: String,
-    /// Its variables, in Keras's order.
-    pub variables: Vec<Variable>,
-    /// The cell sublayer that holds the variables in Keras's files ([`Layer::keras_cell`]).
+    /// Its variables as Keras's weight files group them ([`Layer::keras_vars`]).
     ///
-    /// [`Layer::keras_cell`]: crate::layers::Layer::keras_cell
-    pub cell: Option<&'static str>,
+    /// [`Layer::keras_vars`]: crate::layers::Layer::keras_vars
+    pub groups: Vec<crate::layers::KerasVars>,
 }
 
 impl KerasLayer {
@@ -58,8 +56,7 @@ impl KerasLayer {
         Self {
             class: layer.class_name().to_string(),
             name: layer.name().to_string(),
-            variables: layer.variables(),
-            cell: layer.keras_cell(),
+            groups: layer.keras_vars(),
         }
     }
 }

@@ -158,11 +158,15 @@ pub trait Layer: Send {
             ))),
         }
     }
-    /// The name of the cell sublayer under which Keras's weight files (`.keras`,
-    /// `model.weights.h5`) keep this layer's variables (`"lstm_cell"` for `LSTM`); `None`, the
-    /// default, keeps them under the layer itself.
-    fn keras_cell(&self) -> Option<&'static str> {
-        None
+    /// How Keras's weight files (`.keras`, `model.weights.h5`) keep this layer's variables: by
+    /// default one group, `vars`, with all of them. Layers that Keras builds from sublayers
+    /// keep theirs deeper (an `LSTM`'s under `cell/vars`).
+    fn keras_vars(&self) -> Vec<KerasVars> {
+        vec![KerasVars {
+            path: "vars".to_string(),
+            name: self.name().to_string(),
+            variables: self.variables(),
+        }]
     }
     /// Every variable, trainable first, in creation order (Keras's `weights`).
     fn variables(&self) -> Vec<Variable> {
@@ -279,6 +283,31 @@ impl LayerSummary {
     }
 }
 
+/// One group of a layer's variables in Keras's weight files ([`Layer::keras_vars`]).
+///
+/// ```
+/// use ferrokeras::layers::{Dense, LSTM, Layer};
+/// let mut lstm = LSTM::new(2);
+/// lstm.build(&[5, 3]).unwrap();
+/// let groups = lstm.keras_vars();
+/// assert_eq!(groups[1].path, "cell/vars");
+/// assert_eq!(groups[1].name, "lstm_cell");
+/// assert_eq!(groups[1].variables.len(), 3);
+/// let mut dense = Dense::new(2);
+/// dense.build(&[3]).unwrap();
+/// assert_eq!(dense.keras_vars()[0].path, "vars");
+/// ```
+#[derive(Clone)]
+pub struct KerasVars {
+    /// The group's path under the layer's own group (`"vars"`, `"cell/vars"`,
+    /// `"forward_layer/cell/vars"`).
+    pub path: String,
+    /// The `name` attribute Keras gives the group: the layer's or the sublayer's name.
+    pub name: String,
+    /// The variables, datasets `0`, `1`, ... in this order.
+    pub variables: Vec<Variable>,
+}
+
 impl<L: Layer + ?Sized> Layer for Box<L> {
     fn name(&self) -> &str {
         (**self).name()
@@ -324,8 +353,8 @@ impl<L: Layer + ?Sized> Layer for Box<L> {
     fn compute_output_shape_many(&self, shapes: &[Vec<usize>]) -> Result<Vec<usize>> {
         (**self).compute_output_shape_many(shapes)
     }
-    fn keras_cell(&self) -> Option<&'static str> {
-        (**self).keras_cell()
+    fn keras_vars(&self) -> Vec<KerasVars> {
+        (**self).keras_vars()
     }
     fn variables(&self) -> Vec<Variable> {
         (**self).variables()

@@ -601,8 +601,19 @@ impl<C: CellKind> Layer for Recurrent<C> {
     fn class_name(&self) -> &str {
         C::CLASS
     }
-    fn keras_cell(&self) -> Option<&'static str> {
-        Some(C::CELL)
+    fn keras_vars(&self) -> Vec<super::KerasVars> {
+        vec![
+            super::KerasVars {
+                path: "vars".into(),
+                name: self.name.clone(),
+                variables: Vec::new(),
+            },
+            super::KerasVars {
+                path: "cell/vars".into(),
+                name: C::CELL.into(),
+                variables: self.variables(),
+            },
+        ]
     }
     fn build(&mut self, input_shape: &[usize]) -> Result<()> {
         if self.weights.is_some() {

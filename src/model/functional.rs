@@ -306,8 +306,11 @@ impl Functional {
                 Node::Input { name } => crate::io::KerasLayer {
                     class: "InputLayer".to_string(),
                     name: name.clone(),
-                    variables: Vec::new(),
-                    cell: None,
+                    groups: vec![crate::layers::KerasVars {
+                        path: "vars".to_string(),
+                        name: name.clone(),
+                        variables: Vec::new(),
+                    }],
                 },
                 Node::Layer { layer, .. } => crate::io::KerasLayer::of(&*layer.lock()),
             })
