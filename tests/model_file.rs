@@ -235,6 +235,14 @@ fn every_builtin_layer_config_round_trips() {
                 .data_format(DataFormat::ChannelsFirst),
         ),
         Box::new(BatchNormalization::new().momentum(0.5).epsilon(0.01)),
+        Box::new(
+            ferrokeras::layers::Bidirectional::new(
+                ferrokeras::layers::GRU::new(3).return_sequences(true),
+            )
+            .unwrap()
+            .merge_mode("mul")
+            .unwrap(),
+        ),
         Box::new(Concatenate::new().axis(1)),
         Box::new(
             ferrokeras::layers::Conv1D::new(3, 5)
@@ -373,6 +381,26 @@ fn every_builtin_layer_config_round_trips() {
         .unwrap()
         .to_string();
     assert!(err.contains("stateful"), "{err}");
+    let err = ferrokeras::layers::from_config(
+        "Bidirectional",
+        &json!({"layer": {"class_name": "LSTM", "config": {"units": 2}}, "merge_mode": null}),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("merge_mode") && err.contains("two outputs"),
+        "{err}"
+    );
+    // Keras's check: the two layers must run in opposite directions.
+    let same = ferrokeras::layers::Bidirectional::with_backward_layer(
+        ferrokeras::layers::LSTM::new(2),
+        ferrokeras::layers::LSTM::new(2),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(same.contains("different `go_backwards`"), "{same}");
 }
 
 /// Two inputs, a layer shared by both branches (its second node takes the output of a layer listed

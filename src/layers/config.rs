@@ -30,6 +30,7 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "AveragePooling1D",
     "AveragePooling2D",
     "BatchNormalization",
+    "Bidirectional",
     "Concatenate",
     "Conv1D",
     "Conv2D",
@@ -747,6 +748,24 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
         "LSTM" => {
             let l: LSTM = recurrent_from(&mut c, name, own_policy.as_deref())?;
             Box::new(l.unit_forget_bias(c.bool_or("unit_forget_bias", true)?))
+        }
+        "Bidirectional" => {
+            if c.map.get("merge_mode").is_some_and(Value::is_null) {
+                return Err(c.invalid(
+                    "merge_mode",
+                    "\"concat\", \"sum\", \"mul\" or \"ave\" (a merge mode of None, which returns two outputs, is not supported)",
+                    &Value::Null,
+                ));
+            }
+            let mode = c.opt_string("merge_mode")?;
+            let layer = c.required("layer")?;
+            let backward = c.get("backward_layer");
+            Box::new(super::Bidirectional::from_keras(
+                layer,
+                backward,
+                mode.as_deref(),
+                name,
+            )?)
         }
         "GRU" => {
             let l: GRU = recurrent_from(&mut c, name, own_policy.as_deref())?;

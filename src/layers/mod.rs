@@ -8,6 +8,7 @@
 //! your own join it with [`register_layer`]).
 
 mod activation;
+mod bidirectional;
 pub(crate) mod config;
 mod conv;
 mod conv1d;
@@ -24,6 +25,7 @@ mod recurrent;
 mod reshape;
 
 pub use activation::{Activation, ActivationLayer, LeakyReLU, ReLU, Softmax};
+pub use bidirectional::{Bidirectional, MergeMode};
 pub use config::{
     BUILTIN_LAYERS, LayerConstructor, deserialize, from_config, register_layer, serialize,
 };
