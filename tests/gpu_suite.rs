@@ -36,6 +36,8 @@ mod keras_layer_parity;
 mod keras_parity;
 #[path = "keras_semantics.rs"]
 mod keras_semantics;
+#[path = "masking.rs"]
+mod masking;
 #[path = "mixed_precision.rs"]
 mod mixed_precision;
 #[path = "model_file.rs"]

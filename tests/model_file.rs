@@ -286,6 +286,7 @@ fn every_builtin_layer_config_round_trips() {
         Box::new(Dropout::new(0.75).unwrap()),
         Box::new(
             ferrokeras::layers::Embedding::new(100, 6)
+                .mask_zero(true)
                 .embeddings_initializer(ferrokeras::initializers::Initializer::Constant(0.5))
                 .embeddings_regularizer(Regularizer::L2(0.125)),
         ),
@@ -334,6 +335,7 @@ fn every_builtin_layer_config_round_trips() {
                 .regularizers(Some(Regularizer::L1(0.5)), None),
         ),
         Box::new(LeakyReLU::new(0.01)),
+        Box::new(ferrokeras::layers::Masking::new(-1.5)),
         Box::new(MaxPooling2D::new((2, 3))),
         Box::new(ReLU::new()),
         Box::new(ferrokeras::layers::Rescaling::new(0.25, -1.5)),

@@ -160,6 +160,8 @@ impl LoadedModel {
     ///
     /// # Errors
     /// `self` back when it is not Sequential.
+    // The model itself comes back on a mismatch, as `Arc::try_unwrap` gives its argument back.
+    #[allow(clippy::result_large_err)]
     pub fn into_sequential(self) -> std::result::Result<Sequential, Self> {
         match self {
             LoadedModel::Sequential(m) => Ok(m),
@@ -171,6 +173,8 @@ impl LoadedModel {
     ///
     /// # Errors
     /// `self` back when it is not Functional.
+    // The model itself comes back on a mismatch, as `Arc::try_unwrap` gives its argument back.
+    #[allow(clippy::result_large_err)]
     pub fn into_functional(self) -> std::result::Result<Functional, Self> {
         match self {
             LoadedModel::Functional(m) => Ok(m),
@@ -223,6 +227,12 @@ impl Model for LoadedModel {
     }
     fn legacy_named_variables(&self) -> Option<Vec<(String, Variable)>> {
         self.inner().legacy_named_variables()
+    }
+    fn output_mask(&self) -> Result<Option<Tensor>> {
+        self.inner().output_mask()
+    }
+    fn output_names(&self) -> Vec<String> {
+        self.inner().output_names()
     }
 }
 

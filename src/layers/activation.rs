@@ -480,6 +480,7 @@ impl ActivationLayer {
 }
 
 impl Layer for ActivationLayer {
+    super::passes_mask!();
     fn name(&self) -> &str {
         &self.name
     }
@@ -583,6 +584,7 @@ impl Default for LeakyReLU {
 macro_rules! delegate_layer {
     ($t:ty) => {
         impl Layer for $t {
+            super::passes_mask!();
             fn name(&self) -> &str {
                 self.0.name()
             }
@@ -653,6 +655,10 @@ impl Default for Softmax {
 }
 
 impl Layer for Softmax {
+    fn call_masked(&mut self, x: &Tensor, mask: Option<&Tensor>, training: bool) -> Result<Tensor> {
+        super::refuses_mask(self, mask)?;
+        self.call(x, training)
+    }
     fn name(&self) -> &str {
         &self.name
     }

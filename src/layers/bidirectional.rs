@@ -112,6 +112,23 @@ fn copy_of(layer: &dyn Layer, name: &str, backward: bool) -> Result<Box<dyn Laye
     super::deserialize(&entry)
 }
 
+/// `layer` with `zero_output_for_mask` set to `return_sequences` (Keras's Bidirectional does
+/// this to both layers, so that the two outputs at a masked step are zeros): rebuilt from its
+/// config when the config has the key and another value.
+fn zero_masked_outputs(layer: Box<dyn Layer>, return_sequences: bool) -> Result<Box<dyn Layer>> {
+    let mut entry = super::serialize(layer.as_ref())?;
+    let Some(config) = entry["config"].as_object_mut() else {
+        return Ok(layer);
+    };
+    match config.get("zero_output_for_mask") {
+        Some(v) if v.as_bool() != Some(return_sequences) => {
+            config.insert("zero_output_for_mask".into(), json!(return_sequences));
+            super::deserialize(&entry)
+        }
+        _ => Ok(layer),
+    }
+}
+
 impl Bidirectional {
     /// Wraps `layer`, with a backward copy of it.
     ///
@@ -161,8 +178,8 @@ impl Bidirectional {
         Ok(Self {
             name: unique_name("bidirectional"),
             merge_mode: MergeMode::Concat,
-            forward,
-            backward,
+            forward: zero_masked_outputs(forward, fs)?,
+            backward: zero_masked_outputs(backward, fs)?,
             return_sequences: fs,
         })
     }
@@ -248,9 +265,19 @@ impl Layer for Bidirectional {
         self.backward.build(input_shape)
     }
     fn call(&mut self, x: &Tensor, training: bool) -> Result<Tensor> {
-        let y = self.forward.call(x, training)?;
-        let y_rev = self.backward.call(x, training)?;
+        self.call_masked(x, None, training)
+    }
+    fn call_masked(&mut self, x: &Tensor, mask: Option<&Tensor>, training: bool) -> Result<Tensor> {
+        let y = self.forward.call_masked(x, mask, training)?;
+        let y_rev = self.backward.call_masked(x, mask, training)?;
         self.merge(y, y_rev)
+    }
+    fn compute_mask(&self, _x: &Tensor, mask: Option<&Tensor>) -> Result<Option<Tensor>> {
+        Ok(if self.return_sequences {
+            mask.cloned()
+        } else {
+            None
+        })
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         let mut shape = self.forward.compute_output_shape(input_shape)?;

@@ -16,9 +16,9 @@ use super::{
     BatchNormalization, CellKind, Concatenate, Conv1D, Conv2D, Conv2DTranspose, Cropping2D,
     DataFormat, Dense, Dropout, Embedding, Flatten, GRU, GlobalAveragePooling1D,
     GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D, LSTM, Layer,
-    LayerNormalization, LeakyReLU, MaxPooling1D, MaxPooling2D, Maximum, Minimum, Multiply, Padding,
-    Permute, ReLU, Recurrent, Regularizer, RepeatVector, Rescaling, Reshape, SimpleRNN, Softmax,
-    Subtract, UpSampling1D, UpSampling2D, ZeroPadding2D, reserve_name,
+    LayerNormalization, LeakyReLU, Masking, MaxPooling1D, MaxPooling2D, Maximum, Minimum, Multiply,
+    Padding, Permute, ReLU, Recurrent, Regularizer, RepeatVector, Rescaling, Reshape, SimpleRNN,
+    Softmax, Subtract, UpSampling1D, UpSampling2D, ZeroPadding2D, reserve_name,
 };
 use crate::{Error, Result};
 
@@ -48,6 +48,7 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "LSTM",
     "LayerNormalization",
     "LeakyReLU",
+    "Masking",
     "MaxPooling1D",
     "MaxPooling2D",
     "Maximum",
@@ -692,7 +693,8 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
             Box::new(named(l, name, Rescaling::named))
         }
         "Embedding" => {
-            let mut e = Embedding::new(c.req_usize("input_dim")?, c.req_usize("output_dim")?);
+            let mut e = Embedding::new(c.req_usize("input_dim")?, c.req_usize("output_dim")?)
+                .mask_zero(c.bool_or("mask_zero", false)?);
             if let Some(p) = &own_policy {
                 e = e.dtype(p)?;
             }
@@ -749,6 +751,11 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
             let l: LSTM = recurrent_from(&mut c, name, own_policy.as_deref())?;
             Box::new(l.unit_forget_bias(c.bool_or("unit_forget_bias", true)?))
         }
+        "Masking" => Box::new(named(
+            Masking::new(c.f64_or("mask_value", 0.0)?),
+            name,
+            Masking::named,
+        )),
         "Bidirectional" => {
             if c.map.get("merge_mode").is_some_and(Value::is_null) {
                 return Err(c.invalid(
@@ -786,6 +793,7 @@ fn recurrent_from<C: CellKind>(
     let mut l = Recurrent::<C>::new(c.req_usize("units")?)
         .return_sequences(c.bool_or("return_sequences", false)?)
         .go_backwards(c.bool_or("go_backwards", false)?)
+        .zero_output_for_mask(c.bool_or("zero_output_for_mask", false)?)
         .use_bias(c.bool_or("use_bias", true)?)
         .with_activation(match c.get("activation") {
             None => Activation::Tanh,
@@ -1248,9 +1256,6 @@ impl<'a> ConfigReader<'a> {
                     }
                 }
             }
-            "Embedding" => {
-                self.fixed("mask_zero", json!(false))?;
-            }
             "LayerNormalization" => {
                 if let Some(v) = self.get("rms_scaling")
                     && v != &json!(false)
@@ -1274,10 +1279,8 @@ impl<'a> ConfigReader<'a> {
             "SimpleRNN" | "LSTM" | "GRU" => {
                 self.fixed("return_state", json!(false))?;
                 self.fixed("stateful", json!(false))?;
-                // Unrolling changes how the loop is compiled, not its numbers; masks are not
-                // supported, so the output for masked steps does not arise.
+                // Unrolling changes how the loop is compiled, not its numbers.
                 self.bool_or("unroll", false)?;
-                self.bool_or("zero_output_for_mask", false)?;
             }
             _ => {}
         }

@@ -332,6 +332,7 @@ fn dense_node(
 }
 
 impl Layer for Dense {
+    super::passes_mask!();
     fn name(&self) -> &str {
         &self.name
     }

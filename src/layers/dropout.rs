@@ -98,6 +98,7 @@ impl Dropout {
 }
 
 impl Layer for Dropout {
+    super::passes_mask!();
     fn name(&self) -> &str {
         &self.name
     }

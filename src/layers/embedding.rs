@@ -38,6 +38,7 @@ pub struct Embedding {
     policy: DTypePolicy,
     embeddings: Option<Variable>,
     device: Device,
+    mask_zero: bool,
 }
 
 impl Embedding {
@@ -57,7 +58,25 @@ impl Embedding {
             policy: crate::mixed_precision::global_policy(),
             embeddings: None,
             device: crate::runtime::default_device(),
+            mask_zero: false,
         }
+    }
+    /// Treat id 0 as padding (Keras's `mask_zero`): the output carries a mask, 0 where the id
+    /// is 0, that the layers after it use (a recurrent layer skips those steps; see
+    /// [`Layer::call_masked`]). Id 0 then stands for no token, so a vocabulary of `n` tokens
+    /// takes `input_dim = n + 1`.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use ferrokeras::layers::{Embedding, Layer};
+    /// let emb = Embedding::new(10, 4).mask_zero(true);
+    /// let ids = Tensor::new(&[[3u32, 7, 0, 0]], &Device::Cpu).unwrap();
+    /// let mask = emb.compute_mask(&ids, None).unwrap().unwrap();
+    /// assert_eq!(mask.to_vec2::<f32>().unwrap(), vec![vec![1.0, 1.0, 0.0, 0.0]]);
+    /// ```
+    pub fn mask_zero(mut self, yes: bool) -> Self {
+        self.mask_zero = yes;
+        self
     }
     /// How the table starts (Keras's `embeddings_initializer`).
     pub fn embeddings_initializer(mut self, init: Initializer) -> Self {
@@ -164,6 +183,12 @@ impl Layer for Embedding {
         shape.push(self.output_dim);
         self.policy.cast(&rows.reshape(shape)?)
     }
+    fn compute_mask(&self, x: &Tensor, _mask: Option<&Tensor>) -> Result<Option<Tensor>> {
+        if !self.mask_zero {
+            return Ok(None);
+        }
+        Ok(Some(x.ne(0f64)?.to_dtype(DType::F32)?))
+    }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         let mut shape = input_shape.to_vec();
         shape.push(self.output_dim);
@@ -188,7 +213,7 @@ impl Layer for Embedding {
             "output_dim": self.output_dim,
             "embeddings_initializer": self.initializer.to_json(),
             "embeddings_regularizer": super::config::regularizer_json(self.regularizer),
-            "mask_zero": false,
+            "mask_zero": self.mask_zero,
         }))
     }
 }

@@ -18,6 +18,7 @@ mod dense;
 mod dropout;
 mod embedding;
 pub(crate) mod im2col;
+mod masking;
 mod norm;
 mod padding;
 mod pooling;
@@ -35,6 +36,7 @@ pub use core::{Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract};
 pub use dense::{Dense, Regularizer};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
+pub use masking::Masking;
 pub use norm::{BatchNormalization, LayerNormalization};
 pub use padding::{Cropping2D, Rescaling, Sides, ZeroPadding2D};
 pub use pooling::{
@@ -126,6 +128,30 @@ pub trait Layer: Send {
     /// `None`.
     fn as_max_pool(&self) -> Option<PoolFusion> {
         None
+    }
+    /// The forward pass of an input with a mask (Keras's `mask` argument): `mask` is
+    /// `(batch, timesteps)`, 1 for the steps to use and 0 for padding, as made by
+    /// [`Embedding::mask_zero`] or [`Masking`]. By default the mask is not used and
+    /// [`Layer::call`] runs; layers that need it (the recurrent layers skip masked steps)
+    /// override this.
+    ///
+    /// # Errors
+    /// As [`Layer::call`]; a layer that Keras would compute differently with a mask and that
+    /// does not support one here says so.
+    fn call_masked(&mut self, x: &Tensor, mask: Option<&Tensor>, training: bool) -> Result<Tensor> {
+        let _ = mask;
+        self.call(x, training)
+    }
+    /// The mask of the output, given the input and its mask (Keras's `compute_mask`). By
+    /// default `None`: the mask stops here, as in Keras for layers that do not support
+    /// masking. Layers that keep the time axis and treat steps alone (`Dense`, activations,
+    /// `Dropout`) pass it on; `Embedding` with `mask_zero` and `Masking` make one.
+    ///
+    /// # Errors
+    /// A failing tensor operation.
+    fn compute_mask(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Option<Tensor>> {
+        let _ = (x, mask);
+        Ok(None)
     }
     /// The forward pass of a layer with several inputs; by default, requires exactly one.
     ///
@@ -349,6 +375,12 @@ impl<L: Layer + ?Sized> Layer for Box<L> {
     fn as_max_pool(&self) -> Option<PoolFusion> {
         (**self).as_max_pool()
     }
+    fn call_masked(&mut self, x: &Tensor, mask: Option<&Tensor>, training: bool) -> Result<Tensor> {
+        (**self).call_masked(x, mask, training)
+    }
+    fn compute_mask(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Option<Tensor>> {
+        (**self).compute_mask(x, mask)
+    }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         (**self).compute_output_shape(input_shape)
     }
@@ -470,6 +502,34 @@ pub fn reserve_name(name: &str) {
 }
 
 /// Checks that a batch has the rank and trailing dimensions a layer expects.
+/// `Layer::compute_mask` of the layers that pass a mask on unchanged (Keras's
+/// `supports_masking = True` without a `compute_mask` of their own).
+macro_rules! passes_mask {
+    () => {
+        fn compute_mask(
+            &self,
+            _x: &candle_core::Tensor,
+            mask: Option<&candle_core::Tensor>,
+        ) -> $crate::Result<Option<candle_core::Tensor>> {
+            Ok(mask.cloned())
+        }
+    };
+}
+pub(crate) use passes_mask;
+
+/// The error of a layer that Keras computes differently when its input has a mask, and
+/// that does not take one here.
+pub(crate) fn refuses_mask(layer: &dyn Layer, mask: Option<&Tensor>) -> Result<()> {
+    match mask {
+        None => Ok(()),
+        Some(_) => Err(Error::value(format!(
+            "layer \"{}\" ({}) received a masked input (from `Embedding(mask_zero=true)` or `Masking`); Keras uses the mask in this layer's computation, which ferrokeras does not support yet. Consume the mask first (a recurrent layer without `return_sequences`), or drop `mask_zero`/`Masking`",
+            layer.name(),
+            layer.class_name()
+        ))),
+    }
+}
+
 pub(crate) fn check_input(layer: &str, x: &Tensor, expected: &[usize]) -> Result<()> {
     let dims = x.dims();
     if dims.len() != expected.len() + 1 || &dims[1..] != expected {

@@ -159,6 +159,10 @@ impl BatchNormalization {
 }
 
 impl Layer for BatchNormalization {
+    fn call_masked(&mut self, x: &Tensor, mask: Option<&Tensor>, training: bool) -> Result<Tensor> {
+        super::refuses_mask(self, mask)?;
+        self.call(x, training)
+    }
     fn name(&self) -> &str {
         &self.name
     }
@@ -439,6 +443,7 @@ impl LayerNormalization {
 }
 
 impl Layer for LayerNormalization {
+    super::passes_mask!();
     fn name(&self) -> &str {
         &self.name
     }

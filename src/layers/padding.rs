@@ -229,6 +229,7 @@ impl Rescaling {
 }
 
 impl Layer for Rescaling {
+    super::passes_mask!();
     fn name(&self) -> &str {
         &self.name
     }

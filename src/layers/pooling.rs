@@ -730,6 +730,23 @@ macro_rules! global_pool_1d {
                 };
                 if $max { global_max(&flat) } else { Ok(flat.mean(1)?) }
             }
+            /// Keras's average over the unmasked steps only (a max ignores the mask, as Keras's).
+            fn call_masked(
+                &mut self,
+                x: &Tensor,
+                mask: Option<&Tensor>,
+                training: bool,
+            ) -> Result<Tensor> {
+                let (Some(m), false, 3) = (mask, $max, x.rank()) else {
+                    return self.call(x, training);
+                };
+                let flat = match self.data_format {
+                    DataFormat::ChannelsLast => x.clone(),
+                    DataFormat::ChannelsFirst => x.transpose(1, 2)?,
+                };
+                let m = m.to_dtype(flat.dtype())?.unsqueeze(2)?;
+                Ok(flat.broadcast_mul(&m)?.sum(1)?.broadcast_div(&m.sum(1)?)?)
+            }
             fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
                 match (input_shape, self.data_format) {
                     ([_, c], DataFormat::ChannelsLast) | ([c, _], DataFormat::ChannelsFirst) => {

@@ -163,6 +163,7 @@ pub struct Recurrent<C: CellKind> {
     bias_reg: Option<Regularizer>,
     return_sequences: bool,
     go_backwards: bool,
+    zero_output_for_mask: bool,
     dropout: f32,
     recurrent_dropout: f32,
     /// Keras's `seed`, and the generator it starts (masks of its own, repeated by the seed).
@@ -210,6 +211,7 @@ impl<C: CellKind> Recurrent<C> {
             bias_reg: None,
             return_sequences: false,
             go_backwards: false,
+            zero_output_for_mask: false,
             dropout: 0.0,
             recurrent_dropout: 0.0,
             seed: None,
@@ -279,6 +281,14 @@ impl<C: CellKind> Recurrent<C> {
     /// order too, as in Keras).
     pub fn go_backwards(mut self, yes: bool) -> Self {
         self.go_backwards = yes;
+        self
+    }
+    /// Output zeros at masked steps instead of the kept state (Keras's
+    /// `zero_output_for_mask`; [`Bidirectional`] sets it to `return_sequences`).
+    ///
+    /// [`Bidirectional`]: super::Bidirectional
+    pub fn zero_output_for_mask(mut self, yes: bool) -> Self {
+        self.zero_output_for_mask = yes;
         self
     }
     /// The fraction of the input features to drop while training (one mask per sequence).
@@ -456,8 +466,10 @@ impl<C: CellKind> Recurrent<C> {
         ))
     }
 
-    /// The loop over time. `x`: (batch, timesteps, features), in the compute dtype.
-    fn run(&mut self, x: &Tensor, training: bool) -> Result<Tensor> {
+    /// The loop over time. `x`: (batch, timesteps, features), in the compute dtype; `mask`:
+    /// (batch, timesteps), 0 for the steps to skip (the state is kept through them, and their
+    /// output is the kept state, or zeros with `zero_output_for_mask`).
+    fn run(&mut self, x: &Tensor, mask: Option<&Tensor>, training: bool) -> Result<Tensor> {
         let Some(w) = self.weights.clone() else {
             return Err(Error::state(format!("{} not built", C::CLASS)));
         };
@@ -496,11 +508,28 @@ impl<C: CellKind> Recurrent<C> {
         } else {
             (None, None)
         };
+        let rev = |v: &Tensor| -> Result<Tensor> {
+            let order: Vec<u32> = (0..t as u32).rev().collect();
+            Ok(v.index_select(&Tensor::new(order.as_slice(), &dev)?, 1)?)
+        };
         let x = if self.go_backwards {
-            let rev: Vec<u32> = (0..t as u32).rev().collect();
-            x.index_select(&Tensor::new(rev.as_slice(), &dev)?, 1)?
+            rev(x)?
         } else {
             x.clone()
+        };
+        let mask = match mask {
+            Some(m) if m.dims() != [b, t] => {
+                return Err(Error::value(format!(
+                    "layer \"{}\" ({}): the mask must be (batch, timesteps) = {:?}; received {:?}",
+                    self.name,
+                    C::CLASS,
+                    [b, t],
+                    m.dims()
+                )));
+            }
+            Some(m) if self.go_backwards => Some(rev(&m.to_dtype(dt)?)?),
+            Some(m) => Some(m.to_dtype(dt)?),
+            None => None,
         };
         // Every step's input projection at once: (batch, timesteps, gates * units).
         let xw = match &in_masks {
@@ -528,8 +557,10 @@ impl<C: CellKind> Recurrent<C> {
         let mut h = Tensor::zeros((b, u), dt, &dev)?;
         let mut c = Tensor::zeros((b, u), dt, &dev)?;
         let mut outputs = Vec::with_capacity(if self.return_sequences { t } else { 0 });
+        let mut last = h.clone();
         for s in 0..t {
             let xs = xw.narrow(1, s, 1)?.squeeze(1)?;
+            let (h_prev, c_prev) = (h.clone(), c.clone());
             h = match kind {
                 StepKind::Simple => {
                     let z = (xs + project(&h, &recurrent, rec_masks, u)?)?;
@@ -579,8 +610,29 @@ impl<C: CellKind> Recurrent<C> {
                     ((&z * &h)? + (z.affine(-1.0, 1.0)? * hh)?)?
                 }
             };
+            last = match &mask {
+                None => h.clone(),
+                Some(m) => {
+                    // Keras's masked step: the states (and the output) stay as they were.
+                    let keep = m.narrow(1, s, 1)?;
+                    let skip = keep.affine(-1.0, 1.0)?;
+                    let blend = |new: &Tensor, old: &Tensor| -> Result<Tensor> {
+                        Ok((new.broadcast_mul(&keep)? + old.broadcast_mul(&skip)?)?)
+                    };
+                    let out = if self.zero_output_for_mask {
+                        h.broadcast_mul(&keep)?
+                    } else {
+                        blend(&h, &h_prev)?
+                    };
+                    h = blend(&h, &h_prev)?;
+                    if matches!(kind, StepKind::Lstm { .. }) {
+                        c = blend(&c, &c_prev)?;
+                    }
+                    out
+                }
+            };
             if self.return_sequences {
-                outputs.push(h.clone());
+                outputs.push(last.clone());
             }
         }
         if self.return_sequences {
@@ -589,7 +641,7 @@ impl<C: CellKind> Recurrent<C> {
             }
             Ok(Tensor::stack(&outputs, 1)?)
         } else {
-            Ok(h)
+            Ok(last)
         }
     }
 }
@@ -657,6 +709,9 @@ impl<C: CellKind> Layer for Recurrent<C> {
         Ok(())
     }
     fn call(&mut self, x: &Tensor, training: bool) -> Result<Tensor> {
+        self.call_masked(x, None, training)
+    }
+    fn call_masked(&mut self, x: &Tensor, mask: Option<&Tensor>, training: bool) -> Result<Tensor> {
         if x.rank() != 3 {
             return Err(self.shape_error(x.dims()));
         }
@@ -667,7 +722,16 @@ impl<C: CellKind> Layer for Recurrent<C> {
             return Err(self.shape_error(x.dims()));
         }
         let x = self.policy.cast(&crate::ops::to_float(x)?)?;
-        self.run(&x, training)
+        self.run(&x, mask, training)
+    }
+    /// Keras's: the input's mask with `return_sequences` (in time order, even going
+    /// backwards), else none.
+    fn compute_mask(&self, _x: &Tensor, mask: Option<&Tensor>) -> Result<Option<Tensor>> {
+        Ok(if self.return_sequences {
+            mask.cloned()
+        } else {
+            None
+        })
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         match input_shape {
@@ -718,7 +782,7 @@ impl<C: CellKind> Layer for Recurrent<C> {
             "go_backwards": self.go_backwards,
             "stateful": false,
             "unroll": false,
-            "zero_output_for_mask": false,
+            "zero_output_for_mask": self.zero_output_for_mask,
             "units": self.units,
             "activation": activation_json(self.activation),
         });

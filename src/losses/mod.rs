@@ -97,6 +97,43 @@ pub fn reduce_weighted(values: &Tensor, sample_weight: Option<&Tensor>) -> Resul
     Ok((weighted.sum_all()? / n)?)
 }
 
+/// Keras's `apply_mask`: the output mask as sample weights, times `sample_weight` (a weight
+/// per sample spreads over its steps). For the loss (a mean over all values), the kept values
+/// weigh `total / kept`, so that the loss is the mean over the kept values; for the metrics
+/// (weighted means) 1.
+pub(crate) fn apply_mask(
+    mask: &Tensor,
+    sample_weight: Option<&Tensor>,
+    for_loss: bool,
+) -> Result<Tensor> {
+    let m = mask.to_dtype(candle_core::DType::F32)?;
+    let m = if for_loss {
+        // `kept` stays on the device; with nothing kept every weight is 0 whatever the scale.
+        let kept = m.sum_all()?.maximum(1f64)?;
+        m.broadcast_mul(&(kept.recip()? * m.elem_count() as f64)?)?
+    } else {
+        m
+    };
+    match sample_weight {
+        None => Ok(m),
+        Some(w) => {
+            let w = w.to_dtype(candle_core::DType::F32)?;
+            let w = if w.rank() + 1 == m.rank() {
+                w.unsqueeze(w.rank())?
+            } else {
+                w
+            };
+            m.broadcast_mul(&w).map_err(|_| {
+                Error::value(format!(
+                    "sample_weight of shape {:?} does not match the output mask of shape {:?}; pass one weight per sample or one per step",
+                    w.dims(),
+                    m.dims()
+                ))
+            })
+        }
+    }
+}
+
 /// Keras's `squeeze_or_expand_to_same_rank`: when ranks differ by one and the longer one ends in a
 /// size-1 axis, squeeze it (or expand a rank-1 partner).
 ///

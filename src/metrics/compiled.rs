@@ -223,6 +223,30 @@ impl CompiledMetrics {
         y_pred: &Data,
         sample_weight: Option<&Tensor>,
     ) -> Result<()> {
+        self.update_state_masked(y, y_pred, sample_weight, None)
+    }
+
+    /// [`CompiledMetrics::update_state`] with the output's mask (`(batch, timesteps)`,
+    /// [`crate::Model::output_mask`]): as in Keras, every metric, weighted or not, counts only
+    /// the unmasked values.
+    ///
+    /// # Errors
+    /// As [`CompiledMetrics::update_state`]; a `sample_weight` that does not fit the mask.
+    pub fn update_state_masked(
+        &mut self,
+        y: &Data,
+        y_pred: &Data,
+        sample_weight: Option<&Tensor>,
+        mask: Option<&Tensor>,
+    ) -> Result<()> {
+        let (mask_only, masked) = match mask {
+            Some(m) => (
+                Some(crate::losses::apply_mask(m, None, false)?),
+                Some(crate::losses::apply_mask(m, sample_weight, false)?),
+            ),
+            None => (None, None),
+        };
+        let sample_weight = masked.as_ref().or(sample_weight);
         if !self.is_built {
             self.build(y, y_pred)?;
         }
@@ -246,7 +270,11 @@ impl CompiledMetrics {
             )));
         }
         for e in self.built.iter_mut() {
-            let sw = if e.weighted { sample_weight } else { None };
+            let sw = if e.weighted {
+                sample_weight
+            } else {
+                mask_only.as_ref()
+            };
             e.metric.update_state(ys[e.output], ps[e.output], sw)?;
         }
         Ok(())

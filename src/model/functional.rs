@@ -207,6 +207,8 @@ pub struct Functional {
     /// The inputs and layers in Keras's order ([`keras_order`]), each by its first node.
     listed: Box<[KerasTensor]>,
     layers: Box<[SharedLayer]>,
+    /// The masks of the last call's outputs ([`Model::output_mask`]).
+    output_masks: Vec<Option<Tensor>>,
 }
 
 impl Functional {
@@ -267,6 +269,7 @@ impl Functional {
             order: order.into(),
             listed: listed.into(),
             layers: layers.into(),
+            output_masks: Vec::new(),
         })
     }
 
@@ -364,6 +367,9 @@ impl Functional {
                 .map_err(|e| Error::value(format!("model \"{}\": {e}", self.name)))?;
             values.insert(k.id(), x.clone());
         }
+        // Masks (from `Embedding::mask_zero` or `Masking`) travel with the tensors they belong to.
+        let mut masks: HashMap<usize, Tensor> = HashMap::new();
+        self.output_masks.clear();
         for t in &self.order {
             if let Node::Layer { layer, inputs } = &*t.node {
                 let args: Vec<Tensor> = inputs
@@ -374,10 +380,48 @@ impl Functional {
                         })
                     })
                     .collect::<Result<_>>()?;
-                let out = layer.lock().call_many(&args, training)?;
+                let mut l = layer.lock();
+                let (out, mask) = match (&args[..], inputs.as_slice()) {
+                    ([x], [i]) => {
+                        let mask = masks.get(&i.id());
+                        let made = match mask {
+                            None => l.compute_mask(x, None)?,
+                            Some(_) => None,
+                        };
+                        if mask.is_none() && made.is_none() {
+                            (l.call_many(&args, training)?, None)
+                        } else {
+                            let out = l.call_masked(x, mask, training)?;
+                            let next = match made {
+                                Some(m) => Some(m),
+                                None => l.compute_mask(x, mask)?,
+                            };
+                            (out, next)
+                        }
+                    }
+                    _ => {
+                        if inputs.iter().any(|i| masks.contains_key(&i.id())) {
+                            return Err(Error::value(format!(
+                                "layer \"{}\" ({}) received a masked input (from `Embedding(mask_zero=true)` or `Masking`); ferrokeras does not combine masks in layers with several inputs yet (Keras does). Consume the mask before this layer (a recurrent layer without `return_sequences`)",
+                                l.name(),
+                                l.class_name()
+                            )));
+                        }
+                        (l.call_many(&args, training)?, None)
+                    }
+                };
+                drop(l);
                 values.insert(t.id(), out);
+                if let Some(m) = mask {
+                    masks.insert(t.id(), m);
+                }
             }
         }
+        self.output_masks = self
+            .outputs
+            .iter()
+            .map(|o| masks.get(&o.id()).cloned())
+            .collect();
         self.outputs
             .iter()
             .map(|o| {
@@ -566,6 +610,19 @@ impl Model for Functional {
             })
         };
         (!same(&legacy, &self.named_variables())).then_some(legacy)
+    }
+    fn output_mask(&self) -> Result<Option<Tensor>> {
+        match self.output_masks.as_slice() {
+            [one] => Ok(one.clone()),
+            several => match several.iter().position(Option::is_some) {
+                None => Ok(None),
+                Some(i) => Err(Error::value(format!(
+                    "output {i} of model \"{}\" carries a mask (from `Embedding(mask_zero=true)` or `Masking`), and the model has {} outputs; ferrokeras weights the loss by an output mask for single-output models only. Consume the mask before the output (a recurrent layer without `return_sequences`)",
+                    self.name,
+                    several.len()
+                ))),
+            },
+        }
     }
     fn call(&mut self, x: &Data, training: bool) -> Result<Data> {
         let xs: Vec<Tensor> = match x {
@@ -864,11 +921,14 @@ fn node_refs(node: &Value, what: &str) -> Result<NodeRefs> {
     let map = node.as_object().ok_or_else(bad)?;
     // A recorded `training` flag (Keras's RNNs record `training: false`) is replaced by the
     // model's own at run time, as Keras does whenever the model is called with `training`
-    // set, which fit, evaluate and predict always do.
+    // set, which fit, evaluate and predict always do. A recorded `mask` is the mask of the
+    // layer's first input, which ferrokeras carries along with that input itself.
+    let is_tensor =
+        |v: &Value| v.get("class_name").and_then(Value::as_str) == Some("__keras_tensor__");
     if let Some(kwargs) = map.get("kwargs").and_then(Value::as_object)
-        && let Some((k, v)) = kwargs
-            .iter()
-            .find(|(k, v)| !(v.is_null() || (*k == "training" && v.is_boolean())))
+        && let Some((k, v)) = kwargs.iter().find(|(k, v)| {
+            !(v.is_null() || (*k == "training" && v.is_boolean()) || (*k == "mask" && is_tensor(v)))
+        })
     {
         return Err(Error::value(format!(
             "invalid {what}: the call's keyword argument `{k}` ({}) is not supported; a node takes its input tensors only",
@@ -1120,10 +1180,17 @@ impl Functional {
                 })?,
             };
             // Keras 3's entry keys, not needed to rebuild the layer.
-            for key in ["module", "registered_name", "build_config"] {
+            let module = e.get("module").and_then(Value::as_str);
+            for key in ["registered_name", "build_config"] {
                 e.get(key);
             }
             e.finish()?;
+            // Keras records the mask that `Embedding(mask_zero=True)` makes as an op of its
+            // own, `not_equal(ids, 0)`, read by the layers after it as their `mask`: ferrokeras
+            // makes that mask in the Embedding and carries it along, so the op is left out.
+            if class == "NotEqual" && module == Some("keras.src.ops.numpy") {
+                continue;
+            }
             let layer_name = if class == "InputLayer" {
                 let (cfg_name, shape) =
                     input_layer_config(&format!("the `InputLayer` config of {at}"), layer_config)?;

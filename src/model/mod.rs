@@ -159,8 +159,9 @@ pub trait Model: Send {
     ) -> Result<Logs> {
         let _ = x;
         if let Some(y) = y {
+            let mask = self.output_mask()?;
             ctx.compiled_metrics()
-                .update_state(y, y_pred, sample_weight)?;
+                .update_state_masked(y, y_pred, sample_weight, mask.as_ref())?;
         }
         Ok(self.get_metrics_result(ctx))
     }
@@ -198,6 +199,18 @@ pub trait Model: Send {
     /// (`{output}_loss`, `{output}_mae`); empty (the default) names them `output_{i}`.
     fn output_names(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// The mask of the last call's output, `(batch, timesteps)` (Keras's mask on `y_pred`):
+    /// set when the model's input passed an `Embedding` with `mask_zero` or a `Masking` layer
+    /// and the layers after kept the mask. The default [`Model::compute_loss`] and
+    /// [`Model::compute_metrics`] weight the values by it, as Keras does, so padded steps
+    /// count for nothing. By default `None`.
+    ///
+    /// # Errors
+    /// A mask the loss cannot use (a mask on one of several outputs).
+    fn output_mask(&self) -> Result<Option<Tensor>> {
+        Ok(None)
     }
 
     /// Rows for `summary()` (empty for a model that does not describe its layers).
@@ -405,6 +418,9 @@ impl<M: Model + ?Sized> Model for Box<M> {
     fn output_names(&self) -> Vec<String> {
         (**self).output_names()
     }
+    fn output_mask(&self) -> Result<Option<Tensor>> {
+        (**self).output_mask()
+    }
     fn summary_rows(&self) -> Vec<LayerSummary> {
         (**self).summary_rows()
     }
@@ -473,7 +489,8 @@ pub fn structural_names(
     out
 }
 
-/// Keras's default `compute_loss`: compiled loss (if any) plus the sum of [`Model::losses`].
+/// Keras's default `compute_loss`: compiled loss (if any) plus the sum of [`Model::losses`];
+/// the values are weighted by the model's [`Model::output_mask`], as Keras does.
 ///
 /// # Errors
 /// See [`Model::compute_loss`].
@@ -486,6 +503,11 @@ pub fn default_compute_loss<M: Model + ?Sized>(
     sample_weight: Option<&Tensor>,
 ) -> Result<Tensor> {
     let mut total: Option<Tensor> = None;
+    let masked = match model.output_mask()? {
+        Some(m) => Some(crate::losses::apply_mask(&m, sample_weight, true)?),
+        None => None,
+    };
+    let sample_weight = masked.as_ref().or(sample_weight);
     if let Some(loss) = ctx.loss.as_ref() {
         let y = y.ok_or_else(|| {
             Error::value(

@@ -39,6 +39,9 @@ pub struct Sequential {
     error: Option<Box<str>>,
     /// Layers a loaded config froze (`"trainable": false`), frozen once built.
     freeze_when_built: Box<[String]>,
+    /// The mask of the last call's output (from `Embedding::mask_zero` or `Masking`, kept by
+    /// the layers after it), for the loss and metrics ([`Model::output_mask`]).
+    output_mask: Option<Tensor>,
 }
 
 impl Default for Sequential {
@@ -57,6 +60,7 @@ impl Sequential {
             shapes: Vec::new(),
             error: None,
             freeze_when_built: Box::default(),
+            output_mask: None,
         }
     }
 
@@ -345,6 +349,7 @@ impl Sequential {
                     shapes: Vec::new(),
                     error: None,
                     freeze_when_built: Box::default(),
+                    output_mask: None,
                 }
             }
             None => Self::new(),
@@ -416,7 +421,26 @@ impl Layer for Sequential {
         // GAN's transposed convolutions and their LeakyReLU): same values, one pass fewer.
         let mut h = x.clone();
         let mut i = 0;
+        self.output_mask = None;
+        let mut mask: Option<Tensor> = None;
         while i < self.layers.len() {
+            // Once a layer has made a mask, every layer takes it (and the fused paths, which
+            // take none, are left aside).
+            let made = match mask {
+                None => self.layers[i].compute_mask(&h, None)?,
+                Some(_) => None,
+            };
+            if mask.is_some() || made.is_some() {
+                let layer = &mut self.layers[i];
+                let y = layer.call_masked(&h, mask.as_ref(), training)?;
+                mask = match made {
+                    Some(m) => Some(m),
+                    None => layer.compute_mask(&h, mask.as_ref())?,
+                };
+                h = y;
+                i += 1;
+                continue;
+            }
             let act = self.layers.get(i + 1).and_then(|l| l.as_activation());
             // [layer, activation, max pooling] and [layer, max pooling]: one op where it can.
             let (pool, skip) = match act {
@@ -440,6 +464,7 @@ impl Layer for Sequential {
             h = self.layers[i].call(&h, training)?;
             i += 1;
         }
+        self.output_mask = mask;
         Ok(h)
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
@@ -483,6 +508,9 @@ impl Layer for Sequential {
 impl Model for Sequential {
     fn call(&mut self, x: &Data, training: bool) -> Result<Data> {
         Ok(Data::Tensor(Layer::call(self, x.tensor()?, training)?))
+    }
+    fn output_mask(&self) -> Result<Option<Tensor>> {
+        Ok(self.output_mask.clone())
     }
     fn named_variables(&self) -> Vec<(String, Variable)> {
         super::structural_names(

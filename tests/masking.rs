@@ -1,0 +1,238 @@
+//! Masks, as Keras makes and uses them (`tests/fixtures/keras_masking.json`, made by
+//! `make_keras_mask_fixtures.py`): `Embedding(mask_zero=true)` and `Masking` mark padded steps;
+//! recurrent layers (and `Bidirectional`) skip them, `GlobalAveragePooling1D` averages the
+//! others, `Dense` passes the mask on, and a mask that reaches the output weights the loss and
+//! the metrics. Predictions, `evaluate` and one SGD step all give Keras's numbers.
+
+use candle_core::{DType, Device, Tensor};
+use ferrokeras::io::model_from_json;
+use ferrokeras::layers::{BatchNormalization, Embedding, GRU, LSTM, Masking};
+use ferrokeras::prelude::*;
+
+#[path = "support/fixtures.rs"]
+mod fixtures;
+use fixtures::{read, tensor};
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}[{i}]: {g} vs Keras {w}"
+        );
+    }
+}
+
+#[test]
+fn masked_models_give_keras_predictions_losses_and_updates() {
+    let fx = read("keras_masking.json");
+    let models = fx["models"].as_object().unwrap();
+    assert_eq!(models.len(), 4);
+    for (name, case) in models {
+        let mut model = model_from_json(case["json"].as_str().unwrap()).unwrap();
+        let weights: Vec<Tensor> = case["weights"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(tensor)
+            .collect();
+        model.set_weights(&weights).unwrap();
+        let x = tensor(&case["x"]);
+        let y = tensor(&case["y"]);
+        let pred = model.call(&Data::from(x.clone()), false).unwrap();
+        close(
+            &format!("{name} predict"),
+            &flat(pred.tensor().unwrap()),
+            &flat(&tensor(&case["predict"])),
+            1e-5,
+        );
+        let mut trainer = model
+            .compile(
+                Compile::new()
+                    .optimizer(Sgd::new(0.1))
+                    .loss("mse")
+                    .metrics(["mae"]),
+            )
+            .unwrap();
+        let ev = trainer
+            .evaluate(
+                (x.clone(), y.clone()),
+                EvaluateOptions::new()
+                    .batch_size(x.dim(0).unwrap())
+                    .verbose(0),
+            )
+            .unwrap();
+        for key in ["loss", "mae"] {
+            let want = case["evaluate"][key].as_f64().unwrap() as f32;
+            close(
+                &format!("{name} evaluate {key}"),
+                &[ev.get(key).unwrap() as f32],
+                &[want],
+                1e-5,
+            );
+        }
+        let step = trainer.train_on_batch((x, y)).unwrap();
+        let want = case["train_on_batch"]["loss"].as_f64().unwrap() as f32;
+        close(
+            &format!("{name} train_on_batch loss"),
+            &[step.get("loss").unwrap() as f32],
+            &[want],
+            1e-5,
+        );
+        let after = trainer.get_weights();
+        let want: Vec<Tensor> = case["weights_after"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(tensor)
+            .collect();
+        assert_eq!(after.len(), want.len(), "{name}: weights");
+        for (i, (a, w)) in after.iter().zip(&want).enumerate() {
+            close(
+                &format!("{name} weight {i} after one step"),
+                &flat(a),
+                &flat(w),
+                1e-5,
+            );
+        }
+    }
+}
+
+/// Without its mask a padded batch gives other numbers: the fixture's padding matters.
+#[test]
+fn the_mask_changes_the_numbers() {
+    let fx = read("keras_masking.json");
+    let case = &fx["models"]["embedding_lstm"];
+    let json = case["json"]
+        .as_str()
+        .unwrap()
+        .replace("\"mask_zero\": true", "\"mask_zero\": false");
+    assert!(!json.contains("\"mask_zero\": true"));
+    let mut model = model_from_json(&json).unwrap();
+    let weights: Vec<Tensor> = case["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(tensor)
+        .collect();
+    model.set_weights(&weights).unwrap();
+    let pred = model.call(&Data::from(tensor(&case["x"])), false).unwrap();
+    let got = flat(pred.tensor().unwrap());
+    let want = flat(&tensor(&case["predict"]));
+    assert!(got.iter().zip(&want).any(|(g, w)| (g - w).abs() > 1e-3));
+}
+
+/// Layers that Keras computes differently with a mask, and that do not take one here, say so;
+/// so does a masked input to a layer of several inputs.
+#[test]
+fn unsupported_masked_inputs_are_errors() {
+    let ids = Tensor::new(&[[1u32, 2, 0], [3, 0, 0]], &Device::Cpu).unwrap();
+    let mut model = Sequential::new()
+        .input(&[3])
+        .add(Embedding::new(5, 2).mask_zero(true))
+        .add(BatchNormalization::new());
+    let err = model
+        .call(&Data::from(ids.clone()), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("masked input") && err.contains("BatchNormalization"),
+        "{err}"
+    );
+
+    let x = Input::new(&[3]);
+    let e = Embedding::new(5, 2).mask_zero(true).apply(&x).unwrap();
+    let a = LSTM::new(2).return_sequences(true).apply(&e).unwrap();
+    let b = GRU::new(2).return_sequences(true).apply(&e).unwrap();
+    let y = Concatenate::new().apply_many(&[a, b]).unwrap();
+    let mut f = Functional::new(&[x], &[y]).unwrap();
+    let err = f.call(&Data::from(ids), false).unwrap_err().to_string();
+    assert!(
+        err.contains("several inputs") && err.contains("Concatenate"),
+        "{err}"
+    );
+}
+
+/// A fully padded sequence keeps the initial state (zeros), and `Masking` zeroes the padded
+/// steps it marks.
+#[test]
+fn fully_padded_sequences_keep_the_initial_state() {
+    let mut model = Sequential::new()
+        .input(&[4, 2])
+        .add(Masking::new(0.0))
+        .add(LSTM::new(3));
+    let x = Tensor::new(
+        &[
+            [[0f32, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]],
+            [[1.0, 2.0], [0.5, -1.0], [0.0, 0.0], [0.0, 0.0]],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let y = model.call(&Data::from(x.clone()), false).unwrap();
+    let y = y.tensor().unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(y[0], vec![0.0; 3]);
+    assert!(y[1].iter().any(|v| *v != 0.0));
+    // The second sequence's result is that of its two real steps alone.
+    let short = x.narrow(0, 1, 1).unwrap().narrow(1, 0, 2).unwrap();
+    let mut alone = Sequential::new().input(&[2, 2]);
+    alone = alone.add(LSTM::new(3));
+    alone.build().unwrap();
+    alone.set_weights(&model.get_weights()).unwrap();
+    let want = alone.call(&Data::from(short), false).unwrap();
+    assert_eq!(want.tensor().unwrap().to_vec2::<f32>().unwrap()[0], y[1]);
+    // The LSTM returns its last output only: no mask reaches the model's output.
+    assert!(model.output_mask().unwrap().is_none());
+}
+
+/// The mask of a sequence output weights the loss: padded steps count for nothing, whatever
+/// the targets there.
+#[test]
+fn padded_targets_do_not_change_a_masked_loss() {
+    let x = Tensor::new(&[[1u32, 2, 0, 0], [3, 1, 2, 0]], &Device::Cpu).unwrap();
+    let make = || {
+        let init = ferrokeras::initializers::Initializer::RandomUniform {
+            minval: -0.5,
+            maxval: 0.5,
+            seed: Some(4),
+        };
+        Sequential::new()
+            .input(&[4])
+            .add(
+                Embedding::new(4, 2)
+                    .mask_zero(true)
+                    .embeddings_initializer(init.clone()),
+            )
+            .add(
+                GRU::new(2)
+                    .return_sequences(true)
+                    .kernel_initializer(init.clone())
+                    .recurrent_initializer(init.clone()),
+            )
+            .compile(Compile::new().optimizer("sgd").loss("mse"))
+            .unwrap()
+    };
+    let y1 = Tensor::zeros((2, 4, 2), DType::F32, &Device::Cpu).unwrap();
+    // The same targets except at the padded steps.
+    let mut v = vec![0f32; 16];
+    for i in [4usize, 5, 6, 7, 14, 15] {
+        v[i] = 100.0;
+    }
+    let y2 = Tensor::from_vec(v, (2, 4, 2), &Device::Cpu).unwrap();
+    let opts = || EvaluateOptions::new().verbose(0);
+    let l1 = make()
+        .evaluate((x.clone(), y1), opts())
+        .unwrap()
+        .get("loss")
+        .unwrap();
+    let l2 = make()
+        .evaluate((x, y2), opts())
+        .unwrap()
+        .get("loss")
+        .unwrap();
+    assert_eq!(l1, l2);
+}
