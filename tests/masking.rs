@@ -17,6 +17,22 @@ fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
+/// A case's input: one tensor, or a tuple for a model of several inputs.
+fn input(case: &serde_json::Value) -> Data {
+    if case["x_list"].as_bool() == Some(true) {
+        Data::from(
+            case["x"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(tensor)
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        Data::from(tensor(&case["x"]))
+    }
+}
+
 fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -31,7 +47,7 @@ fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 fn masked_models_give_keras_predictions_losses_and_updates() {
     let fx = read("keras_masking.json");
     let models = fx["models"].as_object().unwrap();
-    assert_eq!(models.len(), 4);
+    assert_eq!(models.len(), 5);
     for (name, case) in models {
         let mut model = model_from_json(case["json"].as_str().unwrap()).unwrap();
         let weights: Vec<Tensor> = case["weights"]
@@ -41,9 +57,10 @@ fn masked_models_give_keras_predictions_losses_and_updates() {
             .map(tensor)
             .collect();
         model.set_weights(&weights).unwrap();
-        let x = tensor(&case["x"]);
+        let x = input(case);
         let y = tensor(&case["y"]);
-        let pred = model.call(&Data::from(x.clone()), false).unwrap();
+        let n = y.dim(0).unwrap();
+        let pred = model.call(&x, false).unwrap();
         close(
             &format!("{name} predict"),
             &flat(pred.tensor().unwrap()),
@@ -61,9 +78,7 @@ fn masked_models_give_keras_predictions_losses_and_updates() {
         let ev = trainer
             .evaluate(
                 (x.clone(), y.clone()),
-                EvaluateOptions::new()
-                    .batch_size(x.dim(0).unwrap())
-                    .verbose(0),
+                EvaluateOptions::new().batch_size(n).verbose(0),
             )
             .unwrap();
         for key in ["loss", "mae"] {
@@ -126,8 +141,7 @@ fn the_mask_changes_the_numbers() {
     assert!(got.iter().zip(&want).any(|(g, w)| (g - w).abs() > 1e-3));
 }
 
-/// Layers that Keras computes differently with a mask, and that do not take one here, say so;
-/// so does a masked input to a layer of several inputs.
+/// Layers that Keras computes differently with a mask, and that do not take one here, say so.
 #[test]
 fn unsupported_masked_inputs_are_errors() {
     let ids = Tensor::new(&[[1u32, 2, 0], [3, 0, 0]], &Device::Cpu).unwrap();
@@ -135,24 +149,58 @@ fn unsupported_masked_inputs_are_errors() {
         .input(&[3])
         .add(Embedding::new(5, 2).mask_zero(true))
         .add(BatchNormalization::new());
-    let err = model
-        .call(&Data::from(ids.clone()), false)
-        .unwrap_err()
-        .to_string();
+    let err = model.call(&Data::from(ids), false).unwrap_err().to_string();
     assert!(
         err.contains("masked input") && err.contains("BatchNormalization"),
         "{err}"
     );
+}
 
-    let x = Input::new(&[3]);
-    let e = Embedding::new(5, 2).mask_zero(true).apply(&x).unwrap();
-    let a = LSTM::new(2).return_sequences(true).apply(&e).unwrap();
-    let b = GRU::new(2).return_sequences(true).apply(&e).unwrap();
-    let y = Concatenate::new().apply_many(&[a, b]).unwrap();
-    let mut f = Functional::new(&[x], &[y]).unwrap();
-    let err = f.call(&Data::from(ids), false).unwrap_err().to_string();
+/// Merged masks, as Keras's: `Add` and `Concatenate` (features) keep a step either input
+/// keeps; a model of several outputs with a mask on one is refused by the loss.
+#[test]
+fn merge_layers_combine_masks() {
+    let a_ids = Tensor::new(&[[1u32, 2, 0], [3, 0, 0]], &Device::Cpu).unwrap();
+    let b_ids = Tensor::new(&[[1u32, 0, 0], [3, 4, 0]], &Device::Cpu).unwrap();
+    let a = Input::new(&[3]);
+    let b = Input::new(&[3]);
+    let ea = Embedding::new(5, 2).mask_zero(true).apply(&a).unwrap();
+    let eb = Embedding::new(5, 2).mask_zero(true).apply(&b).unwrap();
+    let sum = ferrokeras::layers::Add::new()
+        .apply_many(&[ea.clone(), eb.clone()])
+        .unwrap();
+    let cat = Concatenate::new().apply_many(&[ea, eb]).unwrap();
+    let x = Data::from(vec![a_ids, b_ids]);
+    for (out, want) in [
+        (sum, vec![vec![1.0f32, 1.0, 0.0], vec![1.0, 1.0, 0.0]]),
+        (cat, vec![vec![1.0, 1.0, 0.0], vec![1.0, 1.0, 0.0]]),
+    ] {
+        let mut f = Functional::new(&[a.clone(), b.clone()], &[out]).unwrap();
+        f.call(&x, false).unwrap();
+        let mask = Model::output_mask(&f).unwrap().unwrap();
+        assert_eq!(mask.to_vec2::<f32>().unwrap(), want);
+    }
+    // Keras's Multiply also changes its values under masks: refused here.
+    let ea = Embedding::new(5, 2).mask_zero(true).apply(&a).unwrap();
+    let eb = Embedding::new(5, 2).mask_zero(true).apply(&b).unwrap();
+    let prod = ferrokeras::layers::Multiply::new()
+        .apply_many(&[ea, eb])
+        .unwrap();
+    let mut f = Functional::new(&[a.clone(), b.clone()], &[prod]).unwrap();
+    let err = f.call(&x, false).unwrap_err().to_string();
     assert!(
-        err.contains("several inputs") && err.contains("Concatenate"),
+        err.contains("Multiply") && err.contains("masked input"),
+        "{err}"
+    );
+
+    let ea = Embedding::new(5, 2).mask_zero(true).apply(&a).unwrap();
+    let last = LSTM::new(2).apply(&ea).unwrap();
+    let mut two = Functional::new(std::slice::from_ref(&a), &[ea, last]).unwrap();
+    let ids = Tensor::new(&[[1u32, 0, 0]], &Device::Cpu).unwrap();
+    two.call(&Data::from(ids), false).unwrap();
+    let err = Model::output_mask(&two).unwrap_err().to_string();
+    assert!(
+        err.contains("2 outputs") && err.contains("carries a mask"),
         "{err}"
     );
 }

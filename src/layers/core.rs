@@ -1,6 +1,6 @@
 //! Layers with several inputs: `Concatenate` and `Add` (used by functional models).
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use super::{Layer, unique_name};
 use crate::{Error, Result};
@@ -76,6 +76,32 @@ impl Layer for Concatenate {
         let axis = self.resolve_axis(first.rank())?;
         Ok(Tensor::cat(xs, axis)?)
     }
+    /// Keras's: each input's mask (all ones for an input without one) spread over the
+    /// input's shape, concatenated as the inputs are, then kept where any value of the last
+    /// axis is kept (concatenating features keeps a step that either input keeps).
+    fn compute_mask_many(&self, xs: &[Tensor], masks: &[Option<Tensor>]) -> Result<Option<Tensor>> {
+        if masks.iter().all(Option::is_none) || xs.is_empty() {
+            return Ok(None);
+        }
+        let axis = self.resolve_axis(xs[0].rank())?;
+        let full = xs
+            .iter()
+            .zip(masks)
+            .map(|(x, m)| {
+                Ok(match m {
+                    None => Tensor::ones(x.dims(), DType::F32, x.device())?,
+                    Some(m) if m.rank() < x.rank() => m
+                        .to_dtype(DType::F32)?
+                        .unsqueeze(m.rank())?
+                        .broadcast_as(x.dims())?
+                        .contiguous()?,
+                    Some(m) => m.to_dtype(DType::F32)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let cat = Tensor::cat(&full, axis)?;
+        Ok(Some(cat.max(cat.rank() - 1)?))
+    }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         Ok(input_shape.to_vec())
     }
@@ -103,6 +129,23 @@ impl Layer for Concatenate {
     fn config(&self) -> Option<serde_json::Value> {
         Some(serde_json::json!({"name": self.name, "axis": self.axis}))
     }
+}
+
+/// Keras's merge mask (`Add`, `Subtract`, `Average`): none unless every input has one, then
+/// kept where any input keeps.
+fn merged_mask(masks: &[Option<Tensor>]) -> Result<Option<Tensor>> {
+    let mut out: Option<Tensor> = None;
+    for m in masks {
+        let Some(m) = m else {
+            return Ok(None);
+        };
+        let m = m.to_dtype(DType::F32)?;
+        out = Some(match out {
+            None => m,
+            Some(o) => o.broadcast_maximum(&m)?,
+        });
+    }
+    Ok(out)
 }
 
 /// Adds its inputs elementwise, Keras's `layers.Add`.
@@ -139,6 +182,13 @@ impl Default for Add {
 }
 
 impl Layer for Add {
+    fn compute_mask_many(
+        &self,
+        _xs: &[Tensor],
+        masks: &[Option<Tensor>],
+    ) -> Result<Option<Tensor>> {
+        merged_mask(masks)
+    }
     fn name(&self) -> &str {
         &self.name
     }
@@ -246,6 +296,17 @@ macro_rules! merge_layer {
                 self.check_count(xs.len())?;
                 let $xs = xs;
                 Ok($merge)
+            }
+            fn compute_mask_many(
+                &self,
+                _xs: &[Tensor],
+                masks: &[Option<Tensor>],
+            ) -> Result<Option<Tensor>> {
+                // Keras's Multiply, Maximum and Minimum also use the masks in their values.
+                if matches!($class, "Multiply" | "Maximum" | "Minimum") {
+                    super::refuses_mask(self, masks.iter().flatten().next())?;
+                }
+                merged_mask(masks)
             }
             fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
                 self.check_count(1)?;

@@ -153,6 +153,16 @@ pub trait Layer: Send {
         let _ = (x, mask);
         Ok(None)
     }
+    /// The mask of the output of a layer with several inputs, given each input's mask or
+    /// `None` (Keras's `compute_mask` with a list). By default `None`, the masks stop here;
+    /// the merge layers combine them as Keras's do.
+    ///
+    /// # Errors
+    /// A failing tensor operation.
+    fn compute_mask_many(&self, xs: &[Tensor], masks: &[Option<Tensor>]) -> Result<Option<Tensor>> {
+        let _ = (xs, masks);
+        Ok(None)
+    }
     /// The forward pass of a layer with several inputs; by default, requires exactly one.
     ///
     /// # Errors
@@ -380,6 +390,9 @@ impl<L: Layer + ?Sized> Layer for Box<L> {
     }
     fn compute_mask(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Option<Tensor>> {
         (**self).compute_mask(x, mask)
+    }
+    fn compute_mask_many(&self, xs: &[Tensor], masks: &[Option<Tensor>]) -> Result<Option<Tensor>> {
+        (**self).compute_mask_many(xs, masks)
     }
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         (**self).compute_output_shape(input_shape)

@@ -400,14 +400,15 @@ impl Functional {
                         }
                     }
                     _ => {
-                        if inputs.iter().any(|i| masks.contains_key(&i.id())) {
-                            return Err(Error::value(format!(
-                                "layer \"{}\" ({}) received a masked input (from `Embedding(mask_zero=true)` or `Masking`); ferrokeras does not combine masks in layers with several inputs yet (Keras does). Consume the mask before this layer (a recurrent layer without `return_sequences`)",
-                                l.name(),
-                                l.class_name()
-                            )));
-                        }
-                        (l.call_many(&args, training)?, None)
+                        let in_masks: Vec<Option<Tensor>> =
+                            inputs.iter().map(|i| masks.get(&i.id()).cloned()).collect();
+                        let out = l.call_many(&args, training)?;
+                        let mask = if in_masks.iter().all(Option::is_none) {
+                            None
+                        } else {
+                            l.compute_mask_many(&args, &in_masks)?
+                        };
+                        (out, mask)
                     }
                 };
                 drop(l);
@@ -954,6 +955,16 @@ fn node_refs(node: &Value, what: &str) -> Result<NodeRefs> {
     }
 }
 
+/// The ops (`keras.src.ops.numpy`) by which Keras records the masks its layers compute.
+const MASK_OPS: [&str; 6] = [
+    "NotEqual",
+    "ExpandDims",
+    "ZerosLike",
+    "LogicalOr",
+    "Concatenate",
+    "Any",
+];
+
 fn ref_json((name, node): &(String, usize)) -> Value {
     json!([name, node, 0])
 }
@@ -1185,10 +1196,11 @@ impl Functional {
                 e.get(key);
             }
             e.finish()?;
-            // Keras records the mask that `Embedding(mask_zero=True)` makes as an op of its
-            // own, `not_equal(ids, 0)`, read by the layers after it as their `mask`: ferrokeras
-            // makes that mask in the Embedding and carries it along, so the op is left out.
-            if class == "NotEqual" && module == Some("keras.src.ops.numpy") {
+            // Keras records the masks its layers compute as ops of their own (`not_equal(ids,
+            // 0)` for `Embedding(mask_zero=True)`, `logical_or` and `any` for merged masks),
+            // read by the layers after them as their `mask`: ferrokeras computes the same masks
+            // in its layers and carries them along, so these ops are left out.
+            if module == Some("keras.src.ops.numpy") && MASK_OPS.contains(&class.as_str()) {
                 continue;
             }
             let layer_name = if class == "InputLayer" {
