@@ -28,6 +28,8 @@ mod gradcheck;
 mod inputs;
 #[path = "keras_activations.rs"]
 mod keras_activations;
+#[path = "keras_compiled.rs"]
+mod keras_compiled;
 #[path = "keras_json.rs"]
 mod keras_json;
 #[path = "keras_layer_parity.rs"]

@@ -208,7 +208,20 @@ fn add_groups(parent: &mut GroupBuilder, paths: &[(Vec<&str>, &KerasVars)]) -> R
 /// architecture ferrokeras cannot rebuild (the layer and option are named); weights missing,
 /// extra or of another shape than the architecture's (the layer and variable are named).
 pub fn load_keras(path: impl AsRef<Path>) -> Result<LoadedModel> {
-    let path = path.as_ref();
+    Ok(read_keras(path.as_ref())?.model)
+}
+
+/// What a `.keras` file holds: its `config.json` (with Keras's `compile_config` when the model
+/// was saved compiled), the weights file (with Keras's optimizer variables), and the model
+/// rebuilt with its weights.
+pub(crate) struct KerasArchive {
+    pub(crate) config: Value,
+    pub(crate) weights: hdf5_pure::File,
+    pub(crate) model: LoadedModel,
+}
+
+/// Reads a `.keras` file (see [`load_keras`]).
+pub(crate) fn read_keras(path: &Path) -> Result<KerasArchive> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let not_keras = |what: String| {
         Error::value(format!(
@@ -245,7 +258,11 @@ pub fn load_keras(path: impl AsRef<Path>) -> Result<LoadedModel> {
             read_group(&h5, &format!("layers/{key}/{}", g.path), l, g, path)?;
         }
     }
-    Ok(model)
+    Ok(KerasArchive {
+        config: value,
+        weights: h5,
+        model,
+    })
 }
 
 /// Assigns the variables of `vars` (one group of layer `l`) from the datasets of `group`.

@@ -1,7 +1,7 @@
 //! Files on disk: written atomically (temporary file, fsync, rename), never left half-written.
 
 mod checkpoint;
-mod keras_file;
+pub(crate) mod keras_file;
 mod model_file;
 
 pub use checkpoint::{

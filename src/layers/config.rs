@@ -998,13 +998,13 @@ impl<'a> ConfigReader<'a> {
         }
     }
 
-    fn f64_of(&self, key: &str, v: &Value) -> Result<f64> {
+    pub(crate) fn f64_of(&self, key: &str, v: &Value) -> Result<f64> {
         v.as_f64()
             .filter(|x| x.is_finite())
             .ok_or_else(|| self.invalid(key, "a finite number", v))
     }
 
-    fn f64_or(&mut self, key: &str, default: f64) -> Result<f64> {
+    pub(crate) fn f64_or(&mut self, key: &str, default: f64) -> Result<f64> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => self.f64_of(key, v),

@@ -10,6 +10,7 @@
 
 mod backup;
 mod batches;
+mod keras_load;
 mod options;
 
 pub use backup::BackupAndRestore;
