@@ -929,12 +929,12 @@ fn more_layers_match_keras() {
     config_built_cases_match(cases, "more layers");
 }
 
-/// SimpleRNN, LSTM, GRU and Bidirectional, built from Keras's configs, against Keras's outputs and gradients.
+/// SimpleRNN, LSTM, GRU, Bidirectional and TimeDistributed, built from Keras's configs, against Keras's outputs and gradients.
 #[test]
 fn recurrent_layers_match_keras() {
     let fx = fixtures();
     let cases = cases(&fx, "recurrent");
-    assert_eq!(cases.len(), 13, "expected 13 cases");
+    assert_eq!(cases.len(), 15, "expected 15 cases");
     config_built_cases_match(cases, "recurrent");
 }
 

@@ -336,6 +336,9 @@ fn every_builtin_layer_config_round_trips() {
         ),
         Box::new(LeakyReLU::new(0.01)),
         Box::new(ferrokeras::layers::Masking::new(-1.5)),
+        Box::new(ferrokeras::layers::TimeDistributed::new(
+            Conv2D::new(2, (3, 3)).padding("same").unwrap(),
+        )),
         Box::new(MaxPooling2D::new((2, 3))),
         Box::new(ReLU::new()),
         Box::new(ferrokeras::layers::Rescaling::new(0.25, -1.5)),

@@ -62,6 +62,7 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "SimpleRNN",
     "Softmax",
     "Subtract",
+    "TimeDistributed",
     "UpSampling1D",
     "UpSampling2D",
     "ZeroPadding2D",
@@ -750,6 +751,14 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
         "LSTM" => {
             let l: LSTM = recurrent_from(&mut c, name, own_policy.as_deref())?;
             Box::new(l.unit_forget_bias(c.bool_or("unit_forget_bias", true)?))
+        }
+        "TimeDistributed" => {
+            let inner = super::deserialize(c.required("layer")?)?;
+            Box::new(named(
+                super::TimeDistributed::from_box(inner),
+                name,
+                super::TimeDistributed::named,
+            ))
         }
         "Masking" => Box::new(named(
             Masking::new(c.f64_or("mask_value", 0.0)?),

@@ -24,6 +24,7 @@ mod padding;
 mod pooling;
 mod recurrent;
 mod reshape;
+mod time_distributed;
 
 pub use activation::{Activation, ActivationLayer, LeakyReLU, ReLU, Softmax};
 pub use bidirectional::{Bidirectional, MergeMode};
@@ -47,6 +48,7 @@ pub use recurrent::{
     CellKind, GRU, GruCell, LSTM, LstmCell, Recurrent, SimpleRNN, SimpleRnnCell, StepKind,
 };
 pub use reshape::{Flatten, Permute, RepeatVector, Reshape, UpSampling1D};
+pub use time_distributed::TimeDistributed;
 
 use candle_core::Tensor;
 

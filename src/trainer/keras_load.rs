@@ -346,7 +346,9 @@ impl Trainer<LoadedModel> {
                             },
                         ),
                         _ => {
-                            return Err(within(Error::value(format!("unknown optimizer {name:?}"))));
+                            return Err(within(Error::value(format!(
+                                "unknown optimizer {name:?}"
+                            ))));
                         }
                     };
                     (o, k, false)
