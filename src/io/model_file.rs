@@ -38,6 +38,16 @@ pub trait SavableModel: Model {
 }
 
 /// One entry of [`SavableModel::keras_layers`].
+///
+/// ```
+/// use ferrokeras::io::SavableModel;
+/// use ferrokeras::layers::LSTM;
+/// use ferrokeras::prelude::*;
+/// let model = Sequential::new().input(&[5, 3]).add(LSTM::new(2));
+/// let layers = model.keras_layers();
+/// assert_eq!(layers[0].class, "LSTM");
+/// assert_eq!(layers[0].groups[1].path, "cell/vars");
+/// ```
 #[derive(Clone)]
 pub struct KerasLayer {
     /// The Keras class (`"Dense"`).

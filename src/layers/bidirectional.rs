@@ -8,6 +8,12 @@ use crate::tape::Variable;
 use crate::{Error, Result};
 
 /// How [`Bidirectional`] merges the forward and backward outputs (Keras's `merge_mode`).
+///
+/// ```
+/// use ferrokeras::layers::MergeMode;
+/// assert_eq!("ave".parse::<MergeMode>().unwrap(), MergeMode::Ave);
+/// assert!("first".parse::<MergeMode>().is_err());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MergeMode {
     /// Side by side on the last axis (Keras's default): twice the units.

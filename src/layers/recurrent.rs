@@ -21,6 +21,13 @@ mod sealed {
 
 /// What one step of a [`Recurrent`] layer computes: [`SimpleRnnCell`], [`LstmCell`] or
 /// [`GruCell`]. Implemented by those three only.
+///
+/// ```
+/// use ferrokeras::layers::{CellKind, GruCell, LstmCell};
+/// assert_eq!(LstmCell::CLASS, "LSTM");
+/// assert_eq!(LstmCell::GATES, 4); // kernels (features, 4 * units): input, forget, cell, output
+/// assert_eq!(GruCell::CELL, "gru_cell"); // where Keras's files keep a GRU's weights
+/// ```
 pub trait CellKind: sealed::Sealed + Clone + Send + 'static {
     /// The Keras class of the layer (`"LSTM"`).
     const CLASS: &'static str;
@@ -57,10 +64,20 @@ pub enum StepKind {
 }
 
 /// The cell of [`SimpleRNN`]: `h_t = activation(x_t W + h_{t-1} U + b)`.
+///
+/// ```
+/// use ferrokeras::layers::{CellKind, SimpleRnnCell};
+/// assert_eq!(SimpleRnnCell::GATES, 1);
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct SimpleRnnCell;
 
 /// The cell of [`LSTM`], with Keras's `unit_forget_bias` (the forget gate's bias starts at 1).
+///
+/// ```
+/// use ferrokeras::layers::{CellKind, LstmCell};
+/// assert_eq!(LstmCell::PREFIX, "lstm"); // LSTM layers are named lstm, lstm_1, ...
+/// ```
 #[derive(Clone, Debug)]
 pub struct LstmCell {
     unit_forget_bias: bool,
@@ -68,6 +85,11 @@ pub struct LstmCell {
 
 /// The cell of [`GRU`], with Keras's `reset_after` (the reset gate multiplies the recurrent
 /// product, as cuDNN does; Keras's default).
+///
+/// ```
+/// use ferrokeras::layers::{CellKind, GruCell};
+/// assert_eq!(GruCell::GATES, 3); // update, reset, candidate
+/// ```
 #[derive(Clone, Debug)]
 pub struct GruCell {
     reset_after: bool,
