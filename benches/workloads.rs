@@ -79,6 +79,27 @@ fn w1() -> Result<f64> {
     Ok((epochs * 32) as f64 / elapsed(t)?)
 }
 
+/// W5: an LSTM(64) over sequences of 50 steps of 32 features, then Dense(1), MSE, Adam,
+/// batch 32 (samples per second through `fit`).
+fn w5() -> Result<f64> {
+    let mut model = Sequential::new()
+        .input(&[50, 32])
+        .add(ferrokeras::layers::LSTM::new(64))
+        .add(Dense::new(1))
+        .compile(Compile::new().optimizer("adam").loss("mse"))?;
+    let (x, y) = (uniform(&[512, 50, 32])?, uniform(&[512, 1])?);
+    model.fit(
+        (x.narrow(0, 0, 64)?, y.narrow(0, 0, 64)?),
+        FitOptions::new().epochs(1).batch_size(32).verbose(0),
+    )?;
+    let t = Instant::now();
+    model.fit(
+        (x, y),
+        FitOptions::new().epochs(1).batch_size(32).verbose(0),
+    )?;
+    Ok(512.0 / elapsed(t)?)
+}
+
 fn mlp() -> Result<Sequential> {
     Ok(Sequential::new()
         .input(&[784])
@@ -627,6 +648,15 @@ fn main() -> Result<()> {
             stolen_since(t)
         );
         achieved.push(("W4", f * w4_flops_per_step() / 1e9));
+    }
+    if want("w5") {
+        let t = cpu_ticks();
+        let runs = (0..3).map(|_| w5()).collect::<Result<Vec<_>>>()?;
+        let r = median(runs);
+        println!(
+            "| W5 LSTM(64), 50 steps of 32 features, batch 32 | {r:.0} | – | samples/s | {} |",
+            stolen_since(t)
+        );
     }
     if picked.iter().any(|p| p == "w4layers") {
         w4_layers()?;

@@ -553,26 +553,18 @@ impl<C: CellKind> Recurrent<C> {
             Some(m) => Some(m.to_dtype(dt)?),
             None => None,
         };
-        // Every step's input projection at once: (batch, timesteps, gates * units).
-        let xw = match &in_masks {
-            None => x.reshape((b * t, f))?.matmul(&kernel)?,
-            Some(ms) => {
-                let ms: Vec<Tensor> = ms
-                    .iter()
-                    .map(|m| {
-                        Ok(m.unsqueeze(1)?
-                            .broadcast_as((b, t, f))?
-                            .reshape((b * t, f))?)
-                    })
-                    .collect::<Result<_>>()?;
-                project(&x.reshape((b * t, f))?, &kernel, Some(&ms), u)?
-            }
+        // Each step's input projection (batch, gates * units) is its own product: slicing one
+        // product of all steps instead would give each step's slice a gradient as large as the
+        // whole sequence's (candle pads a slice's gradient to its source's shape), T times.
+        let in_masks = in_masks.as_deref();
+        let step_input = |s: usize| -> Result<Tensor> {
+            let xs = x.narrow(1, s, 1)?.squeeze(1)?;
+            let p = project(&xs, &kernel, in_masks, u)?;
+            Ok(match &in_bias {
+                Some(bias) => p.broadcast_add(bias)?,
+                None => p,
+            })
         };
-        let xw = match &in_bias {
-            Some(bias) => xw.broadcast_add(bias)?,
-            None => xw,
-        }
-        .reshape((b, t, gates * u))?;
         let act = self.activation;
         let ract = self.recurrent_activation;
         let rec_masks = rec_masks.as_deref();
@@ -581,7 +573,7 @@ impl<C: CellKind> Recurrent<C> {
         let mut outputs = Vec::with_capacity(if self.return_sequences { t } else { 0 });
         let mut last = h.clone();
         for s in 0..t {
-            let xs = xw.narrow(1, s, 1)?.squeeze(1)?;
+            let xs = step_input(s)?;
             let (h_prev, c_prev) = (h.clone(), c.clone());
             h = match kind {
                 StepKind::Simple => {
