@@ -1,10 +1,8 @@
 //! Recurrent layers: Keras's `SimpleRNN`, `LSTM` and `GRU`, over `(batch, timesteps, features)`.
 //!
 //! One generic layer, [`Recurrent`], runs the loop over time; the cell kind ([`SimpleRnnCell`],
-//! [`LstmCell`], [`GruCell`]) says what one step computes. The inputs of every step are
-//! projected by the kernel in one product before the loop (`(batch * timesteps, features)` by
-//! `(features, gates * units)`); each step then multiplies only the state by the recurrent
-//! kernel. The gates are in Keras's order and layout (LSTM: input, forget, cell, output; GRU:
+//! [`LstmCell`], [`GruCell`]) says what one step computes: its input times the kernel, plus
+//! the state times the recurrent kernel, then the gates. The gates are in Keras's order and layout (LSTM: input, forget, cell, output; GRU:
 //! update, reset, candidate), so Keras's weights load as they are.
 
 use candle_core::{DType, Device, Tensor};
