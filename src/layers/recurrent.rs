@@ -2,8 +2,9 @@
 //!
 //! One generic layer, [`Recurrent`], runs the loop over time; the cell kind ([`SimpleRnnCell`],
 //! [`LstmCell`], [`GruCell`]) says what one step computes: its input times the kernel, plus
-//! the state times the recurrent kernel, then the gates. The gates are in Keras's order and layout (LSTM: input, forget, cell, output; GRU:
-//! update, reset, candidate), so Keras's weights load as they are.
+//! the state times the recurrent kernel, then the gates. The gates are in Keras's order and
+//! layout (LSTM: input, forget, cell, output; GRU: update, reset, candidate), so Keras's
+//! weights load as they are.
 
 use candle_core::{DType, Device, Tensor};
 
