@@ -455,6 +455,8 @@ fn functional_with_two_inputs_a_shared_layer_and_two_outputs_round_trips() {
     assert_eq!(loaded.variables().len(), 8);
     assert_eq!(weights(&loaded), weights(&model));
     assert_eq!(loaded.summary(), model.summary());
+    // The per-output losses and metrics of the loaded model are named after its output layers.
+    assert_eq!(Model::output_names(&loaded), ["score", "class"]);
 
     let loaded = loaded.into_functional().unwrap();
     assert_eq!(loaded.name(), "two_tower");
