@@ -168,7 +168,6 @@ impl CellKind for GruCell {
 /// let err = rnn.call(&Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap(), false);
 /// assert!(err.unwrap_err().to_string().contains("(batch, timesteps, features)"));
 /// ```
-#[derive(Clone)]
 pub struct Recurrent<C: CellKind> {
     name: String,
     units: usize,
