@@ -12,7 +12,7 @@ use crate::io::LoadedModel;
 use crate::layers::config::ConfigReader;
 use crate::metrics::MetricSpec;
 use crate::model::Model;
-use crate::optimizers::{Adam, Optimizer, RmsProp, Sgd};
+use crate::optimizers::{Adam, LearningRate, Optimizer, RmsProp, Sgd};
 use crate::{Error, Result};
 
 /// The optimizer classes read from Keras's `compile_config`, and the slots each keeps per
@@ -93,23 +93,122 @@ macro_rules! base_options {
     }};
 }
 
+/// A learning-rate schedule of Keras's `keras.optimizers.schedules` (serialized).
+fn schedule_from_keras(v: &Value, what: &str) -> Result<LearningRate> {
+    use crate::optimizers::{
+        CosineDecay, ExponentialDecay, InverseTimeDecay, PiecewiseConstantDecay, PolynomialDecay,
+    };
+    let class = v.get("class_name").and_then(Value::as_str).unwrap_or("");
+    let empty = Value::Object(Default::default());
+    let config = v.get("config").unwrap_or(&empty);
+    let mut c = ConfigReader::new(
+        &format!("the learning-rate schedule `{class}` of {what}"),
+        config,
+    )?;
+    c.get("name");
+    let steps = |c: &mut ConfigReader, key: &str| -> Result<u64> {
+        let v = c.get(key).ok_or_else(|| {
+            Error::value(format!(
+                "the learning-rate schedule `{class}` needs `{key}`"
+            ))
+        })?;
+        v.as_u64()
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|x| x.fract() == 0.0 && *x >= 0.0)
+                    .map(|x| x as u64)
+            })
+            .ok_or_else(|| c.invalid(key, "a non-negative integer", v))
+    };
+    let numbers = |c: &mut ConfigReader, key: &str| -> Result<Vec<f64>> {
+        let v = c.get(key).ok_or_else(|| {
+            Error::value(format!(
+                "the learning-rate schedule `{class}` needs `{key}`"
+            ))
+        })?;
+        v.as_array()
+            .and_then(|a| a.iter().map(Value::as_f64).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| c.invalid(key, "a list of numbers", v))
+    };
+    let lr: LearningRate = match class {
+        "ExponentialDecay" | "InverseTimeDecay" => {
+            let initial = c.f64_or("initial_learning_rate", 0.0)?;
+            let decay_steps = steps(&mut c, "decay_steps")?;
+            let rate = c.f64_or("decay_rate", 0.0)?;
+            let staircase = c.bool_or("staircase", false)?;
+            if class == "ExponentialDecay" {
+                ExponentialDecay::new(initial, decay_steps, rate)?
+                    .staircase(staircase)
+                    .into()
+            } else {
+                InverseTimeDecay::new(initial, decay_steps, rate)?
+                    .staircase(staircase)
+                    .into()
+            }
+        }
+        "PiecewiseConstantDecay" => {
+            let boundaries: Vec<u64> = numbers(&mut c, "boundaries")?
+                .iter()
+                .map(|b| *b as u64)
+                .collect();
+            PiecewiseConstantDecay::new(&boundaries, &numbers(&mut c, "values")?)?.into()
+        }
+        "PolynomialDecay" => PolynomialDecay::new(
+            c.f64_or("initial_learning_rate", 0.0)?,
+            steps(&mut c, "decay_steps")?,
+            c.f64_or("end_learning_rate", 0.0001)?,
+        )?
+        .power(c.f64_or("power", 1.0)?)
+        .cycle(c.bool_or("cycle", false)?)
+        .into(),
+        "CosineDecay" => {
+            let target = opt_f64(&mut c, "warmup_target")?;
+            CosineDecay::new(
+                c.f64_or("initial_learning_rate", 0.0)?,
+                steps(&mut c, "decay_steps")?,
+            )?
+            .alpha(c.f64_or("alpha", 0.0)?)
+            .warmup_target(target)
+            .warmup_steps(match c.get("warmup_steps") {
+                None => 0,
+                Some(_) => steps(&mut c, "warmup_steps")?,
+            })
+            .into()
+        }
+        other => {
+            return Err(Error::value(format!(
+                "{what}: the learning-rate schedule {other:?} is not read from a `.keras` file; ferrokeras reads ExponentialDecay, InverseTimeDecay, PiecewiseConstantDecay, PolynomialDecay and CosineDecay. Load the model with `ferrokeras::io::load_keras` and compile it yourself"
+            )));
+        }
+    };
+    c.finish()?;
+    Ok(lr)
+}
+
+/// What the file's optimizer is: the optimizer, its slots, whether it keeps state beyond
+/// them (moving averages, accumulated gradients), and whether its learning rate is a schedule
+/// (Keras then keeps no `learning_rate` variable).
+struct ReadOptimizer {
+    optimizer: Box<dyn Optimizer>,
+    kind: Kind,
+    extra_slots: bool,
+    scheduled: bool,
+}
+
 /// The optimizer of Keras's serialized `{"class_name": "Adam", "config": {...}}`.
-fn optimizer_from_keras(v: &Value) -> Result<(Box<dyn Optimizer>, Kind, bool)> {
+fn optimizer_from_keras(v: &Value) -> Result<ReadOptimizer> {
     let class = v.get("class_name").and_then(Value::as_str).unwrap_or("");
     let empty = Value::Object(Default::default());
     let config = v.get("config").unwrap_or(&empty);
     let what = format!("optimizer `{class}` in the file's `compile_config`");
     let mut c = ConfigReader::new(&what, config)?;
     c.get("name");
-    let lr = match c.get("learning_rate") {
-        Some(Value::Object(_)) => {
-            return Err(Error::value(format!(
-                "{what}: a learning-rate schedule in a `.keras` file is not read yet; load the model with `ferrokeras::io::load_keras` and compile it with the schedule"
-            )));
-        }
-        Some(v) => c.f64_of("learning_rate", v)?,
-        None => 0.001,
+    let lr: LearningRate = match c.get("learning_rate") {
+        Some(v @ Value::Object(_)) => schedule_from_keras(v, &what)?,
+        Some(v) => c.f64_of("learning_rate", v)?.into(),
+        None => 0.001.into(),
     };
+    let scheduled = matches!(lr, LearningRate::Schedule(_));
     if let Some(v) = c.get("loss_scale_factor") {
         return Err(c.invalid("loss_scale_factor", "null", v));
     }
@@ -118,7 +217,7 @@ fn optimizer_from_keras(v: &Value) -> Result<(Box<dyn Optimizer>, Kind, bool)> {
         "Adam" | "AdamW" => {
             let amsgrad = c.bool_or("amsgrad", false)?;
             let default_decay = if class == "AdamW" { 0.004 } else { 0.0 };
-            let o = Adam::new(lr)
+            let o = Adam::new(lr.clone())
                 .beta_1(c.f64_or("beta_1", 0.9)?)
                 .beta_2(c.f64_or("beta_2", 0.999)?)
                 .epsilon(c.f64_or("epsilon", 1e-7)?)
@@ -128,7 +227,7 @@ fn optimizer_from_keras(v: &Value) -> Result<(Box<dyn Optimizer>, Kind, bool)> {
         }
         "SGD" => {
             let momentum = c.f64_or("momentum", 0.0)?;
-            let o = Sgd::new(lr)
+            let o = Sgd::new(lr.clone())
                 .momentum(momentum)
                 .nesterov(c.bool_or("nesterov", false)?)
                 .weight_decay(weight_decay.unwrap_or(0.0));
@@ -142,7 +241,7 @@ fn optimizer_from_keras(v: &Value) -> Result<(Box<dyn Optimizer>, Kind, bool)> {
         "RMSprop" => {
             let momentum = c.f64_or("momentum", 0.0)?;
             let centered = c.bool_or("centered", false)?;
-            let o = RmsProp::new(lr)
+            let o = RmsProp::new(lr.clone())
                 .rho(c.f64_or("rho", 0.9)?)
                 .momentum(momentum)
                 .epsilon(c.f64_or("epsilon", 1e-7)?)
@@ -165,7 +264,12 @@ fn optimizer_from_keras(v: &Value) -> Result<(Box<dyn Optimizer>, Kind, bool)> {
     let extra_slots =
         c.bool_or("use_ema", false)? || opt_u64(&mut c, "gradient_accumulation_steps")?.is_some();
     c.finish()?;
-    Ok((opt, kind, extra_slots))
+    Ok(ReadOptimizer {
+        optimizer: opt,
+        kind,
+        extra_slots,
+        scheduled,
+    })
 }
 
 /// A serialized Keras object's class and config, when its config holds only the keys in `plain`
@@ -287,9 +391,10 @@ fn list<T>(v: Option<&Value>, one: impl Fn(&Value) -> Result<T>) -> Result<Vec<T
 
 impl Trainer<LoadedModel> {
     /// Keras's `keras.saving.load_model("model.keras")`: the model, its weights and, when Keras
-    /// saved it compiled, its compile options (optimizer, losses, loss weights, metrics) and its
-    /// optimizer's state (the step count, the learning rate and every slot), so that `fit`
-    /// goes on exactly where Keras's training stopped. Without a `compile_config` the trainer
+    /// saved it compiled, its compile options (optimizer, with its learning-rate schedule if
+    /// any; losses, loss weights, metrics) and its optimizer's state (the step count, the
+    /// learning rate and every slot), so that `fit` goes on exactly where Keras's training
+    /// stopped. Without a `compile_config` the trainer
     /// is not compiled ([`Trainer::new`]).
     ///
     /// ```no_run
@@ -303,7 +408,7 @@ impl Trainer<LoadedModel> {
     ///
     /// # Errors
     /// What [`crate::io::load_keras`] refuses; compile options ferrokeras does not read from a
-    /// file (another optimizer class, a learning-rate schedule, losses or metrics per output
+    /// file (another optimizer class or learning-rate schedule, losses or metrics per output
     /// name, metrics with options), each named; optimizer variables that do not match the
     /// model's trainable variables.
     pub fn load_keras(path: impl AsRef<Path>) -> Result<Self> {
@@ -323,10 +428,9 @@ impl Trainer<LoadedModel> {
             return Ok(Trainer::new(archive.model));
         };
         let mut compile = Compile::new();
-        let mut kind = None;
-        let mut extra_slots = false;
+        let mut read = None;
         if let Some(o) = cc.get("optimizer").filter(|v| !v.is_null()) {
-            let (opt, k, extra) = match o.as_str() {
+            let r = match o.as_str() {
                 Some(name) => {
                     let lower = name.to_ascii_lowercase();
                     let (o, k) = match lower.as_str() {
@@ -351,13 +455,17 @@ impl Trainer<LoadedModel> {
                             ))));
                         }
                     };
-                    (o, k, false)
+                    ReadOptimizer {
+                        optimizer: o,
+                        kind: k,
+                        extra_slots: false,
+                        scheduled: false,
+                    }
                 }
                 None => optimizer_from_keras(o).map_err(within)?,
             };
-            compile.optimizer = Some(super::options::OptimizerSpec::Object(opt));
-            kind = Some(k);
-            extra_slots = extra;
+            compile.optimizer = Some(super::options::OptimizerSpec::Object(r.optimizer));
+            read = Some((r.kind, r.extra_slots, r.scheduled));
         }
         compile.losses = list(cc.get("loss"), loss_from_keras).map_err(within)?;
         if let Some(w) = cc.get("loss_weights").filter(|v| !v.is_null()) {
@@ -377,11 +485,24 @@ impl Trainer<LoadedModel> {
         let mut trainer = Trainer::new(archive.model)
             .compile(compile)
             .map_err(within)?;
-        if let Some(kind) = kind {
-            load_optimizer_vars(&mut trainer, &archive.weights, &kind, extra_slots, path)?;
+        if let Some((kind, extra_slots, scheduled)) = read {
+            let layout = VarsLayout {
+                kind: &kind,
+                extra_slots,
+                scheduled,
+            };
+            load_optimizer_vars(&mut trainer, &archive.weights, &layout, path)?;
         }
         Ok(trainer)
     }
+}
+
+/// What `optimizer/vars` holds: the step count, the learning rate unless it is a schedule,
+/// then the slots of `kind`.
+struct VarsLayout<'a> {
+    kind: &'a Kind,
+    extra_slots: bool,
+    scheduled: bool,
 }
 
 /// Reads `optimizer/vars` (Keras's order) into the trainer's optimizer: nothing when Keras
@@ -389,10 +510,12 @@ impl Trainer<LoadedModel> {
 fn load_optimizer_vars(
     trainer: &mut Trainer<LoadedModel>,
     h5: &hdf5_pure::File,
-    kind: &Kind,
-    extra_slots: bool,
+    layout: &VarsLayout,
     path: &Path,
 ) -> Result<()> {
+    let (kind, extra_slots) = (layout.kind, layout.extra_slots);
+    // The step count, and the learning rate when it is a variable.
+    let head = if layout.scheduled { 1 } else { 2 };
     let group = "optimizer/vars";
     let Ok(g) = h5.group(group) else {
         return Ok(());
@@ -406,14 +529,14 @@ fn load_optimizer_vars(
             ))
         })?
         .len();
-    if count == 1 {
-        return Err(Error::value(format!(
-            "`{}`: `{group}` holds {count} variable(s); Keras writes the step count and the learning rate first",
-            path.display()
-        )));
-    }
     if count == 0 {
         return Ok(());
+    }
+    if count < head {
+        return Err(Error::value(format!(
+            "`{}`: `{group}` holds {count} variable(s); Keras writes the step count (and a learning rate that is not a schedule) first",
+            path.display()
+        )));
     }
     let read = |i: usize| -> Result<(Vec<usize>, Vec<f32>)> {
         let name = format!("{group}/{i}");
@@ -438,12 +561,16 @@ fn load_optimizer_vars(
         Ok((shape, values))
     };
     let (_, iterations) = read(0)?;
-    let (_, lr) = read(1)?;
+    let lr = if layout.scheduled {
+        Vec::new()
+    } else {
+        read(1)?.1
+    };
     let vars = trainer.model().trainable_variables();
     let groups = kind.groups();
     let slots_per_var: usize = groups.iter().map(Vec::len).sum();
-    let expected = 2 + slots_per_var * vars.len();
-    if count == 2 {
+    let expected = head + slots_per_var * vars.len();
+    if count == head {
         // Compiled and saved before any step: no slots yet.
     } else if extra_slots {
         return Err(Error::value(format!(
@@ -462,8 +589,8 @@ fn load_optimizer_vars(
         "iterations".to_string(),
         Tensor::new(iterations.first().copied().unwrap_or(0.0) as i64, &dev)?,
     )];
-    if count > 2 {
-        let mut i = 2;
+    if count > head {
+        let mut i = head;
         for slots in &groups {
             for v in &vars {
                 for slot in slots {
