@@ -5,6 +5,7 @@
 
 use candle_core::Tensor;
 use ferrokeras::io::LoadedModel;
+use ferrokeras::metrics::MetricSpec;
 use ferrokeras::prelude::*;
 
 #[path = "support/fixtures.rs"]
@@ -15,54 +16,111 @@ fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
+/// One more epoch of `fit` (batch 16, no shuffling), checked against Keras's history, step
+/// count and weights after the same epoch.
+fn continue_as_keras(trainer: &mut Trainer<LoadedModel>, name: &str, case: &serde_json::Value) {
+    let x = tensor(&case["x"]);
+    let y = tensor(&case["y"]);
+    let h = trainer
+        .fit(
+            (x, y),
+            FitOptions::new()
+                .epochs(1)
+                .batch_size(16)
+                .shuffle(false)
+                .verbose(0),
+        )
+        .unwrap();
+    for (key, want) in case["history"].as_object().unwrap() {
+        let got = h.get(key);
+        let want = want[0].as_f64().unwrap();
+        assert_eq!(got.len(), 1, "{name}: history {key}");
+        assert!(
+            (got[0] - want).abs() <= 1e-5 * (1.0 + want.abs()),
+            "{name} {key}: {} vs Keras {want}",
+            got[0]
+        );
+    }
+    let iterations = trainer.context().optimizer().unwrap().iterations();
+    assert_eq!(
+        iterations,
+        case["iterations_after"].as_u64().unwrap(),
+        "{name}"
+    );
+    let weights = trainer.get_weights();
+    let want = case["weights_after"].as_array().unwrap();
+    assert_eq!(weights.len(), want.len(), "{name}: weights");
+    for (i, (w, k)) in weights.iter().zip(want).enumerate() {
+        for (a, b) in flat(w).iter().zip(flat(&tensor(k))) {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "{name} weight {i}: {a} vs Keras {b}"
+            );
+        }
+    }
+}
+
 #[test]
 fn training_continues_as_in_keras() {
     let fx = read("keras_compiled.json");
     let cases = fx["cases"].as_object().unwrap();
-    assert_eq!(cases.len(), 6);
+    assert_eq!(cases.len(), 7);
     for (name, case) in cases {
         let file = path("keras_compiled").join(format!("{name}.keras"));
         let mut trainer: Trainer<LoadedModel> = Trainer::load_keras(&file).unwrap();
-        let x = tensor(&case["x"]);
-        let y = tensor(&case["y"]);
-        let h = trainer
-            .fit(
-                (x, y),
-                FitOptions::new()
-                    .epochs(1)
-                    .batch_size(16)
-                    .shuffle(false)
-                    .verbose(0),
-            )
-            .unwrap();
-        for (key, want) in case["history"].as_object().unwrap() {
-            let got = h.get(key);
-            let want = want[0].as_f64().unwrap();
-            assert_eq!(got.len(), 1, "{name}: history {key}");
-            assert!(
-                (got[0] - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                "{name} {key}: {} vs Keras {want}",
-                got[0]
-            );
-        }
-        let iterations = trainer.context().optimizer().unwrap().iterations();
-        assert_eq!(
-            iterations,
-            case["iterations_after"].as_u64().unwrap(),
-            "{name}"
-        );
-        let weights = trainer.get_weights();
-        let want = case["weights_after"].as_array().unwrap();
-        assert_eq!(weights.len(), want.len(), "{name}: weights");
-        for (i, (w, k)) in weights.iter().zip(want).enumerate() {
-            for (a, b) in flat(w).iter().zip(flat(&tensor(k))) {
-                assert!(
-                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                    "{name} weight {i}: {a} vs Keras {b}"
-                );
-            }
-        }
+        continue_as_keras(&mut trainer, name, case);
     }
+}
+
+/// A `.keras` file's architecture, compile options and weights (not its metadata, which names
+/// the version that wrote it).
+fn entries(file: &std::path::Path) -> Vec<Vec<u8>> {
+    use std::io::Read;
+    let mut z = zip::ZipArchive::new(std::fs::File::open(file).unwrap()).unwrap();
+    ["config.json", "model.weights.h5"]
+        .iter()
+        .map(|n| {
+            let mut bytes = Vec::new();
+            z.by_name(n).unwrap().read_to_end(&mut bytes).unwrap();
+            bytes
+        })
+        .collect()
+}
+
+/// Keras's compiled files, loaded and saved again by ferrokeras: the compile options and the
+/// optimizer's variables go through `Trainer::save`, and the epoch after them is still
+/// Keras's. The files written are those of `ferrokeras_compiled/`, which Keras loaded and
+/// trained one more epoch with the same numbers as from its own files
+/// (`make_keras_compiled_fixtures.py`).
+#[test]
+fn saved_compiled_files_continue_as_in_keras() {
+    let fx = read("keras_compiled.json");
+    let dir = std::env::temp_dir().join(format!("ferrokeras-resave-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = std::env::var_os("FERROKERAS_WRITE_KERAS_FIXTURES").is_some();
+    for (name, case) in fx["cases"].as_object().unwrap() {
+        let file = path("keras_compiled").join(format!("{name}.keras"));
+        let trainer: Trainer<LoadedModel> = Trainer::load_keras(&file).unwrap();
+        let saved = dir.join(format!("{name}.keras"));
+        trainer.save(&saved).unwrap();
+        let committed = path("ferrokeras_compiled").join(format!("{name}.keras"));
+        if write {
+            std::fs::create_dir_all(committed.parent().unwrap()).unwrap();
+            std::fs::copy(&saved, &committed).unwrap();
+        }
+        assert!(
+            entries(&saved) == entries(&committed),
+            "{name}: the file written differs from the one Keras checked ({}); rerun with FERROKERAS_WRITE_KERAS_FIXTURES=1 and make_keras_compiled_fixtures.py",
+            committed.display()
+        );
+        let mut again: Trainer<LoadedModel> = Trainer::load_keras(&saved).unwrap();
+        continue_as_keras(&mut again, name, case);
+        assert_eq!(
+            case["keras_from_ferrokeras_file"], "same",
+            "{name}: Keras's epoch after loading the file"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A file saved uncompiled gives an uncompiled trainer; unreadable compile options are named.
@@ -117,11 +175,17 @@ fn uncompiled_files_and_unread_options() {
         "schedule.keras",
     );
     assert!(e.contains("CosineDecayRestarts"), "{e}");
+    // A metric under its own name is read under it.
     let e = edited(
         &|c| c["metrics"][1]["config"]["name"] = "my_rmse".into(),
         "renamed.keras",
     );
-    assert!(e.contains("my_rmse"), "{e}");
+    assert_eq!(e, "");
+    let e = edited(
+        &|c| c["metrics"][1]["config"]["top_k"] = 2.into(),
+        "top_k.keras",
+    );
+    assert!(e.contains("top_k"), "{e}");
     let e = edited(&|c| c["loss"] = "msee".into(), "loss.keras");
     assert!(e.contains("msee"), "{e}");
     // Options it reads change the optimizer: the same file with another learning rate loads.
@@ -131,4 +195,221 @@ fn uncompiled_files_and_unread_options() {
     );
     assert_eq!(e, "");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A model compiled and trained here, saved mid-training as `.keras` and loaded back with
+/// `Trainer::load_keras`: the next epoch is the one the original trainer takes (history, step
+/// count, weights), for each optimizer, schedule, loss and metric with a Keras form.
+#[test]
+fn trainers_saved_mid_training_go_on_identically() {
+    use ferrokeras::losses::{BinaryCrossentropy as Bce, CategoricalCrossentropy as Cce};
+    use ferrokeras::metrics::{Precision, Recall, SparseTopKCategoricalAccuracy};
+    use ferrokeras::optimizers::{
+        CosineDecay, ExponentialDecay, InverseTimeDecay, PiecewiseConstantDecay, PolynomialDecay,
+    };
+    let dir = std::env::temp_dir().join(format!("ferrokeras-midtrain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let x = Tensor::rand(-1f32, 1.0, (30, 4), &dev).unwrap();
+    let sum = x.sum_keepdim(1).unwrap();
+    let binary = sum
+        .gt(0.0)
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap();
+    let classes = x
+        .argmax_keepdim(1)
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap();
+    let one_hot = Tensor::eye(4, candle_core::DType::F32, &dev)
+        .unwrap()
+        .index_select(&x.argmax(1).unwrap(), 0)
+        .unwrap();
+    type Case = (&'static str, usize, Tensor, Box<dyn Fn() -> Compile>);
+    let cases: Vec<Case> = vec![
+        (
+            "sparse",
+            4,
+            classes.clone(),
+            Box::new(|| {
+                Compile::new()
+                    .optimizer(
+                        Adam::new(ExponentialDecay::new(0.05, 3, 0.7).unwrap().staircase(true))
+                            .amsgrad(true),
+                    )
+                    .loss(SparseCategoricalCrossentropy::new().from_logits(true))
+                    .metrics([
+                        MetricSpec::from("accuracy"),
+                        SparseTopKCategoricalAccuracy::new().k(2).into(),
+                    ])
+                    .weighted_metrics([SparseCategoricalAccuracy::new().named("w_acc")])
+            }),
+        ),
+        (
+            "one_hot",
+            4,
+            one_hot.clone(),
+            Box::new(|| {
+                Compile::new()
+                    .optimizer(
+                        RmsProp::new(0.01)
+                            .momentum(0.5)
+                            .centered(true)
+                            .use_ema(true)
+                            .ema_momentum(0.9)
+                            .gradient_accumulation_steps(3),
+                    )
+                    .loss(Cce::new().from_logits(true).label_smoothing(0.1))
+                    .metrics(["categorical_accuracy"])
+            }),
+        ),
+        (
+            "binary",
+            1,
+            binary.clone(),
+            Box::new(|| {
+                Compile::new()
+                    .optimizer(
+                        Sgd::new(
+                            CosineDecay::new(0.01, 20)
+                                .unwrap()
+                                .alpha(0.1)
+                                .warmup_target(Some(0.1))
+                                .warmup_steps(3),
+                        )
+                        .momentum(0.9)
+                        .nesterov(true)
+                        .clipnorm(1.0),
+                    )
+                    .loss(Bce::new().from_logits(true).label_smoothing(0.05))
+                    .metrics([
+                        MetricSpec::from(Precision::new().threshold(0.4).unwrap()),
+                        Recall::new().into(),
+                        BinaryAccuracy::new().threshold(0.6).into(),
+                    ])
+            }),
+        ),
+        (
+            "regression",
+            1,
+            sum.clone(),
+            Box::new(|| {
+                Compile::new()
+                    .optimizer(AdamW::new(
+                        PolynomialDecay::new(0.02, 10, 0.001).unwrap().power(2.0),
+                        0.01,
+                    ))
+                    .loss(Huber::new(0.5))
+                    .metrics([MetricSpec::from("mae"), RootMeanSquaredError::new().into()])
+            }),
+        ),
+        (
+            "schedules",
+            1,
+            sum.clone(),
+            Box::new(|| {
+                Compile::new()
+                    .optimizer(
+                        Sgd::new(
+                            PiecewiseConstantDecay::new(&[4, 8], &[0.05, 0.02, 0.01]).unwrap(),
+                        )
+                        .momentum(0.5)
+                        .weight_decay(0.01),
+                    )
+                    .losses(vec!["mse".into()])
+                    .loss_weights(vec![0.5])
+            }),
+        ),
+        (
+            "inverse_time",
+            1,
+            sum.clone(),
+            Box::new(|| {
+                Compile::new()
+                    .optimizer(
+                        Adam::new(InverseTimeDecay::new(0.05, 2, 0.5).unwrap())
+                            .global_clipnorm(0.5),
+                    )
+                    .loss("log_cosh")
+                    .metrics(["mse"])
+            }),
+        ),
+    ];
+    fn fit<M: Model>(t: &mut Trainer<M>, x: &Tensor, y: &Tensor, epochs: usize) -> History {
+        t.fit(
+            (x.clone(), y.clone()),
+            FitOptions::new()
+                .epochs(epochs)
+                .batch_size(4)
+                .shuffle(false)
+                .verbose(0),
+        )
+        .unwrap()
+    }
+    for (name, units, y, compile) in cases {
+        let model = Sequential::new()
+            .input(&[4])
+            .add(Dense::new(6).activation("tanh").unwrap())
+            .add(Dense::new(units));
+        let mut first = model.compile(compile()).unwrap();
+        // 8 batches per epoch: the accumulation of 3 stops mid-way.
+        fit(&mut first, &x, &y, 2);
+        let file = dir.join(format!("{name}.keras"));
+        first.save(&file).unwrap();
+        let mut second: Trainer<LoadedModel> = Trainer::load_keras(&file).unwrap();
+        let a = fit(&mut first, &x, &y, 1);
+        let b = fit(&mut second, &x, &y, 1);
+        let keys: Vec<&String> = a.history.keys().collect();
+        assert_eq!(keys, b.history.keys().collect::<Vec<_>>(), "{name}");
+        for k in keys {
+            assert!(
+                (a.get(k)[0] - b.get(k)[0]).abs() <= 1e-6 * (1.0 + a.get(k)[0].abs()),
+                "{name} {k}: {} after loading, {} before",
+                b.get(k)[0],
+                a.get(k)[0]
+            );
+        }
+        assert_eq!(
+            first.context().optimizer().unwrap().iterations(),
+            second.context().optimizer().unwrap().iterations(),
+            "{name}"
+        );
+        for (wa, wb) in first.get_weights().iter().zip(second.get_weights()) {
+            assert_eq!(flat(wa), flat(&wb), "{name}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A compile Keras could not rebuild (a loss of your own) saves the model alone: it loads
+/// uncompiled, with its weights.
+#[test]
+fn a_loss_of_your_own_saves_the_model_uncompiled() {
+    struct Twice;
+    impl Loss for Twice {
+        fn name(&self) -> &str {
+            "twice"
+        }
+        fn call(&self, t: &Tensor, p: &Tensor) -> ferrokeras::Result<Tensor> {
+            Ok(((p - t)?.sqr()? * 2.0)?.mean_keepdim(1)?.squeeze(1)?)
+        }
+    }
+    let model = Sequential::new().input(&[3]).add(Dense::new(2));
+    let mut t = model
+        .compile(Compile::new().optimizer("adam").loss(Twice))
+        .unwrap();
+    let dev = candle_core::Device::Cpu;
+    let x = Tensor::ones((4, 3), candle_core::DType::F32, &dev).unwrap();
+    let y = Tensor::zeros((4, 2), candle_core::DType::F32, &dev).unwrap();
+    t.fit((x, y), FitOptions::new().verbose(0)).unwrap();
+    let file =
+        std::env::temp_dir().join(format!("ferrokeras-own-loss-{}.keras", std::process::id()));
+    t.save(&file).unwrap();
+    let mut loaded: Trainer<LoadedModel> = Trainer::load_keras(&file).unwrap();
+    assert!(!loaded.context().has_optimizer());
+    for (a, b) in t.get_weights().iter().zip(loaded.get_weights()) {
+        assert_eq!(flat(a), flat(&b));
+    }
+    let _ = std::fs::remove_file(&file);
 }

@@ -79,7 +79,8 @@ fn layer_keys(layers: &[KerasLayer]) -> Vec<String> {
 
 /// Saves `model` as a Keras 3 `.keras` file, which Keras's `keras.saving.load_model` reads
 /// (and [`load_keras`] here): the architecture (Keras's JSON, as [`crate::io::save_model`]
-/// writes it) and the weights. The optimizer state and compile options are not saved.
+/// writes it) and the weights. A compiled model's options and optimizer state are saved by
+/// [`crate::trainer::Trainer::save`] to a `.keras` path.
 ///
 /// ```
 /// use ferrokeras::prelude::*;
@@ -103,13 +104,40 @@ fn layer_keys(layers: &[KerasLayer]) -> Vec<String> {
 /// A layer that cannot describe itself (see [`SavableModel::model_config`]), or an unwritable
 /// path.
 pub fn save_keras(model: &dyn SavableModel, path: impl AsRef<Path>) -> Result<()> {
-    let path = path.as_ref();
-    let config = model.model_config()?;
+    save_keras_compiled(model, path.as_ref(), None)
+}
+
+/// One variable of a compiled model's optimizer, as Keras writes it under `optimizer/vars`.
+pub(crate) enum OptimizerVar {
+    /// The step count (an integer scalar).
+    Count(i64),
+    /// A float variable: the learning rate (a scalar) or a slot.
+    Values(Tensor),
+}
+
+/// A compiled model's `compile_config` and its optimizer's variables, in Keras's order.
+pub(crate) struct CompiledParts {
+    pub(crate) compile_config: Value,
+    pub(crate) optimizer_name: String,
+    pub(crate) optimizer_vars: Vec<OptimizerVar>,
+}
+
+/// [`save_keras`], with the compile options and optimizer state of a compiled model when
+/// given (`config.json`'s `compile_config`, `model.weights.h5`'s `optimizer/vars`).
+pub(crate) fn save_keras_compiled(
+    model: &dyn SavableModel,
+    path: &Path,
+    compiled: Option<&CompiledParts>,
+) -> Result<()> {
+    let mut config = model.model_config()?;
+    if let (Some(c), Some(map)) = (compiled, config.as_object_mut()) {
+        map.insert("compile_config".to_string(), c.compile_config.clone());
+    }
     let metadata = json!({
         "keras_version": KERAS_FORMAT_VERSION,
         "ferrokeras_version": env!("CARGO_PKG_VERSION"),
     });
-    let weights = weights_h5(model)?;
+    let weights = weights_h5(model, compiled)?;
     let zip_err = |e: zip::result::ZipError| {
         Error::io(
             path,
@@ -135,7 +163,7 @@ pub fn save_keras(model: &dyn SavableModel, path: impl AsRef<Path>) -> Result<()
 
 /// The weights file: `layers/{key}/vars/{i}` for every layer (deeper for layers made of
 /// sublayers, [`crate::layers::Layer::keras_vars`]), and the model's own (empty) `vars`.
-fn weights_h5(model: &dyn SavableModel) -> Result<Vec<u8>> {
+fn weights_h5(model: &dyn SavableModel, compiled: Option<&CompiledParts>) -> Result<Vec<u8>> {
     let layers = model.keras_layers();
     let keys = layer_keys(&layers);
     let mut file = FileBuilder::new();
@@ -151,6 +179,30 @@ fn weights_h5(model: &dyn SavableModel) -> Result<Vec<u8>> {
         group.add_group(layer.finish());
     }
     file.add_group(group.finish());
+    if let Some(c) = compiled {
+        let mut opt = file.create_group("optimizer");
+        let mut vars = opt.create_group("vars");
+        vars.set_attr("name", AttrValue::String(c.optimizer_name.clone()));
+        for (i, v) in c.optimizer_vars.iter().enumerate() {
+            match v {
+                OptimizerVar::Count(n) => {
+                    vars.create_dataset(&i.to_string())
+                        .with_i64_data(&[*n])
+                        .with_shape(&[]);
+                }
+                OptimizerVar::Values(t) => {
+                    let t = t.to_dtype(DType::F32)?;
+                    let shape: Vec<u64> = t.dims().iter().map(|d| *d as u64).collect();
+                    let values = t.flatten_all()?.to_vec1::<f32>()?;
+                    vars.create_dataset(&i.to_string())
+                        .with_f32_data(&values)
+                        .with_shape(&shape);
+                }
+            }
+        }
+        opt.add_group(vars.finish());
+        file.add_group(opt.finish());
+    }
     let mut own = file.create_group("vars");
     own.set_attr("name", AttrValue::String(model.name().to_string()));
     file.add_group(own.finish());
@@ -200,8 +252,9 @@ fn add_groups(parent: &mut GroupBuilder, paths: &[(Vec<&str>, &KerasVars)]) -> R
 
 /// Loads a Keras 3 `.keras` file, written by Keras (`model.save("model.keras")`) or by
 /// [`save_keras`]: the model is rebuilt from `config.json` (as
-/// [`crate::io::model_from_json`] does) and takes the weights of `model.weights.h5`. An
-/// optimizer state in the file is left aside (compile the model again to train it).
+/// [`crate::io::model_from_json`] does) and takes the weights of `model.weights.h5`. The
+/// compile options and optimizer state in the file are left aside
+/// ([`crate::trainer::Trainer::load_keras`] restores them).
 ///
 /// # Errors
 /// A missing file, not a zip archive, or one without `config.json` / `model.weights.h5`; an

@@ -10,6 +10,7 @@ pub use checkpoint::{
     write_tensors,
 };
 pub use keras_file::{KERAS_FORMAT_VERSION, load_keras, save_keras};
+pub(crate) use model_file::is_keras_path;
 pub use model_file::{
     KerasLayer, LoadedModel, MODEL_CONFIG_KEY, MODEL_FORMAT, MODEL_FORMAT_VERSION, SavableModel,
     load_model, model_from_json, save_model,

@@ -366,7 +366,7 @@ pub fn save_model(model: &dyn SavableModel, path: impl AsRef<Path>) -> Result<()
 }
 
 /// Whether `path` names a Keras `.keras` file.
-fn is_keras_path(path: &Path) -> bool {
+pub(crate) fn is_keras_path(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("keras"))
 }

@@ -56,6 +56,34 @@ pub trait Loss: Send {
         let values = self.call(y_true, y_pred)?;
         reduce_weighted(&values, sample_weight)
     }
+    /// The loss as Keras serializes it in a `.keras` file's `compile_config`
+    /// (`{"module": "keras.losses", "class_name": ..., "config": ...}`); `None` (the default) for
+    /// a loss Keras does not have.
+    ///
+    /// ```
+    /// use ferrokeras::losses::{BinaryCrossentropy, Loss};
+    /// let c = BinaryCrossentropy::new().from_logits(true).keras_config().unwrap();
+    /// assert_eq!(c["class_name"], "BinaryCrossentropy");
+    /// assert_eq!(c["config"]["from_logits"], true);
+    /// ```
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+/// Keras's serialized form of a loss of class `class`: its name, the default reduction, and
+/// `extra` (the class's own options).
+pub(crate) fn keras_loss(class: &str, name: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut config = serde_json::json!({"name": name, "reduction": "sum_over_batch_size"});
+    if let (Some(c), serde_json::Value::Object(e)) = (config.as_object_mut(), extra) {
+        c.extend(e);
+    }
+    serde_json::json!({
+        "module": "keras.losses",
+        "class_name": class,
+        "config": config,
+        "registered_name": null,
+    })
 }
 
 /// `sum(values * sample_weight) / number of products` (Keras's `reduce_weighted_values` with
@@ -217,6 +245,13 @@ impl Loss for MeanSquaredError {
     fn name(&self) -> &str {
         "mean_squared_error"
     }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        Some(keras_loss(
+            "MeanSquaredError",
+            self.name(),
+            serde_json::json!({}),
+        ))
+    }
     fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
         let (t, p) = prepare(self.name(), y_true, y_pred)?;
         mean_last(&(p - t)?.sqr()?)
@@ -226,6 +261,13 @@ impl Loss for MeanSquaredError {
 impl Loss for MeanAbsoluteError {
     fn name(&self) -> &str {
         "mean_absolute_error"
+    }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        Some(keras_loss(
+            "MeanAbsoluteError",
+            self.name(),
+            serde_json::json!({}),
+        ))
     }
     fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
         let (t, p) = prepare(self.name(), y_true, y_pred)?;
@@ -264,6 +306,13 @@ impl Default for Huber {
 impl Loss for Huber {
     fn name(&self) -> &str {
         "huber_loss"
+    }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        Some(keras_loss(
+            "Huber",
+            self.name(),
+            serde_json::json!({"delta": self.delta}),
+        ))
     }
     fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
         let (t, p) = prepare(self.name(), y_true, y_pred)?;
@@ -315,6 +364,13 @@ impl BinaryCrossentropy {
 impl Loss for BinaryCrossentropy {
     fn name(&self) -> &str {
         "binary_crossentropy"
+    }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        Some(keras_loss(
+            "BinaryCrossentropy",
+            self.name(),
+            serde_json::json!({"from_logits": self.from_logits, "label_smoothing": self.label_smoothing, "axis": -1}),
+        ))
     }
     fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
         let (t, p) = self.targets(y_true, y_pred)?;
@@ -401,6 +457,13 @@ fn categorical_ce(target: &Tensor, output: &Tensor, from_logits: bool) -> Result
 impl Loss for CategoricalCrossentropy {
     fn name(&self) -> &str {
         "categorical_crossentropy"
+    }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        Some(keras_loss(
+            "CategoricalCrossentropy",
+            self.name(),
+            serde_json::json!({"from_logits": self.from_logits, "label_smoothing": self.label_smoothing, "axis": -1}),
+        ))
     }
     fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
         let (t, p) = self.targets(y_true, y_pred)?;
@@ -533,6 +596,13 @@ fn one_hot_nan_invalid(l: &Tensor, num_classes: usize) -> Result<Tensor> {
 impl Loss for SparseCategoricalCrossentropy {
     fn name(&self) -> &str {
         "sparse_categorical_crossentropy"
+    }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        Some(keras_loss(
+            "SparseCategoricalCrossentropy",
+            self.name(),
+            serde_json::json!({"from_logits": self.from_logits, "ignore_class": null}),
+        ))
     }
     fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
         let (t, p, k) = sparse_targets(y_true, y_pred)?;

@@ -116,6 +116,9 @@ macro_rules! more_loss {
             fn name(&self) -> &str {
                 $name
             }
+            fn keras_config(&self) -> Option<serde_json::Value> {
+                Some(super::keras_loss(stringify!($ty), $name, serde_json::json!({})))
+            }
             fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
                 let v = $f.per_sample($name, y_true, y_pred)?;
                 Ok(if $sign < 0.0 { v.neg()? } else { v })

@@ -317,7 +317,8 @@ fn resolve_accuracy(y_true: &Tensor, y_pred: &Tensor, name: String) -> Box<dyn M
     }
 }
 
-fn rename(m: Box<dyn Metric>, name: String) -> Box<dyn Metric> {
+/// `m` shown under `name` (itself when that is already its name).
+pub(crate) fn rename(m: Box<dyn Metric>, name: String) -> Box<dyn Metric> {
     if m.name() == name {
         m
     } else {
@@ -334,6 +335,11 @@ struct Renamed {
 impl Metric for Renamed {
     fn name(&self) -> &str {
         &self.name
+    }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        let mut c = self.inner.keras_config()?;
+        c["config"]["name"] = serde_json::json!(self.name);
+        Some(c)
     }
     fn update_state(&mut self, t: &Tensor, p: &Tensor, sw: Option<&Tensor>) -> Result<()> {
         self.inner.update_state(t, p, sw)

@@ -250,6 +250,17 @@ macro_rules! confusion_metric {
             fn name(&self) -> &str {
                 &self.name
             }
+            fn keras_config(&self) -> Option<serde_json::Value> {
+                Some(super::keras_metric(
+                    stringify!($ty),
+                    &self.name,
+                    serde_json::json!({
+                        "thresholds": f64::from(self.threshold),
+                        "top_k": null,
+                        "class_id": null,
+                    }),
+                ))
+            }
             fn update_state(
                 &mut self,
                 y_true: &Tensor,

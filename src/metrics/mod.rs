@@ -9,6 +9,7 @@ mod compiled;
 mod confusion;
 mod functions;
 
+pub(crate) use compiled::rename as renamed;
 pub use compiled::{CompiledMetrics, MetricSpec};
 pub use confusion::{AUC, Precision, Recall};
 
@@ -98,6 +99,33 @@ pub trait Metric: Send {
             )))
         }
     }
+    /// The metric as Keras serializes it in a `.keras` file's `compile_config`
+    /// (`{"module": "keras.metrics", "class_name": ..., "config": {"name": ..., ...}}`);
+    /// `None` (the default) for a metric Keras does not have.
+    ///
+    /// ```
+    /// use ferrokeras::metrics::{BinaryAccuracy, Metric};
+    /// let c = BinaryAccuracy::new().threshold(0.25).keras_config().unwrap();
+    /// assert_eq!(c["class_name"], "BinaryAccuracy");
+    /// assert_eq!(c["config"]["threshold"], 0.25);
+    /// ```
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+/// Keras's serialized form of a metric of class `class` named `name`, with `extra` options.
+pub(crate) fn keras_metric(class: &str, name: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut config = serde_json::json!({"name": name, "dtype": "float32"});
+    if let (Some(c), serde_json::Value::Object(e)) = (config.as_object_mut(), extra) {
+        c.extend(e);
+    }
+    serde_json::json!({
+        "module": "keras.metrics",
+        "class_name": class,
+        "config": config,
+        "registered_name": null,
+    })
 }
 
 /// Weighted-mean (or sum) accumulator shared by every metric here.
@@ -651,6 +679,14 @@ macro_rules! wrapper_metric {
         impl Metric for $ty {
             fn name(&self) -> &str {
                 &self.name
+            }
+            fn keras_config(&self) -> Option<serde_json::Value> {
+                let extra = match self.kind {
+                    Kind::Binary(t) => serde_json::json!({"threshold": t}),
+                    Kind::TopK(k) | Kind::SparseTopK(k) => serde_json::json!({"k": k}),
+                    _ => serde_json::json!({}),
+                };
+                Some(keras_metric(stringify!($ty), &self.name, extra))
             }
             fn update_state(&mut self, y_true: &Tensor, y_pred: &Tensor, sample_weight: Option<&Tensor>) -> Result<()> {
                 let values = functions::per_sample(self.kind, y_true, y_pred).map_err(|e| match e {

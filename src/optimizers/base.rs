@@ -150,6 +150,50 @@ impl Base {
         }
     }
 
+    /// Keras's serialized optimizer: `BaseOptimizer`'s options (the current learning rate, or
+    /// the schedule), then `extra`, the class's own.
+    pub(super) fn keras_config(
+        &self,
+        class: &str,
+        name: &str,
+        weight_decay: f64,
+        extra: serde_json::Value,
+    ) -> Option<serde_json::Value> {
+        let lr = match &self.lr {
+            super::LearningRate::Constant(v) => serde_json::json!(v),
+            super::LearningRate::Schedule(s) => s.keras_config()?,
+        };
+        let o = &self.opts;
+        // Keras's AdamW turns a null `weight_decay` into its default 0.004: write the number.
+        let wd = if weight_decay != 0.0 || class == "AdamW" {
+            serde_json::json!(weight_decay)
+        } else {
+            serde_json::Value::Null
+        };
+        let mut config = serde_json::json!({
+            "name": name,
+            "learning_rate": lr,
+            "weight_decay": wd,
+            "clipnorm": o.clipnorm,
+            "global_clipnorm": o.global_clipnorm,
+            "clipvalue": o.clipvalue,
+            "use_ema": o.use_ema,
+            "ema_momentum": o.ema_momentum,
+            "ema_overwrite_frequency": o.ema_overwrite_frequency,
+            "loss_scale_factor": null,
+            "gradient_accumulation_steps": o.gradient_accumulation_steps,
+        });
+        if let (Some(c), serde_json::Value::Object(e)) = (config.as_object_mut(), extra) {
+            c.extend(e);
+        }
+        Some(serde_json::json!({
+            "module": "keras.optimizers",
+            "class_name": class,
+            "config": config,
+            "registered_name": null,
+        }))
+    }
+
     /// Keras's count of the optimizer's variables' values, once an update ran (see
     /// `Optimizer::variable_count`).
     pub(super) fn variable_count(&self) -> Option<usize> {

@@ -233,6 +233,21 @@ pub trait Optimizer: Send {
             "SwapEMAWeights must be used when `use_ema=True` is set on the optimizer; this optimizer keeps no moving averages.",
         ))
     }
+    /// The optimizer as Keras serializes it in a `.keras` file's `compile_config`
+    /// (`{"module": "keras.optimizers", "class_name": "Adam", "config": {...}}`), with its
+    /// current learning rate; `None` (the default) for an optimizer Keras does not have, or one
+    /// built with a learning-rate schedule Keras does not have.
+    ///
+    /// ```
+    /// use ferrokeras::optimizers::{Adam, Optimizer};
+    /// let c = Adam::new(0.01).amsgrad(true).keras_config().unwrap();
+    /// assert_eq!(c["class_name"], "Adam");
+    /// assert_eq!(c["config"]["learning_rate"], 0.01);
+    /// assert_eq!(c["config"]["amsgrad"], true);
+    /// ```
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        None
+    }
     /// The loss to differentiate: the loss itself, or the loss times the loss scale for a
     /// [`LossScaleOptimizer`] (Keras's `optimizer.scale_loss`). The default `train_step` calls it;
     /// so should a custom one that may run under `mixed_float16`.
@@ -483,6 +498,14 @@ impl Optimizer for Sgd {
     fn name(&self) -> &str {
         "SGD"
     }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        self.base.keras_config(
+            "SGD",
+            "sgd",
+            self.weight_decay,
+            serde_json::json!({"momentum": self.momentum, "nesterov": self.nesterov}),
+        )
+    }
     fn apply(&mut self, grads: &[Tensor], vars: &[Variable]) -> Result<()> {
         let (mom, nesterov, wd) = (self.momentum, self.nesterov, self.weight_decay);
         if !(0.0..=1.0).contains(&mom) {
@@ -599,6 +622,24 @@ base_options!(Adam);
 impl Optimizer for Adam {
     fn name(&self) -> &str {
         self.name
+    }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        let class = if self.name == "adamw" {
+            "AdamW"
+        } else {
+            "Adam"
+        };
+        self.base.keras_config(
+            class,
+            self.name,
+            self.weight_decay,
+            serde_json::json!({
+                "beta_1": self.beta_1,
+                "beta_2": self.beta_2,
+                "epsilon": self.epsilon,
+                "amsgrad": self.amsgrad,
+            }),
+        )
     }
     fn apply(&mut self, grads: &[Tensor], vars: &[Variable]) -> Result<()> {
         let (b1, b2, eps, ams, wd) = (
@@ -763,6 +804,19 @@ base_options!(RmsProp);
 impl Optimizer for RmsProp {
     fn name(&self) -> &str {
         "rmsprop"
+    }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        self.base.keras_config(
+            "RMSprop",
+            "rmsprop",
+            self.weight_decay,
+            serde_json::json!({
+                "rho": self.rho,
+                "momentum": self.momentum,
+                "epsilon": self.epsilon,
+                "centered": self.centered,
+            }),
+        )
     }
     fn apply(&mut self, grads: &[Tensor], vars: &[Variable]) -> Result<()> {
         let (rho, mom, eps, centered) = (self.rho, self.momentum, self.epsilon, self.centered);

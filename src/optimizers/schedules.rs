@@ -18,6 +18,29 @@ use crate::{Error, Result};
 pub trait LearningRateSchedule: Send + Sync {
     /// The learning rate at `step` (0 for the first update).
     fn at(&self, step: u64) -> f64;
+    /// The schedule as Keras serializes it (`{"module": "keras.optimizers.schedules",
+    /// "class_name": ..., "config": ...}`), for `.keras` files; `None` (the default) for a
+    /// schedule Keras does not have.
+    ///
+    /// ```
+    /// use ferrokeras::optimizers::{ExponentialDecay, LearningRateSchedule};
+    /// let c = ExponentialDecay::new(0.1, 10, 0.5).unwrap().keras_config().unwrap();
+    /// assert_eq!(c["class_name"], "ExponentialDecay");
+    /// assert_eq!(c["config"]["decay_steps"], 10);
+    /// ```
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+/// Keras's serialized form of a schedule.
+fn serialized(class: &str, config: serde_json::Value) -> Option<serde_json::Value> {
+    Some(serde_json::json!({
+        "module": "keras.optimizers.schedules",
+        "class_name": class,
+        "config": config,
+        "registered_name": null,
+    }))
 }
 
 /// `decay_steps`, refused when 0 as Keras refuses it.
@@ -76,6 +99,18 @@ impl LearningRateSchedule for ExponentialDecay {
         }
         self.initial * self.decay_rate.powf(p)
     }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        serialized(
+            "ExponentialDecay",
+            serde_json::json!({
+                "initial_learning_rate": self.initial,
+                "decay_steps": self.decay_steps,
+                "decay_rate": self.decay_rate,
+                "staircase": self.staircase,
+                "name": "ExponentialDecay",
+            }),
+        )
+    }
 }
 
 /// Keras's `PiecewiseConstantDecay`: `values[0]` while `step <= boundaries[0]`, `values[i]` while
@@ -125,6 +160,16 @@ impl LearningRateSchedule for PiecewiseConstantDecay {
     fn at(&self, step: u64) -> f64 {
         let i = self.boundaries.partition_point(|&b| b < step);
         self.values[i]
+    }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        serialized(
+            "PiecewiseConstantDecay",
+            serde_json::json!({
+                "boundaries": self.boundaries,
+                "values": self.values,
+                "name": "PiecewiseConstant",
+            }),
+        )
     }
 }
 
@@ -197,6 +242,19 @@ impl LearningRateSchedule for PolynomialDecay {
         let p = s / decay_steps;
         (self.initial - self.end) * (1.0 - p).powf(self.power) + self.end
     }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        serialized(
+            "PolynomialDecay",
+            serde_json::json!({
+                "initial_learning_rate": self.initial,
+                "decay_steps": self.decay_steps,
+                "end_learning_rate": self.end,
+                "power": self.power,
+                "cycle": self.cycle,
+                "name": "PolynomialDecay",
+            }),
+        )
+    }
 }
 
 /// Keras's `InverseTimeDecay`: `initial / (1 + decay_rate * step / decay_steps)` (the quotient
@@ -243,6 +301,18 @@ impl LearningRateSchedule for InverseTimeDecay {
             p = p.floor();
         }
         self.initial / (1.0 + self.decay_rate * p)
+    }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        serialized(
+            "InverseTimeDecay",
+            serde_json::json!({
+                "initial_learning_rate": self.initial,
+                "decay_steps": self.decay_steps,
+                "decay_rate": self.decay_rate,
+                "staircase": self.staircase,
+                "name": "InverseTimeDecay",
+            }),
+        )
     }
 }
 
@@ -323,5 +393,18 @@ impl LearningRateSchedule for CosineDecay {
         } else {
             self.decay(s - warmup, target)
         }
+    }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        serialized(
+            "CosineDecay",
+            serde_json::json!({
+                "initial_learning_rate": self.initial,
+                "decay_steps": self.decay_steps,
+                "alpha": self.alpha,
+                "name": "CosineDecay",
+                "warmup_target": self.warmup_target,
+                "warmup_steps": self.warmup_steps,
+            }),
+        )
     }
 }

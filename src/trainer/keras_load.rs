@@ -19,16 +19,54 @@ use crate::{Error, Result};
 /// trainable variable in Keras's order (`optimizer/vars` holds `iterations`, `learning_rate`,
 /// then the slots: Adam's momentum and velocity interleaved per variable, then the AMSGrad
 /// maxima; RMSprop's velocities, then its momenta, then its average gradients).
-enum Kind {
+pub(super) enum Kind {
     Adam { amsgrad: bool },
     Sgd { momentum: bool },
     RmsProp { momentum: bool, centered: bool },
 }
 
 impl Kind {
-    /// Keras's slot groups, in order: each group is a list of our slot names taken per
-    /// variable, interleaved.
-    fn groups(&self) -> Vec<Vec<&'static str>> {
+    /// The kind of Keras's serialized optimizer `{"class_name": ..., "config": ...}`.
+    pub(super) fn of_keras(v: &Value) -> Option<Kind> {
+        let config = v.get("config")?;
+        let flag = |k: &str| config.get(k).and_then(Value::as_bool).unwrap_or(false);
+        let momentum = config
+            .get("momentum")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        match v.get("class_name")?.as_str()? {
+            "Adam" | "AdamW" => Some(Kind::Adam {
+                amsgrad: flag("amsgrad"),
+            }),
+            "SGD" => Some(Kind::Sgd {
+                momentum: momentum != 0.0,
+            }),
+            "RMSprop" => Some(Kind::RmsProp {
+                momentum: momentum > 0.0,
+                centered: flag("centered"),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Keras's groups of optimizer variables after the step count and learning rate, in order:
+    /// each group is a list of our slot names taken per variable, interleaved. The moving
+    /// averages (`use_ema`) and gradient accumulators come first, as Keras's `build` makes
+    /// them before the class's own slots.
+    pub(super) fn groups(&self, ema: bool, accumulation: bool) -> Vec<Vec<&'static str>> {
+        let mut g = Vec::new();
+        if ema {
+            g.push(vec!["ema"]);
+        }
+        if accumulation {
+            g.push(vec!["accumulator"]);
+        }
+        g.extend(self.own_groups());
+        g
+    }
+
+    /// The class's own slot groups.
+    fn own_groups(&self) -> Vec<Vec<&'static str>> {
         match self {
             Kind::Adam { amsgrad } => {
                 let mut g = vec![vec!["m", "v"]];
@@ -191,7 +229,8 @@ fn schedule_from_keras(v: &Value, what: &str) -> Result<LearningRate> {
 struct ReadOptimizer {
     optimizer: Box<dyn Optimizer>,
     kind: Kind,
-    extra_slots: bool,
+    ema: bool,
+    accumulation: bool,
     scheduled: bool,
 }
 
@@ -261,13 +300,14 @@ fn optimizer_from_keras(v: &Value) -> Result<ReadOptimizer> {
             )));
         }
     };
-    let extra_slots =
-        c.bool_or("use_ema", false)? || opt_u64(&mut c, "gradient_accumulation_steps")?.is_some();
+    let ema = c.bool_or("use_ema", false)?;
+    let accumulation = opt_u64(&mut c, "gradient_accumulation_steps")?.is_some_and(|n| n > 0);
     c.finish()?;
     Ok(ReadOptimizer {
         optimizer: opt,
         kind,
-        extra_slots,
+        ema,
+        accumulation,
         scheduled,
     })
 }
@@ -359,22 +399,73 @@ fn loss_from_keras(v: &Value) -> Result<LossSpec> {
     Ok(loss)
 }
 
-/// A metric of Keras's `compile_config`: a name, or a serialized metric with its default name.
+/// A metric of Keras's `compile_config`: a name, or a serialized metric (its name, and the
+/// options ferrokeras's metric of that class takes: `threshold`, `k`, one `thresholds` value).
 fn metric_from_keras(v: &Value) -> Result<MetricSpec> {
+    use crate::metrics::{
+        BinaryAccuracy, Metric, Precision, Recall, SparseTopKCategoricalAccuracy,
+        TopKCategoricalAccuracy,
+    };
     if let Some(name) = v.as_str() {
         return Ok(MetricSpec::from(name));
     }
-    let (class, config) = plain_object(v, "a metric", &["name", "dtype"])?;
-    let metric = crate::metrics::get(class)?;
-    if let Some(name) = config.get("name").and_then(Value::as_str)
-        && name != metric.name()
-    {
-        return Err(Error::value(format!(
-            "metric `{class}` in the file's `compile_config` is named {name:?}; ferrokeras reads metrics under their default names ({:?}) from a `.keras` file. Load the model with `ferrokeras::io::load_keras` and compile it yourself",
-            metric.name()
-        )));
-    }
-    Ok(MetricSpec::Object(metric))
+    let (class, config) = plain_object(
+        v,
+        "a metric",
+        &[
+            "name",
+            "dtype",
+            "threshold",
+            "k",
+            "thresholds",
+            "top_k",
+            "class_id",
+        ],
+    )?;
+    let mut c = ConfigReader::new(&format!("metric `{class}`"), config)?;
+    c.get("dtype");
+    let name = c.get("name").and_then(Value::as_str).map(str::to_string);
+    let k = |c: &mut ConfigReader| -> Result<usize> {
+        match c.get("k") {
+            None => Ok(5),
+            Some(v) => v
+                .as_u64()
+                .map(|k| k as usize)
+                .ok_or_else(|| c.invalid("k", "a positive integer", v)),
+        }
+    };
+    let threshold = |c: &mut ConfigReader| -> Result<f32> {
+        for key in ["top_k", "class_id"] {
+            if let Some(v) = c.get(key) {
+                return Err(c.invalid(key, "null", v));
+            }
+        }
+        match c.get("thresholds") {
+            None => Ok(0.5),
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_number() => {
+                Ok(a[0].as_f64().unwrap_or(0.5) as f32)
+            }
+            Some(v) if v.is_number() => Ok(v.as_f64().unwrap_or(0.5) as f32),
+            Some(v) => Err(c.invalid("thresholds", "one number, or null", v)),
+        }
+    };
+    let metric: Box<dyn Metric> = match class {
+        "BinaryAccuracy" => {
+            Box::new(BinaryAccuracy::new().threshold(c.f64_or("threshold", 0.5)? as f32))
+        }
+        "TopKCategoricalAccuracy" => Box::new(TopKCategoricalAccuracy::new().k(k(&mut c)?)),
+        "SparseTopKCategoricalAccuracy" => {
+            Box::new(SparseTopKCategoricalAccuracy::new().k(k(&mut c)?))
+        }
+        "Precision" => Box::new(Precision::new().threshold(threshold(&mut c)?)?),
+        "Recall" => Box::new(Recall::new().threshold(threshold(&mut c)?)?),
+        other => crate::metrics::get(other)?,
+    };
+    c.finish()?;
+    Ok(MetricSpec::Object(match name {
+        Some(n) => crate::metrics::renamed(metric, n),
+        None => metric,
+    }))
 }
 
 /// A list (or one, or null) of losses or metrics.
@@ -458,14 +549,15 @@ impl Trainer<LoadedModel> {
                     ReadOptimizer {
                         optimizer: o,
                         kind: k,
-                        extra_slots: false,
+                        ema: false,
+                        accumulation: false,
                         scheduled: false,
                     }
                 }
                 None => optimizer_from_keras(o).map_err(within)?,
             };
             compile.optimizer = Some(super::options::OptimizerSpec::Object(r.optimizer));
-            read = Some((r.kind, r.extra_slots, r.scheduled));
+            read = Some((r.kind, r.ema, r.accumulation, r.scheduled));
         }
         compile.losses = list(cc.get("loss"), loss_from_keras).map_err(within)?;
         if let Some(w) = cc.get("loss_weights").filter(|v| !v.is_null()) {
@@ -485,10 +577,11 @@ impl Trainer<LoadedModel> {
         let mut trainer = Trainer::new(archive.model)
             .compile(compile)
             .map_err(within)?;
-        if let Some((kind, extra_slots, scheduled)) = read {
+        if let Some((kind, ema, accumulation, scheduled)) = read {
             let layout = VarsLayout {
                 kind: &kind,
-                extra_slots,
+                ema,
+                accumulation,
                 scheduled,
             };
             load_optimizer_vars(&mut trainer, &archive.weights, &layout, path)?;
@@ -501,7 +594,8 @@ impl Trainer<LoadedModel> {
 /// then the slots of `kind`.
 struct VarsLayout<'a> {
     kind: &'a Kind,
-    extra_slots: bool,
+    ema: bool,
+    accumulation: bool,
     scheduled: bool,
 }
 
@@ -513,7 +607,7 @@ fn load_optimizer_vars(
     layout: &VarsLayout,
     path: &Path,
 ) -> Result<()> {
-    let (kind, extra_slots) = (layout.kind, layout.extra_slots);
+    let kind = layout.kind;
     // The step count, and the learning rate when it is a variable.
     let head = if layout.scheduled { 1 } else { 2 };
     let group = "optimizer/vars";
@@ -567,16 +661,11 @@ fn load_optimizer_vars(
         read(1)?.1
     };
     let vars = trainer.model().trainable_variables();
-    let groups = kind.groups();
+    let groups = kind.groups(layout.ema, layout.accumulation);
     let slots_per_var: usize = groups.iter().map(Vec::len).sum();
     let expected = head + slots_per_var * vars.len();
     if count == head {
         // Compiled and saved before any step: no slots yet.
-    } else if extra_slots {
-        return Err(Error::value(format!(
-            "`{}`: the optimizer keeps moving averages or accumulated gradients (`use_ema` or `gradient_accumulation_steps`), whose state ferrokeras does not read from a `.keras` file yet",
-            path.display()
-        )));
     } else if count != expected {
         return Err(Error::value(format!(
             "`{}`: `{group}` holds {count} variables, but the optimizer of this model ({} trainable variables, {slots_per_var} slot(s) each) has {expected}",

@@ -11,6 +11,7 @@
 mod backup;
 mod batches;
 mod keras_load;
+mod keras_save;
 mod options;
 
 pub use backup::BackupAndRestore;
@@ -56,6 +57,9 @@ pub struct Trainer<M: Model> {
     ctx: StepContext,
     /// Where batches go: the device of the model's weights, once it has some.
     device: Option<candle_core::Device>,
+    /// The losses and metrics of the last `compile` in Keras's `compile_config` form (`None`
+    /// before any `compile`).
+    keras_compile: Option<keras_save::KerasCompile>,
 }
 
 /// `model.compile(...)` on any model.
@@ -86,9 +90,18 @@ impl<M: Model> DerefMut for Trainer<M> {
 
 impl<M: crate::io::SavableModel> Trainer<M> {
     /// Saves the model, architecture and weights (Keras's `model.save`): in Keras 3's own
-    /// format for a path ending in `.keras` (Keras's `keras.saving.load_model` reads it), else
-    /// as ferrokeras's model file; both load with [`crate::io::load_model`]. The optimizer state
-    /// is not saved ([`Trainer::save_checkpoint`] keeps it, to resume training).
+    /// format for a path ending in `.keras`, else as ferrokeras's model file; both load with
+    /// [`crate::io::load_model`].
+    ///
+    /// A `.keras` file also keeps what Keras keeps of a compiled model: the compile options
+    /// (optimizer with its current learning rate or its schedule, losses, loss weights,
+    /// metrics) and the optimizer's variables (step count, learning rate, every slot, moving
+    /// averages and gradient accumulators), so that Keras's `keras.saving.load_model`, or
+    /// [`Trainer::load_keras`] here, returns a compiled model whose training goes on with the
+    /// same numbers. A compile with something Keras cannot rebuild (a loss, metric or optimizer
+    /// of your own, or the loss-scale wrapper of `mixed_float16`) saves the model alone, as
+    /// uncompiled. ferrokeras's own model file keeps no optimizer state
+    /// ([`Trainer::save_checkpoint`] does).
     ///
     /// ```
     /// use ferrokeras::prelude::*;
@@ -102,12 +115,20 @@ impl<M: crate::io::SavableModel> Trainer<M> {
     ///     ws.iter().map(|w| w.flatten_all().unwrap().to_vec1().unwrap()).collect()
     /// };
     /// assert_eq!(values(loaded.get_weights()), values(trainer.get_weights()));
+    /// // Compiled: Keras's `load_model`, or `Trainer::load_keras`, gets the optimizer back.
+    /// let mut again = Trainer::load_keras(&path)?;
+    /// assert_eq!(again.context().optimizer()?.name(), "adam");
     /// # Ok(()) }
     /// ```
     ///
     /// # Errors
     /// A layer that cannot describe itself, or an unwritable path.
     pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let path = path.as_ref();
+        if crate::io::is_keras_path(path) {
+            let parts = self.keras_compiled_parts()?;
+            return crate::io::keras_file::save_keras_compiled(&self.model, path, parts.as_ref());
+        }
         crate::io::save_model(&self.model, path)
     }
 }
@@ -120,6 +141,7 @@ impl<M: Model> Trainer<M> {
             model,
             ctx: StepContext::new(),
             device: None,
+            keras_compile: None,
         }
     }
 
@@ -128,6 +150,7 @@ impl<M: Model> Trainer<M> {
     /// # Errors
     /// An unknown shorthand, or inconsistent loss weights.
     pub fn compile(mut self, c: Compile) -> Result<Self> {
+        let keras = keras_save::compile_parts(&c);
         let mut ctx = StepContext::new();
         ctx.optimizer = match c.optimizer {
             Some(OptimizerSpec::Name(n)) => Some(crate::optimizers::get(&n)?),
@@ -159,6 +182,7 @@ impl<M: Model> Trainer<M> {
         }
         ctx.metrics = CompiledMetrics::with_weighted(c.metrics, c.weighted_metrics)?;
         self.ctx = ctx;
+        self.keras_compile = Some(keras);
         Ok(self)
     }
 
