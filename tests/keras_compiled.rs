@@ -413,3 +413,156 @@ fn a_loss_of_your_own_saves_the_model_uncompiled() {
     }
     let _ = std::fs::remove_file(&file);
 }
+
+/// Keras's `save_weights` file of a compiled model (`adam_bn.weights.h5`, written after the
+/// epoch of `keras_compiled.json`) gives the weights and the optimizer's step count of that
+/// epoch; ferrokeras's `.weights.h5` is the weights part of its `.keras` file, and reads back.
+#[test]
+fn keras_weights_files_both_ways() {
+    let fx = read("keras_compiled.json");
+    let case = &fx["cases"]["adam_bn"];
+    let mut trainer: Trainer<LoadedModel> =
+        Trainer::load_keras(path("keras_compiled").join("adam_bn.keras")).unwrap();
+    trainer
+        .load_weights(path("keras_compiled").join("adam_bn.weights.h5"))
+        .unwrap();
+    let want = case["weights_after"].as_array().unwrap();
+    for (w, k) in trainer.get_weights().iter().zip(want) {
+        assert_eq!(flat(w), flat(&tensor(k)));
+    }
+    assert_eq!(
+        trainer.context().optimizer().unwrap().iterations(),
+        case["iterations_after"].as_u64().unwrap()
+    );
+
+    let dir = std::env::temp_dir().join(format!("ferrokeras-weights-h5-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (weights, whole) = (dir.join("m.weights.h5"), dir.join("m.keras"));
+    trainer.save_weights(&weights).unwrap();
+    trainer.save(&whole).unwrap();
+    assert!(std::fs::read(&weights).unwrap() == entries(&whole)[1]);
+    // Into a fresh trainer of the same compile: weights and optimizer state.
+    let mut fresh: Trainer<LoadedModel> =
+        Trainer::load_keras(path("keras_compiled").join("adam_bn.keras")).unwrap();
+    fresh.load_weights(&weights).unwrap();
+    for (a, b) in trainer.get_weights().iter().zip(fresh.get_weights()) {
+        assert_eq!(flat(a), flat(&b));
+    }
+    let (a, b) = (
+        trainer.context().optimizer().unwrap().state().unwrap(),
+        fresh.context().optimizer().unwrap().state().unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    for ((ka, ta), (kb, tb)) in a.iter().zip(&b) {
+        assert_eq!(ka, kb);
+        let f = |t: &Tensor| {
+            t.to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        };
+        assert_eq!(f(ta), f(tb), "{ka}");
+    }
+    // The model alone (io::save_weights / load_weights) goes through the same file.
+    let mut model =
+        ferrokeras::io::load_keras(path("keras_compiled").join("adam_bn.keras")).unwrap();
+    ferrokeras::io::load_weights(&mut model, &weights).unwrap();
+    for (a, b) in trainer.get_weights().iter().zip(model.get_weights()) {
+        assert_eq!(flat(a), flat(&b));
+    }
+
+    // Errors: a weights file of another architecture changes nothing; `.h5` without
+    // `.weights`; a model of your own.
+    let other = Sequential::new()
+        .input(&[3])
+        .add(Dense::new(8))
+        .add(Dense::new(2));
+    let before = other.get_weights();
+    let mut other = other;
+    let e = ferrokeras::io::load_weights(&mut other, &weights)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("shape") || e.contains("no weights"), "{e}");
+    for (a, b) in before.iter().zip(other.get_weights()) {
+        assert_eq!(flat(a), flat(&b));
+    }
+    let e = ferrokeras::io::save_weights(&other, dir.join("w.h5"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("must end in `.weights.h5`"), "{e}");
+    struct Own(Sequential);
+    impl Model for Own {
+        fn call(&mut self, x: &Data, training: bool) -> ferrokeras::Result<Data> {
+            self.0.call(x, training)
+        }
+        fn variables(&self) -> Vec<ferrokeras::Variable> {
+            self.0.variables()
+        }
+    }
+    let own = Own(Sequential::new().input(&[3]).add(Dense::new(1)));
+    let e = ferrokeras::io::save_weights(&own, dir.join("own.weights.h5"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model of your own") && e.contains(".safetensors"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `ModelCheckpoint` to a `.keras` path writes Keras's compiled model file, which
+/// `Trainer::load_keras` resumes from with the trained weights and optimizer state; to a
+/// `.weights.h5` path (weights only), Keras's weights file.
+#[test]
+fn model_checkpoint_writes_keras_files() {
+    use ferrokeras::callbacks::ModelCheckpoint;
+    let dir = std::env::temp_dir().join(format!("ferrokeras-ckpt-keras-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let x = Tensor::rand(-1f32, 1.0, (20, 3), &dev).unwrap();
+    let y = x.sum_keepdim(1).unwrap();
+    let mut t = Sequential::new()
+        .input(&[3])
+        .add(Dense::new(4).activation("relu").unwrap())
+        .add(Dense::new(1))
+        .compile(
+            Compile::new()
+                .optimizer(Adam::new(0.01))
+                .loss("mse")
+                .metrics(["mae"]),
+        )
+        .unwrap();
+    let whole = dir
+        .join("model-{epoch}.keras")
+        .to_string_lossy()
+        .to_string();
+    let weights = dir
+        .join("w-{epoch}.weights.h5")
+        .to_string_lossy()
+        .to_string();
+    t.fit(
+        (x.clone(), y.clone()),
+        FitOptions::new()
+            .epochs(2)
+            .batch_size(5)
+            .verbose(0)
+            .callback(ModelCheckpoint::new(whole))
+            .callback(ModelCheckpoint::new(weights).save_weights_only(true)),
+    )
+    .unwrap();
+    let mut loaded: Trainer<LoadedModel> = Trainer::load_keras(dir.join("model-2.keras")).unwrap();
+    assert_eq!(loaded.context().optimizer().unwrap().iterations(), 8);
+    for (a, b) in t.get_weights().iter().zip(loaded.get_weights()) {
+        assert_eq!(flat(a), flat(&b));
+    }
+    // Epoch 1's weights file, into the model of epoch 2: the weights and step count of epoch 1.
+    loaded.load_weights(dir.join("w-1.weights.h5")).unwrap();
+    assert_eq!(loaded.context().optimizer().unwrap().iterations(), 4);
+    let h = loaded
+        .evaluate((x, y), EvaluateOptions::new().verbose(0))
+        .unwrap();
+    assert!(h.contains("mae"), "{h:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -129,7 +129,10 @@ fn format_spec(v: f64, spec: &str, template: &str) -> Result<String> {
 /// Keras's `ModelCheckpoint`: saves at the end of every epoch (or every N batches), optionally only
 /// when the monitored value improves. With `save_weights_only` the file holds the weights
 /// ([`crate::io::save_weights`]); otherwise a checkpoint with the optimizer's and the model's extra
-/// state as well ([`crate::io::save_checkpoint`]). Files are written atomically.
+/// state as well ([`crate::io::save_checkpoint`]). A path in Keras's formats gives Keras's files:
+/// `.keras` the whole compiled model (as [`crate::trainer::Trainer::save`]), `.weights.h5`
+/// (with `save_weights_only`) the weights and the optimizer's variables. Files are written
+/// atomically.
 ///
 /// ```no_run
 /// use ferrokeras::callbacks::ModelCheckpoint;
@@ -299,7 +302,20 @@ impl ModelCheckpoint {
         if !self.should_save(logs, &path)? {
             return Ok(());
         }
-        if self.save_weights_only {
+        let keras_weights = crate::io::is_keras_weights(&path);
+        if self.save_weights_only && keras_weights
+            || !self.save_weights_only && crate::io::is_keras_path(&path)
+        {
+            // Keras's formats, as Keras's callback writes them: the compiled model's optimizer
+            // (and, in a `.keras` file, its compile options) included.
+            let model = crate::io::keras_layout(ctx.model, &path)?;
+            let parts = crate::trainer::compiled_parts(ctx.compiled, ctx.model)?;
+            if keras_weights {
+                crate::io::keras_file::save_weights_h5(model, &path, parts.as_ref())?;
+            } else {
+                crate::io::keras_file::save_keras_compiled(model, &path, parts.as_ref())?;
+            }
+        } else if self.save_weights_only {
             crate::io::save_weights(ctx.model, &path)?;
         } else {
             let mut meta = std::collections::BTreeMap::new();

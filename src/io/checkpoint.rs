@@ -217,7 +217,9 @@ fn names_for(model: &dyn Model, file: &TensorFile) -> Vec<(String, crate::Variab
     }
 }
 
-/// Saves every variable of `model` to a safetensors file (`"dense_1/kernel"` → tensor).
+/// Saves every variable of `model` to a safetensors file (`"dense_1/kernel"` → tensor), or,
+/// for a path ending in `.weights.h5`, to Keras 3's weights file (what Keras's
+/// `model.save_weights("m.weights.h5")` writes and `model.load_weights` reads).
 ///
 /// ```
 /// use ferrokeras::prelude::*;
@@ -226,11 +228,21 @@ fn names_for(model: &dyn Model, file: &TensorFile) -> Vec<(String, crate::Variab
 /// ferrokeras::io::save_weights(&model, &path).unwrap();
 /// let mut again = model; // a model of the same structure
 /// ferrokeras::io::load_weights(&mut again, &path).unwrap();
+/// // Keras's own format:
+/// let keras = std::env::temp_dir().join("ferrokeras-doc.weights.h5");
+/// ferrokeras::io::save_weights(&again, &keras).unwrap();
+/// ferrokeras::io::load_weights(&mut again, &keras).unwrap();
 /// ```
 ///
 /// # Errors
-/// An unwritable path.
+/// An unwritable path; for `.weights.h5`, a model of your own (Keras's layout lists the layers
+/// of a `Sequential`, functional or loaded model).
 pub fn save_weights(model: &dyn Model, path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    if is_keras_weights(path) {
+        return super::keras_file::save_weights_h5(keras_layout(model, path)?, path, None);
+    }
+    refuse_other_h5(path)?;
     let mut file = TensorFile::default();
     for (name, v) in model.named_variables() {
         file.tensors.insert(name, v.value());
@@ -239,17 +251,55 @@ pub fn save_weights(model: &dyn Model, path: impl AsRef<Path>) -> Result<()> {
         .insert("format".into(), "ferrokeras.weights".into());
     file.metadata
         .insert(WEIGHT_NAMES_KEY.into(), WEIGHT_NAMES.into());
-    write_tensors(path.as_ref(), &file)
+    write_tensors(path, &file)
+}
+
+/// Whether `path` names Keras 3's weights file (`*.weights.h5`, as Keras requires).
+pub(crate) fn is_keras_weights(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".weights.h5"))
+}
+
+/// Keras's rule for weights files: an HDF5 name ends in `.weights.h5`; a safetensors file is
+/// not given an `.h5` name.
+pub(crate) fn refuse_other_h5(path: &Path) -> Result<()> {
+    if path.extension().is_some_and(|e| e == "h5") {
+        return Err(Error::value(format!(
+            "The filename must end in `.weights.h5` (Keras's weights file) or `.safetensors`. Received: filepath={}",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `model` as Keras's files list its layers, or why it cannot be.
+pub(crate) fn keras_layout<'a>(
+    model: &'a dyn Model,
+    path: &Path,
+) -> Result<&'a dyn super::SavableModel> {
+    model.as_savable().ok_or_else(|| {
+        Error::value(format!(
+            "`{}` is in one of Keras's formats, which list the layers of a Sequential, functional or loaded model; model \"{}\" is a model of your own. Use a `.safetensors` path instead",
+            path.display(),
+            model.name()
+        ))
+    })
 }
 
 /// Loads weights saved by [`save_weights`] (or any safetensors file with the model's variable
-/// names).
+/// names); a path ending in `.h5` is read as Keras 3's weights file (Keras's
+/// `model.save_weights("m.weights.h5")`), layer by layer in Keras's order.
 ///
 /// # Errors
 /// A missing or corrupt file, or a file that does not match the model (the first missing name or
 /// differing shape is named; nothing is assigned then).
 pub fn load_weights(model: &mut dyn Model, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
+    if path.extension().is_some_and(|e| e == "h5") {
+        super::keras_file::load_weights_h5(keras_layout(model, path)?, path)?;
+        return Ok(());
+    }
     let file = read_tensors(path)?;
     let vars = names_for(model, &file);
     if let Some(extra) = file.tensors.keys().find(|k| {

@@ -304,13 +304,7 @@ pub(crate) fn read_keras(path: &Path) -> Result<KerasArchive> {
     })?;
     let h5 = hdf5_pure::File::from_bytes(weights)
         .map_err(|e| not_keras(format!("`model.weights.h5` is not HDF5 ({e})")))?;
-    let layers = model.keras_layers();
-    let keys = layer_keys(&layers);
-    for (l, key) in layers.iter().zip(&keys) {
-        for g in &l.groups {
-            read_group(&h5, &format!("layers/{key}/{}", g.path), l, g, path)?;
-        }
-    }
+    assign_layers(&h5, &model, path)?;
     Ok(KerasArchive {
         config: value,
         weights: h5,
@@ -318,14 +312,64 @@ pub(crate) fn read_keras(path: &Path) -> Result<KerasArchive> {
     })
 }
 
-/// Assigns the variables of `vars` (one group of layer `l`) from the datasets of `group`.
+/// Reads every layer's variables from `h5` (Keras's `layers/{key}/...` groups) and assigns
+/// them once all are read and checked: nothing changes when one is missing or misshapen.
+fn assign_layers(h5: &hdf5_pure::File, model: &dyn SavableModel, path: &Path) -> Result<()> {
+    let layers = model.keras_layers();
+    let keys = layer_keys(&layers);
+    let mut pending = Vec::new();
+    for (l, key) in layers.iter().zip(&keys) {
+        for g in &l.groups {
+            pending.extend(read_group(
+                h5,
+                &format!("layers/{key}/{}", g.path),
+                l,
+                g,
+                path,
+            )?);
+        }
+    }
+    for (v, t) in pending {
+        v.assign(&t)?;
+    }
+    Ok(())
+}
+
+/// Saves `model`'s weights as Keras's weights file (`model.save_weights("m.weights.h5")`):
+/// the `model.weights.h5` of a `.keras` archive, alone; `compiled` adds a compiled
+/// model's optimizer, as Keras's file of a compiled model holds it.
+pub(crate) fn save_weights_h5(
+    model: &dyn SavableModel,
+    path: &Path,
+    compiled: Option<&CompiledParts>,
+) -> Result<()> {
+    let bytes = weights_h5(model, compiled)?;
+    super::write_atomic(path, &bytes)
+}
+
+/// Loads Keras's weights file (`model.save_weights("m.weights.h5")`, or [`save_weights_h5`])
+/// into `model`; returns the file, for its optimizer variables.
+pub(crate) fn load_weights_h5(model: &dyn SavableModel, path: &Path) -> Result<hdf5_pure::File> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let h5 = hdf5_pure::File::from_bytes(bytes).map_err(|e| {
+        Error::value(format!(
+            "`{}` is not a Keras weights file: not HDF5 ({e})",
+            path.display()
+        ))
+    })?;
+    assign_layers(&h5, model, path)?;
+    Ok(h5)
+}
+
+/// The values for the variables of `vars` (one group of layer `l`), from the datasets of
+/// `group`: each variable with its value, checked, to be assigned once every group is read.
 fn read_group(
     h5: &hdf5_pure::File,
     group: &str,
     l: &KerasLayer,
     vars: &KerasVars,
     path: &Path,
-) -> Result<()> {
+) -> Result<Vec<(crate::tape::Variable, Tensor)>> {
     let (class, name) = (&l.class, &l.name);
     let not_keras = |what: String| {
         Error::value(format!(
@@ -334,15 +378,15 @@ fn read_group(
         ))
     };
     if vars.variables.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let stored: Vec<String> = match h5.group(group) {
         Ok(g) => g
             .datasets()
-            .map_err(|e| not_keras(format!("cannot list `{group}` in `model.weights.h5` ({e})")))?,
+            .map_err(|e| not_keras(format!("cannot list `{group}` in the weights ({e})")))?,
         Err(_) => {
             return Err(Error::value(format!(
-                "`{}` holds no weights for layer \"{name}\" ({class}): `model.weights.h5` has no group `{group}`; the file's architecture and weights do not match",
+                "`{}` holds no weights for layer \"{name}\" ({class}): the weights have no group `{group}`; the file and the model do not match",
                 path.display()
             )));
         }
@@ -355,6 +399,7 @@ fn read_group(
             stored.len()
         )));
     }
+    let mut out = Vec::with_capacity(vars.variables.len());
     for (i, v) in vars.variables.iter().enumerate() {
         let dataset = format!("{group}/{i}");
         let read = || -> std::result::Result<(Vec<usize>, Vec<f32>), hdf5_pure::Error> {
@@ -362,11 +407,8 @@ fn read_group(
             let shape = d.shape()?.iter().map(|s| *s as usize).collect();
             Ok((shape, d.read_f32()?))
         };
-        let (shape, values) = read().map_err(|e| {
-            not_keras(format!(
-                "cannot read `{dataset}` in `model.weights.h5` ({e})"
-            ))
-        })?;
+        let (shape, values) = read()
+            .map_err(|e| not_keras(format!("cannot read `{dataset}` in the weights ({e})")))?;
         if shape != v.shape().dims() {
             return Err(Error::value(format!(
                 "the weights in `{}` do not match its architecture: `{dataset}` (layer \"{name}\", variable `{}`) has shape {shape:?}, the layer expects {:?}",
@@ -377,9 +419,9 @@ fn read_group(
         }
         let t = Tensor::from_vec(values, shape, v.as_tensor().device())?
             .to_dtype(v.as_tensor().dtype())?;
-        v.assign(&t)?;
+        out.push((v.clone(), t));
     }
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub use checkpoint::{
     optimizer_state, read_tensors, restore_checkpoint_file, save_checkpoint, save_weights,
     write_tensors,
 };
+pub(crate) use checkpoint::{is_keras_weights, keras_layout};
 pub use keras_file::{KERAS_FORMAT_VERSION, load_keras, save_keras};
 pub(crate) use model_file::is_keras_path;
 pub use model_file::{

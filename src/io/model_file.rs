@@ -214,6 +214,9 @@ impl std::fmt::Debug for LoadedModel {
 }
 
 impl Model for LoadedModel {
+    fn as_savable(&self) -> Option<&dyn crate::io::SavableModel> {
+        Some(self)
+    }
     fn call(&mut self, x: &Data, training: bool) -> Result<Data> {
         self.inner_mut().call(x, training)
     }

@@ -28,6 +28,9 @@ pub struct StepContext {
     pub(crate) built: bool,
     pub(crate) epoch: usize,
     pub(crate) step: usize,
+    /// The losses and metrics of the `compile` in Keras's `compile_config` form, or why Keras
+    /// could not rebuild them (`None` when nothing was compiled).
+    pub(crate) keras_compile: Option<std::result::Result<serde_json::Value, String>>,
 }
 
 impl Default for StepContext {
@@ -49,6 +52,7 @@ impl StepContext {
             built: false,
             epoch: 0,
             step: 0,
+            keras_compile: None,
         }
     }
 

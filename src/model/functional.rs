@@ -575,6 +575,9 @@ impl Functional {
 }
 
 impl Model for Functional {
+    fn as_savable(&self) -> Option<&dyn crate::io::SavableModel> {
+        Some(self)
+    }
     fn output_names(&self) -> Vec<String> {
         self.outputs
             .iter()

@@ -320,6 +320,20 @@ pub trait Model: Send {
         }
     }
 
+    /// The model as a [`crate::io::SavableModel`] (its architecture as Keras's JSON and its
+    /// layers as Keras's files list them), where it is one: `Sequential`, `Functional` and
+    /// `LoadedModel` are; a model of your own is not (the default, `None`). Files in Keras's
+    /// formats (`.keras`, `.weights.h5`) need it.
+    ///
+    /// ```
+    /// use ferrokeras::prelude::*;
+    /// let model = Sequential::new().input(&[2]).add(Dense::new(1));
+    /// assert!(model.as_savable().is_some());
+    /// ```
+    fn as_savable(&self) -> Option<&dyn crate::io::SavableModel> {
+        None
+    }
+
     /// Copies of the current values of every variable, in [`Model::variables`] order (Keras's
     /// `get_weights`, which returns NumPy copies): later training does not change them, so
     /// `set_weights(&w)` restores them.
@@ -438,6 +452,9 @@ impl<M: Model + ?Sized> Model for Box<M> {
     }
     fn load_extra_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
         (**self).load_extra_state(state)
+    }
+    fn as_savable(&self) -> Option<&dyn crate::io::SavableModel> {
+        (**self).as_savable()
     }
 }
 

@@ -506,6 +506,9 @@ impl Layer for Sequential {
 }
 
 impl Model for Sequential {
+    fn as_savable(&self) -> Option<&dyn crate::io::SavableModel> {
+        Some(self)
+    }
     fn call(&mut self, x: &Data, training: bool) -> Result<Data> {
         Ok(Data::Tensor(Layer::call(self, x.tensor()?, training)?))
     }

@@ -590,6 +590,36 @@ impl Trainer<LoadedModel> {
     }
 }
 
+/// Restores the optimizer's variables of a Keras weights file into `trainer`'s optimizer,
+/// laid out as that optimizer's Keras form says; nothing when the trainer has no optimizer with
+/// a Keras form, or the file holds no optimizer variables.
+pub(super) fn load_optimizer_from_h5<M: Model>(
+    trainer: &mut Trainer<M>,
+    h5: &hdf5_pure::File,
+    path: &Path,
+) -> Result<()> {
+    let Some(config) = trainer
+        .context()
+        .optimizer_ref()
+        .and_then(|o| o.keras_config())
+    else {
+        return Ok(());
+    };
+    let Some(kind) = Kind::of_keras(&config) else {
+        return Ok(());
+    };
+    let c = &config["config"];
+    let layout = VarsLayout {
+        kind: &kind,
+        ema: c["use_ema"].as_bool().unwrap_or(false),
+        accumulation: c["gradient_accumulation_steps"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        scheduled: c["learning_rate"].is_object(),
+    };
+    load_optimizer_vars(trainer, h5, &layout, path)
+}
+
 /// What `optimizer/vars` holds: the step count, the learning rate unless it is a schedule,
 /// then the slots of `kind`.
 struct VarsLayout<'a> {
@@ -601,8 +631,8 @@ struct VarsLayout<'a> {
 
 /// Reads `optimizer/vars` (Keras's order) into the trainer's optimizer: nothing when Keras
 /// never built it (no step taken).
-fn load_optimizer_vars(
-    trainer: &mut Trainer<LoadedModel>,
+fn load_optimizer_vars<M: Model>(
+    trainer: &mut Trainer<M>,
     h5: &hdf5_pure::File,
     layout: &VarsLayout,
     path: &Path,

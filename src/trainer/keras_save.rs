@@ -7,12 +7,11 @@ use std::collections::HashMap;
 use candle_core::Tensor;
 use serde_json::{Value, json};
 
-use super::Trainer;
 use super::keras_load::Kind;
 use super::options::{Compile, LossSpec};
 use crate::io::keras_file::{CompiledParts, OptimizerVar};
 use crate::metrics::MetricSpec;
-use crate::model::Model;
+use crate::model::{Model, StepContext};
 use crate::{Error, Result};
 
 /// The losses and metrics of a `compile` as Keras's `compile_config` holds them (names as
@@ -67,80 +66,76 @@ pub(super) fn compile_parts(c: &Compile) -> KerasCompile {
     }))
 }
 
-impl<M: Model> Trainer<M> {
-    /// What a `.keras` file keeps of this trainer's compile: the `compile_config` and the
-    /// optimizer's variables in Keras's order; `Ok(None)` when it was not compiled, or compiled
-    /// with something Keras cannot rebuild (a loss, metric or optimizer of your own).
-    pub(super) fn keras_compiled_parts(&self) -> Result<Option<CompiledParts>> {
-        let Some(Ok(parts)) = &self.keras_compile else {
-            return Ok(None);
-        };
-        let mut compile_config = parts.clone();
-        let Some(opt) = self.ctx.optimizer_ref() else {
-            if let Some(m) = compile_config.as_object_mut() {
-                m.insert("optimizer".to_string(), Value::Null);
-            }
-            return Ok(Some(CompiledParts {
-                compile_config,
-                optimizer_name: String::new(),
-                optimizer_vars: Vec::new(),
-            }));
-        };
-        let Some(opt_config) = opt.keras_config() else {
-            return Ok(None);
-        };
-        let kind = Kind::of_keras(&opt_config).ok_or_else(|| {
-            Error::value(format!(
-                "optimizer `{}` gives a Keras form ferrokeras does not know the variables of",
-                opt.name()
-            ))
-        })?;
-        let config = &opt_config["config"];
-        let ema = config["use_ema"].as_bool().unwrap_or(false);
-        let accumulation = config["gradient_accumulation_steps"]
-            .as_u64()
-            .is_some_and(|n| n > 0);
-        let scheduled = config["learning_rate"].is_object();
-        let state: HashMap<String, Tensor> = opt.state()?.into_iter().collect();
-        let iterations = match state.get("iterations") {
-            Some(t) => t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()? as i64,
-            None => 0,
-        };
-        let mut vars = vec![OptimizerVar::Count(iterations)];
-        if !scheduled {
-            vars.push(OptimizerVar::Values(Tensor::new(
-                opt.learning_rate() as f32,
-                &candle_core::Device::Cpu,
-            )?));
-        }
-        // Slots exist once the optimizer has updated the variables (Keras builds it then).
-        let variables = self.model.trainable_variables();
-        let groups = kind.groups(ema, accumulation);
-        let built = variables.iter().all(|v| {
-            groups
-                .iter()
-                .flatten()
-                .all(|slot| state.contains_key(&format!("{}/{slot}", v.name())))
-        });
-        if built && !variables.is_empty() && !groups.is_empty() {
-            for slots in &groups {
-                for v in &variables {
-                    for slot in slots {
-                        let t = &state[&format!("{}/{slot}", v.name())];
-                        vars.push(OptimizerVar::Values(
-                            t.to_device(&candle_core::Device::Cpu)?,
-                        ));
-                    }
+/// What a `.keras` file keeps of a compile: the `compile_config` and the
+/// optimizer's variables in Keras's order; `Ok(None)` when it was not compiled, compiled
+/// without an optimizer, or with something Keras cannot rebuild (a loss, metric or optimizer
+/// of your own).
+pub(crate) fn compiled_parts(
+    ctx: &StepContext,
+    model: &dyn Model,
+) -> Result<Option<CompiledParts>> {
+    let Some(Ok(parts)) = &ctx.keras_compile else {
+        return Ok(None);
+    };
+    let mut compile_config = parts.clone();
+    // Keras's `compile` always has an optimizer: a compile without one is not saved.
+    let Some(opt) = ctx.optimizer_ref() else {
+        return Ok(None);
+    };
+    let Some(opt_config) = opt.keras_config() else {
+        return Ok(None);
+    };
+    let kind = Kind::of_keras(&opt_config).ok_or_else(|| {
+        Error::value(format!(
+            "optimizer `{}` gives a Keras form ferrokeras does not know the variables of",
+            opt.name()
+        ))
+    })?;
+    let config = &opt_config["config"];
+    let ema = config["use_ema"].as_bool().unwrap_or(false);
+    let accumulation = config["gradient_accumulation_steps"]
+        .as_u64()
+        .is_some_and(|n| n > 0);
+    let scheduled = config["learning_rate"].is_object();
+    let state: HashMap<String, Tensor> = opt.state()?.into_iter().collect();
+    let iterations = match state.get("iterations") {
+        Some(t) => t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()? as i64,
+        None => 0,
+    };
+    let mut vars = vec![OptimizerVar::Count(iterations)];
+    if !scheduled {
+        vars.push(OptimizerVar::Values(Tensor::new(
+            opt.learning_rate() as f32,
+            &candle_core::Device::Cpu,
+        )?));
+    }
+    // Slots exist once the optimizer has updated the variables (Keras builds it then).
+    let variables = model.trainable_variables();
+    let groups = kind.groups(ema, accumulation);
+    let built = variables.iter().all(|v| {
+        groups
+            .iter()
+            .flatten()
+            .all(|slot| state.contains_key(&format!("{}/{slot}", v.name())))
+    });
+    if built && !variables.is_empty() && !groups.is_empty() {
+        for slots in &groups {
+            for v in &variables {
+                for slot in slots {
+                    let t = &state[&format!("{}/{slot}", v.name())];
+                    vars.push(OptimizerVar::Values(
+                        t.to_device(&candle_core::Device::Cpu)?,
+                    ));
                 }
             }
         }
-        if let Some(m) = compile_config.as_object_mut() {
-            m.insert("optimizer".to_string(), opt_config);
-        }
-        Ok(Some(CompiledParts {
-            compile_config,
-            optimizer_name: opt.name().to_string(),
-            optimizer_vars: vars,
-        }))
     }
+    if let Some(m) = compile_config.as_object_mut() {
+        m.insert("optimizer".to_string(), opt_config);
+    }
+    Ok(Some(CompiledParts {
+        compile_config,
+        optimizer_name: opt.name().to_string(),
+        optimizer_vars: vars,
+    }))
 }

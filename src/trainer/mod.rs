@@ -12,6 +12,7 @@ mod backup;
 mod batches;
 mod keras_load;
 mod keras_save;
+pub(crate) use keras_save::compiled_parts;
 mod options;
 
 pub use backup::BackupAndRestore;
@@ -57,9 +58,6 @@ pub struct Trainer<M: Model> {
     ctx: StepContext,
     /// Where batches go: the device of the model's weights, once it has some.
     device: Option<candle_core::Device>,
-    /// The losses and metrics of the last `compile` in Keras's `compile_config` form (`None`
-    /// before any `compile`).
-    keras_compile: Option<keras_save::KerasCompile>,
 }
 
 /// `model.compile(...)` on any model.
@@ -126,7 +124,7 @@ impl<M: crate::io::SavableModel> Trainer<M> {
     pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
         let path = path.as_ref();
         if crate::io::is_keras_path(path) {
-            let parts = self.keras_compiled_parts()?;
+            let parts = keras_save::compiled_parts(&self.ctx, &self.model)?;
             return crate::io::keras_file::save_keras_compiled(&self.model, path, parts.as_ref());
         }
         crate::io::save_model(&self.model, path)
@@ -141,7 +139,6 @@ impl<M: Model> Trainer<M> {
             model,
             ctx: StepContext::new(),
             device: None,
-            keras_compile: None,
         }
     }
 
@@ -181,8 +178,8 @@ impl<M: Model> Trainer<M> {
             ctx.loss = Some(CompiledLoss::new(losses, c.loss_weights)?);
         }
         ctx.metrics = CompiledMetrics::with_weighted(c.metrics, c.weighted_metrics)?;
+        ctx.keras_compile = Some(keras);
         self.ctx = ctx;
-        self.keras_compile = Some(keras);
         Ok(self)
     }
 
@@ -674,19 +671,35 @@ impl<M: Model> Trainer<M> {
         Data::concat(&outputs)
     }
 
-    /// Saves every variable to a safetensors file (see [`crate::io::save_weights`]).
+    /// Saves every variable (see [`crate::io::save_weights`]): to a safetensors file, or, for
+    /// a path ending in `.weights.h5`, to Keras 3's weights file, with the optimizer's
+    /// variables of a compiled trainer as Keras's `model.save_weights` writes them.
     ///
     /// # Errors
-    /// An unwritable path.
+    /// An unwritable path; for `.weights.h5`, a model of your own.
     pub fn save_weights(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let path = path.as_ref();
+        if crate::io::is_keras_weights(path) {
+            let model = crate::io::keras_layout(&self.model, path)?;
+            let parts = keras_save::compiled_parts(&self.ctx, &self.model)?;
+            return crate::io::keras_file::save_weights_h5(model, path, parts.as_ref());
+        }
         crate::io::save_weights(&self.model, path)
     }
 
-    /// Loads weights saved by [`Trainer::save_weights`].
+    /// Loads weights saved by [`Trainer::save_weights`]. A Keras weights file (`.h5`) of a
+    /// compiled model also restores the optimizer's variables, when this trainer's optimizer
+    /// is of the same kind (as Keras's `model.load_weights` does).
     ///
     /// # Errors
     /// A missing, corrupt or mismatching file (the first mismatch is named).
     pub fn load_weights(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let path = path.as_ref();
+        if path.extension().is_some_and(|e| e == "h5") {
+            let model = crate::io::keras_layout(&self.model, path)?;
+            let h5 = crate::io::keras_file::load_weights_h5(model, path)?;
+            return keras_load::load_optimizer_from_h5(self, &h5, path);
+        }
         crate::io::load_weights(&mut self.model, path)
     }
 
