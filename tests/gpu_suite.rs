@@ -6,6 +6,8 @@
 // Each test file brings its own copy of tests/support, as it does when built on its own.
 #![allow(clippy::duplicate_mod)]
 
+#[path = "attention.rs"]
+mod attention;
 #[path = "callbacks.rs"]
 mod callbacks;
 #[path = "callbacks_builtin.rs"]

@@ -336,6 +336,17 @@ fn every_builtin_layer_config_round_trips() {
         ),
         Box::new(LeakyReLU::new(0.01)),
         Box::new(ferrokeras::layers::Masking::new(-1.5)),
+        Box::new(
+            ferrokeras::layers::MultiHeadAttention::new(3, 4)
+                .value_dim(2)
+                .dropout(0.125)
+                .unwrap()
+                .use_bias(false)
+                .output_shape(7)
+                .sliding_window(3)
+                .seed(9)
+                .kernel_regularizer(Regularizer::L2(0.5)),
+        ),
         Box::new(ferrokeras::layers::TimeDistributed::new(
             Conv2D::new(2, (3, 3)).padding("same").unwrap(),
         )),

@@ -53,6 +53,7 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "MaxPooling2D",
     "Maximum",
     "Minimum",
+    "MultiHeadAttention",
     "Multiply",
     "Permute",
     "ReLU",
@@ -765,6 +766,80 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
             name,
             Masking::named,
         )),
+        "MultiHeadAttention" => {
+            let mut l =
+                super::MultiHeadAttention::new(c.req_usize("num_heads")?, c.req_usize("key_dim")?)
+                    .use_bias(c.bool_or("use_bias", true)?);
+            if let Some(v) = c.get("value_dim").filter(|v| !v.is_null()) {
+                let d = v
+                    .as_u64()
+                    .ok_or_else(|| c.invalid("value_dim", "a positive integer or null", v))?;
+                l = l.value_dim(d as usize);
+            }
+            l = l.dropout(c.f32_or("dropout", 0.0)?)?;
+            match c.get("output_shape") {
+                None | Some(Value::Null) => {}
+                Some(v) => {
+                    let one = match v {
+                        Value::Array(a) if a.len() == 1 => a[0].as_u64(),
+                        other => other.as_u64(),
+                    };
+                    let d = one.ok_or_else(|| {
+                        c.invalid(
+                            "output_shape",
+                            "null, an integer or a list of one integer",
+                            v,
+                        )
+                    })?;
+                    l = l.output_shape(d as usize);
+                }
+            }
+            match c.get("attention_axes") {
+                None | Some(Value::Null) => {}
+                Some(v) => {
+                    let axes = match v {
+                        Value::Array(a) => a.iter().map(Value::as_i64).collect::<Option<Vec<_>>>(),
+                        other => other.as_i64().map(|a| vec![a]),
+                    };
+                    if !matches!(axes.as_deref(), Some([1]) | Some([-2])) {
+                        return Err(c.invalid(
+                            "attention_axes",
+                            "null or [1] (attention over the positions of (batch, positions, features) inputs)",
+                            v,
+                        ));
+                    }
+                }
+            }
+            if let Some(v) = c.get("sliding_window").filter(|v| !v.is_null()) {
+                let w = v
+                    .as_u64()
+                    .filter(|w| *w > 0)
+                    .ok_or_else(|| c.invalid("sliding_window", "a positive integer or null", v))?;
+                l = l.sliding_window(w as usize);
+            }
+            if let Some(p) = &own_policy {
+                l = l.dtype(p)?;
+            }
+            if let Some(i) = c.initializer_of("kernel_initializer")? {
+                l = l.with_kernel_initializer(i);
+            }
+            if let Some(i) = c.initializer_of("bias_initializer")? {
+                l = l.with_bias_initializer(i);
+            }
+            if let Some(r) = c.regularizer("kernel_regularizer")? {
+                l = l.kernel_regularizer(r);
+            }
+            if let Some(r) = c.regularizer("bias_regularizer")? {
+                l = l.bias_regularizer(r);
+            }
+            if let Some(v) = c.get("seed").filter(|v| !v.is_null()) {
+                let seed = v
+                    .as_u64()
+                    .ok_or_else(|| c.invalid("seed", "a non-negative integer or null", v))?;
+                l = l.seed(seed);
+            }
+            Box::new(named(l, name, super::MultiHeadAttention::named))
+        }
         "Bidirectional" => {
             if c.map.get("merge_mode").is_some_and(Value::is_null) {
                 return Err(c.invalid(
@@ -1236,6 +1311,11 @@ impl<'a> ConfigReader<'a> {
                 "input_length",
             ],
             "ReLU" => &["max_value"],
+            "MultiHeadAttention" => &[
+                "activity_regularizer",
+                "kernel_constraint",
+                "bias_constraint",
+            ],
             _ => &[],
         };
         for key in nulls {
@@ -1284,6 +1364,9 @@ impl<'a> ConfigReader<'a> {
             }
             "Conv1D" => {
                 self.fixed("groups", json!(1))?;
+            }
+            "MultiHeadAttention" => {
+                self.fixed("use_gate", json!(false))?;
             }
             "SimpleRNN" | "LSTM" | "GRU" => {
                 self.fixed("return_state", json!(false))?;

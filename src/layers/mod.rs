@@ -8,6 +8,7 @@
 //! your own join it with [`register_layer`]).
 
 mod activation;
+mod attention;
 mod bidirectional;
 pub(crate) mod config;
 mod conv;
@@ -27,6 +28,7 @@ mod reshape;
 mod time_distributed;
 
 pub use activation::{Activation, ActivationLayer, LeakyReLU, ReLU, Softmax};
+pub use attention::MultiHeadAttention;
 pub use bidirectional::{Bidirectional, MergeMode};
 pub use config::{
     BUILTIN_LAYERS, LayerConstructor, deserialize, from_config, register_layer, serialize,
@@ -178,6 +180,53 @@ pub trait Layer: Send {
                 xs.len()
             ))),
         }
+    }
+    /// Builds a layer with several inputs for their shapes (batch axis excluded); by default,
+    /// [`Layer::build`] for one input and nothing for several (merge layers have no weights).
+    ///
+    /// # Errors
+    /// Shapes the layer cannot take.
+    fn build_many(&mut self, shapes: &[Vec<usize>]) -> Result<()> {
+        match shapes {
+            [s] => self.build(s),
+            _ => Ok(()),
+        }
+    }
+    /// The forward pass of a layer with several inputs, given each input's mask or `None`
+    /// (Keras fills a layer's `query_mask`, `value_mask`, ... from its inputs' masks). By
+    /// default the masks are not used and [`Layer::call_many`] runs; `MultiHeadAttention`
+    /// uses them.
+    ///
+    /// # Errors
+    /// As [`Layer::call_many`].
+    fn call_many_masked(
+        &mut self,
+        xs: &[Tensor],
+        masks: &[Option<Tensor>],
+        training: bool,
+    ) -> Result<Tensor> {
+        let _ = masks;
+        self.call_many(xs, training)
+    }
+    /// Whether a functional model's saved node lists this layer's inputs as positional
+    /// arguments (`layer(query, value)`, Keras's `{"args": [q, v]}`) rather than as one list
+    /// (`layer([a, b])`, a merge layer's `{"args": [[a, b]]}`). `false` by default.
+    fn positional_inputs(&self) -> bool {
+        false
+    }
+    /// The keyword arguments a functional model's saved node records for this layer's call
+    /// (Keras's `"kwargs"`, such as `use_causal_mask`); none by default.
+    fn call_kwargs(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
+    /// Takes one keyword argument of a saved node's call (see [`Layer::call_kwargs`]):
+    /// `Ok(true)` when the layer takes it, `Ok(false)` (the default) when it does not.
+    ///
+    /// # Errors
+    /// A value the layer does not take for that argument.
+    fn set_call_kwarg(&mut self, key: &str, value: &serde_json::Value) -> Result<bool> {
+        let _ = (key, value);
+        Ok(false)
     }
     /// The output shape for an input shape (batch axis excluded).
     ///
@@ -363,6 +412,26 @@ impl<L: Layer + ?Sized> Layer for Box<L> {
     }
     fn call_many(&mut self, xs: &[Tensor], training: bool) -> Result<Tensor> {
         (**self).call_many(xs, training)
+    }
+    fn call_many_masked(
+        &mut self,
+        xs: &[Tensor],
+        masks: &[Option<Tensor>],
+        training: bool,
+    ) -> Result<Tensor> {
+        (**self).call_many_masked(xs, masks, training)
+    }
+    fn build_many(&mut self, shapes: &[Vec<usize>]) -> Result<()> {
+        (**self).build_many(shapes)
+    }
+    fn positional_inputs(&self) -> bool {
+        (**self).positional_inputs()
+    }
+    fn call_kwargs(&self) -> serde_json::Map<String, serde_json::Value> {
+        (**self).call_kwargs()
+    }
+    fn set_call_kwarg(&mut self, key: &str, value: &serde_json::Value) -> Result<bool> {
+        (**self).set_call_kwarg(key, value)
     }
     fn call_fused(
         &mut self,

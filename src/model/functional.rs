@@ -70,9 +70,7 @@ impl SharedLayer {
         let shapes: Vec<Vec<usize>> = xs.iter().map(|x| x.shape.clone()).collect();
         let shape = {
             let mut layer = self.lock();
-            if let [s] = shapes.as_slice() {
-                layer.build(s)?;
-            }
+            layer.build_many(&shapes)?;
             layer.compute_output_shape_many(&shapes)?
         };
         Ok(KerasTensor {
@@ -402,11 +400,13 @@ impl Functional {
                     _ => {
                         let in_masks: Vec<Option<Tensor>> =
                             inputs.iter().map(|i| masks.get(&i.id()).cloned()).collect();
-                        let out = l.call_many(&args, training)?;
-                        let mask = if in_masks.iter().all(Option::is_none) {
-                            None
+                        let (out, mask) = if in_masks.iter().all(Option::is_none) {
+                            (l.call_many(&args, training)?, None)
                         } else {
-                            l.compute_mask_many(&args, &in_masks)?
+                            (
+                                l.call_many_masked(&args, &in_masks, training)?,
+                                l.compute_mask_many(&args, &in_masks)?,
+                            )
                         };
                         (out, mask)
                     }
@@ -903,9 +903,9 @@ fn tensor_list(list: &[Value]) -> Vec<Value> {
 /// The tensors one node of a layer takes: Keras 3's `{"args": [x or [x, ...]], "kwargs": {}}`,
 /// each `x` a `{"class_name": "__keras_tensor__", "config": {"keras_history": [layer, node,
 /// 0]}}`, or the older list of `[layer, node, 0]` references.
-fn node_refs(node: &Value, what: &str) -> Result<NodeRefs> {
+fn node_refs(node: &Value, what: &str) -> Result<(NodeRefs, Vec<(String, Value)>)> {
     if let Some(list) = node.as_array() {
-        return list
+        let refs = list
             .iter()
             .map(|a| match a.as_array().map(Vec::as_slice) {
                 // `[layer, node, tensor, kwargs]` with no keyword arguments.
@@ -914,7 +914,8 @@ fn node_refs(node: &Value, what: &str) -> Result<NodeRefs> {
                 }
                 _ => tensor_ref(a, what),
             })
-            .collect();
+            .collect::<Result<_>>()?;
+        return Ok((refs, Vec::new()));
     }
     let bad = || {
         Error::value(format!(
@@ -925,19 +926,29 @@ fn node_refs(node: &Value, what: &str) -> Result<NodeRefs> {
     let map = node.as_object().ok_or_else(bad)?;
     // A recorded `training` flag (Keras's RNNs record `training: false`) is replaced by the
     // model's own at run time, as Keras does whenever the model is called with `training`
-    // set, which fit, evaluate and predict always do. A recorded `mask` is the mask of the
-    // layer's first input, which ferrokeras carries along with that input itself.
+    // set, which fit, evaluate and predict always do. A recorded `mask` (or `query_mask`,
+    // `value_mask`, `key_mask`) is the mask of one of the layer's inputs, which ferrokeras
+    // carries along with that input itself. A `key` tensor is the attention's third input;
+    // other keyword arguments go to the layer ([`Layer::set_call_kwarg`]).
     let is_tensor =
         |v: &Value| v.get("class_name").and_then(Value::as_str) == Some("__keras_tensor__");
-    if let Some(kwargs) = map.get("kwargs").and_then(Value::as_object)
-        && let Some((k, v)) = kwargs.iter().find(|(k, v)| {
-            !(v.is_null() || (*k == "training" && v.is_boolean()) || (*k == "mask" && is_tensor(v)))
-        })
-    {
-        return Err(Error::value(format!(
-            "invalid {what}: the call's keyword argument `{k}` ({}) is not supported; a node takes its input tensors only",
-            short(v)
-        )));
+    let mut rest = Vec::new();
+    let mut key = None;
+    if let Some(kwargs) = map.get("kwargs").and_then(Value::as_object) {
+        for (k, v) in kwargs {
+            let carried = matches!(
+                k.as_str(),
+                "mask" | "query_mask" | "value_mask" | "key_mask"
+            );
+            if v.is_null() || (k == "training" && v.is_boolean()) || (carried && is_tensor(v)) {
+                continue;
+            }
+            if k == "key" && is_tensor(v) {
+                key = Some(v);
+                continue;
+            }
+            rest.push((k.clone(), v.clone()));
+        }
     }
     if map.keys().any(|k| k != "args" && k != "kwargs") {
         return Err(bad());
@@ -951,11 +962,16 @@ fn node_refs(node: &Value, what: &str) -> Result<NodeRefs> {
             _ => Err(bad()),
         }
     };
-    match map.get("args").and_then(Value::as_array).map(Vec::as_slice) {
-        Some([Value::Array(xs)]) => xs.iter().map(keras_tensor).collect(),
-        Some([x]) => Ok(vec![keras_tensor(x)?]),
-        _ => Err(bad()),
+    let mut refs: NodeRefs = match map.get("args").and_then(Value::as_array).map(Vec::as_slice) {
+        Some([Value::Array(xs)]) => xs.iter().map(keras_tensor).collect::<Result<_>>()?,
+        // Several positional tensors: `layer(query, value)`.
+        Some(xs) if !xs.is_empty() => xs.iter().map(keras_tensor).collect::<Result<_>>()?,
+        _ => return Err(bad()),
+    };
+    if let Some(k) = key {
+        refs.push(keras_tensor(k)?);
     }
+    Ok((refs, rest))
 }
 
 /// The ops (`keras.src.ops.numpy`) by which Keras records the masks its layers compute.
@@ -1050,14 +1066,18 @@ impl Functional {
                         }))
                     })
                     .collect::<Result<Vec<Value>>>()?;
-                let arg = if args.len() == 1 {
-                    args.remove(0)
+                let l = layer.lock();
+                let (args, kwargs) = if l.positional_inputs() {
+                    (Value::Array(args), l.call_kwargs())
+                } else if args.len() == 1 {
+                    (json!([args.remove(0)]), l.call_kwargs())
                 } else {
-                    Value::Array(args)
+                    (json!([Value::Array(args)]), l.call_kwargs())
                 };
+                drop(l);
                 let list = nodes.entry(layer.ptr()).or_default();
                 let index = list.len();
-                list.push(json!({"args": [arg], "kwargs": {}}));
+                list.push(json!({"args": args, "kwargs": kwargs}));
                 refs.insert(t.id(), (layer.lock().name().to_string(), index));
             }
         }
@@ -1233,7 +1253,15 @@ impl Functional {
                 let shared = SharedLayer::from_box(layer);
                 for (index, node) in inbound.iter().enumerate() {
                     let node_what = format!("node {index} of layer `{name}`");
-                    let args = node_refs(node, &node_what)?;
+                    let (args, kwargs) = node_refs(node, &node_what)?;
+                    for (k, v) in kwargs {
+                        if !shared.lock().set_call_kwarg(&k, &v)? {
+                            return Err(Error::value(format!(
+                                "invalid {node_what}: the call's keyword argument `{k}` ({}) is not supported; a node takes its input tensors only",
+                                short(&v)
+                            )));
+                        }
+                    }
                     if args.is_empty() {
                         return Err(Error::value(format!(
                             "invalid {node_what}: a node takes at least one tensor"
