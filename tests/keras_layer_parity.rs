@@ -982,3 +982,13 @@ fn config_built_cases_match(cases: &[Value], group: &str) {
     }
     finish(&[&fwd, &bwd]);
 }
+
+/// DepthwiseConv2D and SeparableConv2D, built from Keras's configs, against Keras's outputs and
+/// gradients (input, depthwise and pointwise kernels, bias).
+#[test]
+fn depthwise_and_separable_convolutions_match_keras() {
+    let fx = fixtures();
+    let cases = cases(&fx, "depthwise");
+    assert_eq!(cases.len(), 7, "expected 7 cases");
+    config_built_cases_match(cases, "depthwise");
+}

@@ -337,6 +337,25 @@ fn every_builtin_layer_config_round_trips() {
         Box::new(LeakyReLU::new(0.01)),
         Box::new(ferrokeras::layers::Masking::new(-1.5)),
         Box::new(
+            ferrokeras::layers::DepthwiseConv2D::new((3, 2))
+                .strides(2)
+                .padding("same")
+                .unwrap()
+                .depth_multiplier(3)
+                .data_format(DataFormat::ChannelsFirst)
+                .activation("relu")
+                .unwrap()
+                .use_bias(false)
+                .depthwise_regularizer(Regularizer::L1(0.25)),
+        ),
+        Box::new(
+            ferrokeras::layers::SeparableConv2D::new(5, 3)
+                .dilation_rate((1, 2))
+                .depth_multiplier(2)
+                .pointwise_regularizer(Regularizer::L2(0.5))
+                .bias_regularizer(Regularizer::L1(0.125)),
+        ),
+        Box::new(
             ferrokeras::layers::MultiHeadAttention::new(3, 4)
                 .value_dim(2)
                 .dropout(0.125)

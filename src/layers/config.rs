@@ -37,6 +37,7 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "Conv2DTranspose",
     "Cropping2D",
     "Dense",
+    "DepthwiseConv2D",
     "Dropout",
     "Embedding",
     "Flatten",
@@ -60,6 +61,7 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "RepeatVector",
     "Rescaling",
     "Reshape",
+    "SeparableConv2D",
     "SimpleRNN",
     "Softmax",
     "Subtract",
@@ -496,6 +498,71 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                     l = l.named(n);
                 }
                 Box::new(l)
+            }
+        }
+        "DepthwiseConv2D" | "SeparableConv2D" => {
+            use super::{DepthwiseConv2D, SeparableConv2D};
+            let kernel = c.req_pair("kernel_size")?;
+            let strides = c.pair_or("strides", (1, 1))?;
+            let padding = padding_str(c.padding("padding")?);
+            let dilation = c.pair_or("dilation_rate", (1, 1))?;
+            let multiplier = match c.get("depth_multiplier") {
+                None => 1,
+                Some(v) => v
+                    .as_u64()
+                    .filter(|m| *m > 0)
+                    .ok_or_else(|| c.invalid("depth_multiplier", "a positive integer", v))?
+                    as usize,
+            };
+            let activation = c.activation("activation")?;
+            let use_bias = c.bool_or("use_bias", true)?;
+            let data_format = c.data_format("data_format")?;
+            let depthwise_init = c.initializer_of("depthwise_initializer")?;
+            let bias_init = c.initializer_of("bias_initializer")?;
+            let depthwise_reg = c.regularizer("depthwise_regularizer")?;
+            let bias_reg = c.regularizer("bias_regularizer")?;
+            macro_rules! common {
+                ($l:expr) => {{
+                    let mut l = $l
+                        .strides(strides)
+                        .padding(padding)?
+                        .dilation_rate(dilation)
+                        .depth_multiplier(multiplier)
+                        .with_activation(activation)
+                        .use_bias(use_bias)
+                        .data_format(data_format);
+                    if let Some(p) = &own_policy {
+                        l = l.dtype(p)?;
+                    }
+                    if let Some(i) = depthwise_init {
+                        l = l.with_depthwise_initializer(i);
+                    }
+                    if let Some(i) = bias_init {
+                        l = l.with_bias_initializer(i);
+                    }
+                    if let Some(r) = depthwise_reg {
+                        l = l.depthwise_regularizer(r);
+                    }
+                    if let Some(r) = bias_reg {
+                        l = l.bias_regularizer(r);
+                    }
+                    if let Some(n) = name {
+                        l = l.named(n);
+                    }
+                    l
+                }};
+            }
+            if class == "DepthwiseConv2D" {
+                Box::new(common!(DepthwiseConv2D::new(kernel)))
+            } else {
+                let mut l = SeparableConv2D::new(c.req_usize("filters")?, kernel);
+                if let Some(i) = c.initializer_of("pointwise_initializer")? {
+                    l = l.with_pointwise_initializer(i);
+                }
+                if let Some(r) = c.regularizer("pointwise_regularizer")? {
+                    l = l.pointwise_regularizer(r);
+                }
+                Box::new(common!(l))
             }
         }
         "MaxPooling2D" | "AveragePooling2D" => {
@@ -1311,6 +1378,17 @@ impl<'a> ConfigReader<'a> {
                 "input_length",
             ],
             "ReLU" => &["max_value"],
+            "DepthwiseConv2D" => &[
+                "activity_regularizer",
+                "depthwise_constraint",
+                "bias_constraint",
+            ],
+            "SeparableConv2D" => &[
+                "activity_regularizer",
+                "depthwise_constraint",
+                "pointwise_constraint",
+                "bias_constraint",
+            ],
             "MultiHeadAttention" => &[
                 "activity_regularizer",
                 "kernel_constraint",

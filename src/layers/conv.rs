@@ -1073,7 +1073,7 @@ fn dilate(t: &Tensor, axis: usize, rate: usize) -> Result<Tensor> {
 }
 
 /// Every `step`-th position along `axis`, `count` of them from the first.
-fn subsample(t: &Tensor, axis: usize, step: usize, count: usize) -> Result<Tensor> {
+pub(crate) fn subsample(t: &Tensor, axis: usize, step: usize, count: usize) -> Result<Tensor> {
     if step == 1 {
         return Ok(t.narrow(axis, 0, count)?);
     }
