@@ -46,6 +46,8 @@ mod masking;
 mod mixed_precision;
 #[path = "model_file.rs"]
 mod model_file;
+#[path = "normalization.rs"]
+mod normalization;
 #[path = "optimizer_extras.rs"]
 mod optimizer_extras;
 #[path = "plot.rs"]

@@ -82,7 +82,7 @@ fn trainable_flags(model: &LoadedModel) -> Vec<(String, bool)> {
 fn keras_model_json_reads_with_keras_predictions() {
     let fx = read("keras_json.json");
     let models = fx["models"].as_object().unwrap();
-    assert_eq!(models.len(), 14);
+    assert_eq!(models.len(), 15);
     for (name, case) in models {
         let mut model = load(case);
         let ys = outputs(&mut model, &input(case));

@@ -337,6 +337,16 @@ fn every_builtin_layer_config_round_trips() {
         Box::new(LeakyReLU::new(0.01)),
         Box::new(ferrokeras::layers::Masking::new(-1.5)),
         Box::new(
+            ferrokeras::layers::Normalization::new()
+                .axis(&[1, -1])
+                .invert(true),
+        ),
+        Box::new(
+            ferrokeras::layers::Normalization::new()
+                .mean_variance(&[1.0, 2.0, 3.0, 4.0], &[1.0, 0.5, 0.25, 2.0], &[2, 2])
+                .unwrap(),
+        ),
+        Box::new(
             ferrokeras::layers::DepthwiseConv2D::new((3, 2))
                 .strides(2)
                 .padding("same")

@@ -405,7 +405,12 @@ fn read_group(
         let read = || -> std::result::Result<(Vec<usize>, Vec<f32>), hdf5_pure::Error> {
             let d = h5.dataset(&dataset)?;
             let shape = d.shape()?.iter().map(|s| *s as usize).collect();
-            Ok((shape, d.read_f32()?))
+            // Integer variables (a `Normalization`'s `count`) are read as floats.
+            let values = match d.read_f32() {
+                Ok(v) => v,
+                Err(_) => d.read_i64()?.into_iter().map(|x| x as f32).collect(),
+            };
+            Ok((shape, values))
         };
         let (shape, values) = read()
             .map_err(|e| not_keras(format!("cannot read `{dataset}` in the weights ({e})")))?;

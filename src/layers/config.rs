@@ -56,6 +56,7 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "Minimum",
     "MultiHeadAttention",
     "Multiply",
+    "Normalization",
     "Permute",
     "ReLU",
     "RepeatVector",
@@ -499,6 +500,46 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                 }
                 Box::new(l)
             }
+        }
+        "Normalization" => {
+            let axis: Vec<isize> = match c.get("axis") {
+                None => vec![-1],
+                Some(Value::Null) => Vec::new(),
+                Some(v) => {
+                    let one = |x: &Value| x.as_i64().map(|a| a as isize);
+                    match v {
+                        Value::Array(a) => a.iter().map(one).collect::<Option<Vec<_>>>(),
+                        other => one(other).map(|a| vec![a]),
+                    }
+                    .ok_or_else(|| c.invalid("axis", "an integer, a list of integers or null", v))?
+                }
+            };
+            let mut l = super::Normalization::new()
+                .axis(&axis)
+                .invert(c.bool_or("invert", false)?);
+            let stats =
+                |c: &mut ConfigReader, key: &str| -> Result<Option<(Vec<f64>, Vec<usize>)>> {
+                    match c.get(key) {
+                        None | Some(Value::Null) => Ok(None),
+                        Some(v) => flatten_numbers(v).map(Some).ok_or_else(|| {
+                            c.invalid(key, "null, a number or nested lists of numbers", v)
+                        }),
+                    }
+                };
+            match (stats(&mut c, "mean")?, stats(&mut c, "variance")?) {
+                (None, None) => {}
+                (Some((m, ms)), Some((v, vs))) if ms == vs => {
+                    l = l.mean_variance(&m, &v, &ms)?;
+                }
+                _ => {
+                    return Err(Error::value(format!(
+                        "invalid config of layer class `Normalization`: `mean` and `variance` must both be given, with the same shape; received mean={} and variance={}",
+                        short(c.map.get("mean").unwrap_or(&Value::Null)),
+                        short(c.map.get("variance").unwrap_or(&Value::Null))
+                    )));
+                }
+            }
+            Box::new(named(l, name, super::Normalization::named))
         }
         "DepthwiseConv2D" | "SeparableConv2D" => {
             use super::{DepthwiseConv2D, SeparableConv2D};
@@ -994,6 +1035,28 @@ fn recurrent_from<C: CellKind>(
         l = l.seed(seed);
     }
     Ok(named(l, name, Recurrent::named))
+}
+
+/// A number or nested lists of numbers: the values in order and the shape.
+fn flatten_numbers(v: &Value) -> Option<(Vec<f64>, Vec<usize>)> {
+    match v {
+        Value::Array(items) => {
+            let mut values = Vec::new();
+            let mut inner: Option<Vec<usize>> = None;
+            for item in items {
+                let (vals, shape) = flatten_numbers(item)?;
+                if inner.as_ref().is_some_and(|s| *s != shape) {
+                    return None;
+                }
+                inner = Some(shape);
+                values.extend(vals);
+            }
+            let mut shape = vec![items.len()];
+            shape.extend(inner.unwrap_or_default());
+            Some((values, shape))
+        }
+        other => Some((vec![other.as_f64()?], Vec::new())),
+    }
 }
 
 fn named<L>(layer: L, name: Option<String>, set: fn(L, String) -> L) -> L {

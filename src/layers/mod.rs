@@ -22,6 +22,7 @@ mod embedding;
 pub(crate) mod im2col;
 mod masking;
 mod norm;
+mod normalization;
 mod padding;
 mod pooling;
 mod recurrent;
@@ -43,6 +44,7 @@ pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use masking::Masking;
 pub use norm::{BatchNormalization, LayerNormalization};
+pub use normalization::Normalization;
 pub use padding::{Cropping2D, Rescaling, Sides, ZeroPadding2D};
 pub use pooling::{
     AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
