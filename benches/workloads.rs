@@ -100,6 +100,52 @@ fn w5() -> Result<f64> {
     Ok(512.0 / elapsed(t)?)
 }
 
+/// W6: a transformer block on sequences of 64 ids (vocabulary 1000, embeddings 64): token and
+/// position embeddings, MultiHeadAttention(4 heads of 16), residual and LayerNormalization, a
+/// feed-forward Dense(128, relu) → Dense(64) with its residual and LayerNormalization, then
+/// average pooling and Dense(2); sparse cross-entropy, Adam, batch 32 (samples per second
+/// through `fit`).
+fn w6() -> Result<f64> {
+    use ferrokeras::layers::{
+        Embedding, GlobalAveragePooling1D, LayerNormalization, MultiHeadAttention,
+    };
+    let (len, d, n) = (64usize, 64usize, 512usize);
+    let ids_in = Input::new(&[len]);
+    let pos_in = Input::new(&[len]);
+    let e = Embedding::new(1000, d).apply(&ids_in)?;
+    let p = Embedding::new(len, d).apply(&pos_in)?;
+    let h = Add::new().apply_many(&[e, p])?;
+    let a = MultiHeadAttention::new(4, 16).apply_many(&[h.clone(), h.clone()])?;
+    let h = LayerNormalization::new().apply(&Add::new().apply_many(&[h, a])?)?;
+    let f = Dense::new(128).activation("relu")?.apply(&h)?;
+    let f = Dense::new(d).apply(&f)?;
+    let h = LayerNormalization::new().apply(&Add::new().apply_many(&[h, f])?)?;
+    let h = GlobalAveragePooling1D::new().apply(&h)?;
+    let out = Dense::new(2).apply(&h)?;
+    let mut model = Functional::new(&[ids_in, pos_in], &[out])?.compile(
+        Compile::new()
+            .optimizer("adam")
+            .loss(SparseCategoricalCrossentropy::new().from_logits(true)),
+    )?;
+    let dev = candle_core::Device::Cpu;
+    let ids = (uniform(&[n, len])?.affine(499.5, 499.5)?).floor()?;
+    let pos = Tensor::arange(0f32, len as f32, &dev)?
+        .unsqueeze(0)?
+        .repeat((n, 1))?;
+    let y = (uniform(&[n, 1])?.affine(0.5, 0.5)?).round()?;
+    let warm = Inputs::xy(
+        vec![ids.narrow(0, 0, 64)?, pos.narrow(0, 0, 64)?],
+        y.narrow(0, 0, 64)?,
+    );
+    model.fit(warm, FitOptions::new().epochs(1).batch_size(32).verbose(0))?;
+    let t = Instant::now();
+    model.fit(
+        Inputs::xy(vec![ids, pos], y),
+        FitOptions::new().epochs(1).batch_size(32).verbose(0),
+    )?;
+    Ok(n as f64 / elapsed(t)?)
+}
+
 fn mlp() -> Result<Sequential> {
     Ok(Sequential::new()
         .input(&[784])
@@ -655,6 +701,15 @@ fn main() -> Result<()> {
         let r = median(runs);
         println!(
             "| W5 LSTM(64), 50 steps of 32 features, batch 32 | {r:.0} | – | samples/s | {} |",
+            stolen_since(t)
+        );
+    }
+    if want("w6") {
+        let t = cpu_ticks();
+        let runs = (0..3).map(|_| w6()).collect::<Result<Vec<_>>>()?;
+        let r = median(runs);
+        println!(
+            "| W6 transformer block, 64 ids, d 64, 4 heads, batch 32 | {r:.0} | – | samples/s | {} |",
             stolen_since(t)
         );
     }

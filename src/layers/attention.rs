@@ -53,7 +53,8 @@ pub struct MultiHeadAttention {
     kernel_regularizer: Option<Regularizer>,
     bias_regularizer: Option<Regularizer>,
     seed: Option<u64>,
-    dropout_layer: Option<Dropout>,
+    /// The generator of a seeded layer's dropout masks.
+    rng: Option<rand::rngs::StdRng>,
     weights: Option<Weights>,
     device: Device,
     policy: crate::mixed_precision::DTypePolicy,
@@ -98,7 +99,7 @@ impl MultiHeadAttention {
             kernel_regularizer: None,
             bias_regularizer: None,
             seed: None,
-            dropout_layer: None,
+            rng: None,
             weights: None,
             device: crate::runtime::default_device(),
             policy: crate::mixed_precision::global_policy(),
@@ -192,8 +193,9 @@ impl MultiHeadAttention {
     }
     /// A seed for the dropout masks of this layer alone.
     pub fn seed(mut self, seed: u64) -> Self {
+        use rand::SeedableRng;
         self.seed = Some(seed);
-        self.dropout_layer = None;
+        self.rng = Some(rand::rngs::StdRng::seed_from_u64(seed));
         self
     }
     /// Sets the dtype policy by name (`"float32"`, `"mixed_bfloat16"`, ...).
@@ -317,10 +319,11 @@ impl MultiHeadAttention {
             .policy
             .cast(p.kernel.as_tensor())?
             .reshape((f, kd[1] * kd[2]))?;
-        let mut y = x.reshape((b * l, f))?.matmul(&kernel)?;
+        // Our fused CPU kernels for the product and the bias where they take the tensors.
+        let mut y = crate::kernels::linear::linear(&x.reshape((b * l, f))?, &kernel)?;
         if let Some(bias) = &p.bias {
             let bias = self.policy.cast(bias.as_tensor())?.reshape(kd[1] * kd[2])?;
-            y = y.broadcast_add(&bias)?;
+            y = super::Activation::Linear.apply_with_bias(&y, &bias)?;
         }
         Ok(y.reshape((b, l, kd[1], kd[2]))?
             .transpose(1, 2)?
@@ -438,52 +441,38 @@ impl Layer for MultiHeadAttention {
         let q = (self.project(&query, &w.query)? * (1.0 / (self.key_dim as f64).sqrt()))?;
         let k = self.project(&key, &w.key)?;
         let v = self.project(&value, &w.value)?;
-        // Scores and probabilities in float32, whatever the compute dtype.
-        let scores = q
-            .matmul(&k.transpose(2, 3)?.contiguous()?)?
-            .to_dtype(DType::F32)?;
         let mask = self
             .attention_mask(t, s, masks, xs[0].device())?
             .map(|m| -> Result<Tensor> {
                 Ok(m.unsqueeze(1)?
-                    .broadcast_as(scores.shape())?
+                    .broadcast_as((batch, self.num_heads, t, s))?
                     .gt(0.5)?
                     .contiguous()?)
             })
             .transpose()?;
-        let scores = match &mask {
-            // Keras's masked softmax: -1e9 where masked (a row masked throughout becomes
-            // uniform).
-            Some(m) => m.where_cond(&scores, &scores.ones_like()?.affine(0.0, -1e9)?)?,
-            None => scores,
+        let keep = 1.0 - self.dropout;
+        let drop = if training && self.dropout > 0.0 {
+            let shape = [batch, self.num_heads, t, s];
+            let dev = xs[0].device();
+            let m = match &mut self.rng {
+                Some(g) => {
+                    use rand::Rng;
+                    crate::random::dropout_mask_from(&shape, keep, g.r#gen(), dev)?
+                }
+                None => crate::random::dropout_mask(&shape, keep, dev)?,
+            };
+            Some(m)
+        } else {
+            None
         };
-        let max = scores.max_keepdim(D::Minus1)?.detach();
-        let e = scores.broadcast_sub(&max)?.exp()?;
-        let mut probs = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
-        if self.dropout > 0.0 {
-            // Keras computes the scores itself when it drops some (its fused attention
-            // otherwise): masked positions are then zero, even in a row masked throughout.
-            if let Some(m) = &mask {
-                probs = m.where_cond(&probs, &probs.zeros_like()?)?;
-            }
-            if training {
-                if self.dropout_layer.is_none() {
-                    let mut d = Dropout::new(self.dropout)?;
-                    if let Some(seed) = self.seed {
-                        d = d.seed(seed);
-                    }
-                    self.dropout_layer = Some(d);
-                }
-                if let Some(d) = &mut self.dropout_layer {
-                    probs = d.call(&probs, true)?;
-                }
-            }
-        }
+        // Keras computes the scores itself when it drops some (its fused attention otherwise):
+        // masked positions are then zero, even in a row masked throughout.
+        let mixed = attention(&q, &k, &v, mask, self.dropout > 0.0, drop)?;
+        let mixed = mixed.to_dtype(dt)?; // (batch, heads, T, value_dim)
         let w = self
             .weights
             .as_ref()
             .ok_or_else(|| Error::state("MultiHeadAttention not built"))?;
-        let mixed = probs.to_dtype(dt)?.matmul(&v)?; // (batch, heads, T, value_dim)
         let (n, dv) = (self.num_heads, self.v_dim());
         let mixed = mixed
             .transpose(1, 2)?
@@ -494,9 +483,9 @@ impl Layer for MultiHeadAttention {
             .policy
             .cast(w.output.kernel.as_tensor())?
             .reshape((n * dv, out_dim))?;
-        let mut y = mixed.matmul(&kernel)?;
+        let mut y = crate::kernels::linear::linear(&mixed, &kernel)?;
         if let Some(b) = &w.output.bias {
-            y = y.broadcast_add(&self.policy.cast(b.as_tensor())?)?;
+            y = super::Activation::Linear.apply_with_bias(&y, &self.policy.cast(b.as_tensor())?)?;
         }
         Ok(y.reshape((batch, t, out_dim))?)
     }
@@ -617,4 +606,80 @@ impl Layer for MultiHeadAttention {
             "seed": self.seed,
         }))
     }
+}
+
+/// Scaled dot-product attention as one node of the recorded graph ([`crate::tape::node`]):
+/// `softmax(q k^T)` over the key positions (`q` already scaled), `-1e9` where `mask` (u8,
+/// `(batch, heads, T, S)`) is 0, zeroed there too with `zero_masked`, times the dropout mask
+/// `drop` (0 or `1 / keep`), times `v`. Differentiated as a whole: two products for the value
+/// and probability gradients, the softmax's `p (dp - sum(dp p))`, two products for the query
+/// and key; candle's ops would take a reduction and a broadcast for each step of the softmax.
+fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<Tensor>,
+    zero_masked: bool,
+    drop: Option<Tensor>,
+) -> Result<Tensor> {
+    let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
+    let in_dt = qd.dtype();
+    let f32 = |t: &Tensor| -> candle_core::Result<Tensor> {
+        if t.dtype() == DType::F32 {
+            Ok(t.clone())
+        } else {
+            t.to_dtype(DType::F32)
+        }
+    };
+    let (qf, kf, vf) = (f32(&qd)?, f32(&kd)?, f32(&vd)?);
+    let mut scores = qf.matmul(&kf.t()?)?;
+    if let Some(m) = &mask {
+        scores = m.where_cond(&scores, &scores.ones_like()?.affine(0.0, -1e9)?)?;
+    }
+    let max = scores.max_keepdim(D::Minus1)?;
+    let e = scores.broadcast_sub(&max)?.exp()?;
+    let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+    let mut used = p.clone();
+    if zero_masked && let Some(m) = &mask {
+        used = m.where_cond(&used, &used.zeros_like()?)?;
+    }
+    if let Some(d) = &drop {
+        used = (used * d)?;
+    }
+    let out = used.matmul(&vf)?.to_dtype(in_dt)?;
+    let y = crate::tape::node(&[q, k, v], &out, move |g, _y, needs| {
+        let g = f32(g)?;
+        let dv = if needs[2] {
+            Some(used.t()?.matmul(&g)?.to_dtype(in_dt)?)
+        } else {
+            None
+        };
+        if !needs[0] && !needs[1] {
+            return Ok(vec![None, None, dv]);
+        }
+        let mut dp = g.matmul(&vf.t()?)?;
+        if let Some(d) = &drop {
+            dp = (dp * d)?;
+        }
+        if zero_masked && let Some(m) = &mask {
+            dp = m.where_cond(&dp, &dp.zeros_like()?)?;
+        }
+        let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
+        let mut ds = (&p * dp.broadcast_sub(&dot)?)?;
+        if let Some(m) = &mask {
+            ds = m.where_cond(&ds, &ds.zeros_like()?)?;
+        }
+        let dq = if needs[0] {
+            Some(ds.matmul(&kf)?.to_dtype(in_dt)?)
+        } else {
+            None
+        };
+        let dk = if needs[1] {
+            Some(ds.t()?.matmul(&qf)?.to_dtype(in_dt)?)
+        } else {
+            None
+        };
+        Ok(vec![dq, dk, dv])
+    })?;
+    Ok(y)
 }

@@ -507,6 +507,22 @@ impl Layer for LayerNormalization {
             return Ok(x.clone());
         }
         let x32 = x.to_dtype(DType::F32)?;
+        // The normalized axes trailing (the last one, as in a transformer): one node.
+        let n: usize = axes.iter().map(|&a| x.dims()[a]).product();
+        if axes
+            .iter()
+            .enumerate()
+            .all(|(i, &a)| a == x.rank() - axes.len() + i)
+        {
+            let rows = x.elem_count() / n;
+            let y = layer_norm_node(
+                &x32.reshape((rows, n))?,
+                gamma.map(|g| g.reshape((1, n))).transpose()?.as_ref(),
+                beta.map(|b| b.reshape((1, n))).transpose()?.as_ref(),
+                self.epsilon,
+            )?;
+            return Ok(y.reshape(x.dims())?.to_dtype(x.dtype())?);
+        }
         let mean = x32.mean_keepdim(axes.as_slice())?;
         let centered = x32.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(axes.as_slice())?;
@@ -557,6 +573,64 @@ impl Layer for LayerNormalization {
             "beta_regularizer": super::config::regularizer_json(self.regularizers[1]),
         }))
     }
+}
+
+/// Layer normalization of the rows of `x (rows, n)`, times `gamma (1, n)` plus `beta (1, n)`,
+/// as one node of the recorded graph ([`crate::tape::node`]), differentiated as a whole:
+/// `dx = r (dx̂ - mean(dx̂) - x̂ mean(dx̂ x̂))` with `dx̂ = g gamma`, `dgamma = sum(g x̂)` and
+/// `dbeta = sum(g)` over the rows (as products with a row of ones). candle's ops would take
+/// a reduction and a broadcast for each of the ten steps.
+fn layer_norm_node(
+    x: &Tensor,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    epsilon: f64,
+) -> Result<Tensor> {
+    let xd = x.detach();
+    let (rows, _) = xd.dims2()?;
+    let mean = xd.mean_keepdim(1)?;
+    let centered = xd.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(1)?;
+    let r = (var + epsilon)?.sqrt()?.recip()?;
+    let xhat = centered.broadcast_mul(&r)?;
+    let gd = gamma.map(Tensor::detach);
+    let mut y = match &gd {
+        Some(g) => xhat.broadcast_mul(g)?,
+        None => xhat.clone(),
+    };
+    if let Some(b) = beta {
+        y = y.broadcast_add(&b.detach())?;
+    }
+    let mut args = vec![x];
+    args.extend(gamma);
+    args.extend(beta);
+    let (has_gamma, has_beta) = (gamma.is_some(), beta.is_some());
+    let node = crate::tape::node(&args, &y, move |g, _y, needs| {
+        let ones = Tensor::ones((1, rows), g.dtype(), g.device())?;
+        let dxhat = match &gd {
+            Some(gm) => g.broadcast_mul(gm)?,
+            None => g.clone(),
+        };
+        let mut grads = Vec::with_capacity(3);
+        grads.push(if needs[0] {
+            let m1 = dxhat.mean_keepdim(1)?;
+            let m2 = (&dxhat * &xhat)?.mean_keepdim(1)?;
+            let inner = dxhat.broadcast_sub(&m1)?.sub(&xhat.broadcast_mul(&m2)?)?;
+            Some(inner.broadcast_mul(&r)?)
+        } else {
+            None
+        });
+        let mut i = 1;
+        if has_gamma {
+            grads.push(needs[i].then(|| ones.matmul(&(g * &xhat)?)).transpose()?);
+            i += 1;
+        }
+        if has_beta {
+            grads.push(needs[i].then(|| ones.matmul(g)).transpose()?);
+        }
+        Ok(grads)
+    })?;
+    Ok(node)
 }
 
 #[cfg(test)]
