@@ -723,6 +723,31 @@ fn shuffle_false_is_deterministic_and_seeded_shuffle_is_reproducible() -> Result
     Ok(())
 }
 
+/// Strided views (a transposed array, a column slice of a wider one) shuffle into batches as
+/// their contiguous copies do (gathering rows needs contiguous storage: the adapter makes it).
+#[test]
+fn shuffled_batches_of_strided_arrays_are_those_of_their_copies() -> Result<()> {
+    let _g = serial();
+    set_random_seed(9);
+    let (x, y) = regression(48, 4);
+    let x_t = x.t()?.contiguous()?.t()?; // the same values, column-major
+    let wide = Tensor::cat(&[&y, &y], 1)?;
+    let y_view = wide.narrow(1, 1, 1)?;
+    assert!(!x_t.is_contiguous() && !y_view.is_contiguous());
+    let first = compiled_mlp(4)?;
+    let init = snapshot(&*first);
+    let run = |x: Tensor, y: Tensor| -> Result<History> {
+        let mut m = compiled_mlp(4)?;
+        m.set_weights(&init)?;
+        set_random_seed(21);
+        m.fit((x, y), FitOptions::new().epochs(2).batch_size(8).verbose(0))
+    };
+    let a = run(x.clone(), y.clone())?;
+    let b = run(x_t, y_view)?;
+    assert_eq!(a.batch_history, b.batch_history);
+    Ok(())
+}
+
 #[test]
 fn get_weights_is_a_snapshot_that_set_weights_restores() -> Result<()> {
     let _g = serial();

@@ -566,3 +566,74 @@ fn model_checkpoint_writes_keras_files() {
     assert!(h.contains("mae"), "{h:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A model of two outputs with a flat metrics list (every metric on every output here) is saved
+/// with one list per output, as Keras 3 wants, and read back to the same metrics.
+#[test]
+fn two_outputs_save_one_metric_list_per_output() {
+    let dev = candle_core::Device::Cpu;
+    let x = Tensor::rand(-1f32, 1.0, (16, 3), &dev).unwrap();
+    let inp = Input::new(&[3]);
+    let h = Dense::new(4)
+        .activation("relu")
+        .unwrap()
+        .apply(&inp)
+        .unwrap();
+    let a = Dense::new(1).named("a").apply(&h).unwrap();
+    let b = Dense::new(2).named("b").apply(&h).unwrap();
+    let mut t = Functional::new(&[inp], &[a, b])
+        .unwrap()
+        .compile(
+            Compile::new()
+                .optimizer("adam")
+                .losses(vec!["mse".into(), "mae".into()])
+                .metrics(["mae"]),
+        )
+        .unwrap();
+    let ys = vec![x.narrow(1, 0, 1).unwrap(), x.narrow(1, 1, 2).unwrap()];
+    let fit = |t: &mut Trainer<Functional>| {
+        t.fit(
+            Inputs::xy(x.clone(), ys.clone()),
+            FitOptions::new().batch_size(8).shuffle(false).verbose(0),
+        )
+        .unwrap()
+    };
+    fit(&mut t);
+    let path =
+        std::env::temp_dir().join(format!("ferrokeras-two-out-{}.keras", std::process::id()));
+    t.save(&path).unwrap();
+    let config: serde_json::Value = {
+        use std::io::Read;
+        let mut z = zip::ZipArchive::new(std::fs::File::open(&path).unwrap()).unwrap();
+        let mut s = String::new();
+        z.by_name("config.json")
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        serde_json::from_str(&s).unwrap()
+    };
+    assert_eq!(
+        config["compile_config"]["metrics"],
+        serde_json::json!([["mae"], ["mae"]])
+    );
+    assert_eq!(
+        config["compile_config"]["loss"],
+        serde_json::json!(["mse", "mae"])
+    );
+    let mut loaded: Trainer<LoadedModel> = Trainer::load_keras(&path).unwrap();
+    let h1 = fit(&mut t);
+    let h2 = loaded
+        .fit(
+            Inputs::xy(x.clone(), ys.clone()),
+            FitOptions::new().batch_size(8).shuffle(false).verbose(0),
+        )
+        .unwrap();
+    assert_eq!(
+        h1.history.keys().collect::<Vec<_>>(),
+        h2.history.keys().collect::<Vec<_>>()
+    );
+    for k in h1.history.keys() {
+        assert!((h1.get(k)[0] - h2.get(k)[0]).abs() < 1e-6, "{k}");
+    }
+    let _ = std::fs::remove_file(&path);
+}

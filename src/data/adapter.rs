@@ -48,7 +48,9 @@ impl ArrayAdapter {
                 "expected `batch_size` >= 1. Received: batch_size=0",
             ));
         }
-        let x = x.map(&mut |t| super::to_f32_tensor(t))?;
+        // Contiguous, for the row gathers of shuffled batches (a column slice of a larger
+        // array is a strided view).
+        let x = x.map(&mut |t| Ok(super::to_f32_tensor(t)?.contiguous()?))?;
         let xs = x.flatten();
         if xs.is_empty() {
             return Err(Error::value("`x` holds no array; pass at least one tensor"));
@@ -94,11 +96,11 @@ impl ArrayAdapter {
             ));
         }
         let y = match y {
-            Some(y) => Some(y.map(&mut |t| super::to_f32_tensor(t))?),
+            Some(y) => Some(y.map(&mut |t| Ok(super::to_f32_tensor(t)?.contiguous()?))?),
             None => None,
         };
         let sample_weight = match sample_weight {
-            Some(sw) => Some(sw.to_dtype(DType::F32)?),
+            Some(sw) => Some(sw.to_dtype(DType::F32)?.contiguous()?),
             None => None,
         };
         Ok(Self {

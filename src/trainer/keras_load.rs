@@ -472,6 +472,18 @@ fn metric_from_keras(v: &Value) -> Result<MetricSpec> {
 fn list<T>(v: Option<&Value>, one: impl Fn(&Value) -> Result<T>) -> Result<Vec<T>> {
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),
+        // One list per output: the same list for every output is ferrokeras's flat list.
+        Some(Value::Array(items)) if items.iter().all(Value::is_array) && !items.is_empty() => {
+            if items.iter().any(|i| i != &items[0]) {
+                return Err(Error::value(
+                    "metrics that differ between outputs in the file's `compile_config` are not read yet (a flat list applies every metric to every output here); load the model with `ferrokeras::io::load_keras` and compile it yourself",
+                ));
+            }
+            items[0]
+                .as_array()
+                .map(|a| a.iter().map(&one).collect())
+                .unwrap_or_else(|| Ok(Vec::new()))
+        }
         Some(Value::Array(items)) => items.iter().map(one).collect(),
         Some(Value::Object(m)) if !m.contains_key("class_name") => Err(Error::value(
             "losses or metrics given per output name (a dict) in the file's `compile_config` are not read yet; load the model with `ferrokeras::io::load_keras` and compile it yourself",

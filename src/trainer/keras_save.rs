@@ -78,6 +78,15 @@ pub(crate) fn compiled_parts(
         return Ok(None);
     };
     let mut compile_config = parts.clone();
+    // A flat list of metrics applies to every output here; Keras 3 wants one list per output.
+    let outputs = model.output_names().len();
+    if outputs > 1 {
+        for key in ["metrics", "weighted_metrics"] {
+            if let Some(list @ Value::Array(_)) = compile_config.get(key).cloned() {
+                compile_config[key] = Value::Array(vec![list; outputs]);
+            }
+        }
+    }
     // Keras's `compile` always has an optimizer: a compile without one is not saved.
     let Some(opt) = ctx.optimizer_ref() else {
         return Ok(None);
