@@ -8,6 +8,8 @@
 
 #[path = "attention.rs"]
 mod attention;
+#[path = "augmentation.rs"]
+mod augmentation;
 #[path = "callbacks.rs"]
 mod callbacks;
 #[path = "callbacks_builtin.rs"]

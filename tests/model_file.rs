@@ -337,6 +337,11 @@ fn every_builtin_layer_config_round_trips() {
         Box::new(LeakyReLU::new(0.01)),
         Box::new(ferrokeras::layers::Masking::new(-1.5)),
         Box::new(
+            ferrokeras::layers::RandomFlip::new(ferrokeras::layers::FlipMode::Vertical)
+                .seed(4)
+                .data_format(DataFormat::ChannelsFirst),
+        ),
+        Box::new(
             ferrokeras::layers::Normalization::new()
                 .axis(&[1, -1])
                 .invert(true),

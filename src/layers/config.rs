@@ -58,6 +58,7 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "Multiply",
     "Normalization",
     "Permute",
+    "RandomFlip",
     "ReLU",
     "RepeatVector",
     "Rescaling",
@@ -500,6 +501,29 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                 }
                 Box::new(l)
             }
+        }
+        "RandomFlip" => {
+            let mode: super::FlipMode = match c.get("mode") {
+                None => super::FlipMode::HorizontalAndVertical,
+                Some(v) => v
+                    .as_str()
+                    .ok_or_else(|| {
+                        c.invalid(
+                            "mode",
+                            "\"horizontal\", \"vertical\" or \"horizontal_and_vertical\"",
+                            v,
+                        )
+                    })?
+                    .parse()?,
+            };
+            let mut l = super::RandomFlip::new(mode).data_format(c.data_format("data_format")?);
+            if let Some(v) = c.get("seed").filter(|v| !v.is_null()) {
+                let seed = v
+                    .as_u64()
+                    .ok_or_else(|| c.invalid("seed", "a non-negative integer or null", v))?;
+                l = l.seed(seed);
+            }
+            Box::new(named(l, name, super::RandomFlip::named))
         }
         "Normalization" => {
             let axis: Vec<isize> = match c.get("axis") {

@@ -1083,7 +1083,7 @@ pub(crate) fn subsample(t: &Tensor, axis: usize, step: usize, count: usize) -> R
 }
 
 /// `t` reversed along `axis`.
-fn flip(t: &Tensor, axis: usize) -> Result<Tensor> {
+pub(crate) fn flip(t: &Tensor, axis: usize) -> Result<Tensor> {
     let len = t.dims()[axis];
     let ids: Vec<u32> = (0..len as u32).rev().collect();
     let ids = Tensor::from_vec(ids, len, t.device())?;

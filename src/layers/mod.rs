@@ -9,6 +9,7 @@
 
 mod activation;
 mod attention;
+mod augment;
 mod bidirectional;
 pub(crate) mod config;
 mod conv;
@@ -31,6 +32,7 @@ mod time_distributed;
 
 pub use activation::{Activation, ActivationLayer, LeakyReLU, ReLU, Softmax};
 pub use attention::MultiHeadAttention;
+pub use augment::{FlipMode, RandomFlip};
 pub use bidirectional::{Bidirectional, MergeMode};
 pub use config::{
     BUILTIN_LAYERS, LayerConstructor, deserialize, from_config, register_layer, serialize,

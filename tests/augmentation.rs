@@ -1,0 +1,138 @@
+//! `RandomFlip`, as Keras's: images pass unchanged at inference; in training each image is
+//! flipped (left-right, top-bottom, or both at once) with probability 1/2, one draw per image;
+//! a seed repeats the flips; Keras's config reads.
+
+use candle_core::{DType, Device, Tensor};
+use ferrokeras::layers::{DataFormat, FlipMode, Layer, RandomFlip};
+use ferrokeras::prelude::*;
+
+fn images(n: usize) -> Tensor {
+    Tensor::arange(0f32, (n * 3 * 4 * 2) as f32, &Device::Cpu)
+        .unwrap()
+        .reshape((n, 3, 4, 2))
+        .unwrap()
+}
+
+fn flipped(x: &Tensor, axes: &[usize]) -> Tensor {
+    let mut t = x.clone();
+    for &a in axes {
+        let len = t.dims()[a];
+        let ids: Vec<u32> = (0..len as u32).rev().collect();
+        t = t
+            .index_select(&Tensor::from_vec(ids, len, t.device()).unwrap(), a)
+            .unwrap();
+    }
+    t
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+#[test]
+fn random_flip_flips_about_half_of_the_images_in_training_only() {
+    ferrokeras::random::set_random_seed(5);
+    let n = 400;
+    let x = images(n);
+    for (mode, axes) in [
+        (FlipMode::Horizontal, vec![2]),
+        (FlipMode::Vertical, vec![1]),
+        (FlipMode::HorizontalAndVertical, vec![2, 1]),
+    ] {
+        let mut layer = RandomFlip::new(mode);
+        assert_eq!(flat(&layer.call(&x, false).unwrap()), flat(&x), "{mode:?}");
+        let y = layer.call(&x, true).unwrap();
+        let f = flipped(&x, &axes);
+        let mut count = 0;
+        for i in 0..n {
+            let (yi, xi, fi) = (
+                flat(&y.get(i).unwrap()),
+                flat(&x.get(i).unwrap()),
+                flat(&f.get(i).unwrap()),
+            );
+            assert!(
+                yi == xi || yi == fi,
+                "{mode:?}: image {i} is neither itself nor flipped"
+            );
+            count += usize::from(yi == fi);
+        }
+        // Binomial(400, 1/2): 200 ± 3 standard deviations (10 each).
+        assert!(
+            (170..=230).contains(&count),
+            "{mode:?}: {count} of {n} flipped"
+        );
+    }
+}
+
+#[test]
+fn a_seed_repeats_the_flips_and_keras_config_reads() {
+    let x = images(32);
+    let mut a = RandomFlip::new(FlipMode::Horizontal).seed(7);
+    let mut b = RandomFlip::new(FlipMode::Horizontal).seed(7);
+    for _ in 0..3 {
+        assert_eq!(
+            flat(&a.call(&x, true).unwrap()),
+            flat(&b.call(&x, true).unwrap())
+        );
+    }
+    // Keras 3.15.1's `RandomFlip("horizontal", seed=3).get_config()`.
+    let keras: serde_json::Value = serde_json::from_str(
+        r#"{"name": "random_flip_1", "trainable": true, "dtype": {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"}, "registered_name": null}, "data_format": "channels_last", "seed": 3, "mode": "horizontal"}"#,
+    )
+    .unwrap();
+    let mut l = ferrokeras::layers::from_config("RandomFlip", &keras).unwrap();
+    assert_eq!(l.config().unwrap()["mode"], "horizontal");
+    assert_eq!(l.config().unwrap()["seed"], 3);
+    assert_eq!(flat(&l.call(&x, false).unwrap()), flat(&x));
+    // Channels first flips the last two axes.
+    let cf = images(2)
+        .permute((0, 3, 1, 2))
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let mut v = RandomFlip::new(FlipMode::Vertical)
+        .data_format(DataFormat::ChannelsFirst)
+        .seed(1);
+    let y = v.call(&cf, true).unwrap();
+    for i in 0..2 {
+        let (yi, xi) = (y.get(i).unwrap(), cf.get(i).unwrap());
+        let fi = flipped(&xi.unsqueeze(0).unwrap(), &[2]).squeeze(0).unwrap();
+        assert!(flat(&yi) == flat(&xi) || flat(&yi) == flat(&fi));
+    }
+    let e = ferrokeras::layers::from_config("RandomFlip", &serde_json::json!({"mode": "diagonal"}))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("diagonal"), "{e}");
+    let e = RandomFlip::new(FlipMode::Vertical)
+        .call(
+            &Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap(),
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("batch of images"), "{e}");
+}
+
+/// In a model, `fit` trains with flipped images and `predict` sees them unflipped.
+#[test]
+fn random_flip_in_a_model_flips_in_fit_only() {
+    ferrokeras::random::set_random_seed(2);
+    let x = images(16);
+    let y = Tensor::zeros((16, 1), DType::F32, &Device::Cpu).unwrap();
+    let mut model = Sequential::new()
+        .input(&[3, 4, 2])
+        .add(RandomFlip::new(FlipMode::HorizontalAndVertical))
+        .add(Flatten::new())
+        .add(Dense::new(1))
+        .compile(Compile::new().optimizer("sgd").loss("mse"))
+        .unwrap();
+    model
+        .fit((x.clone(), y), FitOptions::new().epochs(1).verbose(0))
+        .unwrap();
+    let a = model
+        .predict(x.clone(), PredictOptions::new().verbose(0))
+        .unwrap();
+    let b = model.predict(x, PredictOptions::new().verbose(0)).unwrap();
+    assert_eq!(flat(a.tensor().unwrap()), flat(b.tensor().unwrap()));
+}
