@@ -1,4 +1,4 @@
-//! `RandomFlip`, as Keras's: images pass unchanged at inference; in training each image is
+//! `RandomFlip`, `GaussianNoise` and the spatial dropouts, as Keras's. `RandomFlip`: images pass unchanged at inference; in training each image is
 //! flipped (left-right, top-bottom, or both at once) with probability 1/2, one draw per image;
 //! a seed repeats the flips; Keras's config reads.
 
@@ -135,4 +135,37 @@ fn random_flip_in_a_model_flips_in_fit_only() {
         .unwrap();
     let b = model.predict(x, PredictOptions::new().verbose(0)).unwrap();
     assert_eq!(flat(a.tensor().unwrap()), flat(b.tensor().unwrap()));
+}
+
+/// Keras 3.15.1's configs of the noise layers read, and the layers act in training only.
+#[test]
+fn noise_layers_read_keras_configs_and_act_in_training_only() {
+    let x = Tensor::ones((4, 6, 5), DType::F32, &Device::Cpu).unwrap();
+    for (class, config) in [
+        (
+            "SpatialDropout1D",
+            r#"{"rate": 0.2, "seed": null, "name": "spatial_dropout1d"}"#,
+        ),
+        (
+            "GaussianNoise",
+            r#"{"name": "gaussian_noise", "trainable": true, "stddev": 0.1, "seed": 2}"#,
+        ),
+    ] {
+        let config: serde_json::Value = serde_json::from_str(config).unwrap();
+        let mut l = ferrokeras::layers::from_config(class, &config).unwrap();
+        assert_eq!(flat(&l.call(&x, false).unwrap()), flat(&x), "{class}");
+        assert_ne!(flat(&l.call(&x, true).unwrap()), flat(&x), "{class}");
+    }
+    let config: serde_json::Value = serde_json::from_str(
+        r#"{"rate": 0.3, "seed": null, "name": "spatial_dropout2d", "data_format": "channels_last"}"#,
+    )
+    .unwrap();
+    let mut l = ferrokeras::layers::from_config("SpatialDropout2D", &config).unwrap();
+    let images = Tensor::ones((8, 3, 3, 4), DType::F32, &Device::Cpu).unwrap();
+    let y = l.call(&images, true).unwrap();
+    // One draw per image and channel: each feature map is all kept or all dropped.
+    let maps = y.permute((0, 3, 1, 2)).unwrap().flatten_from(2).unwrap();
+    for map in maps.flatten_to(1).unwrap().to_vec2::<f32>().unwrap() {
+        assert!(map.iter().all(|v| *v == map[0]), "{map:?}");
+    }
 }

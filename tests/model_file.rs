@@ -336,6 +336,17 @@ fn every_builtin_layer_config_round_trips() {
         ),
         Box::new(LeakyReLU::new(0.01)),
         Box::new(ferrokeras::layers::Masking::new(-1.5)),
+        Box::new(ferrokeras::layers::GaussianNoise::new(0.25).seed(2)),
+        Box::new(
+            ferrokeras::layers::SpatialDropout1D::new(0.5)
+                .unwrap()
+                .seed(3),
+        ),
+        Box::new(
+            ferrokeras::layers::SpatialDropout2D::new(0.25)
+                .unwrap()
+                .data_format(DataFormat::ChannelsFirst),
+        ),
         Box::new(
             ferrokeras::layers::RandomFlip::new(ferrokeras::layers::FlipMode::Vertical)
                 .seed(4)

@@ -42,6 +42,7 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "Embedding",
     "Flatten",
     "GRU",
+    "GaussianNoise",
     "GlobalAveragePooling1D",
     "GlobalAveragePooling2D",
     "GlobalMaxPooling1D",
@@ -66,6 +67,8 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "SeparableConv2D",
     "SimpleRNN",
     "Softmax",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
     "Subtract",
     "TimeDistributed",
     "UpSampling1D",
@@ -500,6 +503,39 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                     l = l.named(n);
                 }
                 Box::new(l)
+            }
+        }
+        "SpatialDropout1D" | "SpatialDropout2D" | "GaussianNoise" => {
+            let seed = match c.get("seed").filter(|v| !v.is_null()) {
+                None => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .ok_or_else(|| c.invalid("seed", "a non-negative integer or null", v))?,
+                ),
+            };
+            match class {
+                "GaussianNoise" => {
+                    let mut l = super::GaussianNoise::new(c.f64_or("stddev", 0.0)?);
+                    if let Some(s) = seed {
+                        l = l.seed(s);
+                    }
+                    Box::new(named(l, name, super::GaussianNoise::named))
+                }
+                "SpatialDropout1D" => {
+                    let mut l = super::SpatialDropout1D::new(c.f32_or("rate", 0.0)?)?;
+                    if let Some(s) = seed {
+                        l = l.seed(s);
+                    }
+                    Box::new(named(l, name, super::SpatialDropout1D::named))
+                }
+                _ => {
+                    let mut l = super::SpatialDropout2D::new(c.f32_or("rate", 0.0)?)?
+                        .data_format(c.data_format("data_format")?);
+                    if let Some(s) = seed {
+                        l = l.seed(s);
+                    }
+                    Box::new(named(l, name, super::SpatialDropout2D::named))
+                }
             }
         }
         "RandomFlip" => {
