@@ -114,6 +114,25 @@ pub fn uniform(shape: &[usize], low: f32, high: f32, device: &Device) -> Result<
     Ok(Tensor::from_vec(data, shape, device)?)
 }
 
+/// [`uniform`] from a generator of its own seeded with `seed`: the same values whatever other
+/// threads draw from the global generator (for unit tests, which run side by side).
+#[cfg(test)]
+pub(crate) fn uniform_from(
+    seed: u64,
+    shape: &[usize],
+    low: f32,
+    high: f32,
+    device: &Device,
+) -> Result<Tensor> {
+    use rand::SeedableRng;
+    let n = elem_count(shape)?;
+    let mut g = rand::rngs::StdRng::seed_from_u64(seed);
+    let data: Vec<f32> = (0..n)
+        .map(|_| g.gen_range(0.0f32..1.0) * (high - low) + low)
+        .collect();
+    Ok(Tensor::from_vec(data, shape, device)?)
+}
+
 /// A dropout mask of `shape`: each value `1 / keep` with probability `keep`, else 0 (float32).
 ///
 /// Why not `uniform(..) < keep`: one 64-bit seed is drawn from the global generator (so the same

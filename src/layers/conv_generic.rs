@@ -815,8 +815,7 @@ mod tests {
     use candle_core::Device;
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
-        crate::random::set_random_seed(seed);
-        crate::random::uniform(shape, -1.0, 1.0, &Device::Cpu).unwrap()
+        crate::random::uniform_from(seed, shape, -1.0, 1.0, &Device::Cpu).unwrap()
     }
 
     /// `sum(a * b)`.

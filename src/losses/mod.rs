@@ -730,8 +730,7 @@ mod reduced_node_tests {
     use candle_core::Device;
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
-        crate::random::set_random_seed(seed);
-        crate::random::uniform(shape, -3.0, 3.0, &Device::Cpu).unwrap()
+        crate::random::uniform_from(seed, shape, -3.0, 3.0, &Device::Cpu).unwrap()
     }
 
     fn bits(t: &Tensor) -> Vec<f32> {

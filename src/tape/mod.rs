@@ -852,8 +852,7 @@ mod tests {
     fn a_subset_of_the_variables_gets_the_same_gradients() {
         use crate::layers::{Conv2D, Conv2DTranspose, Dense, Layer};
         let rand = |shape: &[usize], seed: u64| {
-            crate::random::set_random_seed(seed);
-            crate::random::uniform(shape, -1.0, 1.0, &Device::Cpu).unwrap()
+            crate::random::uniform_from(seed, shape, -1.0, 1.0, &Device::Cpu).unwrap()
         };
         for generic in [false, true] {
             crate::kernels::FORCE.with(|f| f.set(generic));
