@@ -92,7 +92,7 @@ pub(crate) fn same_padding(
     (total / 2, total - total / 2)
 }
 
-fn conv_out(
+pub(crate) fn conv_out(
     input: usize,
     kernel: usize,
     stride: usize,
@@ -171,7 +171,7 @@ fn hwc(shape: &[usize], f: DataFormat, layer: &str) -> Result<(usize, usize, usi
     Ok((h, w, c))
 }
 
-fn shape_of(h: usize, w: usize, c: usize, f: DataFormat) -> Vec<usize> {
+pub(crate) fn shape_of(h: usize, w: usize, c: usize, f: DataFormat) -> Vec<usize> {
     match f {
         DataFormat::ChannelsLast => vec![h, w, c],
         DataFormat::ChannelsFirst => vec![c, h, w],
@@ -206,7 +206,7 @@ fn cpu_half(x: &Tensor, policy: &DTypePolicy) -> Option<DType> {
 }
 
 /// Checks that a batch is 4-D.
-fn check_rank4(layer: &str, x: &Tensor) -> Result<()> {
+pub(crate) fn check_rank4(layer: &str, x: &Tensor) -> Result<()> {
     if x.rank() != 4 {
         return Err(Error::value(format!(
             "Input 0 of layer \"{layer}\" is incompatible with the layer: expected ndim=4, found ndim={}. Full shape received: {:?}",

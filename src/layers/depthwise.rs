@@ -7,7 +7,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::conv::{same_padding, subsample};
+use super::conv::{check_rank4, conv_out, same_padding, shape_of, subsample};
 use super::{Activation, DataFormat, Layer, Padding, Regularizer, Size2, unique_name};
 use crate::initializers::Initializer;
 use crate::mixed_precision::DTypePolicy;
@@ -91,16 +91,21 @@ impl Spatial {
 
     /// The output's `(height, width)`.
     fn out_hw(&self, layer: &str, h: usize, w: usize) -> Result<(usize, usize)> {
-        let axis = |input: usize, k: usize, s: usize, d: usize| -> Option<usize> {
-            let span = (k - 1) * d + 1;
-            match self.padding {
-                Padding::Same => Some(input.div_ceil(s)),
-                Padding::Valid => (input >= span).then(|| (input - span) / s + 1),
-            }
-        };
         match (
-            axis(h, self.kernel.0, self.strides.0, self.dilation.0),
-            axis(w, self.kernel.1, self.strides.1, self.dilation.1),
+            conv_out(
+                h,
+                self.kernel.0,
+                self.strides.0,
+                self.dilation.0,
+                self.padding,
+            ),
+            conv_out(
+                w,
+                self.kernel.1,
+                self.strides.1,
+                self.dilation.1,
+                self.padding,
+            ),
         ) {
             (Some(a), Some(b)) => Ok((a, b)),
             _ => Err(Error::value(format!(
@@ -111,10 +116,7 @@ impl Spatial {
     }
 
     fn shape_of(&self, h: usize, w: usize, c: usize) -> Vec<usize> {
-        match self.data_format {
-            DataFormat::ChannelsLast => vec![h, w, c],
-            DataFormat::ChannelsFirst => vec![c, h, w],
-        }
+        shape_of(h, w, c, self.data_format)
     }
 
     /// `x` in the compute dtype, `(batch, height, width, channels)`.
@@ -571,18 +573,6 @@ impl Layer for SeparableConv2D {
         );
         Some(serde_json::Value::Object(m))
     }
-}
-
-/// A batch must be 4-D.
-fn check_rank4(layer: &str, x: &Tensor) -> Result<()> {
-    if x.rank() != 4 {
-        return Err(Error::value(format!(
-            "Input 0 of layer \"{layer}\" is incompatible with the layer: expected ndim=4, found ndim={}. Full shape received: {:?}",
-            x.rank(),
-            x.dims()
-        )));
-    }
-    Ok(())
 }
 
 /// The input's channels must be the kernel's.
