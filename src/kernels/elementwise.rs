@@ -351,6 +351,22 @@ pub(crate) fn bias_activation_seq(y: &mut [f32], b: &[f32], act: Act) {
     })
 }
 
+/// `y = act(y + b)` in place (`b` over the last axis of the row-major `y`, or no bias), split
+/// over rayon's threads when `y` is large.
+pub(crate) fn bias_activation_par(y: &mut [f32], b: Option<&[f32]>, act: Act) {
+    let f = b.map_or(CHUNK, <[f32]>::len).max(1);
+    let step = rows_per_task(f) * f;
+    let run = |y: &mut [f32]| match b {
+        Some(b) => bias_activation_seq(y, b, act),
+        None => activation_seq(y, act),
+    };
+    if y.len() <= step {
+        run(y);
+    } else {
+        y.par_chunks_mut(step).for_each(run);
+    }
+}
+
 /// `y = act(y)` in place, on the calling thread (an op's epilogue).
 pub(crate) fn activation_seq(y: &mut [f32], act: Act) {
     with_act!(act, |f| {

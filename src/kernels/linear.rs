@@ -12,10 +12,10 @@ use crate::layers::im2col::matmul_new;
 struct Linear;
 
 /// `x (rows, k)`, `gy (rows, n)` → `xᵀ · gy (k, n)`.
-struct KernelGrad;
+pub(super) struct KernelGrad;
 
 /// `gy (rows, n)`, `w (k, n)` → `gy · wᵀ (rows, k)`.
-struct InputGrad;
+pub(super) struct InputGrad;
 
 fn matrix<'a>(
     s: &'a CpuStorage,

@@ -6,9 +6,11 @@ pub(crate) mod adam;
 pub(crate) mod conv_act;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+pub(crate) mod dense;
 pub(crate) mod elementwise;
 pub(crate) mod linear;
 pub(crate) mod pool;
+pub(crate) mod softmax;
 pub(crate) mod softmax_ce;
 
 use candle_core::{CpuStorage, DType, Layout, Tensor};

@@ -315,6 +315,20 @@ impl MultiHeadAttention {
     fn project(&self, x: &Tensor, p: &Projection) -> Result<Tensor> {
         let (b, l, f) = x.dims3()?;
         let kd = p.kernel.shape().dims().to_vec();
+        // On the CPU, the projection, its bias and the split into heads as one op.
+        {
+            let kernel = self.policy.cast(p.kernel.as_tensor())?;
+            let bias = match &p.bias {
+                Some(b) => Some(self.policy.cast(b.as_tensor())?),
+                None => None,
+            };
+            let linear = crate::kernels::elementwise::Act::Linear;
+            if let Some(y) =
+                crate::kernels::dense::dense(x, &kernel, bias.as_ref(), linear, false, Some(kd[1]))?
+            {
+                return Ok(y);
+            }
+        }
         let kernel = self
             .policy
             .cast(p.kernel.as_tensor())?
@@ -438,7 +452,7 @@ impl Layer for MultiHeadAttention {
             Some(k) => cast(k)?,
             None => value.clone(),
         };
-        let q = (self.project(&query, &w.query)? * (1.0 / (self.key_dim as f64).sqrt()))?;
+        let q = self.project(&query, &w.query)?;
         let k = self.project(&key, &w.key)?;
         let v = self.project(&value, &w.value)?;
         let mask = self
@@ -467,13 +481,28 @@ impl Layer for MultiHeadAttention {
         };
         // Keras computes the scores itself when it drops some (its fused attention otherwise):
         // masked positions are then zero, even in a row masked throughout.
-        let mixed = attention(&q, &k, &v, mask, self.dropout > 0.0, drop)?;
+        let scale = 1.0 / (self.key_dim as f64).sqrt();
+        let mixed = attention(&q, &k, &v, scale, mask, self.dropout > 0.0, drop)?;
         let mixed = mixed.to_dtype(dt)?; // (batch, heads, T, value_dim)
         let w = self
             .weights
             .as_ref()
             .ok_or_else(|| Error::state("MultiHeadAttention not built"))?;
         let (n, dv) = (self.num_heads, self.v_dim());
+        // On the CPU, the merge of the heads, the projection and its bias as one op.
+        {
+            let kernel = self.policy.cast(w.output.kernel.as_tensor())?;
+            let bias = match &w.output.bias {
+                Some(b) => Some(self.policy.cast(b.as_tensor())?),
+                None => None,
+            };
+            let linear = crate::kernels::elementwise::Act::Linear;
+            if let Some(y) =
+                crate::kernels::dense::dense(&mixed, &kernel, bias.as_ref(), linear, true, None)?
+            {
+                return Ok(y);
+            }
+        }
         let mixed = mixed
             .transpose(1, 2)?
             .contiguous()?
@@ -609,7 +638,7 @@ impl Layer for MultiHeadAttention {
 }
 
 /// Scaled dot-product attention as one node of the recorded graph ([`crate::tape::node`]):
-/// `softmax(q k^T)` over the key positions (`q` already scaled), `-1e9` where `mask` (u8,
+/// `softmax((q · scale) k^T)` over the key positions, `-1e9` where `mask` (u8,
 /// `(batch, heads, T, S)`) is 0, zeroed there too with `zero_masked`, times the dropout mask
 /// `drop` (0 or `1 / keep`), times `v`. Differentiated as a whole: two products for the value
 /// and probability gradients, the softmax's `p (dp - sum(dp p))`, two products for the query
@@ -618,11 +647,13 @@ fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    scale: f64,
     mask: Option<Tensor>,
     zero_masked: bool,
     drop: Option<Tensor>,
 ) -> Result<Tensor> {
-    let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
+    // The query scaled in its own dtype, as Keras scales it before the product.
+    let (qd, kd, vd) = ((q.detach() * scale)?, k.detach(), v.detach());
     let in_dt = qd.dtype();
     let f32 = |t: &Tensor| -> candle_core::Result<Tensor> {
         if t.dtype() == DType::F32 {
@@ -633,12 +664,18 @@ fn attention(
     };
     let (qf, kf, vf) = (f32(&qd)?, f32(&kd)?, f32(&vd)?);
     let mut scores = qf.matmul(&kf.t()?)?;
-    if let Some(m) = &mask {
-        scores = m.where_cond(&scores, &scores.ones_like()?.affine(0.0, -1e9)?)?;
-    }
-    let max = scores.max_keepdim(D::Minus1)?;
-    let e = scores.broadcast_sub(&max)?.exp()?;
-    let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+    // Our CPU kernel where it takes the tensors: the masked fill and the softmax in one pass.
+    let p = match crate::kernels::softmax::masked_softmax(&scores, mask.as_ref())? {
+        Some(p) => p,
+        None => {
+            if let Some(m) = &mask {
+                scores = m.where_cond(&scores, &scores.ones_like()?.affine(0.0, -1e9)?)?;
+            }
+            let max = scores.max_keepdim(D::Minus1)?;
+            let e = scores.broadcast_sub(&max)?.exp()?;
+            e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?
+        }
+    };
     let mut used = p.clone();
     if zero_masked && let Some(m) = &mask {
         used = m.where_cond(&used, &used.zeros_like()?)?;
@@ -664,13 +701,19 @@ fn attention(
         if zero_masked && let Some(m) = &mask {
             dp = m.where_cond(&dp, &dp.zeros_like()?)?;
         }
-        let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
-        let mut ds = (&p * dp.broadcast_sub(&dot)?)?;
-        if let Some(m) = &mask {
-            ds = m.where_cond(&ds, &ds.zeros_like()?)?;
-        }
+        let ds = match crate::kernels::softmax::masked_softmax_grad(&p, &dp, mask.as_ref())? {
+            Some(ds) => ds,
+            None => {
+                let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
+                let mut ds = (&p * dp.broadcast_sub(&dot)?)?;
+                if let Some(m) = &mask {
+                    ds = m.where_cond(&ds, &ds.zeros_like()?)?;
+                }
+                ds
+            }
+        };
         let dq = if needs[0] {
-            Some(ds.matmul(&kf)?.to_dtype(in_dt)?)
+            Some((ds.matmul(&kf)? * scale)?.to_dtype(in_dt)?)
         } else {
             None
         };

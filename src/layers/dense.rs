@@ -260,6 +260,17 @@ impl Dense {
                 });
             }
         }
+        // On the CPU, the whole layer as one op (any rank of input).
+        if let Some(a) = act.fused() {
+            let k = self.policy.cast(kernel.as_tensor())?;
+            let b = match &self.bias {
+                Some(b) => Some(self.policy.cast(b.as_tensor())?),
+                None => None,
+            };
+            if let Some(y) = crate::kernels::dense::dense(&x, &k, b.as_ref(), a, false, None)? {
+                return Ok(y);
+            }
+        }
         let x2 = x.reshape((rows, in_features))?;
         let y = crate::kernels::linear::linear(&x2, &self.policy.cast(kernel.as_tensor())?)?;
         let y = match &self.bias {
