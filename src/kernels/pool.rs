@@ -653,3 +653,124 @@ impl candle_core::CustomOp3 for GlobalMaxGrad {
         Ok((CpuStorage::F32(gx), l1.shape().clone()))
     }
 }
+
+/// The mean over the positions of each image of `(n, p, c)` channels-last values: global
+/// average pooling, one pass each way. candle's `mean(1)` over the middle axis is a strided
+/// reduction (5% of a transformer block's step, with its backward's broadcast and zero-and-add).
+pub(crate) struct GlobalMean {
+    pub n: usize,
+    pub p: usize,
+    pub c: usize,
+}
+
+/// [`GlobalMean`]'s gradient: `gy (n, c)` → `(n, p, c)`, `gy / p` at every position.
+struct GlobalMeanGrad {
+    n: usize,
+    p: usize,
+    c: usize,
+}
+
+impl CustomOp1 for GlobalMean {
+    fn name(&self) -> &'static str {
+        "global_mean_nhwc"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, p, c) = (self.n, self.p, self.c);
+        let x = super::cpu_f32(s, l, "global average pooling input")?;
+        if x.len() != n * p * c || p == 0 {
+            candle_core::bail!(
+                "global average pooling: {} values for {n} images of {p} positions × {c} channels",
+                x.len()
+            )
+        }
+        // As candle's mean: the sum times the reciprocal of the count.
+        let inv = (1.0 / p as f64) as f32;
+        let mut y = vec![0f32; n * c];
+        if c > 0 {
+            let one = |(out, img): (&mut [f32], &[f32])| {
+                for row in img.chunks_exact(c) {
+                    for (o, &v) in out.iter_mut().zip(row) {
+                        *o += v;
+                    }
+                }
+                for o in out.iter_mut() {
+                    *o *= inv;
+                }
+            };
+            if x.len() < 1 << 15 {
+                y.chunks_mut(c).zip(x.chunks(p * c)).for_each(one);
+            } else {
+                y.par_chunks_mut(c).zip(x.par_chunks(p * c)).for_each(one);
+            }
+        }
+        Ok((CpuStorage::F32(y), Shape::from((n, c))))
+    }
+    fn bwd(&self, x: &Tensor, _y: &Tensor, gy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad = GlobalMeanGrad {
+            n: self.n,
+            p: self.p,
+            c: self.c,
+        };
+        let gx = gy.contiguous()?.apply_op1_no_bwd(&grad)?;
+        crate::tape::route(x, Some(gx))
+    }
+}
+
+impl CustomOp1 for GlobalMeanGrad {
+    fn name(&self) -> &'static str {
+        "global_mean_nhwc_grad"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, p, c) = (self.n, self.p, self.c);
+        let gy = super::cpu_f32(s, l, "global average pooling output gradient")?;
+        if gy.len() != n * c {
+            candle_core::bail!(
+                "global average pooling gradient: {} values for {n} images of {c} channels",
+                gy.len()
+            )
+        }
+        let inv = (1.0 / p as f64) as f32;
+        let mut gx = vec![0f32; n * p * c];
+        if c > 0 && p > 0 {
+            let one = |(out, g): (&mut [f32], &[f32])| {
+                for row in out.chunks_exact_mut(c) {
+                    for (o, &v) in row.iter_mut().zip(g) {
+                        *o = v * inv;
+                    }
+                }
+            };
+            if gx.len() < 1 << 15 {
+                gx.chunks_mut(p * c).zip(gy.chunks(c)).for_each(one);
+            } else {
+                gx.par_chunks_mut(p * c).zip(gy.par_chunks(c)).for_each(one);
+            }
+        }
+        Ok((CpuStorage::F32(gx), Shape::from((n, p, c))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::GradientTape;
+    use crate::kernels::{fixed_randn, max_rel};
+    use crate::tape::Variable;
+    use candle_core::Device;
+
+    #[test]
+    fn global_mean_matches_candle_mean_and_its_gradient() {
+        let dev = Device::Cpu;
+        for (n, p, c) in [(1, 1, 1), (3, 5, 2), (32, 64, 64), (2, 300, 70)] {
+            let x = Variable::new("x", &fixed_randn(1.0, (n, p, c), &dev).unwrap(), true).unwrap();
+            let ours = x.as_tensor().apply_op1(GlobalMean { n, p, c }).unwrap();
+            let theirs = x.as_tensor().mean(1).unwrap();
+            assert!(max_rel(&ours, &theirs) < 1e-6, "{n}x{p}x{c}");
+            let r = fixed_randn(1.0, (n, c), &dev).unwrap();
+            let g1 =
+                GradientTape::gradient(&(&ours * &r).unwrap(), std::slice::from_ref(&x)).unwrap();
+            let g2 =
+                GradientTape::gradient(&(&theirs * &r).unwrap(), std::slice::from_ref(&x)).unwrap();
+            assert!(max_rel(&g1[0], &g2[0]) < 1e-6, "{n}x{p}x{c} gradient");
+        }
+    }
+}

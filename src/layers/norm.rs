@@ -514,6 +514,18 @@ impl Layer for LayerNormalization {
             .enumerate()
             .all(|(i, &a)| a == x.rank() - axes.len() + i)
         {
+            // Our CPU kernel where it takes the tensors (with gamma and beta, the default).
+            if let (Some(g), Some(b)) = (&self.gamma, &self.beta)
+                && let Some(y) = crate::kernels::layer_norm::layer_norm(
+                    &x32,
+                    g.as_tensor(),
+                    b.as_tensor(),
+                    n,
+                    self.epsilon,
+                )?
+            {
+                return Ok(y.to_dtype(x.dtype())?);
+            }
             let rows = x.elem_count() / n;
             let y = layer_norm_node(
                 &x32.reshape((rows, n))?,

@@ -427,6 +427,18 @@ pool_layer!(
 
 /// The maximum over axis 1 of `(n, h*w, c)`, with Keras's gradient: split evenly between tied
 /// maxima (the gradient of candle's `max` goes in full to each of them).
+/// The mean over the positions of `(n, positions, channels)`: our CPU kernel where it takes
+/// the tensor, else candle's `mean`.
+fn global_mean(flat: &Tensor) -> Result<Tensor> {
+    let (n, p, c) = flat.dims3()?;
+    if crate::kernels::takes(flat) && p > 0 {
+        return Ok(flat
+            .contiguous()?
+            .apply_op1(crate::kernels::pool::GlobalMean { n, p, c })?);
+    }
+    Ok(flat.mean(1)?)
+}
+
 fn global_max(flat: &Tensor) -> Result<Tensor> {
     global_max_with(flat, true)
 }
@@ -497,7 +509,7 @@ macro_rules! global_pool {
                 let xt = to_nhwc(x, self.data_format)?;
                 let (n, h, w, c) = xt.dims4()?;
                 let flat = xt.reshape((n, h * w, c))?;
-                if $max { global_max(&flat) } else { Ok(flat.mean(1)?) }
+                if $max { global_max(&flat) } else { global_mean(&flat) }
             }
             fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
                 let (_, _, c) = hw_of(input_shape, self.data_format, &self.name)?;
@@ -728,7 +740,7 @@ macro_rules! global_pool_1d {
                     DataFormat::ChannelsLast => x.clone(),
                     DataFormat::ChannelsFirst => x.transpose(1, 2)?,
                 };
-                if $max { global_max(&flat) } else { Ok(flat.mean(1)?) }
+                if $max { global_max(&flat) } else { global_mean(&flat) }
             }
             /// Keras's average over the unmasked steps only (a max ignores the mask, as Keras's).
             fn call_masked(
