@@ -118,6 +118,57 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+/// `op(a) · op(b)` over the leading (batch) axes of two contiguous float32 CPU tensors of
+/// `(..., rows, cols)`, `op` transposing the last two axes where asked (`a_t`, `b_t`: a
+/// transposed operand is read in place, not copied); `None` where our kernels do not take the
+/// tensors (candle's `matmul` then, on `.t()` views). Not differentiated: for a graph node's
+/// own arithmetic.
+pub(crate) fn batched(
+    a: &Tensor,
+    a_t: bool,
+    b: &Tensor,
+    b_t: bool,
+) -> candle_core::Result<Option<Tensor>> {
+    if !super::takes(a) || !super::takes(b) || a.rank() < 2 || a.rank() != b.rank() {
+        return Ok(None);
+    }
+    let (ad, bd) = (a.dims(), b.dims());
+    let r = ad.len();
+    if ad[..r - 2] != bd[..r - 2] {
+        return Ok(None);
+    }
+    let batch: usize = ad[..r - 2].iter().product();
+    let (m, k) = if a_t {
+        (ad[r - 1], ad[r - 2])
+    } else {
+        (ad[r - 2], ad[r - 1])
+    };
+    let (k2, n) = if b_t {
+        (bd[r - 1], bd[r - 2])
+    } else {
+        (bd[r - 2], bd[r - 1])
+    };
+    if k != k2 {
+        candle_core::bail!(
+            "batched product: {ad:?} (transposed: {a_t}) by {bd:?} (transposed: {b_t})"
+        )
+    }
+    let (a, b) = (a.contiguous()?, b.contiguous()?);
+    let (sa, la) = a.storage_and_layout();
+    let (sb, lb) = b.storage_and_layout();
+    let (candle_core::Storage::Cpu(sa), candle_core::Storage::Cpu(sb)) = (&*sa, &*sb) else {
+        return Ok(None);
+    };
+    let (x, y) = (
+        super::cpu_f32(sa, la, "batched product operand")?,
+        super::cpu_f32(sb, lb, "batched product operand")?,
+    );
+    let out = crate::layers::im2col::batched_matmul_new(batch, m, n, k, x, a_t, y, b_t);
+    let mut dims = ad[..r - 2].to_vec();
+    dims.extend([m, n]);
+    Ok(Some(Tensor::from_vec(out, dims, a.device())?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +211,49 @@ mod tests {
                 .unwrap();
             assert!(max_rel(&g3[0], &g2[1]) < 1e-5, "kernel grad, plain input");
         }
+    }
+
+    #[test]
+    fn batched_products_match_candle_matmul_with_and_without_transposes() {
+        let dev = Device::Cpu;
+        for (lead, m, k, n) in [
+            (vec![2usize], 3usize, 4usize, 5usize),
+            (vec![4, 3], 64, 16, 64),
+            (vec![1], 1, 1, 1),
+            (vec![3, 2], 7, 33, 9),
+        ] {
+            for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
+                let shape = |r: usize, c: usize| [lead.clone(), vec![r, c]].concat();
+                let a = crate::kernels::fixed_randn(
+                    1.0,
+                    shape(if a_t { k } else { m }, if a_t { m } else { k }).as_slice(),
+                    &dev,
+                )
+                .unwrap();
+                let b = crate::kernels::fixed_randn(
+                    1.0,
+                    shape(if b_t { n } else { k }, if b_t { k } else { n }).as_slice(),
+                    &dev,
+                )
+                .unwrap();
+                let ours = batched(&a, a_t, &b, b_t).unwrap().unwrap();
+                let (ta, tb) = (
+                    if a_t { a.t().unwrap() } else { a.clone() },
+                    if b_t { b.t().unwrap() } else { b.clone() },
+                );
+                let theirs = ta.matmul(&tb).unwrap();
+                assert_eq!(ours.dims(), theirs.dims());
+                assert!(
+                    max_rel(&ours, &theirs) < 1e-5,
+                    "{lead:?} {m}x{k}x{n} {a_t} {b_t}"
+                );
+            }
+        }
+        let a = crate::kernels::fixed_randn(1.0, (2, 3, 4), &dev).unwrap();
+        let e = batched(&a, false, &a, false)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("[2, 3, 4]"), "{e}");
     }
 }

@@ -637,6 +637,18 @@ impl Layer for MultiHeadAttention {
     }
 }
 
+/// `op(a) · op(b)` over the batch and head axes, `op` transposing the last two axes where asked:
+/// our CPU kernel (each small product on one thread, transposed operands read in place) where it
+/// takes the tensors, else candle's `matmul`.
+fn mm(a: &Tensor, a_t: bool, b: &Tensor, b_t: bool) -> candle_core::Result<Tensor> {
+    if let Some(y) = crate::kernels::linear::batched(a, a_t, b, b_t)? {
+        return Ok(y);
+    }
+    let a = if a_t { a.t()? } else { a.clone() };
+    let b = if b_t { b.t()? } else { b.clone() };
+    a.matmul(&b)
+}
+
 /// Scaled dot-product attention as one node of the recorded graph ([`crate::tape::node`]):
 /// `softmax((q · scale) k^T)` over the key positions, `-1e9` where `mask` (u8,
 /// `(batch, heads, T, S)`) is 0, zeroed there too with `zero_masked`, times the dropout mask
@@ -663,7 +675,7 @@ fn attention(
         }
     };
     let (qf, kf, vf) = (f32(&qd)?, f32(&kd)?, f32(&vd)?);
-    let mut scores = qf.matmul(&kf.t()?)?;
+    let mut scores = mm(&qf, false, &kf, true)?;
     // Our CPU kernel where it takes the tensors: the masked fill and the softmax in one pass.
     let p = match crate::kernels::softmax::masked_softmax(&scores, mask.as_ref())? {
         Some(p) => p,
@@ -683,18 +695,18 @@ fn attention(
     if let Some(d) = &drop {
         used = (used * d)?;
     }
-    let out = used.matmul(&vf)?.to_dtype(in_dt)?;
+    let out = mm(&used, false, &vf, false)?.to_dtype(in_dt)?;
     let y = crate::tape::node(&[q, k, v], &out, move |g, _y, needs| {
         let g = f32(g)?;
         let dv = if needs[2] {
-            Some(used.t()?.matmul(&g)?.to_dtype(in_dt)?)
+            Some(mm(&used, true, &g, false)?.to_dtype(in_dt)?)
         } else {
             None
         };
         if !needs[0] && !needs[1] {
             return Ok(vec![None, None, dv]);
         }
-        let mut dp = g.matmul(&vf.t()?)?;
+        let mut dp = mm(&g, false, &vf, true)?;
         if let Some(d) = &drop {
             dp = (dp * d)?;
         }
@@ -713,12 +725,12 @@ fn attention(
             }
         };
         let dq = if needs[0] {
-            Some((ds.matmul(&kf)? * scale)?.to_dtype(in_dt)?)
+            Some((mm(&ds, false, &kf, false)? * scale)?.to_dtype(in_dt)?)
         } else {
             None
         };
         let dk = if needs[1] {
-            Some(ds.t()?.matmul(&qf)?.to_dtype(in_dt)?)
+            Some(mm(&ds, true, &qf, false)?.to_dtype(in_dt)?)
         } else {
             None
         };

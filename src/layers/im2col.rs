@@ -579,6 +579,66 @@ pub(crate) fn matmul_new(
     out
 }
 
+/// `batch` independent products `op(lhs_i) · op(rhs_i)` (each as in [`matmul_new`], the
+/// operands `batch` matrices one after the other) as a new `batch·m·n` buffer: the batch split
+/// over rayon's threads, each product on one thread. Attention's products are many small ones
+/// (`(64, 16) · (16, 64)` per head and sequence), for which a product split over threads waits
+/// more than it computes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn batched_matmul_new(
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    lhs_t: bool,
+    rhs: &[f32],
+    rhs_t: bool,
+) -> Vec<f32> {
+    assert!(lhs.len() >= batch * m * k && rhs.len() >= batch * k * n);
+    let mut out: Vec<f32> = Vec::with_capacity(batch * m * n);
+    if m * n == 0 {
+        return out;
+    }
+    let one = |i: usize, dst: &mut [std::mem::MaybeUninit<f32>]| {
+        let (l, r) = (
+            &lhs[i * m * k..(i + 1) * m * k],
+            &rhs[i * k * n..(i + 1) * k * n],
+        );
+        // SAFETY: `dst` is this product's `m·n` slots, which `matmul_raw` writes without reading
+        // (`accumulate` false); `l` and `r` hold `m·k` and `k·n` values.
+        unsafe {
+            matmul_raw(
+                false,
+                m,
+                n,
+                k,
+                dst.as_mut_ptr().cast(),
+                false,
+                l,
+                lhs_t,
+                r,
+                rhs_t,
+            )
+        }
+    };
+    let slots = &mut out.spare_capacity_mut()[..batch * m * n];
+    if batch * m * n * k < 1 << 16 {
+        slots
+            .chunks_mut(m * n)
+            .enumerate()
+            .for_each(|(i, d)| one(i, d));
+    } else {
+        slots
+            .par_chunks_mut(m * n)
+            .enumerate()
+            .for_each(|(i, d)| one(i, d));
+    }
+    // SAFETY: every product wrote its `m·n` values.
+    unsafe { out.set_len(batch * m * n) };
+    out
+}
+
 /// `dst (m×n) [+]= op(lhs) · op(rhs)`, row-major, where `op` transposes when asked: `lhs` is
 /// stored `m×k` (or `k×m` with `lhs_t`), `rhs` `k×n` (or `n×k` with `rhs_t`); on rayon's threads
 /// when `par` and the product is large enough, else on this one.
