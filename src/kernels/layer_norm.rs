@@ -27,12 +27,67 @@ struct LayerNormGrad {
     eps: f32,
 }
 
-/// The mean and `1 / sqrt(var + eps)` of a row (the variance as the mean of squared deviations).
-fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+/// One row: `out = (x - mean) · r · gamma + beta`, `r = 1 / sqrt(var + eps)` (the variance as
+/// the mean of squared deviations). Vectorized reductions ([`super::lanes_fold`]); compiled for
+/// AVX-512 and AVX2 too, picked at run time.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn norm_row(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
     let inv_n = 1.0 / x.len() as f32;
-    let mean = x.iter().sum::<f32>() * inv_n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() * inv_n;
-    (mean, 1.0 / (var + eps).sqrt())
+    let mean = super::sum_lanes(x) * inv_n;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = v - mean;
+    }
+    let r = 1.0 / (super::dot_lanes(out, out) * inv_n + eps).sqrt();
+    for ((o, &g), &b) in out.iter_mut().zip(gamma).zip(beta) {
+        *o = *o * r * g + b;
+    }
+}
+
+/// One row's backward pass: `gx = r (dx̂ - mean(dx̂) - x̂ mean(dx̂ x̂))` with `dx̂ = g gamma`, and
+/// `g x̂`, `g` added into `dgamma`, `dbeta`. `xh` and `d` are scratch rows.
+#[allow(clippy::too_many_arguments)]
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn norm_grad_row(
+    x: &[f32],
+    g: &[f32],
+    gamma: &[f32],
+    eps: f32,
+    (xh, d): (&mut [f32], &mut [f32]),
+    gx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    let inv_n = 1.0 / x.len() as f32;
+    let mean = super::sum_lanes(x) * inv_n;
+    for (o, &v) in xh.iter_mut().zip(x) {
+        *o = v - mean;
+    }
+    let r = 1.0 / (super::dot_lanes(xh, xh) * inv_n + eps).sqrt();
+    for o in xh.iter_mut() {
+        *o *= r;
+    }
+    for ((o, &gv), &gm) in d.iter_mut().zip(g).zip(gamma) {
+        *o = gv * gm;
+    }
+    let m1 = super::sum_lanes(d) * inv_n;
+    let m2 = super::dot_lanes(d, xh) * inv_n;
+    for ((((o, &dv), &h), &gv), (dg, db)) in gx
+        .iter_mut()
+        .zip(&*d)
+        .zip(&*xh)
+        .zip(g)
+        .zip(dgamma.iter_mut().zip(dbeta.iter_mut()))
+    {
+        *o = r * (dv - m1 - h * m2);
+        *dg += gv * h;
+        *db += gv;
+    }
 }
 
 impl CustomOp3 for LayerNorm {
@@ -62,12 +117,7 @@ impl CustomOp3 for LayerNorm {
         }
         let mut y = vec![0f32; x.len()];
         let eps = self.eps;
-        let one = |(out, row): (&mut [f32], &[f32])| {
-            let (mean, r) = row_stats(row, eps);
-            for (((o, &v), &g), &b) in out.iter_mut().zip(row).zip(gamma).zip(beta) {
-                *o = (v - mean) * r * g + b;
-            }
-        };
+        let one = |(out, row): (&mut [f32], &[f32])| norm_row(row, gamma, beta, eps, out);
         if x.len() < BLOCK_VALUES {
             y.chunks_mut(n).zip(x.chunks(n)).for_each(one);
         } else {
@@ -139,26 +189,11 @@ impl CustomOp3 for LayerNormGrad {
         // Each block of rows: its rows' input gradients, and its partial sums of `g · x̂` and `g`.
         let block = |(gx, (x, g)): (&mut [f32], (&[f32], &[f32]))| -> Vec<f32> {
             let mut sums = vec![0f32; 2 * n];
+            let mut scratch = vec![0f32; 2 * n];
+            let (xh, d) = scratch.split_at_mut(n);
             let (dgamma, dbeta) = sums.split_at_mut(n);
             for ((gx, x), g) in gx.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
-                let (mean, r) = row_stats(x, eps);
-                let inv_n = 1.0 / n as f32;
-                // mean(dx̂) and mean(dx̂ · x̂), with dx̂ = g · gamma.
-                let (mut m1, mut m2) = (0f32, 0f32);
-                for ((&v, &gv), &gm) in x.iter().zip(g).zip(gamma) {
-                    let xhat = (v - mean) * r;
-                    let d = gv * gm;
-                    m1 += d;
-                    m2 += d * xhat;
-                }
-                m1 *= inv_n;
-                m2 *= inv_n;
-                for (i, ((o, &v), &gv)) in gx.iter_mut().zip(x).zip(g).enumerate() {
-                    let xhat = (v - mean) * r;
-                    *o = r * (gv * gamma[i] - m1 - xhat * m2);
-                    dgamma[i] += gv * xhat;
-                    dbeta[i] += gv;
-                }
+                norm_grad_row(x, g, gamma, eps, (&mut *xh, &mut *d), gx, dgamma, dbeta);
             }
             sums
         };

@@ -108,6 +108,59 @@ fn forced() -> bool {
     }
 }
 
+/// Sixteen running values combined lane by lane over `x` (and `y`), then folded: reductions
+/// that vectorize (one running value would keep a loop scalar, float additions not being
+/// reorderable). Inlined into their callers, so that they take the callers' target features.
+#[inline(always)]
+pub(crate) fn lanes_fold(
+    x: &[f32],
+    y: Option<&[f32]>,
+    init: f32,
+    f: impl Fn(f32, f32, f32) -> f32,
+    fold: impl Fn(f32, f32) -> f32,
+) -> f32 {
+    let mut acc = [init; 16];
+    let n = x.len();
+    let y = y.unwrap_or(x);
+    let (x, y) = (&x[..n], &y[..n]);
+    let whole = n / 16 * 16;
+    for (xc, yc) in x[..whole].chunks_exact(16).zip(y[..whole].chunks_exact(16)) {
+        for i in 0..16 {
+            acc[i] = f(acc[i], xc[i], yc[i]);
+        }
+    }
+    let mut total = init;
+    for (&a, &b) in x[whole..].iter().zip(&y[whole..]) {
+        total = f(total, a, b);
+    }
+    acc.iter().fold(total, |t, &a| fold(t, a))
+}
+
+/// `Σ x` (see [`lanes_fold`]).
+#[inline(always)]
+pub(crate) fn sum_lanes(x: &[f32]) -> f32 {
+    lanes_fold(x, None, 0.0, |a, v, _| a + v, |a, b| a + b)
+}
+
+/// `Σ x·y` over the shorter of the two (see [`lanes_fold`]).
+#[inline(always)]
+pub(crate) fn dot_lanes(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len().min(y.len());
+    lanes_fold(
+        &x[..n],
+        Some(&y[..n]),
+        0.0,
+        |a, u, v| a + u * v,
+        |a, b| a + b,
+    )
+}
+
+/// The largest value of `x` (NaNs ignored, as `f32::max` does; `-inf` when empty).
+#[inline(always)]
+pub(crate) fn max_lanes(x: &[f32]) -> f32 {
+    lanes_fold(x, None, f32::NEG_INFINITY, |a, v, _| a.max(v), f32::max)
+}
+
 /// Whether our kernels take `t`: float32 on the CPU, with the kernels [`enabled`].
 pub(crate) fn takes(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && enabled()

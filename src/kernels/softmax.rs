@@ -60,16 +60,25 @@ fn exp_shifted(row: &mut [f32], m: f32) -> f32 {
     for v in row.iter_mut() {
         *v = exp(*v - m);
     }
-    // Sixteen partial sums (one running sum would keep the loop scalar: float additions do not
-    // reorder).
-    let mut acc = [0f32; 16];
-    let mut chunks = row.chunks_exact(16);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v;
-        }
-    }
-    chunks.remainder().iter().sum::<f32>() + acc.iter().sum::<f32>()
+    super::sum_lanes(row)
+}
+
+/// The largest value of a row (vectorized; see [`super::lanes_fold`]).
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn row_max(row: &[f32]) -> f32 {
+    super::max_lanes(row)
+}
+
+/// `Σ p·dp` over a row (vectorized).
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn row_dot(p: &[f32], dp: &[f32]) -> f32 {
+    super::dot_lanes(p, dp)
 }
 
 /// One row: `out = softmax(x)` with `x` replaced by [`MASKED`] where `mask` is 0.
@@ -82,7 +91,7 @@ fn softmax_row(x: &[f32], mask: Option<&[u8]>, out: &mut [f32]) {
         }
         None => out.copy_from_slice(x),
     }
-    let m = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let m = row_max(out);
     let s = exp_shifted(out, m);
     let inv = 1.0 / s;
     for o in out.iter_mut() {
@@ -92,7 +101,7 @@ fn softmax_row(x: &[f32], mask: Option<&[u8]>, out: &mut [f32]) {
 
 /// One row of the backward pass: `ds = p · (dp - Σ dp·p)`, 0 where `mask` is 0.
 fn softmax_grad_row(p: &[f32], dp: &[f32], mask: Option<&[u8]>, out: &mut [f32]) {
-    let dot: f32 = p.iter().zip(dp).map(|(a, b)| a * b).sum();
+    let dot = row_dot(p, dp);
     for ((o, &p), &d) in out.iter_mut().zip(p).zip(dp) {
         *o = p * (d - dot);
     }
