@@ -8,6 +8,7 @@ pub(crate) mod conv_act;
 pub(crate) mod cuda;
 pub(crate) mod dense;
 pub(crate) mod elementwise;
+pub(crate) mod gather;
 pub(crate) mod layer_norm;
 pub(crate) mod linear;
 pub(crate) mod pool;

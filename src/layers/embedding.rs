@@ -111,24 +111,30 @@ impl Embedding {
     fn ids(&self, x: &Tensor) -> Result<Tensor> {
         let flat = x.flatten_all()?;
         if flat.device().is_cpu() {
-            let ids: Vec<i64> = flat
-                .to_dtype(DType::F64)?
-                .to_vec1::<f64>()?
-                .iter()
-                .map(|v| *v as i64)
-                .collect();
-            if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= self.input_dim) {
-                return Err(Error::value(format!(
-                    "layer \"{}\": ids must be in [0, {}) (`input_dim`); received id {bad} in an input of shape {:?}. Raise `input_dim` to the vocabulary size, or map the ids into range",
-                    self.name,
-                    self.input_dim,
-                    x.dims()
-                )));
-            }
-            let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+            let ids = self.cpu_ids(x)?;
             return Ok(Tensor::from_vec(ids, flat.elem_count(), flat.device())?);
         }
         clamped_ids(&flat, self.input_dim)
+    }
+
+    /// The ids of a CPU input, checked to be in `[0, input_dim)`.
+    fn cpu_ids(&self, x: &Tensor) -> Result<Vec<u32>> {
+        let ids: Vec<i64> = x
+            .flatten_all()?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?
+            .iter()
+            .map(|v| *v as i64)
+            .collect();
+        if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= self.input_dim) {
+            return Err(Error::value(format!(
+                "layer \"{}\": ids must be in [0, {}) (`input_dim`); received id {bad} in an input of shape {:?}. Raise `input_dim` to the vocabulary size, or map the ids into range",
+                self.name,
+                self.input_dim,
+                x.dims()
+            )));
+        }
+        Ok(ids.iter().map(|&i| i as u32).collect())
     }
 }
 
@@ -177,6 +183,14 @@ impl Layer for Embedding {
         let Some(table) = &self.embeddings else {
             return Err(Error::state("Embedding not built"));
         };
+        // Our CPU kernel where it takes the table: the rows in the output's shape, one op.
+        if x.device().is_cpu()
+            && crate::kernels::takes(table.as_tensor())
+            && let Some(rows) =
+                crate::kernels::gather::gather(table.as_tensor(), self.cpu_ids(x)?, x.dims())?
+        {
+            return self.policy.cast(&rows);
+        }
         let ids = self.ids(x)?;
         let rows = table.as_tensor().index_select(&ids, 0)?;
         let mut shape = x.dims().to_vec();
