@@ -232,7 +232,11 @@ fn fully_padded_sequences_keep_the_initial_state() {
     alone.build().unwrap();
     alone.set_weights(&model.get_weights()).unwrap();
     let want = alone.call(&Data::from(short), false).unwrap();
-    assert_eq!(want.tensor().unwrap().to_vec2::<f32>().unwrap()[0], y[1]);
+    // (To float rounding: without a mask, the CPU runs the whole sequence as one op.)
+    let want = want.tensor().unwrap().to_vec2::<f32>().unwrap();
+    for (a, b) in want[0].iter().zip(&y[1]) {
+        assert!((a - b).abs() < 1e-6, "{:?} vs {:?}", want[0], y[1]);
+    }
     // The LSTM returns its last output only: no mask reaches the model's output.
     assert!(model.output_mask().unwrap().is_none());
 }

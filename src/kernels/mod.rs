@@ -12,6 +12,7 @@ pub(crate) mod gather;
 pub(crate) mod layer_norm;
 pub(crate) mod linear;
 pub(crate) mod pool;
+pub(crate) mod recurrent;
 pub(crate) mod softmax;
 pub(crate) mod softmax_ce;
 

@@ -643,7 +643,7 @@ pub(crate) fn batched_matmul_new(
 /// stored `m×k` (or `k×m` with `lhs_t`), `rhs` `k×n` (or `n×k` with `rhs_t`); on rayon's threads
 /// when `par` and the product is large enough, else on this one.
 #[allow(clippy::too_many_arguments)]
-fn matmul_with(
+pub(crate) fn matmul_with(
     par: bool,
     m: usize,
     n: usize,

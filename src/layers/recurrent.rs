@@ -551,6 +551,28 @@ impl<C: CellKind> Recurrent<C> {
             Some(m) => Some(m.to_dtype(dt)?),
             None => None,
         };
+        // On the CPU, the whole sequence as one op (cuDNN's way) where it applies: Keras's
+        // default activations, a bias, no mask and no dropout drawn.
+        let fused = match kind {
+            StepKind::Lstm { .. } => Some(crate::kernels::recurrent::Cell::Lstm),
+            StepKind::Gru { reset_after: true } => Some(crate::kernels::recurrent::Cell::Gru),
+            _ => None,
+        };
+        if let (Some(cell), Some(bias), None, None, None) =
+            (fused, &bias, &mask, &in_masks, &rec_masks)
+            && self.activation == Activation::Tanh
+            && self.recurrent_activation == Activation::Sigmoid
+            && let Some(y) = crate::kernels::recurrent::sequence(
+                cell,
+                &x,
+                &kernel,
+                &recurrent,
+                bias,
+                self.return_sequences,
+            )?
+        {
+            return Ok(y);
+        }
         // Each step's input projection (batch, gates * units) is its own product: slicing one
         // product of all steps instead would give each step's slice a gradient as large as the
         // whole sequence's (candle pads a slice's gradient to its source's shape), T times.
