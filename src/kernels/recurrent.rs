@@ -95,6 +95,8 @@ fn lstm_row(z: &mut [f32], c: &mut [f32], h: &mut [f32]) {
     let (zi, rest) = z.split_at_mut(u);
     let (zf, rest) = rest.split_at_mut(u);
     let (zg, zo) = rest.split_at_mut(u);
+    // Every slice cut to `u` values, so that the loop has no bounds checks (and vectorizes).
+    let (zf, zg, zo, h) = (&mut zf[..u], &mut zg[..u], &mut zo[..u], &mut h[..u]);
     for j in 0..u {
         let i = sigmoid(zi[j]);
         let f = sigmoid(zf[j]);
@@ -118,10 +120,12 @@ fn gru_row(z: &mut [f32], hz: &[f32], inner: &mut [f32], h: &mut [f32]) {
     let u = h.len();
     let (gz, rest) = z.split_at_mut(u);
     let (gr, gh) = rest.split_at_mut(u);
+    let (gz, gr, gh, inner) = (&mut gz[..u], &mut gr[..u], &mut gh[..u], &mut inner[..u]);
+    let (hz_z, hz_r, hz_h) = (&hz[..u], &hz[u..2 * u], &hz[2 * u..3 * u]);
     for j in 0..u {
-        let zg = sigmoid(gz[j] + hz[j]);
-        let r = sigmoid(gr[j] + hz[u + j]);
-        let hu = hz[2 * u + j];
+        let zg = sigmoid(gz[j] + hz_z[j]);
+        let r = sigmoid(gr[j] + hz_r[j]);
+        let hu = hz_h[j];
         let hh = tanh(gh[j] + r * hu);
         (gz[j], gr[j], gh[j]) = (zg, r, hh);
         inner[j] = hu;
@@ -145,14 +149,24 @@ fn lstm_grad_row(
     dz: &mut [f32],
 ) {
     let u = dc.len();
+    let (gi, gf, gg, go) = (
+        &gates[..u],
+        &gates[u..2 * u],
+        &gates[2 * u..3 * u],
+        &gates[3 * u..4 * u],
+    );
+    let (dh, c, c_prev) = (&dh[..u], &c[..u], &c_prev[..u]);
+    let (di, rest) = dz[..4 * u].split_at_mut(u);
+    let (df, rest) = rest.split_at_mut(u);
+    let (dg, d_o) = rest.split_at_mut(u);
     for j in 0..u {
-        let (i, f, g, o) = (gates[j], gates[u + j], gates[2 * u + j], gates[3 * u + j]);
+        let (i, f, g, o) = (gi[j], gf[j], gg[j], go[j]);
         let tc = tanh(c[j]);
         let d = dc[j] + dh[j] * o * (1.0 - tc * tc);
-        dz[j] = d * g * i * (1.0 - i);
-        dz[u + j] = d * c_prev[j] * f * (1.0 - f);
-        dz[2 * u + j] = d * i * (1.0 - g * g);
-        dz[3 * u + j] = dh[j] * tc * o * (1.0 - o);
+        di[j] = d * g * i * (1.0 - i);
+        df[j] = d * c_prev[j] * f * (1.0 - f);
+        dg[j] = d * i * (1.0 - g * g);
+        d_o[j] = dh[j] * tc * o * (1.0 - o);
         dc[j] = d * f;
     }
 }
@@ -175,17 +189,23 @@ fn gru_grad_row(
     dprev: &mut [f32],
 ) {
     let u = dh.len();
+    let (gz, gr, gh) = (&gates[..u], &gates[u..2 * u], &gates[2 * u..3 * u]);
+    let (inner, h_prev, dprev) = (&inner[..u], &h_prev[..u], &mut dprev[..u]);
+    let (dxz, rest) = dx[..3 * u].split_at_mut(u);
+    let (dxr, dxh) = rest.split_at_mut(u);
+    let (drz, rest) = dr[..3 * u].split_at_mut(u);
+    let (drr, drh) = rest.split_at_mut(u);
     for j in 0..u {
-        let (z, r, hh) = (gates[j], gates[u + j], gates[2 * u + j]);
+        let (z, r, hh) = (gz[j], gr[j], gh[j]);
         let dzh = dh[j] * (1.0 - z) * (1.0 - hh * hh);
         let dzz = dh[j] * (h_prev[j] - hh) * z * (1.0 - z);
         let dzr = dzh * inner[j] * r * (1.0 - r);
-        dx[j] = dzz;
-        dx[u + j] = dzr;
-        dx[2 * u + j] = dzh;
-        dr[j] = dzz;
-        dr[u + j] = dzr;
-        dr[2 * u + j] = dzh * r;
+        dxz[j] = dzz;
+        dxr[j] = dzr;
+        dxh[j] = dzh;
+        drz[j] = dzz;
+        drr[j] = dzr;
+        drh[j] = dzh * r;
         dprev[j] = dh[j] * z;
     }
 }
