@@ -14,7 +14,7 @@
 //! with an input and a recurrent bias, `hh = tanh(x_h + r (h U_h + b_h))`, `h = z h + (1 - z) hh`.
 //! Sigmoid gates and tanh activations (other activations take the step-by-step path).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
@@ -44,6 +44,11 @@ pub(crate) struct Sequence {
     cell: Cell,
     units: usize,
     sequences: bool,
+    /// Keras's mask, `(B, T)` in the order the steps run: 0 where a step is skipped (the states
+    /// carried through it unchanged, its output the carried state, or zeros with
+    /// `zero_output`).
+    mask: Option<Arc<[u8]>>,
+    zero_output: bool,
     /// What the backward pass reads, kept by the forward pass.
     saved: Mutex<Option<Saved>>,
 }
@@ -51,7 +56,7 @@ pub(crate) struct Sequence {
 struct Saved {
     /// Every step's activated gates, `(B, T, G u)`.
     gates: Vec<f32>,
-    /// Every step's state `(B, T, u)`.
+    /// Every step's state `(B, T, u)` (carried through skipped steps).
     hs: Vec<f32>,
     /// LSTM: every step's cell state; GRU: every step's `h U_h + b_h`; `(B, T, u)`.
     extra: Vec<f32>,
@@ -221,6 +226,11 @@ fn prev_row<'a>(v: &'a [f32], zeros: &'a [f32], s: usize, at: usize) -> &'a [f32
 }
 
 impl Sequence {
+    /// Whether step `i` (`batch · T + step`) runs (no mask, or a nonzero mask value).
+    fn keeps(&self, i: usize) -> bool {
+        self.mask.as_ref().is_none_or(|m| m[i] != 0)
+    }
+
     /// Checks the shapes: `(B, T, F)` and weights `(F + u, G u)`.
     fn dims(&self, x: &[usize], w: &[usize]) -> candle_core::Result<(usize, usize, usize)> {
         let (u, gu) = (self.units, self.cell.gates() * self.units);
@@ -273,6 +283,11 @@ impl CustomOp3 for Sequence {
         let mut h = vec![0f32; b * u];
         let mut c = vec![0f32; b * u];
         let mut hz = vec![0f32; b * gu];
+        // With a mask, the outputs (skipped steps' zeros with `zero_output`) apart from the states.
+        let mut outs = match &self.mask {
+            Some(_) => vec![0f32; b * t * u],
+            None => Vec::new(),
+        };
         for s in 0..t {
             matmul_with(false, b, gu, u, &mut hz, false, &h, false, recurrent, false);
             for bi in 0..b {
@@ -280,6 +295,18 @@ impl CustomOp3 for Sequence {
                 let hrow = &mut h[bi * u..(bi + 1) * u];
                 let z = &mut gates[row..row + gu];
                 let at = (bi * t + s) * u;
+                let keep = self.keeps(bi * t + s);
+                if !keep {
+                    // The states carried through unchanged.
+                    if self.cell == Cell::Lstm {
+                        extra[at..at + u].copy_from_slice(&c[bi * u..(bi + 1) * u]);
+                    }
+                    hs[at..at + u].copy_from_slice(hrow);
+                    if !self.zero_output && !outs.is_empty() {
+                        outs[at..at + u].copy_from_slice(hrow);
+                    }
+                    continue;
+                }
                 match self.cell {
                     Cell::Lstm => {
                         for (v, &r) in z.iter_mut().zip(&hz[bi * gu..(bi + 1) * gu]) {
@@ -297,9 +324,21 @@ impl CustomOp3 for Sequence {
                     }
                 }
                 hs[at..at + u].copy_from_slice(hrow);
+                if !outs.is_empty() {
+                    outs[at..at + u].copy_from_slice(hrow);
+                }
             }
         }
-        let out = if self.sequences { hs.clone() } else { h };
+        let out = match (self.sequences, outs.is_empty()) {
+            (true, true) => hs.clone(),
+            (true, false) => outs,
+            (false, true) => h,
+            // The last step's outputs.
+            (false, false) => outs
+                .chunks_exact(t * u)
+                .flat_map(|seq| seq[(t - 1) * u..].iter().copied())
+                .collect(),
+        };
         let shape = if self.sequences {
             Shape::from((b, t, u))
         } else {
@@ -354,10 +393,27 @@ impl CustomOp3 for Sequence {
                 } else {
                     None
                 };
+                let at = (bi * t + s) * u;
+                if !self.keeps(bi * t + s) {
+                    // A skipped step: the states' gradients pass through to the previous step
+                    // (with the output's, unless its output was zeros); no gate gradient.
+                    if !self.zero_output
+                        && let Some(o) = from
+                    {
+                        for j in 0..u {
+                            dh_next[bi * u + j] += gv[o + j];
+                        }
+                    }
+                    step_d[bi * gu..(bi + 1) * gu].fill(0.0);
+                    continue;
+                }
                 for j in 0..u {
                     dh[bi * u + j] = dh_next[bi * u + j] + from.map_or(0.0, |o| gv[o + j]);
                 }
-                let at = (bi * t + s) * u;
+                if self.cell == Cell::Lstm {
+                    // Consumed; the product below adds the previous state's share.
+                    dh_next[bi * u..(bi + 1) * u].fill(0.0);
+                }
 
                 let row = (bi * t + s) * gu;
                 let d = &mut step_d[bi * gu..(bi + 1) * gu];
@@ -387,9 +443,9 @@ impl CustomOp3 for Sequence {
                     }
                 }
             }
-            // The previous state's gradient through the recurrent kernel (GRU: added to its
-            // direct share, already in `dh_next`).
-            let accumulate = self.cell == Cell::Gru;
+            // The previous state's gradient through the recurrent kernel, added to what is
+            // already there (GRU: its direct share; a skipped step: the carried gradient).
+            let accumulate = true;
             matmul_with(
                 false,
                 b,
@@ -450,18 +506,34 @@ impl CustomOp3 for Sequence {
 
 /// A whole recurrent sequence on our CPU kernels: `x (B, T, F)`, `kernel (F, G u)`,
 /// `recurrent (u, G u)`, `bias` (`4u` for an LSTM, `(2, 3u)` for a GRU), all float32 on the CPU;
-/// every step's state or the last one. `None` where the kernels do not take the tensors.
+/// every step's state or the last one (`sequences`). `mask` `(B, T)` of zeros and ones: skipped
+/// steps carry the states, and output them, or zeros with `zero_output`. `None` where the
+/// kernels do not take the tensors (or the mask holds other values).
 pub(crate) fn sequence(
     cell: Cell,
     x: &Tensor,
-    kernel: &Tensor,
-    recurrent: &Tensor,
-    bias: &Tensor,
+    [kernel, recurrent, bias]: [&Tensor; 3],
     sequences: bool,
+    mask: Option<&Tensor>,
+    zero_output: bool,
 ) -> candle_core::Result<Option<Tensor>> {
     if ![x, kernel, recurrent, bias].iter().all(|t| super::takes(t)) || x.rank() != 3 {
         return Ok(None);
     }
+    // A mask of zeros and ones, `(B, T)` (other values blend the states: the step loop).
+    let mask = match mask {
+        Some(m) => {
+            let v = m
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?;
+            if m.dims() != &x.dims()[..2] || v.iter().any(|&k| k != 0.0 && k != 1.0) {
+                return Ok(None);
+            }
+            Some(v.iter().map(|&k| u8::from(k != 0.0)).collect::<Arc<[u8]>>())
+        }
+        None => None,
+    };
     let units = recurrent.dims()[0];
     // The two kernels as one argument (a concatenation of two small variables; its backward
     // splits the gradient between them).
@@ -470,6 +542,8 @@ pub(crate) fn sequence(
         cell,
         units,
         sequences,
+        mask,
+        zero_output,
         saved: Mutex::new(None),
     };
     Ok(Some(x.contiguous()?.apply_op3(
@@ -484,6 +558,7 @@ mod tests {
     use super::*;
     use crate::kernels::{both_paths, fixed_randn, max_rel};
     use crate::layers::{GRU, LSTM, Layer};
+    use crate::tape::Variable;
     use candle_core::Device;
 
     /// The fused op against the step-by-step path of candle's ops: outputs, and the gradients of
@@ -529,6 +604,88 @@ mod tests {
                         layer.class_name(),
                         max_rel(a, b)
                     );
+                }
+            }
+        }
+    }
+
+    /// With a mask (skipped steps carry the states; their outputs are the carried state or
+    /// zeros), the fused op against the step loop: outputs and every gradient.
+    #[test]
+    fn fused_masked_sequences_match_the_step_by_step_path() {
+        use crate::kernels::FORCE;
+        let dev = Device::Cpu;
+        let x = fixed_randn(1.0, (3, 6, 4), &dev).unwrap();
+        // Padding at the end, at the start, in the middle, and a sequence skipped throughout.
+        let mask = Tensor::new(
+            &[
+                [1f32, 1., 1., 1., 0., 0.],
+                [0., 0., 1., 1., 1., 1.],
+                [1., 0., 1., 0., 0., 1.],
+            ],
+            &dev,
+        )
+        .unwrap();
+        let all_off = Tensor::zeros((3, 6), candle_core::DType::F32, &dev).unwrap();
+        let mut case = 0;
+        for m in [&mask, &all_off] {
+            for (seqs, back, zero) in [
+                (false, false, false),
+                (true, false, false),
+                (true, true, true),
+                (false, true, true),
+                (true, false, true),
+            ] {
+                case += 1;
+                let layers: Vec<Box<dyn Layer>> = vec![
+                    Box::new(
+                        LSTM::new(5)
+                            .return_sequences(seqs)
+                            .go_backwards(back)
+                            .zero_output_for_mask(zero),
+                    ),
+                    Box::new(
+                        GRU::new(3)
+                            .return_sequences(seqs)
+                            .go_backwards(back)
+                            .zero_output_for_mask(zero),
+                    ),
+                ];
+                for mut layer in layers {
+                    layer.build(&[6, 4]).unwrap();
+                    for v in layer.variables() {
+                        let t = (v.as_tensor() + fixed_randn(0.3, v.shape().dims(), &dev).unwrap())
+                            .unwrap();
+                        v.assign(&t).unwrap();
+                    }
+                    let mut r: Option<Tensor> = None;
+                    let [(y1, g1), (y2, g2)] = [false, true].map(|generic| {
+                        FORCE.with(|f| f.set(generic));
+                        let xv = Variable::new("x", &x, true).unwrap();
+                        let y = layer.call_masked(xv.as_tensor(), Some(m), true).unwrap();
+                        let r = r
+                            .get_or_insert_with(|| fixed_randn(1.0, y.dims(), &dev).unwrap())
+                            .clone();
+                        let mut vars = vec![xv];
+                        vars.extend(layer.variables());
+                        let g = crate::GradientTape::gradient(&(&y * &r).unwrap(), &vars).unwrap();
+                        FORCE.with(|f| f.set(false));
+                        (y, g)
+                    });
+                    let name = layer.class_name().to_string();
+                    assert_eq!(y1.dims(), y2.dims(), "case {case} {name}");
+                    let close = |a: &Tensor, b: &Tensor| {
+                        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+                        d.to_scalar::<f32>().unwrap()
+                    };
+                    assert!(close(&y1, &y2) < 2e-6, "case {case} {name} values");
+                    for (j, (a, b)) in g1.iter().zip(&g2).enumerate() {
+                        assert!(
+                            close(a, b) < 2e-5,
+                            "case {case} {name} gradient {j}: {}",
+                            close(a, b)
+                        );
+                    }
                 }
             }
         }

@@ -552,23 +552,22 @@ impl<C: CellKind> Recurrent<C> {
             None => None,
         };
         // On the CPU, the whole sequence as one op (cuDNN's way) where it applies: Keras's
-        // default activations, a bias, no mask and no dropout drawn.
+        // default activations, a bias, and no dropout drawn.
         let fused = match kind {
             StepKind::Lstm { .. } => Some(crate::kernels::recurrent::Cell::Lstm),
             StepKind::Gru { reset_after: true } => Some(crate::kernels::recurrent::Cell::Gru),
             _ => None,
         };
-        if let (Some(cell), Some(bias), None, None, None) =
-            (fused, &bias, &mask, &in_masks, &rec_masks)
+        if let (Some(cell), Some(bias), None, None) = (fused, &bias, &in_masks, &rec_masks)
             && self.activation == Activation::Tanh
             && self.recurrent_activation == Activation::Sigmoid
             && let Some(y) = crate::kernels::recurrent::sequence(
                 cell,
                 &x,
-                &kernel,
-                &recurrent,
-                bias,
+                [&kernel, &recurrent, bias],
                 self.return_sequences,
+                mask.as_ref(),
+                self.zero_output_for_mask,
             )?
         {
             return Ok(y);
