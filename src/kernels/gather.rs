@@ -20,6 +20,7 @@ pub(crate) struct Gather {
 struct ScatterAdd {
     ids: Arc<[u32]>,
     rows: usize,
+    dim: usize,
 }
 
 fn table<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<(&'a [f32], usize, usize)> {
@@ -52,6 +53,7 @@ impl CustomOp1 for Gather {
         let op = ScatterAdd {
             ids: self.ids.clone(),
             rows: t.dims()[0],
+            dim: t.dims()[1],
         };
         let gt = g.contiguous()?.apply_op1_no_bwd(&op)?;
         crate::tape::route(t, Some(gt))
@@ -64,11 +66,13 @@ impl CustomOp1 for ScatterAdd {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = super::cpu_f32(s, l, "embedding output gradient")?;
-        let n = self.ids.len();
-        if n == 0 || g.len() % n != 0 {
-            candle_core::bail!("embedding gradient: {} values for {n} ids", g.len())
+        let (n, dim) = (self.ids.len(), self.dim);
+        if g.len() != n * dim {
+            candle_core::bail!(
+                "embedding gradient: {} values for {n} ids of {dim} values",
+                g.len()
+            )
         }
-        let dim = g.len() / n;
         let mut out = vec![0f32; self.rows * dim];
         for (&i, row) in self.ids.iter().zip(g.chunks_exact(dim)) {
             let i = i as usize;
@@ -131,6 +135,19 @@ mod tests {
         let g2 =
             GradientTape::gradient(&(&theirs * &r).unwrap(), std::slice::from_ref(&t)).unwrap();
         assert!(max_rel(&g1[0], &g2[0]) < 1e-6);
+        // No ids (an empty batch): an empty output, and a zero gradient.
+        let none = gather(t.as_tensor(), Vec::new(), &[0, 3]).unwrap().unwrap();
+        assert_eq!(none.dims(), &[0, 3, 5]);
+        let g = GradientTape::gradient(&none.sum_all().unwrap(), std::slice::from_ref(&t)).unwrap();
+        assert_eq!(
+            g[0].abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
         // An id past the table is an error, not a read out of bounds.
         let e = gather(t.as_tensor(), vec![7], &[1])
             .err()

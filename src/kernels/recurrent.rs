@@ -333,6 +333,7 @@ impl CustomOp3 for Sequence {
             (true, true) => hs.clone(),
             (true, false) => outs,
             (false, true) => h,
+            (false, false) if t == 0 => h,
             // The last step's outputs.
             (false, false) => outs
                 .chunks_exact(t * u)
@@ -687,6 +688,30 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// Sequences of no steps, with and without a mask: zeros, as the step loop gives.
+    #[test]
+    fn empty_sequences_give_the_initial_state() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((2, 0, 3), candle_core::DType::F32, &dev).unwrap();
+        let m = Tensor::zeros((2, 0), candle_core::DType::F32, &dev).unwrap();
+        for seqs in [false, true] {
+            let mut lstm = LSTM::new(4).return_sequences(seqs);
+            for mask in [None, Some(&m)] {
+                let y = lstm.call_masked(&x, mask, false).unwrap();
+                let want: &[usize] = if seqs { &[2, 0, 4] } else { &[2, 4] };
+                assert_eq!(y.dims(), want);
+                let total = y
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert_eq!(total, 0.0);
             }
         }
     }
