@@ -552,18 +552,25 @@ impl<C: CellKind> Recurrent<C> {
             None => None,
         };
         // On the CPU, the whole sequence as one op (cuDNN's way) where it applies: Keras's
-        // default activations, a bias, and no dropout drawn.
+        // default activations, a bias, and no recurrent dropout.
         let fused = match kind {
             StepKind::Lstm { .. } => Some(crate::kernels::recurrent::Cell::Lstm),
             StepKind::Gru { reset_after: true } => Some(crate::kernels::recurrent::Cell::Gru),
             _ => None,
         };
-        if let (Some(cell), Some(bias), None, None) = (fused, &bias, &in_masks, &rec_masks)
+        // Input dropout without recurrent dropout is one mask per sequence, shared by the
+        // gates: applied to the whole sequence before the op, as the loop applies it per step.
+        let fused_x = match (&in_masks, &rec_masks) {
+            (None, None) => Some(x.clone()),
+            (Some(ms), None) if ms.len() == 1 => Some(x.broadcast_mul(&ms[0].unsqueeze(1)?)?),
+            _ => None,
+        };
+        if let (Some(cell), Some(bias), Some(fx)) = (fused, &bias, &fused_x)
             && self.activation == Activation::Tanh
             && self.recurrent_activation == Activation::Sigmoid
             && let Some(y) = crate::kernels::recurrent::sequence(
                 cell,
-                &x,
+                fx,
                 [&kernel, &recurrent, bias],
                 self.return_sequences,
                 mask.as_ref(),
