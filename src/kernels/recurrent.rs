@@ -49,8 +49,9 @@ pub(crate) struct Sequence {
     /// `zero_output`).
     mask: Option<Arc<[u8]>>,
     zero_output: bool,
-    /// What the backward pass reads, kept by the forward pass.
-    saved: Mutex<Option<Saved>>,
+    /// What the backward pass reads, kept by the forward pass (for as long as the graph lives:
+    /// a second gradient of the same result reads it again).
+    saved: Mutex<Option<Arc<Saved>>>,
 }
 
 struct Saved {
@@ -345,7 +346,8 @@ impl CustomOp3 for Sequence {
         } else {
             Shape::from((b, u))
         };
-        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { gates, hs, extra });
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Arc::new(Saved { gates, hs, extra }));
         Ok((CpuStorage::F32(out), shape))
     }
     fn bwd(
@@ -360,9 +362,11 @@ impl CustomOp3 for Sequence {
             .saved
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take()
+            .clone()
             .ok_or_else(|| {
-                candle_core::Error::Msg("recurrent op: backward pass run twice".into())
+                candle_core::Error::Msg(
+                    "recurrent op: backward pass before the forward pass".into(),
+                )
             })?;
         let (b, t, f) = self.dims(x.dims(), w.dims())?;
         let (u, gu) = (self.units, self.cell.gates() * self.units);
@@ -372,7 +376,7 @@ impl CustomOp3 for Sequence {
         let wv = w.flatten_all()?.to_vec1::<f32>()?;
         let gv = g.flatten_all()?.to_vec1::<f32>()?;
         let (kernel, recurrent) = wv.split_at(f * gu);
-        let Saved { gates, hs, extra } = saved;
+        let Saved { gates, hs, extra } = &*saved;
         // Pre-activation gradients: the input side (and for GRU the recurrent side), `(B, T, G u)`.
         let mut dx_side = vec![0f32; b * t * gu];
         let mut dr_side = if self.cell == Cell::Gru {
@@ -425,7 +429,7 @@ impl CustomOp3 for Sequence {
                             &mut dc[bi * u..(bi + 1) * u],
                             &gates[row..row + gu],
                             &extra[at..at + u],
-                            prev_row(&extra, &zeros, s, at),
+                            prev_row(extra, &zeros, s, at),
                             d,
                         );
                         dx_side[row..row + gu].copy_from_slice(d);
@@ -435,7 +439,7 @@ impl CustomOp3 for Sequence {
                             &dh[bi * u..(bi + 1) * u],
                             &gates[row..row + gu],
                             &extra[at..at + u],
-                            prev_row(&hs, &zeros, s, at),
+                            prev_row(hs, &zeros, s, at),
                             &mut dx_side[row..row + gu],
                             d,
                             &mut dh_next[bi * u..(bi + 1) * u],
@@ -739,6 +743,33 @@ mod tests {
             let gx = g1[0].flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert!(gx.contains(&0.0), "gru {gru}: nothing dropped");
         }
+    }
+
+    /// Two gradients of one result (one backward pass each) read the same saved steps.
+    #[test]
+    fn a_second_gradient_of_the_same_result_works() {
+        let dev = Device::Cpu;
+        let x = Variable::new("x", &fixed_randn(1.0, (2, 4, 3), &dev).unwrap(), true).unwrap();
+        let mut lstm = LSTM::new(5);
+        let y = lstm.call(x.as_tensor(), true).unwrap();
+        let loss = y.sqr().unwrap().sum_all().unwrap();
+        let vars = lstm.variables();
+        let first = crate::GradientTape::gradient(&loss, &vars).unwrap();
+        let again = crate::GradientTape::gradient(&loss, &vars).unwrap();
+        let gx = crate::GradientTape::gradient(&loss, std::slice::from_ref(&x)).unwrap();
+        for (a, b) in first.iter().zip(&again) {
+            assert!(max_rel(a, b) == 0.0);
+        }
+        assert!(
+            gx[0]
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
     }
 
     /// Sequences of no steps, with and without a mask: zeros, as the step loop gives.
