@@ -353,6 +353,28 @@ fn every_builtin_layer_config_round_trips() {
                 .data_format(DataFormat::ChannelsFirst),
         ),
         Box::new(
+            ferrokeras::layers::RandomRotation::new(0.2)
+                .unwrap()
+                .factor_range(-0.1, 0.3)
+                .unwrap()
+                .fill_mode(ferrokeras::layers::FillMode::Constant)
+                .fill_value(2.5)
+                .interpolation(ferrokeras::layers::Interpolation::Nearest)
+                .seed(9),
+        ),
+        Box::new(
+            ferrokeras::layers::RandomTranslation::new(0.1, 0.2)
+                .unwrap()
+                .fill_mode(ferrokeras::layers::FillMode::Wrap)
+                .data_format(DataFormat::ChannelsFirst),
+        ),
+        Box::new(
+            ferrokeras::layers::RandomZoom::new(0.3)
+                .unwrap()
+                .width_range(-0.2, 0.4)
+                .unwrap(),
+        ),
+        Box::new(
             ferrokeras::layers::Normalization::new()
                 .axis(&[1, -1])
                 .invert(true),

@@ -60,6 +60,9 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "Normalization",
     "Permute",
     "RandomFlip",
+    "RandomRotation",
+    "RandomTranslation",
+    "RandomZoom",
     "ReLU",
     "RepeatVector",
     "Rescaling",
@@ -560,6 +563,82 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                 l = l.seed(seed);
             }
             Box::new(named(l, name, super::RandomFlip::named))
+        }
+        "RandomRotation" | "RandomTranslation" | "RandomZoom" => {
+            let fill: super::FillMode = match c.opt_string("fill_mode")? {
+                Some(s) => s.parse()?,
+                None => super::FillMode::Reflect,
+            };
+            let value = c.f64_or("fill_value", 0.0)? as f32;
+            let interp: super::Interpolation = match c.opt_string("interpolation")? {
+                Some(s) => s.parse()?,
+                None => super::Interpolation::Bilinear,
+            };
+            let format = c.data_format("data_format")?;
+            let seed = match c.get("seed") {
+                None => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .ok_or_else(|| c.invalid("seed", "a non-negative integer or null", v))?,
+                ),
+            };
+            macro_rules! common {
+                ($l:expr) => {{
+                    let mut l = $l
+                        .fill_mode(fill)
+                        .fill_value(value)
+                        .interpolation(interp)
+                        .data_format(format);
+                    if let Some(s) = seed {
+                        l = l.seed(s);
+                    }
+                    l
+                }};
+            }
+            let mut factor = |key: &str| -> Result<Option<(f32, f32)>> {
+                let Some(v) = c.get(key) else { return Ok(None) };
+                if let Some(f) = v.as_f64() {
+                    let f = f.abs() as f32;
+                    return Ok(Some((-f, f)));
+                }
+                match v.as_array().map(|a| a.as_slice()) {
+                    Some([a, b]) if a.is_number() && b.is_number() => Ok(Some((
+                        a.as_f64().unwrap_or(0.0) as f32,
+                        b.as_f64().unwrap_or(0.0) as f32,
+                    ))),
+                    _ => Err(c.invalid(key, "a number or a pair of numbers", v)),
+                }
+            };
+            let need = |key: &str, f: Option<(f32, f32)>| -> Result<(f32, f32)> {
+                f.ok_or_else(|| {
+                    Error::value(format!(
+                        "invalid config of layer class `{class}`: the required key `{key}` is missing"
+                    ))
+                })
+            };
+            match class {
+                "RandomRotation" => {
+                    let (lo, hi) = need("factor", factor("factor")?)?;
+                    let l = super::RandomRotation::new(0.0)?.factor_range(lo, hi)?;
+                    Box::new(named(common!(l), name, super::RandomRotation::named))
+                }
+                "RandomTranslation" => {
+                    let (hl, hh) = need("height_factor", factor("height_factor")?)?;
+                    let (wl, wh) = need("width_factor", factor("width_factor")?)?;
+                    let l = super::RandomTranslation::new(0.0, 0.0)?
+                        .height_range(hl, hh)?
+                        .width_range(wl, wh)?;
+                    Box::new(named(common!(l), name, super::RandomTranslation::named))
+                }
+                _ => {
+                    let (hl, hh) = need("height_factor", factor("height_factor")?)?;
+                    let mut l = super::RandomZoom::new(0.0)?.height_range(hl, hh)?;
+                    if let Some((wl, wh)) = factor("width_factor")? {
+                        l = l.width_range(wl, wh)?;
+                    }
+                    Box::new(named(common!(l), name, super::RandomZoom::named))
+                }
+            }
         }
         "Normalization" => {
             let axis: Vec<isize> = match c.get("axis") {

@@ -8,6 +8,7 @@
 //! your own join it with [`register_layer`]).
 
 mod activation;
+mod affine;
 mod attention;
 mod augment;
 mod bidirectional;
@@ -32,6 +33,7 @@ mod reshape;
 mod time_distributed;
 
 pub use activation::{Activation, ActivationLayer, LeakyReLU, ReLU, Softmax};
+pub use affine::{FillMode, Interpolation, RandomRotation, RandomTranslation, RandomZoom};
 pub use attention::MultiHeadAttention;
 pub use augment::{FlipMode, RandomFlip};
 pub use bidirectional::{Bidirectional, MergeMode};
