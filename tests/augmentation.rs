@@ -1,4 +1,5 @@
-//! `RandomFlip`, `GaussianNoise` and the spatial dropouts, as Keras's. `RandomFlip`: images pass unchanged at inference; in training each image is
+//! `RandomFlip`, the affine and colour augmentations, `GaussianNoise` and the spatial dropouts,
+//! as Keras's. `RandomFlip`: images pass unchanged at inference; in training each image is
 //! flipped (left-right, top-bottom, or both at once) with probability 1/2, one draw per image;
 //! a seed repeats the flips; Keras's config reads.
 
@@ -170,11 +171,11 @@ fn noise_layers_read_keras_configs_and_act_in_training_only() {
     }
 }
 
-/// `RandomRotation`, `RandomTranslation` and `RandomZoom` against Keras 3.15.1 on JAX
-/// (`fixtures/keras_augment.json`): built from Keras's configs, with both bounds of each factor
-/// equal (so that Keras's draw is that value), every fill mode and both interpolations, channels
-/// last and first. Their training outputs match Keras's to 1e-4 of the image's range; at
-/// inference the images pass unchanged.
+/// `RandomRotation`, `RandomTranslation`, `RandomZoom`, `RandomContrast` and `RandomBrightness`
+/// against Keras 3.15.1 on JAX (`fixtures/keras_augment.json`): built from Keras's configs, with
+/// factors that leave Keras one value to draw, every fill mode and both interpolations, channels
+/// last and first, clipping to the value range. Their training outputs match Keras's to 1e-4 of
+/// the image's range; at inference the images pass unchanged.
 #[test]
 fn affine_augmentations_match_keras() {
     let text = std::fs::read_to_string(concat!(
@@ -190,7 +191,7 @@ fn affine_augmentations_match_keras() {
         Tensor::from_vec(x, shape, &Device::Cpu).unwrap()
     };
     let cases = doc["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 43);
+    assert_eq!(cases.len(), 48);
     for (i, case) in cases.iter().enumerate() {
         let class = case["class"].as_str().unwrap();
         let x = input(case["input"].as_str().unwrap());

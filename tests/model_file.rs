@@ -353,6 +353,20 @@ fn every_builtin_layer_config_round_trips() {
                 .data_format(DataFormat::ChannelsFirst),
         ),
         Box::new(
+            ferrokeras::layers::RandomContrast::new(0.3)
+                .unwrap()
+                .value_range(-1.0, 1.0)
+                .unwrap()
+                .seed(5),
+        ),
+        Box::new(
+            ferrokeras::layers::RandomBrightness::new(0.2)
+                .unwrap()
+                .factor_range(-0.1, 0.4)
+                .unwrap()
+                .data_format(DataFormat::ChannelsFirst),
+        ),
+        Box::new(
             ferrokeras::layers::RandomRotation::new(0.2)
                 .unwrap()
                 .factor_range(-0.1, 0.3)

@@ -1,7 +1,8 @@
 //! Keras's affine image augmentations, `RandomRotation`, `RandomTranslation` and `RandomZoom`:
 //! in training, each image is resampled through a random affine map of its own (bilinear or
 //! nearest, the outside filled by reflection, wrapping, the nearest pixel or a constant); at
-//! inference the images pass unchanged.
+//! inference the images pass unchanged. And its colour ones, `RandomContrast` and
+//! `RandomBrightness` (one draw per image, the values clipped to the value range).
 //!
 //! The resampling is Keras's on JAX (`ops.image.affine_transform`, `jax.scipy.ndimage
 //! .map_coordinates`), value for value: the source of output pixel `(y, x)` is
@@ -633,6 +634,258 @@ impl Layer for RandomZoom {
             self.width.map_or(serde_json::Value::Null, pair),
         );
         Some(serde_json::Value::Object(m))
+    }
+}
+
+/// What [`RandomContrast`] and [`RandomBrightness`] share: the factor's bounds, the value range
+/// the outputs are clipped to, the layout and the generator.
+#[derive(Clone)]
+struct ColorShift {
+    factor: (f32, f32),
+    value_range: (f32, f32),
+    data_format: DataFormat,
+    seed: Option<(u64, rand::rngs::StdRng)>,
+}
+
+impl ColorShift {
+    /// One draw per image, `(n, 1, 1, 1)` of `x`'s dtype, from `lo + (hi - lo) u`.
+    fn draws(&mut self, x: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
+        let n = x.dims()[0];
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                let u: f32 = match &mut self.seed {
+                    Some((_, g)) => g.r#gen(),
+                    None => crate::random::rng().r#gen(),
+                };
+                lo + (hi - lo) * u
+            })
+            .collect();
+        Ok(Tensor::from_vec(v, (n, 1, 1, 1), x.device())?.to_dtype(x.dtype())?)
+    }
+
+    fn check(&self, layer: &str, class: &str, x: &Tensor) -> Result<()> {
+        if x.rank() != 4 {
+            return Err(Error::value(format!(
+                "layer \"{layer}\" ({class}) expects a batch of images (batch, height, width, channels); received shape {:?}",
+                x.dims()
+            )));
+        }
+        Ok(())
+    }
+
+    fn config(&self, name: &str) -> serde_json::Value {
+        let f = super::config::f32_json;
+        serde_json::json!({
+            "name": name,
+            "data_format": super::config::data_format_json(self.data_format),
+            "factor": [f(self.factor.0), f(self.factor.1)],
+            "value_range": [f(self.value_range.0), f(self.value_range.1)],
+            "seed": self.seed.as_ref().map(|(s, _)| *s),
+        })
+    }
+}
+
+macro_rules! color_builders {
+    ($ty:ident) => {
+        impl $ty {
+            /// The range of the pixel values: outputs are clipped to it (default `(0, 255)`).
+            ///
+            /// # Errors
+            /// A bound that is not finite.
+            pub fn value_range(mut self, lo: f32, hi: f32) -> Result<Self> {
+                if !(lo.is_finite() && hi.is_finite()) {
+                    return Err(Error::value(format!(
+                        "`value_range` must be two finite numbers; received ({lo}, {hi})"
+                    )));
+                }
+                self.c.value_range = if lo <= hi { (lo, hi) } else { (hi, lo) };
+                Ok(self)
+            }
+            /// Where the channel axis is (default channels last).
+            pub fn data_format(mut self, f: DataFormat) -> Self {
+                self.c.data_format = f;
+                self
+            }
+            /// A seed of its own: the same seed gives the same draws.
+            pub fn seed(mut self, seed: u64) -> Self {
+                self.c.seed = Some((seed, rand::rngs::StdRng::seed_from_u64(seed)));
+                self
+            }
+            /// Overrides the generated name.
+            pub fn named(mut self, name: impl Into<String>) -> Self {
+                crate::layers::rename(&mut self.name, name.into());
+                self
+            }
+        }
+    };
+}
+
+/// Keras's `layers.RandomContrast`: in training, each image's values moved away from (or toward)
+/// their per-channel mean by a factor drawn from `[1 - lower, 1 + upper]`, then clipped to the
+/// value range. As in Keras 3, a single number `f` gives the bounds `(0, f)`: factors from 1 to
+/// `1 + f`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::layers::{Layer, RandomContrast};
+/// // Both bounds give a factor of 2 exactly: (-1, 1) → [1 - (-1), 1 + 1].
+/// let mut c = RandomContrast::new(0.5).unwrap().factor_range(-1.0, 1.0).unwrap();
+/// let x = Tensor::new(&[[[[10f32], [20.0]]]], &Device::Cpu).unwrap(); // mean 15
+/// let y = c.call(&x, true).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+/// assert_eq!(y, [5.0, 25.0]);
+/// ```
+pub struct RandomContrast {
+    name: String,
+    c: ColorShift,
+}
+
+color_builders!(RandomContrast);
+
+impl RandomContrast {
+    /// Factors in `[1, 1 + factor]` (Keras's bounds `(0, factor)`, `factor` within [0, 1]).
+    ///
+    /// # Errors
+    /// A factor outside [0, 1].
+    pub fn new(factor: f32) -> Result<Self> {
+        if !(0.0..=1.0).contains(&factor) {
+            return Err(Error::value(format!(
+                "`factor` must be within [0, 1]; received {factor}"
+            )));
+        }
+        Ok(Self {
+            name: unique_name("random_contrast"),
+            c: ColorShift {
+                factor: (0.0, factor),
+                value_range: (0.0, 255.0),
+                data_format: DataFormat::ChannelsLast,
+                seed: None,
+            },
+        })
+    }
+    /// Keras's pair of bounds `(lower, upper)`: factors in `[1 - lower, 1 + upper]` (the first
+    /// at most 1, the second at least 0, as given; then sorted).
+    ///
+    /// # Errors
+    /// Bounds outside those limits.
+    pub fn factor_range(mut self, a: f32, b: f32) -> Result<Self> {
+        // Keras's checks, on the pair as given (then sorted).
+        if !(a.is_finite() && b.is_finite()) || a > 1.0 || b < 0.0 {
+            return Err(Error::value(format!(
+                "`factor` must be a pair within [0, 1] (the first at most 1, the second at least 0); received ({a}, {b})"
+            )));
+        }
+        self.c.factor = if a <= b { (a, b) } else { (b, a) };
+        Ok(self)
+    }
+}
+
+impl Layer for RandomContrast {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn class_name(&self) -> &str {
+        "RandomContrast"
+    }
+    fn call(&mut self, x: &Tensor, training: bool) -> Result<Tensor> {
+        self.c.check(&self.name, "RandomContrast", x)?;
+        if !training {
+            return Ok(x.clone());
+        }
+        let x = crate::ops::to_float(x)?;
+        let (lo, hi) = (1.0 - self.c.factor.0, 1.0 + self.c.factor.1);
+        let f = self.c.draws(&x, lo, hi)?;
+        let (h_axis, w_axis) = match self.c.data_format {
+            DataFormat::ChannelsLast => (1, 2),
+            DataFormat::ChannelsFirst => (2, 3),
+        };
+        // Keras's mean: over the height, then over the width.
+        let mean = x.mean_keepdim(h_axis)?.mean_keepdim(w_axis)?;
+        let y = x
+            .broadcast_sub(&mean)?
+            .broadcast_mul(&f)?
+            .broadcast_add(&mean)?;
+        let (a, b) = self.c.value_range;
+        Ok(y.clamp(a, b)?)
+    }
+    fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        Ok(input_shape.to_vec())
+    }
+    fn config(&self) -> Option<serde_json::Value> {
+        Some(self.c.config(&self.name))
+    }
+}
+
+/// Keras's `layers.RandomBrightness`: in training, each image shifted by a value drawn from
+/// `factor` (a fraction of the value range, in [-1, 1]) times the range's width, then clipped
+/// to the value range.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use ferrokeras::layers::{Layer, RandomBrightness};
+/// // A tenth of the range [0, 255] added, exactly.
+/// let mut b = RandomBrightness::new(0.1).unwrap().factor_range(0.1, 0.1).unwrap();
+/// let x = Tensor::new(&[[[[10f32], [250.0]]]], &Device::Cpu).unwrap();
+/// let y = b.call(&x, true).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+/// assert_eq!(y, [35.5, 255.0]); // the second clipped
+/// ```
+pub struct RandomBrightness {
+    name: String,
+    c: ColorShift,
+}
+
+color_builders!(RandomBrightness);
+
+impl RandomBrightness {
+    /// Shifts in `[-|factor|, |factor|]` of the value range (`factor` within [-1, 1]).
+    ///
+    /// # Errors
+    /// A factor outside [-1, 1].
+    pub fn new(factor: f32) -> Result<Self> {
+        let f = factor.abs();
+        Ok(Self {
+            name: unique_name("random_brightness"),
+            c: ColorShift {
+                factor: factor_range("factor", -f, f, (-1.0, 1.0))?,
+                value_range: (0.0, 255.0),
+                data_format: DataFormat::ChannelsLast,
+                seed: None,
+            },
+        })
+    }
+    /// Shifts in `[lo, hi]` of the value range (Keras's pair of bounds).
+    ///
+    /// # Errors
+    /// Bounds outside [-1, 1].
+    pub fn factor_range(mut self, lo: f32, hi: f32) -> Result<Self> {
+        self.c.factor = factor_range("factor", lo, hi, (-1.0, 1.0))?;
+        Ok(self)
+    }
+}
+
+impl Layer for RandomBrightness {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn class_name(&self) -> &str {
+        "RandomBrightness"
+    }
+    fn call(&mut self, x: &Tensor, training: bool) -> Result<Tensor> {
+        self.c.check(&self.name, "RandomBrightness", x)?;
+        if !training {
+            return Ok(x.clone());
+        }
+        let x = crate::ops::to_float(x)?;
+        let (a, b) = self.c.value_range;
+        let (lo, hi) = self.c.factor;
+        // Keras: the draw, then times the range's width.
+        let delta = (self.c.draws(&x, lo, hi)? * f64::from(b - a))?;
+        Ok(x.broadcast_add(&delta)?.clamp(a, b)?)
+    }
+    fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        Ok(input_shape.to_vec())
+    }
+    fn config(&self) -> Option<serde_json::Value> {
+        Some(self.c.config(&self.name))
     }
 }
 

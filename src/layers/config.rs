@@ -59,6 +59,8 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "Multiply",
     "Normalization",
     "Permute",
+    "RandomBrightness",
+    "RandomContrast",
     "RandomFlip",
     "RandomRotation",
     "RandomTranslation",
@@ -563,6 +565,61 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                 l = l.seed(seed);
             }
             Box::new(named(l, name, super::RandomFlip::named))
+        }
+        "RandomContrast" | "RandomBrightness" => {
+            let pair = |c: &mut ConfigReader<'_>, key: &str| -> Result<Option<(f32, f32)>> {
+                let Some(v) = c.get(key) else { return Ok(None) };
+                if let Some(f) = v.as_f64() {
+                    return Ok(Some((f as f32, f as f32)));
+                }
+                match v.as_array().map(|a| a.as_slice()) {
+                    Some([a, b]) if a.is_number() && b.is_number() => Ok(Some((
+                        a.as_f64().unwrap_or(0.0) as f32,
+                        b.as_f64().unwrap_or(0.0) as f32,
+                    ))),
+                    _ => Err(c.invalid(key, "a number or a pair of numbers", v)),
+                }
+            };
+            let factor = pair(&mut c, "factor")?;
+            let range = pair(&mut c, "value_range")?.unwrap_or((0.0, 255.0));
+            let format = c.data_format("data_format")?;
+            let seed = match c.get("seed") {
+                None => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .ok_or_else(|| c.invalid("seed", "a non-negative integer or null", v))?,
+                ),
+            };
+            let Some(factor) = factor else {
+                return Err(Error::value(format!(
+                    "invalid config of layer class `{class}`: the required key `factor` is missing"
+                )));
+            };
+            // A single number is Keras's constructor argument; a pair its stored bounds.
+            let single = c.map_value("factor").is_some_and(|v| v.is_number());
+            if class == "RandomContrast" {
+                let mut l = if single {
+                    super::RandomContrast::new(factor.1)?
+                } else {
+                    super::RandomContrast::new(0.0)?.factor_range(factor.0, factor.1)?
+                };
+                l = l.value_range(range.0, range.1)?.data_format(format);
+                if let Some(s) = seed {
+                    l = l.seed(s);
+                }
+                Box::new(named(l, name, super::RandomContrast::named))
+            } else {
+                let mut l = if single {
+                    super::RandomBrightness::new(factor.1)?
+                } else {
+                    super::RandomBrightness::new(0.0)?.factor_range(factor.0, factor.1)?
+                };
+                l = l.value_range(range.0, range.1)?.data_format(format);
+                if let Some(s) = seed {
+                    l = l.seed(s);
+                }
+                Box::new(named(l, name, super::RandomBrightness::named))
+            }
         }
         "RandomRotation" | "RandomTranslation" | "RandomZoom" => {
             let fill: super::FillMode = match c.opt_string("fill_mode")? {
@@ -1296,6 +1353,11 @@ impl<'a> ConfigReader<'a> {
             self.what,
             short(got)
         ))
+    }
+
+    /// The raw value of `key` (not marked as read).
+    pub(crate) fn map_value(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key)
     }
 
     /// The value of `key`; `None` when absent or `null`.

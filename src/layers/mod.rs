@@ -33,7 +33,10 @@ mod reshape;
 mod time_distributed;
 
 pub use activation::{Activation, ActivationLayer, LeakyReLU, ReLU, Softmax};
-pub use affine::{FillMode, Interpolation, RandomRotation, RandomTranslation, RandomZoom};
+pub use affine::{
+    FillMode, Interpolation, RandomBrightness, RandomContrast, RandomRotation, RandomTranslation,
+    RandomZoom,
+};
 pub use attention::MultiHeadAttention;
 pub use augment::{FlipMode, RandomFlip};
 pub use bidirectional::{Bidirectional, MergeMode};
