@@ -17,6 +17,13 @@ use super::{DataFormat, Layer, unique_name};
 use crate::{Error, Result};
 
 /// How points outside the image are filled (Keras's `fill_mode`).
+///
+/// ```
+/// use ferrokeras::layers::FillMode;
+/// let m: FillMode = "wrap".parse().unwrap();
+/// assert_eq!(m, FillMode::Wrap);
+/// assert!("mirror".parse::<FillMode>().unwrap_err().to_string().contains("reflect"));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FillMode {
     /// `d c b a | a b c d | d c b a`: reflected about the edge of the last pixel (Keras's default).
@@ -72,6 +79,12 @@ impl std::str::FromStr for FillMode {
 }
 
 /// How the image is sampled between pixels (Keras's `interpolation`).
+///
+/// ```
+/// use ferrokeras::layers::Interpolation;
+/// assert_eq!("nearest".parse::<Interpolation>().unwrap(), Interpolation::Nearest);
+/// assert!("bicubic".parse::<Interpolation>().is_err());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Interpolation {
     /// The nearest pixel (halves rounded away from zero).
