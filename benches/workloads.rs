@@ -79,12 +79,16 @@ fn w1() -> Result<f64> {
     Ok((epochs * 32) as f64 / elapsed(t)?)
 }
 
-/// W5: an LSTM(64) over sequences of 50 steps of 32 features, then Dense(1), MSE, Adam,
-/// batch 32 (samples per second through `fit`).
-fn w5() -> Result<f64> {
-    let mut model = Sequential::new()
-        .input(&[50, 32])
-        .add(ferrokeras::layers::LSTM::new(64))
+/// W5: an LSTM(64) (with `gru`, a GRU(64)) over sequences of 50 steps of 32 features, then
+/// Dense(1), MSE, Adam, batch 32 (samples per second through `fit`).
+fn w5(gru: bool) -> Result<f64> {
+    let model = Sequential::new().input(&[50, 32]);
+    let model = if gru {
+        model.add(ferrokeras::layers::GRU::new(64))
+    } else {
+        model.add(ferrokeras::layers::LSTM::new(64))
+    };
+    let mut model = model
         .add(Dense::new(1))
         .compile(Compile::new().optimizer("adam").loss("mse"))?;
     let (x, y) = (uniform(&[512, 50, 32])?, uniform(&[512, 1])?);
@@ -697,10 +701,19 @@ fn main() -> Result<()> {
     }
     if want("w5") {
         let t = cpu_ticks();
-        let runs = (0..3).map(|_| w5()).collect::<Result<Vec<_>>>()?;
+        let runs = (0..3).map(|_| w5(false)).collect::<Result<Vec<_>>>()?;
         let r = median(runs);
         println!(
             "| W5 LSTM(64), 50 steps of 32 features, batch 32 | {r:.0} | – | samples/s | {} |",
+            stolen_since(t)
+        );
+    }
+    if want("w5gru") {
+        let t = cpu_ticks();
+        let runs = (0..3).map(|_| w5(true)).collect::<Result<Vec<_>>>()?;
+        let r = median(runs);
+        println!(
+            "| W5 with GRU(64) | {r:.0} | – | samples/s | {} |",
             stolen_since(t)
         );
     }
