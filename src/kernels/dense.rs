@@ -10,7 +10,6 @@
 //! layer has one edge per argument, and its variables' gradients go straight to the tape.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::elementwise::{Act, activation_grad, bias_activation_par, bias_grad};
 use super::linear::{InputGrad, KernelGrad};
@@ -33,7 +32,7 @@ fn permute_heads(src: &[f32], dims: [usize; 4], merge: bool) -> Vec<f32> {
     let [b, h, t, s] = dims;
     let per = h * t * s;
     let mut out = vec![0f32; src.len()];
-    let one = |(src, out): (&[f32], &mut [f32])| {
+    let one = |(out, src): (&mut [f32], &[f32])| {
         for hi in 0..h {
             for ti in 0..t {
                 let heads = (hi * t + ti) * s;
@@ -46,15 +45,7 @@ fn permute_heads(src: &[f32], dims: [usize; 4], merge: bool) -> Vec<f32> {
     if per == 0 {
         return out;
     }
-    if src.len() < 1 << 15 {
-        src.chunks_exact(per)
-            .zip(out.chunks_exact_mut(per))
-            .for_each(one);
-    } else {
-        src.par_chunks_exact(per)
-            .zip(out.par_chunks_exact_mut(per))
-            .for_each(one);
-    }
+    super::zip_chunks(&mut out, per, src, per, one);
     debug_assert_eq!(b * per, src.len());
     out
 }

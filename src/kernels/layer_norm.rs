@@ -118,11 +118,7 @@ impl CustomOp3 for LayerNorm {
         let mut y = vec![0f32; x.len()];
         let eps = self.eps;
         let one = |(out, row): (&mut [f32], &[f32])| norm_row(row, gamma, beta, eps, out);
-        if x.len() < BLOCK_VALUES {
-            y.chunks_mut(n).zip(x.chunks(n)).for_each(one);
-        } else {
-            y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(one);
-        }
+        super::zip_chunks(&mut y, n, x, n, one);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
     fn bwd(

@@ -110,6 +110,29 @@ fn forced() -> bool {
     }
 }
 
+/// Runs `f` over matching chunks of `out` (`a` values each) and `src` (`b` values each, as many
+/// chunks): on this thread below `1 << 15` values in all (handing work to the pool costs a
+/// wake-up), else on rayon's threads.
+pub(crate) fn zip_chunks(
+    out: &mut [f32],
+    a: usize,
+    src: &[f32],
+    b: usize,
+    f: impl Fn((&mut [f32], &[f32])) + Sync + Send,
+) {
+    use rayon::prelude::*;
+    if a == 0 || b == 0 {
+        return;
+    }
+    if out.len().max(src.len()) < 1 << 15 {
+        out.chunks_exact_mut(a).zip(src.chunks_exact(b)).for_each(f);
+    } else {
+        out.par_chunks_exact_mut(a)
+            .zip(src.par_chunks_exact(b))
+            .for_each(f);
+    }
+}
+
 /// Sixteen running values combined lane by lane over `x` (and `y`), then folded: reductions
 /// that vectorize (one running value would keep a loop scalar, float additions not being
 /// reorderable). Inlined into their callers, so that they take the callers' target features.

@@ -697,11 +697,7 @@ impl CustomOp1 for GlobalMean {
                     *o *= inv;
                 }
             };
-            if x.len() < 1 << 15 {
-                y.chunks_mut(c).zip(x.chunks(p * c)).for_each(one);
-            } else {
-                y.par_chunks_mut(c).zip(x.par_chunks(p * c)).for_each(one);
-            }
+            super::zip_chunks(&mut y, c, x, p * c, one);
         }
         Ok((CpuStorage::F32(y), Shape::from((n, c))))
     }
@@ -739,11 +735,7 @@ impl CustomOp1 for GlobalMeanGrad {
                     }
                 }
             };
-            if gx.len() < 1 << 15 {
-                gx.chunks_mut(p * c).zip(gy.chunks(c)).for_each(one);
-            } else {
-                gx.par_chunks_mut(p * c).zip(gy.par_chunks(c)).for_each(one);
-            }
+            super::zip_chunks(&mut gx, p * c, gy, c, one);
         }
         Ok((CpuStorage::F32(gx), Shape::from((n, p, c))))
     }

@@ -265,6 +265,34 @@ fn resample_cpu(
     out
 }
 
+/// A uniform draw in `[lo, hi)` from the layer's generator (`seed`), or the global one.
+fn uniform(seed: &mut Option<(u64, rand::rngs::StdRng)>, lo: f32, hi: f32) -> f32 {
+    let u: f32 = match seed {
+        Some((_, g)) => g.r#gen(),
+        None => crate::random::rng().r#gen(),
+    };
+    lo + (hi - lo) * u
+}
+
+/// `(height, width)` of a batch of images in `format`, checked to be rank 4.
+fn image_size(layer: &str, class: &str, format: DataFormat, x: &Tensor) -> Result<(usize, usize)> {
+    if x.rank() != 4 {
+        return Err(Error::value(format!(
+            "layer \"{layer}\" ({class}) expects a batch of images ({}); received shape {:?}",
+            match format {
+                DataFormat::ChannelsLast => "batch, height, width, channels",
+                DataFormat::ChannelsFirst => "batch, channels, height, width",
+            },
+            x.dims()
+        )));
+    }
+    let d = x.dims();
+    Ok(match format {
+        DataFormat::ChannelsLast => (d[1], d[2]),
+        DataFormat::ChannelsFirst => (d[2], d[3]),
+    })
+}
+
 /// What the three layers share: the fill, the interpolation, the layout and the generator.
 #[derive(Clone)]
 struct Resampling {
@@ -289,30 +317,12 @@ impl Resampling {
 
     /// A uniform draw in `[lo, hi)`.
     fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        let u: f32 = match &mut self.seed {
-            Some((_, g)) => g.r#gen(),
-            None => crate::random::rng().r#gen(),
-        };
-        lo + (hi - lo) * u
+        uniform(&mut self.seed, lo, hi)
     }
 
     /// `(height, width)` of a batch of images, checked to be rank 4.
     fn size(&self, layer: &str, class: &str, x: &Tensor) -> Result<(usize, usize)> {
-        if x.rank() != 4 {
-            return Err(Error::value(format!(
-                "layer \"{layer}\" ({class}) expects a batch of images ({}); received shape {:?}",
-                match self.data_format {
-                    DataFormat::ChannelsLast => "batch, height, width, channels",
-                    DataFormat::ChannelsFirst => "batch, channels, height, width",
-                },
-                x.dims()
-            )));
-        }
-        let d = x.dims();
-        Ok(match self.data_format {
-            DataFormat::ChannelsLast => (d[1], d[2]),
-            DataFormat::ChannelsFirst => (d[2], d[3]),
-        })
+        image_size(layer, class, self.data_format, x)
     }
 
     /// `x` resampled through `maps` (one per image), in the input's layout and as floats.
@@ -721,26 +731,12 @@ impl ColorShift {
     /// One draw per image, `(n, 1, 1, 1)` of `x`'s dtype, from `lo + (hi - lo) u`.
     fn draws(&mut self, x: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
         let n = x.dims()[0];
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                let u: f32 = match &mut self.seed {
-                    Some((_, g)) => g.r#gen(),
-                    None => crate::random::rng().r#gen(),
-                };
-                lo + (hi - lo) * u
-            })
-            .collect();
+        let v: Vec<f32> = (0..n).map(|_| uniform(&mut self.seed, lo, hi)).collect();
         Ok(Tensor::from_vec(v, (n, 1, 1, 1), x.device())?.to_dtype(x.dtype())?)
     }
 
     fn check(&self, layer: &str, class: &str, x: &Tensor) -> Result<()> {
-        if x.rank() != 4 {
-            return Err(Error::value(format!(
-                "layer \"{layer}\" ({class}) expects a batch of images (batch, height, width, channels); received shape {:?}",
-                x.dims()
-            )));
-        }
-        Ok(())
+        image_size(layer, class, self.data_format, x).map(|_| ())
     }
 
     fn config(&self, name: &str) -> serde_json::Value {

@@ -379,11 +379,8 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
         "Dropout" => {
             let rate = c.req_f32("rate")?;
             let mut d = Dropout::new(rate)?;
-            if let Some(v) = c.get("seed") {
-                d = d.seed(
-                    v.as_u64()
-                        .ok_or_else(|| c.invalid("seed", "a non-negative integer or null", v))?,
-                );
+            if let Some(seed) = c.seed()? {
+                d = d.seed(seed);
             }
             if let Some(v) = c.get("noise_shape") {
                 let shape = v
@@ -511,13 +508,7 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
             }
         }
         "SpatialDropout1D" | "SpatialDropout2D" | "GaussianNoise" => {
-            let seed = match c.get("seed").filter(|v| !v.is_null()) {
-                None => None,
-                Some(v) => Some(
-                    v.as_u64()
-                        .ok_or_else(|| c.invalid("seed", "a non-negative integer or null", v))?,
-                ),
-            };
+            let seed = c.seed()?;
             match class {
                 "GaussianNoise" => {
                     let mut l = super::GaussianNoise::new(c.f64_or("stddev", 0.0)?);
@@ -558,45 +549,30 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                     .parse()?,
             };
             let mut l = super::RandomFlip::new(mode).data_format(c.data_format("data_format")?);
-            if let Some(v) = c.get("seed").filter(|v| !v.is_null()) {
-                let seed = v
-                    .as_u64()
-                    .ok_or_else(|| c.invalid("seed", "a non-negative integer or null", v))?;
+            if let Some(seed) = c.seed()? {
                 l = l.seed(seed);
             }
             Box::new(named(l, name, super::RandomFlip::named))
         }
         "RandomContrast" | "RandomBrightness" => {
-            let pair = |c: &mut ConfigReader<'_>, key: &str| -> Result<Option<(f32, f32)>> {
-                let Some(v) = c.get(key) else { return Ok(None) };
-                if let Some(f) = v.as_f64() {
-                    return Ok(Some((f as f32, f as f32)));
-                }
-                match v.as_array().map(|a| a.as_slice()) {
-                    Some([a, b]) if a.is_number() && b.is_number() => Ok(Some((
-                        a.as_f64().unwrap_or(0.0) as f32,
-                        b.as_f64().unwrap_or(0.0) as f32,
-                    ))),
-                    _ => Err(c.invalid(key, "a number or a pair of numbers", v)),
-                }
+            let factor = c.factor("factor")?;
+            let range = match c.factor("value_range")? {
+                Some(Factor::Pair(a, b)) => (a, b),
+                Some(Factor::One(v)) => (v, v),
+                None => (0.0, 255.0),
             };
-            let factor = pair(&mut c, "factor")?;
-            let range = pair(&mut c, "value_range")?.unwrap_or((0.0, 255.0));
             let format = c.data_format("data_format")?;
-            let seed = match c.get("seed") {
-                None => None,
-                Some(v) => Some(
-                    v.as_u64()
-                        .ok_or_else(|| c.invalid("seed", "a non-negative integer or null", v))?,
-                ),
-            };
-            let Some(factor) = factor else {
-                return Err(Error::value(format!(
-                    "invalid config of layer class `{class}`: the required key `factor` is missing"
-                )));
-            };
+            let seed = c.seed()?;
             // A single number is Keras's constructor argument; a pair its stored bounds.
-            let single = c.map_value("factor").is_some_and(|v| v.is_number());
+            let (single, factor) = match factor {
+                Some(Factor::One(f)) => (true, (f, f)),
+                Some(Factor::Pair(a, b)) => (false, (a, b)),
+                None => {
+                    return Err(Error::value(format!(
+                        "invalid config of layer class `{class}`: the required key `factor` is missing"
+                    )));
+                }
+            };
             if class == "RandomContrast" {
                 let mut l = if single {
                     super::RandomContrast::new(factor.1)?
@@ -632,13 +608,7 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                 None => super::Interpolation::Bilinear,
             };
             let format = c.data_format("data_format")?;
-            let seed = match c.get("seed") {
-                None => None,
-                Some(v) => Some(
-                    v.as_u64()
-                        .ok_or_else(|| c.invalid("seed", "a non-negative integer or null", v))?,
-                ),
-            };
+            let seed = c.seed()?;
             macro_rules! common {
                 ($l:expr) => {{
                     let mut l = $l
@@ -652,19 +622,12 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
                     l
                 }};
             }
+            // A number `f` is the bounds `[-|f|, |f|]`.
             let mut factor = |key: &str| -> Result<Option<(f32, f32)>> {
-                let Some(v) = c.get(key) else { return Ok(None) };
-                if let Some(f) = v.as_f64() {
-                    let f = f.abs() as f32;
-                    return Ok(Some((-f, f)));
-                }
-                match v.as_array().map(|a| a.as_slice()) {
-                    Some([a, b]) if a.is_number() && b.is_number() => Ok(Some((
-                        a.as_f64().unwrap_or(0.0) as f32,
-                        b.as_f64().unwrap_or(0.0) as f32,
-                    ))),
-                    _ => Err(c.invalid(key, "a number or a pair of numbers", v)),
-                }
+                Ok(c.factor(key)?.map(|f| match f {
+                    Factor::One(f) => (-f.abs(), f.abs()),
+                    Factor::Pair(a, b) => (a, b),
+                }))
             };
             let need = |key: &str, f: Option<(f32, f32)>| -> Result<(f32, f32)> {
                 f.ok_or_else(|| {
@@ -1136,10 +1099,7 @@ fn builtin(class: &str, config: &Value) -> Result<Option<Box<dyn Layer>>> {
             if let Some(r) = c.regularizer("bias_regularizer")? {
                 l = l.bias_regularizer(r);
             }
-            if let Some(v) = c.get("seed").filter(|v| !v.is_null()) {
-                let seed = v
-                    .as_u64()
-                    .ok_or_else(|| c.invalid("seed", "a non-negative integer or null", v))?;
+            if let Some(seed) = c.seed()? {
                 l = l.seed(seed);
             }
             Box::new(named(l, name, super::MultiHeadAttention::named))
@@ -1223,11 +1183,8 @@ fn recurrent_from<C: CellKind>(
         .dropout(dropout.clamp(0.0, 0.999_999))?
         .recurrent_dropout(recurrent_dropout.clamp(0.0, 0.999_999))?;
     if C::GATES > 1
-        && let Some(v) = c.get("seed")
+        && let Some(seed) = c.seed()?
     {
-        let seed = v
-            .as_u64()
-            .ok_or_else(|| c.invalid("seed", "a non-negative integer or null", v))?;
         l = l.seed(seed);
     }
     Ok(named(l, name, Recurrent::named))
@@ -1331,6 +1288,15 @@ pub(crate) struct ConfigReader<'a> {
     read: Vec<String>,
 }
 
+/// A factor as Keras configs hold it ([`ConfigReader::factor`]).
+#[derive(Clone, Copy)]
+pub(crate) enum Factor {
+    /// One number (the layer's constructor argument).
+    One(f32),
+    /// A pair of bounds, as given.
+    Pair(f32, f32),
+}
+
 impl<'a> ConfigReader<'a> {
     /// `what` names the object in messages (`"layer class `Dense`"`).
     pub(crate) fn new(what: &str, config: &'a Value) -> Result<Self> {
@@ -1355,9 +1321,33 @@ impl<'a> ConfigReader<'a> {
         ))
     }
 
-    /// The raw value of `key` (not marked as read).
-    pub(crate) fn map_value(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key)
+    /// Keras's `seed`: a non-negative integer, or `None` when absent or `null`.
+    pub(crate) fn seed(&mut self) -> Result<Option<u64>> {
+        match self.get("seed") {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| self.invalid("seed", "a non-negative integer or null", v)),
+        }
+    }
+
+    /// A Keras factor of an augmentation layer: one number or a pair of numbers; `None` when
+    /// absent or `null`.
+    pub(crate) fn factor(&mut self, key: &str) -> Result<Option<Factor>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        if let Some(f) = v.as_f64() {
+            return Ok(Some(Factor::One(f as f32)));
+        }
+        match v.as_array().map(|a| a.as_slice()) {
+            Some([a, b]) => match (a.as_f64(), b.as_f64()) {
+                (Some(a), Some(b)) => Ok(Some(Factor::Pair(a as f32, b as f32))),
+                _ => Err(self.invalid(key, "a number or a pair of numbers", v)),
+            },
+            _ => Err(self.invalid(key, "a number or a pair of numbers", v)),
+        }
     }
 
     /// The value of `key`; `None` when absent or `null`.
